@@ -1,0 +1,158 @@
+//! The `lifeboat` command line. Parses arguments, calls the engine crates, and renders results;
+//! the only layer that knows about terminals.
+
+pub mod exit_codes;
+pub mod report;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::report::Format;
+
+#[derive(Debug, Parser)]
+#[command(name = "lifeboat", version, about = "Disaster recovery for VMs, with plans as code.")]
+#[command(after_help = "Exit codes: 0 ok, 1 unexpected failure, 2 usage error, 3 invalid inventory or plan.")]
+struct Cli {
+    /// The inventory file.
+    #[arg(long, global = true, env = "LIFEBOAT_CONFIG", default_value = "lifeboat.toml")]
+    config: PathBuf,
+
+    /// Output for people or for tools.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
+    output: Output,
+
+    /// Colour in human output.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with recovery plans.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PlanCommand {
+    /// Check the inventory and plans offline, reporting every problem at once.
+    Validate(ValidateArgs),
+    /// Print the JSON Schema of the plan file (or of the inventory).
+    Schema {
+        /// Print the inventory's schema instead.
+        #[arg(long)]
+        inventory: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    /// Plan files; default: every `*.toml` in `plans/` beside the inventory.
+    plans: Vec<PathBuf>,
+
+    /// Report format (default: `--output`).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+}
+
+/// Where a command writes, and whether the terminal takes colour.
+pub struct Io<'a> {
+    pub stdout: &'a mut dyn Write,
+    pub stderr: &'a mut dyn Write,
+    /// Whether stdout is a terminal that takes colour (consulted for `--color auto`).
+    pub stdout_is_color_terminal: bool,
+}
+
+impl std::fmt::Debug for Io<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Io")
+            .field("stdout_is_color_terminal", &self.stdout_is_color_terminal)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Run `lifeboat` with `args` (the first is the program name) and return its exit code.
+pub fn run<I, T>(args: I, io: &mut Io<'_>) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => exit_codes::OK,
+                _ => exit_codes::USAGE,
+            };
+            let text = e.render().to_string();
+            let target = if code == exit_codes::OK { &mut io.stdout } else { &mut io.stderr };
+            let _ = target.write_all(text.as_bytes());
+            return code;
+        }
+    };
+    match execute(cli, io) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {e:#}");
+            exit_codes::INTERNAL
+        }
+    }
+}
+
+fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
+    let color = match cli.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => io.stdout_is_color_terminal,
+    };
+    match cli.command {
+        Command::Plan(PlanCommand::Validate(args)) => {
+            let format = args.format.unwrap_or(match cli.output {
+                Output::Human => Format::Human,
+                Output::Json => Format::Json,
+            });
+            let plans = if args.plans.is_empty() {
+                lifeboat_loader::default_plans(&cli.config)
+            } else {
+                args.plans
+            };
+            let validation = lifeboat_loader::validate(&cli.config, &plans);
+            report::write(format, &validation, color, io.stdout)?;
+            io.stdout.flush()?;
+            Ok(if validation.is_valid() {
+                exit_codes::OK
+            } else {
+                exit_codes::INVALID
+            })
+        }
+        Command::Plan(PlanCommand::Schema { inventory }) => {
+            let schema = if inventory {
+                lifeboat_plan::schema::inventory_schema()
+            } else {
+                lifeboat_plan::schema::plan_schema()
+            };
+            serde_json::to_writer_pretty(&mut *io.stdout, &schema)?;
+            writeln!(io.stdout)?;
+            Ok(exit_codes::OK)
+        }
+    }
+}

@@ -1,0 +1,15 @@
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let stdout = std::io::stdout();
+    let color = stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let mut stdout = stdout.lock();
+    let mut stderr = std::io::stderr().lock();
+    let mut io = lifeboat::Io {
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+        stdout_is_color_terminal: color,
+    };
+    ExitCode::from(lifeboat::run(std::env::args_os(), &mut io))
+}

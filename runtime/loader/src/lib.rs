@@ -1,0 +1,225 @@
+//! Reads the inventory and plan files from disk, checks the plugin files plans pin, and
+//! validates everything together. The only layer of validation that touches the file system; it
+//! never touches a site or a store, so it runs offline in CI.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use lifeboat_plan::plan::PluginRef;
+use lifeboat_plan::{
+    Diagnostic, Inventory, MAX_FILE_BYTES, Plan, Rule, SourceId, Sources, check_inventory,
+    check_plan, parse_inventory, parse_plan,
+};
+use sha2::{Digest, Sha256};
+
+/// One plan file and, when it parsed, its typed plan.
+#[derive(Debug)]
+pub struct LoadedPlan {
+    pub path: PathBuf,
+    pub source: SourceId,
+    pub plan: Option<Plan>,
+}
+
+/// The outcome of validating an inventory and its plans: every file read, every diagnostic
+/// (ordered by file and position), and the typed values that parsed.
+#[derive(Debug)]
+pub struct Validation {
+    pub sources: Sources,
+    pub inventory_source: SourceId,
+    pub inventory: Option<Inventory>,
+    pub plans: Vec<LoadedPlan>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Validation {
+    pub fn error_count(&self) -> usize {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == lifeboat_plan::Severity::Error)
+            .count()
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.error_count() == 0
+    }
+}
+
+/// The plans validated when none are named: every `*.toml` in `plans/` beside the inventory,
+/// sorted by name.
+pub fn default_plans(config: &Path) -> Vec<PathBuf> {
+    let dir = config.parent().unwrap_or(Path::new("")).join("plans");
+    let mut plans: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    plans.sort();
+    plans
+}
+
+/// Validate the inventory at `config` and each plan in `plans` against it.
+pub fn validate(config: &Path, plans: &[PathBuf]) -> Validation {
+    let mut sources = Sources::new();
+    let mut diagnostics = Vec::new();
+
+    let (inventory_source, text) = read_or_report(&mut sources, config, "inventory", &mut diagnostics);
+    let inventory = text.and_then(|text| {
+        let (inventory, mut found) = parse_inventory(inventory_source, &text);
+        diagnostics.append(&mut found);
+        inventory
+    });
+    if let Some(inventory) = &inventory {
+        diagnostics.extend(check_inventory(inventory, &sources));
+    }
+
+    let mut plugins = PluginDigests::default();
+    let mut loaded = Vec::new();
+    for path in plans {
+        let (source, text) = read_or_report(&mut sources, path, "plan", &mut diagnostics);
+        let plan = text.and_then(|text| {
+            let (plan, mut found) = parse_plan(source, &text);
+            diagnostics.append(&mut found);
+            plan
+        });
+        if let Some(plan) = &plan {
+            if let Some(inventory) = &inventory {
+                diagnostics.extend(check_plan(inventory, plan, &sources));
+            }
+            diagnostics.extend(plugins.check(path, plan));
+        }
+        loaded.push(LoadedPlan {
+            path: path.clone(),
+            source,
+            plan,
+        });
+    }
+
+    diagnostics.sort_by_key(Diagnostic::sort_key);
+    diagnostics.dedup();
+    Validation {
+        sources,
+        inventory_source,
+        inventory,
+        plans: loaded,
+        diagnostics,
+    }
+}
+
+fn read_or_report(
+    sources: &mut Sources,
+    path: &Path,
+    what: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> (SourceId, Option<String>) {
+    let shown = path.display().to_string();
+    let result = File::open(path).and_then(|file| {
+        let mut text = String::new();
+        file.take(MAX_FILE_BYTES as u64 + 1)
+            .read_to_string(&mut text)?;
+        Ok(text)
+    });
+    match result {
+        Ok(text) => {
+            let id = sources.add(shown, text.clone());
+            (id, Some(text))
+        }
+        Err(e) => {
+            let id = sources.add(shown.clone(), "");
+            let reason = match e.kind() {
+                std::io::ErrorKind::NotFound => "no such file".to_string(),
+                std::io::ErrorKind::InvalidData => "it is not UTF-8 text".to_string(),
+                std::io::ErrorKind::IsADirectory => "it is a directory".to_string(),
+                _ => e.to_string(),
+            };
+            diagnostics.push(Diagnostic::file_error(
+                Rule::Io,
+                id,
+                format!("cannot read {what} `{shown}`: {reason}"),
+            ));
+            (id, None)
+        }
+    }
+}
+
+/// SHA-256 of plugin files, computed once per path for a whole validation.
+#[derive(Debug, Default)]
+struct PluginDigests {
+    digests: HashMap<PathBuf, Result<String, String>>,
+}
+
+impl PluginDigests {
+    fn digest(&mut self, path: &Path) -> &Result<String, String> {
+        self.digests
+            .entry(path.to_path_buf())
+            .or_insert_with(|| sha256_file(path))
+    }
+
+    /// Every file plugin of `plan` exists and matches its pin. Paths are relative to the plan.
+    fn check(&mut self, plan_path: &Path, plan: &Plan) -> Vec<Diagnostic> {
+        let dir = plan_path.parent().unwrap_or(Path::new(""));
+        let mut out = Vec::new();
+        for step in plan.groups.iter().flat_map(|g| g.pre.iter().chain(&g.post)) {
+            let PluginRef::Path(relative) = &step.uses.value else {
+                continue;
+            };
+            let path = dir.join(relative);
+            match self.digest(&path) {
+                Err(reason) => out.push(
+                    Diagnostic::error(
+                        Rule::PluginNotFound,
+                        step.uses.span,
+                        format!("plugin `{relative}` cannot be read: {reason}"),
+                        format!("looked for {}", path.display()),
+                    )
+                    .with_help("plugin paths are relative to the plan file"),
+                ),
+                Ok(actual) => {
+                    let Some(pinned) = &step.sha256 else { continue };
+                    if !pinned.eq_ignore_ascii_case(actual) {
+                        out.push(
+                            Diagnostic::error(
+                                Rule::PluginHashMismatch,
+                                pinned.span,
+                                format!("plugin `{relative}` does not match its pinned sha256"),
+                                "pinned digest",
+                            )
+                            .with_note(step.uses.span, "this file")
+                            .with_help(format!(
+                                "the file's sha256 is {actual}; if the new build is intended, pin that"
+                            )),
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String, String> {
+    let mut file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        _ => e.to_string(),
+    })?;
+    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err("it is a directory".into());
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}

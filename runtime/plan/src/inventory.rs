@@ -1,0 +1,477 @@
+//! `lifeboat.toml`: the sites, protected VMs, replication policies and consistency groups.
+
+use std::net::IpAddr;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::decode::{Decoder, Value, parse_document};
+use crate::diagnostic::{Diagnostic, Rule, suggestion};
+use crate::source::SourceId;
+use crate::span::Spanned;
+use crate::types::{Cidr, Duration, NameMap};
+
+/// The inventory format version this Lifeboat reads.
+pub const INVENTORY_VERSION: u32 = 1;
+
+/// The inventory (`lifeboat.toml`): what is protected, where, and how often.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Lifeboat inventory (lifeboat.toml)")]
+pub struct Inventory {
+    /// Format version; must be 1.
+    pub version: Spanned<u32>,
+    /// Sites by name: where VMs run and where their recovery points are kept.
+    #[serde(default)]
+    pub sites: NameMap<Site>,
+    /// Replication policies by name.
+    #[serde(default)]
+    pub policies: NameMap<Policy>,
+    /// Protected VMs by name.
+    #[serde(default)]
+    pub vms: NameMap<Vm>,
+    /// Consistency groups by name: one recovery-point cut across all disks of their VMs.
+    #[serde(default)]
+    pub consistency_groups: NameMap<ConsistencyGroup>,
+    /// Names declared in the file whose entries were invalid: references to them are not reported
+    /// a second time.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub declared: Declared,
+}
+
+/// Names declared in a file, valid or not.
+#[derive(Clone, Debug, Default)]
+pub struct Declared {
+    pub sites: Vec<String>,
+    pub policies: Vec<String>,
+    pub vms: Vec<String>,
+    pub consistency_groups: Vec<String>,
+}
+
+/// A site: a store for its repository (or cache), a compute driver and its networks.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// Where the site keeps its data: a path (relative to lifeboat.toml), `file:///…`,
+    /// `memory://`, `az://container/prefix`, `s3://bucket/prefix`.
+    pub store: Spanned<String>,
+    /// How VMs are started here.
+    pub compute: Spanned<ComputeDriver>,
+    /// Networks by name.
+    #[serde(default)]
+    pub networks: NameMap<Network>,
+}
+
+/// The compute driver a site uses to run VMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDriver {
+    /// A VM is a local process started from its `boot` command.
+    Process,
+    /// A VM is a QEMU virtual machine.
+    Qemu,
+}
+
+impl ComputeDriver {
+    pub const NAMES: &'static [&'static str] = &["process", "qemu"];
+}
+
+/// A network: named subnets.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Subnets by name, each a CIDR block.
+    pub subnets: NameMap<Spanned<Cidr>>,
+}
+
+/// A replication policy.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// How often a crash-consistent recovery point is taken.
+    pub crash_interval: Spanned<Duration>,
+    /// How often an app-consistent point is taken (needs a quiesce step); none if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_interval: Option<Spanned<Duration>>,
+    /// How long points are kept (the latest point and pinned points are always kept).
+    pub retention: Spanned<Duration>,
+    /// Alert when the newest point is older than this.
+    pub rpo_threshold: Spanned<Duration>,
+}
+
+/// A protected VM.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    /// The site the VM runs at now.
+    pub site: Spanned<String>,
+    /// The replication policy.
+    pub policy: Spanned<String>,
+    /// Disk images by name (paths relative to lifeboat.toml).
+    pub disks: NameMap<Spanned<String>>,
+    /// Network interfaces, in order (`nic0`, `nic1`, …).
+    #[serde(default)]
+    pub nics: Vec<Nic>,
+    /// How the compute driver starts the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<Boot>,
+    /// How to tell the VM is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// A network interface.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    /// A network of the VM's site.
+    pub network: Spanned<String>,
+    /// A subnet of that network.
+    pub subnet: Spanned<String>,
+    /// Static address inside the subnet; the next free address is assigned if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Spanned<IpAddr>>,
+}
+
+/// The boot command of a VM for the `process` driver. Placeholders: `{vm.name}`, `{disk.NAME}`,
+/// `{nicN.ip}`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// Program and arguments.
+    #[schemars(length(min = 1))]
+    pub command: Vec<Spanned<String>>,
+}
+
+/// A health check: exactly one of `tcp`, `http`, `command`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// `host:port` that accepts a TCP connection when healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<Spanned<String>>,
+    /// URL that answers 2xx when healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Spanned<String>>,
+    /// Program and arguments that exit 0 when healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<Spanned<String>>>,
+    /// How long to wait for health before the boot fails (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Spanned<Duration>>,
+}
+
+/// VMs whose disks are cut together.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyGroup {
+    /// Member VMs; all at one site.
+    pub vms: Vec<Spanned<String>>,
+}
+
+/// Parse and type an inventory. Returns the inventory when the file is well-formed enough to
+/// check references against, and every problem found.
+pub fn parse_inventory(source: SourceId, text: &str) -> (Option<Inventory>, Vec<Diagnostic>) {
+    let mut diagnostics = Vec::new();
+    let Some(root) = parse_document(source, text, &mut diagnostics) else {
+        return (None, diagnostics);
+    };
+    let mut d = Decoder::new(source, text);
+    let root = toml::Spanned::new(root.span(), toml::de::DeValue::Table(root.into_inner()));
+    let inventory = decode_inventory(&mut d, &root);
+    diagnostics.append(&mut d.diagnostics);
+    (inventory, diagnostics)
+}
+
+fn decode_inventory(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Inventory> {
+    let mut t = d.table(root, "")?;
+    let version = t
+        .required(d, "version")
+        .and_then(|v| d.u32(v, "version", 0, u32::MAX));
+    if let Some(v) = &version
+        && v.value != INVENTORY_VERSION
+    {
+        d.push(
+            Diagnostic::error(
+                Rule::UnsupportedVersion,
+                v.span,
+                format!("unsupported inventory version {}", v.value),
+                "unsupported version",
+            )
+            .with_help(format!("this Lifeboat reads inventory version {INVENTORY_VERSION}")),
+        );
+    }
+    let mut declared = Declared::default();
+    let sites = match t.optional("sites") {
+        Some(v) => d.name_map(v, "sites", &mut declared.sites, decode_site),
+        None => Some(NameMap::default()),
+    };
+    let policies = match t.optional("policies") {
+        Some(v) => d.name_map(v, "policies", &mut declared.policies, decode_policy),
+        None => Some(NameMap::default()),
+    };
+    let vms = match t.optional("vms") {
+        Some(v) => d.name_map(v, "vms", &mut declared.vms, decode_vm),
+        None => Some(NameMap::default()),
+    };
+    let consistency_groups = match t.optional("consistency_groups") {
+        Some(v) => d.name_map(
+            v,
+            "consistency_groups",
+            &mut declared.consistency_groups,
+            |d, v, what| {
+                let mut t = d.table(v, what)?;
+                let vms = t.required(d, "vms").and_then(|v| d.string_list(v, &format!("{what}.vms")));
+                t.finish(d);
+                Some(ConsistencyGroup { vms: vms? })
+            },
+        ),
+        None => Some(NameMap::default()),
+    };
+    t.finish(d);
+    Some(Inventory {
+        version: version?,
+        sites: sites.unwrap_or_default(),
+        policies: policies.unwrap_or_default(),
+        vms: vms.unwrap_or_default(),
+        consistency_groups: consistency_groups.unwrap_or_default(),
+        declared,
+    })
+}
+
+/// Store locations Lifeboat can open.
+pub const STORE_SCHEMES: &[&str] = &["file", "memory", "az", "azure", "abfs", "s3"];
+
+fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
+    let mut t = d.table(v, what)?;
+    let store = t.required(d, "store").and_then(|v| d.string(v, &t.path("store")));
+    if let Some(store) = &store {
+        check_store(d, store);
+    }
+    let compute = t.required(d, "compute").and_then(|v| {
+        let s = d.string(v, &t.path("compute"))?;
+        match s.as_str() {
+            "process" => Some(Spanned::new(ComputeDriver::Process, s.span)),
+            "qemu" => Some(Spanned::new(ComputeDriver::Qemu, s.span)),
+            other => {
+                let mut diag = Diagnostic::error(
+                    Rule::InvalidValue,
+                    s.span,
+                    format!("unknown compute driver `{other}`"),
+                    "unknown driver",
+                );
+                if let Some(help) = suggestion(other, ComputeDriver::NAMES) {
+                    diag = diag.with_help(help);
+                }
+                d.push(diag);
+                None
+            }
+        }
+    });
+    let networks = match t.optional("networks") {
+        Some(v) => d.name_map(v, &t.path("networks"), &mut Vec::new(), |d, v, what| {
+            let mut t = d.table(v, what)?;
+            let subnets = t.required(d, "subnets").and_then(|v| {
+                d.name_map(v, &t.path("subnets"), &mut Vec::new(), |d, v, what| d.cidr(v, what))
+            });
+            t.finish(d);
+            Some(Network { subnets: subnets? })
+        }),
+        None => Some(NameMap::default()),
+    };
+    t.finish(d);
+    Some(Site {
+        store: store?,
+        compute: compute?,
+        networks: networks?,
+    })
+}
+
+fn check_store(d: &mut Decoder<'_>, store: &Spanned<String>) {
+    let s = store.trim();
+    if s.is_empty() {
+        d.error(Rule::InvalidStore, store.span, "`store` is empty", "empty");
+        return;
+    }
+    // A bare path, or `scheme://…` with a scheme we can open.
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return;
+    };
+    if !STORE_SCHEMES.contains(&scheme) {
+        let mut diag = Diagnostic::error(
+            Rule::InvalidStore,
+            store.span,
+            format!("unsupported store scheme `{scheme}://`"),
+            "unsupported scheme",
+        );
+        if let Some(help) = suggestion(scheme, STORE_SCHEMES) {
+            diag = diag.with_help(help);
+        }
+        d.push(diag);
+    } else if scheme == "file" && !rest.starts_with('/') {
+        d.push(
+            Diagnostic::error(
+                Rule::InvalidStore,
+                store.span,
+                "a `file://` store needs an absolute path",
+                "not absolute",
+            )
+            .with_help("write `file:///var/lib/lifeboat/east`, or a plain path relative to lifeboat.toml"),
+        );
+    } else if matches!(scheme, "az" | "azure" | "abfs" | "s3") && rest.is_empty() {
+        d.error(
+            Rule::InvalidStore,
+            store.span,
+            format!("a `{scheme}://` store needs a container or bucket name"),
+            "no container",
+        );
+    }
+}
+
+fn decode_policy(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Policy> {
+    let mut t = d.table(v, what)?;
+    let crash_interval = t
+        .required(d, "crash_interval")
+        .and_then(|v| d.duration(v, &t.path("crash_interval")));
+    let app_interval = t
+        .optional("app_interval")
+        .map(|v| d.duration(v, &t.path("app_interval")));
+    let retention = t
+        .required(d, "retention")
+        .and_then(|v| d.duration(v, &t.path("retention")));
+    let rpo_threshold = t
+        .required(d, "rpo_threshold")
+        .and_then(|v| d.duration(v, &t.path("rpo_threshold")));
+    t.finish(d);
+    let policy = Policy {
+        crash_interval: crash_interval?,
+        app_interval: app_interval.unwrap_or(None),
+        retention: retention?,
+        rpo_threshold: rpo_threshold?,
+    };
+    if policy.rpo_threshold.value < policy.crash_interval.value {
+        d.push(
+            Diagnostic::error(
+                Rule::PolicyInterval,
+                policy.rpo_threshold.span,
+                format!(
+                    "`rpo_threshold` ({}) is shorter than `crash_interval` ({}): the RPO alert would fire between every two points",
+                    humantime::format_duration(policy.rpo_threshold.0),
+                    humantime::format_duration(policy.crash_interval.0),
+                ),
+                "shorter than the interval",
+            )
+            .with_note(policy.crash_interval.span, "points are taken this often"),
+        );
+    }
+    if policy.retention.value < policy.crash_interval.value {
+        d.push(
+            Diagnostic::error(
+                Rule::PolicyInterval,
+                policy.retention.span,
+                "`retention` is shorter than `crash_interval`: only the latest point would ever be kept",
+                "shorter than the interval",
+            )
+            .with_note(policy.crash_interval.span, "points are taken this often"),
+        );
+    }
+    Some(policy)
+}
+
+fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
+    let mut t = d.table(v, what)?;
+    let site = t.required(d, "site").and_then(|v| d.string(v, &t.path("site")));
+    let policy = t.required(d, "policy").and_then(|v| d.string(v, &t.path("policy")));
+    let disks = t.required(d, "disks").and_then(|v| {
+        d.name_map(v, &t.path("disks"), &mut Vec::new(), |d, v, what| {
+            let path = d.string(v, what)?;
+            if path.trim().is_empty() {
+                d.error(Rule::InvalidValue, path.span, format!("`{what}` is empty"), "empty path");
+                return None;
+            }
+            Some(path)
+        })
+    });
+    if let Some(disks) = &disks
+        && disks.is_empty()
+        && let Some(v) = t.optional("disks")
+    {
+        let span = d.span(v);
+        d.error(Rule::InvalidValue, span, format!("`{}` is empty", t.path("disks")), "a VM needs at least one disk");
+    }
+    let nics = match t.optional("nics") {
+        Some(v) => d.list(v, &t.path("nics"), |d, v, what| {
+            let mut t = d.table(v, &what)?;
+            let network = t.required(d, "network").and_then(|v| d.string(v, &t.path("network")));
+            let subnet = t.required(d, "subnet").and_then(|v| d.string(v, &t.path("subnet")));
+            let ip = t.optional("ip").map(|v| d.ip(v, &t.path("ip")));
+            t.finish(d);
+            Some(Nic {
+                network: network?,
+                subnet: subnet?,
+                ip: ip.unwrap_or(None),
+            })
+        }),
+        None => Some(Vec::new()),
+    };
+    let boot = t.optional("boot").map(|v| {
+        let mut t = d.table(v, &t.path("boot"))?;
+        let command = t.required(d, "command").and_then(|v| command(d, v, &t.path("command")));
+        t.finish(d);
+        Some(Boot { command: command? })
+    });
+    let health = t.optional("health").map(|v| decode_health(d, v, &t.path("health")));
+    t.finish(d);
+    Some(Vm {
+        site: site?,
+        policy: policy?,
+        disks: disks?,
+        nics: nics?,
+        boot: boot.unwrap_or(None),
+        health: health.unwrap_or(None),
+    })
+}
+
+fn command(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vec<Spanned<String>>> {
+    let args = d.string_list(v, what)?;
+    if args.is_empty() {
+        let span = d.span(v);
+        d.error(Rule::InvalidValue, span, format!("`{what}` is empty"), "needs a program to run");
+        return None;
+    }
+    Some(args)
+}
+
+fn decode_health(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Health> {
+    let mut t = d.table(v, what)?;
+    let tcp = t.optional("tcp").map(|v| d.string(v, &t.path("tcp")));
+    let http = t.optional("http").map(|v| d.string(v, &t.path("http")));
+    let command = t.optional("command").map(|v| command(d, v, &t.path("command")));
+    let timeout = t.optional("timeout").map(|v| d.duration(v, &t.path("timeout")));
+    let given = [tcp.is_some(), http.is_some(), command.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if given != 1 {
+        d.push(
+            Diagnostic::error(
+                Rule::InvalidValue,
+                t.span,
+                format!("`{what}` needs exactly one of `tcp`, `http`, `command`, found {given}"),
+                "one check per VM",
+            )
+            .with_help("e.g. `health = { tcp = \"{nic0.ip}:5432\" }`"),
+        );
+    }
+    t.finish(d);
+    if given != 1 {
+        return None;
+    }
+    Some(Health {
+        tcp: tcp.unwrap_or(None),
+        http: http.unwrap_or(None),
+        command: command.unwrap_or(None),
+        timeout: timeout.unwrap_or(None),
+    })
+}
