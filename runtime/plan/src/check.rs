@@ -85,6 +85,9 @@ pub fn check_inventory(inv: &Inventory, sources: &Sources) -> Vec<Diagnostic> {
         for nic in &vm.nics {
             let Some(site) = site else { continue };
             let Some(network) = site.networks.get(&nic.network) else {
+                if site.declared_networks.contains(&nic.network.value) {
+                    continue;
+                }
                 let known: Vec<&str> = site.networks.names().collect();
                 out.push(unknown(
                     Rule::UnknownNetwork,
@@ -96,6 +99,9 @@ pub fn check_inventory(inv: &Inventory, sources: &Sources) -> Vec<Diagnostic> {
                 continue;
             };
             let Some(subnet) = network.subnets.get(&nic.subnet) else {
+                if network.declared_subnets.contains(&nic.subnet.value) {
+                    continue;
+                }
                 let known: Vec<&str> = network.subnets.names().collect();
                 out.push(unknown(
                     Rule::UnknownSubnet,
@@ -258,7 +264,9 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
     let mut out = Vec::new();
     let site_names: Vec<&str> = inv.sites.names().collect();
     let known_site = |name: &Spanned<String>, out: &mut Vec<Diagnostic>, role: &str| {
-        if inv.sites.contains(name) {
+        if name.is_empty() {
+            false // missing: reported while parsing
+        } else if inv.sites.contains(name) {
             true
         } else {
             if !inv.declared.sites.contains(&name.value) {
@@ -269,7 +277,7 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
     };
     let source_ok = known_site(&plan.source, &mut out, "source");
     let target_ok = known_site(&plan.target, &mut out, "target");
-    if plan.source.value == plan.target.value {
+    if plan.source.value == plan.target.value && !plan.source.is_empty() {
         out.push(
             Diagnostic::error(
                 Rule::SameSourceTarget,
@@ -285,9 +293,13 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
     // Network mapping: source network name → (target network, where the mapping is written).
     let mut mapping: HashMap<&str, (&NetworkRef, Span)> = HashMap::new();
     let mut mapping_spans: Vec<Span> = Vec::new();
+    // Source networks named by some mapping, valid or not: a NIC on one is not reported as
+    // unmapped when its mapping already has an error of its own.
+    let mut mentioned: Vec<&str> = Vec::new();
     if let Some(network) = &plan.network {
         for m in &network.map {
             mapping_spans.push(m.from.span);
+            mentioned.push(&m.from.network);
             let from_ok = check_network_ref(inv, &m.from, &plan.source.value, source_ok, "source", &mut out);
             let to_ok = check_network_ref(inv, &m.to, &plan.target.value, target_ok, "target", &mut out);
             if let Some((_, first)) = mapping.get(m.from.network.as_str()) {
@@ -314,12 +326,6 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
     let mut group_of: HashMap<&str, (&str, Span)> = HashMap::new();
     let mut group_names: HashMap<&str, Span> = HashMap::new();
     let mut plan_vms: Vec<(&Spanned<String>, &Vm)> = Vec::new();
-    if plan.groups.is_empty() {
-        out.push(
-            Diagnostic::error(Rule::EmptyGroup, plan.name.span, format!("plan `{}` has no groups", plan.name.value), "no `[[group]]`")
-                .with_help("add a `[[group]]` with `name` and `vms`"),
-        );
-    }
     for group in &plan.groups {
         if let Some(first) = group_names.get(group.name.value.as_str()) {
             out.push(
@@ -358,7 +364,7 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
                 continue;
             }
             group_of.insert(&vm_ref.value, (&group.name.value, vm_ref.span));
-            if vm.site.value != plan.source.value {
+            if vm.site.value != plan.source.value && source_ok {
                 out.push(
                     Diagnostic::error(
                         Rule::VmNotInSource,
@@ -404,7 +410,15 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
         }
     }
 
-    check_addresses(inv, plan, &plan_vms, &mapping, &mapping_spans, &mut out);
+    let mapping_complete = plan.network.as_ref().is_none_or(|n| n.complete);
+    if source_ok && target_ok && plan.source.value != plan.target.value && mapping_complete {
+        let mapping = Mapping {
+            valid: &mapping,
+            mentioned: &mentioned,
+            spans: &mapping_spans,
+        };
+        check_addresses(inv, plan, &plan_vms, &mapping, &mut out);
+    }
 
     // Steps.
     let plan_vm_names: Vec<&str> = plan_vms.iter().map(|(r, _)| r.value.as_str()).collect();
@@ -440,6 +454,9 @@ fn check_network_ref(
     role: &str,
     out: &mut Vec<Diagnostic>,
 ) -> bool {
+    if !expected_site_known {
+        return false; // the plan's site is missing or unknown: reported already
+    }
     if r.site != expected_site {
         out.push(
             Diagnostic::error(
@@ -448,11 +465,8 @@ fn check_network_ref(
                 format!("`{}` is not a network of the {role} site `{expected_site}`", r.value),
                 format!("expected `{expected_site}/…`"),
             )
-            .with_help(format!("mappings go from networks of the source site to networks of the target site")),
+            .with_help("mappings go from networks of the source site to networks of the target site"),
         );
-        return false;
-    }
-    if !expected_site_known {
         return false;
     }
     let Some(site) = inv.sites.get(&r.site) else { return false };
@@ -465,12 +479,18 @@ fn check_network_ref(
     false
 }
 
+/// The plan's network mapping as the address checks need it.
+struct Mapping<'a> {
+    valid: &'a HashMap<&'a str, (&'a NetworkRef, Span)>,
+    mentioned: &'a [&'a str],
+    spans: &'a [Span],
+}
+
 fn check_addresses(
     inv: &Inventory,
     plan: &Plan,
     plan_vms: &[(&Spanned<String>, &Vm)],
-    mapping: &HashMap<&str, (&NetworkRef, Span)>,
-    mapping_spans: &[Span],
+    mapping: &Mapping<'_>,
     out: &mut Vec<Diagnostic>,
 ) {
     let overrides = plan.network.as_ref().map(|n| n.overrides.as_slice()).unwrap_or(&[]);
@@ -506,7 +526,10 @@ fn check_addresses(
             let over = overrides
                 .iter()
                 .find(|o| o.vm.value == vm_ref.value && o.nic.as_ref().map(|n| n.value as usize).unwrap_or(0) == index);
-            let Some((to, _)) = mapping.get(nic.network.as_str()) else {
+            let Some((to, _)) = mapping.valid.get(nic.network.as_str()) else {
+                if mapping.mentioned.contains(&nic.network.as_str()) {
+                    continue;
+                }
                 let mut d = Diagnostic::error(
                     Rule::UnmappedNetwork,
                     vm_ref.span,
@@ -521,7 +544,7 @@ fn check_addresses(
                     "add `{{ from = \"{}/{}\", to = \"{}/…\" }}` to `network.map`",
                     plan.source.value, nic.network.value, plan.target.value
                 ));
-                if let Some(first) = mapping_spans.first() {
+                if let Some(first) = mapping.spans.first() {
                     d = d.with_note(*first, "mappings are listed here");
                 }
                 out.push(d);

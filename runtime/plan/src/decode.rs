@@ -210,11 +210,18 @@ impl<'s> Decoder<'s> {
                 None
             }
             Err(e) => {
+                let reason = match e {
+                    humantime::DurationError::UnknownUnit { unit, .. } => format!("unknown unit `{unit}`"),
+                    humantime::DurationError::NumberOverflow => "too long".to_string(),
+                    humantime::DurationError::Empty => "it is empty".to_string(),
+                    humantime::DurationError::NumberExpected(_) => "expected a number".to_string(),
+                    humantime::DurationError::InvalidCharacter(_) => "unexpected character".to_string(),
+                };
                 self.push(
                     Diagnostic::error(
                         Rule::InvalidDuration,
                         s.span,
-                        format!("invalid duration `{}` for `{what}`: {e}", s.value),
+                        format!("invalid duration `{}` for `{what}`: {reason}", s.value),
                         "not a duration",
                     )
                     .with_help("write a number and a unit: `90s`, `5m`, `1h 30m`, `7days`"),
@@ -275,7 +282,8 @@ impl<'s> Decoder<'s> {
         }
     }
 
-    /// A list whose items are each read by `item`; items that fail are dropped (already reported).
+    /// A list whose items are each read by `item`; items that fail are dropped (already reported,
+    /// and `complete` is set to false).
     pub fn list<'v, 'i, T>(
         &mut self,
         value: &'v Value<'i>,
@@ -373,18 +381,25 @@ impl<'v, 'i> TableReader<'v, 'i> {
 
     /// Where to point for a missing key: the table's first line rather than all of it.
     fn header_span(&self, d: &Decoder<'_>) -> Span {
-        let text = d.text.get(self.span.range()).unwrap_or("");
+        let text = if self.what.is_empty() {
+            d.text // the whole document: point at its first line
+        } else {
+            d.text.get(self.span.range()).unwrap_or("")
+        };
         let len = text.find('\n').unwrap_or(text.len());
         Span::new(self.span.source, self.span.start..self.span.start + len)
     }
 
-    /// Report every key not asked for, with the nearest known key as a suggestion.
-    pub fn finish(self, d: &mut Decoder<'_>) {
+    /// Report every key not asked for, with the nearest known key as a suggestion. Returns
+    /// whether the table was clean (no unknown key).
+    pub fn finish(self, d: &mut Decoder<'_>) -> bool {
+        let mut clean = true;
         for (key, _) in self.table.iter() {
             let name = key.get_ref();
             if self.known.iter().any(|k| k == name) {
                 continue;
             }
+            clean = false;
             let span = Span::new(d.source, key.span());
             let where_ = if self.what.is_empty() {
                 "at the top level".to_string()
@@ -402,5 +417,6 @@ impl<'v, 'i> TableReader<'v, 'i> {
             }
             d.push(diagnostic);
         }
+        clean
     }
 }

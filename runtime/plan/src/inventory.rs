@@ -61,6 +61,10 @@ pub struct Site {
     /// Networks by name.
     #[serde(default)]
     pub networks: NameMap<Network>,
+    /// Network names declared, valid or not.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub declared_networks: Vec<String>,
 }
 
 /// The compute driver a site uses to run VMs.
@@ -83,6 +87,10 @@ impl ComputeDriver {
 pub struct Network {
     /// Subnets by name, each a CIDR block.
     pub subnets: NameMap<Spanned<Cidr>>,
+    /// Subnet names declared, valid or not.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub declared_subnets: Vec<String>,
 }
 
 /// A replication policy.
@@ -202,6 +210,7 @@ fn decode_inventory(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Inventory> 
             .with_help(format!("this Lifeboat reads inventory version {INVENTORY_VERSION}")),
         );
     }
+    let t_span = t.span;
     let mut declared = Declared::default();
     let sites = match t.optional("sites") {
         Some(v) => d.name_map(v, "sites", &mut declared.sites, decode_site),
@@ -231,7 +240,8 @@ fn decode_inventory(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Inventory> 
     };
     t.finish(d);
     Some(Inventory {
-        version: version?,
+        // Missing: reported above; read as current so the rest is still checked.
+        version: version.unwrap_or(Spanned::new(INVENTORY_VERSION, t_span)),
         sites: sites.unwrap_or_default(),
         policies: policies.unwrap_or_default(),
         vms: vms.unwrap_or_default(),
@@ -269,14 +279,19 @@ fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
             }
         }
     });
+    let mut declared_networks = Vec::new();
     let networks = match t.optional("networks") {
-        Some(v) => d.name_map(v, &t.path("networks"), &mut Vec::new(), |d, v, what| {
+        Some(v) => d.name_map(v, &t.path("networks"), &mut declared_networks, |d, v, what| {
             let mut t = d.table(v, what)?;
+            let mut declared_subnets = Vec::new();
             let subnets = t.required(d, "subnets").and_then(|v| {
-                d.name_map(v, &t.path("subnets"), &mut Vec::new(), |d, v, what| d.cidr(v, what))
+                d.name_map(v, &t.path("subnets"), &mut declared_subnets, |d, v, what| d.cidr(v, what))
             });
             t.finish(d);
-            Some(Network { subnets: subnets? })
+            Some(Network {
+                subnets: subnets?,
+                declared_subnets,
+            })
         }),
         None => Some(NameMap::default()),
     };
@@ -285,6 +300,7 @@ fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
         store: store?,
         compute: compute?,
         networks: networks?,
+        declared_networks,
     })
 }
 

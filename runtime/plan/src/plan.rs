@@ -72,6 +72,11 @@ pub struct PlanNetwork {
     /// Per-NIC choices that win over the mapping rules.
     #[serde(default, rename = "override")]
     pub overrides: Vec<NicOverride>,
+    /// False when part of this section had errors: checks that depend on the whole mapping
+    /// (unmapped networks) are skipped rather than reported a second time.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub complete: bool,
 }
 
 /// `site/network`.
@@ -305,6 +310,9 @@ fn decode_plan(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Plan> {
             .with_help(format!("this Lifeboat reads plan version {PLAN_VERSION}")),
         );
     }
+    // A missing or malformed name, source or target is reported here and read as empty, so the
+    // reference checks still run on the rest of the plan (they skip empty names).
+    let blank = Spanned::new(String::new(), t.span);
     let name = t.required(d, "name").and_then(|v| d.name(v, "plan"));
     let description = t.optional("description").map(|v| d.string(v, "description"));
     let source = t.required(d, "source").and_then(|v| d.string(v, "source"));
@@ -335,18 +343,26 @@ fn decode_plan(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Plan> {
     });
     let network = t.optional("network").map(|v| decode_network(d, v));
     let groups = t.required(d, "group").and_then(|v| {
-        d.list(v, "group", |d, v, what| decode_group(d, v, &what))
+        let groups = d.list(v, "group", |d, v, what| decode_group(d, v, &what))?;
+        if matches!(v.get_ref(), DeValue::Array(items) if items.is_empty()) {
+            let span = d.span(v);
+            d.push(
+                Diagnostic::error(Rule::EmptyGroup, span, "the plan has no groups", "nothing to recover")
+                    .with_help("add a `[[group]]` with `name` and `vms`"),
+            );
+        }
+        Some(groups)
     });
     t.finish(d);
     Some(Plan {
-        version: version?,
-        name: name?,
+        version: version.unwrap_or(Spanned::new(PLAN_VERSION, blank.span)),
+        name: name.unwrap_or_else(|| blank.clone()),
         description: description.unwrap_or(None),
-        source: source?,
-        target: target?,
+        source: source.unwrap_or_else(|| blank.clone()),
+        target: target.unwrap_or_else(|| blank.clone()),
         recovery_point: recovery_point.unwrap_or(None),
         network: network.unwrap_or(None),
-        groups: groups?,
+        groups: groups.unwrap_or_default(),
     })
 }
 
@@ -389,6 +405,10 @@ fn decode_network(d: &mut Decoder<'_>, v: &Value<'_>) -> Option<PlanNetwork> {
         }),
         None => Some(Vec::new()),
     };
+    let map_items = t.optional("map").map(|v| match v.get_ref() {
+        DeValue::Array(items) => items.len(),
+        _ => usize::MAX,
+    });
     let test = t.optional("test").map(|v| network_ref(d, v, "network.test"));
     let overrides = match t.optional("override") {
         Some(v) => d.list(v, "network.override", |d, v, what| {
@@ -409,29 +429,31 @@ fn decode_network(d: &mut Decoder<'_>, v: &Value<'_>) -> Option<PlanNetwork> {
         }),
         None => Some(Vec::new()),
     };
-    t.finish(d);
+    let clean = t.finish(d);
+    let map = map.unwrap_or_default();
+    let complete = clean && map_items.is_none_or(|n| n == map.len());
     Some(PlanNetwork {
-        map: map?,
+        map,
         test: test.unwrap_or(None),
-        overrides: overrides?,
+        overrides: overrides.unwrap_or_default(),
+        complete,
     })
 }
 
 fn decode_group(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Group> {
     let mut t = d.table(v, what)?;
     let name = t.required(d, "name").and_then(|v| d.name(v, "group"));
-    let what = match &name {
+    let shown = match &name {
         Some(n) => format!("group `{}`", n.value),
         None => what.to_string(),
     };
-    t.what = what.clone();
-    let vms = t.required(d, "vms").and_then(|v| d.string_list(v, &format!("{what}.vms")));
+    let vms = t.required(d, "vms").and_then(|v| d.string_list(v, &t.path("vms")));
     if let (Some(vms), Some(v)) = (&vms, t.optional("vms"))
         && vms.is_empty()
     {
         let span = d.span(v);
         d.push(
-            Diagnostic::error(Rule::EmptyGroup, span, format!("{what} has no VMs"), "empty group")
+            Diagnostic::error(Rule::EmptyGroup, span, format!("{shown} has no VMs"), "empty group")
                 .with_help("list the VMs this group boots, or remove the group"),
         );
     }
@@ -515,7 +537,6 @@ fn decode_step(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Step> {
     let timeout = t.optional("timeout").map(|v| d.duration(v, &t.path("timeout")));
     let retries = t.optional("retries").map(|v| d.u32(v, &t.path("retries"), 0, 100));
     let allow = t.optional("allow").map(|v| decode_allow(d, v, &t.path("allow")));
-    let step_span = t.span;
     let sha256_absent = sha256.is_none();
     t.finish(d);
     let step = Step {
@@ -539,7 +560,6 @@ fn decode_step(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Step> {
                 format!("plugin `{path}` is not pinned"),
                 "no `sha256` for this file",
             )
-            .with_note(step_span, "in this step")
             .with_help(format!("add `sha256 = \"…\"` (the output of `sha256sum {path}`)")),
         );
     }
