@@ -13,11 +13,22 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::report::Format;
 
 #[derive(Debug, Parser)]
-#[command(name = "lifeboat", version, about = "Disaster recovery for VMs, with plans as code.")]
-#[command(after_help = "Exit codes: 0 ok, 1 unexpected failure, 2 usage error, 3 invalid inventory or plan.")]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Disaster recovery for VMs, with plans as code."
+)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 unexpected failure, 2 usage error, 3 invalid inventory or plan."
+)]
 struct Cli {
     /// The inventory file.
-    #[arg(long, global = true, env = "LIFEBOAT_CONFIG", default_value = "lifeboat.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "LIFEBOAT_CONFIG",
+        default_value = "lifeboat.toml"
+    )]
     config: PathBuf,
 
     /// Output for people or for tools.
@@ -100,11 +111,17 @@ where
         Ok(cli) => cli,
         Err(e) => {
             let code = match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => exit_codes::OK,
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    exit_codes::OK
+                }
                 _ => exit_codes::USAGE,
             };
             let text = e.render().to_string();
-            let target = if code == exit_codes::OK { &mut io.stdout } else { &mut io.stderr };
+            let target = if code == exit_codes::OK {
+                &mut io.stdout
+            } else {
+                &mut io.stderr
+            };
             let _ = target.write_all(text.as_bytes());
             return code;
         }

@@ -66,7 +66,8 @@ pub fn validate(config: &Path, plans: &[PathBuf]) -> Validation {
     let mut sources = Sources::new();
     let mut diagnostics = Vec::new();
 
-    let (inventory_source, text) = read_or_report(&mut sources, config, "inventory", &mut diagnostics);
+    let (inventory_source, text) =
+        read_or_report(&mut sources, config, "inventory", &mut diagnostics);
     let inventory = text.and_then(|text| {
         let (inventory, mut found) = parse_inventory(inventory_source, &text);
         diagnostics.append(&mut found);

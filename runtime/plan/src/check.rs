@@ -16,7 +16,13 @@ fn did_you_mean<'a>(input: &str, names: impl IntoIterator<Item = &'a str>) -> Op
     closest(input, names).map(|best| format!("did you mean `{best}`?"))
 }
 
-fn unknown(rule: Rule, what: &str, name: &Spanned<String>, known: &[&str], context: &str) -> Diagnostic {
+fn unknown(
+    rule: Rule,
+    what: &str,
+    name: &Spanned<String>,
+    known: &[&str],
+    context: &str,
+) -> Diagnostic {
     let mut d = Diagnostic::error(
         rule,
         name.span,
@@ -30,7 +36,11 @@ fn unknown(rule: Rule, what: &str, name: &Spanned<String>, known: &[&str], conte
     } else if known.len() <= 12 {
         d = d.with_help(format!(
             "defined: {}",
-            known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            known
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     d
@@ -71,7 +81,13 @@ pub fn check_inventory(inv: &Inventory, sources: &Sources) -> Vec<Diagnostic> {
     for (vm_name, vm) in inv.vms.iter() {
         let site = inv.sites.get(&vm.site);
         if site.is_none() && !inv.declared.sites.contains(&vm.site.value) {
-            out.push(unknown(Rule::UnknownSite, "site", &vm.site, &site_names, &format!(" for VM `{vm_name}`")));
+            out.push(unknown(
+                Rule::UnknownSite,
+                "site",
+                &vm.site,
+                &site_names,
+                &format!(" for VM `{vm_name}`"),
+            ));
         }
         if !inv.policies.contains(&vm.policy) && !inv.declared.policies.contains(&vm.policy.value) {
             out.push(unknown(
@@ -118,18 +134,26 @@ pub fn check_inventory(inv: &Inventory, sources: &Sources) -> Vec<Diagnostic> {
                     Diagnostic::error(
                         Rule::IpOutsideSubnet,
                         ip.span,
-                        format!("address {} is outside subnet `{}` ({})", ip.value, nic.subnet.value, subnet.0),
+                        format!(
+                            "address {} is outside subnet `{}` ({})",
+                            ip.value, nic.subnet.value, subnet.0
+                        ),
                         format!("not in {}", subnet.0),
                     )
                     .with_note(subnet.span, "the subnet is defined here"),
                 );
                 continue;
             }
-            if ip.value == subnet.0.network() || (subnet.0.prefix_len() < 31 && ip.value == subnet.0.broadcast()) {
+            if ip.value == subnet.0.network()
+                || (subnet.0.prefix_len() < 31 && ip.value == subnet.0.broadcast())
+            {
                 out.push(Diagnostic::error(
                     Rule::IpOutsideSubnet,
                     ip.span,
-                    format!("address {} is the network or broadcast address of {}", ip.value, subnet.0),
+                    format!(
+                        "address {} is the network or broadcast address of {}",
+                        ip.value, subnet.0
+                    ),
                     "not a host address",
                 ));
                 continue;
@@ -177,7 +201,10 @@ pub fn check_inventory(inv: &Inventory, sources: &Sources) -> Vec<Diagnostic> {
                     Diagnostic::error(
                         Rule::ConsistencyGroup,
                         member.span,
-                        format!("VM `{}` is in consistency groups `{other}` and `{group_name}`", member.value),
+                        format!(
+                            "VM `{}` is in consistency groups `{other}` and `{group_name}`",
+                            member.value
+                        ),
                         "second group",
                     )
                     .with_note(*span, "first listed here")
@@ -248,15 +275,15 @@ fn check_vm_placeholders(vm_name: &str, vm: &Vm, sources: &Sources, out: &mut Ve
 
 /// The target subnet a NIC lands in, by the ASR rule: the subnet with the same name in the mapped
 /// network, else the first by name.
-pub fn target_subnet<'n>(network: &'n Network, source_subnet: &str) -> Option<(&'n str, &'n Spanned<Cidr>)> {
+pub fn target_subnet<'n>(
+    network: &'n Network,
+    source_subnet: &str,
+) -> Option<(&'n str, &'n Spanned<Cidr>)> {
     if let Some(subnet) = network.subnets.get(source_subnet) {
         let name = network.subnets.names().find(|n| *n == source_subnet)?;
         return Some((name, subnet));
     }
-    network
-        .subnets
-        .iter()
-        .min_by(|a, b| a.0.cmp(b.0))
+    network.subnets.iter().min_by(|a, b| a.0.cmp(b.0))
 }
 
 /// Checks of a plan against the inventory it runs on.
@@ -270,7 +297,13 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
             true
         } else {
             if !inv.declared.sites.contains(&name.value) {
-                out.push(unknown(Rule::UnknownSite, "site", name, &site_names, &format!(" as the plan's {role}")));
+                out.push(unknown(
+                    Rule::UnknownSite,
+                    "site",
+                    name,
+                    &site_names,
+                    &format!(" as the plan's {role}"),
+                ));
             }
             false
         }
@@ -286,7 +319,9 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
                 "same as the source",
             )
             .with_note(plan.source.span, "the source")
-            .with_help("a recovery plan moves VMs to another site: set `target` to the recovery site"),
+            .with_help(
+                "a recovery plan moves VMs to another site: set `target` to the recovery site",
+            ),
         );
     }
 
@@ -300,8 +335,22 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
         for m in &network.map {
             mapping_spans.push(m.from.span);
             mentioned.push(&m.from.network);
-            let from_ok = check_network_ref(inv, &m.from, &plan.source.value, source_ok, "source", &mut out);
-            let to_ok = check_network_ref(inv, &m.to, &plan.target.value, target_ok, "target", &mut out);
+            let from_ok = check_network_ref(
+                inv,
+                &m.from,
+                &plan.source.value,
+                source_ok,
+                "source",
+                &mut out,
+            );
+            let to_ok = check_network_ref(
+                inv,
+                &m.to,
+                &plan.target.value,
+                target_ok,
+                "target",
+                &mut out,
+            );
             if let Some((_, first)) = mapping.get(m.from.network.as_str()) {
                 out.push(
                     Diagnostic::error(
@@ -343,7 +392,13 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
         for vm_ref in &group.vms {
             let Some(vm) = inv.vms.get(vm_ref) else {
                 if !inv.declared.vms.contains(&vm_ref.value) {
-                    out.push(unknown(Rule::UnknownVm, "VM", vm_ref, &vm_names, " in the inventory"));
+                    out.push(unknown(
+                        Rule::UnknownVm,
+                        "VM",
+                        vm_ref,
+                        &vm_names,
+                        " in the inventory",
+                    ));
                 }
                 continue;
             };
@@ -386,7 +441,11 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
 
     // A consistency group fails over whole.
     for (cg_name, cg) in inv.consistency_groups.iter() {
-        let in_plan: Vec<&Spanned<String>> = cg.vms.iter().filter(|m| group_of.contains_key(m.value.as_str())).collect();
+        let in_plan: Vec<&Spanned<String>> = cg
+            .vms
+            .iter()
+            .filter(|m| group_of.contains_key(m.value.as_str()))
+            .collect();
         if in_plan.is_empty() {
             continue;
         }
@@ -431,7 +490,10 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
                         Diagnostic::error(
                             Rule::DuplicateName,
                             name.span,
-                            format!("two steps of group `{}` are named `{}`", group.name.value, name.value),
+                            format!(
+                                "two steps of group `{}` are named `{}`",
+                                group.name.value, name.value
+                            ),
                             "second step with this name",
                         )
                         .with_note(*first, "first defined here"),
@@ -462,20 +524,33 @@ fn check_network_ref(
             Diagnostic::error(
                 Rule::MappingSite,
                 r.span,
-                format!("`{}` is not a network of the {role} site `{expected_site}`", r.value),
+                format!(
+                    "`{}` is not a network of the {role} site `{expected_site}`",
+                    r.value
+                ),
                 format!("expected `{expected_site}/…`"),
             )
-            .with_help("mappings go from networks of the source site to networks of the target site"),
+            .with_help(
+                "mappings go from networks of the source site to networks of the target site",
+            ),
         );
         return false;
     }
-    let Some(site) = inv.sites.get(&r.site) else { return false };
+    let Some(site) = inv.sites.get(&r.site) else {
+        return false;
+    };
     if site.networks.contains(&r.network) {
         return true;
     }
     let known: Vec<&str> = site.networks.names().collect();
     let name = Spanned::new(r.network.clone(), r.span);
-    out.push(unknown(Rule::UnknownNetwork, "network", &name, &known, &format!(" at site `{}`", r.site)));
+    out.push(unknown(
+        Rule::UnknownNetwork,
+        "network",
+        &name,
+        &known,
+        &format!(" at site `{}`", r.site),
+    ));
     false
 }
 
@@ -493,18 +568,34 @@ fn check_addresses(
     mapping: &Mapping<'_>,
     out: &mut Vec<Diagnostic>,
 ) {
-    let overrides = plan.network.as_ref().map(|n| n.overrides.as_slice()).unwrap_or(&[]);
+    let overrides = plan
+        .network
+        .as_ref()
+        .map(|n| n.overrides.as_slice())
+        .unwrap_or(&[]);
     let test_network = plan
         .network
         .as_ref()
         .and_then(|n| n.test.as_ref())
-        .and_then(|t| inv.sites.get(&t.site)?.networks.get(&t.network).map(|n| (t, n)));
+        .and_then(|t| {
+            inv.sites
+                .get(&t.site)?
+                .networks
+                .get(&t.network)
+                .map(|n| (t, n))
+        });
 
     // Overrides must name a plan VM and one of its NICs.
     for o in overrides {
         let Some((_, vm)) = plan_vms.iter().find(|(r, _)| r.value == o.vm.value) else {
             let names: Vec<&str> = plan_vms.iter().map(|(r, _)| r.value.as_str()).collect();
-            out.push(unknown(Rule::UnknownVm, "VM", &o.vm, &names, " in this plan's groups"));
+            out.push(unknown(
+                Rule::UnknownVm,
+                "VM",
+                &o.vm,
+                &names,
+                " in this plan's groups",
+            ));
             continue;
         };
         let index = o.nic.as_ref().map(|n| n.value as usize).unwrap_or(0);
@@ -513,7 +604,11 @@ fn check_addresses(
             out.push(Diagnostic::error(
                 Rule::InvalidValue,
                 span,
-                format!("VM `{}` has {} NIC(s); there is no nic {index}", o.vm.value, vm.nics.len()),
+                format!(
+                    "VM `{}` has {} NIC(s); there is no nic {index}",
+                    o.vm.value,
+                    vm.nics.len()
+                ),
                 "no such NIC",
             ));
         }
@@ -523,9 +618,10 @@ fn check_addresses(
     let mut taken: HashMap<(String, IpAddr), (String, Span)> = HashMap::new();
     for (vm_ref, vm) in plan_vms {
         for (index, nic) in vm.nics.iter().enumerate() {
-            let over = overrides
-                .iter()
-                .find(|o| o.vm.value == vm_ref.value && o.nic.as_ref().map(|n| n.value as usize).unwrap_or(0) == index);
+            let over = overrides.iter().find(|o| {
+                o.vm.value == vm_ref.value
+                    && o.nic.as_ref().map(|n| n.value as usize).unwrap_or(0) == index
+            });
             let Some((to, _)) = mapping.valid.get(nic.network.as_str()) else {
                 if mapping.mentioned.contains(&nic.network.as_str()) {
                     continue;
@@ -550,7 +646,11 @@ fn check_addresses(
                 out.push(d);
                 continue;
             };
-            let Some(target_net) = inv.sites.get(&to.site).and_then(|s| s.networks.get(&to.network)) else {
+            let Some(target_net) = inv
+                .sites
+                .get(&to.site)
+                .and_then(|s| s.networks.get(&to.network))
+            else {
                 continue;
             };
             let subnet = match over.and_then(|o| o.subnet.as_ref()) {
@@ -558,20 +658,31 @@ fn check_addresses(
                     Some(s) => Some((name.value.as_str(), s)),
                     None => {
                         let known: Vec<&str> = target_net.subnets.names().collect();
-                        out.push(unknown(Rule::UnknownSubnet, "subnet", name, &known, &format!(" in `{to}`")));
+                        out.push(unknown(
+                            Rule::UnknownSubnet,
+                            "subnet",
+                            name,
+                            &known,
+                            &format!(" in `{to}`"),
+                        ));
                         None
                     }
                 },
                 None => target_subnet(target_net, &nic.subnet),
             };
-            let Some((subnet_name, subnet)) = subnet else { continue };
+            let Some((subnet_name, subnet)) = subnet else {
+                continue;
+            };
             let ip = match over.and_then(|o| o.ip.as_ref()) {
                 Some(ip) if !subnet.0.contains(&ip.value) => {
                     out.push(
                         Diagnostic::error(
                             Rule::IpOutsideSubnet,
                             ip.span,
-                            format!("override address {} is outside target subnet `{subnet_name}` ({})", ip.value, subnet.0),
+                            format!(
+                                "override address {} is outside target subnet `{subnet_name}` ({})",
+                                ip.value, subnet.0
+                            ),
                             format!("not in {}", subnet.0),
                         )
                         .with_note(subnet.span, "the target subnet"),
@@ -603,8 +714,13 @@ fn check_addresses(
                     taken.insert(key, (vm_ref.value.clone(), span));
                 }
             }
-            if let (Some((test_ref, test_net)), Some(test_ip)) = (test_network, over.and_then(|o| o.test_ip.as_ref())) {
-                let wanted = over.and_then(|o| o.subnet.as_ref()).map(|s| s.value.as_str()).unwrap_or(&nic.subnet);
+            if let (Some((test_ref, test_net)), Some(test_ip)) =
+                (test_network, over.and_then(|o| o.test_ip.as_ref()))
+            {
+                let wanted = over
+                    .and_then(|o| o.subnet.as_ref())
+                    .map(|s| s.value.as_str())
+                    .unwrap_or(&nic.subnet);
                 if let Some((name, test_subnet)) = target_subnet(test_net, wanted)
                     && !test_subnet.0.contains(&test_ip.value)
                 {
@@ -661,25 +777,38 @@ fn check_step(
             // vm.NAME.ip or vm.NAME.nicN.ip
             let parts: Vec<&str> = p.name.split('.').collect();
             let problem = match parts.as_slice() {
-                ["vm", name, "ip"] | ["vm", name, _, "ip"] if !plan_vms.contains(name) => Some(format!(
-                    "placeholder `{{{}}}` names VM `{name}`, which is not in this plan",
-                    p.name
-                )),
+                ["vm", name, "ip"] | ["vm", name, _, "ip"] if !plan_vms.contains(name) => {
+                    Some(format!(
+                        "placeholder `{{{}}}` names VM `{name}`, which is not in this plan",
+                        p.name
+                    ))
+                }
                 ["vm", name, nic, "ip"] => {
                     let count = inv.vms.get(name).map(|v| v.nics.len()).unwrap_or(0);
-                    match nic.strip_prefix("nic").and_then(|n| n.parse::<usize>().ok()) {
+                    match nic
+                        .strip_prefix("nic")
+                        .and_then(|n| n.parse::<usize>().ok())
+                    {
                         Some(n) if n < count => None,
-                        _ => Some(format!("placeholder `{{{}}}`: VM `{name}` has no NIC `{nic}`", p.name)),
+                        _ => Some(format!(
+                            "placeholder `{{{}}}`: VM `{name}` has no NIC `{nic}`",
+                            p.name
+                        )),
                     }
                 }
-                ["vm", name, "ip"] if inv.vms.get(name).is_some_and(|v| v.nics.is_empty()) => {
-                    Some(format!("placeholder `{{{}}}`: VM `{name}` has no NIC", p.name))
-                }
+                ["vm", name, "ip"] if inv.vms.get(name).is_some_and(|v| v.nics.is_empty()) => Some(
+                    format!("placeholder `{{{}}}`: VM `{name}` has no NIC", p.name),
+                ),
                 ["vm", _, "ip"] => None,
                 _ => Some(format!("unknown placeholder `{{{}}}`", p.name)),
             };
             if let Some(message) = problem {
-                let mut d = Diagnostic::error(Rule::UnknownPlaceholder, p.span, message, "nothing to substitute");
+                let mut d = Diagnostic::error(
+                    Rule::UnknownPlaceholder,
+                    p.span,
+                    message,
+                    "nothing to substitute",
+                );
                 if parts.first() != Some(&"vm") {
                     d = d.with_help(
                         "placeholders: `{vm.NAME.ip}`, `{vm.NAME.nicN.ip}`, `{run.id}`, `{plan.name}`, `{group.name}`, `{operation}`",

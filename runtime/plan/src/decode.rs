@@ -34,7 +34,10 @@ pub(crate) fn parse_document<'i>(
         diagnostics.push(Diagnostic::file_error(
             Rule::Syntax,
             source,
-            format!("file is {} bytes, larger than the {MAX_FILE_BYTES}-byte limit", text.len()),
+            format!(
+                "file is {} bytes, larger than the {MAX_FILE_BYTES}-byte limit",
+                text.len()
+            ),
         ));
         return None;
     }
@@ -92,8 +95,15 @@ impl<'s> Decoder<'s> {
         self.diagnostics.push(diagnostic);
     }
 
-    pub fn error(&mut self, rule: Rule, span: Span, message: impl Into<String>, label: impl Into<String>) {
-        self.diagnostics.push(Diagnostic::error(rule, span, message, label));
+    pub fn error(
+        &mut self,
+        rule: Rule,
+        span: Span,
+        message: impl Into<String>,
+        label: impl Into<String>,
+    ) {
+        self.diagnostics
+            .push(Diagnostic::error(rule, span, message, label));
     }
 
     fn wrong_type(&mut self, value: &Value<'_>, what: &str, expected: &str) {
@@ -107,7 +117,11 @@ impl<'s> Decoder<'s> {
         ));
     }
 
-    pub fn table<'v, 'i>(&mut self, value: &'v Value<'i>, what: &str) -> Option<TableReader<'v, 'i>> {
+    pub fn table<'v, 'i>(
+        &mut self,
+        value: &'v Value<'i>,
+        what: &str,
+    ) -> Option<TableReader<'v, 'i>> {
         match value.get_ref() {
             DeValue::Table(table) => Some(TableReader {
                 table,
@@ -143,7 +157,13 @@ impl<'s> Decoder<'s> {
     }
 
     /// An integer in `min..=max`.
-    pub fn integer(&mut self, value: &Value<'_>, what: &str, min: i64, max: i64) -> Option<Spanned<i64>> {
+    pub fn integer(
+        &mut self,
+        value: &Value<'_>,
+        what: &str,
+        min: i64,
+        max: i64,
+    ) -> Option<Spanned<i64>> {
         let DeValue::Integer(i) = value.get_ref() else {
             self.wrong_type(value, what, "an integer");
             return None;
@@ -163,7 +183,13 @@ impl<'s> Decoder<'s> {
         }
     }
 
-    pub fn u32(&mut self, value: &Value<'_>, what: &str, min: u32, max: u32) -> Option<Spanned<u32>> {
+    pub fn u32(
+        &mut self,
+        value: &Value<'_>,
+        what: &str,
+        min: u32,
+        max: u32,
+    ) -> Option<Spanned<u32>> {
         self.integer(value, what, min.into(), max.into())
             .map(|n| n.map(|n| n as u32))
     }
@@ -173,7 +199,10 @@ impl<'s> Decoder<'s> {
     pub fn check_name(&mut self, name: &Spanned<String>, what: &str) -> bool {
         let valid = !name.is_empty()
             && name.len() <= 63
-            && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -211,11 +240,15 @@ impl<'s> Decoder<'s> {
             }
             Err(e) => {
                 let reason = match e {
-                    humantime::DurationError::UnknownUnit { unit, .. } => format!("unknown unit `{unit}`"),
+                    humantime::DurationError::UnknownUnit { unit, .. } => {
+                        format!("unknown unit `{unit}`")
+                    }
                     humantime::DurationError::NumberOverflow => "too long".to_string(),
                     humantime::DurationError::Empty => "it is empty".to_string(),
                     humantime::DurationError::NumberExpected(_) => "expected a number".to_string(),
-                    humantime::DurationError::InvalidCharacter(_) => "unexpected character".to_string(),
+                    humantime::DurationError::InvalidCharacter(_) => {
+                        "unexpected character".to_string()
+                    }
                 };
                 self.push(
                     Diagnostic::error(
@@ -243,7 +276,9 @@ impl<'s> Decoder<'s> {
                     "not an IP address",
                 );
                 if s.contains('/') {
-                    d = d.with_help("an address takes no prefix length: write `10.1.2.10`, not `10.1.2.10/24`");
+                    d = d.with_help(
+                        "an address takes no prefix length: write `10.1.2.10`, not `10.1.2.10/24`",
+                    );
                 }
                 self.push(d);
                 None
@@ -320,7 +355,10 @@ impl<'s> Decoder<'s> {
         };
         let mut map = NameMap::default();
         for (key, value) in table.iter() {
-            let name = Spanned::new(key.get_ref().to_string(), Span::new(self.source, key.span()));
+            let name = Spanned::new(
+                key.get_ref().to_string(),
+                Span::new(self.source, key.span()),
+            );
             if !self.check_name(&name, what) {
                 continue;
             }

@@ -115,7 +115,12 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// An error pointing at `span`, labelled `label`.
-    pub fn error(rule: Rule, span: Span, message: impl Into<String>, label: impl Into<String>) -> Self {
+    pub fn error(
+        rule: Rule,
+        span: Span,
+        message: impl Into<String>,
+        label: impl Into<String>,
+    ) -> Self {
         Self {
             severity: Severity::Error,
             rule,
@@ -181,7 +186,7 @@ pub fn closest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -
 }
 
 /// "did you mean `x`?" or, with no close candidate, the list of valid choices.
-pub fn suggestion<'a>(input: &str, candidates: &[&'a str]) -> Option<String> {
+pub fn suggestion(input: &str, candidates: &[&str]) -> Option<String> {
     if let Some(best) = closest(input, candidates.iter().copied()) {
         return Some(format!("did you mean `{best}`?"));
     }

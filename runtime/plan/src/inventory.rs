@@ -207,7 +207,9 @@ fn decode_inventory(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Inventory> 
                 format!("unsupported inventory version {}", v.value),
                 "unsupported version",
             )
-            .with_help(format!("this Lifeboat reads inventory version {INVENTORY_VERSION}")),
+            .with_help(format!(
+                "this Lifeboat reads inventory version {INVENTORY_VERSION}"
+            )),
         );
     }
     let t_span = t.span;
@@ -231,7 +233,9 @@ fn decode_inventory(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Inventory> 
             &mut declared.consistency_groups,
             |d, v, what| {
                 let mut t = d.table(v, what)?;
-                let vms = t.required(d, "vms").and_then(|v| d.string_list(v, &format!("{what}.vms")));
+                let vms = t
+                    .required(d, "vms")
+                    .and_then(|v| d.string_list(v, &format!("{what}.vms")));
                 t.finish(d);
                 Some(ConsistencyGroup { vms: vms? })
             },
@@ -255,7 +259,9 @@ pub const STORE_SCHEMES: &[&str] = &["file", "memory", "az", "azure", "abfs", "s
 
 fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
     let mut t = d.table(v, what)?;
-    let store = t.required(d, "store").and_then(|v| d.string(v, &t.path("store")));
+    let store = t
+        .required(d, "store")
+        .and_then(|v| d.string(v, &t.path("store")));
     if let Some(store) = &store {
         check_store(d, store);
     }
@@ -281,18 +287,28 @@ fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
     });
     let mut declared_networks = Vec::new();
     let networks = match t.optional("networks") {
-        Some(v) => d.name_map(v, &t.path("networks"), &mut declared_networks, |d, v, what| {
-            let mut t = d.table(v, what)?;
-            let mut declared_subnets = Vec::new();
-            let subnets = t.required(d, "subnets").and_then(|v| {
-                d.name_map(v, &t.path("subnets"), &mut declared_subnets, |d, v, what| d.cidr(v, what))
-            });
-            t.finish(d);
-            Some(Network {
-                subnets: subnets?,
-                declared_subnets,
-            })
-        }),
+        Some(v) => d.name_map(
+            v,
+            &t.path("networks"),
+            &mut declared_networks,
+            |d, v, what| {
+                let mut t = d.table(v, what)?;
+                let mut declared_subnets = Vec::new();
+                let subnets = t.required(d, "subnets").and_then(|v| {
+                    d.name_map(
+                        v,
+                        &t.path("subnets"),
+                        &mut declared_subnets,
+                        |d, v, what| d.cidr(v, what),
+                    )
+                });
+                t.finish(d);
+                Some(Network {
+                    subnets: subnets?,
+                    declared_subnets,
+                })
+            },
+        ),
         None => Some(NameMap::default()),
     };
     t.finish(d);
@@ -333,7 +349,9 @@ fn check_store(d: &mut Decoder<'_>, store: &Spanned<String>) {
                 "a `file://` store needs an absolute path",
                 "not absolute",
             )
-            .with_help("write `file:///var/lib/lifeboat/east`, or a plain path relative to lifeboat.toml"),
+            .with_help(
+                "write `file:///var/lib/lifeboat/east`, or a plain path relative to lifeboat.toml",
+            ),
         );
     } else if matches!(scheme, "az" | "azure" | "abfs" | "s3") && rest.is_empty() {
         d.error(
@@ -397,13 +415,22 @@ fn decode_policy(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Polic
 
 fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
     let mut t = d.table(v, what)?;
-    let site = t.required(d, "site").and_then(|v| d.string(v, &t.path("site")));
-    let policy = t.required(d, "policy").and_then(|v| d.string(v, &t.path("policy")));
+    let site = t
+        .required(d, "site")
+        .and_then(|v| d.string(v, &t.path("site")));
+    let policy = t
+        .required(d, "policy")
+        .and_then(|v| d.string(v, &t.path("policy")));
     let disks = t.required(d, "disks").and_then(|v| {
         d.name_map(v, &t.path("disks"), &mut Vec::new(), |d, v, what| {
             let path = d.string(v, what)?;
             if path.trim().is_empty() {
-                d.error(Rule::InvalidValue, path.span, format!("`{what}` is empty"), "empty path");
+                d.error(
+                    Rule::InvalidValue,
+                    path.span,
+                    format!("`{what}` is empty"),
+                    "empty path",
+                );
                 return None;
             }
             Some(path)
@@ -414,13 +441,22 @@ fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
         && let Some(v) = t.optional("disks")
     {
         let span = d.span(v);
-        d.error(Rule::InvalidValue, span, format!("`{}` is empty", t.path("disks")), "a VM needs at least one disk");
+        d.error(
+            Rule::InvalidValue,
+            span,
+            format!("`{}` is empty", t.path("disks")),
+            "a VM needs at least one disk",
+        );
     }
     let nics = match t.optional("nics") {
         Some(v) => d.list(v, &t.path("nics"), |d, v, what| {
             let mut t = d.table(v, &what)?;
-            let network = t.required(d, "network").and_then(|v| d.string(v, &t.path("network")));
-            let subnet = t.required(d, "subnet").and_then(|v| d.string(v, &t.path("subnet")));
+            let network = t
+                .required(d, "network")
+                .and_then(|v| d.string(v, &t.path("network")));
+            let subnet = t
+                .required(d, "subnet")
+                .and_then(|v| d.string(v, &t.path("subnet")));
             let ip = t.optional("ip").map(|v| d.ip(v, &t.path("ip")));
             t.finish(d);
             Some(Nic {
@@ -433,11 +469,15 @@ fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
     };
     let boot = t.optional("boot").map(|v| {
         let mut t = d.table(v, &t.path("boot"))?;
-        let command = t.required(d, "command").and_then(|v| command(d, v, &t.path("command")));
+        let command = t
+            .required(d, "command")
+            .and_then(|v| command(d, v, &t.path("command")));
         t.finish(d);
         Some(Boot { command: command? })
     });
-    let health = t.optional("health").map(|v| decode_health(d, v, &t.path("health")));
+    let health = t
+        .optional("health")
+        .map(|v| decode_health(d, v, &t.path("health")));
     t.finish(d);
     Some(Vm {
         site: site?,
@@ -453,7 +493,12 @@ fn command(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vec<Spanned
     let args = d.string_list(v, what)?;
     if args.is_empty() {
         let span = d.span(v);
-        d.error(Rule::InvalidValue, span, format!("`{what}` is empty"), "needs a program to run");
+        d.error(
+            Rule::InvalidValue,
+            span,
+            format!("`{what}` is empty"),
+            "needs a program to run",
+        );
         return None;
     }
     Some(args)
@@ -463,8 +508,12 @@ fn decode_health(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Healt
     let mut t = d.table(v, what)?;
     let tcp = t.optional("tcp").map(|v| d.string(v, &t.path("tcp")));
     let http = t.optional("http").map(|v| d.string(v, &t.path("http")));
-    let command = t.optional("command").map(|v| command(d, v, &t.path("command")));
-    let timeout = t.optional("timeout").map(|v| d.duration(v, &t.path("timeout")));
+    let command = t
+        .optional("command")
+        .map(|v| command(d, v, &t.path("command")));
+    let timeout = t
+        .optional("timeout")
+        .map(|v| d.duration(v, &t.path("timeout")));
     let given = [tcp.is_some(), http.is_some(), command.is_some()]
         .iter()
         .filter(|b| **b)

@@ -50,7 +50,10 @@ mod tests {
         let mut sources = Sources::new();
         let text = r#"x = "{nic0.ip}:{{lit}}:{disk.os}""#;
         let id = sources.add("t", text);
-        let value = Spanned::new("{nic0.ip}:{{lit}}:{disk.os}".to_string(), Span::new(id, 4..text.len()));
+        let value = Spanned::new(
+            "{nic0.ip}:{{lit}}:{disk.os}".to_string(),
+            Span::new(id, 4..text.len()),
+        );
         let found = placeholders(&value, text);
         let names: Vec<_> = found.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["nic0.ip", "disk.os"]);

@@ -56,7 +56,8 @@ pub enum PointChoice {
 }
 
 impl PointChoice {
-    pub const NAMES: &'static [&'static str] = &["latest", "latest-processed", "latest-app-consistent"];
+    pub const NAMES: &'static [&'static str] =
+        &["latest", "latest-processed", "latest-app-consistent"];
 }
 
 /// The network section of a plan.
@@ -178,7 +179,8 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const NAMES: &'static [&'static str] = &["test", "planned", "unplanned", "failback", "cleanup"];
+    pub const NAMES: &'static [&'static str] =
+        &["test", "planned", "unplanned", "failback", "cleanup"];
 
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
@@ -314,7 +316,9 @@ fn decode_plan(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Plan> {
     // reference checks still run on the rest of the plan (they skip empty names).
     let blank = Spanned::new(String::new(), t.span);
     let name = t.required(d, "name").and_then(|v| d.name(v, "plan"));
-    let description = t.optional("description").map(|v| d.string(v, "description"));
+    let description = t
+        .optional("description")
+        .map(|v| d.string(v, "description"));
     let source = t.required(d, "source").and_then(|v| d.string(v, "source"));
     let target = t.required(d, "target").and_then(|v| d.string(v, "target"));
     let recovery_point = t.optional("recovery_point").map(|v| {
@@ -347,8 +351,13 @@ fn decode_plan(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Plan> {
         if matches!(v.get_ref(), DeValue::Array(items) if items.is_empty()) {
             let span = d.span(v);
             d.push(
-                Diagnostic::error(Rule::EmptyGroup, span, "the plan has no groups", "nothing to recover")
-                    .with_help("add a `[[group]]` with `name` and `vms`"),
+                Diagnostic::error(
+                    Rule::EmptyGroup,
+                    span,
+                    "the plan has no groups",
+                    "nothing to recover",
+                )
+                .with_help("add a `[[group]]` with `name` and `vms`"),
             );
         }
         Some(groups)
@@ -369,7 +378,9 @@ fn decode_plan(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Plan> {
 fn network_ref(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Spanned<NetworkRef>> {
     let s = d.string(v, what)?;
     match s.split_once('/') {
-        Some((site, network)) if !site.is_empty() && !network.is_empty() && !network.contains('/') => {
+        Some((site, network))
+            if !site.is_empty() && !network.is_empty() && !network.contains('/') =>
+        {
             Some(Spanned::new(
                 NetworkRef {
                     site: site.to_string(),
@@ -383,7 +394,10 @@ fn network_ref(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Spanned
                 Diagnostic::error(
                     Rule::InvalidValue,
                     s.span,
-                    format!("`{what}` must name a network as `site/network`, found `{}`", s.value),
+                    format!(
+                        "`{what}` must name a network as `site/network`, found `{}`",
+                        s.value
+                    ),
                     "expected `site/network`",
                 )
                 .with_help("e.g. `east/prod`"),
@@ -398,10 +412,17 @@ fn decode_network(d: &mut Decoder<'_>, v: &Value<'_>) -> Option<PlanNetwork> {
     let map = match t.optional("map") {
         Some(v) => d.list(v, "network.map", |d, v, what| {
             let mut t = d.table(v, &what)?;
-            let from = t.required(d, "from").and_then(|v| network_ref(d, v, &t.path("from")));
-            let to = t.required(d, "to").and_then(|v| network_ref(d, v, &t.path("to")));
+            let from = t
+                .required(d, "from")
+                .and_then(|v| network_ref(d, v, &t.path("from")));
+            let to = t
+                .required(d, "to")
+                .and_then(|v| network_ref(d, v, &t.path("to")));
             t.finish(d);
-            Some(NetworkMapping { from: from?, to: to? })
+            Some(NetworkMapping {
+                from: from?,
+                to: to?,
+            })
         }),
         None => Some(Vec::new()),
     };
@@ -409,7 +430,9 @@ fn decode_network(d: &mut Decoder<'_>, v: &Value<'_>) -> Option<PlanNetwork> {
         DeValue::Array(items) => items.len(),
         _ => usize::MAX,
     });
-    let test = t.optional("test").map(|v| network_ref(d, v, "network.test"));
+    let test = t
+        .optional("test")
+        .map(|v| network_ref(d, v, "network.test"));
     let overrides = match t.optional("override") {
         Some(v) => d.list(v, "network.override", |d, v, what| {
             let mut t = d.table(v, &what)?;
@@ -447,14 +470,21 @@ fn decode_group(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Group>
         Some(n) => format!("group `{}`", n.value),
         None => what.to_string(),
     };
-    let vms = t.required(d, "vms").and_then(|v| d.string_list(v, &t.path("vms")));
+    let vms = t
+        .required(d, "vms")
+        .and_then(|v| d.string_list(v, &t.path("vms")));
     if let (Some(vms), Some(v)) = (&vms, t.optional("vms"))
         && vms.is_empty()
     {
         let span = d.span(v);
         d.push(
-            Diagnostic::error(Rule::EmptyGroup, span, format!("{shown} has no VMs"), "empty group")
-                .with_help("list the VMs this group boots, or remove the group"),
+            Diagnostic::error(
+                Rule::EmptyGroup,
+                span,
+                format!("{shown} has no VMs"),
+                "empty group",
+            )
+            .with_help("list the VMs this group boots, or remove the group"),
         );
     }
     let pre = match t.optional("pre") {
@@ -534,9 +564,15 @@ fn decode_step(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Step> {
             }
         })
     });
-    let timeout = t.optional("timeout").map(|v| d.duration(v, &t.path("timeout")));
-    let retries = t.optional("retries").map(|v| d.u32(v, &t.path("retries"), 0, 100));
-    let allow = t.optional("allow").map(|v| decode_allow(d, v, &t.path("allow")));
+    let timeout = t
+        .optional("timeout")
+        .map(|v| d.duration(v, &t.path("timeout")));
+    let retries = t
+        .optional("retries")
+        .map(|v| d.u32(v, &t.path("retries"), 0, 100));
+    let allow = t
+        .optional("allow")
+        .map(|v| decode_allow(d, v, &t.path("allow")));
     let sha256_absent = sha256.is_none();
     t.finish(d);
     let step = Step {
@@ -560,7 +596,9 @@ fn decode_step(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Step> {
                 format!("plugin `{path}` is not pinned"),
                 "no `sha256` for this file",
             )
-            .with_help(format!("add `sha256 = \"…\"` (the output of `sha256sum {path}`)")),
+            .with_help(format!(
+                "add `sha256 = \"…\"` (the output of `sha256sum {path}`)"
+            )),
         );
     }
     Some(step)
@@ -594,7 +632,12 @@ fn plugin_ref(d: &mut Decoder<'_>, s: Spanned<String>) -> Option<Spanned<PluginR
         return None;
     }
     if s.trim().is_empty() {
-        d.error(Rule::InvalidValue, s.span, "`uses` is empty", "names no plugin");
+        d.error(
+            Rule::InvalidValue,
+            s.span,
+            "`uses` is empty",
+            "names no plugin",
+        );
         return None;
     }
     if s.contains("://") {
@@ -615,7 +658,9 @@ fn plugin_ref(d: &mut Decoder<'_>, s: Spanned<String>) -> Option<Spanned<PluginR
 
 fn decode_allow(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Allow> {
     let mut t: TableReader<'_, '_> = d.table(v, what)?;
-    let list = |d: &mut Decoder<'_>, t: &mut TableReader<'_, '_>, key: &'static str| match t.optional(key) {
+    let list = |d: &mut Decoder<'_>, t: &mut TableReader<'_, '_>, key: &'static str| match t
+        .optional(key)
+    {
         Some(v) => d.string_list(v, &t.path(key)).unwrap_or_default(),
         None => Vec::new(),
     };
@@ -630,7 +675,11 @@ fn decode_allow(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Allow>
 }
 
 /// Convert a TOML value to JSON (a step's `with`), collecting every string with its span.
-fn to_json(d: &mut Decoder<'_>, v: &Value<'_>, strings: &mut Vec<Spanned<String>>) -> serde_json::Value {
+fn to_json(
+    d: &mut Decoder<'_>,
+    v: &Value<'_>,
+    strings: &mut Vec<Spanned<String>>,
+) -> serde_json::Value {
     use serde_json::Value as J;
     match v.get_ref() {
         DeValue::String(s) => {
@@ -641,7 +690,12 @@ fn to_json(d: &mut Decoder<'_>, v: &Value<'_>, strings: &mut Vec<Spanned<String>
             Ok(n) => J::from(n),
             Err(_) => {
                 let span = d.span(v);
-                d.error(Rule::InvalidValue, span, "integer does not fit in 64 bits", "too large");
+                d.error(
+                    Rule::InvalidValue,
+                    span,
+                    "integer does not fit in 64 bits",
+                    "too large",
+                );
                 J::Null
             }
         },

@@ -10,10 +10,11 @@ fn generate<T: schemars::JsonSchema>() -> serde_json::Value {
     let mut generator = SchemaSettings::draft2020_12().into_generator();
     let mut schema = generator.root_schema_for::<T>();
     // `NameMap` keys refer to this definition.
-    if let Some(defs) = schema
-        .as_object_mut()
-        .and_then(|o| o.entry("$defs").or_insert_with(|| serde_json::json!({})).as_object_mut())
-    {
+    if let Some(defs) = schema.as_object_mut().and_then(|o| {
+        o.entry("$defs")
+            .or_insert_with(|| serde_json::json!({}))
+            .as_object_mut()
+    }) {
         defs.insert("Name".into(), name_schema().to_value());
     }
     schema.to_value()

@@ -10,7 +10,9 @@ use super::{full_message, primary_region};
 
 /// Escape a command's message (`%`, CR, LF).
 pub(crate) fn escape_data(s: &str) -> String {
-    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 /// Escape a property value: as data, plus `:` and `,`.
@@ -38,12 +40,24 @@ pub fn write(validation: &Validation, out: &mut dyn Write) -> io::Result<()> {
                 escape_property(validation.sources.get(d.source).name())
             )),
         }
-        properties.push(format!("title={}", escape_property(&format!("lifeboat {}", d.rule.name()))));
-        writeln!(out, "::{command} {}::{}", properties.join(","), escape_data(&full_message(d)))?;
+        properties.push(format!(
+            "title={}",
+            escape_property(&format!("lifeboat {}", d.rule.name()))
+        ));
+        writeln!(
+            out,
+            "::{command} {}::{}",
+            properties.join(","),
+            escape_data(&full_message(d))
+        )?;
     }
     let errors = validation.error_count();
     if errors == 0 {
-        writeln!(out, "lifeboat: inventory and {} plan(s) valid", validation.plans.len())
+        writeln!(
+            out,
+            "lifeboat: inventory and {} plan(s) valid",
+            validation.plans.len()
+        )
     } else {
         writeln!(out, "lifeboat: {errors} error(s)")
     }

@@ -36,7 +36,10 @@ impl<'a> Files<'a> for SourceFiles<'a> {
             given: line_index,
             max: starts.len() - 1,
         })?;
-        let end = starts.get(line_index + 1).copied().unwrap_or(file.text().len());
+        let end = starts
+            .get(line_index + 1)
+            .copied()
+            .unwrap_or(file.text().len());
         Ok(start..end)
     }
 }
@@ -53,7 +56,10 @@ pub fn write(validation: &Validation, color: bool, out: &mut dyn Write) -> io::R
         .with_message(&d.message);
         let mut labels = Vec::new();
         if let Some(primary) = &d.primary {
-            labels.push(CsLabel::primary(primary.span.source, primary.span.range()).with_message(&primary.message));
+            labels.push(
+                CsLabel::primary(primary.span.source, primary.span.range())
+                    .with_message(&primary.message),
+            );
         }
         for s in &d.secondary {
             labels.push(CsLabel::secondary(s.span.source, s.span.range()).with_message(&s.message));
@@ -69,7 +75,8 @@ pub fn write(validation: &Validation, color: bool, out: &mut dyn Write) -> io::R
         cs = cs.with_notes(notes);
         let rendered = if color {
             let mut buffer = term::termcolor::Buffer::ansi();
-            term::emit_to_write_style(&mut buffer, &config, &files, &cs).map_err(io::Error::other)?;
+            term::emit_to_write_style(&mut buffer, &config, &files, &cs)
+                .map_err(io::Error::other)?;
             buffer.into_inner()
         } else {
             term::emit_into_string(&config, &files, &cs)
@@ -89,7 +96,13 @@ fn write_summary(validation: &Validation, out: &mut dyn Write) -> io::Result<()>
         1 => "1 plan".to_string(),
         n => format!("{n} plans"),
     };
-    let plural = |n: usize, word: &str| if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") };
+    let plural = |n: usize, word: &str| {
+        if n == 1 {
+            format!("1 {word}")
+        } else {
+            format!("{n} {word}s")
+        }
+    };
     if errors == 0 {
         let warned = if warnings > 0 {
             format!(" ({})", plural(warnings, "warning"))
@@ -106,10 +119,10 @@ fn write_summary(validation: &Validation, out: &mut dyn Write) -> io::Result<()>
             .collect();
         writeln!(
             out,
-            "invalid: {} in {} of {} files",
+            "invalid: {} in {} of {}",
             plural(errors, "error"),
             bad_files.len(),
-            plans + 1
+            plural(plans + 1, "file")
         )
     }
 }

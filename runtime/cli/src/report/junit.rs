@@ -51,8 +51,16 @@ pub fn write(validation: &Validation, out: &mut dyn Write) -> io::Result<()> {
         files.len()
     )?;
     for (name, kind, id) in &files {
-        let in_file: Vec<_> = validation.diagnostics.iter().filter(|d| d.source == *id).collect();
-        write!(out, r#"    <testcase classname="lifeboat.{kind}" name="{}""#, escape(name))?;
+        let in_file: Vec<_> = validation
+            .diagnostics
+            .iter()
+            .filter(|d| d.source == *id)
+            .collect();
+        write!(
+            out,
+            r#"    <testcase classname="lifeboat.{kind}" name="{}""#,
+            escape(name)
+        )?;
         if in_file.is_empty() {
             writeln!(out, "/>")?;
             continue;
@@ -71,7 +79,12 @@ pub fn write(validation: &Validation, out: &mut dyn Write) -> io::Result<()> {
                     escape(&d.message),
                     escape(&body)
                 )?,
-                Severity::Warning => writeln!(out, "      <system-out>warning[{}]: {}</system-out>", d.rule.name(), escape(&body))?,
+                Severity::Warning => writeln!(
+                    out,
+                    "      <system-out>warning[{}]: {}</system-out>",
+                    d.rule.name(),
+                    escape(&body)
+                )?,
             }
         }
         writeln!(out, "    </testcase>")?;

@@ -27,7 +27,12 @@ pub enum Format {
     Github,
 }
 
-pub fn write(format: Format, validation: &Validation, color: bool, out: &mut dyn Write) -> io::Result<()> {
+pub fn write(
+    format: Format,
+    validation: &Validation,
+    color: bool,
+    out: &mut dyn Write,
+) -> io::Result<()> {
     match format {
         Format::Human => human::write(validation, color, out),
         Format::Json => json::write(validation, out),
@@ -61,7 +66,9 @@ pub(crate) fn region<'a>(validation: &'a Validation, span: Span) -> Region<'a> {
 }
 
 pub(crate) fn primary_region<'a>(validation: &'a Validation, d: &Diagnostic) -> Option<Region<'a>> {
-    d.primary.as_ref().map(|l: &Label| region(validation, l.span))
+    d.primary
+        .as_ref()
+        .map(|l: &Label| region(validation, l.span))
 }
 
 /// The message with its help appended, for formats that have one text field.
@@ -80,7 +87,11 @@ pub(crate) fn files(validation: &Validation) -> Vec<(&str, &'static str, lifeboa
         validation.inventory_source,
     )];
     for plan in &validation.plans {
-        files.push((validation.sources.get(plan.source).name(), "plan", plan.source));
+        files.push((
+            validation.sources.get(plan.source).name(),
+            "plan",
+            plan.source,
+        ));
     }
     files
 }

@@ -1,0 +1,11 @@
+//! Lifeboat's integration tests, one binary with a module per area.
+
+// A failing test panics; that is how it reports.
+#![allow(clippy::panic, clippy::unwrap_used)]
+
+mod examples;
+mod formats;
+mod fuzz;
+mod golden;
+mod schema;
+mod support;

@@ -1,0 +1,54 @@
+//! Running `lifeboat` in-process, as a user would from the repository root.
+
+use std::path::{Path, PathBuf};
+
+/// The repository root (the folder holding `lifeboat.toml` and `plans/`).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// What one `lifeboat` invocation did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: u8,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `lifeboat ARGS…` with colour off. Paths in the arguments may be absolute; `stdout` has the
+/// repository root stripped from them so golden files read as if run from the root.
+pub fn lifeboat(args: &[&str]) -> Outcome {
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut io = lifeboat::Io {
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+        stdout_is_color_terminal: false,
+    };
+    let code = lifeboat::run(
+        std::iter::once("lifeboat").chain(args.iter().copied()),
+        &mut io,
+    );
+    let prefix = format!("{}/", root().display());
+    Outcome {
+        code,
+        stdout: String::from_utf8(stdout)
+            .expect("stdout is UTF-8")
+            .replace(&prefix, ""),
+        stderr: String::from_utf8(stderr)
+            .expect("stderr is UTF-8")
+            .replace(&prefix, ""),
+    }
+}
+
+pub fn path(relative: &str) -> String {
+    root().join(relative).display().to_string()
+}
+
+/// Whether golden files should be rewritten instead of compared (`LIFEBOAT_BLESS=1`).
+pub fn bless() -> bool {
+    std::env::var_os("LIFEBOAT_BLESS").is_some_and(|v| v == "1")
+}
