@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::diagnostic::{Diagnostic, Rule, closest, suggestion};
+use crate::diagnostic::{Diagnostic, Rule, backticked, closest, suggestion};
 use crate::inventory::{Inventory, Network, Vm};
 use crate::placeholder::placeholders;
 use crate::plan::{NetworkRef, Plan, Step};
@@ -34,14 +34,7 @@ fn unknown(
     } else if known.is_empty() {
         d = d.with_help(format!("no {what} is defined"));
     } else if known.len() <= 12 {
-        d = d.with_help(format!(
-            "defined: {}",
-            known
-                .iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        d = d.with_help(format!("defined: {}", backticked(known)));
     }
     d
 }

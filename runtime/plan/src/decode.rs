@@ -25,7 +25,7 @@ pub(crate) struct Decoder<'s> {
 }
 
 /// Parse TOML text into a spanned table, reporting every syntax error the parser recovers from.
-pub(crate) fn parse_document<'i>(
+fn parse_document<'i>(
     source: SourceId,
     text: &'i str,
     diagnostics: &mut Vec<Diagnostic>,
@@ -64,6 +64,47 @@ pub(crate) fn parse_document<'i>(
         diagnostics.push(d);
     }
     None
+}
+
+/// Parse `text` and read its root table with `decode`: the entry point of both file formats.
+pub(crate) fn parse_with<T>(
+    source: SourceId,
+    text: &str,
+    decode: impl FnOnce(&mut Decoder<'_>, &Value<'_>) -> Option<T>,
+) -> (Option<T>, Vec<Diagnostic>) {
+    let mut diagnostics = Vec::new();
+    let Some(root) = parse_document(source, text, &mut diagnostics) else {
+        return (None, diagnostics);
+    };
+    let mut d = Decoder::new(source, text);
+    let root = toml::Spanned::new(root.span(), DeValue::Table(root.into_inner()));
+    let value = decode(&mut d, &root);
+    diagnostics.append(&mut d.diagnostics);
+    (value, diagnostics)
+}
+
+/// Read the required `version` of a file and check it is the one this Lifeboat reads.
+pub(crate) fn read_version(
+    d: &mut Decoder<'_>,
+    t: &mut TableReader<'_, '_>,
+    kind: &str,
+    supported: u32,
+) -> Option<Spanned<u32>> {
+    let version = t
+        .required(d, "version")
+        .and_then(|v| d.u32(v, "version", 0, u32::MAX))?;
+    if version.value != supported {
+        d.push(
+            Diagnostic::error(
+                Rule::UnsupportedVersion,
+                version.span,
+                format!("unsupported {kind} version {}", version.value),
+                "unsupported version",
+            )
+            .with_help(format!("this Lifeboat reads {kind} version {supported}")),
+        );
+    }
+    Some(version)
 }
 
 pub(crate) fn type_name(value: &DeValue<'_>) -> &'static str {

@@ -191,15 +191,16 @@ pub fn suggestion(input: &str, candidates: &[&str]) -> Option<String> {
         return Some(format!("did you mean `{best}`?"));
     }
     match candidates.len() {
-        0 => None,
-        1..=12 => Some(format!(
-            "expected one of {}",
-            candidates
-                .iter()
-                .map(|c| format!("`{c}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        1..=12 => Some(format!("expected one of {}", backticked(candidates))),
         _ => None,
     }
+}
+
+/// "`a`, `b`, `c`".
+pub fn backticked(items: impl IntoIterator<Item = impl std::fmt::Display>) -> String {
+    items
+        .into_iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

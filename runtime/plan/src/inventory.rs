@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::decode::{Decoder, Value, parse_document};
+use crate::decode::{Decoder, Value, parse_with, read_version};
 use crate::diagnostic::{Diagnostic, Rule, suggestion};
 use crate::source::SourceId;
 use crate::span::Spanned;
@@ -181,37 +181,12 @@ pub struct ConsistencyGroup {
 /// Parse and type an inventory. Returns the inventory when the file is well-formed enough to
 /// check references against, and every problem found.
 pub fn parse_inventory(source: SourceId, text: &str) -> (Option<Inventory>, Vec<Diagnostic>) {
-    let mut diagnostics = Vec::new();
-    let Some(root) = parse_document(source, text, &mut diagnostics) else {
-        return (None, diagnostics);
-    };
-    let mut d = Decoder::new(source, text);
-    let root = toml::Spanned::new(root.span(), toml::de::DeValue::Table(root.into_inner()));
-    let inventory = decode_inventory(&mut d, &root);
-    diagnostics.append(&mut d.diagnostics);
-    (inventory, diagnostics)
+    parse_with(source, text, decode_inventory)
 }
 
 fn decode_inventory(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Inventory> {
     let mut t = d.table(root, "")?;
-    let version = t
-        .required(d, "version")
-        .and_then(|v| d.u32(v, "version", 0, u32::MAX));
-    if let Some(v) = &version
-        && v.value != INVENTORY_VERSION
-    {
-        d.push(
-            Diagnostic::error(
-                Rule::UnsupportedVersion,
-                v.span,
-                format!("unsupported inventory version {}", v.value),
-                "unsupported version",
-            )
-            .with_help(format!(
-                "this Lifeboat reads inventory version {INVENTORY_VERSION}"
-            )),
-        );
-    }
+    let version = read_version(d, &mut t, "inventory", INVENTORY_VERSION);
     let t_span = t.span;
     let mut declared = Declared::default();
     let sites = match t.optional("sites") {

@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use toml::de::DeValue;
 
-use crate::decode::{Decoder, TableReader, Value, parse_document};
-use crate::diagnostic::{Diagnostic, Rule, suggestion};
+use crate::decode::{Decoder, TableReader, Value, parse_with, read_version};
+use crate::diagnostic::{Diagnostic, Rule, backticked, suggestion};
 use crate::source::SourceId;
 use crate::span::Spanned;
 use crate::types::Duration;
@@ -283,35 +283,12 @@ pub struct Allow {
 /// Parse and type a plan. Returns the plan when it is well-formed enough to check references
 /// against an inventory, and every problem found.
 pub fn parse_plan(source: SourceId, text: &str) -> (Option<Plan>, Vec<Diagnostic>) {
-    let mut diagnostics = Vec::new();
-    let Some(root) = parse_document(source, text, &mut diagnostics) else {
-        return (None, diagnostics);
-    };
-    let mut d = Decoder::new(source, text);
-    let root = toml::Spanned::new(root.span(), DeValue::Table(root.into_inner()));
-    let plan = decode_plan(&mut d, &root);
-    diagnostics.append(&mut d.diagnostics);
-    (plan, diagnostics)
+    parse_with(source, text, decode_plan)
 }
 
 fn decode_plan(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Plan> {
     let mut t = d.table(root, "")?;
-    let version = t
-        .required(d, "version")
-        .and_then(|v| d.u32(v, "version", 0, u32::MAX));
-    if let Some(v) = &version
-        && v.value != PLAN_VERSION
-    {
-        d.push(
-            Diagnostic::error(
-                Rule::UnsupportedVersion,
-                v.span,
-                format!("unsupported plan version {}", v.value),
-                "unsupported version",
-            )
-            .with_help(format!("this Lifeboat reads plan version {PLAN_VERSION}")),
-        );
-    }
+    let version = read_version(d, &mut t, "plan", PLAN_VERSION);
     // A missing or malformed name, source or target is reported here and read as empty, so the
     // reference checks still run on the rest of the plan (they skip empty names).
     let blank = Spanned::new(String::new(), t.span);
@@ -619,14 +596,8 @@ fn plugin_ref(d: &mut Decoder<'_>, s: Spanned<String>) -> Option<Spanned<PluginR
         if let Some(best) = crate::diagnostic::closest(name, BUILTIN_STEPS.iter().copied()) {
             diag = diag.with_help(format!("did you mean `builtin:{best}`?"));
         } else {
-            diag = diag.with_help(format!(
-                "built-in steps: {}",
-                BUILTIN_STEPS
-                    .iter()
-                    .map(|b| format!("`builtin:{b}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            let names = BUILTIN_STEPS.iter().map(|b| format!("builtin:{b}"));
+            diag = diag.with_help(format!("built-in steps: {}", backticked(names)));
         }
         d.push(diag);
         return None;
