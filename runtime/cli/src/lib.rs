@@ -153,8 +153,13 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
                 args.plans
             };
             let validation = lifeboat_loader::validate(&cli.config, &plans);
-            report::write(format, &validation, color, io.stdout)?;
-            io.stdout.flush()?;
+            let written = report::write(format, &validation, color, io.stdout)
+                .and_then(|()| io.stdout.flush());
+            match written {
+                // A reader that stopped early (`| head`) is not a failure of validation.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other?,
+            }
             Ok(if validation.is_valid() {
                 exit_codes::OK
             } else {
