@@ -466,6 +466,7 @@ impl<'v, 'i> TableReader<'v, 'i> {
             d.text.get(self.span.range()).unwrap_or("")
         };
         let len = text.find('\n').unwrap_or(text.len());
+        let len = text[..len].trim_end_matches('\r').len();
         Span::new(self.span.source, self.span.start..self.span.start + len)
     }
 
