@@ -9,3 +9,4 @@ mod fuzz;
 mod golden;
 mod schema;
 mod support;
+mod wit;
