@@ -66,13 +66,16 @@ pub fn validate(config: &Path, plans: &[PathBuf]) -> Validation {
     let mut sources = Sources::new();
     let mut diagnostics = Vec::new();
 
-    let (inventory_source, text) =
+    let (inventory_source, readable) =
         read_or_report(&mut sources, config, "inventory", &mut diagnostics);
-    let inventory = text.and_then(|text| {
-        let (inventory, mut found) = parse_inventory(inventory_source, &text);
-        diagnostics.append(&mut found);
-        inventory
-    });
+    let inventory = readable
+        .then(|| {
+            let text = sources.get(inventory_source).text();
+            let (inventory, mut found) = parse_inventory(inventory_source, text);
+            diagnostics.append(&mut found);
+            inventory
+        })
+        .flatten();
     if let Some(inventory) = &inventory {
         diagnostics.extend(check_inventory(inventory, &sources));
     }
@@ -80,12 +83,14 @@ pub fn validate(config: &Path, plans: &[PathBuf]) -> Validation {
     let mut plugins = PluginDigests::default();
     let mut loaded = Vec::new();
     for path in plans {
-        let (source, text) = read_or_report(&mut sources, path, "plan", &mut diagnostics);
-        let plan = text.and_then(|text| {
-            let (plan, mut found) = parse_plan(source, &text);
-            diagnostics.append(&mut found);
-            plan
-        });
+        let (source, readable) = read_or_report(&mut sources, path, "plan", &mut diagnostics);
+        let plan = readable
+            .then(|| {
+                let (plan, mut found) = parse_plan(source, sources.get(source).text());
+                diagnostics.append(&mut found);
+                plan
+            })
+            .flatten();
         if let Some(plan) = &plan {
             if let Some(inventory) = &inventory {
                 diagnostics.extend(check_plan(inventory, plan, &sources));
@@ -110,12 +115,14 @@ pub fn validate(config: &Path, plans: &[PathBuf]) -> Validation {
     }
 }
 
+/// Add the file at `path` to `sources`; returns its id and whether it could be read (if not, the
+/// file is added empty and a diagnostic says why).
 fn read_or_report(
     sources: &mut Sources,
     path: &Path,
     what: &str,
     diagnostics: &mut Vec<Diagnostic>,
-) -> (SourceId, Option<String>) {
+) -> (SourceId, bool) {
     let shown = path.display().to_string();
     let result = File::open(path).and_then(|file| {
         let mut text = String::new();
@@ -124,10 +131,7 @@ fn read_or_report(
         Ok(text)
     });
     match result {
-        Ok(text) => {
-            let id = sources.add(shown, text.clone());
-            (id, Some(text))
-        }
+        Ok(text) => (sources.add(shown, text), true),
         Err(e) => {
             let id = sources.add(shown.clone(), "");
             let reason = match e.kind() {
@@ -141,7 +145,7 @@ fn read_or_report(
                 id,
                 format!("cannot read {what} `{shown}`: {reason}"),
             ));
-            (id, None)
+            (id, false)
         }
     }
 }

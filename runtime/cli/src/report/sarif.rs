@@ -50,7 +50,7 @@ pub fn write(validation: &Validation, out: &mut dyn Write) -> io::Result<()> {
             json!({
                 "id": r.name(),
                 "shortDescription": { "text": r.summary() },
-                "helpUri": format!("https://github.com/lifeboat-dr/lifeboat/blob/main/docs/diagnostics.md#{}", r.name()),
+                "help": { "text": format!("See docs/diagnostics.md, section `{}`.", r.name()) },
             })
         })
         .collect();
@@ -96,7 +96,6 @@ pub fn write(validation: &Validation, out: &mut dyn Write) -> io::Result<()> {
                 "driver": {
                     "name": "lifeboat",
                     "semanticVersion": env!("CARGO_PKG_VERSION"),
-                    "informationUri": "https://github.com/lifeboat-dr/lifeboat",
                     "rules": rules,
                 }
             },
