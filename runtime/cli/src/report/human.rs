@@ -66,8 +66,9 @@ pub fn write(validation: &Validation, color: bool, out: &mut dyn Write) -> io::R
         }
         cs = cs.with_labels(labels);
         let mut notes = Vec::new();
-        if d.primary.is_none() {
-            notes.push(format!("in {}", validation.sources.get(d.source).name()));
+        let file = validation.sources.get(d.source).name();
+        if d.primary.is_none() && !d.message.contains(&format!("`{file}`")) {
+            notes.push(format!("in {file}"));
         }
         if let Some(help) = &d.help {
             notes.push(format!("help: {help}"));
