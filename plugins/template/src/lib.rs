@@ -1,0 +1,34 @@
+//! A template plan step: it checks a TCP port is open and records how long that took.
+//! Grant it in the plan: `allow = { tcp = ["{vm.db-1.ip}:5432"] }`.
+
+use lifeboat_plugin_sdk::{Capability, Config, Error, Outputs, Step, StepContext, clock, probe};
+
+struct PortOpen;
+
+impl Step for PortOpen {
+    const NAME: &'static str = "port-open";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const CAPABILITIES: &'static [Capability] = &[Capability::ProbeTcp];
+
+    fn validate(config: &Config, _context: &StepContext) -> Vec<String> {
+        let mut problems = config.unknown_keys(&["address", "timeout_ms"]);
+        if config.str("address").is_none() {
+            problems.push("`address` (host:port) is required".to_string());
+        }
+        problems
+    }
+
+    fn run(config: &Config, _context: &StepContext) -> Result<Outputs, Error> {
+        let address = config.str("address").ok_or_else(|| Error::Invalid("`address` is required".into()))?;
+        let timeout = config.u64("timeout_ms").unwrap_or(2_000) as u32;
+        let started = clock::now_ms();
+        probe::tcp(address, timeout)?;
+        let mut outputs = Outputs::new();
+        outputs.insert("address".into(), address.into());
+        outputs.insert("took_ms".into(), (clock::now_ms() - started).into());
+        lifeboat_plugin_sdk::info(&format!("{address} is open"));
+        Ok(outputs)
+    }
+}
+
+lifeboat_plugin_sdk::export_step!(PortOpen);
