@@ -7,6 +7,7 @@ mod examples;
 mod formats;
 mod fuzz;
 mod golden;
+mod plugins;
 mod schema;
 mod support;
 mod wit;

@@ -116,6 +116,7 @@ const ALLOWED_WASI: &[&str] = &[
     "wasi:cli/stdin",
     "wasi:cli/environment",
     "wasi:cli/exit",
+    "wasi:cli/terminal-",
 ];
 
 fn build_linker(engine: &wasmtime::Engine, set: LinkSet) -> wasmtime::Result<Linker<StepState>> {
@@ -129,6 +130,16 @@ fn build_linker(engine: &wasmtime::Engine, set: LinkSet) -> wasmtime::Result<Lin
         &mut linker,
         <StepState as wasmtime_wasi::cli::WasiCliView>::cli,
     )?;
+    // Rust's standard library asks whether stdio is a terminal; it never is.
+    {
+        use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+        use wasmtime_wasi::p2::bindings::cli;
+        cli::terminal_input::add_to_linker::<StepState, WasiCli>(&mut linker, StepState::cli)?;
+        cli::terminal_output::add_to_linker::<StepState, WasiCli>(&mut linker, StepState::cli)?;
+        cli::terminal_stdin::add_to_linker::<StepState, WasiCli>(&mut linker, StepState::cli)?;
+        cli::terminal_stdout::add_to_linker::<StepState, WasiCli>(&mut linker, StepState::cli)?;
+        cli::terminal_stderr::add_to_linker::<StepState, WasiCli>(&mut linker, StepState::cli)?;
+    }
     let l = &mut linker;
     iface::types::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
     iface::log::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
@@ -276,9 +287,11 @@ impl Plugin {
         &self.imports
     }
 
-    /// Call `validate`: the plugin's own list of problems with `config`.
+    /// Call `validate`: the plugin's own list of problems with `config`. Every interface is
+    /// linked (validation happens before grants are known to be right), but a call to any of
+    /// them is denied unless the request grants it.
     pub async fn validate(&self, request: &StepRequest) -> Result<Vec<String>, StepReport> {
-        let (result, report) = self.execute(request, Call::Validate, None).await;
+        let (result, report) = self.execute(request, Call::Validate, Some(LinkSet::ALL)).await;
         match result {
             Some(Returned::Validate(problems)) => Ok(problems),
             _ => Err(report),

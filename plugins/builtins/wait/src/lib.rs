@@ -1,0 +1,56 @@
+//! `builtin:wait`: pause the plan, e.g. to let caches warm before the next group.
+//! `with = { duration = "30s" }` (units: ms, s, m, h).
+
+use lifeboat_plugin_sdk::{Config, Error, Outputs, Step, StepContext, clock};
+
+struct Wait;
+
+fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like `30s`"))?;
+    let scale = match unit.trim() {
+        "ms" => 1,
+        "s" | "" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m or h)")),
+    };
+    Ok(n.saturating_mul(scale))
+}
+
+fn duration_ms(config: &Config) -> Result<u64, String> {
+    match config.get("duration") {
+        Some(v) => match v.as_str() {
+            Some(s) => parse_duration(s),
+            None => v.as_u64().map(|s| s * 1_000).ok_or_else(|| "`duration` must be a string like `30s`".into()),
+        },
+        None => Err("`duration` is required, e.g. `30s`".into()),
+    }
+}
+
+impl Step for Wait {
+    const NAME: &'static str = "wait";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    fn validate(config: &Config, _context: &StepContext) -> Vec<String> {
+        let mut problems = config.unknown_keys(&["duration"]);
+        if let Err(e) = duration_ms(config) {
+            problems.push(e);
+        }
+        problems
+    }
+
+    fn run(config: &Config, context: &StepContext) -> Result<Outputs, Error> {
+        let ms = duration_ms(config).map_err(Error::Invalid)?;
+        if !context.dry_run {
+            clock::sleep(ms)?;
+        }
+        let mut outputs = Outputs::new();
+        outputs.insert("waited_ms".into(), ms.into());
+        Ok(outputs)
+    }
+}
+
+lifeboat_plugin_sdk::export_step!(Wait);

@@ -1,0 +1,527 @@
+//! The plugin host: built-in steps do their job, and every hostile plugin is contained within its
+//! limit while a good step still runs after it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use lifeboat_builtins::{artifacts, builtin};
+use lifeboat_plugin_host::wit::lifeboat::plan::{compute::VmState, inventory, network, recovery};
+use lifeboat_plugin_host::wit::{Direction, Error as PluginError, Operation, StepContext};
+use lifeboat_plugin_host::{
+    EngineOptions, Grants, HostServices, LoadError, NoServices, Plugin, PluginEngine, RunKv, StepLimits, StepOutcome,
+    StepReport, StepRequest,
+};
+
+use crate::support::root;
+
+/// Slack allowed past a deadline before a step's outcome is reported.
+const SLACK: Duration = Duration::from_millis(100);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// One engine for the whole test binary, with a compile cache in the target directory.
+fn engine() -> &'static PluginEngine {
+    static ENGINE: OnceLock<PluginEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let cache = root().join("target/test-plugin-cache");
+        PluginEngine::new(EngineOptions {
+            cache_dir: Some(cache),
+            ..EngineOptions::default()
+        })
+        .expect("engine")
+    })
+}
+
+fn context(step: &str) -> StepContext {
+    StepContext {
+        plan: "erp".into(),
+        run_id: "run-1".into(),
+        operation: Operation::Test,
+        direction: Direction::Forward,
+        group: "database".into(),
+        step: step.into(),
+        attempt: 1,
+        dry_run: false,
+    }
+}
+
+fn request(step: &str, config: &str, grants: Grants, services: Arc<dyn HostServices>, limits: StepLimits) -> StepRequest {
+    StepRequest {
+        config: config.into(),
+        context: context(step),
+        grants: Arc::new(grants),
+        services,
+        kv: RunKv::default(),
+        limits,
+    }
+}
+
+async fn load_file(path: &str) -> Result<Plugin, LoadError> {
+    let bytes = std::fs::read(path).expect("fixture built");
+    Plugin::load(engine(), &bytes, None).await
+}
+
+async fn load_builtin(name: &str) -> Plugin {
+    Plugin::load(engine(), builtin(name).expect("builtin exists"), None)
+        .await
+        .expect("builtin loads")
+}
+
+/// A good step after each hostile one: the host and other steps are unaffected.
+async fn good_step_still_runs() {
+    let wait = load_builtin("wait").await;
+    let report = wait
+        .run(&request("after", r#"{"duration":"1ms"}"#, Grants::default(), Arc::new(NoServices), StepLimits::default()))
+        .await;
+    assert_eq!(report.outcome, StepOutcome::Ok { outputs: r#"{"waited_ms":1}"#.into() });
+}
+
+async fn run_fixture(path: &str, config: &str, grants: Grants, limits: StepLimits) -> StepReport {
+    let plugin = load_file(path).await.expect("fixture loads");
+    let report = plugin.run(&request("hostile", config, grants, Arc::new(NoServices), limits)).await;
+    assert!(
+        report.elapsed <= limits.timeout + SLACK,
+        "took {:?}, limit {:?}: {report:?}",
+        report.elapsed,
+        limits.timeout
+    );
+    report
+}
+
+fn short(timeout_ms: u64) -> StepLimits {
+    StepLimits {
+        timeout: Duration::from_millis(timeout_ms),
+        ..StepLimits::default()
+    }
+}
+
+#[test]
+fn builtins_describe_themselves() {
+    runtime().block_on(async {
+        for name in ["boot-group", "tcp-check", "http-check", "approval", "wait"] {
+            let plugin = load_builtin(name).await;
+            assert_eq!(plugin.info().name, name);
+            assert_eq!(plugin.info().api_version, "0.1.0");
+            assert!(
+                plugin.imports().iter().all(|i| !i.starts_with("wasi:filesystem") && !i.starts_with("wasi:sockets")),
+                "{name} imports {:?}",
+                plugin.imports()
+            );
+        }
+    });
+}
+
+#[test]
+fn infinite_loop_times_out_at_its_deadline() {
+    runtime().block_on(async {
+        let report = run_fixture(artifacts::INFINITE_LOOP, "{}", Grants::default(), short(300)).await;
+        assert_eq!(report.outcome, StepOutcome::Timeout { after: Duration::from_millis(300) });
+        assert!(report.elapsed >= Duration::from_millis(300));
+        good_step_still_runs().await;
+    });
+}
+
+#[test]
+fn memory_bomb_is_out_of_memory() {
+    runtime().block_on(async {
+        let limits = StepLimits {
+            memory: 16 << 20,
+            ..short(5_000)
+        };
+        let report = run_fixture(artifacts::MEMORY_BOMB, "{}", Grants::default(), limits).await;
+        assert_eq!(report.outcome, StepOutcome::OutOfMemory { limit: 16 << 20 });
+        good_step_still_runs().await;
+    });
+}
+
+#[test]
+fn deep_recursion_traps_on_stack_overflow() {
+    runtime().block_on(async {
+        let report = run_fixture(artifacts::DEEP_RECURSION, "{}", Grants::default(), short(5_000)).await;
+        assert_eq!(report.outcome, StepOutcome::Trap { message: "stack overflow".into() });
+        good_step_still_runs().await;
+    });
+}
+
+#[test]
+fn a_panic_is_a_trap_with_the_message_in_stderr() {
+    runtime().block_on(async {
+        let report = run_fixture(artifacts::PANIC, "{}", Grants::default(), short(5_000)).await;
+        assert!(matches!(report.outcome, StepOutcome::Trap { .. }), "{report:?}");
+        assert!(report.stderr.contains("this plugin panics on purpose"), "stderr: {:?}", report.stderr);
+        good_step_still_runs().await;
+    });
+}
+
+#[test]
+fn a_log_flood_is_cut_at_the_log_limit() {
+    runtime().block_on(async {
+        let report = run_fixture(artifacts::LOG_FLOOD, "{}", Grants::default(), short(20_000)).await;
+        assert!(report.outcome.is_ok(), "{report:?}");
+        let bytes: usize = report.log.iter().map(|l| l.message.len()).sum();
+        assert!(bytes <= (1 << 20) + 4096, "log kept {bytes} bytes");
+        assert!(report.log_dropped > 900_000, "dropped only {}", report.log_dropped);
+        good_step_still_runs().await;
+    });
+}
+
+#[test]
+fn a_huge_string_to_the_host_traps() {
+    runtime().block_on(async {
+        let report = run_fixture(artifacts::HUGE_STRING, "{}", Grants::default(), short(5_000)).await;
+        assert!(matches!(report.outcome, StepOutcome::Trap { .. }), "{report:?}");
+        assert!(report.log.is_empty(), "the 32 MiB string reached the log");
+        good_step_still_runs().await;
+    });
+}
+
+#[test]
+fn calls_outside_the_grant_are_denied_naming_step_and_plan_line() {
+    runtime().block_on(async {
+        let grants = Grants {
+            tcp: vec!["127.0.0.1:1".into()],
+            vms: vec!["db-1".into()],
+            origin: "plans/erp.toml:24".into(),
+            ..Grants::default()
+        };
+        for target in ["tcp", "vm", "kv"] {
+            let config = format!(r#"{{"target":"{target}"}}"#);
+            let report = run_fixture(artifacts::UNGRANTED_CALL, &config, grants.clone(), short(5_000)).await;
+            let StepOutcome::Denied { message } = &report.outcome else {
+                panic!("{target}: {report:?}");
+            };
+            assert!(message.contains("step `hostile` of group `database`"), "{message}");
+            assert!(message.contains("plans/erp.toml:24"), "{message}");
+            let named = match target {
+                "tcp" => "127.0.0.1:9",
+                "vm" => "not-granted-vm",
+                _ => "not-granted-key",
+            };
+            assert!(message.contains(named), "{message}");
+        }
+        // With no VM and no address granted, the interfaces are not even linked.
+        let report = run_fixture(artifacts::UNGRANTED_CALL, "{}", Grants::default(), short(5_000)).await;
+        let StepOutcome::Denied { message } = &report.outcome else {
+            panic!("{report:?}");
+        };
+        assert!(message.contains("grants it no"), "{message}");
+        good_step_still_runs().await;
+    });
+}
+
+#[test]
+fn wasi_filesystem_newer_api_truncation_and_digest_are_refused_at_load() {
+    runtime().block_on(async {
+        match load_file(artifacts::WASI_FILESYSTEM).await {
+            Err(LoadError::ForbiddenImport { import }) => assert!(import.starts_with("wasi:filesystem"), "{import}"),
+            other => panic!("{other:?}"),
+        }
+        match load_file(artifacts::NEWER_API).await {
+            Err(LoadError::ApiVersion { wanted, supported }) => {
+                assert_eq!(wanted, "0.2.0");
+                assert_eq!(supported, "0.1.0");
+            }
+            other => panic!("{other:?}"),
+        }
+        let bytes = builtin("wait").expect("wait");
+        let truncated = &bytes[..bytes.len() / 2];
+        assert!(matches!(Plugin::load(engine(), truncated, None).await, Err(LoadError::Invalid(_))));
+        let wrong = "0".repeat(64);
+        match Plugin::load(engine(), bytes, Some(&wrong)).await {
+            Err(LoadError::HashMismatch { expected, actual }) => {
+                assert_eq!(expected, wrong);
+                assert_eq!(actual.len(), 64);
+            }
+            other => panic!("{other:?}"),
+        }
+        good_step_still_runs().await;
+    });
+}
+
+#[test]
+fn the_template_probes_a_granted_port() {
+    runtime().block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("addr").to_string();
+        let plugin = load_file(artifacts::TEMPLATE).await.expect("template loads");
+        let grants = Grants {
+            tcp: vec![address.clone()],
+            ..Grants::default()
+        };
+        let config = format!(r#"{{"address":"{address}"}}"#);
+        let report = plugin
+            .run(&request("port", &config, grants, Arc::new(NoServices), StepLimits::default()))
+            .await;
+        let StepOutcome::Ok { outputs } = &report.outcome else {
+            panic!("{report:?}");
+        };
+        assert!(outputs.contains(&address), "{outputs}");
+        assert_eq!(report.log[0].message, format!("{address} is open"));
+        let problems = plugin
+            .validate(&StepRequest::offline(r#"{"adress":"x"}"#.into(), context("port")))
+            .await
+            .expect("validate runs");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    });
+}
+
+async fn serve_http(status: u16) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket
+                .write_all(format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                .await;
+        }
+    });
+    address
+}
+
+#[test]
+fn tcp_and_http_checks_report_what_they_find() {
+    runtime().block_on(async {
+        let http = load_builtin("http-check").await;
+        for (status, ok) in [(200, true), (503, false)] {
+            let address = serve_http(status).await;
+            let url = format!("http://{address}/health");
+            let grants = Grants {
+                http: vec![format!("http://{address}/")],
+                ..Grants::default()
+            };
+            let report = http
+                .run(&request("http", &format!(r#"{{"url":"{url}"}}"#), grants, Arc::new(NoServices), StepLimits::default()))
+                .await;
+            match (&report.outcome, ok) {
+                (StepOutcome::Ok { outputs }, true) => assert_eq!(outputs, r#"{"status":200}"#),
+                (StepOutcome::Failed(PluginError::Other(m)), false) => assert!(m.contains("answered 503"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A closed port: the tcp check fails with the plugin's own error, not a trap.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").to_string()
+        };
+        let tcp = load_builtin("tcp-check").await;
+        let grants = Grants {
+            tcp: vec![closed.clone()],
+            ..Grants::default()
+        };
+        let report = tcp
+            .run(&request("tcp", &format!(r#"{{"address":"{closed}"}}"#), grants, Arc::new(NoServices), StepLimits::default()))
+            .await;
+        assert!(matches!(report.outcome, StepOutcome::Failed(_)), "{report:?}");
+    });
+}
+
+/// A compute site for the boot step: VMs become healthy after a few status polls; records the
+/// order of calls and the most VMs starting at once.
+#[derive(Default)]
+struct FakeSite {
+    vms: Vec<String>,
+    calls: Mutex<Vec<String>>,
+    polls: Mutex<std::collections::HashMap<String, usize>>,
+    starting: AtomicUsize,
+    max_starting: AtomicUsize,
+    approver: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl HostServices for FakeSite {
+    async fn group_vms(&self, _group: &str) -> Vec<inventory::Vm> {
+        self.vms
+            .iter()
+            .map(|name| inventory::Vm {
+                name: name.clone(),
+                site: "west".into(),
+                disks: vec!["os".into()],
+                nics: vec![],
+            })
+            .collect()
+    }
+    async fn pick_point(&self, vm: &str, choice: &str) -> Result<recovery::Point, PluginError> {
+        self.calls.lock().expect("lock").push(format!("pick {vm} {choice}"));
+        Ok(recovery::Point {
+            id: format!("p-{vm}"),
+            kind: recovery::PointKind::CrashConsistent,
+            captured_at_ms: 1,
+            committed_at_ms: 2,
+        })
+    }
+    async fn restore(&self, vm: &str, point: &str, _key: &str) -> Result<Vec<String>, PluginError> {
+        self.calls.lock().expect("lock").push(format!("restore {vm} {point}"));
+        Ok(vec![format!("/restored/{vm}/os.img")])
+    }
+    async fn assignments(&self, vm: &str) -> Result<Vec<network::Assignment>, PluginError> {
+        Ok(vec![network::Assignment {
+            nic: 0,
+            network: "west/prod-dr".into(),
+            subnet: "app".into(),
+            ip: format!("127.20.1.{}", vm.len()),
+            kept_source_ip: false,
+        }])
+    }
+    async fn start(&self, vm: &str, _key: &str) -> Result<(), PluginError> {
+        self.calls.lock().expect("lock").push(format!("start {vm}"));
+        let now = self.starting.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_starting.fetch_max(now, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn stop(&self, vm: &str, _key: &str) -> Result<(), PluginError> {
+        self.calls.lock().expect("lock").push(format!("stop {vm}"));
+        Ok(())
+    }
+    async fn status(&self, vm: &str) -> Result<VmState, PluginError> {
+        let mut polls = self.polls.lock().expect("lock");
+        let n = polls.entry(vm.to_string()).or_default();
+        *n += 1;
+        if *n == 3 {
+            self.starting.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(if *n >= 3 { VmState::Running } else { VmState::Starting })
+    }
+    async fn approve(&self, _message: &str) -> Result<String, PluginError> {
+        match &self.approver {
+            Some(who) => Ok(who.clone()),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[test]
+fn boot_group_boots_every_vm_with_bounded_parallelism_and_undo_stops_them() {
+    runtime().block_on(async {
+        let vms: Vec<String> = (1..=5).map(|i| format!("app-{i}")).collect();
+        let site = Arc::new(FakeSite {
+            vms: vms.clone(),
+            ..FakeSite::default()
+        });
+        let plugin = load_builtin("boot-group").await;
+        let grants = Grants {
+            vms: vms.clone(),
+            ..Grants::default()
+        };
+        let config = r#"{"parallelism":2,"poll_ms":10,"point":"latest"}"#;
+        let req = request("boot", config, grants, site.clone(), StepLimits::default());
+        let report = plugin.run(&req).await;
+        let StepOutcome::Ok { outputs } = &report.outcome else {
+            panic!("{report:?}");
+        };
+        let outputs: serde_json::Value = serde_json::from_str(outputs).expect("json outputs");
+        for vm in &vms {
+            assert_eq!(outputs["vms"][vm]["point"], format!("p-{vm}"));
+            assert_eq!(outputs["vms"][vm]["disks"][0], format!("/restored/{vm}/os.img"));
+        }
+        assert_eq!(site.max_starting.load(Ordering::SeqCst), 2, "parallelism bound");
+        let calls = site.calls.lock().expect("lock").clone();
+        for vm in &vms {
+            let pick = calls.iter().position(|c| c == &format!("pick {vm} latest")).expect("picked");
+            let restore = calls.iter().position(|c| c == &format!("restore {vm} p-{vm}")).expect("restored");
+            let start = calls.iter().position(|c| c == &format!("start {vm}")).expect("started");
+            assert!(pick < restore && restore < start, "{calls:?}");
+        }
+        let undo = plugin.undo(&req, &serde_json::to_string(&outputs).expect("json")).await;
+        assert!(undo.outcome.is_ok(), "{undo:?}");
+        let stops = site.calls.lock().expect("lock").iter().filter(|c| c.starts_with("stop ")).count();
+        assert_eq!(stops, 5);
+    });
+}
+
+#[test]
+fn boot_group_gives_up_at_its_health_timeout() {
+    runtime().block_on(async {
+        #[derive(Default)]
+        struct NeverHealthy(FakeSite);
+        #[async_trait::async_trait]
+        impl HostServices for NeverHealthy {
+            async fn group_vms(&self, g: &str) -> Vec<inventory::Vm> {
+                self.0.group_vms(g).await
+            }
+            async fn pick_point(&self, vm: &str, c: &str) -> Result<recovery::Point, PluginError> {
+                self.0.pick_point(vm, c).await
+            }
+            async fn restore(&self, vm: &str, p: &str, k: &str) -> Result<Vec<String>, PluginError> {
+                self.0.restore(vm, p, k).await
+            }
+            async fn assignments(&self, vm: &str) -> Result<Vec<network::Assignment>, PluginError> {
+                self.0.assignments(vm).await
+            }
+            async fn start(&self, vm: &str, k: &str) -> Result<(), PluginError> {
+                self.0.start(vm, k).await
+            }
+            async fn status(&self, _vm: &str) -> Result<VmState, PluginError> {
+                Ok(VmState::Starting)
+            }
+        }
+        let site = Arc::new(NeverHealthy(FakeSite {
+            vms: vec!["db-1".into()],
+            ..FakeSite::default()
+        }));
+        let plugin = load_builtin("boot-group").await;
+        let grants = Grants {
+            vms: vec!["db-1".into()],
+            ..Grants::default()
+        };
+        let report = plugin
+            .run(&request("boot", r#"{"health_timeout_ms":200,"poll_ms":20}"#, grants, site, StepLimits::default()))
+            .await;
+        match &report.outcome {
+            StepOutcome::Failed(PluginError::Timeout(m)) => assert!(m.contains("db-1"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
+fn approval_waits_for_a_person_and_times_out_without_one() {
+    runtime().block_on(async {
+        let plugin = load_builtin("approval").await;
+        let yes = Arc::new(FakeSite {
+            approver: Some("alice".into()),
+            ..FakeSite::default()
+        });
+        let report = plugin
+            .run(&request("gate", r#"{"message":"go?"}"#, Grants::default(), yes, StepLimits::default()))
+            .await;
+        assert_eq!(report.outcome, StepOutcome::Ok { outputs: r#"{"approved_by":"alice"}"#.into() });
+        let nobody = Arc::new(FakeSite::default());
+        let report = plugin
+            .run(&request("gate", r#"{"timeout":"1s"}"#, Grants::default(), nobody, StepLimits::default()))
+            .await;
+        assert!(matches!(report.outcome, StepOutcome::Failed(PluginError::Timeout(_))), "{report:?}");
+    });
+}
+
+#[test]
+fn compiled_components_are_cached_on_disk() {
+    runtime().block_on(async {
+        let dir = std::env::temp_dir().join(format!("lifeboat-cache-test-{}", std::process::id()));
+        let engine = PluginEngine::new(EngineOptions {
+            cache_dir: Some(dir.clone()),
+            ..EngineOptions::default()
+        })
+        .expect("engine");
+        let bytes = builtin("wait").expect("wait");
+        let first = Plugin::load(&engine, bytes, None).await.expect("compiles");
+        let cached: Vec<_> = std::fs::read_dir(&dir).expect("cache dir").flatten().collect();
+        assert_eq!(cached.len(), 1, "one compiled component");
+        let name = cached[0].file_name().to_string_lossy().to_string();
+        assert!(name.starts_with(first.sha256()) && name.ends_with(".cwasm"), "{name}");
+        // A corrupt cache entry is dropped and the component recompiled, not run.
+        std::fs::write(cached[0].path(), b"garbage").expect("corrupt");
+        let second = Plugin::load(&engine, bytes, None).await.expect("recompiles");
+        assert_eq!(second.info(), first.info());
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
