@@ -9,8 +9,8 @@ use lifeboat_builtins::{artifacts, builtin};
 use lifeboat_plugin_host::wit::lifeboat::plan::{compute::VmState, inventory, network, recovery};
 use lifeboat_plugin_host::wit::{Direction, Error as PluginError, Operation, StepContext};
 use lifeboat_plugin_host::{
-    EngineOptions, Grants, HostServices, LoadError, NoServices, Plugin, PluginEngine, RunKv, StepLimits, StepOutcome,
-    StepReport, StepRequest,
+    EngineOptions, Grants, HostServices, LoadError, NoServices, Plugin, PluginEngine, RunKv,
+    StepLimits, StepOutcome, StepReport, StepRequest,
 };
 
 use crate::support::root;
@@ -52,7 +52,13 @@ fn context(step: &str) -> StepContext {
     }
 }
 
-fn request(step: &str, config: &str, grants: Grants, services: Arc<dyn HostServices>, limits: StepLimits) -> StepRequest {
+fn request(
+    step: &str,
+    config: &str,
+    grants: Grants,
+    services: Arc<dyn HostServices>,
+    limits: StepLimits,
+) -> StepRequest {
     StepRequest {
         config: config.into(),
         context: context(step),
@@ -78,14 +84,33 @@ async fn load_builtin(name: &str) -> Plugin {
 async fn good_step_still_runs() {
     let wait = load_builtin("wait").await;
     let report = wait
-        .run(&request("after", r#"{"duration":"1ms"}"#, Grants::default(), Arc::new(NoServices), StepLimits::default()))
+        .run(&request(
+            "after",
+            r#"{"duration":"1ms"}"#,
+            Grants::default(),
+            Arc::new(NoServices),
+            StepLimits::default(),
+        ))
         .await;
-    assert_eq!(report.outcome, StepOutcome::Ok { outputs: r#"{"waited_ms":1}"#.into() });
+    assert_eq!(
+        report.outcome,
+        StepOutcome::Ok {
+            outputs: r#"{"waited_ms":1}"#.into()
+        }
+    );
 }
 
 async fn run_fixture(path: &str, config: &str, grants: Grants, limits: StepLimits) -> StepReport {
     let plugin = load_file(path).await.expect("fixture loads");
-    let report = plugin.run(&request("hostile", config, grants, Arc::new(NoServices), limits)).await;
+    let report = plugin
+        .run(&request(
+            "hostile",
+            config,
+            grants,
+            Arc::new(NoServices),
+            limits,
+        ))
+        .await;
     assert!(
         report.elapsed <= limits.timeout + SLACK,
         "took {:?}, limit {:?}: {report:?}",
@@ -110,7 +135,10 @@ fn builtins_describe_themselves() {
             assert_eq!(plugin.info().name, name);
             assert_eq!(plugin.info().api_version, "0.1.0");
             assert!(
-                plugin.imports().iter().all(|i| !i.starts_with("wasi:filesystem") && !i.starts_with("wasi:sockets")),
+                plugin
+                    .imports()
+                    .iter()
+                    .all(|i| !i.starts_with("wasi:filesystem") && !i.starts_with("wasi:sockets")),
                 "{name} imports {:?}",
                 plugin.imports()
             );
@@ -121,8 +149,19 @@ fn builtins_describe_themselves() {
 #[test]
 fn infinite_loop_times_out_at_its_deadline() {
     runtime().block_on(async {
-        let report = run_fixture(artifacts::INFINITE_LOOP, "{}", Grants::default(), short(300)).await;
-        assert_eq!(report.outcome, StepOutcome::Timeout { after: Duration::from_millis(300) });
+        let report = run_fixture(
+            artifacts::INFINITE_LOOP,
+            "{}",
+            Grants::default(),
+            short(300),
+        )
+        .await;
+        assert_eq!(
+            report.outcome,
+            StepOutcome::Timeout {
+                after: Duration::from_millis(300)
+            }
+        );
         assert!(report.elapsed >= Duration::from_millis(300));
         good_step_still_runs().await;
     });
@@ -144,8 +183,19 @@ fn memory_bomb_is_out_of_memory() {
 #[test]
 fn deep_recursion_traps_on_stack_overflow() {
     runtime().block_on(async {
-        let report = run_fixture(artifacts::DEEP_RECURSION, "{}", Grants::default(), short(5_000)).await;
-        assert_eq!(report.outcome, StepOutcome::Trap { message: "stack overflow".into() });
+        let report = run_fixture(
+            artifacts::DEEP_RECURSION,
+            "{}",
+            Grants::default(),
+            short(5_000),
+        )
+        .await;
+        assert_eq!(
+            report.outcome,
+            StepOutcome::Trap {
+                message: "stack overflow".into()
+            }
+        );
         good_step_still_runs().await;
     });
 }
@@ -154,8 +204,15 @@ fn deep_recursion_traps_on_stack_overflow() {
 fn a_panic_is_a_trap_with_the_message_in_stderr() {
     runtime().block_on(async {
         let report = run_fixture(artifacts::PANIC, "{}", Grants::default(), short(5_000)).await;
-        assert!(matches!(report.outcome, StepOutcome::Trap { .. }), "{report:?}");
-        assert!(report.stderr.contains("this plugin panics on purpose"), "stderr: {:?}", report.stderr);
+        assert!(
+            matches!(report.outcome, StepOutcome::Trap { .. }),
+            "{report:?}"
+        );
+        assert!(
+            report.stderr.contains("this plugin panics on purpose"),
+            "stderr: {:?}",
+            report.stderr
+        );
         good_step_still_runs().await;
     });
 }
@@ -163,11 +220,16 @@ fn a_panic_is_a_trap_with_the_message_in_stderr() {
 #[test]
 fn a_log_flood_is_cut_at_the_log_limit() {
     runtime().block_on(async {
-        let report = run_fixture(artifacts::LOG_FLOOD, "{}", Grants::default(), short(20_000)).await;
+        let report =
+            run_fixture(artifacts::LOG_FLOOD, "{}", Grants::default(), short(20_000)).await;
         assert!(report.outcome.is_ok(), "{report:?}");
         let bytes: usize = report.log.iter().map(|l| l.message.len()).sum();
         assert!(bytes <= (1 << 20) + 4096, "log kept {bytes} bytes");
-        assert!(report.log_dropped > 900_000, "dropped only {}", report.log_dropped);
+        assert!(
+            report.log_dropped > 900_000,
+            "dropped only {}",
+            report.log_dropped
+        );
         good_step_still_runs().await;
     });
 }
@@ -175,8 +237,17 @@ fn a_log_flood_is_cut_at_the_log_limit() {
 #[test]
 fn a_huge_string_to_the_host_traps() {
     runtime().block_on(async {
-        let report = run_fixture(artifacts::HUGE_STRING, "{}", Grants::default(), short(5_000)).await;
-        assert!(matches!(report.outcome, StepOutcome::Trap { .. }), "{report:?}");
+        let report = run_fixture(
+            artifacts::HUGE_STRING,
+            "{}",
+            Grants::default(),
+            short(5_000),
+        )
+        .await;
+        assert!(
+            matches!(report.outcome, StepOutcome::Trap { .. }),
+            "{report:?}"
+        );
         assert!(report.log.is_empty(), "the 32 MiB string reached the log");
         good_step_still_runs().await;
     });
@@ -193,11 +264,20 @@ fn calls_outside_the_grant_are_denied_naming_step_and_plan_line() {
         };
         for target in ["tcp", "vm", "kv"] {
             let config = format!(r#"{{"target":"{target}"}}"#);
-            let report = run_fixture(artifacts::UNGRANTED_CALL, &config, grants.clone(), short(5_000)).await;
+            let report = run_fixture(
+                artifacts::UNGRANTED_CALL,
+                &config,
+                grants.clone(),
+                short(5_000),
+            )
+            .await;
             let StepOutcome::Denied { message } = &report.outcome else {
                 panic!("{target}: {report:?}");
             };
-            assert!(message.contains("step `hostile` of group `database`"), "{message}");
+            assert!(
+                message.contains("step `hostile` of group `database`"),
+                "{message}"
+            );
             assert!(message.contains("plans/erp.toml:24"), "{message}");
             let named = match target {
                 "tcp" => "127.0.0.1:9",
@@ -206,12 +286,21 @@ fn calls_outside_the_grant_are_denied_naming_step_and_plan_line() {
             };
             assert!(message.contains(named), "{message}");
         }
-        // With no VM and no address granted, the interfaces are not even linked.
-        let report = run_fixture(artifacts::UNGRANTED_CALL, "{}", Grants::default(), short(5_000)).await;
+        // With nothing granted at all, the same call is denied.
+        let report = run_fixture(
+            artifacts::UNGRANTED_CALL,
+            "{}",
+            Grants::default(),
+            short(5_000),
+        )
+        .await;
         let StepOutcome::Denied { message } = &report.outcome else {
             panic!("{report:?}");
         };
-        assert!(message.contains("grants it no"), "{message}");
+        assert!(
+            message.contains("may not connect to `127.0.0.1:9`"),
+            "{message}"
+        );
         good_step_still_runs().await;
     });
 }
@@ -220,7 +309,9 @@ fn calls_outside_the_grant_are_denied_naming_step_and_plan_line() {
 fn wasi_filesystem_newer_api_truncation_and_digest_are_refused_at_load() {
     runtime().block_on(async {
         match load_file(artifacts::WASI_FILESYSTEM).await {
-            Err(LoadError::ForbiddenImport { import }) => assert!(import.starts_with("wasi:filesystem"), "{import}"),
+            Err(LoadError::ForbiddenImport { import }) => {
+                assert!(import.starts_with("wasi:filesystem"), "{import}")
+            }
             other => panic!("{other:?}"),
         }
         match load_file(artifacts::NEWER_API).await {
@@ -232,7 +323,10 @@ fn wasi_filesystem_newer_api_truncation_and_digest_are_refused_at_load() {
         }
         let bytes = builtin("wait").expect("wait");
         let truncated = &bytes[..bytes.len() / 2];
-        assert!(matches!(Plugin::load(engine(), truncated, None).await, Err(LoadError::Invalid(_))));
+        assert!(matches!(
+            Plugin::load(engine(), truncated, None).await,
+            Err(LoadError::Invalid(_))
+        ));
         let wrong = "0".repeat(64);
         match Plugin::load(engine(), bytes, Some(&wrong)).await {
             Err(LoadError::HashMismatch { expected, actual }) => {
@@ -248,16 +342,26 @@ fn wasi_filesystem_newer_api_truncation_and_digest_are_refused_at_load() {
 #[test]
 fn the_template_probes_a_granted_port() {
     runtime().block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let address = listener.local_addr().expect("addr").to_string();
-        let plugin = load_file(artifacts::TEMPLATE).await.expect("template loads");
+        let plugin = load_file(artifacts::TEMPLATE)
+            .await
+            .expect("template loads");
         let grants = Grants {
             tcp: vec![address.clone()],
             ..Grants::default()
         };
         let config = format!(r#"{{"address":"{address}"}}"#);
         let report = plugin
-            .run(&request("port", &config, grants, Arc::new(NoServices), StepLimits::default()))
+            .run(&request(
+                "port",
+                &config,
+                grants,
+                Arc::new(NoServices),
+                StepLimits::default(),
+            ))
             .await;
         let StepOutcome::Ok { outputs } = &report.outcome else {
             panic!("{report:?}");
@@ -265,7 +369,10 @@ fn the_template_probes_a_granted_port() {
         assert!(outputs.contains(&address), "{outputs}");
         assert_eq!(report.log[0].message, format!("{address} is open"));
         let problems = plugin
-            .validate(&StepRequest::offline(r#"{"adress":"x"}"#.into(), context("port")))
+            .validate(&StepRequest::offline(
+                r#"{"adress":"x"}"#.into(),
+                context("port"),
+            ))
             .await
             .expect("validate runs");
         assert_eq!(problems.len(), 2, "{problems:?}");
@@ -273,7 +380,9 @@ fn the_template_probes_a_granted_port() {
 }
 
 async fn serve_http(status: u16) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let address = listener.local_addr().expect("addr").to_string();
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -300,11 +409,19 @@ fn tcp_and_http_checks_report_what_they_find() {
                 ..Grants::default()
             };
             let report = http
-                .run(&request("http", &format!(r#"{{"url":"{url}"}}"#), grants, Arc::new(NoServices), StepLimits::default()))
+                .run(&request(
+                    "http",
+                    &format!(r#"{{"url":"{url}"}}"#),
+                    grants,
+                    Arc::new(NoServices),
+                    StepLimits::default(),
+                ))
                 .await;
             match (&report.outcome, ok) {
                 (StepOutcome::Ok { outputs }, true) => assert_eq!(outputs, r#"{"status":200}"#),
-                (StepOutcome::Failed(PluginError::Other(m)), false) => assert!(m.contains("answered 503"), "{m}"),
+                (StepOutcome::Failed(PluginError::Other(m)), false) => {
+                    assert!(m.contains("answered 503"), "{m}")
+                }
                 other => panic!("{other:?}"),
             }
         }
@@ -319,9 +436,18 @@ fn tcp_and_http_checks_report_what_they_find() {
             ..Grants::default()
         };
         let report = tcp
-            .run(&request("tcp", &format!(r#"{{"address":"{closed}"}}"#), grants, Arc::new(NoServices), StepLimits::default()))
+            .run(&request(
+                "tcp",
+                &format!(r#"{{"address":"{closed}"}}"#),
+                grants,
+                Arc::new(NoServices),
+                StepLimits::default(),
+            ))
             .await;
-        assert!(matches!(report.outcome, StepOutcome::Failed(_)), "{report:?}");
+        assert!(
+            matches!(report.outcome, StepOutcome::Failed(_)),
+            "{report:?}"
+        );
     });
 }
 
@@ -351,7 +477,10 @@ impl HostServices for FakeSite {
             .collect()
     }
     async fn pick_point(&self, vm: &str, choice: &str) -> Result<recovery::Point, PluginError> {
-        self.calls.lock().expect("lock").push(format!("pick {vm} {choice}"));
+        self.calls
+            .lock()
+            .expect("lock")
+            .push(format!("pick {vm} {choice}"));
         Ok(recovery::Point {
             id: format!("p-{vm}"),
             kind: recovery::PointKind::CrashConsistent,
@@ -360,7 +489,10 @@ impl HostServices for FakeSite {
         })
     }
     async fn restore(&self, vm: &str, point: &str, _key: &str) -> Result<Vec<String>, PluginError> {
-        self.calls.lock().expect("lock").push(format!("restore {vm} {point}"));
+        self.calls
+            .lock()
+            .expect("lock")
+            .push(format!("restore {vm} {point}"));
         Ok(vec![format!("/restored/{vm}/os.img")])
     }
     async fn assignments(&self, vm: &str) -> Result<Vec<network::Assignment>, PluginError> {
@@ -389,7 +521,11 @@ impl HostServices for FakeSite {
         if *n == 3 {
             self.starting.fetch_sub(1, Ordering::SeqCst);
         }
-        Ok(if *n >= 3 { VmState::Running } else { VmState::Starting })
+        Ok(if *n >= 3 {
+            VmState::Running
+        } else {
+            VmState::Starting
+        })
     }
     async fn approve(&self, _message: &str) -> Result<String, PluginError> {
         match &self.approver {
@@ -421,19 +557,43 @@ fn boot_group_boots_every_vm_with_bounded_parallelism_and_undo_stops_them() {
         let outputs: serde_json::Value = serde_json::from_str(outputs).expect("json outputs");
         for vm in &vms {
             assert_eq!(outputs["vms"][vm]["point"], format!("p-{vm}"));
-            assert_eq!(outputs["vms"][vm]["disks"][0], format!("/restored/{vm}/os.img"));
+            assert_eq!(
+                outputs["vms"][vm]["disks"][0],
+                format!("/restored/{vm}/os.img")
+            );
         }
-        assert_eq!(site.max_starting.load(Ordering::SeqCst), 2, "parallelism bound");
+        assert_eq!(
+            site.max_starting.load(Ordering::SeqCst),
+            2,
+            "parallelism bound"
+        );
         let calls = site.calls.lock().expect("lock").clone();
         for vm in &vms {
-            let pick = calls.iter().position(|c| c == &format!("pick {vm} latest")).expect("picked");
-            let restore = calls.iter().position(|c| c == &format!("restore {vm} p-{vm}")).expect("restored");
-            let start = calls.iter().position(|c| c == &format!("start {vm}")).expect("started");
+            let pick = calls
+                .iter()
+                .position(|c| c == &format!("pick {vm} latest"))
+                .expect("picked");
+            let restore = calls
+                .iter()
+                .position(|c| c == &format!("restore {vm} p-{vm}"))
+                .expect("restored");
+            let start = calls
+                .iter()
+                .position(|c| c == &format!("start {vm}"))
+                .expect("started");
             assert!(pick < restore && restore < start, "{calls:?}");
         }
-        let undo = plugin.undo(&req, &serde_json::to_string(&outputs).expect("json")).await;
+        let undo = plugin
+            .undo(&req, &serde_json::to_string(&outputs).expect("json"))
+            .await;
         assert!(undo.outcome.is_ok(), "{undo:?}");
-        let stops = site.calls.lock().expect("lock").iter().filter(|c| c.starts_with("stop ")).count();
+        let stops = site
+            .calls
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|c| c.starts_with("stop "))
+            .count();
         assert_eq!(stops, 5);
     });
 }
@@ -451,7 +611,12 @@ fn boot_group_gives_up_at_its_health_timeout() {
             async fn pick_point(&self, vm: &str, c: &str) -> Result<recovery::Point, PluginError> {
                 self.0.pick_point(vm, c).await
             }
-            async fn restore(&self, vm: &str, p: &str, k: &str) -> Result<Vec<String>, PluginError> {
+            async fn restore(
+                &self,
+                vm: &str,
+                p: &str,
+                k: &str,
+            ) -> Result<Vec<String>, PluginError> {
                 self.0.restore(vm, p, k).await
             }
             async fn assignments(&self, vm: &str) -> Result<Vec<network::Assignment>, PluginError> {
@@ -474,7 +639,13 @@ fn boot_group_gives_up_at_its_health_timeout() {
             ..Grants::default()
         };
         let report = plugin
-            .run(&request("boot", r#"{"health_timeout_ms":200,"poll_ms":20}"#, grants, site, StepLimits::default()))
+            .run(&request(
+                "boot",
+                r#"{"health_timeout_ms":200,"poll_ms":20}"#,
+                grants,
+                site,
+                StepLimits::default(),
+            ))
             .await;
         match &report.outcome {
             StepOutcome::Failed(PluginError::Timeout(m)) => assert!(m.contains("db-1"), "{m}"),
@@ -492,14 +663,34 @@ fn approval_waits_for_a_person_and_times_out_without_one() {
             ..FakeSite::default()
         });
         let report = plugin
-            .run(&request("gate", r#"{"message":"go?"}"#, Grants::default(), yes, StepLimits::default()))
+            .run(&request(
+                "gate",
+                r#"{"message":"go?"}"#,
+                Grants::default(),
+                yes,
+                StepLimits::default(),
+            ))
             .await;
-        assert_eq!(report.outcome, StepOutcome::Ok { outputs: r#"{"approved_by":"alice"}"#.into() });
+        assert_eq!(
+            report.outcome,
+            StepOutcome::Ok {
+                outputs: r#"{"approved_by":"alice"}"#.into()
+            }
+        );
         let nobody = Arc::new(FakeSite::default());
         let report = plugin
-            .run(&request("gate", r#"{"timeout":"1s"}"#, Grants::default(), nobody, StepLimits::default()))
+            .run(&request(
+                "gate",
+                r#"{"timeout":"1s"}"#,
+                Grants::default(),
+                nobody,
+                StepLimits::default(),
+            ))
             .await;
-        assert!(matches!(report.outcome, StepOutcome::Failed(PluginError::Timeout(_))), "{report:?}");
+        assert!(
+            matches!(report.outcome, StepOutcome::Failed(PluginError::Timeout(_))),
+            "{report:?}"
+        );
     });
 }
 
@@ -514,14 +705,120 @@ fn compiled_components_are_cached_on_disk() {
         .expect("engine");
         let bytes = builtin("wait").expect("wait");
         let first = Plugin::load(&engine, bytes, None).await.expect("compiles");
-        let cached: Vec<_> = std::fs::read_dir(&dir).expect("cache dir").flatten().collect();
+        let cached: Vec<_> = std::fs::read_dir(&dir)
+            .expect("cache dir")
+            .flatten()
+            .collect();
         assert_eq!(cached.len(), 1, "one compiled component");
         let name = cached[0].file_name().to_string_lossy().to_string();
-        assert!(name.starts_with(first.sha256()) && name.ends_with(".cwasm"), "{name}");
+        assert!(
+            name.starts_with(first.sha256()) && name.ends_with(".cwasm"),
+            "{name}"
+        );
         // A corrupt cache entry is dropped and the component recompiled, not run.
         std::fs::write(cached[0].path(), b"garbage").expect("corrupt");
-        let second = Plugin::load(&engine, bytes, None).await.expect("recompiles");
+        let second = Plugin::load(&engine, bytes, None)
+            .await
+            .expect("recompiles");
         assert_eq!(second.info(), first.info());
         let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// The Python example step, built with componentize-py (WASI stubbed out) and cached by the
+/// hash of its source and of the WIT package, so the ~10 s build happens once per change.
+pub(crate) fn python_kv_note() -> Vec<u8> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let source_dir = root().join("plugins/python/kv-note");
+    let mut hasher = DefaultHasher::new();
+    for file in [source_dir.join("app.py"), root().join("wit/lifeboat.wit")] {
+        std::fs::read(&file)
+            .expect("source readable")
+            .hash(&mut hasher);
+    }
+    let out_dir = root().join("target/python-plugins");
+    std::fs::create_dir_all(&out_dir).expect("output dir");
+    let out = out_dir.join(format!("kv-note-{:016x}.wasm", hasher.finish()));
+    if !out.is_file() {
+        let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+        let status = std::process::Command::new("componentize-py")
+            .current_dir(&source_dir)
+            .args(["-q", "-d"])
+            .arg(root().join("wit"))
+            .args(["-w", "step", "componentize", "app", "--stub-wasi", "-o"])
+            .arg(&tmp)
+            .status()
+            .expect("componentize-py runs (pip install componentize-py==0.25.1)");
+        assert!(status.success(), "componentize-py failed");
+        std::fs::rename(&tmp, &out).expect("rename");
+    }
+    std::fs::read(&out).expect("component")
+}
+
+#[test]
+fn a_python_step_runs_with_its_grants() {
+    runtime().block_on(async {
+        let plugin = Plugin::load(engine(), &python_kv_note(), None)
+            .await
+            .expect("python step loads");
+        assert_eq!(plugin.info().name, "kv-note");
+        assert!(
+            plugin
+                .imports()
+                .iter()
+                .all(|i| i.starts_with("lifeboat:plan/")),
+            "WASI is stubbed out: {:?}",
+            plugin.imports()
+        );
+        let grants = Grants {
+            kv: vec!["note.*".into()],
+            ..Grants::default()
+        };
+        let mut req = request(
+            "note",
+            r#"{"key":"note.db","value":"hello"}"#,
+            grants,
+            Arc::new(NoServices),
+            StepLimits::default(),
+        );
+        req.limits.timeout = Duration::from_secs(30);
+        let report = plugin.run(&req).await;
+        assert_eq!(
+            report.outcome,
+            StepOutcome::Ok {
+                outputs: r#"{"key": "note.db"}"#.into()
+            },
+            "{report:?}"
+        );
+        assert_eq!(req.kv.get("note.db").as_deref(), Some("hello"));
+        assert_eq!(report.log[0].message, "note.db = hello (test run run-1)");
+        // Outside its grant, the same plugin is denied.
+        let report = plugin
+            .run(&request(
+                "note",
+                r#"{"key":"secret"}"#,
+                Grants::default(),
+                Arc::new(NoServices),
+                req.limits,
+            ))
+            .await;
+        assert!(
+            matches!(report.outcome, StepOutcome::Denied { .. }),
+            "{report:?}"
+        );
+        let problems = plugin
+            .validate(&StepRequest::offline(
+                r#"{"value":1,"colour":2}"#.into(),
+                context("note"),
+            ))
+            .await
+            .expect("validate runs");
+        assert_eq!(
+            problems,
+            [
+                "unknown config key `colour`",
+                "`key` (a string) is required"
+            ]
+        );
     });
 }

@@ -31,10 +31,19 @@ const OTHERS: &[(&str, &str)] = &[
 ];
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.join("../..");
     let plugins = root.join("plugins");
-    for watched in ["plugins/Cargo.toml", "plugins/Cargo.lock", "plugins/sdk", "plugins/builtins", "plugins/fixtures", "plugins/template", "wit"] {
+    for watched in [
+        "plugins/Cargo.toml",
+        "plugins/Cargo.lock",
+        "plugins/sdk",
+        "plugins/builtins",
+        "plugins/fixtures",
+        "plugins/template",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
@@ -49,7 +58,14 @@ fn main() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(plugins.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir);
@@ -78,14 +94,22 @@ fn main() {
     generated.push_str("pub const BUILTINS: &[(&str, &[u8])] = &[\n");
     for (name, file) in BUILTINS {
         let path = wasm(&release, file);
-        generated.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", path.display().to_string()));
+        generated.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?})),\n",
+            path.display().to_string()
+        ));
     }
     generated.push_str("];\n\n");
-    generated.push_str("/// Paths of the template and the hostile fixtures, for tests and benchmarks.\n");
+    generated.push_str(
+        "/// Paths of the template and the hostile fixtures, for tests and benchmarks.\n",
+    );
     generated.push_str("pub mod artifacts {\n");
     for (name, file) in OTHERS {
         let path = wasm(&release, file);
-        generated.push_str(&format!("    pub const {name}: &str = {:?};\n", path.display().to_string()));
+        generated.push_str(&format!(
+            "    pub const {name}: &str = {:?};\n",
+            path.display().to_string()
+        ));
     }
     generated.push_str("}\n");
     std::fs::write(out_dir.join("components.rs"), generated).expect("write components.rs");

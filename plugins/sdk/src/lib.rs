@@ -36,7 +36,9 @@ pub mod bindings {
 }
 
 pub use bindings::lifeboat::plan::types::{Capability, Direction, Operation};
-pub use bindings::lifeboat::plan::{approval, clock, compute, inventory, kv, log as host_log, network, probe, recovery};
+pub use bindings::lifeboat::plan::{
+    approval, clock, compute, inventory, kv, log as host_log, network, probe, recovery,
+};
 pub use bindings::{Error, PluginInfo, StepContext};
 
 /// The version of the WIT package this SDK builds against.
@@ -71,7 +73,12 @@ impl Config {
             serde_json::Value::Object(map) => map
                 .keys()
                 .filter(|k| !known.contains(&k.as_str()))
-                .map(|k| format!("unknown config key `{k}`; expected one of: {}", known.join(", ")))
+                .map(|k| {
+                    format!(
+                        "unknown config key `{k}`; expected one of: {}",
+                        known.join(", ")
+                    )
+                })
                 .collect(),
             _ => Vec::new(),
         }
@@ -146,7 +153,11 @@ pub mod __private {
         Ok(serde_json::Value::Object(outputs).to_string())
     }
 
-    pub fn undo<S: Step>(config: String, context: StepContext, outputs: String) -> Result<(), Error> {
+    pub fn undo<S: Step>(
+        config: String,
+        context: StepContext,
+        outputs: String,
+    ) -> Result<(), Error> {
         let config = Config::parse(&config).map_err(Error::Invalid)?;
         let outputs = match serde_json::from_str(&outputs) {
             Ok(serde_json::Value::Object(map)) => map,

@@ -19,7 +19,9 @@ impl Step for PortOpen {
     }
 
     fn run(config: &Config, _context: &StepContext) -> Result<Outputs, Error> {
-        let address = config.str("address").ok_or_else(|| Error::Invalid("`address` is required".into()))?;
+        let address = config
+            .str("address")
+            .ok_or_else(|| Error::Invalid("`address` is required".into()))?;
         let timeout = config.u64("timeout_ms").unwrap_or(2_000) as u32;
         let started = clock::now_ms();
         probe::tcp(address, timeout)?;

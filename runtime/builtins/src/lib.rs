@@ -8,5 +8,8 @@ include!(concat!(env!("OUT_DIR"), "/components.rs"));
 
 /// The component of `builtin:NAME`.
 pub fn builtin(name: &str) -> Option<&'static [u8]> {
-    BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+    BUILTINS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, bytes)| *bytes)
 }

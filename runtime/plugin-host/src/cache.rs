@@ -15,7 +15,8 @@ pub(crate) struct CompileCache {
 
 impl CompileCache {
     pub fn new(dir: PathBuf, engine: &Engine) -> Result<Self, String> {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create cache {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create cache {}: {e}", dir.display()))?;
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Self {
@@ -51,7 +52,9 @@ impl CompileCache {
 
     /// Store a compilation; failures only cost a recompile next time.
     pub fn store(&self, sha256: &str, component: &Component) {
-        let Ok(bytes) = component.serialize() else { return };
+        let Ok(bytes) = component.serialize() else {
+            return;
+        };
         let path = self.path(sha256);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         if std::fs::write(&tmp, bytes).is_ok() {

@@ -66,17 +66,17 @@ fn base_config() -> Config {
 impl PluginEngine {
     pub fn new(options: EngineOptions) -> Result<Self, String> {
         // Pooling: instances come from preallocated slots (fast); sized so interpreter
-        // components (componentize-py holds 14 core instances) fit. If the address space
+        // components (a componentize-py step holds 38 core instances) fit. If the address space
         // cannot be reserved, fall back to allocating on demand.
         let mut pooling = PoolingAllocationConfig::new();
         pooling
             .total_component_instances(options.max_concurrent_steps)
-            .total_core_instances(options.max_concurrent_steps * 20)
-            .max_core_instances_per_component(32)
+            .total_core_instances(options.max_concurrent_steps * 48)
+            .max_core_instances_per_component(64)
             .total_memories(options.max_concurrent_steps * 4)
             .max_memories_per_component(4)
-            .total_tables(options.max_concurrent_steps * 20)
-            .max_tables_per_component(32)
+            .total_tables(options.max_concurrent_steps * 48)
+            .max_tables_per_component(64)
             .total_stacks(options.max_concurrent_steps)
             .max_memory_size(options.max_memory)
             .max_component_instance_size(4 << 20)

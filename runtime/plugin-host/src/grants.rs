@@ -30,7 +30,10 @@ impl Grants {
     pub fn http(&self, url: &str) -> bool {
         self.http.iter().any(|prefix| {
             url.strip_prefix(prefix.as_str()).is_some_and(|rest| {
-                prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')
+                prefix.ends_with('/')
+                    || rest.is_empty()
+                    || rest.starts_with('/')
+                    || rest.starts_with('?')
             })
         })
     }
@@ -40,15 +43,6 @@ impl Grants {
             Some(prefix) => key.starts_with(prefix),
             None => k == key,
         })
-    }
-
-    /// Whether the step may call the VM-scoped interfaces at all.
-    pub(crate) fn any_vm(&self) -> bool {
-        !self.vms.is_empty()
-    }
-
-    pub(crate) fn any_probe(&self) -> bool {
-        !self.tcp.is_empty() || !self.http.is_empty()
     }
 }
 

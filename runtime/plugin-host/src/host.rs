@@ -43,7 +43,12 @@ pub(crate) struct MemoryCap {
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.hit = true;
             return Ok(false);
@@ -51,7 +56,12 @@ impl wasmtime::ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1 << 20)
     }
 }
@@ -102,14 +112,20 @@ impl StepState {
             Err(self.deny(capability, &format!("VM `{vm}`")))
         }
     }
-
 }
 
 /// Run a service call under the host-call timeout.
-async fn bounded<T>(limit: Duration, what: &str, call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    call: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     match tokio::time::timeout(limit, call).await {
         Ok(result) => result,
-        Err(_) => Err(Error::Timeout(format!("{what} did not answer within {} ms", limit.as_millis()))),
+        Err(_) => Err(Error::Timeout(format!(
+            "{what} did not answer within {} ms",
+            limit.as_millis()
+        ))),
     }
 }
 
@@ -167,16 +183,22 @@ impl inventory::Host for StepState {
     async fn group_vms(&mut self) -> wasmtime::Result<Vec<inventory::Vm>> {
         let services = self.services.clone();
         let group = self.group.clone();
-        Ok(tokio::time::timeout(self.host_call_timeout, services.group_vms(&group))
-            .await
-            .unwrap_or_default())
+        Ok(
+            tokio::time::timeout(self.host_call_timeout, services.group_vms(&group))
+                .await
+                .unwrap_or_default(),
+        )
     }
 
     async fn get_vm(&mut self, name: String) -> wasmtime::Result<Result<inventory::Vm, Error>> {
         let services = self.services.clone();
         if !self.grants.vm(&name) {
             let group = self.group.clone();
-            let in_group = services.group_vms(&group).await.iter().any(|v| v.name == name);
+            let in_group = services
+                .group_vms(&group)
+                .await
+                .iter()
+                .any(|v| v.name == name);
             if !in_group {
                 return Err(self.deny("read", &format!("VM `{name}`")));
             }
@@ -186,16 +208,33 @@ impl inventory::Host for StepState {
 }
 
 impl recovery::Host for StepState {
-    async fn list_points(&mut self, vm: String) -> wasmtime::Result<Result<Vec<recovery::Point>, Error>> {
+    async fn list_points(
+        &mut self,
+        vm: String,
+    ) -> wasmtime::Result<Result<Vec<recovery::Point>, Error>> {
         self.require_vm("list points of", &vm)?;
         let services = self.services.clone();
-        Ok(bounded(self.host_call_timeout, "recovery", services.list_points(&vm)).await)
+        Ok(bounded(
+            self.host_call_timeout,
+            "recovery",
+            services.list_points(&vm),
+        )
+        .await)
     }
 
-    async fn pick_point(&mut self, vm: String, choice: String) -> wasmtime::Result<Result<recovery::Point, Error>> {
+    async fn pick_point(
+        &mut self,
+        vm: String,
+        choice: String,
+    ) -> wasmtime::Result<Result<recovery::Point, Error>> {
         self.require_vm("pick a point of", &vm)?;
         let services = self.services.clone();
-        Ok(bounded(self.host_call_timeout, "recovery", services.pick_point(&vm, &choice)).await)
+        Ok(bounded(
+            self.host_call_timeout,
+            "recovery",
+            services.pick_point(&vm, &choice),
+        )
+        .await)
     }
 
     async fn restore(
@@ -206,22 +245,44 @@ impl recovery::Host for StepState {
     ) -> wasmtime::Result<Result<Vec<String>, Error>> {
         self.require_vm("restore", &vm)?;
         let services = self.services.clone();
-        Ok(bounded(self.host_call_timeout, "recovery", services.restore(&vm, &point_id, &idempotency_key))
-            .await)
+        Ok(bounded(
+            self.host_call_timeout,
+            "recovery",
+            services.restore(&vm, &point_id, &idempotency_key),
+        )
+        .await)
     }
 }
 
 impl compute::Host for StepState {
-    async fn start(&mut self, vm: String, idempotency_key: String) -> wasmtime::Result<Result<(), Error>> {
+    async fn start(
+        &mut self,
+        vm: String,
+        idempotency_key: String,
+    ) -> wasmtime::Result<Result<(), Error>> {
         self.require_vm("start", &vm)?;
         let services = self.services.clone();
-        Ok(bounded(self.host_call_timeout, "compute", services.start(&vm, &idempotency_key)).await)
+        Ok(bounded(
+            self.host_call_timeout,
+            "compute",
+            services.start(&vm, &idempotency_key),
+        )
+        .await)
     }
 
-    async fn stop(&mut self, vm: String, idempotency_key: String) -> wasmtime::Result<Result<(), Error>> {
+    async fn stop(
+        &mut self,
+        vm: String,
+        idempotency_key: String,
+    ) -> wasmtime::Result<Result<(), Error>> {
         self.require_vm("stop", &vm)?;
         let services = self.services.clone();
-        Ok(bounded(self.host_call_timeout, "compute", services.stop(&vm, &idempotency_key)).await)
+        Ok(bounded(
+            self.host_call_timeout,
+            "compute",
+            services.stop(&vm, &idempotency_key),
+        )
+        .await)
     }
 
     async fn status(&mut self, vm: String) -> wasmtime::Result<Result<compute::VmState, Error>> {
@@ -232,7 +293,10 @@ impl compute::Host for StepState {
 }
 
 impl network::Host for StepState {
-    async fn assignments(&mut self, vm: String) -> wasmtime::Result<Result<Vec<network::Assignment>, Error>> {
+    async fn assignments(
+        &mut self,
+        vm: String,
+    ) -> wasmtime::Result<Result<Vec<network::Assignment>, Error>> {
         self.require_vm("read the addresses of", &vm)?;
         let services = self.services.clone();
         Ok(bounded(self.host_call_timeout, "network", services.assignments(&vm)).await)
@@ -240,27 +304,45 @@ impl network::Host for StepState {
 }
 
 impl probe::Host for StepState {
-    async fn tcp(&mut self, address: String, timeout_ms: u32) -> wasmtime::Result<Result<(), Error>> {
+    async fn tcp(
+        &mut self,
+        address: String,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<(), Error>> {
         if !self.grants.tcp(&address) {
             return Err(self.deny("connect to", &format!("`{address}`")));
         }
         let limit = Duration::from_millis(timeout_ms.into()).min(self.host_call_timeout);
-        Ok(match tokio::time::timeout(limit, tokio::net::TcpStream::connect(&address)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(Error::Other(format!("cannot connect to {address}: {e}"))),
-            Err(_) => Err(Error::Timeout(format!("{address} did not accept within {} ms", limit.as_millis()))),
-        })
+        Ok(
+            match tokio::time::timeout(limit, tokio::net::TcpStream::connect(&address)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(Error::Other(format!("cannot connect to {address}: {e}"))),
+                Err(_) => Err(Error::Timeout(format!(
+                    "{address} did not accept within {} ms",
+                    limit.as_millis()
+                ))),
+            },
+        )
     }
 
-    async fn http_get(&mut self, url: String, timeout_ms: u32) -> wasmtime::Result<Result<u16, Error>> {
+    async fn http_get(
+        &mut self,
+        url: String,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<u16, Error>> {
         if !self.grants.http(&url) {
             return Err(self.deny("GET", &format!("`{url}`")));
         }
         let limit = Duration::from_millis(timeout_ms.into()).min(self.host_call_timeout);
-        Ok(match tokio::time::timeout(limit, http_get_status(&url)).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout(format!("{url} did not answer within {} ms", limit.as_millis()))),
-        })
+        Ok(
+            match tokio::time::timeout(limit, http_get_status(&url)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout(format!(
+                    "{url} did not answer within {} ms",
+                    limit.as_millis()
+                ))),
+            },
+        )
     }
 }
 
@@ -282,7 +364,9 @@ async fn http_get_status(url: &str) -> Result<u16, Error> {
     let mut stream = tokio::net::TcpStream::connect(&address)
         .await
         .map_err(|e| Error::Other(format!("cannot connect to {address}: {e}")))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: lifeboat-probe\r\n\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: lifeboat-probe\r\n\r\n"
+    );
     stream
         .write_all(request.as_bytes())
         .await
@@ -308,13 +392,22 @@ async fn http_get_status(url: &str) -> Result<u16, Error> {
 }
 
 impl approval::Host for StepState {
-    async fn request(&mut self, message: String, timeout_ms: u64) -> wasmtime::Result<Result<String, Error>> {
+    async fn request(
+        &mut self,
+        message: String,
+        timeout_ms: u64,
+    ) -> wasmtime::Result<Result<String, Error>> {
         let services = self.services.clone();
         let limit = Duration::from_millis(timeout_ms);
-        Ok(match tokio::time::timeout(limit, services.approve(&message)).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout(format!("no approval within {} s", limit.as_secs()))),
-        })
+        Ok(
+            match tokio::time::timeout(limit, services.approve(&message)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout(format!(
+                    "no approval within {} s",
+                    limit.as_secs()
+                ))),
+            },
+        )
     }
 }
 

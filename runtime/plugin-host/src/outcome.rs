@@ -39,7 +39,9 @@ impl StepOutcome {
             StepOutcome::Ok { .. } => "ok".into(),
             StepOutcome::Failed(e) => format!("failed: {}", plugin_error_text(e)),
             StepOutcome::Timeout { after } => format!("timed out after {} ms", after.as_millis()),
-            StepOutcome::OutOfMemory { limit } => format!("out of memory (limit {} MiB)", limit >> 20),
+            StepOutcome::OutOfMemory { limit } => {
+                format!("out of memory (limit {} MiB)", limit >> 20)
+            }
             StepOutcome::Trap { message } => format!("trapped: {message}"),
             StepOutcome::Denied { message } => format!("denied: {message}"),
         }
@@ -76,7 +78,9 @@ pub enum LoadError {
     HashMismatch { expected: String, actual: String },
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
-    #[error("imports `{import}`, which Lifeboat never grants (no file system, sockets or environment)")]
+    #[error(
+        "imports `{import}`, which Lifeboat never grants (no file system, sockets or environment)"
+    )]
     ForbiddenImport { import: String },
     #[error("built against Lifeboat plugin API {wanted}; this Lifeboat supports {supported}")]
     ApiVersion { wanted: String, supported: String },

@@ -1,7 +1,6 @@
 //! A loaded plugin, and one execution of it in a fresh, limited `Store`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -85,26 +84,6 @@ impl StepRequest {
     }
 }
 
-/// Which host interfaces are linked: the VM-scoped ones only for a step granted VMs, probes only
-/// for a step granted addresses. A component that imports more fails to link: denied before it
-/// runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct LinkSet {
-    vms: bool,
-    probe: bool,
-}
-
-impl LinkSet {
-    const ALL: LinkSet = LinkSet { vms: true, probe: true };
-
-    fn of(grants: &Grants) -> Self {
-        Self {
-            vms: grants.any_vm(),
-            probe: grants.any_probe(),
-        }
-    }
-}
-
 /// The WASI interfaces a plugin may import: output streams and clocks and randomness, with an
 /// empty environment. Never the file system, sockets or HTTP.
 const ALLOWED_WASI: &[&str] = &[
@@ -119,10 +98,16 @@ const ALLOWED_WASI: &[&str] = &[
     "wasi:cli/terminal-",
 ];
 
-fn build_linker(engine: &wasmtime::Engine, set: LinkSet) -> wasmtime::Result<Linker<StepState>> {
+/// Every Lifeboat interface is linked for every step: each host function checks the step's
+/// grant on every call. (Leaving ungranted interfaces unlinked would refuse interpreted
+/// plugins, which import the whole world, and stop nothing the call-time check does not.)
+fn build_linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<StepState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_proxy_interfaces_async(&mut linker)?;
-    wasmtime_wasi::p2::bindings::cli::environment::add_to_linker::<StepState, wasmtime_wasi::cli::WasiCli>(
+    wasmtime_wasi::p2::bindings::cli::environment::add_to_linker::<
+        StepState,
+        wasmtime_wasi::cli::WasiCli,
+    >(
         &mut linker,
         <StepState as wasmtime_wasi::cli::WasiCliView>::cli,
     )?;
@@ -147,25 +132,21 @@ fn build_linker(engine: &wasmtime::Engine, set: LinkSet) -> wasmtime::Result<Lin
     iface::inventory::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
     iface::approval::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
     iface::clock::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
-    if set.vms {
-        iface::recovery::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
-        iface::compute::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
-        iface::network::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
-    }
-    if set.probe {
-        iface::probe::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
-    }
+    iface::recovery::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
+    iface::compute::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
+    iface::network::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
+    iface::probe::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
     Ok(linker)
 }
 
 /// A verified, compiled component that exports the `step` world.
 pub struct Plugin {
     engine: PluginEngine,
-    component: Component,
     sha256: String,
     imports: Vec<String>,
     info: PluginInfo,
-    pres: Mutex<HashMap<LinkSet, StepPre<StepState>>>,
+    /// Imports resolved once; each execution only instantiates.
+    pre: StepPre<StepState>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -179,12 +160,18 @@ impl std::fmt::Debug for Plugin {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `lifeboat:plan/log@0.2.0` → `Some("0.2.0")`.
 fn lifeboat_version(import: &str) -> Option<&str> {
-    import.strip_prefix("lifeboat:plan/")?.split_once('@').map(|(_, v)| v)
+    import
+        .strip_prefix("lifeboat:plan/")?
+        .split_once('@')
+        .map(|(_, v)| v)
 }
 
 /// Whether a `0.x.y` version is one this host speaks (`0.1.*`).
@@ -195,7 +182,11 @@ fn compatible(version: &str) -> bool {
 
 impl Plugin {
     /// Verify, compile (or load from the cache), check imports and call `describe`.
-    pub async fn load(engine: &PluginEngine, bytes: &[u8], expected_sha256: Option<&str>) -> Result<Self, LoadError> {
+    pub async fn load(
+        engine: &PluginEngine,
+        bytes: &[u8],
+        expected_sha256: Option<&str>,
+    ) -> Result<Self, LoadError> {
         let sha256 = sha256_hex(bytes);
         if let Some(expected) = expected_sha256
             && !expected.eq_ignore_ascii_case(&sha256)
@@ -205,11 +196,15 @@ impl Plugin {
                 actual: sha256,
             });
         }
-        let cached = engine.cache.as_ref().and_then(|c| c.load(&engine.engine, &sha256));
+        let cached = engine
+            .cache
+            .as_ref()
+            .and_then(|c| c.load(&engine.engine, &sha256));
         let component = match cached {
             Some(component) => component,
             None => {
-                let component = Component::new(&engine.engine, bytes).map_err(|e| LoadError::Invalid(crate::describe_error(&e)))?;
+                let component = Component::new(&engine.engine, bytes)
+                    .map_err(|e| LoadError::Invalid(crate::describe_error(&e)))?;
                 if let Some(cache) = &engine.cache {
                     cache.store(&sha256, &component);
                 }
@@ -229,13 +224,21 @@ impl Plugin {
                         supported: crate::API_VERSION.to_string(),
                     });
                 }
-            } else if !ALLOWED_WASI.iter().any(|allowed| import.starts_with(allowed)) {
-                return Err(LoadError::ForbiddenImport { import: import.clone() });
+            } else if !ALLOWED_WASI
+                .iter()
+                .any(|allowed| import.starts_with(allowed))
+            {
+                return Err(LoadError::ForbiddenImport {
+                    import: import.clone(),
+                });
             }
         }
+        let pre = build_linker(&engine.engine)
+            .and_then(|linker| linker.instantiate_pre(&component))
+            .and_then(StepPre::new)
+            .map_err(|e| LoadError::Invalid(crate::describe_error(&e)))?;
         let mut plugin = Self {
             engine: engine.clone(),
-            component,
             sha256,
             imports,
             info: PluginInfo {
@@ -245,7 +248,7 @@ impl Plugin {
                 config_schema: None,
                 capabilities: Vec::new(),
             },
-            pres: Mutex::new(HashMap::new()),
+            pre,
         };
         let context = StepContext {
             plan: String::new(),
@@ -258,7 +261,7 @@ impl Plugin {
             dry_run: true,
         };
         let request = StepRequest::offline(String::new(), context);
-        let (result, report) = plugin.execute(&request, Call::Describe, Some(LinkSet::ALL)).await;
+        let (result, report) = plugin.execute(&request, Call::Describe).await;
         match result {
             Some(Returned::Describe(info)) => {
                 if !compatible(&info.api_version) {
@@ -287,11 +290,9 @@ impl Plugin {
         &self.imports
     }
 
-    /// Call `validate`: the plugin's own list of problems with `config`. Every interface is
-    /// linked (validation happens before grants are known to be right), but a call to any of
-    /// them is denied unless the request grants it.
+    /// Call `validate`: the plugin's own list of problems with `config`.
     pub async fn validate(&self, request: &StepRequest) -> Result<Vec<String>, StepReport> {
-        let (result, report) = self.execute(request, Call::Validate, Some(LinkSet::ALL)).await;
+        let (result, report) = self.execute(request, Call::Validate).await;
         match result {
             Some(Returned::Validate(problems)) => Ok(problems),
             _ => Err(report),
@@ -300,69 +301,31 @@ impl Plugin {
 
     /// Call `run`.
     pub async fn run(&self, request: &StepRequest) -> StepReport {
-        self.execute(request, Call::Run, None).await.1
+        self.execute(request, Call::Run).await.1
     }
 
     /// Call `undo` with the outputs of a previous `run`.
     pub async fn undo(&self, request: &StepRequest, outputs: &str) -> StepReport {
-        self.execute(request, Call::Undo(outputs.to_string()), None).await.1
+        self.execute(request, Call::Undo(outputs.to_string()))
+            .await
+            .1
     }
 
-    /// The interfaces this plugin imports that `set` does not link.
-    fn missing(&self, set: LinkSet) -> Option<String> {
-        for import in &self.imports {
-            let name = import.strip_prefix("lifeboat:plan/").unwrap_or("");
-            let name = name.split('@').next().unwrap_or("");
-            if matches!(name, "recovery" | "compute" | "network") && !set.vms {
-                return Some(format!("imports `{import}` but the plan grants it no VMs (`allow.vms`)"));
-            }
-            if name == "probe" && !set.probe {
-                return Some(format!(
-                    "imports `{import}` but the plan grants it no addresses (`allow.tcp`, `allow.http`)"
-                ));
-            }
-        }
-        None
-    }
-
-    fn pre(&self, set: LinkSet) -> wasmtime::Result<StepPre<StepState>> {
-        let mut pres = self.pres.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(pre) = pres.get(&set) {
-            return Ok(pre.clone());
-        }
-        let linker = build_linker(&self.engine.engine, set)?;
-        let pre = StepPre::new(linker.instantiate_pre(&self.component)?)?;
-        pres.insert(set, pre.clone());
-        Ok(pre)
-    }
-
-    async fn execute(&self, request: &StepRequest, call: Call, link: Option<LinkSet>) -> (Option<Returned>, StepReport) {
+    async fn execute(&self, request: &StepRequest, call: Call) -> (Option<Returned>, StepReport) {
         let started = Instant::now();
         let limits = request.limits;
-        let set = link.unwrap_or_else(|| LinkSet::of(&request.grants));
-        let label = format!("step `{}` of group `{}`", request.context.step, request.context.group);
-        let report = |outcome, started: Instant| StepReport {
-            outcome,
-            log: Vec::new(),
-            log_dropped: 0,
-            stdout: String::new(),
-            stderr: String::new(),
-            elapsed: started.elapsed(),
-        };
-        if let Some(why) = self.missing(set) {
-            return (None, report(StepOutcome::Denied { message: format!("{label} {why}") }, started));
-        }
-        let pre = match self.pre(set) {
-            Ok(pre) => pre,
-            Err(e) => {
-                let message = format!("{label} cannot be linked: {}", crate::describe_error(&e));
-                return (None, report(StepOutcome::Denied { message }, started));
-            }
-        };
+        let label = format!(
+            "step `{}` of group `{}`",
+            request.context.step, request.context.group
+        );
+        let pre = self.pre.clone();
         let stdout = MemoryOutputPipe::new(limits.output_bytes);
         let stderr = MemoryOutputPipe::new(limits.output_bytes);
         // Deny by default: no preopened directories, no environment, no arguments, no network.
-        let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
         let memory_limit = limits.memory.min(self.engine.max_memory);
         let state = StepState {
             wasi,
@@ -395,9 +358,14 @@ impl Plugin {
                 let step = pre.instantiate_async(&mut *store).await?;
                 Ok::<_, wasmtime::Error>(match call {
                     Call::Describe => Returned::Describe(step.call_describe(&mut *store).await?),
-                    Call::Validate => Returned::Validate(step.call_validate(&mut *store, config, context).await?),
+                    Call::Validate => {
+                        Returned::Validate(step.call_validate(&mut *store, config, context).await?)
+                    }
                     Call::Run => Returned::Run(step.call_run(&mut *store, config, context).await?),
-                    Call::Undo(outputs) => Returned::Undo(step.call_undo(&mut *store, config, context, &outputs).await?),
+                    Call::Undo(outputs) => Returned::Undo(
+                        step.call_undo(&mut *store, config, context, &outputs)
+                            .await?,
+                    ),
                 })
             };
             tokio::time::timeout(limits.timeout, work).await
@@ -405,15 +373,26 @@ impl Plugin {
 
         let state = store.into_data();
         let (returned, outcome) = match result {
-            Err(_) => (None, StepOutcome::Timeout { after: limits.timeout }),
+            Err(_) => (
+                None,
+                StepOutcome::Timeout {
+                    after: limits.timeout,
+                },
+            ),
             Ok(Err(e)) => (None, classify_trap(&e, &state)),
             Ok(Ok(returned)) => {
                 let outcome = match &returned {
-                    Returned::Run(Ok(outputs)) => StepOutcome::Ok { outputs: outputs.clone() },
-                    Returned::Run(Err(e)) | Returned::Undo(Err(e)) => StepOutcome::Failed(e.clone()),
-                    Returned::Undo(Ok(())) | Returned::Validate(_) | Returned::Describe(_) => StepOutcome::Ok {
-                        outputs: String::from("{}"),
+                    Returned::Run(Ok(outputs)) => StepOutcome::Ok {
+                        outputs: outputs.clone(),
                     },
+                    Returned::Run(Err(e)) | Returned::Undo(Err(e)) => {
+                        StepOutcome::Failed(e.clone())
+                    }
+                    Returned::Undo(Ok(())) | Returned::Validate(_) | Returned::Describe(_) => {
+                        StepOutcome::Ok {
+                            outputs: String::from("{}"),
+                        }
+                    }
                 };
                 (Some(returned), outcome)
             }
@@ -433,14 +412,20 @@ impl Plugin {
 
 fn classify_trap(e: &wasmtime::Error, state: &StepState) -> StepOutcome {
     if let Some(denied) = e.downcast_ref::<Denied>() {
-        return StepOutcome::Denied { message: denied.0.clone() };
+        return StepOutcome::Denied {
+            message: denied.0.clone(),
+        };
     }
     if state.memory.hit {
-        return StepOutcome::OutOfMemory { limit: state.memory.limit };
+        return StepOutcome::OutOfMemory {
+            limit: state.memory.limit,
+        };
     }
     let message = match e.downcast_ref::<Trap>() {
         Some(Trap::StackOverflow) => "stack overflow".to_string(),
-        Some(Trap::UnreachableCodeReached) => "unreachable code reached (a panic or abort in the plugin)".to_string(),
+        Some(Trap::UnreachableCodeReached) => {
+            "unreachable code reached (a panic or abort in the plugin)".to_string()
+        }
         Some(trap) => trap.to_string(),
         None => crate::describe_error(e),
     };

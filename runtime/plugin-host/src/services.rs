@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::wit::Error;
-use crate::wit::lifeboat::plan::{compute::VmState, inventory::Vm, network::Assignment, recovery::Point};
+use crate::wit::lifeboat::plan::{
+    compute::VmState, inventory::Vm, network::Assignment, recovery::Point,
+};
 
 /// The authority behind the host interfaces. Each method is called only after the step's grant
 /// was checked, and under the host-call timeout. A method a context cannot serve (validation
@@ -43,12 +45,16 @@ pub trait HostServices: Send + Sync {
     }
     /// Wait for a person to approve; returns who did.
     async fn approve(&self, _message: &str) -> Result<String, Error> {
-        Err(Error::Other("approvals are not available in this context".into()))
+        Err(Error::Other(
+            "approvals are not available in this context".into(),
+        ))
     }
 }
 
 fn unavailable(what: &str, vm: &str) -> Error {
-    Error::Other(format!("{what} is not available in this context (asked about `{vm}`)"))
+    Error::Other(format!(
+        "{what} is not available in this context (asked about `{vm}`)"
+    ))
 }
 
 /// Services for contexts with no sites, such as `plan validate`: every call says so.

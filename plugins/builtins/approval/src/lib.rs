@@ -9,9 +9,13 @@ fn timeout_ms(config: &Config) -> Result<u64, String> {
     let Some(text) = config.str("timeout") else {
         return Ok(3_600_000);
     };
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("`timeout` `{text}` is not like `1h`"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`timeout` `{text}` is not like `1h`"))?;
     let scale = match unit {
         "s" => 1_000,
         "m" => 60_000,
@@ -38,7 +42,12 @@ impl Step for Approval {
         let message = config
             .str("message")
             .map(str::to_string)
-            .unwrap_or_else(|| format!("approve group `{}` of plan `{}`?", context.group, context.plan));
+            .unwrap_or_else(|| {
+                format!(
+                    "approve group `{}` of plan `{}`?",
+                    context.group, context.plan
+                )
+            });
         let timeout = timeout_ms(config).map_err(Error::Invalid)?;
         let approver = approval::request(&message, timeout)?;
         lifeboat_plugin_sdk::info(&format!("approved by {approver}"));

@@ -7,7 +7,10 @@
 
 use lifeboat_plugin_sdk::compute::VmState;
 use lifeboat_plugin_sdk::serde_json::{Value, json};
-use lifeboat_plugin_sdk::{Capability, Config, Error, Outputs, Step, StepContext, clock, compute, inventory, network, recovery};
+use lifeboat_plugin_sdk::{
+    Capability, Config, Error, Outputs, Step, StepContext, clock, compute, inventory, network,
+    recovery,
+};
 
 struct BootGroup;
 
@@ -20,7 +23,10 @@ struct Settings {
 
 fn settings(config: &Config) -> Settings {
     Settings {
-        point: config.str("point").unwrap_or("latest-processed").to_string(),
+        point: config
+            .str("point")
+            .unwrap_or("latest-processed")
+            .to_string(),
         parallelism: config.u64("parallelism").unwrap_or(8).max(1) as usize,
         health_timeout_ms: config.u64("health_timeout_ms").unwrap_or(300_000),
         poll_ms: config.u64("poll_ms").unwrap_or(250).max(10),
@@ -35,7 +41,10 @@ struct Boot {
 }
 
 fn key(context: &StepContext, action: &str, vm: &str) -> String {
-    format!("{}/{}/{}/{action}/{vm}", context.run_id, context.group, context.step)
+    format!(
+        "{}/{}/{}/{action}/{vm}",
+        context.run_id, context.group, context.step
+    )
 }
 
 fn prepare_and_start(vm: &str, s: &Settings, context: &StepContext) -> Result<Value, Error> {
@@ -47,17 +56,24 @@ fn prepare_and_start(vm: &str, s: &Settings, context: &StepContext) -> Result<Va
         .collect();
     compute::start(vm, &key(context, "start", vm))?;
     lifeboat_plugin_sdk::info(&format!("{vm}: started from point {}", point.id));
-    Ok(json!({ "point": point.id, "captured_at_ms": point.captured_at_ms, "disks": disks, "addresses": addresses }))
+    Ok(
+        json!({ "point": point.id, "captured_at_ms": point.captured_at_ms, "disks": disks, "addresses": addresses }),
+    )
 }
 
 impl Step for BootGroup {
     const NAME: &'static str = "boot-group";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
-    const CAPABILITIES: &'static [Capability] =
-        &[Capability::Inventory, Capability::Recovery, Capability::Compute, Capability::Network];
+    const CAPABILITIES: &'static [Capability] = &[
+        Capability::Inventory,
+        Capability::Recovery,
+        Capability::Compute,
+        Capability::Network,
+    ];
 
     fn validate(config: &Config, _context: &StepContext) -> Vec<String> {
-        let mut problems = config.unknown_keys(&["point", "parallelism", "health_timeout_ms", "poll_ms"]);
+        let mut problems =
+            config.unknown_keys(&["point", "parallelism", "health_timeout_ms", "poll_ms"]);
         for key in ["parallelism", "health_timeout_ms", "poll_ms"] {
             if config.get(key).is_some() && config.u64(key).is_none() {
                 problems.push(format!("`{key}` must be a positive integer"));
@@ -80,7 +96,11 @@ impl Step for BootGroup {
                 && let Some(vm) = pending.pop()
             {
                 let record = prepare_and_start(&vm, &s, context)?;
-                booting.push(Boot { name: vm, state: VmState::Starting, record });
+                booting.push(Boot {
+                    name: vm,
+                    state: VmState::Starting,
+                    record,
+                });
             }
             let mut still = Vec::new();
             for mut boot in booting {
@@ -91,7 +111,10 @@ impl Step for BootGroup {
                         healthy.push(boot);
                     }
                     VmState::Failed | VmState::Stopped | VmState::Absent => {
-                        return Err(Error::Other(format!("VM `{}` did not come up ({:?})", boot.name, boot.state)));
+                        return Err(Error::Other(format!(
+                            "VM `{}` did not come up ({:?})",
+                            boot.name, boot.state
+                        )));
                     }
                     VmState::Starting | VmState::Stopping => still.push(boot),
                 }
@@ -102,7 +125,11 @@ impl Step for BootGroup {
             }
             if clock::now_ms() >= deadline {
                 let waiting: Vec<&str> = booting.iter().map(|b| b.name.as_str()).collect();
-                return Err(Error::Timeout(format!("not healthy after {} ms: {}", s.health_timeout_ms, waiting.join(", "))));
+                return Err(Error::Timeout(format!(
+                    "not healthy after {} ms: {}",
+                    s.health_timeout_ms,
+                    waiting.join(", ")
+                )));
             }
             if booting.len() >= s.parallelism || pending.is_empty() {
                 clock::sleep(s.poll_ms)?;

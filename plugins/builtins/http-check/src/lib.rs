@@ -27,8 +27,13 @@ impl Step for HttpCheck {
     }
 
     fn run(config: &Config, _context: &StepContext) -> Result<Outputs, Error> {
-        let url = config.str("url").ok_or_else(|| Error::Invalid("`url` is required".into()))?;
-        let timeout = config.u64("timeout_ms").unwrap_or(5_000).min(u32::MAX as u64) as u32;
+        let url = config
+            .str("url")
+            .ok_or_else(|| Error::Invalid("`url` is required".into()))?;
+        let timeout = config
+            .u64("timeout_ms")
+            .unwrap_or(5_000)
+            .min(u32::MAX as u64) as u32;
         let status = probe::http_get(url, timeout)?;
         let ok = match config.u64("status") {
             Some(expected) => u64::from(status) == expected,

@@ -13,7 +13,9 @@ impl Step for TcpCheck {
     fn validate(config: &Config, _context: &StepContext) -> Vec<String> {
         let mut problems = config.unknown_keys(&["address", "timeout_ms"]);
         match config.str("address") {
-            Some(a) if a.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) => {}
+            Some(a)
+                if a.rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok()) => {}
             Some(a) => problems.push(format!("`address` must be host:port, got `{a}`")),
             None => problems.push("`address` (host:port) is required".into()),
         }
@@ -21,8 +23,13 @@ impl Step for TcpCheck {
     }
 
     fn run(config: &Config, _context: &StepContext) -> Result<Outputs, Error> {
-        let address = config.str("address").ok_or_else(|| Error::Invalid("`address` is required".into()))?;
-        let timeout = config.u64("timeout_ms").unwrap_or(5_000).min(u32::MAX as u64) as u32;
+        let address = config
+            .str("address")
+            .ok_or_else(|| Error::Invalid("`address` is required".into()))?;
+        let timeout = config
+            .u64("timeout_ms")
+            .unwrap_or(5_000)
+            .min(u32::MAX as u64) as u32;
         probe::tcp(address, timeout)?;
         lifeboat_plugin_sdk::info(&format!("{address} accepts connections"));
         let mut outputs = Outputs::new();

@@ -7,15 +7,23 @@ struct Wait;
 
 fn parse_duration(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like `30s`"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like `30s`"))?;
     let scale = match unit.trim() {
         "ms" => 1,
         "s" | "" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
-        other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use ms, s, m or h)"
+            ));
+        }
     };
     Ok(n.saturating_mul(scale))
 }
@@ -24,7 +32,10 @@ fn duration_ms(config: &Config) -> Result<u64, String> {
     match config.get("duration") {
         Some(v) => match v.as_str() {
             Some(s) => parse_duration(s),
-            None => v.as_u64().map(|s| s * 1_000).ok_or_else(|| "`duration` must be a string like `30s`".into()),
+            None => v
+                .as_u64()
+                .map(|s| s * 1_000)
+                .ok_or_else(|| "`duration` must be a string like `30s`".into()),
         },
         None => Err("`duration` is required, e.g. `30s`".into()),
     }
