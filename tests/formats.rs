@@ -42,7 +42,7 @@ const CASE: &str = "plans/invalid/many-errors.toml";
 #[test]
 fn json_reports_every_problem_with_its_position() {
     let positions = json_positions(CASE);
-    assert_eq!(positions.len(), 7, "{positions:?}");
+    assert_eq!(positions.len(), 8, "{positions:?}");
     // `sorce = "east"` is on line 7 of the case, column 1.
     assert!(
         positions.contains(&(CASE.to_string(), 7, 1, "unknown-key".to_string())),

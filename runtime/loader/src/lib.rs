@@ -14,6 +14,10 @@ use lifeboat_plan::{
 };
 use sha2::{Digest, Sha256};
 
+mod plugins;
+
+pub use plugins::default_cache_dir;
+
 /// One plan file and, when it parsed, its typed plan.
 #[derive(Debug)]
 pub struct LoadedPlan {
@@ -81,6 +85,7 @@ pub fn validate(config: &Path, plans: &[PathBuf]) -> Validation {
     }
 
     let mut plugins = PluginDigests::default();
+    let mut checker = plugins::PluginChecker::new();
     let mut loaded = Vec::new();
     for path in plans {
         let (source, readable) = read_or_report(&mut sources, path, "plan", &mut diagnostics);
@@ -95,7 +100,17 @@ pub fn validate(config: &Path, plans: &[PathBuf]) -> Validation {
             if let Some(inventory) = &inventory {
                 diagnostics.extend(check_plan(inventory, plan, &sources));
             }
-            diagnostics.extend(plugins.check(path, plan));
+            let found = plugins.check(path, plan);
+            // Run only plugins whose file was found and matched its pin.
+            let bad: Vec<_> = found
+                .iter()
+                .filter_map(|d| d.primary.as_ref().map(|l| l.span))
+                .collect();
+            diagnostics.extend(found);
+            diagnostics.extend(checker.check(path, plan, |step| {
+                !bad.contains(&step.uses.span)
+                    && step.sha256.as_ref().is_none_or(|s| !bad.contains(&s.span))
+            }));
         }
         loaded.push(LoadedPlan {
             path: path.clone(),

@@ -78,6 +78,9 @@ rules! {
     UnpinnedPlugin = "unpinned-plugin": "a plugin file used without its `sha256`",
     PluginNotFound = "plugin-not-found": "a plugin path that does not exist",
     PluginHashMismatch = "plugin-sha256-mismatch": "a plugin whose bytes do not match its pinned `sha256`",
+    PluginLoad = "plugin-load": "a plugin that is not a valid Lifeboat step component (not a component, forbidden imports, newer API)",
+    PluginConfig = "plugin-config": "a step's `with` that its plugin's `validate` rejects",
+    CapabilityNotGranted = "capability-not-granted": "a plugin that wants a capability its step's `allow` does not grant",
     PolicyInterval = "policy-interval": "replication intervals that cannot meet the policy's RPO or retention",
 }
 

@@ -206,6 +206,23 @@ pub enum PluginRef {
     Path(String),
 }
 
+impl PluginRef {
+    /// As written in the plan: `builtin:NAME` or the path.
+    pub fn text(&self) -> String {
+        match self {
+            PluginRef::Builtin(name) => format!("builtin:{name}"),
+            PluginRef::Path(path) => path.clone(),
+        }
+    }
+}
+
+impl Spanned<PluginRef> {
+    /// As written in the plan.
+    pub fn value_text(&self) -> String {
+        self.value.text()
+    }
+}
+
 impl Serialize for PluginRef {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -260,6 +277,11 @@ pub struct Step {
     #[serde(skip)]
     #[schemars(skip)]
     pub config_strings: Vec<Spanned<String>>,
+    /// `with` was written but is not a table (reported already): the plugin is not asked to
+    /// validate a config the author did not write.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub config_invalid: bool,
 }
 
 /// The grants of a step.
@@ -551,6 +573,7 @@ fn decode_step(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Step> {
         .optional("allow")
         .map(|v| decode_allow(d, v, &t.path("allow")));
     let sha256_absent = sha256.is_none();
+    let config_invalid = matches!(config, Some(None));
     t.finish(d);
     let step = Step {
         name: name.unwrap_or(None),
@@ -562,6 +585,7 @@ fn decode_step(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Step> {
         retries: retries.unwrap_or(None),
         allow: allow.unwrap_or(None),
         config_strings,
+        config_invalid,
     };
     if let PluginRef::Path(path) = &step.uses.value
         && sha256_absent

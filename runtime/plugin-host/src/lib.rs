@@ -39,5 +39,14 @@ pub const API_VERSION: &str = "0.1.0";
 
 /// Where wasmtime errors become ours: the full chain as one line.
 pub(crate) fn describe_error(e: &wasmtime::Error) -> String {
-    format!("{e:#}")
+    let full = format!("{e:#}");
+    let first = full.lines().next().unwrap_or_default();
+    // wasmparser appends dumps of the bytes it expected; the first line says what is wrong.
+    first
+        .split(" - expected=")
+        .next()
+        .unwrap_or(first)
+        .trim_end_matches('[')
+        .trim()
+        .to_string()
 }
