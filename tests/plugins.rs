@@ -725,40 +725,10 @@ fn compiled_components_are_cached_on_disk() {
     });
 }
 
-/// The Python example step, built with componentize-py (WASI stubbed out) and cached by the
-/// hash of its source and of the WIT package, so the ~10 s build happens once per change.
-pub(crate) fn python_kv_note() -> Vec<u8> {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let source_dir = root().join("plugins/python/kv-note");
-    let mut hasher = DefaultHasher::new();
-    for file in [source_dir.join("app.py"), root().join("wit/lifeboat.wit")] {
-        std::fs::read(&file)
-            .expect("source readable")
-            .hash(&mut hasher);
-    }
-    let out_dir = root().join("target/python-plugins");
-    std::fs::create_dir_all(&out_dir).expect("output dir");
-    let out = out_dir.join(format!("kv-note-{:016x}.wasm", hasher.finish()));
-    if !out.is_file() {
-        let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-        let status = std::process::Command::new("componentize-py")
-            .current_dir(&source_dir)
-            .args(["-q", "-d"])
-            .arg(root().join("wit"))
-            .args(["-w", "step", "componentize", "app", "--stub-wasi", "-o"])
-            .arg(&tmp)
-            .status()
-            .expect("componentize-py runs (pip install componentize-py==0.25.1)");
-        assert!(status.success(), "componentize-py failed");
-        std::fs::rename(&tmp, &out).expect("rename");
-    }
-    std::fs::read(&out).expect("component")
-}
-
 #[test]
 fn a_python_step_runs_with_its_grants() {
     runtime().block_on(async {
-        let plugin = Plugin::load(engine(), &python_kv_note(), None)
+        let plugin = Plugin::load(engine(), &crate::support::python_kv_note(), None)
             .await
             .expect("python step loads");
         assert_eq!(plugin.info().name, "kv-note");

@@ -25,6 +25,7 @@
 pub use serde_json;
 
 /// The bindings generated from `wit/`. Host interfaces live under `bindings::lifeboat::plan`.
+#[allow(clippy::too_many_arguments)] // generated glue
 pub mod bindings {
     wit_bindgen::generate!({
         world: "step",
