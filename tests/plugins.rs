@@ -792,3 +792,58 @@ fn a_python_step_runs_with_its_grants() {
         );
     });
 }
+
+#[test]
+fn a_step_from_the_template_is_pinned_in_a_plan_and_validated() {
+    let bytes = std::fs::read(artifacts::TEMPLATE).expect("template built");
+    let sha256 = runtime().block_on(async {
+        Plugin::load(engine(), &bytes, None)
+            .await
+            .expect("template loads")
+            .sha256()
+            .to_string()
+    });
+    let dir = std::env::temp_dir().join(format!("lifeboat-template-plan-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("plans/plugins")).expect("dirs");
+    std::fs::write(dir.join("plans/plugins/port-open.wasm"), &bytes).expect("copy component");
+    std::fs::copy(root().join("lifeboat.toml"), dir.join("lifeboat.toml")).expect("copy inventory");
+    let write_plan = |step: &str| {
+        let plan = format!(
+            "version = 1\nname = \"web\"\nsource = \"east\"\ntarget = \"west\"\n\
+             network.map = [{{ from = \"east/prod\", to = \"west/prod-dr\" }}]\n\
+             [[group]]\nname = \"web\"\nvms = [\"web-1\"]\npost = [{step}]\n"
+        );
+        std::fs::write(dir.join("plans/web.toml"), plan).expect("write plan");
+    };
+    let config = dir.join("lifeboat.toml").display().to_string();
+    let validate =
+        || crate::support::lifeboat(&["--config", &config, "plan", "validate", "--format", "json"]);
+    let rules = |out: &crate::support::Outcome| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+        v["diagnostics"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|d| d["rule"].as_str().expect("rule").to_string())
+            .collect()
+    };
+
+    write_plan(&format!(
+        r#"{{ uses = "plugins/port-open.wasm", sha256 = "{sha256}", with = {{ address = "{{vm.web-1.ip}}:8081" }}, allow = {{ tcp = ["{{vm.web-1.ip}}:8081"] }} }}"#
+    ));
+    let out = validate();
+    assert_eq!(out.code, lifeboat::exit_codes::OK, "{}", out.stdout);
+
+    write_plan(&format!(
+        r#"{{ uses = "plugins/port-open.wasm", sha256 = "{sha256}", with = {{ adress = "x" }} }}"#
+    ));
+    let out = validate();
+    assert_eq!(out.code, lifeboat::exit_codes::INVALID);
+    assert_eq!(
+        rules(&out),
+        ["capability-not-granted", "plugin-config", "plugin-config"],
+        "{}",
+        out.stdout
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
