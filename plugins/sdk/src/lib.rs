@@ -86,6 +86,30 @@ impl Config {
     }
 }
 
+/// Milliseconds in a duration written like `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).
+pub fn duration_ms(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like `30s`"))?;
+    let scale = match unit.trim() {
+        "ms" => 1,
+        "s" | "" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(n.saturating_mul(scale))
+}
+
 /// What `run` returns: JSON kept in the run journal and handed to `undo`.
 pub type Outputs = serde_json::Map<String, serde_json::Value>;
 

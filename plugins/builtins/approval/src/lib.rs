@@ -9,20 +9,7 @@ fn timeout_ms(config: &Config) -> Result<u64, String> {
     let Some(text) = config.str("timeout") else {
         return Ok(3_600_000);
     };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`timeout` `{text}` is not like `1h`"))?;
-    let scale = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(format!("`timeout` `{text}`: use s, m or h")),
-    };
-    Ok(n.saturating_mul(scale))
+    lifeboat_plugin_sdk::duration_ms(text).map_err(|e| format!("`timeout`: {e}"))
 }
 
 impl Step for Approval {

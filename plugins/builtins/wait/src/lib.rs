@@ -5,33 +5,10 @@ use lifeboat_plugin_sdk::{Config, Error, Outputs, Step, StepContext, clock};
 
 struct Wait;
 
-fn parse_duration(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like `30s`"))?;
-    let scale = match unit.trim() {
-        "ms" => 1,
-        "s" | "" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{text}` (use ms, s, m or h)"
-            ));
-        }
-    };
-    Ok(n.saturating_mul(scale))
-}
-
 fn duration_ms(config: &Config) -> Result<u64, String> {
     match config.get("duration") {
         Some(v) => match v.as_str() {
-            Some(s) => parse_duration(s),
+            Some(s) => lifeboat_plugin_sdk::duration_ms(s),
             None => v
                 .as_u64()
                 .map(|s| s * 1_000)
