@@ -26,6 +26,7 @@ pub fn lifeboat(args: &[&str]) -> Outcome {
     let mut io = lifeboat::Io {
         stdout: &mut stdout,
         stderr: &mut stderr,
+        stderr_is_terminal: false,
         stdout_is_color_terminal: false,
     };
     let code = lifeboat::run(

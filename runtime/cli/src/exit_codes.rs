@@ -10,3 +10,10 @@ pub const INTERNAL: u8 = 1;
 pub const USAGE: u8 = 2;
 /// `plan validate` found at least one error in the inventory or a plan (or could not read one).
 pub const INVALID: u8 = 3;
+/// A replication command could not do its work: a store was unreachable, a disk image or a
+/// quiesce command failed, or the point or VM asked for does not exist. The message says which.
+pub const FAILED: u8 = 4;
+/// `verify` or `restore` found damaged or missing objects in a repository (each is named).
+pub const DAMAGED: u8 = 5;
+/// Another writer owns the group: it committed first, or a failover fenced this site.
+pub const FENCED: u8 = 6;

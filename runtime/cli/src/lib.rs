@@ -2,6 +2,7 @@
 //! the only layer that knows about terminals.
 
 pub mod exit_codes;
+mod replication;
 pub mod report;
 
 use std::ffi::OsString;
@@ -19,7 +20,8 @@ use crate::report::Format;
     about = "Disaster recovery for VMs, with plans as code."
 )]
 #[command(
-    after_help = "Exit codes: 0 ok, 1 unexpected failure, 2 usage error, 3 invalid inventory or plan."
+    after_help = "Exit codes: 0 ok, 1 unexpected failure, 2 usage error, 3 invalid inventory or plan, \
+                  4 replication failed, 5 damaged repository, 6 fenced by another writer."
 )]
 struct Cli {
     /// The inventory file.
@@ -61,6 +63,48 @@ enum Command {
     /// Work with recovery plans.
     #[command(subcommand)]
     Plan(PlanCommand),
+    /// Run one replication cycle now: capture, ship and commit a recovery point.
+    Replicate {
+        /// VMs whose groups to replicate (default: every protected VM).
+        vms: Vec<String>,
+        /// Take an app-consistent point now (every VM of the group needs a quiesce hook).
+        #[arg(long, conflicts_with = "crash")]
+        app: bool,
+        /// Take a crash-consistent point even if an app-consistent one is due.
+        #[arg(long)]
+        crash: bool,
+    },
+    /// Work with recovery points.
+    #[command(subcommand)]
+    Points(PointsCommand),
+    /// Write a VM's disks, as a point holds them, to raw images in a folder.
+    Restore {
+        vm: String,
+        /// A point id from `points list`, `latest` or `latest-app-consistent`.
+        #[arg(long, default_value = "latest")]
+        point: String,
+        /// The folder for the images (`<disk>.img`).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check every repository: objects exist and parse; with --full, every chunk re-hashed.
+    Verify {
+        #[arg(long)]
+        full: bool,
+    },
+    /// Apply retention and remove data no kept point uses.
+    Gc {
+        /// How long unreferenced data is spared (default: the repository's, 1h). `0s` deletes
+        /// at once: only when no replication cycle is running.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PointsCommand {
+    /// List a VM's recovery points, newest first, with its RPO.
+    List { vm: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +133,8 @@ struct ValidateArgs {
 pub struct Io<'a> {
     pub stdout: &'a mut dyn Write,
     pub stderr: &'a mut dyn Write,
+    /// Whether stderr is a terminal (progress bars are drawn only there).
+    pub stderr_is_terminal: bool,
     /// Whether stdout is a terminal that takes colour (consulted for `--color auto`).
     pub stdout_is_color_terminal: bool,
 }
@@ -141,7 +187,39 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
         ColorChoice::Never => false,
         ColorChoice::Auto => io.stdout_is_color_terminal,
     };
+    let json = cli.output == Output::Json;
+    let progress = io.stderr_is_terminal && !json;
+    let mut context = || replication::load(&cli.config, json, progress, io);
     match cli.command {
+        Command::Replicate { vms, app, crash } => {
+            let mode = if app {
+                lifeboat_replication::AppMode::Force
+            } else if crash {
+                lifeboat_replication::AppMode::Never
+            } else {
+                lifeboat_replication::AppMode::Auto
+            };
+            Ok(match context() {
+                Ok(ctx) => replication::replicate(&ctx, &vms, mode, io),
+                Err(code) => code,
+            })
+        }
+        Command::Points(PointsCommand::List { vm }) => Ok(match context() {
+            Ok(ctx) => replication::points_list(&ctx, &vm, io),
+            Err(code) => code,
+        }),
+        Command::Restore { vm, point, out } => Ok(match context() {
+            Ok(ctx) => replication::restore(&ctx, &vm, &point, &out, io),
+            Err(code) => code,
+        }),
+        Command::Verify { full } => Ok(match context() {
+            Ok(ctx) => replication::verify(&ctx, full, io),
+            Err(code) => code,
+        }),
+        Command::Gc { grace } => Ok(match context() {
+            Ok(ctx) => replication::gc(&ctx, grace, io),
+            Err(code) => code,
+        }),
         Command::Plan(PlanCommand::Validate(args)) => {
             let format = args.format.unwrap_or(match cli.output {
                 Output::Human => Format::Human,

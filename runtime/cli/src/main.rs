@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     let mut io = lifeboat::Io {
         stdout: &mut stdout,
         stderr: &mut stderr,
+        stderr_is_terminal: std::io::stderr().is_terminal(),
         stdout_is_color_terminal: color,
     };
     ExitCode::from(lifeboat::run(std::env::args_os(), &mut io))

@@ -69,6 +69,26 @@ pub fn check_inventory(inv: &Inventory, sources: &Sources) -> Vec<Diagnostic> {
         }
     }
 
+    for (site_name, site) in inv.sites.iter() {
+        let Some(target) = &site.replicate_to else { continue };
+        if target.value == site_name {
+            out.push(Diagnostic::error(
+                Rule::InvalidValue,
+                target.span,
+                format!("site `{site_name}` cannot replicate to itself"),
+                "same site",
+            ));
+        } else if !inv.sites.contains(target) && !inv.declared.sites.contains(&target.value) {
+            out.push(unknown(
+                Rule::UnknownSite,
+                "site",
+                target,
+                &site_names,
+                &format!(" for `replicate_to` of site `{site_name}`"),
+            ));
+        }
+    }
+
     // (site, network, ip) → where it was first assigned
     let mut addresses: HashMap<(&str, &str, IpAddr), (&str, Span)> = HashMap::new();
     for (vm_name, vm) in inv.vms.iter() {

@@ -58,6 +58,10 @@ pub struct Site {
     pub store: Spanned<String>,
     /// How VMs are started here.
     pub compute: Spanned<ComputeDriver>,
+    /// The site whose repository receives this site's VMs' recovery points. A site without it
+    /// protects nothing (it is a target, or not replicated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicate_to: Option<Spanned<String>>,
     /// Networks by name.
     #[serde(default)]
     pub networks: NameMap<Network>,
@@ -127,6 +131,23 @@ pub struct Vm {
     /// How to tell the VM is up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// Commands that make the VM's disks application-consistent for a moment (`freeze`) and
+    /// release it (`thaw`). When `freeze` succeeds the point is app-consistent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce: Option<Quiesce>,
+}
+
+/// The quiesce hook of a VM: two commands, run in the directory of lifeboat.toml.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quiesce {
+    /// Flushes and holds the application's writes; exit 0 means the disks are consistent.
+    pub freeze: Vec<Spanned<String>>,
+    /// Releases what `freeze` held. Always run after a freeze was attempted.
+    pub thaw: Vec<Spanned<String>>,
+    /// How long `freeze` may take before the point falls back to crash-consistent (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Spanned<Duration>>,
 }
 
 /// A network interface.
@@ -260,6 +281,9 @@ fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
             }
         }
     });
+    let replicate_to = t
+        .optional("replicate_to")
+        .map(|v| d.string(v, &t.path("replicate_to")));
     let mut declared_networks = Vec::new();
     let networks = match t.optional("networks") {
         Some(v) => d.name_map(
@@ -290,6 +314,7 @@ fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
     Some(Site {
         store: store?,
         compute: compute?,
+        replicate_to: replicate_to.unwrap_or(None),
         networks: networks?,
         declared_networks,
     })
@@ -453,6 +478,24 @@ fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
     let health = t
         .optional("health")
         .map(|v| decode_health(d, v, &t.path("health")));
+    let quiesce = t.optional("quiesce").map(|v| {
+        let mut t = d.table(v, &t.path("quiesce"))?;
+        let freeze = t
+            .required(d, "freeze")
+            .and_then(|v| command(d, v, &t.path("freeze")));
+        let thaw = t
+            .required(d, "thaw")
+            .and_then(|v| command(d, v, &t.path("thaw")));
+        let timeout = t
+            .optional("timeout")
+            .map(|v| d.duration(v, &t.path("timeout")));
+        t.finish(d);
+        Some(Quiesce {
+            freeze: freeze?,
+            thaw: thaw?,
+            timeout: timeout.unwrap_or(None),
+        })
+    });
     t.finish(d);
     Some(Vm {
         site: site?,
@@ -461,6 +504,7 @@ fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
         nics: nics?,
         boot: boot.unwrap_or(None),
         health: health.unwrap_or(None),
+        quiesce: quiesce.unwrap_or(None),
     })
 }
 

@@ -1,0 +1,467 @@
+//! The replication commands: `replicate`, `points list`, `restore`, `verify`, `gc`. Each loads
+//! the inventory, opens the sites' stores, calls the engine and renders what it did.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lifeboat_plan::Inventory;
+use lifeboat_replication::gc::GcOptions;
+use lifeboat_replication::{
+    AppMode, CycleOptions, Error, ErrorKind, GroupSpec, Progress, Repository, Store, points,
+};
+
+use crate::exit_codes;
+use crate::report::{self, Format};
+
+/// A loaded inventory: its groups and how to open its sites.
+pub struct Context {
+    inventory: Inventory,
+    base: PathBuf,
+    groups: Vec<GroupSpec>,
+    pub json: bool,
+    pub progress: bool,
+}
+
+/// Loads and checks the inventory; on errors, renders them and returns the exit code.
+pub fn load(config: &Path, json: bool, progress: bool, io: &mut crate::Io<'_>) -> Result<Context, u8> {
+    let validation = lifeboat_loader::validate(config, &[]);
+    if !validation.is_valid() {
+        let format = if json { Format::Json } else { Format::Human };
+        let _ = report::write(format, &validation, false, io.stderr);
+        return Err(exit_codes::INVALID);
+    }
+    let Some(inventory) = validation.inventory else {
+        return Err(exit_codes::INVALID);
+    };
+    let base = config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let groups = match lifeboat_replication::groups(&inventory, &base) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {e}");
+            return Err(exit_codes::FAILED);
+        }
+    };
+    Ok(Context {
+        inventory,
+        base,
+        groups,
+        json,
+        progress,
+    })
+}
+
+impl Context {
+    fn site(&self, name: &str) -> Result<Store, Error> {
+        let site = self
+            .inventory
+            .sites
+            .get(name)
+            .ok_or_else(|| Error::failed(format!("unknown site `{name}`")))?;
+        Store::open(&site.store.value, &self.base)
+    }
+
+    /// The group that holds `vm`.
+    fn group_of(&self, vm: &str) -> Result<&GroupSpec, Error> {
+        self.groups
+            .iter()
+            .find(|g| g.vms.iter().any(|v| v.name == vm))
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.inventory.vms.names().collect();
+                Error::failed(format!(
+                    "no VM `{vm}` in the inventory (VMs: {})",
+                    known.join(", ")
+                ))
+            })
+    }
+
+    /// Sites that hold a repository: every `replicate_to`.
+    fn target_sites(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.groups.iter().map(|g| g.target_site.clone()).collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Maps an engine error to its exit code, after printing it.
+pub fn fail(e: &Error, io: &mut crate::Io<'_>) -> u8 {
+    let _ = writeln!(io.stderr, "error: {e}");
+    match e.kind() {
+        ErrorKind::Failed => exit_codes::FAILED,
+        ErrorKind::Damaged => exit_codes::DAMAGED,
+        ErrorKind::Fenced => exit_codes::FENCED,
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the async runtime", e))
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn begin(&self, what: &str, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(0);
+        self.0.set_message(what.to_string());
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn end(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn bar(ctx: &Context) -> Option<Arc<dyn Progress>> {
+    if !ctx.progress {
+        return None;
+    }
+    let pb = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    Some(Arc::new(Bar(pb)))
+}
+
+fn mib(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// `lifeboat replicate [VM…]`: one cycle of each group that holds one of the VMs (all groups
+/// when none is named).
+pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io<'_>) -> u8 {
+    let mut chosen: Vec<&GroupSpec> = Vec::new();
+    for vm in vms {
+        match ctx.group_of(vm) {
+            Ok(g) if !chosen.iter().any(|c| c.name == g.name) => chosen.push(g),
+            Ok(_) => {}
+            Err(e) => return fail(&e, io),
+        }
+    }
+    if vms.is_empty() {
+        chosen = ctx.groups.iter().collect();
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, io),
+    };
+    let opts = CycleOptions {
+        app,
+        cut: None,
+        progress: bar(ctx),
+    };
+    let mut reports = Vec::new();
+    let mut code = exit_codes::OK;
+    for group in chosen {
+        let result = rt.block_on(async {
+            let source = ctx.site(&group.source_site)?;
+            let target = ctx.site(&group.target_site)?;
+            lifeboat_replication::replicate(group, &source, &target, &opts).await
+        });
+        match result {
+            Ok(r) => {
+                if !ctx.json {
+                    for note in &r.notes {
+                        let _ = writeln!(io.stderr, "note: {note}");
+                    }
+                    let _ = writeln!(
+                        io.stdout,
+                        "{}: point {} ({}) captured {} — {} scanned, {} changed, {} new, {} shipped in {:.2}s",
+                        r.group,
+                        r.seq,
+                        r.kind.as_str(),
+                        r.captured_at,
+                        mib(r.disk_bytes),
+                        mib(r.changed_bytes),
+                        mib(r.new_bytes),
+                        mib(r.shipped_bytes),
+                        r.seconds
+                    );
+                }
+                reports.push(r);
+            }
+            Err(e) => {
+                let e = e.context(format!("group `{}`", group.name));
+                let c = fail(&e, io);
+                // Keep going with the other groups; report the most serious failure.
+                code = code.max(c);
+            }
+        }
+    }
+    if ctx.json {
+        let _ = serde_json::to_writer_pretty(&mut *io.stdout, &reports);
+        let _ = writeln!(io.stdout);
+    }
+    code
+}
+
+/// `lifeboat points list VM`.
+pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
+    let group = match ctx.group_of(vm) {
+        Ok(g) => g,
+        Err(e) => return fail(&e, io),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, io),
+    };
+    let result = rt.block_on(async {
+        let target = ctx.site(&group.target_site)?;
+        let repo = match Repository::open(&target).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == ErrorKind::Failed => return Ok((Vec::new(), Default::default())),
+            Err(e) => return Err(e),
+        };
+        let points = repo.points(&group.name).await?;
+        let pins = repo.pins(&group.name).await?;
+        Ok((points, pins))
+    });
+    let (points, pins) = match result {
+        Ok(p) => p,
+        Err(e) => return fail(&e, io),
+    };
+    let now = SystemTime::now();
+    let rpo = points::rpo(points.first(), group.rpo_threshold, now);
+    if ctx.json {
+        let list: Vec<serde_json::Value> = points
+            .iter()
+            .map(|m| {
+                let disks: Vec<serde_json::Value> = m
+                    .vms
+                    .iter()
+                    .filter(|v| v.name == vm)
+                    .flat_map(|v| &v.disks)
+                    .map(|d| serde_json::json!({"name": d.name, "size": d.size, "chunk_size": d.chunk_size, "changed_bytes": d.changed_bytes}))
+                    .collect();
+                serde_json::json!({
+                    "id": m.seq,
+                    "kind": m.kind.as_str(),
+                    "captured_at": m.captured_at,
+                    "committed_at": m.committed_at,
+                    "epoch": m.epoch,
+                    "pinned": pins.get(&m.seq).cloned().unwrap_or_default(),
+                    "disks": disks,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "vm": vm,
+            "group": group.name,
+            "target_site": group.target_site,
+            "rpo": rpo,
+            "points": list,
+        });
+        let _ = serde_json::to_writer_pretty(&mut *io.stdout, &doc);
+        let _ = writeln!(io.stdout);
+        return exit_codes::OK;
+    }
+    let _ = writeln!(
+        io.stdout,
+        "VM {vm} — group {}, points at site {}",
+        group.name, group.target_site
+    );
+    let _ = match rpo.seconds {
+        Some(s) => writeln!(
+            io.stdout,
+            "RPO {} (threshold {}): {}",
+            human_secs(s),
+            human_secs(rpo.threshold_seconds),
+            if rpo.ok { "ok" } else { "EXCEEDED" }
+        ),
+        None => writeln!(io.stdout, "no recovery points yet: run `lifeboat replicate {vm}`"),
+    };
+    if points.is_empty() {
+        return exit_codes::OK;
+    }
+    let _ = writeln!(io.stdout, "{:>6}  {:<5}  {:<24}  {:>10}  {:>12}  PINNED", "ID", "KIND", "CAPTURED", "AGE", "CHANGED");
+    for m in &points {
+        let changed: u64 = m.vms.iter().filter(|v| v.name == vm).flat_map(|v| &v.disks).map(|d| d.changed_bytes).sum();
+        let age = (lifeboat_replication::cycle::unix_ms(now).saturating_sub(m.captured_unix_ms)) as f64 / 1000.0;
+        let pinned = pins.get(&m.seq).map(|r| r.join(",")).unwrap_or_default();
+        let _ = writeln!(
+            io.stdout,
+            "{:>6}  {:<5}  {:<24}  {:>10}  {:>12}  {}",
+            m.seq,
+            m.kind.as_str(),
+            m.captured_at,
+            human_secs(age),
+            mib(changed),
+            pinned
+        );
+    }
+    exit_codes::OK
+}
+
+fn human_secs(s: f64) -> String {
+    humantime::format_duration(Duration::from_secs(s.max(0.0).round() as u64)).to_string()
+}
+
+/// `lifeboat restore VM --point ID --out DIR`.
+pub fn restore(ctx: &Context, vm: &str, point: &str, out: &Path, io: &mut crate::Io<'_>) -> u8 {
+    let group = match ctx.group_of(vm) {
+        Ok(g) => g,
+        Err(e) => return fail(&e, io),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, io),
+    };
+    let progress = bar(ctx);
+    let result = rt.block_on(async {
+        let target = ctx.site(&group.target_site)?;
+        let repo = Repository::open(&target).await?;
+        let m = points::select(&repo, &group.name, point).await?;
+        lifeboat_replication::restore::restore(&repo, &m, vm, out, progress).await
+    });
+    match result {
+        Ok(r) => {
+            if ctx.json {
+                let _ = serde_json::to_writer_pretty(&mut *io.stdout, &r);
+                let _ = writeln!(io.stdout);
+            } else {
+                for d in &r.disks {
+                    let _ = writeln!(
+                        io.stdout,
+                        "{}: restored {vm}/{} from point {} ({}, {} of data) in {:.2}s",
+                        d.path.display(),
+                        d.name,
+                        r.seq,
+                        mib(d.size),
+                        mib(d.written),
+                        r.seconds
+                    );
+                }
+            }
+            exit_codes::OK
+        }
+        Err(e) => fail(&e, io),
+    }
+}
+
+/// `lifeboat verify [--full]`: every repository the inventory replicates to.
+pub fn verify(ctx: &Context, full: bool, io: &mut crate::Io<'_>) -> u8 {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, io),
+    };
+    let mut code = exit_codes::OK;
+    let mut reports = Vec::new();
+    for site in ctx.target_sites() {
+        let result = rt.block_on(async {
+            let target = ctx.site(&site)?;
+            lifeboat_replication::verify::verify(&target, full).await
+        });
+        match result {
+            Ok(r) => {
+                if !r.problems.is_empty() {
+                    code = exit_codes::DAMAGED;
+                }
+                if !ctx.json {
+                    let _ = writeln!(
+                        io.stdout,
+                        "site {site}: {} points, {} packs, {} index files{}: {}",
+                        r.points,
+                        r.packs,
+                        r.index_files,
+                        if full {
+                            format!(", {} blobs re-hashed ({})", r.blobs_checked, mib(r.bytes_checked))
+                        } else {
+                            String::new()
+                        },
+                        if r.problems.is_empty() { "ok".to_string() } else { format!("{} damaged", r.problems.len()) }
+                    );
+                    for p in &r.problems {
+                        let _ = writeln!(io.stdout, "  damaged: {}: {}", p.object, p.what);
+                    }
+                }
+                reports.push(serde_json::json!({"site": site, "report": r}));
+            }
+            Err(e) => {
+                let e = e.context(format!("site `{site}`"));
+                code = code.max(fail(&e, io));
+            }
+        }
+    }
+    if ctx.json {
+        let _ = serde_json::to_writer_pretty(&mut *io.stdout, &reports);
+        let _ = writeln!(io.stdout);
+    }
+    code
+}
+
+/// `lifeboat gc`: retention, then garbage collection, in every repository.
+pub fn gc(ctx: &Context, grace: Option<Duration>, io: &mut crate::Io<'_>) -> u8 {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, io),
+    };
+    let opts = GcOptions {
+        grace,
+        ..GcOptions::default()
+    };
+    let mut code = exit_codes::OK;
+    let mut reports = Vec::new();
+    for site in ctx.target_sites() {
+        let groups: Vec<GroupSpec> = ctx.groups.iter().filter(|g| g.target_site == site).cloned().collect();
+        let result = rt.block_on(async {
+            let target = ctx.site(&site)?;
+            lifeboat_replication::gc::gc(&target, &groups, &opts).await
+        });
+        match result {
+            Ok(r) => {
+                if !ctx.json {
+                    let _ = writeln!(
+                        io.stdout,
+                        "site {site}: {} points expired, {} kept; {} packs: {} repacked, {} condemned, {} deleted ({}); {} index files merged",
+                        r.expired.len(),
+                        r.points_kept,
+                        r.packs_total,
+                        r.packs_repacked,
+                        r.packs_condemned,
+                        r.packs_deleted,
+                        mib(r.bytes_deleted),
+                        r.index_files_merged
+                    );
+                    for g in &r.unknown_groups {
+                        let _ = writeln!(io.stderr, "note: group `{g}` is not in the inventory; all its points were kept");
+                    }
+                }
+                reports.push(serde_json::json!({"site": site, "report": r}));
+            }
+            Err(e) => {
+                let e = e.context(format!("site `{site}`"));
+                code = code.max(fail(&e, io));
+            }
+        }
+    }
+    if ctx.json {
+        let _ = serde_json::to_writer_pretty(&mut *io.stdout, &reports);
+        let _ = writeln!(io.stdout);
+    }
+    code
+}

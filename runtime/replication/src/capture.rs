@@ -1,0 +1,309 @@
+//! Scan-mode capture: read a disk image, split it into fixed chunks, hash them, and hand on only
+//! the chunks that differ from the parent point and are not already stored. Blocking code; the
+//! cycle runs it on a blocking thread and receives closed packs over a channel.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::format::pack::{Entry, PackBuilder, PackClass};
+use crate::format::{BlobKind, Id, Keys, compress};
+
+/// Chunks read and hashed together: enough to keep both cores busy, small enough for the cache.
+const BATCH_BYTES: usize = 8 << 20;
+
+/// A closed pack on its way to the cache and the repository.
+#[derive(Debug)]
+pub struct SealedPack {
+    pub name: String,
+    pub bytes: Vec<u8>,
+    pub entries: Vec<Entry>,
+}
+
+/// Where closed packs go (the cycle's uploader). Returns an error if the uploader stopped.
+pub type PackSender = tokio::sync::mpsc::Sender<SealedPack>;
+
+/// Called with bytes scanned, for progress bars.
+pub type ProgressFn<'a> = &'a (dyn Fn(u64) + Sync);
+
+/// What a scan found.
+#[derive(Debug)]
+pub struct Scanned {
+    pub size: u64,
+    /// One id per chunk, in offset order.
+    pub map: Vec<Id>,
+    /// Bytes of chunks that differ from the parent (zero chunks included).
+    pub changed_bytes: u64,
+    /// Bytes of chunks that had to be stored (not in the repository already), before compression.
+    pub new_bytes: u64,
+    /// Bytes those chunks took once compressed.
+    pub stored_bytes: u64,
+    /// Ids the map reuses from the repository that are not in the parent's map at the same place.
+    pub reused: HashSet<Id>,
+}
+
+/// Blobs accumulated into packs and sent when full.
+pub struct PackSink {
+    builder: PackBuilder,
+    class: PackClass,
+    sender: PackSender,
+}
+
+impl std::fmt::Debug for PackSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackSink").field("class", &self.class).finish()
+    }
+}
+
+impl PackSink {
+    pub fn new(class: PackClass, sender: PackSender) -> Self {
+        Self {
+            builder: PackBuilder::new(class),
+            class,
+            sender,
+        }
+    }
+
+    pub fn add(&mut self, id: Id, kind: BlobKind, plain_len: usize, codec: crate::format::Codec, stored: &[u8]) -> Result<()> {
+        self.builder.add(id, kind, codec, plain_len as u32, stored);
+        if self.builder.is_full() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the pack being built, if it holds anything.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.builder.is_empty() {
+            return Ok(());
+        }
+        let builder = std::mem::replace(&mut self.builder, PackBuilder::new(self.class));
+        let (name, bytes, entries) = builder.finish();
+        self.sender
+            .blocking_send(SealedPack {
+                name,
+                bytes,
+                entries,
+            })
+            .map_err(|_| Error::failed("the pack uploader stopped"))
+    }
+}
+
+/// Scans one raw image. `parent` is the parent point's map of the same disk (same chunk size),
+/// `known` says whether a blob is already stored, `seen` holds ids stored earlier in this cycle.
+#[allow(clippy::too_many_arguments)]
+pub fn scan(
+    path: &Path,
+    chunk_size: u32,
+    keys: &Keys,
+    parent: Option<&[Id]>,
+    known: &(dyn Fn(&Id) -> bool + Sync),
+    seen: &mut HashSet<Id>,
+    sink: &mut PackSink,
+    progress: ProgressFn<'_>,
+) -> Result<Scanned> {
+    let file = File::open(path).map_err(|e| Error::io(format!("cannot open disk image {}", path.display()), e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| Error::io(format!("cannot stat disk image {}", path.display()), e))?
+        .len();
+    let cs = chunk_size as u64;
+    let chunks = size.div_ceil(cs);
+    let data = data_regions(&file, size);
+    let per_batch = (BATCH_BYTES as u64 / cs).max(1);
+    let mut out = Scanned {
+        size,
+        map: Vec::with_capacity(chunks as usize),
+        changed_bytes: 0,
+        new_bytes: 0,
+        stored_bytes: 0,
+        reused: HashSet::new(),
+    };
+    let mut buf = vec![0u8; (per_batch * cs) as usize];
+    let mut region = 0usize;
+    let mut first = 0u64;
+    while first < chunks {
+        let n = per_batch.min(chunks - first);
+        let start = first * cs;
+        let end = (start + n * cs).min(size);
+        let len = (end - start) as usize;
+        // Holes the OS reported are zeros: skip reading batches that lie wholly inside one.
+        while region < data.len() && data[region].1 <= start {
+            region += 1;
+        }
+        let any_data = region < data.len() && data[region].0 < end;
+        let batch = &mut buf[..len];
+        if any_data {
+            file.read_exact_at(batch, start)
+                .map_err(|e| Error::io(format!("cannot read disk image {} at {start}", path.display()), e))?;
+        }
+        let ids: Vec<Id> = if any_data {
+            batch
+                .par_chunks(chunk_size as usize)
+                .map(|c| if is_zero(c) { Id::ZERO } else { keys.id(c) })
+                .collect()
+        } else {
+            vec![Id::ZERO; n as usize]
+        };
+        let mut to_store = Vec::new();
+        for (j, id) in ids.iter().enumerate() {
+            let index = (first + j as u64) as usize;
+            let chunk_len = (len - j * chunk_size as usize).min(chunk_size as usize);
+            // Without a parent, the disk is compared with an empty one: zeros are no change.
+            let same = match parent {
+                Some(p) => p.get(index) == Some(id),
+                None => id.is_zero(),
+            };
+            out.map.push(*id);
+            if same {
+                continue;
+            }
+            out.changed_bytes += chunk_len as u64;
+            if id.is_zero() || seen.contains(id) {
+                continue;
+            }
+            if known(id) {
+                out.reused.insert(*id);
+                continue;
+            }
+            seen.insert(*id);
+            to_store.push(j);
+        }
+        let compressed: Vec<(usize, crate::format::Codec, Vec<u8>)> = to_store
+            .par_iter()
+            .map(|&j| {
+                let c = &batch[j * chunk_size as usize..(len).min((j + 1) * chunk_size as usize)];
+                let (codec, stored) = compress(c);
+                (j, codec, stored)
+            })
+            .collect();
+        for (j, codec, stored) in compressed {
+            let plain_len = (len - j * chunk_size as usize).min(chunk_size as usize);
+            out.new_bytes += plain_len as u64;
+            out.stored_bytes += stored.len() as u64;
+            sink.add(ids[j], BlobKind::Chunk, plain_len, codec, &stored)?;
+        }
+        progress(len as u64);
+        first += n;
+    }
+    Ok(out)
+}
+
+fn is_zero(c: &[u8]) -> bool {
+    c.chunks(512).all(|b| b.iter().fold(0u8, |acc, x| acc | x) == 0)
+}
+
+/// The file's data regions as the OS reports them (SEEK_DATA / SEEK_HOLE), or the whole file
+/// when the file system cannot tell.
+fn data_regions(file: &File, size: u64) -> Vec<(u64, u64)> {
+    use rustix::fs::{SeekFrom, seek};
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let start = match seek(file, SeekFrom::Data(pos)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => return vec![(0, size)],
+        };
+        let end = match seek(file, SeekFrom::Hole(start)) {
+            Ok(e) => e.min(size),
+            Err(_) => return vec![(0, size)],
+        };
+        if end <= start {
+            return vec![(0, size)];
+        }
+        out.push((start, end));
+        pos = end;
+    }
+    out
+}
+
+/// A point-in-time view of an image for one scan: a reflink copy where the file system makes
+/// one, a raw conversion for qcow2, or the image itself.
+#[derive(Debug)]
+pub struct View {
+    pub path: PathBuf,
+    /// True when `path` is a copy frozen at the cut, so writers may resume before the scan.
+    pub frozen: bool,
+    _temps: Vec<tempfile::TempPath>,
+}
+
+/// Takes the cut of one image: a reflink copy if the file system has them.
+pub fn snapshot(image: &Path) -> Result<View> {
+    let dir = image.parent().unwrap_or(Path::new("."));
+    let temp = tempfile::Builder::new()
+        .prefix(".lifeboat-snap-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(format!("cannot create a snapshot next to {}", image.display()), e))?
+        .into_temp_path();
+    let reflinked = Command::new("cp")
+        .arg("--reflink=always")
+        .arg("--sparse=always")
+        .arg(image)
+        .arg(&temp)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if reflinked {
+        Ok(View {
+            path: temp.to_path_buf(),
+            frozen: true,
+            _temps: vec![temp],
+        })
+    } else {
+        Ok(View {
+            path: image.to_path_buf(),
+            frozen: false,
+            _temps: Vec::new(),
+        })
+    }
+}
+
+/// Whether an image is qcow2 (by its magic).
+pub fn is_qcow2(path: &Path) -> Result<bool> {
+    let mut magic = [0u8; 4];
+    let mut f = File::open(path).map_err(|e| Error::io(format!("cannot open disk image {}", path.display()), e))?;
+    match f.read_exact(&mut magic) {
+        Ok(()) => Ok(&magic == b"QFI\xfb"),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(Error::io(format!("cannot read disk image {}", path.display()), e)),
+    }
+}
+
+/// Converts a qcow2 view to a sparse raw file with `qemu-img convert`, for scanning.
+pub fn qcow2_to_raw(view: View) -> Result<View> {
+    let dir = view.path.parent().unwrap_or(Path::new("."));
+    let temp = tempfile::Builder::new()
+        .prefix(".lifeboat-raw-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(format!("cannot create a raw copy next to {}", view.path.display()), e))?
+        .into_temp_path();
+    let out = Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "qcow2", "-O", "raw", "-S", "4k"])
+        .arg(&view.path)
+        .arg(&temp)
+        .output()
+        .map_err(|e| Error::io("cannot run qemu-img (install qemu-utils)", e))?;
+    if !out.status.success() {
+        return Err(Error::failed(format!(
+            "qemu-img convert {} failed: {}",
+            view.path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let mut temps = view._temps;
+    temps.push(temp);
+    Ok(View {
+        path: temps.last().map(|t| t.to_path_buf()).unwrap_or_default(),
+        // The conversion ran under the cut, so the raw copy is frozen at it.
+        frozen: true,
+        _temps: temps,
+    })
+}

@@ -1,0 +1,705 @@
+//! One replication cycle of a group: cut → capture into the source site's cache → ship to the
+//! target repository → commit the point. The commit order is what makes a crash harmless:
+//! packs, then the index file, then the manifest with put-if-absent. A manifest that exists is
+//! complete; anything a killed cycle left behind is unreferenced and GC removes it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::capture::{self, PackSink, SealedPack};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::index;
+use crate::format::manifest::{self, DiskPoint, Manifest, PointKind, VmPoint};
+use crate::format::pack::{self, Entry, PackClass};
+use crate::format::{BlobKind, Id, compress, hex};
+use crate::gc;
+use crate::groups::{GroupSpec, QuiesceSpec, VmSpec};
+use crate::repo::{self, Repository};
+use crate::store::{Put, Store};
+
+/// Whether to try for an app-consistent point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AppMode {
+    /// When every VM has a quiesce hook and the group's app interval has passed.
+    #[default]
+    Auto,
+    /// Now; an error if a VM has no quiesce hook.
+    Force,
+    /// Never: a crash-consistent point.
+    Never,
+}
+
+/// Holds a group's writers still for the cut (the process driver pauses its VMs; tests pause
+/// their writer). Without one, a scan of a live image is consistent only where the file system
+/// gives a reflink copy.
+#[async_trait::async_trait]
+pub trait Cut: Send + Sync {
+    async fn hold(&self) -> Result<()>;
+    async fn release(&self);
+}
+
+/// Progress of a cycle, for a progress bar.
+pub trait Progress: Send + Sync {
+    fn begin(&self, group: &str, total_bytes: u64);
+    fn advance(&self, bytes: u64);
+    fn end(&self);
+}
+
+/// How a cycle runs.
+#[derive(Clone, Default)]
+pub struct CycleOptions {
+    pub app: AppMode,
+    pub cut: Option<Arc<dyn Cut>>,
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl std::fmt::Debug for CycleOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CycleOptions").field("app", &self.app).finish()
+    }
+}
+
+/// What a cycle did.
+#[derive(Clone, Debug, Serialize)]
+pub struct CycleReport {
+    pub group: String,
+    pub seq: u64,
+    pub kind: PointKind,
+    pub captured_at: String,
+    /// Bytes of the disks (logical size).
+    pub disk_bytes: u64,
+    /// Bytes of chunks that changed since the parent.
+    pub changed_bytes: u64,
+    /// Bytes of chunks not stored before (uncompressed), and what they took compressed.
+    pub new_bytes: u64,
+    /// Bytes of packs written to the target repository (data and metadata).
+    pub shipped_bytes: u64,
+    pub seconds: f64,
+    /// A staged point of an earlier, interrupted cycle committed first.
+    pub resumed: Option<u64>,
+    /// Things the user should know (a freeze that failed, a resumed session).
+    pub notes: Vec<String>,
+}
+
+/// The record that makes a cache session complete: everything needed to commit it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Staged {
+    parent: Option<u64>,
+    epoch: u64,
+    kind: PointKind,
+    captured_unix_ms: u64,
+    vms: Vec<VmPoint>,
+    packs: Vec<String>,
+}
+
+/// The writer record in the cache: the epoch this source site writes with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct WriterRecord {
+    epoch: u64,
+}
+
+/// Runs one cycle for `group`: source site store `source` (its cache), target site `target`.
+pub async fn replicate(
+    group: &GroupSpec,
+    source: &Store,
+    target: &Store,
+    opts: &CycleOptions,
+) -> Result<CycleReport> {
+    let started = Instant::now();
+    let mut repo = Repository::open_or_create(target).await?;
+    let cache = source.scoped(&format!("cache/{}", group.name));
+    let mut latest = repo.latest(&group.name).await?;
+    let epoch = writer_epoch(&cache, latest.as_ref()).await?;
+    let mut notes = Vec::new();
+
+    // A session an interrupted cycle staged completely is committed first: its data was cut
+    // earlier, and dropping it would lose that point.
+    let resumed = resume(&mut repo, &cache, &group.name, latest.as_ref(), epoch, &mut notes).await?;
+    if resumed.is_some() {
+        latest = repo.latest(&group.name).await?;
+    }
+
+    let condemned = gc::condemned(&repo).await?;
+    let mut parents: HashMap<(String, String), Vec<Id>> = HashMap::new();
+    if let Some(parent) = &latest {
+        for vm in &parent.vms {
+            for disk in &vm.disks {
+                let root = disk
+                    .root_id()
+                    .ok_or_else(|| Error::damaged(format!("point {}", parent.seq), "bad root id"))?;
+                let map = repo.chunk_map(root, disk.chunks()).await?;
+                parents.insert((vm.name.clone(), disk.name.clone()), map);
+            }
+        }
+    }
+
+    // The cut.
+    let app_wanted = match opts.app {
+        AppMode::Never => false,
+        AppMode::Force => {
+            if let Some(vm) = group.vms.iter().find(|v| v.quiesce.is_none()) {
+                return Err(Error::failed(format!(
+                    "VM `{}` has no quiesce hook: an app-consistent point needs one for every VM of group `{}`",
+                    vm.name, group.name
+                )));
+            }
+            true
+        }
+        AppMode::Auto => {
+            group.vms.iter().all(|v| v.quiesce.is_some())
+                && match (group.app_interval, latest_app_age(&repo, &group.name).await?) {
+                    (Some(interval), Some(age)) => age >= interval,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                }
+        }
+    };
+    let mut frozen: Vec<&VmSpec> = Vec::new();
+    let mut kind = PointKind::Crash;
+    if app_wanted {
+        kind = PointKind::App;
+        for vm in &group.vms {
+            let Some(q) = &vm.quiesce else { continue };
+            match run_hook(&q.freeze, q.timeout, group).await {
+                Ok(()) => frozen.push(vm),
+                Err(e) => {
+                    notes.push(format!(
+                        "freeze of `{}` failed ({e}); this point is crash-consistent",
+                        vm.name
+                    ));
+                    kind = PointKind::Crash;
+                    break;
+                }
+            }
+        }
+        if kind == PointKind::Crash {
+            thaw(&frozen, group, &mut notes).await;
+            frozen.clear();
+        }
+    }
+    if let Some(cut) = &opts.cut
+        && let Err(e) = cut.hold().await
+    {
+        thaw(&frozen, group, &mut notes).await;
+        return Err(e.context(format!("cannot hold the writers of group `{}`", group.name)));
+    }
+    let captured = SystemTime::now();
+    let held = Held {
+        cut: opts.cut.clone(),
+        frozen: frozen.iter().map(|v| (*v).clone()).collect(),
+    };
+    let views = match take_views(group).await {
+        Ok(v) => v,
+        Err(e) => {
+            held.release(group, &mut notes).await;
+            return Err(e);
+        }
+    };
+    let mut held = Some(held);
+    if views.iter().all(|(_, _, v)| v.frozen)
+        && let Some(h) = held.take()
+    {
+        h.release(group, &mut notes).await;
+    }
+
+    // Capture into the cache, shipping each pack to the repository as it closes.
+    let session = session_id(captured);
+    let (tx, rx) = mpsc::channel::<SealedPack>(2);
+    let uploader = tokio::spawn(upload(rx, cache.clone(), repo.store().clone(), session.clone()));
+    let keys = repo.keys().clone();
+    let index = repo.index_arc();
+    let total: u64 = views.iter().map(|(_, _, v)| std::fs::metadata(&v.path).map(|m| m.len()).unwrap_or(0)).sum();
+    if let Some(p) = &opts.progress {
+        p.begin(&group.name, total);
+    }
+    let progress = opts.progress.clone();
+    let scan_views: Vec<(String, String, std::path::PathBuf, u32)> = views
+        .iter()
+        .map(|(vm, disk, v)| (vm.clone(), disk.name.clone(), v.path.clone(), disk.chunk_size))
+        .collect();
+    let scan = tokio::task::spawn_blocking(move || -> Result<_> {
+        let known = |id: &Id| {
+            index
+                .blobs
+                .get(id)
+                .is_some_and(|loc| !condemned.contains(index.pack_name(loc)))
+        };
+        let advance = |n: u64| {
+            if let Some(p) = &progress {
+                p.advance(n);
+            }
+        };
+        let mut seen = HashSet::new();
+        let mut results = Vec::new();
+        let mut meta = PackSink::new(PackClass::Meta, tx.clone());
+        for (vm, disk, path, chunk_size) in scan_views {
+            let parent = parents.get(&(vm.clone(), disk.clone())).filter(|p| !p.is_empty());
+            let class = if parent.is_some() { PackClass::Delta } else { PackClass::Seed };
+            let mut sink = PackSink::new(class, tx.clone());
+            let scanned = capture::scan(
+                &path,
+                chunk_size,
+                &keys,
+                parent.map(Vec::as_slice),
+                &known,
+                &mut seen,
+                &mut sink,
+                &advance,
+            )
+            .map_err(|e| e.context(format!("capture of `{vm}/{disk}`")))?;
+            sink.flush()?;
+            let (root, pages) = repo::build_tree(&keys, &scanned.map);
+            let mut reused = scanned.reused.clone();
+            for (id, bytes) in pages {
+                if known(&id) {
+                    reused.insert(id);
+                } else if seen.insert(id) {
+                    let (codec, stored) = compress(&bytes);
+                    meta.add(id, BlobKind::Page, bytes.len(), codec, &stored)?;
+                }
+            }
+            results.push((vm, disk, root, scanned, reused));
+        }
+        meta.flush()?;
+        Ok(results)
+    });
+    let scanned = scan.await.map_err(|e| Error::failed(format!("capture stopped: {e}")));
+    if let Some(h) = held.take() {
+        h.release(group, &mut notes).await;
+    }
+    if let Some(p) = &opts.progress {
+        p.end();
+    }
+    drop(views);
+    let scanned = scanned??;
+    let uploaded = uploader
+        .await
+        .map_err(|e| Error::failed(format!("upload stopped: {e}")))?;
+    let (shipped, ship_error) = uploaded?;
+
+    let mut vms = Vec::new();
+    let mut disk_bytes = 0;
+    let mut changed = 0;
+    let mut new_bytes = 0;
+    let mut reused: HashSet<Id> = HashSet::new();
+    for spec in &group.vms {
+        let mut disks = Vec::new();
+        for disk in &spec.disks {
+            let Some((_, _, root, s, r)) = scanned
+                .iter()
+                .find(|(vm, d, ..)| *vm == spec.name && *d == disk.name)
+            else {
+                continue;
+            };
+            disk_bytes += s.size;
+            changed += s.changed_bytes;
+            new_bytes += s.new_bytes;
+            reused.extend(r.iter().copied());
+            disks.push(DiskPoint {
+                name: disk.name.clone(),
+                source: disk.source.clone(),
+                size: s.size,
+                chunk_size: disk.chunk_size,
+                root: root.hex(),
+                changed_bytes: s.changed_bytes,
+            });
+        }
+        vms.push(VmPoint {
+            name: spec.name.clone(),
+            definition: spec.definition.clone(),
+            disks,
+        });
+    }
+    let staged = Staged {
+        parent: latest.as_ref().map(|m| m.seq),
+        epoch,
+        kind,
+        captured_unix_ms: unix_ms(captured),
+        vms,
+        packs: shipped.iter().map(|(n, _, _)| n.clone()).collect(),
+    };
+    let record = serde_json::to_vec(&staged).unwrap_or_default();
+    cache
+        .put_new(&format!("sessions/{session}/staged"), Bytes::from(record))
+        .await?;
+    if let Some(e) = ship_error {
+        return Err(e.context(format!(
+            "point of group `{}` is staged in the cache of site `{}` but could not be shipped; the next cycle ships it",
+            group.name, group.source_site
+        )));
+    }
+    let packs: Vec<(String, Vec<Entry>)> = shipped.iter().map(|(n, e, _)| (n.clone(), e.clone())).collect();
+    let shipped_bytes = shipped.iter().map(|(_, _, len)| *len).sum();
+    let seq = commit(&mut repo, &group.name, &staged, packs, &reused, started).await?;
+    drop_session(&cache, &session).await;
+    Ok(CycleReport {
+        group: group.name.clone(),
+        seq,
+        kind,
+        captured_at: rfc3339(captured),
+        disk_bytes,
+        changed_bytes: changed,
+        new_bytes,
+        shipped_bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        resumed,
+        notes,
+    })
+}
+
+/// What holds the writers: released once, after the cut is safe.
+struct Held {
+    cut: Option<Arc<dyn Cut>>,
+    frozen: Vec<VmSpec>,
+}
+
+impl Held {
+    async fn release(self, group: &GroupSpec, notes: &mut Vec<String>) {
+        if let Some(cut) = &self.cut {
+            cut.release().await;
+        }
+        let frozen: Vec<&VmSpec> = self.frozen.iter().collect();
+        thaw(&frozen, group, notes).await;
+    }
+}
+
+async fn thaw(frozen: &[&VmSpec], group: &GroupSpec, notes: &mut Vec<String>) {
+    for vm in frozen.iter().rev() {
+        if let Some(QuiesceSpec { thaw, timeout, .. }) = &vm.quiesce
+            && let Err(e) = run_hook(thaw, *timeout, group).await
+        {
+            notes.push(format!("thaw of `{}` failed: {e}", vm.name));
+        }
+    }
+}
+
+async fn run_hook(argv: &[String], timeout: Duration, group: &GroupSpec) -> Result<()> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(Error::failed("empty hook command"));
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .current_dir(&group.base)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .map_err(|_| Error::failed(format!("`{program}` did not finish within {timeout:?}")))?
+        .map_err(|e| Error::io(format!("cannot run `{program}`"), e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::failed(format!(
+            "`{program}` exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+async fn take_views(
+    group: &GroupSpec,
+) -> Result<Vec<(String, crate::groups::DiskSpec, capture::View)>> {
+    let mut out = Vec::new();
+    for vm in &group.vms {
+        for disk in &vm.disks {
+            let path = disk.path.clone();
+            let view = tokio::task::spawn_blocking(move || -> Result<capture::View> {
+                let view = capture::snapshot(&path)?;
+                if capture::is_qcow2(&view.path)? {
+                    capture::qcow2_to_raw(view)
+                } else {
+                    Ok(view)
+                }
+            })
+            .await
+            .map_err(|e| Error::failed(format!("snapshot stopped: {e}")))?
+            .map_err(|e| e.context(format!("cut of `{}/{}`", vm.name, disk.name)))?;
+            out.push((vm.name.clone(), disk.clone(), view));
+        }
+    }
+    Ok(out)
+}
+
+/// Receives closed packs: stages each in the cache, then ships it to the repository. A failed
+/// ship is remembered (the data stays staged); a failed stage stops the cycle.
+async fn upload(
+    mut rx: mpsc::Receiver<SealedPack>,
+    cache: Store,
+    repo: Store,
+    session: String,
+) -> Result<(Vec<(String, Vec<Entry>, u64)>, Option<Error>)> {
+    let mut done = Vec::new();
+    let mut ship_error = None;
+    while let Some(p) = rx.recv().await {
+        let bytes = Bytes::from(p.bytes);
+        let len = bytes.len() as u64;
+        cache
+            .put_new(&format!("sessions/{session}/packs/{}", p.name), bytes.clone())
+            .await
+            .map_err(|e| e.context("staging in the cache"))?;
+        if ship_error.is_none()
+            && let Err(e) = repo.put_new(&pack::object_name(&p.name), bytes).await
+        {
+            ship_error = Some(e);
+        }
+        done.push((p.name, p.entries, len));
+    }
+    Ok((done, ship_error))
+}
+
+/// Writes the index file and the manifest. The manifest is put-if-absent: if another writer
+/// committed this sequence number first, this one is fenced.
+async fn commit(
+    repo: &mut Repository,
+    group: &str,
+    staged: &Staged,
+    packs: Vec<(String, Vec<Entry>)>,
+    reused: &HashSet<Id>,
+    started: Instant,
+) -> Result<u64> {
+    if !packs.is_empty() {
+        let (name, bytes) = index::encode(&repo::pack_entries(packs.clone()));
+        repo.store()
+            .put_new(&format!("index/{name}"), Bytes::from(bytes))
+            .await?;
+        let index = repo.index_mut();
+        for (pack, entries) in &packs {
+            index.add(pack, entries);
+        }
+    }
+    // Blobs reused from earlier packs must still be there: GC condemns dead packs first and
+    // deletes them only a grace period later, so a cycle shorter than the grace that finds none
+    // of its packs condemned is safe.
+    if started.elapsed() >= repo.grace() && !reused.is_empty() {
+        return Err(Error::failed(format!(
+            "this cycle took longer than the GC grace period ({:?}) and reused stored data; run it again",
+            repo.grace()
+        )));
+    }
+    let condemned = gc::condemned(repo).await?;
+    for id in reused {
+        if let Some(loc) = repo.index().blobs.get(id) {
+            let pack = repo.index().pack_name(loc);
+            if condemned.contains(pack) {
+                return Err(Error::failed(
+                    "GC condemned data this cycle reused while it ran; run the cycle again",
+                ));
+            }
+        }
+    }
+    let latest = repo.latest(group).await?;
+    check_fence(latest.as_ref(), staged.epoch, group)?;
+    let seq = staged.parent.map_or(1, |p| p + 1);
+    if latest.as_ref().map(|m| m.seq) != staged.parent {
+        let other = latest.as_ref().map_or(0, |m| m.seq);
+        return Err(Error::fenced(format!(
+            "another writer committed point {other} of group `{group}` while this cycle ran; this writer stops"
+        )));
+    }
+    let now = SystemTime::now();
+    let m = Manifest {
+        format: Manifest::new_format(),
+        group: group.to_string(),
+        seq,
+        parent: staged.parent,
+        kind: staged.kind,
+        captured_at: rfc3339(UNIX_EPOCH + Duration::from_millis(staged.captured_unix_ms)),
+        captured_unix_ms: staged.captured_unix_ms,
+        committed_at: rfc3339(now),
+        committed_unix_ms: unix_ms(now),
+        epoch: staged.epoch,
+        writer: writer_name(),
+        vms: staged.vms.clone(),
+    };
+    let name = manifest::object_name(group, seq);
+    match repo
+        .store()
+        .put_new(&name, Bytes::from(m.encode(repo.keys())))
+        .await?
+    {
+        Put::Created => Ok(seq),
+        Put::Exists => {
+            let winner = repo.point(group, seq).await.ok();
+            Err(Error::fenced(format!(
+                "another writer committed point {seq} of group `{group}` first{}; this writer stops",
+                winner.map_or(String::new(), |w| format!(" ({}, epoch {})", w.writer, w.epoch))
+            )))
+        }
+    }
+}
+
+fn check_fence(latest: Option<&Manifest>, epoch: u64, group: &str) -> Result<()> {
+    if let Some(m) = latest
+        && m.epoch > epoch
+    {
+        return Err(Error::fenced(format!(
+            "group `{group}` is fenced: point {} was committed with epoch {} by {}, this site writes with epoch {epoch} (a failover took it over); this writer stops",
+            m.seq, m.epoch, m.writer
+        )));
+    }
+    Ok(())
+}
+
+/// The epoch this source site writes the group with: recorded in its cache the first time,
+/// from the newest point (or 1). A site that was failed away from keeps its old epoch, so it
+/// finds a newer one in the repository and stops.
+async fn writer_epoch(cache: &Store, latest: Option<&Manifest>) -> Result<u64> {
+    let record = match cache.get_opt("writer").await? {
+        Some(b) => b,
+        None => {
+            let epoch = latest.map_or(1, |m| m.epoch);
+            let bytes = serde_json::to_vec(&WriterRecord { epoch }).unwrap_or_default();
+            cache.put_new("writer", Bytes::from(bytes)).await?;
+            cache.get("writer").await?
+        }
+    };
+    let record: WriterRecord = serde_json::from_slice(&record)
+        .map_err(|e| Error::damaged(format!("{}/writer", cache.location()), e))?;
+    check_fence(latest, record.epoch, latest.map_or("", |m| m.group.as_str()))?;
+    Ok(record.epoch)
+}
+
+/// Commits (or discards) what interrupted cycles left in the cache.
+async fn resume(
+    repo: &mut Repository,
+    cache: &Store,
+    group: &str,
+    latest: Option<&Manifest>,
+    epoch: u64,
+    notes: &mut Vec<String>,
+) -> Result<Option<u64>> {
+    let objects = cache.list("sessions").await?;
+    let mut sessions: Vec<String> = objects
+        .iter()
+        .filter_map(|o| o.name.split('/').nth(1).map(str::to_string))
+        .collect();
+    sessions.dedup();
+    let mut committed = None;
+    for session in sessions {
+        let staged = match cache.get_opt(&format!("sessions/{session}/staged")).await? {
+            Some(b) => serde_json::from_slice::<Staged>(&b).ok(),
+            None => None,
+        };
+        let current = latest.map(|m| m.seq);
+        if let Some(staged) = staged
+            && committed.is_none()
+            && staged.parent == current
+            && staged.epoch == epoch
+        {
+            match ship_staged(repo, cache, &session, &staged).await {
+                Ok(packs) => {
+                    let seq = commit(repo, group, &staged, packs, &HashSet::new(), Instant::now()).await?;
+                    notes.push(format!(
+                        "committed point {seq}, staged by an interrupted cycle"
+                    ));
+                    committed = Some(seq);
+                }
+                Err(e) if e.kind() == ErrorKind::Damaged => {
+                    notes.push(format!("dropped a damaged staged session: {e}"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        drop_session(cache, &session).await;
+    }
+    Ok(committed)
+}
+
+async fn ship_staged(
+    repo: &Repository,
+    cache: &Store,
+    session: &str,
+    staged: &Staged,
+) -> Result<Vec<(String, Vec<Entry>)>> {
+    let mut out = Vec::new();
+    for name in &staged.packs {
+        let bytes = cache
+            .get(&format!("sessions/{session}/packs/{name}"))
+            .await?;
+        let (_, entries) = pack::parse(name, &bytes).map_err(|why| Error::damaged(name, why))?;
+        repo.store().put_new(&pack::object_name(name), bytes).await?;
+        out.push((name.clone(), entries));
+    }
+    Ok(out)
+}
+
+async fn drop_session(cache: &Store, session: &str) {
+    if let Ok(objects) = cache.list(&format!("sessions/{session}")).await {
+        // Packs first, the record last: a half-deleted session is never taken for complete.
+        let (records, packs): (Vec<_>, Vec<_>) =
+            objects.into_iter().partition(|o| o.name.ends_with("/staged"));
+        for o in packs.into_iter().chain(records) {
+            let _ = cache.delete(&o.name).await;
+        }
+    }
+}
+
+async fn latest_app_age(repo: &Repository, group: &str) -> Result<Option<Duration>> {
+    for seq in repo.point_seqs(group).await? {
+        let m = repo.point(group, seq).await?;
+        if m.kind == PointKind::App {
+            let now = unix_ms(SystemTime::now());
+            return Ok(Some(Duration::from_millis(now.saturating_sub(m.captured_unix_ms))));
+        }
+    }
+    Ok(None)
+}
+
+fn session_id(at: SystemTime) -> String {
+    let mut r = [0u8; 4];
+    let _ = getrandom::fill(&mut r);
+    format!("{:013}-{}", unix_ms(at), hex(&r))
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn writer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host} pid {}", std::process::id())
+}
+
+/// Takes a group over with a new epoch: commits a point with the latest point's disks and the
+/// epoch one higher. A writer still holding the old epoch (the old source site, revived) finds
+/// it and stops. Failover's commit uses this; it needs nothing but the target repository.
+pub async fn fence(target: &Store, group: &str) -> Result<Manifest> {
+    let repo = Repository::open(target).await?;
+    let latest = repo
+        .latest(group)
+        .await?
+        .ok_or_else(|| Error::failed(format!("group `{group}` has no point to take over")))?;
+    let now = SystemTime::now();
+    let m = Manifest {
+        seq: latest.seq + 1,
+        parent: Some(latest.seq),
+        epoch: latest.epoch + 1,
+        committed_at: rfc3339(now),
+        committed_unix_ms: unix_ms(now),
+        writer: writer_name(),
+        ..latest
+    };
+    match repo
+        .store()
+        .put_new(&manifest::object_name(group, m.seq), Bytes::from(m.encode(repo.keys())))
+        .await?
+    {
+        Put::Created => Ok(m),
+        Put::Exists => Err(Error::fenced(format!(
+            "another writer committed point {} of group `{group}` first; take-over not done",
+            m.seq
+        ))),
+    }
+}

@@ -1,0 +1,153 @@
+//! What to replicate, from the inventory: consistency groups (one cut across all their VMs'
+//! disks), and every other protected VM as a group of its own, named after the VM.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lifeboat_plan::inventory::Inventory;
+
+use crate::error::{Error, Result};
+
+/// Chunk size unless a disk says otherwise: 64 KiB.
+pub const DEFAULT_CHUNK_SIZE: u32 = 64 << 10;
+
+/// One disk to capture.
+#[derive(Clone, Debug)]
+pub struct DiskSpec {
+    pub name: String,
+    /// The path as the inventory writes it.
+    pub source: String,
+    /// The path resolved against the inventory's folder.
+    pub path: PathBuf,
+    pub chunk_size: u32,
+}
+
+/// The quiesce hook of a VM.
+#[derive(Clone, Debug)]
+pub struct QuiesceSpec {
+    pub freeze: Vec<String>,
+    pub thaw: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// One VM to capture.
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    pub name: String,
+    /// Its inventory entry, stored in each point so the target can boot it alone.
+    pub definition: serde_json::Value,
+    pub disks: Vec<DiskSpec>,
+    pub quiesce: Option<QuiesceSpec>,
+}
+
+/// A consistency group: the unit of a cut, a point and fencing.
+#[derive(Clone, Debug)]
+pub struct GroupSpec {
+    pub name: String,
+    pub vms: Vec<VmSpec>,
+    /// The source site (its store holds the cache) and the target site (the repository).
+    pub source_site: String,
+    pub target_site: String,
+    /// The strictest policy among the members: shortest intervals and RPO, longest retention.
+    pub retention: Duration,
+    pub rpo_threshold: Duration,
+    pub app_interval: Option<Duration>,
+    /// The folder the inventory's relative paths start from.
+    pub base: PathBuf,
+}
+
+/// Every group of the inventory, in name order. `base` is the folder of lifeboat.toml.
+pub fn groups(inv: &Inventory, base: &Path) -> Result<Vec<GroupSpec>> {
+    let mut out = Vec::new();
+    let mut grouped = std::collections::HashSet::new();
+    for (name, cg) in inv.consistency_groups.iter() {
+        let members: Vec<String> = cg.vms.iter().map(|v| v.value.clone()).collect();
+        grouped.extend(members.iter().cloned());
+        out.push(group(inv, base, name, &members)?);
+    }
+    for (name, _) in inv.vms.iter() {
+        if grouped.contains(name) {
+            continue;
+        }
+        if inv.consistency_groups.contains(name) {
+            return Err(Error::failed(format!(
+                "VM `{name}` is in no consistency group but has the name of one: rename one of them"
+            )));
+        }
+        out.push(group(inv, base, name, &[name.to_string()])?);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn group(inv: &Inventory, base: &Path, name: &str, members: &[String]) -> Result<GroupSpec> {
+    let mut vms = Vec::new();
+    let mut sites = Vec::new();
+    let mut retention = Duration::ZERO;
+    let mut rpo = Duration::MAX;
+    let mut app: Option<Duration> = None;
+    for vm_name in members {
+        let vm = inv
+            .vms
+            .get(vm_name)
+            .ok_or_else(|| Error::failed(format!("group `{name}` names unknown VM `{vm_name}`")))?;
+        sites.push(vm.site.value.clone());
+        if let Some(policy) = inv.policies.get(&vm.policy) {
+            retention = retention.max(policy.retention.value.0);
+            rpo = rpo.min(policy.rpo_threshold.value.0);
+            if let Some(a) = &policy.app_interval {
+                app = Some(app.map_or(a.value.0, |x: Duration| x.min(a.value.0)));
+            }
+        }
+        let disks = vm
+            .disks
+            .iter()
+            .map(|(disk, path)| DiskSpec {
+                name: disk.to_string(),
+                source: path.value.clone(),
+                path: base.join(&path.value),
+                chunk_size: DEFAULT_CHUNK_SIZE,
+            })
+            .collect();
+        let quiesce = vm.quiesce.as_ref().map(|q| QuiesceSpec {
+            freeze: q.freeze.iter().map(|s| s.value.clone()).collect(),
+            thaw: q.thaw.iter().map(|s| s.value.clone()).collect(),
+            timeout: q
+                .timeout
+                .as_ref()
+                .map_or(Duration::from_secs(30), |t| t.value.0),
+        });
+        vms.push(VmSpec {
+            name: vm_name.clone(),
+            definition: serde_json::to_value(vm).unwrap_or_default(),
+            disks,
+            quiesce,
+        });
+    }
+    sites.dedup();
+    let [source] = sites.as_slice() else {
+        return Err(Error::failed(format!(
+            "group `{name}` spans sites {}: a consistency group must live at one site",
+            sites.join(", ")
+        )));
+    };
+    let site = inv
+        .sites
+        .get(source)
+        .ok_or_else(|| Error::failed(format!("unknown site `{source}`")))?;
+    let target = site.replicate_to.as_ref().ok_or_else(|| {
+        Error::failed(format!(
+            "site `{source}` has no `replicate_to`: say which site keeps its recovery points"
+        ))
+    })?;
+    Ok(GroupSpec {
+        name: name.to_string(),
+        vms,
+        source_site: source.clone(),
+        target_site: target.value.clone(),
+        retention,
+        rpo_threshold: if rpo == Duration::MAX { Duration::from_secs(900) } else { rpo },
+        app_interval: app,
+        base: base.to_path_buf(),
+    })
+}

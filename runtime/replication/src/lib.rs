@@ -1,0 +1,27 @@
+//! Lifeboat's replication engine: it copies protected disks from a source site to a target
+//! site's repository and keeps recovery points there.
+//!
+//! The data path is `capture` (scan an image) → the source site's cache (staging) → the target
+//! `repo` (packs, index, chunk-map trees, manifests), driven one cycle at a time by `cycle`.
+//! `restore`, `verify` and `gc` work on the repository alone: a committed point never needs the
+//! source site or the cache. `format` is the byte layout of every object, without I/O; `store`
+//! is the one door to `object_store`.
+
+pub mod capture;
+pub mod cycle;
+pub mod error;
+pub mod format;
+pub mod gc;
+pub mod groups;
+pub mod points;
+pub mod repo;
+pub mod restore;
+pub mod store;
+pub mod verify;
+
+pub use cycle::{AppMode, Cut, CycleOptions, CycleReport, Progress, replicate};
+pub use error::{Error, ErrorKind, Result};
+pub use format::manifest::{Manifest, PointKind};
+pub use groups::{GroupSpec, groups};
+pub use repo::Repository;
+pub use store::Store;

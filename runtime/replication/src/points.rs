@@ -1,0 +1,65 @@
+//! Choosing a point, and the RPO of a group.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::cycle::unix_ms;
+use crate::error::{Error, Result};
+use crate::format::manifest::{Manifest, PointKind};
+use crate::repo::Repository;
+
+/// Resolves a point choice for `group`: `latest`, `latest-processed` (the newest committed point:
+/// the same as `latest`, since only committed points are listed), `latest-app-consistent`, a
+/// sequence number, or `GROUP/SEQ`.
+pub async fn select(repo: &Repository, group: &str, choice: &str) -> Result<Manifest> {
+    let choice = choice.trim();
+    let seq_text = match choice.split_once('/') {
+        Some((g, s)) if g == group => s,
+        Some((g, _)) => {
+            return Err(Error::failed(format!(
+                "point `{choice}` belongs to group `{g}`, not `{group}`"
+            )));
+        }
+        None => choice,
+    };
+    match seq_text {
+        "latest" | "latest-processed" => repo
+            .latest(group)
+            .await?
+            .ok_or_else(|| Error::failed(format!("group `{group}` has no recovery points yet"))),
+        "latest-app-consistent" => repo
+            .points(group)
+            .await?
+            .into_iter()
+            .find(|m| m.kind == PointKind::App)
+            .ok_or_else(|| Error::failed(format!("group `{group}` has no app-consistent point"))),
+        s => {
+            let seq: u64 = s.parse().map_err(|_| {
+                Error::failed(format!(
+                    "`{choice}` is not a point: use a number from `lifeboat points list`, `latest` or `latest-app-consistent`"
+                ))
+            })?;
+            repo.point(group, seq).await
+        }
+    }
+}
+
+/// A group's recovery point objective as it stands.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rpo {
+    /// Now minus the capture instant of the newest point; `None` without points.
+    pub seconds: Option<f64>,
+    pub threshold_seconds: f64,
+    /// Within the threshold.
+    pub ok: bool,
+}
+
+pub fn rpo(latest: Option<&Manifest>, threshold: Duration, now: SystemTime) -> Rpo {
+    let seconds = latest.map(|m| unix_ms(now).saturating_sub(m.captured_unix_ms) as f64 / 1000.0);
+    Rpo {
+        seconds,
+        threshold_seconds: threshold.as_secs_f64(),
+        ok: seconds.is_some_and(|s| s <= threshold.as_secs_f64()),
+    }
+}

@@ -1,0 +1,403 @@
+//! The repository at the target site: opening it, the in-memory index, reading blobs, trees and
+//! points, and pins. Writing new points is `cycle`'s job; removing them is `gc`'s.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::format::index::{self, PackEntries};
+use crate::format::manifest::{self, Manifest};
+use crate::format::pack::{self, Entry};
+use crate::format::page::{self, FANOUT};
+use crate::format::{self, FORMAT_VERSION, Id, Keys, hex, unhex};
+use crate::store::{Put, Store};
+
+/// The repository's `config` object: written once, with put-if-absent, when it is created.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Config {
+    format: u16,
+    /// Key for chunk ids and manifest MACs. It makes ids specific to this repository; it is not a
+    /// secret from anyone who can read the repository.
+    chunk_key: String,
+    created_at: String,
+    /// How long GC leaves an unreferenced pack alone, so a cycle in flight can still commit it.
+    gc_grace_secs: u64,
+}
+
+/// Where a blob lives.
+#[derive(Clone, Copy, Debug)]
+pub struct Location {
+    pub pack: u32,
+    pub entry: Entry,
+}
+
+/// Every index file, merged: blob id → location.
+#[derive(Clone, Debug, Default)]
+pub struct Index {
+    pub packs: Vec<String>,
+    pack_numbers: HashMap<String, u32>,
+    pub blobs: HashMap<Id, Location>,
+    /// The index files this was loaded from.
+    pub files: Vec<String>,
+    /// Index files that could not be read, with why.
+    pub problems: Vec<(String, String)>,
+}
+
+impl Index {
+    pub fn add(&mut self, pack: &str, entries: &[Entry]) {
+        let n = match self.pack_numbers.get(pack) {
+            Some(n) => *n,
+            None => {
+                let n = self.packs.len() as u32;
+                self.packs.push(pack.to_string());
+                self.pack_numbers.insert(pack.to_string(), n);
+                n
+            }
+        };
+        for e in entries {
+            self.blobs.entry(e.id).or_insert(Location { pack: n, entry: *e });
+        }
+    }
+
+    pub fn contains(&self, id: &Id) -> bool {
+        id.is_zero() || self.blobs.contains_key(id)
+    }
+
+    pub fn pack_name(&self, loc: &Location) -> &str {
+        &self.packs[loc.pack as usize]
+    }
+}
+
+/// An open repository.
+#[derive(Debug)]
+pub struct Repository {
+    store: Store,
+    keys: Keys,
+    grace: Duration,
+    index: std::sync::Arc<Index>,
+}
+
+/// The name of the repository inside a site's store.
+pub const PREFIX: &str = "repo";
+
+impl Repository {
+    /// Opens the repository in `site` (a site's store), creating it if there is none.
+    pub async fn open_or_create(site: &Store) -> Result<Self> {
+        let store = site.scoped(PREFIX);
+        if store.get_opt("config").await?.is_none() {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key)
+                .map_err(|e| Error::failed(format!("no randomness for a repository key: {e}")))?;
+            let config = Config {
+                format: FORMAT_VERSION,
+                chunk_key: hex(&key),
+                created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                gc_grace_secs: 3600,
+            };
+            let bytes = serde_json::to_vec_pretty(&config).unwrap_or_default();
+            // Two creators race: put-if-absent picks one config and both read it back.
+            store.put_new("config", Bytes::from(bytes)).await?;
+        }
+        Self::open_scoped(store).await
+    }
+
+    /// Opens the repository in `site`; an error if there is none.
+    pub async fn open(site: &Store) -> Result<Self> {
+        let store = site.scoped(PREFIX);
+        if store.get_opt("config").await?.is_none() {
+            return Err(Error::failed(format!(
+                "no repository in `{}` (nothing has been replicated there yet)",
+                site.location()
+            )));
+        }
+        Self::open_scoped(store).await
+    }
+
+    async fn open_scoped(store: Store) -> Result<Self> {
+        let bytes = store.get("config").await?;
+        let config: Config = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::damaged(format!("{}/config", store.location()), e))?;
+        if config.format != FORMAT_VERSION {
+            return Err(Error::failed(format!(
+                "repository format {} is not supported by this version (it reads {FORMAT_VERSION})",
+                config.format
+            )));
+        }
+        let key: [u8; 32] = unhex(&config.chunk_key)
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| Error::damaged("config", "chunk_key is not 32 hex bytes"))?;
+        let mut repo = Self {
+            store,
+            keys: Keys::new(key),
+            grace: Duration::from_secs(config.gc_grace_secs),
+            index: Default::default(),
+        };
+        repo.reload_index().await?;
+        Ok(repo)
+    }
+
+    /// Reads every index file again (after another process committed, or after GC).
+    pub async fn reload_index(&mut self) -> Result<()> {
+        let mut index = Index::default();
+        for obj in self.store.list("index").await? {
+            let name = obj.name.rsplit('/').next().unwrap_or_default().to_string();
+            let bytes = match self.store.get(&obj.name).await {
+                Ok(b) => b,
+                Err(e) => {
+                    index.problems.push((obj.name.clone(), e.to_string()));
+                    continue;
+                }
+            };
+            match index::decode(&name, &bytes) {
+                Ok(packs) => {
+                    for p in packs {
+                        index.add(&p.pack, &p.entries);
+                    }
+                    index.files.push(obj.name);
+                }
+                Err(e) => index.problems.push((obj.name, e)),
+            }
+        }
+        self.index = std::sync::Arc::new(index);
+        Ok(())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The index, shared (the capture reads it on a blocking thread).
+    pub fn index_arc(&self) -> std::sync::Arc<Index> {
+        self.index.clone()
+    }
+
+    pub fn index_mut(&mut self) -> &mut Index {
+        std::sync::Arc::make_mut(&mut self.index)
+    }
+
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// Sets how long GC spares unreferenced packs (stored in the repository's config only at
+    /// creation; this overrides it for this process, e.g. `lifeboat gc --grace 0s`).
+    pub fn set_grace(&mut self, grace: Duration) {
+        self.grace = grace;
+    }
+
+    /// Reads one blob and checks it: the bytes returned are the ones its id names.
+    pub async fn read_blob(&self, id: Id) -> Result<Vec<u8>> {
+        let loc = *self
+            .index
+            .blobs
+            .get(&id)
+            .ok_or_else(|| Error::damaged(format!("blob {id}"), "in no index"))?;
+        let pack = self.index.pack_name(&loc).to_string();
+        let e = loc.entry;
+        let object = pack::object_name(&pack);
+        let stored = self
+            .store
+            .get_range(&object, e.offset..e.offset + e.stored_len as u64)
+            .await?;
+        format::decode_blob(&self.keys, id, e.codec, e.raw_len, &stored)
+            .map_err(|why| Error::damaged(object, why))
+    }
+
+    /// Group names that have points, sorted.
+    pub async fn groups(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = self
+            .store
+            .list("points")
+            .await?
+            .into_iter()
+            .filter_map(|o| o.name.split('/').nth(1).map(str::to_string))
+            .collect();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The sequence numbers of a group's points, newest first.
+    pub async fn point_seqs(&self, group: &str) -> Result<Vec<u64>> {
+        Ok(self
+            .store
+            .list(&format!("points/{group}"))
+            .await?
+            .iter()
+            .filter_map(|o| manifest::seq_of(&o.name))
+            .collect())
+    }
+
+    /// Reads and checks one point's manifest.
+    pub async fn point(&self, group: &str, seq: u64) -> Result<Manifest> {
+        let name = manifest::object_name(group, seq);
+        let bytes = self.store.get_opt(&name).await?.ok_or_else(|| {
+            Error::failed(format!("group `{group}` has no point {seq}"))
+        })?;
+        let m = Manifest::decode(&self.keys, &bytes).map_err(|why| Error::damaged(&name, why))?;
+        if m.group != group || m.seq != seq {
+            return Err(Error::damaged(&name, "manifest names another point"));
+        }
+        Ok(m)
+    }
+
+    /// The newest point of a group, if any. A damaged newest manifest is an error, not skipped:
+    /// building on an older one would silently lose the newer point.
+    pub async fn latest(&self, group: &str) -> Result<Option<Manifest>> {
+        match self.point_seqs(group).await?.first() {
+            Some(seq) => Ok(Some(self.point(group, *seq).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every point of a group, newest first.
+    pub async fn points(&self, group: &str) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for seq in self.point_seqs(group).await? {
+            out.push(self.point(group, seq).await?);
+        }
+        Ok(out)
+    }
+
+    /// Pins a point so retention keeps it (a test failover, a failover in progress).
+    pub async fn pin(&self, group: &str, seq: u64, reason: &str) -> Result<()> {
+        self.point(group, seq).await?;
+        let name = format!("pins/{group}/{seq:020}/{reason}");
+        if self.store.put_new(&name, Bytes::from_static(b"")).await? == Put::Exists {
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    pub async fn unpin(&self, group: &str, seq: u64, reason: &str) -> Result<()> {
+        self.store
+            .delete(&format!("pins/{group}/{seq:020}/{reason}"))
+            .await
+    }
+
+    /// Pinned points of a group: seq → reasons.
+    pub async fn pins(&self, group: &str) -> Result<HashMap<u64, Vec<String>>> {
+        let mut out: HashMap<u64, Vec<String>> = HashMap::new();
+        for o in self.store.list(&format!("pins/{group}")).await? {
+            let mut parts = o.name.split('/').skip(2);
+            if let (Some(seq), Some(reason)) = (parts.next(), parts.next())
+                && let Ok(seq) = seq.parse::<u64>()
+            {
+                out.entry(seq).or_default().push(reason.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The flat chunk map of a disk: one id per chunk, in offset order.
+    pub async fn chunk_map(&self, root: Id, chunks: u64) -> Result<Vec<Id>> {
+        let levels = page::levels(chunks);
+        let Some(top) = levels.len().checked_sub(1) else {
+            return Ok(Vec::new());
+        };
+        // Walk down from the root: at each level, the ids of the level below.
+        let mut ids = vec![root];
+        for level in (0..=top).rev() {
+            let count = levels[level];
+            let mut next = Vec::with_capacity(count as usize);
+            for (i, id) in ids.iter().enumerate() {
+                let n = page_len(count, i);
+                if id.is_zero() {
+                    next.extend(std::iter::repeat_n(Id::ZERO, n));
+                } else {
+                    let bytes = self.read_blob(*id).await?;
+                    let page = page::decode(&bytes, level as u8, n)
+                        .map_err(|why| Error::damaged(format!("page {id}"), why))?;
+                    next.extend(page);
+                }
+            }
+            ids = next;
+        }
+        Ok(ids)
+    }
+
+    /// Adds every page id and chunk id reachable from `root` to `live`, reading each page once
+    /// across calls (`seen` memoizes pages shared between points).
+    pub async fn mark(
+        &self,
+        root: Id,
+        chunks: u64,
+        seen: &mut HashSet<Id>,
+        live: &mut HashSet<Id>,
+    ) -> Result<()> {
+        let levels = page::levels(chunks);
+        let Some(top) = levels.len().checked_sub(1) else {
+            return Ok(());
+        };
+        let mut ids = vec![(root, 0usize)];
+        for level in (0..=top).rev() {
+            let count = levels[level];
+            let mut next = Vec::new();
+            for (id, i) in ids {
+                if id.is_zero() || !seen.insert(id) {
+                    continue;
+                }
+                live.insert(id);
+                let n = page_len(count, i);
+                let bytes = self.read_blob(id).await?;
+                let page = page::decode(&bytes, level as u8, n)
+                    .map_err(|why| Error::damaged(format!("page {id}"), why))?;
+                let base = i * FANOUT;
+                if level == 0 {
+                    live.extend(page.into_iter().filter(|c| !c.is_zero()));
+                } else {
+                    next.extend(page.into_iter().enumerate().map(|(j, c)| (c, base + j)));
+                }
+            }
+            ids = next;
+        }
+        Ok(())
+    }
+}
+
+/// How many ids page `i` of a level with `count` ids holds.
+fn page_len(count: u64, i: usize) -> usize {
+    let start = (i * FANOUT) as u64;
+    (count.saturating_sub(start)).min(FANOUT as u64) as usize
+}
+
+/// Builds the pages of a chunk map: returns the root and every non-zero page (id, plaintext),
+/// leaves first. Unchanged pages get the ids they had, so the caller stores only the new ones.
+pub fn build_tree(keys: &Keys, map: &[Id]) -> (Id, Vec<(Id, Vec<u8>)>) {
+    let mut pages = Vec::new();
+    let mut ids: Vec<Id> = map.to_vec();
+    let levels = page::levels(map.len() as u64);
+    for level in 0..levels.len() {
+        let mut next = Vec::with_capacity(ids.len().div_ceil(FANOUT));
+        for group in ids.chunks(FANOUT) {
+            if group.iter().all(Id::is_zero) {
+                next.push(Id::ZERO);
+                continue;
+            }
+            let bytes = page::encode(level as u8, group);
+            let id = keys.id(&bytes);
+            pages.push((id, bytes));
+            next.push(id);
+        }
+        ids = next;
+    }
+    (ids.first().copied().unwrap_or(Id::ZERO), pages)
+}
+
+/// A listing of `PackEntries` for an index file, from packs written in one go.
+pub fn pack_entries(packs: Vec<(String, Vec<Entry>)>) -> Vec<PackEntries> {
+    packs
+        .into_iter()
+        .map(|(pack, entries)| PackEntries { pack, entries })
+        .collect()
+}

@@ -1,0 +1,210 @@
+//! A site's store, through `object_store`: the only way the engine touches a repository or a
+//! cache. The engine needs five things of it — put-if-absent, get (whole or a range), list,
+//! delete — and never renames or compares-and-swaps, so the same code runs on a local folder,
+//! in memory, on Azure Blob Storage and on S3.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::error::{Error, Result};
+
+/// An object's name and size, from a listing.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub name: String,
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+}
+
+/// Whether a put-if-absent wrote the object or found one already there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    Created,
+    Exists,
+}
+
+/// A store opened from a site's `store` setting.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    location: String,
+}
+
+impl Store {
+    /// Opens a store from a site's `store` value: a path (relative to `base`), `file:///…`,
+    /// `memory://`, `az://container/prefix` (also `azure://`, `abfs://`) or `s3://bucket/prefix`.
+    /// Cloud credentials come from the environment (`AZURE_STORAGE_*`, `AWS_*`), as each SDK
+    /// documents. A local folder is created if missing and written with fsync on.
+    pub fn open(location: &str, base: &Path) -> Result<Self> {
+        let location = location.trim();
+        let inner: Arc<dyn ObjectStore> = match location.split_once("://") {
+            None => local(&base.join(location))?,
+            Some(("file", path)) => local(Path::new(path))?,
+            Some(("memory", _)) => Arc::new(InMemory::new()),
+            Some((scheme @ ("az" | "azure" | "abfs" | "s3"), rest)) => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                let url = format!("{scheme}://{bucket}");
+                let store: Arc<dyn ObjectStore> = if scheme == "s3" {
+                    Arc::new(
+                        object_store::aws::AmazonS3Builder::from_env()
+                            .with_url(&url)
+                            .build()
+                            .map_err(|e| Error::failed(format!("cannot open `{location}`: {e}")))?,
+                    )
+                } else {
+                    Arc::new(
+                        object_store::azure::MicrosoftAzureBuilder::from_env()
+                            .with_url(&url)
+                            .build()
+                            .map_err(|e| Error::failed(format!("cannot open `{location}`: {e}")))?,
+                    )
+                };
+                let prefix = prefix.trim_matches('/');
+                if prefix.is_empty() {
+                    store
+                } else {
+                    Arc::new(PrefixStore::new(store, prefix))
+                }
+            }
+            Some((scheme, _)) => {
+                return Err(Error::failed(format!(
+                    "unsupported store scheme `{scheme}://` in `{location}`"
+                )));
+            }
+        };
+        Ok(Self {
+            inner,
+            location: location.to_string(),
+        })
+    }
+
+    /// A fresh in-memory store (tests, and `memory://`).
+    pub fn memory() -> Self {
+        Self {
+            inner: Arc::new(InMemory::new()),
+            location: "memory://".into(),
+        }
+    }
+
+    /// The same store seen under a prefix (`repo/`, `cache/`).
+    pub fn scoped(&self, prefix: &str) -> Self {
+        Self {
+            inner: Arc::new(PrefixStore::new(self.inner.clone(), prefix)),
+            location: format!("{}/{prefix}", self.location.trim_end_matches('/')),
+        }
+    }
+
+    /// Where this store is, for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Writes `name` only if no object has that name. Never overwrites.
+    pub async fn put_new(&self, name: &str, bytes: Bytes) -> Result<Put> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .inner
+            .put_opts(&ObjectPath::from(name), PutPayload::from_bytes(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(Put::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::Exists),
+            Err(e) => Err(self.error("write", name, e)),
+        }
+    }
+
+    /// Reads a whole object; `None` when it does not exist.
+    pub async fn get_opt(&self, name: &str) -> Result<Option<Bytes>> {
+        match self.inner.get(&ObjectPath::from(name)).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| self.error("read", name, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error("read", name, e)),
+        }
+    }
+
+    /// Reads a whole object that must exist: a missing one is damage.
+    pub async fn get(&self, name: &str) -> Result<Bytes> {
+        self.get_opt(name)
+            .await?
+            .ok_or_else(|| Error::damaged(name, "missing"))
+    }
+
+    /// Reads `range` of an object that must exist.
+    pub async fn get_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+        match self.inner.get_range(&ObjectPath::from(name), range).await {
+            Ok(b) => Ok(b),
+            Err(object_store::Error::NotFound { .. }) => Err(Error::damaged(name, "missing")),
+            Err(e) => Err(self.error("read", name, e)),
+        }
+    }
+
+    /// The size of an object, `None` when it does not exist.
+    pub async fn size(&self, name: &str) -> Result<Option<u64>> {
+        match self.inner.head(&ObjectPath::from(name)).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error("inspect", name, e)),
+        }
+    }
+
+    /// Every object under `prefix`, sorted by name.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        let prefix = ObjectPath::from(prefix);
+        let mut out: Vec<Listed> = self
+            .inner
+            .list(Some(&prefix))
+            .map_ok(|m| Listed {
+                name: m.location.to_string(),
+                size: m.size,
+                modified: m.last_modified.into(),
+            })
+            .try_collect()
+            .await
+            .map_err(|e| self.error("list", prefix.as_ref(), e))?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Deletes an object; deleting one that is already gone is not an error.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        match self.inner.delete(&ObjectPath::from(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error("delete", name, e)),
+        }
+    }
+
+    fn error(&self, op: &str, name: &str, e: object_store::Error) -> Error {
+        Error::failed(format!(
+            "cannot {op} `{name}` in store `{}`: {e}",
+            self.location
+        ))
+    }
+}
+
+fn local(path: &Path) -> Result<Arc<dyn ObjectStore>> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| Error::io(format!("cannot create store folder {}", path.display()), e))?;
+    let path: PathBuf = path
+        .canonicalize()
+        .map_err(|e| Error::io(format!("cannot open store folder {}", path.display()), e))?;
+    let fs = LocalFileSystem::new_with_prefix(&path)
+        .map_err(|e| Error::failed(format!("cannot open store folder {}: {e}", path.display())))?
+        .with_fsync(true)
+        .with_automatic_cleanup(true);
+    Ok(Arc::new(fs))
+}
