@@ -8,6 +8,7 @@ mod formats;
 mod fuzz;
 mod golden;
 mod plugins;
+mod replication;
 mod schema;
 mod support;
 mod wit;

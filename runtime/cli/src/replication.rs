@@ -25,7 +25,12 @@ pub struct Context {
 }
 
 /// Loads and checks the inventory; on errors, renders them and returns the exit code.
-pub fn load(config: &Path, json: bool, progress: bool, io: &mut crate::Io<'_>) -> Result<Context, u8> {
+pub fn load(
+    config: &Path,
+    json: bool,
+    progress: bool,
+    io: &mut crate::Io<'_>,
+) -> Result<Context, u8> {
     let validation = lifeboat_loader::validate(config, &[]);
     if !validation.is_valid() {
         let format = if json { Format::Json } else { Format::Human };
@@ -130,9 +135,11 @@ fn bar(ctx: &Context) -> Option<Arc<dyn Progress>> {
     }
     let pb = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     pb.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     Some(Arc::new(Bar(pb)))
 }
@@ -293,15 +300,30 @@ pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
             human_secs(rpo.threshold_seconds),
             if rpo.ok { "ok" } else { "EXCEEDED" }
         ),
-        None => writeln!(io.stdout, "no recovery points yet: run `lifeboat replicate {vm}`"),
+        None => writeln!(
+            io.stdout,
+            "no recovery points yet: run `lifeboat replicate {vm}`"
+        ),
     };
     if points.is_empty() {
         return exit_codes::OK;
     }
-    let _ = writeln!(io.stdout, "{:>6}  {:<5}  {:<24}  {:>10}  {:>12}  PINNED", "ID", "KIND", "CAPTURED", "AGE", "CHANGED");
+    let _ = writeln!(
+        io.stdout,
+        "{:>6}  {:<5}  {:<24}  {:>10}  {:>12}  PINNED",
+        "ID", "KIND", "CAPTURED", "AGE", "CHANGED"
+    );
     for m in &points {
-        let changed: u64 = m.vms.iter().filter(|v| v.name == vm).flat_map(|v| &v.disks).map(|d| d.changed_bytes).sum();
-        let age = (lifeboat_replication::cycle::unix_ms(now).saturating_sub(m.captured_unix_ms)) as f64 / 1000.0;
+        let changed: u64 = m
+            .vms
+            .iter()
+            .filter(|v| v.name == vm)
+            .flat_map(|v| &v.disks)
+            .map(|d| d.changed_bytes)
+            .sum();
+        let age = (lifeboat_replication::cycle::unix_ms(now).saturating_sub(m.captured_unix_ms))
+            as f64
+            / 1000.0;
         let pinned = pins.get(&m.seq).map(|r| r.join(",")).unwrap_or_default();
         let _ = writeln!(
             io.stdout,
@@ -389,11 +411,19 @@ pub fn verify(ctx: &Context, full: bool, io: &mut crate::Io<'_>) -> u8 {
                         r.packs,
                         r.index_files,
                         if full {
-                            format!(", {} blobs re-hashed ({})", r.blobs_checked, mib(r.bytes_checked))
+                            format!(
+                                ", {} blobs re-hashed ({})",
+                                r.blobs_checked,
+                                mib(r.bytes_checked)
+                            )
                         } else {
                             String::new()
                         },
-                        if r.problems.is_empty() { "ok".to_string() } else { format!("{} damaged", r.problems.len()) }
+                        if r.problems.is_empty() {
+                            "ok".to_string()
+                        } else {
+                            format!("{} damaged", r.problems.len())
+                        }
                     );
                     for p in &r.problems {
                         let _ = writeln!(io.stdout, "  damaged: {}: {}", p.object, p.what);
@@ -427,7 +457,12 @@ pub fn gc(ctx: &Context, grace: Option<Duration>, io: &mut crate::Io<'_>) -> u8 
     let mut code = exit_codes::OK;
     let mut reports = Vec::new();
     for site in ctx.target_sites() {
-        let groups: Vec<GroupSpec> = ctx.groups.iter().filter(|g| g.target_site == site).cloned().collect();
+        let groups: Vec<GroupSpec> = ctx
+            .groups
+            .iter()
+            .filter(|g| g.target_site == site)
+            .cloned()
+            .collect();
         let result = rt.block_on(async {
             let target = ctx.site(&site)?;
             lifeboat_replication::gc::gc(&target, &groups, &opts).await
@@ -448,7 +483,10 @@ pub fn gc(ctx: &Context, grace: Option<Duration>, io: &mut crate::Io<'_>) -> u8 
                         r.index_files_merged
                     );
                     for g in &r.unknown_groups {
-                        let _ = writeln!(io.stderr, "note: group `{g}` is not in the inventory; all its points were kept");
+                        let _ = writeln!(
+                            io.stderr,
+                            "note: group `{g}` is not in the inventory; all its points were kept"
+                        );
                     }
                 }
                 reports.push(serde_json::json!({"site": site, "report": r}));

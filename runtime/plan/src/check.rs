@@ -70,7 +70,9 @@ pub fn check_inventory(inv: &Inventory, sources: &Sources) -> Vec<Diagnostic> {
     }
 
     for (site_name, site) in inv.sites.iter() {
-        let Some(target) = &site.replicate_to else { continue };
+        let Some(target) = &site.replicate_to else {
+            continue;
+        };
         if target.value == site_name {
             out.push(Diagnostic::error(
                 Rule::InvalidValue,

@@ -57,7 +57,9 @@ pub struct PackSink {
 
 impl std::fmt::Debug for PackSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PackSink").field("class", &self.class).finish()
+        f.debug_struct("PackSink")
+            .field("class", &self.class)
+            .finish()
     }
 }
 
@@ -70,7 +72,14 @@ impl PackSink {
         }
     }
 
-    pub fn add(&mut self, id: Id, kind: BlobKind, plain_len: usize, codec: crate::format::Codec, stored: &[u8]) -> Result<()> {
+    pub fn add(
+        &mut self,
+        id: Id,
+        kind: BlobKind,
+        plain_len: usize,
+        codec: crate::format::Codec,
+        stored: &[u8],
+    ) -> Result<()> {
         self.builder.add(id, kind, codec, plain_len as u32, stored);
         if self.builder.is_full() {
             self.flush()?;
@@ -108,7 +117,8 @@ pub fn scan(
     sink: &mut PackSink,
     progress: ProgressFn<'_>,
 ) -> Result<Scanned> {
-    let file = File::open(path).map_err(|e| Error::io(format!("cannot open disk image {}", path.display()), e))?;
+    let file = File::open(path)
+        .map_err(|e| Error::io(format!("cannot open disk image {}", path.display()), e))?;
     let size = file
         .metadata()
         .map_err(|e| Error::io(format!("cannot stat disk image {}", path.display()), e))?
@@ -140,8 +150,12 @@ pub fn scan(
         let any_data = region < data.len() && data[region].0 < end;
         let batch = &mut buf[..len];
         if any_data {
-            file.read_exact_at(batch, start)
-                .map_err(|e| Error::io(format!("cannot read disk image {} at {start}", path.display()), e))?;
+            file.read_exact_at(batch, start).map_err(|e| {
+                Error::io(
+                    format!("cannot read disk image {} at {start}", path.display()),
+                    e,
+                )
+            })?;
         }
         let ids: Vec<Id> = if any_data {
             batch
@@ -196,7 +210,8 @@ pub fn scan(
 }
 
 fn is_zero(c: &[u8]) -> bool {
-    c.chunks(512).all(|b| b.iter().fold(0u8, |acc, x| acc | x) == 0)
+    c.chunks(512)
+        .all(|b| b.iter().fold(0u8, |acc, x| acc | x) == 0)
 }
 
 /// The file's data regions as the OS reports them (SEEK_DATA / SEEK_HOLE), or the whole file
@@ -240,7 +255,12 @@ pub fn snapshot(image: &Path) -> Result<View> {
     let temp = tempfile::Builder::new()
         .prefix(".lifeboat-snap-")
         .tempfile_in(dir)
-        .map_err(|e| Error::io(format!("cannot create a snapshot next to {}", image.display()), e))?
+        .map_err(|e| {
+            Error::io(
+                format!("cannot create a snapshot next to {}", image.display()),
+                e,
+            )
+        })?
         .into_temp_path();
     let reflinked = Command::new("cp")
         .arg("--reflink=always")
@@ -269,11 +289,15 @@ pub fn snapshot(image: &Path) -> Result<View> {
 /// Whether an image is qcow2 (by its magic).
 pub fn is_qcow2(path: &Path) -> Result<bool> {
     let mut magic = [0u8; 4];
-    let mut f = File::open(path).map_err(|e| Error::io(format!("cannot open disk image {}", path.display()), e))?;
+    let mut f = File::open(path)
+        .map_err(|e| Error::io(format!("cannot open disk image {}", path.display()), e))?;
     match f.read_exact(&mut magic) {
         Ok(()) => Ok(&magic == b"QFI\xfb"),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(Error::io(format!("cannot read disk image {}", path.display()), e)),
+        Err(e) => Err(Error::io(
+            format!("cannot read disk image {}", path.display()),
+            e,
+        )),
     }
 }
 
@@ -283,7 +307,12 @@ pub fn qcow2_to_raw(view: View) -> Result<View> {
     let temp = tempfile::Builder::new()
         .prefix(".lifeboat-raw-")
         .tempfile_in(dir)
-        .map_err(|e| Error::io(format!("cannot create a raw copy next to {}", view.path.display()), e))?
+        .map_err(|e| {
+            Error::io(
+                format!("cannot create a raw copy next to {}", view.path.display()),
+                e,
+            )
+        })?
         .into_temp_path();
     let out = Command::new("qemu-img")
         .args(["convert", "-q", "-f", "qcow2", "-O", "raw", "-S", "4k"])

@@ -60,7 +60,9 @@ pub struct CycleOptions {
 
 impl std::fmt::Debug for CycleOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CycleOptions").field("app", &self.app).finish()
+        f.debug_struct("CycleOptions")
+            .field("app", &self.app)
+            .finish()
     }
 }
 
@@ -119,7 +121,15 @@ pub async fn replicate(
 
     // A session an interrupted cycle staged completely is committed first: its data was cut
     // earlier, and dropping it would lose that point.
-    let resumed = resume(&mut repo, &cache, &group.name, latest.as_ref(), epoch, &mut notes).await?;
+    let resumed = resume(
+        &mut repo,
+        &cache,
+        &group.name,
+        latest.as_ref(),
+        epoch,
+        &mut notes,
+    )
+    .await?;
     if resumed.is_some() {
         latest = repo.latest(&group.name).await?;
     }
@@ -129,9 +139,9 @@ pub async fn replicate(
     if let Some(parent) = &latest {
         for vm in &parent.vms {
             for disk in &vm.disks {
-                let root = disk
-                    .root_id()
-                    .ok_or_else(|| Error::damaged(format!("point {}", parent.seq), "bad root id"))?;
+                let root = disk.root_id().ok_or_else(|| {
+                    Error::damaged(format!("point {}", parent.seq), "bad root id")
+                })?;
                 let map = repo.chunk_map(root, disk.chunks()).await?;
                 parents.insert((vm.name.clone(), disk.name.clone()), map);
             }
@@ -152,7 +162,10 @@ pub async fn replicate(
         }
         AppMode::Auto => {
             group.vms.iter().all(|v| v.quiesce.is_some())
-                && match (group.app_interval, latest_app_age(&repo, &group.name).await?) {
+                && match (
+                    group.app_interval,
+                    latest_app_age(&repo, &group.name).await?,
+                ) {
                     (Some(interval), Some(age)) => age >= interval,
                     (Some(_), None) => true,
                     (None, _) => false,
@@ -210,17 +223,32 @@ pub async fn replicate(
     // Capture into the cache, shipping each pack to the repository as it closes.
     let session = session_id(captured);
     let (tx, rx) = mpsc::channel::<SealedPack>(2);
-    let uploader = tokio::spawn(upload(rx, cache.clone(), repo.store().clone(), session.clone()));
+    let uploader = tokio::spawn(upload(
+        rx,
+        cache.clone(),
+        repo.store().clone(),
+        session.clone(),
+    ));
     let keys = repo.keys().clone();
     let index = repo.index_arc();
-    let total: u64 = views.iter().map(|(_, _, v)| std::fs::metadata(&v.path).map(|m| m.len()).unwrap_or(0)).sum();
+    let total: u64 = views
+        .iter()
+        .map(|(_, _, v)| std::fs::metadata(&v.path).map(|m| m.len()).unwrap_or(0))
+        .sum();
     if let Some(p) = &opts.progress {
         p.begin(&group.name, total);
     }
     let progress = opts.progress.clone();
     let scan_views: Vec<(String, String, std::path::PathBuf, u32)> = views
         .iter()
-        .map(|(vm, disk, v)| (vm.clone(), disk.name.clone(), v.path.clone(), disk.chunk_size))
+        .map(|(vm, disk, v)| {
+            (
+                vm.clone(),
+                disk.name.clone(),
+                v.path.clone(),
+                disk.chunk_size,
+            )
+        })
         .collect();
     let scan = tokio::task::spawn_blocking(move || -> Result<_> {
         let known = |id: &Id| {
@@ -238,8 +266,14 @@ pub async fn replicate(
         let mut results = Vec::new();
         let mut meta = PackSink::new(PackClass::Meta, tx.clone());
         for (vm, disk, path, chunk_size) in scan_views {
-            let parent = parents.get(&(vm.clone(), disk.clone())).filter(|p| !p.is_empty());
-            let class = if parent.is_some() { PackClass::Delta } else { PackClass::Seed };
+            let parent = parents
+                .get(&(vm.clone(), disk.clone()))
+                .filter(|p| !p.is_empty());
+            let class = if parent.is_some() {
+                PackClass::Delta
+            } else {
+                PackClass::Seed
+            };
             let mut sink = PackSink::new(class, tx.clone());
             let scanned = capture::scan(
                 &path,
@@ -268,7 +302,9 @@ pub async fn replicate(
         meta.flush()?;
         Ok(results)
     });
-    let scanned = scan.await.map_err(|e| Error::failed(format!("capture stopped: {e}")));
+    let scanned = scan
+        .await
+        .map_err(|e| Error::failed(format!("capture stopped: {e}")));
     if let Some(h) = held.take() {
         h.release(group, &mut notes).await;
     }
@@ -333,7 +369,10 @@ pub async fn replicate(
             group.name, group.source_site
         )));
     }
-    let packs: Vec<(String, Vec<Entry>)> = shipped.iter().map(|(n, e, _)| (n.clone(), e.clone())).collect();
+    let packs: Vec<(String, Vec<Entry>)> = shipped
+        .iter()
+        .map(|(n, e, _)| (n.clone(), e.clone()))
+        .collect();
     let shipped_bytes = shipped.iter().map(|(_, _, len)| *len).sum();
     let seq = commit(&mut repo, &group.name, &staged, packs, &reused, started).await?;
     drop_session(&cache, &session).await;
@@ -440,7 +479,10 @@ async fn upload(
         let bytes = Bytes::from(p.bytes);
         let len = bytes.len() as u64;
         cache
-            .put_new(&format!("sessions/{session}/packs/{}", p.name), bytes.clone())
+            .put_new(
+                &format!("sessions/{session}/packs/{}", p.name),
+                bytes.clone(),
+            )
             .await
             .map_err(|e| e.context("staging in the cache"))?;
         if ship_error.is_none()
@@ -528,7 +570,10 @@ async fn commit(
             let winner = repo.point(group, seq).await.ok();
             Err(Error::fenced(format!(
                 "another writer committed point {seq} of group `{group}` first{}; this writer stops",
-                winner.map_or(String::new(), |w| format!(" ({}, epoch {})", w.writer, w.epoch))
+                winner.map_or(String::new(), |w| format!(
+                    " ({}, epoch {})",
+                    w.writer, w.epoch
+                ))
             )))
         }
     }
@@ -561,7 +606,11 @@ async fn writer_epoch(cache: &Store, latest: Option<&Manifest>) -> Result<u64> {
     };
     let record: WriterRecord = serde_json::from_slice(&record)
         .map_err(|e| Error::damaged(format!("{}/writer", cache.location()), e))?;
-    check_fence(latest, record.epoch, latest.map_or("", |m| m.group.as_str()))?;
+    check_fence(
+        latest,
+        record.epoch,
+        latest.map_or("", |m| m.group.as_str()),
+    )?;
     Ok(record.epoch)
 }
 
@@ -594,7 +643,8 @@ async fn resume(
         {
             match ship_staged(repo, cache, &session, &staged).await {
                 Ok(packs) => {
-                    let seq = commit(repo, group, &staged, packs, &HashSet::new(), Instant::now()).await?;
+                    let seq = commit(repo, group, &staged, packs, &HashSet::new(), Instant::now())
+                        .await?;
                     notes.push(format!(
                         "committed point {seq}, staged by an interrupted cycle"
                     ));
@@ -623,7 +673,9 @@ async fn ship_staged(
             .get(&format!("sessions/{session}/packs/{name}"))
             .await?;
         let (_, entries) = pack::parse(name, &bytes).map_err(|why| Error::damaged(name, why))?;
-        repo.store().put_new(&pack::object_name(name), bytes).await?;
+        repo.store()
+            .put_new(&pack::object_name(name), bytes)
+            .await?;
         out.push((name.clone(), entries));
     }
     Ok(out)
@@ -632,8 +684,9 @@ async fn ship_staged(
 async fn drop_session(cache: &Store, session: &str) {
     if let Ok(objects) = cache.list(&format!("sessions/{session}")).await {
         // Packs first, the record last: a half-deleted session is never taken for complete.
-        let (records, packs): (Vec<_>, Vec<_>) =
-            objects.into_iter().partition(|o| o.name.ends_with("/staged"));
+        let (records, packs): (Vec<_>, Vec<_>) = objects
+            .into_iter()
+            .partition(|o| o.name.ends_with("/staged"));
         for o in packs.into_iter().chain(records) {
             let _ = cache.delete(&o.name).await;
         }
@@ -645,7 +698,9 @@ async fn latest_app_age(repo: &Repository, group: &str) -> Result<Option<Duratio
         let m = repo.point(group, seq).await?;
         if m.kind == PointKind::App {
             let now = unix_ms(SystemTime::now());
-            return Ok(Some(Duration::from_millis(now.saturating_sub(m.captured_unix_ms))));
+            return Ok(Some(Duration::from_millis(
+                now.saturating_sub(m.captured_unix_ms),
+            )));
         }
     }
     Ok(None)
@@ -658,7 +713,8 @@ fn session_id(at: SystemTime) -> String {
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -693,7 +749,10 @@ pub async fn fence(target: &Store, group: &str) -> Result<Manifest> {
     };
     match repo
         .store()
-        .put_new(&manifest::object_name(group, m.seq), Bytes::from(m.encode(repo.keys())))
+        .put_new(
+            &manifest::object_name(group, m.seq),
+            Bytes::from(m.encode(repo.keys())),
+        )
         .await?
     {
         Put::Created => Ok(m),

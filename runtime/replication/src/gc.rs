@@ -83,7 +83,10 @@ pub async fn gc(target: &Store, groups: &[GroupSpec], opts: &GcOptions) -> Resul
     }
     if !repo.index().problems.is_empty() {
         let (name, why) = &repo.index().problems[0];
-        return Err(Error::damaged(name, format!("{why}; GC does nothing on a damaged index (run `lifeboat verify --full`)")));
+        return Err(Error::damaged(
+            name,
+            format!("{why}; GC does nothing on a damaged index (run `lifeboat verify --full`)"),
+        ));
     }
     let now = SystemTime::now();
     let mut report = GcReport::default();
@@ -119,9 +122,9 @@ pub async fn gc(target: &Store, groups: &[GroupSpec], opts: &GcOptions) -> Resul
     for m in &manifests {
         for vm in &m.vms {
             for disk in &vm.disks {
-                let root = disk
-                    .root_id()
-                    .ok_or_else(|| Error::damaged(manifest::object_name(&m.group, m.seq), "bad root"))?;
+                let root = disk.root_id().ok_or_else(|| {
+                    Error::damaged(manifest::object_name(&m.group, m.seq), "bad root")
+                })?;
                 repo.mark(root, disk.chunks(), &mut seen, &mut live)
                     .await
                     .map_err(|e| e.context("GC stopped before deleting anything"))?;
@@ -135,12 +138,14 @@ pub async fn gc(target: &Store, groups: &[GroupSpec], opts: &GcOptions) -> Resul
     let mut live_bytes: HashMap<String, u64> = HashMap::new();
     for (id, loc) in &repo.index().blobs {
         if live.contains(id) {
-            *live_bytes.entry(repo.index().pack_name(loc).to_string()).or_default() +=
-                loc.entry.stored_len as u64;
+            *live_bytes
+                .entry(repo.index().pack_name(loc).to_string())
+                .or_default() += loc.entry.stored_len as u64;
         }
     }
     let grace = repo.grace();
-    let old_enough = |modified: SystemTime| now.duration_since(modified).unwrap_or_default() >= grace;
+    let old_enough =
+        |modified: SystemTime| now.duration_since(modified).unwrap_or_default() >= grace;
 
     // Repack packs that are mostly dead: their live blobs move to new packs.
     let mut repack = Vec::new();
@@ -172,7 +177,12 @@ pub async fn gc(target: &Store, groups: &[GroupSpec], opts: &GcOptions) -> Resul
     let mut newly = Vec::new();
     let sizes: HashMap<String, (u64, SystemTime)> = listed
         .iter()
-        .map(|o| (o.name.rsplit('/').next().unwrap_or_default().to_string(), (o.size, o.modified)))
+        .map(|o| {
+            (
+                o.name.rsplit('/').next().unwrap_or_default().to_string(),
+                (o.size, o.modified),
+            )
+        })
         .collect();
     for (name, (_, modified)) in &sizes {
         if !live_bytes.contains_key(name) && !already.contains(name) && old_enough(*modified) {
@@ -228,7 +238,8 @@ pub async fn gc(target: &Store, groups: &[GroupSpec], opts: &GcOptions) -> Resul
         }
     }
     let old_files = repo.index().files.clone();
-    if old_files.len() > 1 || !deleted.is_empty() || report.packs_repacked > 0 || !newly.is_empty() {
+    if old_files.len() > 1 || !deleted.is_empty() || report.packs_repacked > 0 || !newly.is_empty()
+    {
         let mut packs: Vec<(String, Vec<Entry>)> = by_pack.into_iter().collect();
         packs.sort_by(|a, b| a.0.cmp(&b.0));
         for (_, entries) in &mut packs {
@@ -253,7 +264,9 @@ async fn repack_packs(repo: &mut Repository, packs: &[String], live: &HashSet<Id
         .index()
         .blobs
         .iter()
-        .filter(|(id, loc)| live.contains(id) && targets.contains(&repo.index().pack_name(loc).to_string()))
+        .filter(|(id, loc)| {
+            live.contains(id) && targets.contains(&repo.index().pack_name(loc).to_string())
+        })
         .map(|(id, loc)| (*id, *loc))
         .collect();
     moving.sort_by_key(|(_, loc)| (loc.pack, loc.entry.offset));
@@ -265,14 +278,25 @@ async fn repack_packs(repo: &mut Repository, packs: &[String], live: &HashSet<Id
         let e = loc.entry;
         let stored = repo
             .store()
-            .get_range(&pack::object_name(&name), e.offset..e.offset + e.stored_len as u64)
+            .get_range(
+                &pack::object_name(&name),
+                e.offset..e.offset + e.stored_len as u64,
+            )
             .await?;
         crate::format::decode_blob(repo.keys(), id, e.codec, e.raw_len, &stored)
             .map_err(|why| Error::damaged(pack::object_name(&name), why))?;
-        let builder = if e.kind == BlobKind::Page { &mut pages } else { &mut chunks };
+        let builder = if e.kind == BlobKind::Page {
+            &mut pages
+        } else {
+            &mut chunks
+        };
         builder.add(id, e.kind, e.codec, e.raw_len, &stored);
         if builder.is_full() {
-            let class = if e.kind == BlobKind::Page { PackClass::Meta } else { PackClass::Delta };
+            let class = if e.kind == BlobKind::Page {
+                PackClass::Meta
+            } else {
+                PackClass::Delta
+            };
             let full = std::mem::replace(builder, PackBuilder::new(class));
             written.push(write_pack(repo, full).await?);
         }

@@ -146,7 +146,11 @@ fn group(inv: &Inventory, base: &Path, name: &str, members: &[String]) -> Result
         source_site: source.clone(),
         target_site: target.value.clone(),
         retention,
-        rpo_threshold: if rpo == Duration::MAX { Duration::from_secs(900) } else { rpo },
+        rpo_threshold: if rpo == Duration::MAX {
+            Duration::from_secs(900)
+        } else {
+            rpo
+        },
         app_interval: app,
         base: base.to_path_buf(),
     })

@@ -58,7 +58,9 @@ impl Index {
             }
         };
         for e in entries {
-            self.blobs.entry(e.id).or_insert(Location { pack: n, entry: *e });
+            self.blobs
+                .entry(e.id)
+                .or_insert(Location { pack: n, entry: *e });
         }
     }
 
@@ -241,9 +243,11 @@ impl Repository {
     /// Reads and checks one point's manifest.
     pub async fn point(&self, group: &str, seq: u64) -> Result<Manifest> {
         let name = manifest::object_name(group, seq);
-        let bytes = self.store.get_opt(&name).await?.ok_or_else(|| {
-            Error::failed(format!("group `{group}` has no point {seq}"))
-        })?;
+        let bytes = self
+            .store
+            .get_opt(&name)
+            .await?
+            .ok_or_else(|| Error::failed(format!("group `{group}` has no point {seq}")))?;
         let m = Manifest::decode(&self.keys, &bytes).map_err(|why| Error::damaged(&name, why))?;
         if m.group != group || m.seq != seq {
             return Err(Error::damaged(&name, "manifest names another point"));

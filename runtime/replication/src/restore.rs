@@ -78,12 +78,23 @@ pub async fn restore(
     for disk in &spec.disks {
         let path = out.join(format!("{}.img", disk.name));
         let partial = out.join(format!("{}.img.partial", disk.name));
-        let root = disk
-            .root_id()
-            .ok_or_else(|| Error::damaged(format!("point {}/{}", point.group, point.seq), "bad root id"))?;
+        let root = disk.root_id().ok_or_else(|| {
+            Error::damaged(
+                format!("point {}/{}", point.group, point.seq),
+                "bad root id",
+            )
+        })?;
         let result = async {
             let map = repo.chunk_map(root, disk.chunks()).await?;
-            write_image(repo, &map, disk.size, disk.chunk_size, &partial, progress.as_deref()).await
+            write_image(
+                repo,
+                &map,
+                disk.size,
+                disk.chunk_size,
+                &partial,
+                progress.as_deref(),
+            )
+            .await
         }
         .await;
         match result {
@@ -126,7 +137,8 @@ async fn write_image(
     path: &Path,
     progress: Option<&dyn Progress>,
 ) -> Result<u64> {
-    let file = File::create(path).map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+    let file = File::create(path)
+        .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
     file.set_len(size)
         .map_err(|e| Error::io(format!("cannot size {}", path.display()), e))?;
     let file = Arc::new(file);
@@ -163,7 +175,10 @@ async fn write_image(
             for (index, plain) in plains {
                 let expect = (size - index * cs).min(cs);
                 if plain.len() as u64 != expect {
-                    return Err(Error::damaged(&object, format!("chunk {index} has the wrong length")));
+                    return Err(Error::damaged(
+                        &object,
+                        format!("chunk {index} has the wrong length"),
+                    ));
                 }
                 file.write_all_at(&plain, index * cs)
                     .map_err(|e| Error::io("cannot write the restored image", e))?;

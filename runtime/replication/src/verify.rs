@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::manifest;
-use crate::format::page::{self, FANOUT};
 use crate::format::pack;
+use crate::format::page::{self, FANOUT};
 use crate::format::{self, Id};
 use crate::repo::{PREFIX, Repository};
 use crate::store::Store;
@@ -62,7 +62,12 @@ pub async fn verify(target: &Store, full: bool) -> Result<VerifyReport> {
     report.packs = listed.len();
     let present: HashMap<String, u64> = listed
         .iter()
-        .map(|o| (o.name.rsplit('/').next().unwrap_or_default().to_string(), o.size))
+        .map(|o| {
+            (
+                o.name.rsplit('/').next().unwrap_or_default().to_string(),
+                o.size,
+            )
+        })
         .collect();
     let mut bad_blobs: HashSet<Id> = HashSet::new();
     for (i, pack_name) in repo.index().packs.iter().enumerate() {
@@ -122,7 +127,16 @@ pub async fn verify(target: &Store, full: bool) -> Result<VerifyReport> {
                         continue;
                     };
                     let what = format!("{}/{} in point {group}/{seq}", vm.name, disk.name);
-                    check_tree(&repo, root, disk.chunks(), &what, &bad_blobs, &mut pages_seen, &mut report).await;
+                    check_tree(
+                        &repo,
+                        root,
+                        disk.chunks(),
+                        &what,
+                        &bad_blobs,
+                        &mut pages_seen,
+                        &mut report,
+                    )
+                    .await;
                 }
             }
         }
@@ -140,18 +154,25 @@ async fn check_pack_quick(
     if size < pack::FOOTER_LEN as u64 {
         return Err(Error::damaged(&object, "shorter than a pack footer"));
     }
-    let footer = repo.store().get_range(&object, size - pack::FOOTER_LEN as u64..size).await?;
+    let footer = repo
+        .store()
+        .get_range(&object, size - pack::FOOTER_LEN as u64..size)
+        .await?;
     let footer = pack::parse_footer(&footer).map_err(|w| Error::damaged(&object, w))?;
     let trailer_len = footer.trailer_len();
     if trailer_len > size {
-        return Err(Error::damaged(&object, "pack trailer is longer than the pack"));
+        return Err(Error::damaged(
+            &object,
+            "pack trailer is longer than the pack",
+        ));
     }
     let data_len = size - trailer_len;
     let entries = repo
         .store()
         .get_range(&object, data_len..size - pack::FOOTER_LEN as u64)
         .await?;
-    let entries = pack::parse_entries(&footer, &entries, data_len).map_err(|w| Error::damaged(&object, w))?;
+    let entries =
+        pack::parse_entries(&footer, &entries, data_len).map_err(|w| Error::damaged(&object, w))?;
     let in_pack: HashMap<Id, pack::Entry> = entries.into_iter().map(|e| (e.id, e)).collect();
     let mut bad = Vec::new();
     for (id, e) in indexed {
@@ -160,7 +181,10 @@ async fn check_pack_quick(
         }
     }
     if !bad.is_empty() {
-        return Err(Error::damaged(&object, format!("{} blobs differ from the index", bad.len())));
+        return Err(Error::damaged(
+            &object,
+            format!("{} blobs differ from the index", bad.len()),
+        ));
     }
     Ok(bad)
 }
@@ -185,7 +209,14 @@ async fn check_pack_full(
         report.blobs_checked += 1;
         let end = e.offset + e.stored_len as u64;
         let ok = end <= bytes.len() as u64
-            && format::decode_blob(repo.keys(), *id, e.codec, e.raw_len, &bytes[e.offset as usize..end as usize]).is_ok();
+            && format::decode_blob(
+                repo.keys(),
+                *id,
+                e.codec,
+                e.raw_len,
+                &bytes[e.offset as usize..end as usize],
+            )
+            .is_ok();
         if !ok {
             report.problem(
                 format!("{PREFIX}/{object}"),
@@ -224,7 +255,8 @@ async fn check_tree(
             }
             let n = ((count.saturating_sub((i * FANOUT) as u64)).min(FANOUT as u64)) as usize;
             let page = match repo.read_blob(id).await {
-                Ok(bytes) => page::decode(&bytes, level as u8, n).map_err(|w| Error::damaged(format!("page {id}"), w)),
+                Ok(bytes) => page::decode(&bytes, level as u8, n)
+                    .map_err(|w| Error::damaged(format!("page {id}"), w)),
                 Err(e) => Err(e),
             };
             let page = match page {
@@ -237,13 +269,20 @@ async fn check_tree(
             if level == 0 {
                 for c in page.into_iter().filter(|c| !c.is_zero()) {
                     if !repo.index().blobs.contains_key(&c) {
-                        report.problem(format!("chunk {c}"), format!("in no index (used by {what})"));
+                        report.problem(
+                            format!("chunk {c}"),
+                            format!("in no index (used by {what})"),
+                        );
                     } else if bad_blobs.contains(&c) {
                         report.problem(format!("chunk {c}"), format!("damaged (used by {what})"));
                     }
                 }
             } else {
-                next.extend(page.into_iter().enumerate().map(|(j, c)| (c, i * FANOUT + j)));
+                next.extend(
+                    page.into_iter()
+                        .enumerate()
+                        .map(|(j, c)| (c, i * FANOUT + j)),
+                );
             }
         }
         ids = next;

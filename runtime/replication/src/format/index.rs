@@ -59,7 +59,9 @@ pub fn decode(name: &str, b: &[u8]) -> Result<Vec<PackEntries>, String> {
         return Err("not an index file (bad magic)".into());
     }
     let body = &b[..b.len() - 32];
-    if hex(blake3::hash(body).as_bytes()) != name || &b[b.len() - 32..] != blake3::hash(body).as_bytes() {
+    if hex(blake3::hash(body).as_bytes()) != name
+        || &b[b.len() - 32..] != blake3::hash(body).as_bytes()
+    {
         return Err("index bytes do not hash to the index's name".into());
     }
     let version = u16_at(b, 8);

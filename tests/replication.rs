@@ -1,0 +1,762 @@
+//! The replication engine's properties, end to end: real disk images, real stores on disk, the
+//! real `lifeboat` command (in-process, or as a process we kill -9).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lifeboat_replication::{Cut, CycleOptions, ErrorKind, GroupSpec, Store};
+
+use crate::support::{Outcome, lifeboat};
+
+/// A small deterministic generator (xorshift64*), so failures replay.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n.div_ceil(8))
+            .flat_map(|_| self.next().to_le_bytes())
+            .take(n)
+            .collect()
+    }
+}
+
+/// Two sites in a temporary folder: `east` (VMs, cache) replicating to `west` (repository).
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// `vms`: (name, [(disk, size)]); `groups`: consistency groups.
+    fn new(vms: &[(&str, &[(&str, u64)])], groups: &[(&str, &[&str])]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut toml = String::from(
+            "version = 1\n\n[sites.east]\nstore = \"east\"\ncompute = \"process\"\nreplicate_to = \"west\"\n\n\
+             [sites.west]\nstore = \"west\"\ncompute = \"process\"\n\n\
+             [policies.p]\ncrash_interval = \"10s\"\nretention = \"1h\"\nrpo_threshold = \"1m\"\n",
+        );
+        for (vm, disks) in vms {
+            toml.push_str(&format!("\n[vms.{vm}]\nsite = \"east\"\npolicy = \"p\"\n"));
+            for (disk, size) in *disks {
+                let rel = format!("vms/{vm}/{disk}.img");
+                toml.push_str(&format!("disks.{disk} = \"{rel}\"\n"));
+                let path = dir.path().join(&rel);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::File::create(&path)
+                    .unwrap()
+                    .set_len(*size)
+                    .unwrap();
+            }
+        }
+        for (group, members) in groups {
+            let list: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
+            toml.push_str(&format!(
+                "\n[consistency_groups.{group}]\nvms = [{}]\n",
+                list.join(", ")
+            ));
+        }
+        std::fs::write(dir.path().join("lifeboat.toml"), toml).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn disk(&self, vm: &str, disk: &str) -> PathBuf {
+        self.path(&format!("vms/{vm}/{disk}.img"))
+    }
+
+    fn config(&self) -> String {
+        self.path("lifeboat.toml").display().to_string()
+    }
+
+    fn run(&self, args: &[&str]) -> Outcome {
+        let config = self.config();
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        lifeboat(&all)
+    }
+
+    fn replicate(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--output", "json", "replicate"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert_eq!(out.code, 0, "replicate failed: {}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+
+    /// Point ids of a VM, newest first.
+    fn points(&self, vm: &str) -> Vec<u64> {
+        let out = self.run(&["--output", "json", "points", "list", vm]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        doc["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_u64().unwrap())
+            .collect()
+    }
+
+    fn points_json(&self, vm: &str) -> serde_json::Value {
+        let out = self.run(&["--output", "json", "points", "list", vm]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+
+    /// Restores `vm` at `point` into a fresh folder; returns it (or the failed outcome).
+    fn restore(&self, vm: &str, point: &str) -> Result<PathBuf, Outcome> {
+        let out_dir = self.path(&format!("restored/{vm}-{point}-{}", unique()));
+        let out = self.run(&[
+            "restore",
+            vm,
+            "--point",
+            point,
+            "--out",
+            &out_dir.display().to_string(),
+        ]);
+        if out.code == 0 { Ok(out_dir) } else { Err(out) }
+    }
+
+    fn inventory_groups(&self) -> Vec<GroupSpec> {
+        let v = lifeboat_loader::validate(&self.path("lifeboat.toml"), &[]);
+        assert!(v.is_valid(), "{:?}", v.diagnostics);
+        lifeboat_replication::groups(v.inventory.as_ref().unwrap(), self.dir.path()).unwrap()
+    }
+}
+
+fn unique() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Random writes: `n` blocks of 4 KiB at 4 KiB-aligned offsets; sometimes zeroes a whole chunk.
+fn scribble(path: &Path, rng: &mut Rng, n: usize) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let size = f.metadata().unwrap().len();
+    for _ in 0..n {
+        if rng.below(10) == 0 {
+            let chunk = rng.below(size / 65536);
+            f.write_all_at(&vec![0; 65536], chunk * 65536).unwrap();
+        } else {
+            let at = rng.below(size / 4096) * 4096;
+            let len = 4096.min(size - at) as usize;
+            f.write_all_at(&rng.bytes(len), at).unwrap();
+        }
+    }
+}
+
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}
+
+#[test]
+fn every_point_restores_to_the_image_at_its_capture() {
+    // Odd sizes on purpose: the last chunk of `a/os` is partial.
+    let lab = Lab::new(
+        &[
+            ("a", &[("os", (8 << 20) + 12_345), ("data", 16 << 20)]),
+            ("b", &[("os", 4 << 20)]),
+        ],
+        &[("g", &["a", "b"])],
+    );
+    let mut rng = Rng::new(7);
+    let disks = [("a", "os"), ("a", "data"), ("b", "os")];
+    let mut expected: Vec<(u64, Vec<(String, PathBuf)>)> = Vec::new();
+    for cycle in 0..8 {
+        for (vm, disk) in disks {
+            let n = if cycle == 0 {
+                400
+            } else {
+                1 + rng.below(40) as usize
+            };
+            scribble(&lab.disk(vm, disk), &mut rng, n);
+        }
+        let report = lab.replicate(&["a"]);
+        let seq = report[0]["seq"].as_u64().unwrap();
+        let mut copies = Vec::new();
+        for (vm, disk) in disks {
+            let copy = lab.path(&format!("expected/{seq}/{vm}-{disk}.img"));
+            std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+            std::fs::copy(lab.disk(vm, disk), &copy).unwrap();
+            copies.push((format!("{vm}/{disk}"), copy));
+        }
+        expected.push((seq, copies));
+    }
+    assert_eq!(lab.points("a"), (1..=8).rev().collect::<Vec<_>>());
+    for (seq, copies) in &expected {
+        for vm in ["a", "b"] {
+            let dir = lab.restore(vm, &seq.to_string()).unwrap();
+            for (name, copy) in copies
+                .iter()
+                .filter(|(n, _)| n.starts_with(&format!("{vm}/")))
+            {
+                let disk = name.split('/').nth(1).unwrap();
+                let restored = dir.join(format!("{disk}.img"));
+                assert!(
+                    same_bytes(&restored, copy),
+                    "point {seq}: {name} differs from the image at its capture"
+                );
+            }
+        }
+    }
+    let verify = lab.run(&["verify", "--full"]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    assert!(verify.stdout.contains(": ok"), "{}", verify.stdout);
+}
+
+#[test]
+fn a_cycle_ships_only_the_changed_chunks() {
+    let lab = Lab::new(&[("a", &[("os", 32 << 20)])], &[]);
+    let disk = lab.disk("a", "os");
+    let mut rng = Rng::new(3);
+    scribble(&disk, &mut rng, 2000);
+    lab.replicate(&[]);
+    // Touch 20 distinct chunks with random data.
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    for chunk in 0..20u64 {
+        f.write_all_at(&rng.bytes(4096), chunk * 7 * 65536 + 8192)
+            .unwrap();
+    }
+    let report = lab.replicate(&[]);
+    assert_eq!(report[0]["changed_bytes"].as_u64().unwrap(), 20 * 65536);
+    assert_eq!(report[0]["new_bytes"].as_u64().unwrap(), 20 * 65536);
+    // Data plus the rewritten leaf and root pages; random data does not compress.
+    let shipped = report[0]["shipped_bytes"].as_u64().unwrap();
+    assert!(
+        shipped <= 20 * 65536 + 64 * 1024,
+        "shipped {shipped} bytes for 1.25 MiB of change"
+    );
+    // An unchanged disk ships nothing and still gives a point.
+    let report = lab.replicate(&[]);
+    assert_eq!(report[0]["changed_bytes"].as_u64().unwrap(), 0);
+    assert_eq!(report[0]["shipped_bytes"].as_u64().unwrap(), 0);
+    assert_eq!(lab.points("a"), vec![3, 2, 1]);
+}
+
+#[test]
+fn sparse_and_zero_regions_cost_nothing() {
+    let lab = Lab::new(&[("a", &[("os", 1 << 30)])], &[]);
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(lab.disk("a", "os"))
+        .unwrap();
+    f.write_all_at(&Rng::new(1).bytes(65536), 512 << 20)
+        .unwrap();
+    let report = lab.replicate(&[]);
+    assert_eq!(report[0]["new_bytes"].as_u64().unwrap(), 65536);
+    let dir = lab.restore("a", "latest").unwrap();
+    let restored = dir.join("os.img");
+    assert!(same_bytes(&restored, &lab.disk("a", "os")));
+    // The restored image is sparse too: 1 GiB logical, a few blocks allocated.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&restored).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "restored image allocates {} bytes",
+        meta.blocks() * 512
+    );
+}
+
+#[test]
+fn qcow2_images_are_captured_through_qemu_img() {
+    let lab = Lab::new(&[("q", &[("os", 0)])], &[]);
+    let disk = lab.disk("q", "os");
+    std::fs::remove_file(&disk).unwrap();
+    let ok = |c: &mut Command| {
+        let out = c
+            .output()
+            .expect("qemu-img and qemu-io are installed (qemu-utils)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("16M"));
+    ok(Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xab 1M 192k",
+            "-c",
+            "write -P 0x5c 9M 4k",
+        ])
+        .arg(&disk));
+    lab.replicate(&[]);
+    ok(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x11 1M 4k"])
+        .arg(&disk));
+    lab.replicate(&[]);
+    let raw = lab.path("expected.raw");
+    ok(Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&disk)
+        .arg(&raw));
+    let dir = lab.restore("q", "2").unwrap();
+    assert!(same_bytes(&dir.join("os.img"), &raw));
+    let points = lab.points_json("q");
+    assert_eq!(
+        points["points"][0]["disks"][0]["changed_bytes"]
+            .as_u64()
+            .unwrap(),
+        65536
+    );
+}
+
+#[test]
+fn failover_restores_from_the_target_alone() {
+    let lab = Lab::new(&[("a", &[("os", 8 << 20)])], &[]);
+    let mut rng = Rng::new(11);
+    let mut copies = Vec::new();
+    for i in 0..3 {
+        scribble(&lab.disk("a", "os"), &mut rng, 300);
+        lab.replicate(&[]);
+        let copy = lab.path(&format!("copy-{i}.img"));
+        std::fs::copy(lab.disk("a", "os"), &copy).unwrap();
+        copies.push(copy);
+    }
+    // The source site is gone: its VMs' disks and its cache.
+    std::fs::remove_dir_all(lab.path("east")).unwrap();
+    std::fs::remove_dir_all(lab.path("vms")).unwrap();
+    for (i, copy) in copies.iter().enumerate() {
+        let dir = lab.restore("a", &(i + 1).to_string()).unwrap();
+        assert!(same_bytes(&dir.join("os.img"), copy), "point {}", i + 1);
+    }
+    assert_eq!(lab.run(&["verify", "--full"]).code, 0);
+}
+
+/// Kill -9 the real command at random instants of capture, ship and commit, again and again:
+/// every listed point must restore to the image of its cycle, and no point once listed may go.
+/// `LIFEBOAT_KILL_LOOP=N` runs N rounds (default 10).
+#[test]
+fn kill_9_during_cycles_loses_nothing_committed() {
+    let rounds: u64 = std::env::var("LIFEBOAT_KILL_LOOP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let lab = Lab::new(
+        &[("a", &[("os", 24 << 20)]), ("b", &[("os", 8 << 20)])],
+        &[("g", &["a", "b"])],
+    );
+    let helper = env!("CARGO_BIN_EXE_lifeboat-test-helper");
+    let mut rng = Rng::new(42);
+    // (state window start, end, copies of a and b)
+    let mut states: Vec<(u64, u64, PathBuf, PathBuf)> = Vec::new();
+    let mut listed_before: Vec<u64> = Vec::new();
+    let mut killed = 0;
+    for round in 0..rounds {
+        scribble(
+            &lab.disk("a", "os"),
+            &mut rng,
+            if round == 0 { 3000 } else { 200 },
+        );
+        scribble(&lab.disk("b", "os"), &mut rng, 100);
+        let copy_a = lab.path(&format!("state/{round}-a.img"));
+        let copy_b = lab.path(&format!("state/{round}-b.img"));
+        std::fs::create_dir_all(copy_a.parent().unwrap()).unwrap();
+        std::fs::copy(lab.disk("a", "os"), &copy_a).unwrap();
+        std::fs::copy(lab.disk("b", "os"), &copy_b).unwrap();
+        let start = now_ms();
+        let mut child = Command::new(helper)
+            .args(["cli", "--config", &lab.config(), "replicate"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let delay = Duration::from_millis(rng.below(400));
+        let deadline = Instant::now() + delay;
+        let mut finished = None;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                finished = Some(status);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if finished.is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        let status = child.wait().unwrap();
+        if finished.is_some() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            assert!(status.success(), "round {round}: replicate failed: {err}");
+        }
+        states.push((start, now_ms(), copy_a, copy_b));
+        let listed = lab.points("a");
+        for seq in &listed_before {
+            assert!(
+                listed.contains(seq),
+                "round {round}: point {seq} was listed and is gone"
+            );
+        }
+        listed_before = listed;
+    }
+    assert!(
+        killed > 0,
+        "no cycle was interrupted; the test proved nothing"
+    );
+    // One clean cycle: it commits or discards what the killed ones staged.
+    lab.replicate(&[]);
+    let points = lab.points_json("a");
+    for p in points["points"].as_array().unwrap() {
+        let seq = p["id"].as_u64().unwrap();
+        let captured = humantime::parse_rfc3339(p["captured_at"].as_str().unwrap()).unwrap();
+        let captured = captured.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        // The images change only between rounds, so a point holds the state of the round whose
+        // window contains its capture (or the last state, for the final clean cycle).
+        let (_, _, a, b) = states
+            .iter()
+            .find(|(s, e, _, _)| *s <= captured && captured <= *e)
+            .unwrap_or_else(|| states.last().unwrap());
+        let dir_a = lab
+            .restore("a", &seq.to_string())
+            .unwrap_or_else(|o| panic!("point {seq}: {}", o.stderr));
+        let dir_b = lab
+            .restore("b", &seq.to_string())
+            .unwrap_or_else(|o| panic!("point {seq}: {}", o.stderr));
+        assert!(
+            same_bytes(&dir_a.join("os.img"), a),
+            "point {seq} of a is not the image of its cycle"
+        );
+        assert!(
+            same_bytes(&dir_b.join("os.img"), b),
+            "point {seq} of b is not the image of its cycle"
+        );
+    }
+    let verify = lab.run(&["verify", "--full"]);
+    assert_eq!(verify.code, 0, "{}", verify.stdout);
+    // What the killed cycles left unreferenced, GC removes; the points stay whole.
+    let gc = lab.run(&["gc", "--grace", "0s"]);
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    assert_eq!(lab.run(&["verify", "--full"]).code, 0);
+    let last = lab.points("a")[0];
+    let dir = lab.restore("a", &last.to_string()).unwrap();
+    assert!(same_bytes(&dir.join("os.img"), &states.last().unwrap().2));
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Which object to damage.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    ChunkInPack,
+    PackTrailer,
+    Index,
+    Page,
+    Manifest,
+}
+
+#[test]
+fn corruption_of_every_object_kind_is_reported_and_refused() {
+    for (round, target) in [
+        Target::ChunkInPack,
+        Target::PackTrailer,
+        Target::Index,
+        Target::Page,
+        Target::Manifest,
+    ]
+    .into_iter()
+    .cycle()
+    .take(10)
+    .enumerate()
+    {
+        let lab = Lab::new(&[("a", &[("os", 4 << 20)])], &[]);
+        let mut rng = Rng::new(100 + round as u64);
+        scribble(&lab.disk("a", "os"), &mut rng, 200);
+        lab.replicate(&[]);
+        let original = lab.path("original.img");
+        std::fs::copy(lab.disk("a", "os"), &original).unwrap();
+        let damaged = damage(&lab, target, &mut rng);
+        let verify = lab.run(&["verify", "--full"]);
+        assert_eq!(
+            verify.code, 5,
+            "{target:?}: verify --full missed damage to {damaged}: {}",
+            verify.stdout
+        );
+        assert!(verify.stdout.contains("damaged"), "{}", verify.stdout);
+        let named = verify.stdout.lines().any(|l| {
+            l.contains("damaged:")
+                && (l.contains(&damaged) || matches!(target, Target::Page | Target::ChunkInPack))
+        });
+        assert!(
+            named,
+            "{target:?}: verify does not name {damaged}: {}",
+            verify.stdout
+        );
+        match lab.restore("a", "latest") {
+            Err(out) => {
+                assert_eq!(out.code, 5, "{target:?}: {}", out.stderr);
+                assert!(out.stderr.contains("damaged"), "{}", out.stderr);
+                let leftovers: Vec<_> = std::fs::read_dir(lab.path("restored"))
+                    .map(|d| {
+                        d.flatten()
+                            .flat_map(|e| std::fs::read_dir(e.path()).unwrap().flatten())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                assert!(
+                    leftovers.is_empty(),
+                    "a refused restore left files: {leftovers:?}"
+                );
+            }
+            // Damage outside every blob the point reads (a trailer) must not change a byte.
+            Ok(dir) => {
+                assert!(
+                    matches!(target, Target::PackTrailer),
+                    "{target:?}: restore accepted damaged data"
+                );
+                assert!(same_bytes(&dir.join("os.img"), &original));
+            }
+        }
+    }
+}
+
+/// Flips one random byte of an object of the kind asked; returns the object's name.
+fn damage(lab: &Lab, target: Target, rng: &mut Rng) -> String {
+    let repo = lab.path("west/repo");
+    let files = |sub: &str| -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![repo.join(sub)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path())
+                } else {
+                    out.push(e.path())
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    // Packs and their trailers, from their footers.
+    let packs: Vec<(PathBuf, Vec<u8>)> = files("packs")
+        .into_iter()
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    let meta_class = |b: &[u8]| b[b.len() - 48 + 6] == 2;
+    let (path, range) = match target {
+        Target::Index => {
+            let f = files("index").remove(0);
+            let n = std::fs::metadata(&f).unwrap().len();
+            (f, 0..n)
+        }
+        Target::Manifest => {
+            let f = files("points").remove(0);
+            let n = std::fs::metadata(&f).unwrap().len();
+            (f, 0..n)
+        }
+        Target::ChunkInPack | Target::Page | Target::PackTrailer => {
+            let want_meta = matches!(target, Target::Page);
+            let (p, b) = packs
+                .iter()
+                .find(|(_, b)| meta_class(b) == want_meta)
+                .unwrap();
+            let count =
+                u32::from_le_bytes(b[b.len() - 48..b.len() - 44].try_into().unwrap()) as u64;
+            let trailer = count * 50 + 48;
+            let data_end = b.len() as u64 - trailer;
+            if matches!(target, Target::PackTrailer) {
+                (p.clone(), data_end..b.len() as u64)
+            } else {
+                (p.clone(), 0..data_end)
+            }
+        }
+    };
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = (range.start + rng.below(range.end - range.start)) as usize;
+    bytes[at] ^= 1 << rng.below(8);
+    std::fs::write(&path, bytes).unwrap();
+    path.strip_prefix(lab.path("west"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+/// A cut hook that waits for the other writer, so both have read the same parent before either
+/// commits: the race is certain, not likely.
+struct Rendezvous(Arc<tokio::sync::Barrier>);
+
+#[async_trait::async_trait]
+impl Cut for Rendezvous {
+    async fn hold(&self) -> lifeboat_replication::Result<()> {
+        self.0.wait().await;
+        Ok(())
+    }
+    async fn release(&self) {}
+}
+
+#[test]
+fn two_writers_for_one_group_one_wins_the_other_is_fenced() {
+    let lab = Lab::new(&[("a", &[("os", 4 << 20)])], &[]);
+    scribble(&lab.disk("a", "os"), &mut Rng::new(5), 100);
+    let group = lab.inventory_groups().remove(0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for round in 0..3 {
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let opts = CycleOptions {
+            cut: Some(Arc::new(Rendezvous(barrier))),
+            ..CycleOptions::default()
+        };
+        let (x, y) = rt.block_on(async {
+            let source = Store::open("east", lab.dir.path()).unwrap();
+            let target = Store::open("west", lab.dir.path()).unwrap();
+            tokio::join!(
+                lifeboat_replication::replicate(&group, &source, &target, &opts),
+                lifeboat_replication::replicate(&group, &source, &target, &opts)
+            )
+        });
+        let (won, lost) = match (x, y) {
+            (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+            (a, b) => panic!("round {round}: exactly one writer must win: {a:?} / {b:?}"),
+        };
+        assert_eq!(lost.kind(), ErrorKind::Fenced, "{lost}");
+        assert!(
+            lost.to_string().contains("another writer committed point"),
+            "{lost}"
+        );
+        assert_eq!(won.seq, round + 1);
+    }
+    assert_eq!(lab.points("a"), vec![3, 2, 1]);
+    assert!(lab.restore("a", "latest").is_ok());
+
+    // A take-over (failover commit) raises the epoch: the old source's next cycle stops.
+    rt.block_on(async {
+        let target = Store::open("west", lab.dir.path()).unwrap();
+        lifeboat_replication::cycle::fence(&target, "a")
+            .await
+            .unwrap()
+    });
+    let out = lab.run(&["replicate", "a"]);
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is fenced") && out.stderr.contains("epoch 2"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(lab.points("a"), vec![4, 3, 2, 1]);
+}
+
+/// Stops the pair writer for the cut (SIGSTOP) and lets it go on after (SIGCONT).
+struct Pause(u32);
+
+#[async_trait::async_trait]
+impl Cut for Pause {
+    async fn hold(&self) -> lifeboat_replication::Result<()> {
+        let ok = Command::new("kill")
+            .args(["-STOP", &self.0.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        // Let a write in flight land: the writer is stopped between system calls.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if ok {
+            Ok(())
+        } else {
+            Err(lifeboat_replication::Error::failed(
+                "cannot stop the writer",
+            ))
+        }
+    }
+    async fn release(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+fn newest_record(image: &Path) -> u64 {
+    std::fs::read(image)
+        .unwrap()
+        .chunks(4096)
+        .map(|s| u64::from_le_bytes(s[..8].try_into().unwrap()))
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn a_group_cut_never_holds_a_later_write_without_an_earlier_one() {
+    let lab = Lab::new(
+        &[("a", &[("os", 16 << 20)]), ("b", &[("os", 16 << 20)])],
+        &[("g", &["a", "b"])],
+    );
+    let mut writer = Command::new(env!("CARGO_BIN_EXE_lifeboat-test-helper"))
+        .arg("pair-writer")
+        .arg(lab.disk("a", "os"))
+        .arg(lab.disk("b", "os"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let group = lab.inventory_groups().remove(0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let opts = CycleOptions {
+        cut: Some(Arc::new(Pause(writer.id()))),
+        ..CycleOptions::default()
+    };
+    for _ in 0..5 {
+        rt.block_on(async {
+            let source = Store::open("east", lab.dir.path()).unwrap();
+            let target = Store::open("west", lab.dir.path()).unwrap();
+            lifeboat_replication::replicate(&group, &source, &target, &opts)
+                .await
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    for seq in 1..=5 {
+        let a = lab.restore("a", &seq.to_string()).unwrap().join("os.img");
+        let b = lab.restore("b", &seq.to_string()).unwrap().join("os.img");
+        let (ra, rb) = (newest_record(&a), newest_record(&b));
+        assert!(ra > 0, "point {seq}: the writer had not started");
+        assert!(
+            rb <= ra,
+            "point {seq}: disk b holds record {rb} but disk a only {ra}"
+        );
+        assert!(
+            ra - rb <= 1,
+            "point {seq}: a at {ra}, b at {rb}: not one instant"
+        );
+    }
+}
