@@ -760,3 +760,145 @@ fn a_group_cut_never_holds_a_later_write_without_an_earlier_one() {
         );
     }
 }
+
+impl Lab {
+    /// Rewrites part of the inventory (e.g. a shorter retention, a quiesce hook).
+    fn edit(&self, from: &str, to: &str) {
+        let path = self.path("lifeboat.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "inventory has no `{from}`");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    }
+}
+
+#[test]
+fn a_quiesce_hook_gives_app_consistent_points_and_a_failing_one_crash_points() {
+    let lab = Lab::new(&[("a", &[("os", 4 << 20)])], &[]);
+    scribble(&lab.disk("a", "os"), &mut Rng::new(9), 50);
+    lab.edit(
+        "disks.os = \"vms/a/os.img\"\n",
+        "disks.os = \"vms/a/os.img\"\nquiesce = { freeze = [\"sh\", \"-c\", \"echo freeze >> hook.log\"], thaw = [\"sh\", \"-c\", \"echo thaw >> hook.log\"] }\n",
+    );
+    let report = lab.replicate(&["--app"]);
+    assert_eq!(report[0]["kind"], "app");
+    assert_eq!(
+        std::fs::read_to_string(lab.path("hook.log")).unwrap(),
+        "freeze\nthaw\n"
+    );
+    // Without --app and no app interval in the policy: a crash-consistent point, no hook run.
+    let report = lab.replicate(&[]);
+    assert_eq!(report[0]["kind"], "crash");
+    assert_eq!(
+        std::fs::read_to_string(lab.path("hook.log")).unwrap(),
+        "freeze\nthaw\n"
+    );
+    // A freeze that fails: the point is crash-consistent, and the user is told why.
+    lab.edit("echo freeze >> hook.log", "echo cannot freeze >&2; exit 3");
+    let out = lab.run(&["replicate", "--app"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("point 3 (crash)"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("freeze of `a` failed") && out.stderr.contains("cannot freeze"),
+        "{}",
+        out.stderr
+    );
+    let points = lab.points_json("a");
+    let kinds: Vec<&str> = points["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["crash", "crash", "app"]);
+    let dir = lab.restore("a", "latest-app-consistent").unwrap();
+    assert!(same_bytes(&dir.join("os.img"), &lab.disk("a", "os")));
+    assert!(points["rpo"]["ok"].as_bool().unwrap());
+    assert!(points["rpo"]["seconds"].as_f64().unwrap() < 60.0);
+}
+
+#[test]
+fn retention_expires_old_points_but_keeps_pinned_and_latest_and_gc_keeps_them_whole() {
+    let lab = Lab::new(&[("a", &[("os", 8 << 20)])], &[]);
+    lab.edit(
+        "crash_interval = \"10s\"\nretention = \"1h\"",
+        "crash_interval = \"1s\"\nretention = \"2s\"",
+    );
+    let mut rng = Rng::new(21);
+    let mut copies = Vec::new();
+    for i in 1..=4 {
+        scribble(&lab.disk("a", "os"), &mut rng, 300);
+        lab.replicate(&[]);
+        let copy = lab.path(&format!("copy-{i}.img"));
+        std::fs::copy(lab.disk("a", "os"), &copy).unwrap();
+        copies.push(copy);
+        if i == 2 {
+            std::thread::sleep(Duration::from_millis(2500));
+        }
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let target = Store::open("west", lab.dir.path()).unwrap();
+        let repo = lifeboat_replication::Repository::open(&target)
+            .await
+            .unwrap();
+        repo.pin("a", 1, "drill").await.unwrap();
+    });
+    let out = lab.run(&["--output", "json", "gc", "--grace", "0s"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        report[0]["report"]["expired"],
+        serde_json::json!([["a", 2]])
+    );
+    assert_eq!(lab.points("a"), vec![4, 3, 1]);
+    assert!(lab.run(&["points", "list", "a"]).stdout.contains("drill"));
+    for seq in [1usize, 3, 4] {
+        let dir = lab.restore("a", &seq.to_string()).unwrap();
+        assert!(
+            same_bytes(&dir.join("os.img"), &copies[seq - 1]),
+            "point {seq} after GC"
+        );
+    }
+    assert_eq!(lab.run(&["verify", "--full"]).code, 0);
+    // Once unpinned and old, point 1 goes too; the latest always stays.
+    rt.block_on(async {
+        let target = Store::open("west", lab.dir.path()).unwrap();
+        let repo = lifeboat_replication::Repository::open(&target)
+            .await
+            .unwrap();
+        repo.unpin("a", 1, "drill").await.unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(lab.run(&["gc", "--grace", "0s"]).code, 0);
+    assert_eq!(lab.points("a"), vec![4]);
+    let dir = lab.restore("a", "4").unwrap();
+    assert!(same_bytes(&dir.join("os.img"), &copies[3]));
+    assert_eq!(lab.run(&["verify", "--full"]).code, 0);
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let lab = Lab::new(&[("a", &[("os", 1 << 20)])], &[]);
+    let out = lab.run(&["points", "list", "nope"]);
+    assert_eq!(out.code, 4);
+    assert!(out.stderr.contains("no VM `nope`"), "{}", out.stderr);
+    let out = lab.run(&["restore", "a", "--out", "x"]);
+    assert_eq!(out.code, 4);
+    assert!(out.stderr.contains("no repository"), "{}", out.stderr);
+    lab.replicate(&[]);
+    let out = lab.run(&["restore", "a", "--point", "9", "--out", "x"]);
+    assert_eq!(out.code, 4);
+    assert!(out.stderr.contains("has no point 9"), "{}", out.stderr);
+    let out = lab.run(&["restore", "a", "--point", "yesterday", "--out", "x"]);
+    assert_eq!(out.code, 4);
+    assert!(out.stderr.contains("is not a point"), "{}", out.stderr);
+    std::fs::remove_file(lab.disk("a", "os")).unwrap();
+    let out = lab.run(&["replicate"]);
+    assert_eq!(out.code, 4);
+    assert!(
+        out.stderr.contains("os.img") && out.stderr.contains("No such file"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(lab.points("a"), vec![1], "a failed cycle commits nothing");
+}

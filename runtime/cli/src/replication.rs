@@ -71,6 +71,16 @@ impl Context {
         Store::open(&site.store.value, &self.base)
     }
 
+    /// A source site's store, opened for its cache (no fsync: see `Store::open_cache`).
+    fn cache_site(&self, name: &str) -> Result<Store, Error> {
+        let site = self
+            .inventory
+            .sites
+            .get(name)
+            .ok_or_else(|| Error::failed(format!("unknown site `{name}`")))?;
+        Store::open_cache(&site.store.value, &self.base)
+    }
+
     /// The group that holds `vm`.
     fn group_of(&self, vm: &str) -> Result<&GroupSpec, Error> {
         self.groups
@@ -186,7 +196,7 @@ pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io
     let mut code = exit_codes::OK;
     for group in chosen {
         let result = rt.block_on(async {
-            let source = ctx.site(&group.source_site)?;
+            let source = ctx.cache_site(&group.source_site)?;
             let target = ctx.site(&group.target_site)?;
             lifeboat_replication::replicate(group, &source, &target, &opts).await
         });

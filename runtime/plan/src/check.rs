@@ -74,12 +74,15 @@ pub fn check_inventory(inv: &Inventory, sources: &Sources) -> Vec<Diagnostic> {
             continue;
         };
         if target.value == site_name {
-            out.push(Diagnostic::error(
-                Rule::InvalidValue,
-                target.span,
-                format!("site `{site_name}` cannot replicate to itself"),
-                "same site",
-            ));
+            out.push(
+                Diagnostic::error(
+                    Rule::InvalidValue,
+                    target.span,
+                    format!("site `{site_name}` cannot replicate to itself"),
+                    "same site",
+                )
+                .with_help("recovery points must live at another site to survive this one"),
+            );
         } else if !inv.sites.contains(target) && !inv.declared.sites.contains(&target.value) {
             out.push(unknown(
                 Rule::UnknownSite,

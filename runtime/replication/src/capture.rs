@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::pack::{Entry, PackBuilder, PackClass};
-use crate::format::{BlobKind, Id, Keys, compress};
+use crate::format::{BlobKind, Codec, Id, Keys, compress};
 
 /// Chunks read and hashed together: enough to keep both cores busy, small enough for the cache.
 const BATCH_BYTES: usize = 8 << 20;
@@ -77,7 +77,7 @@ impl PackSink {
         id: Id,
         kind: BlobKind,
         plain_len: usize,
-        codec: crate::format::Codec,
+        codec: Codec,
         stored: &[u8],
     ) -> Result<()> {
         self.builder.add(id, kind, codec, plain_len as u32, stored);
@@ -127,7 +127,7 @@ pub fn scan(
     let chunks = size.div_ceil(cs);
     let data = data_regions(&file, size);
     let per_batch = (BATCH_BYTES as u64 / cs).max(1);
-    let mut out = Scanned {
+    let out = Scanned {
         size,
         map: Vec::with_capacity(chunks as usize),
         changed_bytes: 0,
@@ -135,7 +135,41 @@ pub fn scan(
         stored_bytes: 0,
         reused: HashSet::new(),
     };
-    let mut buf = vec![0u8; (per_batch * cs) as usize];
+    // A reader thread fills batches ahead while this one hashes and compresses: reading from the
+    // page cache is a copy that would otherwise leave a core idle.
+    let (batches, incoming) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
+    let (recycle, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (file, data) = (&file, &data);
+    std::thread::scope(|scope| -> Result<Scanned> {
+        // The reader owns the sending side: when it is done, the scan sees the end; when the
+        // scan stops early, it drops the receiver and the reader's next send fails.
+        scope.spawn(move || read_batches(file, path, size, cs, per_batch, data, &batches, &spare));
+        scan_batches(
+            incoming, &recycle, chunk_size, keys, parent, known, seen, sink, progress, out,
+        )
+    })
+}
+
+/// One batch read ahead: chunks `first..first + n`, `len` bytes (no bytes when all are holes).
+struct Batch {
+    first: u64,
+    n: u64,
+    len: usize,
+    bytes: Option<Vec<u8>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_batches(
+    file: &File,
+    path: &Path,
+    size: u64,
+    cs: u64,
+    per_batch: u64,
+    data: &[(u64, u64)],
+    batches: &std::sync::mpsc::SyncSender<Result<Batch>>,
+    spare: &std::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    let chunks = size.div_ceil(cs);
     let mut region = 0usize;
     let mut first = 0u64;
     while first < chunks {
@@ -148,15 +182,57 @@ pub fn scan(
             region += 1;
         }
         let any_data = region < data.len() && data[region].0 < end;
-        let batch = &mut buf[..len];
-        if any_data {
-            file.read_exact_at(batch, start).map_err(|e| {
-                Error::io(
+        let bytes = if any_data {
+            let mut buf = spare.try_recv().unwrap_or_default();
+            buf.resize(len, 0);
+            if let Err(e) = file.read_exact_at(&mut buf, start) {
+                let _ = batches.send(Err(Error::io(
                     format!("cannot read disk image {} at {start}", path.display()),
                     e,
-                )
-            })?;
+                )));
+                return;
+            }
+            Some(buf)
+        } else {
+            None
+        };
+        if batches
+            .send(Ok(Batch {
+                first,
+                n,
+                len,
+                bytes,
+            }))
+            .is_err()
+        {
+            return;
         }
+        first += n;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scan_batches(
+    incoming: std::sync::mpsc::Receiver<Result<Batch>>,
+    recycle: &std::sync::mpsc::Sender<Vec<u8>>,
+    chunk_size: u32,
+    keys: &Keys,
+    parent: Option<&[Id]>,
+    known: &(dyn Fn(&Id) -> bool + Sync),
+    seen: &mut HashSet<Id>,
+    sink: &mut PackSink,
+    progress: ProgressFn<'_>,
+    mut out: Scanned,
+) -> Result<Scanned> {
+    while let Ok(batch) = incoming.recv() {
+        let Batch {
+            first,
+            n,
+            len,
+            bytes,
+        } = batch?;
+        let any_data = bytes.is_some();
+        let batch: &[u8] = bytes.as_deref().unwrap_or(&[]);
         let ids: Vec<Id> = if any_data {
             batch
                 .par_chunks(chunk_size as usize)
@@ -189,22 +265,27 @@ pub fn scan(
             seen.insert(*id);
             to_store.push(j);
         }
-        let compressed: Vec<(usize, crate::format::Codec, Vec<u8>)> = to_store
+        let compressed: Vec<(usize, Option<Vec<u8>>)> = to_store
             .par_iter()
             .map(|&j| {
-                let c = &batch[j * chunk_size as usize..(len).min((j + 1) * chunk_size as usize)];
-                let (codec, stored) = compress(c);
-                (j, codec, stored)
+                let c = &batch[j * chunk_size as usize..len.min((j + 1) * chunk_size as usize)];
+                (j, compress(c))
             })
             .collect();
-        for (j, codec, stored) in compressed {
-            let plain_len = (len - j * chunk_size as usize).min(chunk_size as usize);
-            out.new_bytes += plain_len as u64;
+        for (j, z) in compressed {
+            let c = &batch[j * chunk_size as usize..len.min((j + 1) * chunk_size as usize)];
+            let (codec, stored) = match &z {
+                Some(z) => (Codec::Zstd, z.as_slice()),
+                None => (Codec::Raw, c),
+            };
+            out.new_bytes += c.len() as u64;
             out.stored_bytes += stored.len() as u64;
-            sink.add(ids[j], BlobKind::Chunk, plain_len, codec, &stored)?;
+            sink.add(ids[j], BlobKind::Chunk, c.len(), codec, stored)?;
         }
         progress(len as u64);
-        first += n;
+        if let Some(b) = bytes {
+            let _ = recycle.send(b);
+        }
     }
     Ok(out)
 }
@@ -216,7 +297,7 @@ fn is_zero(c: &[u8]) -> bool {
 
 /// The file's data regions as the OS reports them (SEEK_DATA / SEEK_HOLE), or the whole file
 /// when the file system cannot tell.
-fn data_regions(file: &File, size: u64) -> Vec<(u64, u64)> {
+pub(crate) fn data_regions(file: &File, size: u64) -> Vec<(u64, u64)> {
     use rustix::fs::{SeekFrom, seek};
     let mut out = Vec::new();
     let mut pos = 0u64;

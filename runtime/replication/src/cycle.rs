@@ -16,7 +16,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::index;
 use crate::format::manifest::{self, DiskPoint, Manifest, PointKind, VmPoint};
 use crate::format::pack::{self, Entry, PackClass};
-use crate::format::{BlobKind, Id, compress, hex};
+use crate::format::{BlobKind, Codec, Id, compress, hex};
 use crate::gc;
 use crate::groups::{GroupSpec, QuiesceSpec, VmSpec};
 use crate::repo::{self, Repository};
@@ -293,8 +293,10 @@ pub async fn replicate(
                 if known(&id) {
                     reused.insert(id);
                 } else if seen.insert(id) {
-                    let (codec, stored) = compress(&bytes);
-                    meta.add(id, BlobKind::Page, bytes.len(), codec, &stored)?;
+                    match compress(&bytes) {
+                        Some(z) => meta.add(id, BlobKind::Page, bytes.len(), Codec::Zstd, &z)?,
+                        None => meta.add(id, BlobKind::Page, bytes.len(), Codec::Raw, &bytes)?,
+                    }
                 }
             }
             results.push((vm, disk, root, scanned, reused));
@@ -473,24 +475,43 @@ async fn upload(
     repo: Store,
     session: String,
 ) -> Result<(Vec<(String, Vec<Entry>, u64)>, Option<Error>)> {
+    // Several packs in flight: a local store spends most of a put waiting for fsync.
+    const IN_FLIGHT: usize = 4;
     let mut done = Vec::new();
     let mut ship_error = None;
-    while let Some(p) = rx.recv().await {
-        let bytes = Bytes::from(p.bytes);
-        let len = bytes.len() as u64;
-        cache
-            .put_new(
-                &format!("sessions/{session}/packs/{}", p.name),
-                bytes.clone(),
-            )
-            .await
-            .map_err(|e| e.context("staging in the cache"))?;
-        if ship_error.is_none()
-            && let Err(e) = repo.put_new(&pack::object_name(&p.name), bytes).await
-        {
-            ship_error = Some(e);
+    let mut running = tokio::task::JoinSet::new();
+    let mut open = true;
+    while open || !running.is_empty() {
+        tokio::select! {
+            p = rx.recv(), if open && running.len() < IN_FLIGHT => match p {
+                Some(p) => {
+                    let (cache, repo, session) = (cache.clone(), repo.clone(), session.clone());
+                    running.spawn(async move {
+                        let bytes = Bytes::from(p.bytes);
+                        let len = bytes.len() as u64;
+                        // Stage and ship at once: the staged copy is what a later cycle ships
+                        // if this one dies before it commits.
+                        let staged_name = format!("sessions/{session}/packs/{}", p.name);
+                        let object = pack::object_name(&p.name);
+                        let (staged, shipped) = tokio::join!(
+                            cache.put_new(&staged_name, bytes.clone()),
+                            repo.put_new(&object, bytes)
+                        );
+                        (p.name, p.entries, len, staged, shipped)
+                    });
+                }
+                None => open = false,
+            },
+            Some(joined) = running.join_next() => {
+                let (name, entries, len, staged, shipped) =
+                    joined.map_err(|e| Error::failed(format!("upload stopped: {e}")))?;
+                staged.map_err(|e| e.context("staging in the cache"))?;
+                if let Err(e) = shipped {
+                    ship_error.get_or_insert(e);
+                }
+                done.push((name, entries, len));
+            }
         }
-        done.push((p.name, p.entries, len));
     }
     Ok((done, ship_error))
 }

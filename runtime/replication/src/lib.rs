@@ -19,6 +19,9 @@ pub mod restore;
 pub mod store;
 pub mod verify;
 
+#[cfg(test)]
+mod tests;
+
 pub use cycle::{AppMode, Cut, CycleOptions, CycleReport, Progress, replicate};
 pub use error::{Error, ErrorKind, Result};
 pub use format::manifest::{Manifest, PointKind};

@@ -44,10 +44,21 @@ impl Store {
     /// Cloud credentials come from the environment (`AZURE_STORAGE_*`, `AWS_*`), as each SDK
     /// documents. A local folder is created if missing and written with fsync on.
     pub fn open(location: &str, base: &Path) -> Result<Self> {
+        Self::open_with(location, base, true)
+    }
+
+    /// Opens a store for a source site's cache: a local folder is written without fsync. The
+    /// cache is never the truth: every staged pack is checked against its hash before it is
+    /// shipped, so a cache torn by a power loss costs the staged point, never a wrong byte.
+    pub fn open_cache(location: &str, base: &Path) -> Result<Self> {
+        Self::open_with(location, base, false)
+    }
+
+    fn open_with(location: &str, base: &Path, fsync: bool) -> Result<Self> {
         let location = location.trim();
         let inner: Arc<dyn ObjectStore> = match location.split_once("://") {
-            None => local(&base.join(location))?,
-            Some(("file", path)) => local(Path::new(path))?,
+            None => local(&base.join(location), fsync)?,
+            Some(("file", path)) => local(Path::new(path), fsync)?,
             Some(("memory", _)) => Arc::new(InMemory::new()),
             Some((scheme @ ("az" | "azure" | "abfs" | "s3"), rest)) => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -196,7 +207,7 @@ impl Store {
     }
 }
 
-fn local(path: &Path) -> Result<Arc<dyn ObjectStore>> {
+fn local(path: &Path, fsync: bool) -> Result<Arc<dyn ObjectStore>> {
     std::fs::create_dir_all(path)
         .map_err(|e| Error::io(format!("cannot create store folder {}", path.display()), e))?;
     let path: PathBuf = path
@@ -204,7 +215,7 @@ fn local(path: &Path) -> Result<Arc<dyn ObjectStore>> {
         .map_err(|e| Error::io(format!("cannot open store folder {}", path.display()), e))?;
     let fs = LocalFileSystem::new_with_prefix(&path)
         .map_err(|e| Error::failed(format!("cannot open store folder {}: {e}", path.display())))?
-        .with_fsync(true)
+        .with_fsync(fsync)
         .with_automatic_cleanup(true);
     Ok(Arc::new(fs))
 }

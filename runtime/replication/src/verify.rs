@@ -167,12 +167,16 @@ async fn check_pack_quick(
         ));
     }
     let data_len = size - trailer_len;
-    let entries = repo
-        .store()
-        .get_range(&object, data_len..size - pack::FOOTER_LEN as u64)
-        .await?;
+    let trailer = repo.store().get_range(&object, data_len..size).await?;
+    if !pack::trailer_names(name, &trailer) {
+        return Err(Error::damaged(
+            &object,
+            "pack trailer does not hash to the pack's name",
+        ));
+    }
+    let entries = &trailer[..trailer.len() - pack::FOOTER_LEN];
     let entries =
-        pack::parse_entries(&footer, &entries, data_len).map_err(|w| Error::damaged(&object, w))?;
+        pack::parse_entries(&footer, entries, data_len).map_err(|w| Error::damaged(&object, w))?;
     let in_pack: HashMap<Id, pack::Entry> = entries.into_iter().map(|e| (e.id, e)).collect();
     let mut bad = Vec::new();
     for (id, e) in indexed {

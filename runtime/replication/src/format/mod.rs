@@ -119,12 +119,33 @@ impl Codec {
     }
 }
 
-/// Compresses a plaintext with zstd level 1, or keeps it raw when that saves under 5 %.
-pub fn compress(plain: &[u8]) -> (Codec, Vec<u8>) {
-    match zstd::bulk::compress(plain, 1) {
-        Ok(z) if z.len() * 100 < plain.len() * 95 => (Codec::Zstd, z),
-        _ => (Codec::Raw, plain.to_vec()),
+/// Compresses a plaintext with zstd level 1; `None` when it should be stored raw (it saves
+/// under 5 %).
+pub fn compress(plain: &[u8]) -> Option<Vec<u8>> {
+    // Random-looking data (encrypted or already compressed) is common on disks and costs zstd
+    // as much as text: try a 4 KiB sample first and keep the chunk raw if it does not shrink.
+    const SAMPLE: usize = 4096;
+    thread_local! {
+        // One context per thread: creating one per chunk costs more than compressing 64 KiB.
+        static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
     }
+    ZSTD.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = zstd::bulk::Compressor::new(1).ok();
+        }
+        let z = cell.as_mut()?;
+        if plain.len() > 4 * SAMPLE
+            && z.compress(&plain[..SAMPLE])
+                .is_ok_and(|c| c.len() * 100 >= SAMPLE * 97)
+        {
+            return None;
+        }
+        z.compress(plain)
+            .ok()
+            .filter(|c| c.len() * 100 < plain.len() * 95)
+    })
 }
 
 /// Decodes a stored blob and checks it hashes to `id`. Anything else is damage.
@@ -163,7 +184,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
