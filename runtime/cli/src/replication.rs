@@ -187,14 +187,15 @@ pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io
         Ok(rt) => rt,
         Err(e) => return fail(&e, io),
     };
-    let opts = CycleOptions {
-        app,
-        cut: None,
-        progress: bar(ctx),
-    };
     let mut reports = Vec::new();
     let mut code = exit_codes::OK;
     for group in chosen {
+        // A bar per group: a finished bar does not draw again.
+        let opts = CycleOptions {
+            app,
+            cut: None,
+            progress: bar(ctx),
+        };
         let result = rt.block_on(async {
             let source = ctx.cache_site(&group.source_site)?;
             let target = ctx.site(&group.target_site)?;
@@ -263,7 +264,14 @@ pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
         Err(e) => return fail(&e, io),
     };
     let now = SystemTime::now();
-    let rpo = points::rpo(points.first(), group.rpo_threshold, now);
+    // The VM's own policy sets its threshold; the group's is the strictest of its VMs'.
+    let threshold = ctx
+        .inventory
+        .vms
+        .get(vm)
+        .and_then(|v| ctx.inventory.policies.get(&v.policy))
+        .map_or(group.rpo_threshold, |p| p.rpo_threshold.value.0);
+    let rpo = points::rpo(points.first(), threshold, now);
     if ctx.json {
         let list: Vec<serde_json::Value> = points
             .iter()
