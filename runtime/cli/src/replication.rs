@@ -387,15 +387,20 @@ pub fn restore(ctx: &Context, vm: &str, point: &str, out: &Path, io: &mut crate:
                 for d in &r.disks {
                     let _ = writeln!(
                         io.stdout,
-                        "{}: restored {vm}/{} from point {} ({}, {} of data) in {:.2}s",
+                        "{}: {vm}/{} at point {} ({}, {} of data)",
                         d.path.display(),
                         d.name,
                         r.seq,
                         mib(d.size),
-                        mib(d.written),
-                        r.seconds
+                        mib(d.written)
                     );
                 }
+                let _ = writeln!(
+                    io.stdout,
+                    "restored {} disk(s) of {vm}, every chunk verified, in {:.2}s",
+                    r.disks.len(),
+                    r.seconds
+                );
             }
             exit_codes::OK
         }
@@ -403,8 +408,14 @@ pub fn restore(ctx: &Context, vm: &str, point: &str, out: &Path, io: &mut crate:
     }
 }
 
-/// `lifeboat verify [--full]`: every repository the inventory replicates to.
-pub fn verify(ctx: &Context, full: bool, io: &mut crate::Io<'_>) -> u8 {
+/// Runs `op` on every repository the inventory replicates to; `render` prints each result for
+/// people and returns its exit code. With `--output json`, prints `[{site, report}]` instead.
+fn per_target<T: serde::Serialize>(
+    ctx: &Context,
+    io: &mut crate::Io<'_>,
+    op: impl AsyncFn(&str, Store) -> Result<T, Error>,
+    render: impl Fn(&str, &T, &mut crate::Io<'_>) -> u8,
+) -> u8 {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e, io),
@@ -414,45 +425,15 @@ pub fn verify(ctx: &Context, full: bool, io: &mut crate::Io<'_>) -> u8 {
     for site in ctx.target_sites() {
         let result = rt.block_on(async {
             let target = ctx.site(&site)?;
-            lifeboat_replication::verify::verify(&target, full).await
+            op(&site, target).await
         });
         match result {
             Ok(r) => {
-                if !r.problems.is_empty() {
-                    code = exit_codes::DAMAGED;
-                }
-                if !ctx.json {
-                    let _ = writeln!(
-                        io.stdout,
-                        "site {site}: {} points, {} packs, {} index files{}: {}",
-                        r.points,
-                        r.packs,
-                        r.index_files,
-                        if full {
-                            format!(
-                                ", {} blobs re-hashed ({})",
-                                r.blobs_checked,
-                                mib(r.bytes_checked)
-                            )
-                        } else {
-                            String::new()
-                        },
-                        if r.problems.is_empty() {
-                            "ok".to_string()
-                        } else {
-                            format!("{} damaged", r.problems.len())
-                        }
-                    );
-                    for p in &r.problems {
-                        let _ = writeln!(io.stdout, "  damaged: {}: {}", p.object, p.what);
-                    }
-                }
+                let c = render(&site, &r, io);
+                code = code.max(c);
                 reports.push(serde_json::json!({"site": site, "report": r}));
             }
-            Err(e) => {
-                let e = e.context(format!("site `{site}`"));
-                code = code.max(fail(&e, io));
-            }
+            Err(e) => code = code.max(fail(&e.context(format!("site `{site}`")), io)),
         }
     }
     if ctx.json {
@@ -462,62 +443,79 @@ pub fn verify(ctx: &Context, full: bool, io: &mut crate::Io<'_>) -> u8 {
     code
 }
 
+/// `lifeboat verify [--full]`: every repository the inventory replicates to.
+pub fn verify(ctx: &Context, full: bool, io: &mut crate::Io<'_>) -> u8 {
+    let op =
+        async |_: &str, target: Store| lifeboat_replication::verify::verify(&target, full).await;
+    per_target(ctx, io, op, |site, r, io| {
+        if !ctx.json {
+            let rehashed = if full {
+                format!(
+                    ", {} blobs re-hashed ({})",
+                    r.blobs_checked,
+                    mib(r.bytes_checked)
+                )
+            } else {
+                String::new()
+            };
+            let verdict = if r.problems.is_empty() {
+                "ok".to_string()
+            } else {
+                format!("{} damaged", r.problems.len())
+            };
+            let _ = writeln!(
+                io.stdout,
+                "site {site}: {} points, {} packs, {} index files{rehashed}: {verdict}",
+                r.points, r.packs, r.index_files
+            );
+            for p in &r.problems {
+                let _ = writeln!(io.stdout, "  damaged: {}: {}", p.object, p.what);
+            }
+        }
+        if r.problems.is_empty() {
+            exit_codes::OK
+        } else {
+            exit_codes::DAMAGED
+        }
+    })
+}
+
 /// `lifeboat gc`: retention, then garbage collection, in every repository.
 pub fn gc(ctx: &Context, grace: Option<Duration>, io: &mut crate::Io<'_>) -> u8 {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e, io),
-    };
     let opts = GcOptions {
         grace,
         ..GcOptions::default()
     };
-    let mut code = exit_codes::OK;
-    let mut reports = Vec::new();
-    for site in ctx.target_sites() {
+    let op = async |site: &str, target: Store| {
         let groups: Vec<GroupSpec> = ctx
             .groups
             .iter()
             .filter(|g| g.target_site == site)
             .cloned()
             .collect();
-        let result = rt.block_on(async {
-            let target = ctx.site(&site)?;
-            lifeboat_replication::gc::gc(&target, &groups, &opts).await
-        });
-        match result {
-            Ok(r) => {
-                if !ctx.json {
-                    let _ = writeln!(
-                        io.stdout,
-                        "site {site}: {} points expired, {} kept; {} packs: {} repacked, {} condemned, {} deleted ({}); {} index files merged",
-                        r.expired.len(),
-                        r.points_kept,
-                        r.packs_total,
-                        r.packs_repacked,
-                        r.packs_condemned,
-                        r.packs_deleted,
-                        mib(r.bytes_deleted),
-                        r.index_files_merged
-                    );
-                    for g in &r.unknown_groups {
-                        let _ = writeln!(
-                            io.stderr,
-                            "note: group `{g}` is not in the inventory; all its points were kept"
-                        );
-                    }
-                }
-                reports.push(serde_json::json!({"site": site, "report": r}));
-            }
-            Err(e) => {
-                let e = e.context(format!("site `{site}`"));
-                code = code.max(fail(&e, io));
+        lifeboat_replication::gc::gc(&target, &groups, &opts).await
+    };
+    per_target(ctx, io, op, |site, r, io| {
+        if !ctx.json {
+            let _ = writeln!(
+                io.stdout,
+                "site {site}: {} points expired, {} kept; {} packs: {} repacked, {} condemned, {} deleted ({}); {} index files merged",
+                r.expired.len(),
+                r.points_kept,
+                r.packs_total,
+                r.packs_repacked,
+                r.packs_condemned,
+                r.packs_deleted,
+                mib(r.bytes_deleted),
+                r.index_files_merged
+            );
+            for g in &r.unknown_groups {
+                let _ = writeln!(
+                    io.stderr,
+                    "note: group `{g}` is not in the inventory; all its points were kept"
+                );
             }
         }
-    }
-    if ctx.json {
-        let _ = serde_json::to_writer_pretty(&mut *io.stdout, &reports);
-        let _ = writeln!(io.stdout);
-    }
-    code
+        exit_codes::OK
+    })
 }

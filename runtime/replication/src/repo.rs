@@ -303,6 +303,13 @@ impl Repository {
         Ok(out)
     }
 
+    /// Reads page `i` of a tree level holding `count` ids, checking its level and length.
+    pub async fn read_page(&self, id: Id, level: usize, count: u64, i: usize) -> Result<Vec<Id>> {
+        let bytes = self.read_blob(id).await?;
+        page::decode(&bytes, level as u8, page_len(count, i))
+            .map_err(|why| Error::damaged(format!("page {id}"), why))
+    }
+
     /// The flat chunk map of a disk: one id per chunk, in offset order.
     pub async fn chunk_map(&self, root: Id, chunks: u64) -> Result<Vec<Id>> {
         let levels = page::levels(chunks);
@@ -315,14 +322,10 @@ impl Repository {
             let count = levels[level];
             let mut next = Vec::with_capacity(count as usize);
             for (i, id) in ids.iter().enumerate() {
-                let n = page_len(count, i);
                 if id.is_zero() {
-                    next.extend(std::iter::repeat_n(Id::ZERO, n));
+                    next.extend(std::iter::repeat_n(Id::ZERO, page_len(count, i)));
                 } else {
-                    let bytes = self.read_blob(*id).await?;
-                    let page = page::decode(&bytes, level as u8, n)
-                        .map_err(|why| Error::damaged(format!("page {id}"), why))?;
-                    next.extend(page);
+                    next.extend(self.read_page(*id, level, count, i).await?);
                 }
             }
             ids = next;
@@ -352,10 +355,7 @@ impl Repository {
                     continue;
                 }
                 live.insert(id);
-                let n = page_len(count, i);
-                let bytes = self.read_blob(id).await?;
-                let page = page::decode(&bytes, level as u8, n)
-                    .map_err(|why| Error::damaged(format!("page {id}"), why))?;
+                let page = self.read_page(id, level, count, i).await?;
                 let base = i * FANOUT;
                 if level == 0 {
                     live.extend(page.into_iter().filter(|c| !c.is_zero()));

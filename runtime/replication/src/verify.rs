@@ -257,12 +257,7 @@ async fn check_tree(
             if id.is_zero() || !pages_seen.insert(id) {
                 continue;
             }
-            let n = ((count.saturating_sub((i * FANOUT) as u64)).min(FANOUT as u64)) as usize;
-            let page = match repo.read_blob(id).await {
-                Ok(bytes) => page::decode(&bytes, level as u8, n)
-                    .map_err(|w| Error::damaged(format!("page {id}"), w)),
-                Err(e) => Err(e),
-            };
+            let page = repo.read_page(id, level, count, i).await;
             let page = match page {
                 Ok(p) => p,
                 Err(e) => {
