@@ -1,0 +1,175 @@
+//! Compute drivers: how a site starts, pauses and stops its VMs. The orchestrator sees only the
+//! `Compute` trait, so a `qemu` driver (real VMs) can follow the `process` one without touching
+//! it. A VM of the process driver is a process started from the VM's `boot` command, with its
+//! restored disks and assigned addresses substituted; it runs in its own process group so it
+//! outlives a restart of the runtime, and its output goes to a log file.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+
+/// What the driver needs to start one VM.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub vm: String,
+    /// The boot command, placeholders already substituted.
+    pub argv: Vec<String>,
+    /// Working directory (relative paths in `argv` start here).
+    pub dir: PathBuf,
+    /// Where the VM's stdout and stderr go.
+    pub log: PathBuf,
+}
+
+/// A started VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handle {
+    pub vm: String,
+    pub pid: u32,
+}
+
+#[async_trait::async_trait]
+pub trait Compute: Send + Sync {
+    async fn start(&self, launch: &Launch) -> Result<Handle, String>;
+    /// Asks the VM to stop, and forces it after `grace`.
+    async fn stop(&self, vm: &Handle, grace: Duration) -> Result<(), String>;
+    /// Freezes the VM (its disks stop changing) until `resume`.
+    async fn pause(&self, vm: &Handle) -> Result<(), String>;
+    async fn resume(&self, vm: &Handle) -> Result<(), String>;
+    async fn running(&self, vm: &Handle) -> bool;
+}
+
+/// The embedded driver: VMs are local processes.
+#[derive(Debug, Default)]
+pub struct ProcessDriver {
+    // Children this process started, so exits are reaped; VMs of an earlier runtime are
+    // reached by pid alone.
+    children: Mutex<HashMap<u32, Child>>,
+}
+
+impl ProcessDriver {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn signal(&self, vm: &Handle, signal: Signal) -> Result<(), String> {
+        let pid = Pid::from_raw(vm.pid as i32)
+            .ok_or_else(|| format!("VM `{}` has no valid pid", vm.vm))?;
+        kill_process(pid, signal)
+            .map_err(|e| format!("cannot signal VM `{}` (pid {}): {e}", vm.vm, vm.pid))
+    }
+
+    /// Whether the process has exited (reaping it if it is ours).
+    fn exited(&self, vm: &Handle) -> bool {
+        if let Ok(mut children) = self.children.lock()
+            && let Some(child) = children.get_mut(&vm.pid)
+        {
+            return !matches!(child.try_wait(), Ok(None));
+        }
+        Pid::from_raw(vm.pid as i32)
+            .is_none_or(|pid| rustix::process::test_kill_process(pid).is_err())
+    }
+}
+
+#[async_trait::async_trait]
+impl Compute for ProcessDriver {
+    async fn start(&self, launch: &Launch) -> Result<Handle, String> {
+        let Some((program, args)) = launch.argv.split_first() else {
+            return Err(format!("VM `{}` has an empty boot command", launch.vm));
+        };
+        if let Some(parent) = launch.log.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        let log = std::fs::File::create(&launch.log)
+            .map_err(|e| format!("cannot create log {}: {e}", launch.log.display()))?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        use std::os::unix::process::CommandExt;
+        let child = Command::new(program)
+            .args(args)
+            .current_dir(&launch.dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start VM `{}` (`{program}`): {e}", launch.vm))?;
+        let pid = child.id();
+        if let Ok(mut children) = self.children.lock() {
+            children.insert(pid, child);
+        }
+        Ok(Handle {
+            vm: launch.vm.clone(),
+            pid,
+        })
+    }
+
+    async fn stop(&self, vm: &Handle, grace: Duration) -> Result<(), String> {
+        if self.exited(vm) {
+            return Ok(());
+        }
+        // A paused VM cannot act on SIGTERM: let it run to stop.
+        let _ = self.signal(vm, Signal::CONT);
+        self.signal(vm, Signal::TERM)?;
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.exited(vm) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.signal(vm, Signal::KILL)?;
+        while !self.exited(vm) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    async fn pause(&self, vm: &Handle) -> Result<(), String> {
+        self.signal(vm, Signal::STOP)
+    }
+
+    async fn resume(&self, vm: &Handle) -> Result<(), String> {
+        self.signal(vm, Signal::CONT)
+    }
+
+    async fn running(&self, vm: &Handle) -> bool {
+        !self.exited(vm)
+    }
+}
+
+/// Holds a group's VMs still for a replication cut: pause them all, release them all.
+pub struct PauseVms {
+    pub driver: Arc<dyn Compute>,
+    pub vms: Vec<Handle>,
+}
+
+impl std::fmt::Debug for PauseVms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PauseVms").field("vms", &self.vms).finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl lifeboat_replication::Cut for PauseVms {
+    async fn hold(&self) -> lifeboat_replication::Result<()> {
+        for (i, vm) in self.vms.iter().enumerate() {
+            if let Err(e) = self.driver.pause(vm).await {
+                for done in &self.vms[..i] {
+                    let _ = self.driver.resume(done).await;
+                }
+                return Err(lifeboat_replication::Error::failed(e));
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(&self) {
+        for vm in &self.vms {
+            let _ = self.driver.resume(vm).await;
+        }
+    }
+}

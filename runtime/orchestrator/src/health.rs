@@ -1,0 +1,98 @@
+//! Health probes: is a booted VM up? A TCP connect, an HTTP GET answered 2xx, or a command that
+//! exits 0, tried until it passes or the timeout ends.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One health check, placeholders already substituted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    Tcp(String),
+    Http(String),
+    Command(Vec<String>),
+}
+
+/// Tries `probe` every 100 ms until it passes (returns how long that took) or `timeout` ends
+/// (returns the last failure).
+pub async fn wait_healthy(
+    probe: &Probe,
+    timeout: Duration,
+    dir: &Path,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        let attempt =
+            tokio::time::timeout(left.min(Duration::from_secs(5)), check(probe, dir)).await;
+        let why = match attempt {
+            Ok(Ok(())) => return Ok(start.elapsed()),
+            Ok(Err(why)) => why,
+            Err(_) => "the probe did not answer".to_string(),
+        };
+        if start.elapsed() >= timeout {
+            return Err(format!("not healthy after {timeout:?}: {why}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100).min(timeout.saturating_sub(start.elapsed())))
+            .await;
+    }
+}
+
+async fn check(probe: &Probe, dir: &Path) -> Result<(), String> {
+    match probe {
+        Probe::Tcp(addr) => tokio::net::TcpStream::connect(addr)
+            .await
+            .map(drop)
+            .map_err(|e| format!("tcp {addr}: {e}")),
+        Probe::Http(url) => http_ok(url).await,
+        Probe::Command(argv) => {
+            let (program, args) = argv.split_first().ok_or("empty health command")?;
+            let status = tokio::process::Command::new(program)
+                .args(args)
+                .current_dir(dir)
+                .kill_on_drop(true)
+                .status()
+                .await
+                .map_err(|e| format!("cannot run `{program}`: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("`{program}` exited with {status}"))
+            }
+        }
+    }
+}
+
+/// A plain-HTTP GET (the process driver's VMs listen on loopback addresses).
+async fn http_ok(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("only http:// health URLs are supported: {url}"))?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let mut conn = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("http {url}: {e}"))?;
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| format!("http {url}: {e}"))?;
+    let mut head = vec![0u8; 64];
+    let n = conn
+        .read(&mut head)
+        .await
+        .map_err(|e| format!("http {url}: {e}"))?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let status = line.split_whitespace().nth(1).unwrap_or("");
+    if status.starts_with('2') {
+        Ok(())
+    } else {
+        Err(format!(
+            "http {url}: status {}",
+            if status.is_empty() { "none" } else { status }
+        ))
+    }
+}
