@@ -902,3 +902,78 @@ fn bad_requests_get_clear_errors() {
     );
     assert_eq!(lab.points("a"), vec![1], "a failed cycle commits nothing");
 }
+
+#[test]
+fn a_staged_point_is_shipped_by_the_next_cycle_and_a_torn_one_is_dropped() {
+    for torn in [false, true] {
+        let lab = Lab::new(&[("a", &[("os", 4 << 20)])], &[]);
+        scribble(&lab.disk("a", "os"), &mut Rng::new(31), 300);
+        let captured = lab.path("captured.img");
+        std::fs::copy(lab.disk("a", "os"), &captured).unwrap();
+        // The target cannot take packs (a file where its pack folder goes): the cycle stages the
+        // point in the cache and fails.
+        std::fs::create_dir_all(lab.path("west/repo")).unwrap();
+        std::fs::write(lab.path("west/repo/packs"), b"in the way").unwrap();
+        let out = lab.run(&["replicate"]);
+        assert_eq!(out.code, 4, "{}", out.stderr);
+        assert!(out.stderr.contains("staged in the cache"), "{}", out.stderr);
+        assert!(lab.points("a").is_empty());
+        std::fs::remove_file(lab.path("west/repo/packs")).unwrap();
+        let staged: Vec<PathBuf> = walk(&lab.path("east/cache/a/sessions"))
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("/packs/"))
+            .collect();
+        assert!(!staged.is_empty());
+        if torn {
+            // A power loss tore a staged pack: a byte of its first blob is wrong.
+            let mut bytes = std::fs::read(&staged[0]).unwrap();
+            bytes[10] ^= 0xff;
+            std::fs::write(&staged[0], bytes).unwrap();
+        }
+        // The image moves on; the next cycle first deals with the staged point.
+        scribble(&lab.disk("a", "os"), &mut Rng::new(32), 50);
+        let out = lab.run(&["--output", "json", "replicate"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let notes = report[0]["notes"].to_string();
+        if torn {
+            assert!(
+                notes.contains("dropped a damaged staged session"),
+                "{notes}"
+            );
+            assert_eq!(lab.points("a"), vec![1]);
+            let dir = lab.restore("a", "1").unwrap();
+            assert!(same_bytes(&dir.join("os.img"), &lab.disk("a", "os")));
+        } else {
+            assert_eq!(report[0]["resumed"], 1, "{report}");
+            assert_eq!(lab.points("a"), vec![2, 1]);
+            let dir = lab.restore("a", "1").unwrap();
+            assert!(
+                same_bytes(&dir.join("os.img"), &captured),
+                "the staged point is the image at its cut"
+            );
+            let dir = lab.restore("a", "2").unwrap();
+            assert!(same_bytes(&dir.join("os.img"), &lab.disk("a", "os")));
+        }
+        assert_eq!(lab.run(&["verify", "--full"]).code, 0);
+        assert!(
+            walk(&lab.path("east/cache/a/sessions")).is_empty(),
+            "sessions left in the cache"
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path())
+            } else {
+                out.push(e.path())
+            }
+        }
+    }
+    out
+}

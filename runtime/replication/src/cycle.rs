@@ -694,6 +694,26 @@ async fn ship_staged(
             .get(&format!("sessions/{session}/packs/{name}"))
             .await?;
         let (_, entries) = pack::parse(name, &bytes).map_err(|why| Error::damaged(name, why))?;
+        // The cache is written without fsync: a power loss can tear a staged pack anywhere, so
+        // every blob is checked against its id before the pack goes to the repository.
+        let (keys, check, listed) = (repo.keys().clone(), bytes.clone(), entries.clone());
+        tokio::task::spawn_blocking(move || {
+            use rayon::prelude::*;
+            listed.par_iter().try_for_each(|e| {
+                let end = e.offset as usize + e.stored_len as usize;
+                crate::format::decode_blob(
+                    &keys,
+                    e.id,
+                    e.codec,
+                    e.raw_len,
+                    &check[e.offset as usize..end],
+                )
+                .map(drop)
+            })
+        })
+        .await
+        .map_err(|e| Error::failed(format!("check of a staged pack stopped: {e}")))?
+        .map_err(|why| Error::damaged(name, why))?;
         repo.store()
             .put_new(&pack::object_name(name), bytes)
             .await?;

@@ -48,7 +48,7 @@ impl Store {
     }
 
     /// Opens a store for a source site's cache: a local folder is written without fsync. The
-    /// cache is never the truth: every staged pack is checked against its hash before it is
+    /// cache is never the truth: every blob of a staged pack is checked against its id before it is
     /// shipped, so a cache torn by a power loss costs the staged point, never a wrong byte.
     pub fn open_cache(location: &str, base: &Path) -> Result<Self> {
         Self::open_with(location, base, false)
