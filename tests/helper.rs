@@ -3,6 +3,8 @@
 //! - `lifeboat-test-helper cli ARGS…` runs the `lifeboat` command (so a test can kill -9 it);
 //! - `lifeboat-test-helper pair-writer A B` writes numbered records to disk A and then to disk B,
 //!   forever, syncing each before the next: B never holds a record A does not. Stop it to cut.
+//! - `lifeboat-test-helper journal-writer DB RUN` appends step events to a run journal forever,
+//!   printing each sequence number once its append returned (so a test can kill it -9).
 
 use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
@@ -29,8 +31,11 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
         Some("pair-writer") if args.len() == 4 => pair_writer(&args[2], &args[3]),
+        Some("journal-writer") if args.len() == 4 => journal_writer(&args[2], &args[3]),
         _ => {
-            eprintln!("usage: lifeboat-test-helper cli ARGS… | pair-writer A B");
+            eprintln!(
+                "usage: lifeboat-test-helper cli ARGS… | pair-writer A B | journal-writer DB RUN"
+            );
             ExitCode::from(2)
         }
     }
@@ -59,4 +64,36 @@ fn pair_writer(a: &str, b: &str) -> ExitCode {
         }
         i += 1;
     }
+}
+
+fn journal_writer(db: &str, run: &str) -> ExitCode {
+    use lifeboat_orchestrator::journal::{Event, Journal};
+    let mut journal = match Journal::open(std::path::Path::new(db)) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if journal.replay(run).ok().flatten().is_none() && journal.begin(run, "p", "test").is_err() {
+        return ExitCode::from(1);
+    }
+    let mut out = std::io::stdout().lock();
+    for attempt in 1u32.. {
+        let event = Event::StepStarted {
+            step: format!("g/post/{attempt}"),
+            attempt,
+        };
+        match journal.append(run, &event) {
+            Ok(seq) => {
+                let _ = writeln!(out, "{seq}");
+                let _ = out.flush();
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }

@@ -7,6 +7,7 @@ mod examples;
 mod formats;
 mod fuzz;
 mod golden;
+mod orchestrator;
 mod plugins;
 mod replication;
 mod schema;

@@ -1,0 +1,278 @@
+//! The run journal: every transition of a run is appended here, durably, before it takes
+//! effect; a restarted runtime replays it to resume a run without repeating a finished step.
+//! SQLite in WAL mode with `synchronous = FULL`: an append that returned is on disk, and a
+//! process killed mid-append leaves the journal as it was before that append.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+/// One transition of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Event {
+    RunStarted {
+        plan: String,
+        operation: String,
+    },
+    StepStarted {
+        step: String,
+        attempt: u32,
+    },
+    StepFinished {
+        step: String,
+        attempt: u32,
+        output: serde_json::Value,
+    },
+    StepFailed {
+        step: String,
+        attempt: u32,
+        error: String,
+    },
+    GroupHealthy {
+        group: String,
+    },
+    RunFinished {
+        status: String,
+    },
+}
+
+/// A run as its journal tells it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Replayed {
+    pub plan: String,
+    pub operation: String,
+    /// Steps that finished, with their output: never run again.
+    pub finished: HashMap<String, serde_json::Value>,
+    /// A step that started and did not finish (the runtime died in it): the next attempt.
+    pub interrupted: HashMap<String, u32>,
+    pub failed: HashMap<String, String>,
+    pub healthy_groups: HashSet<String>,
+    pub status: Option<String>,
+    pub events: usize,
+}
+
+/// An open journal.
+#[derive(Debug)]
+pub struct Journal {
+    db: Connection,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Journal {
+    pub fn open(path: &Path) -> Result<Self, String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let db = Connection::open(path)
+            .map_err(|e| format!("cannot open journal {}: {e}", path.display()))?;
+        db.pragma_update(None, "journal_mode", "WAL")
+            .and_then(|()| db.pragma_update(None, "synchronous", "FULL"))
+            .and_then(|()| {
+                db.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS runs (
+                        id TEXT PRIMARY KEY, plan TEXT NOT NULL, operation TEXT NOT NULL,
+                        created_unix_ms INTEGER NOT NULL);
+                     CREATE TABLE IF NOT EXISTS events (
+                        run TEXT NOT NULL, seq INTEGER NOT NULL, at_unix_ms INTEGER NOT NULL,
+                        event TEXT NOT NULL, PRIMARY KEY (run, seq));",
+                )
+            })
+            .map_err(|e| format!("cannot set up journal {}: {e}", path.display()))?;
+        Ok(Self { db })
+    }
+
+    /// Starts a run: records it and its first event, in one transaction.
+    pub fn begin(&mut self, run: &str, plan: &str, operation: &str) -> Result<(), String> {
+        let first = Event::RunStarted {
+            plan: plan.into(),
+            operation: operation.into(),
+        };
+        let text = serde_json::to_string(&first).map_err(|e| e.to_string())?;
+        let tx = self.db.transaction().map_err(|e| e.to_string())?;
+        tx.execute(
+            "INSERT INTO runs (id, plan, operation, created_unix_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![run, plan, operation, now_ms()],
+        )
+        .and_then(|_| {
+            tx.execute(
+                "INSERT INTO events (run, seq, at_unix_ms, event) VALUES (?1, 1, ?2, ?3)",
+                params![run, now_ms(), text],
+            )
+        })
+        .map_err(|e| format!("cannot record run {run}: {e}"))?;
+        tx.commit()
+            .map_err(|e| format!("cannot record run {run}: {e}"))
+    }
+
+    /// Appends one event; returns its sequence number once it is durable.
+    pub fn append(&mut self, run: &str, event: &Event) -> Result<i64, String> {
+        let text = serde_json::to_string(event).map_err(|e| e.to_string())?;
+        let tx = self.db.transaction().map_err(|e| e.to_string())?;
+        let seq: i64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run = ?1",
+                [run],
+                |r| r.get(0),
+            )
+            .map_err(|e| e.to_string())?;
+        tx.execute(
+            "INSERT INTO events (run, seq, at_unix_ms, event) VALUES (?1, ?2, ?3, ?4)",
+            params![run, seq, now_ms(), text],
+        )
+        .map_err(|e| format!("cannot append to run {run}: {e}"))?;
+        tx.commit()
+            .map_err(|e| format!("cannot append to run {run}: {e}"))?;
+        Ok(seq)
+    }
+
+    /// Every event of a run, in order, with its instant.
+    pub fn events(&self, run: &str) -> Result<Vec<(i64, i64, Event)>, String> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT seq, at_unix_ms, event FROM events WHERE run = ?1 ORDER BY seq")
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([run], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, at, text) = row.map_err(|e| e.to_string())?;
+            let event = serde_json::from_str(&text)
+                .map_err(|e| format!("journal event {seq} of run {run} does not parse: {e}"))?;
+            out.push((seq, at, event));
+        }
+        Ok(out)
+    }
+
+    /// Run ids, newest first.
+    pub fn runs(&self) -> Result<Vec<(String, String, String, i64)>, String> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT id, plan, operation, created_unix_ms FROM runs ORDER BY created_unix_ms DESC, id DESC")
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    }
+
+    /// Replays a run's events into its state.
+    pub fn replay(&self, run: &str) -> Result<Option<Replayed>, String> {
+        let known: Option<String> = self
+            .db
+            .query_row("SELECT id FROM runs WHERE id = ?1", [run], |r| r.get(0))
+            .optional()
+            .map_err(|e| e.to_string())?;
+        if known.is_none() {
+            return Ok(None);
+        }
+        let mut r = Replayed::default();
+        for (_, _, event) in self.events(run)? {
+            r.events += 1;
+            match event {
+                Event::RunStarted { plan, operation } => {
+                    r.plan = plan;
+                    r.operation = operation;
+                }
+                Event::StepStarted { step, attempt } => {
+                    r.failed.remove(&step);
+                    r.interrupted.insert(step, attempt);
+                }
+                Event::StepFinished { step, output, .. } => {
+                    r.interrupted.remove(&step);
+                    r.finished.insert(step, output);
+                }
+                Event::StepFailed { step, error, .. } => {
+                    r.interrupted.remove(&step);
+                    r.failed.insert(step, error);
+                }
+                Event::GroupHealthy { group } => {
+                    r.healthy_groups.insert(group);
+                }
+                Event::RunFinished { status } => r.status = Some(status),
+            }
+        }
+        Ok(Some(r))
+    }
+}
+
+/// The idempotency key of a host call made by an attempt of a step: the same after a restart,
+/// so a call the runtime made before it died is recognised rather than repeated.
+pub fn idempotency_key(run: &str, step: &str, attempt: u32) -> String {
+    format!("{run}/{step}/{attempt}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_reopened_journal_replays_what_finished_and_what_was_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        {
+            let mut j = Journal::open(&path).unwrap();
+            j.begin("r1", "erp", "test").unwrap();
+            j.append(
+                "r1",
+                &Event::StepStarted {
+                    step: "database/boot".into(),
+                    attempt: 1,
+                },
+            )
+            .unwrap();
+            j.append(
+                "r1",
+                &Event::StepFinished {
+                    step: "database/boot".into(),
+                    attempt: 1,
+                    output: serde_json::json!({"ok": true}),
+                },
+            )
+            .unwrap();
+            j.append(
+                "r1",
+                &Event::GroupHealthy {
+                    group: "database".into(),
+                },
+            )
+            .unwrap();
+            j.append(
+                "r1",
+                &Event::StepStarted {
+                    step: "app/boot".into(),
+                    attempt: 1,
+                },
+            )
+            .unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        let r = j.replay("r1").unwrap().unwrap();
+        assert_eq!((r.plan.as_str(), r.operation.as_str()), ("erp", "test"));
+        assert!(r.finished.contains_key("database/boot"));
+        assert_eq!(r.interrupted.get("app/boot"), Some(&1));
+        assert!(r.healthy_groups.contains("database"));
+        assert_eq!(r.status, None);
+        assert_eq!(r.events, 5);
+        assert!(j.replay("nope").unwrap().is_none());
+        assert_eq!(j.runs().unwrap()[0].0, "r1");
+    }
+}
