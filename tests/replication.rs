@@ -726,7 +726,12 @@ fn a_group_cut_never_holds_a_later_write_without_an_earlier_one() {
         .arg(lab.disk("b", "os"))
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // Records are synced one by one: on a loaded machine the first may take a while.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while newest_record(&lab.disk("b", "os")) == 0 {
+        assert!(Instant::now() < deadline, "the writer never wrote");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let group = lab.inventory_groups().remove(0);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let opts = CycleOptions {
@@ -821,7 +826,7 @@ fn retention_expires_old_points_but_keeps_pinned_and_latest_and_gc_keeps_them_wh
     let lab = Lab::new(&[("a", &[("os", 8 << 20)])], &[]);
     lab.edit(
         "crash_interval = \"10s\"\nretention = \"1h\"",
-        "crash_interval = \"1s\"\nretention = \"2s\"",
+        "crash_interval = \"1s\"\nretention = \"5s\"",
     );
     let mut rng = Rng::new(21);
     let mut copies = Vec::new();
@@ -832,7 +837,7 @@ fn retention_expires_old_points_but_keeps_pinned_and_latest_and_gc_keeps_them_wh
         std::fs::copy(lab.disk("a", "os"), &copy).unwrap();
         copies.push(copy);
         if i == 2 {
-            std::thread::sleep(Duration::from_millis(2500));
+            std::thread::sleep(Duration::from_millis(5200));
         }
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -868,7 +873,7 @@ fn retention_expires_old_points_but_keeps_pinned_and_latest_and_gc_keeps_them_wh
             .unwrap();
         repo.unpin("a", 1, "drill").await.unwrap();
     });
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(5200));
     assert_eq!(lab.run(&["gc", "--grace", "0s"]).code, 0);
     assert_eq!(lab.points("a"), vec![4]);
     let dir = lab.restore("a", "4").unwrap();

@@ -138,9 +138,17 @@ async fn serve(args: Args, file: std::fs::File, recovered: disk::Check) -> Resul
             };
             let state = state.clone();
             tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let n = conn.read(&mut buf).await.unwrap_or(0);
-                let request = String::from_utf8_lossy(&buf[..n]);
+                // Read the whole request head before answering: closing on a half-read request
+                // would reset the client's connection.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let request = String::from_utf8_lossy(&buf);
                 let path = request.split_whitespace().nth(1).unwrap_or("");
                 let (status, body) = match path {
                     "/health" => ("200 OK", "ok\n".to_string()),

@@ -39,11 +39,25 @@ fn start(disk: &Path) -> (Child, String) {
 
 fn get(addr: &str, path: &str) -> (String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
     (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// Polls until `done` holds; the machine may be loaded (each record is an fsync), so tests wait
+/// for what they need rather than sleeping a fixed time.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn state(addr: &str) -> serde_json::Value {
@@ -79,9 +93,10 @@ fn it_serves_health_and_state_and_recovers_after_kill_9() {
     let (mut vm, addr) = start(&disk);
     assert_eq!(get(&addr, "/health").0, "HTTP/1.1 200 OK");
     assert_eq!(get(&addr, "/nope").0, "HTTP/1.1 404 Not Found");
-    std::thread::sleep(Duration::from_millis(600));
+    wait_until("the ring wrapped", || {
+        state(&addr)["last_record"].as_u64().unwrap() > 80
+    });
     let seen = state(&addr)["last_record"].as_u64().unwrap();
-    assert!(seen > 64, "the writer wrote {seen} records");
     vm.kill().unwrap();
     vm.wait().unwrap();
     let (ok, found) = check(&disk);
@@ -95,8 +110,9 @@ fn it_serves_health_and_state_and_recovers_after_kill_9() {
     let (mut vm, addr) = start(&disk);
     let s = state(&addr);
     assert_eq!(s["recovered"]["last"]["seq"].as_u64().unwrap(), last);
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(state(&addr)["last_record"].as_u64().unwrap() > last);
+    wait_until("it wrote on", || {
+        state(&addr)["last_record"].as_u64().unwrap() > last
+    });
     vm.kill().unwrap();
     vm.wait().unwrap();
 }
@@ -105,8 +121,10 @@ fn it_serves_health_and_state_and_recovers_after_kill_9() {
 fn a_damaged_disk_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let disk = disk(dir.path(), 64);
-    let (mut vm, _) = start(&disk);
-    std::thread::sleep(Duration::from_millis(200));
+    let (mut vm, addr) = start(&disk);
+    wait_until("20 records", || {
+        state(&addr)["last_record"].as_u64().unwrap() >= 20
+    });
     vm.kill().unwrap();
     vm.wait().unwrap();
     let last = check(&disk).1["last"]["seq"].as_u64().unwrap();
@@ -155,7 +173,9 @@ fn a_point_of_a_running_vm_restores_consistent_and_measures_its_data_loss() {
     let dir = tempfile::tempdir().unwrap();
     let disk = disk(dir.path(), 4096); // 16 MiB
     let (mut vm, addr) = start(&disk);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("10 records", || {
+        state(&addr)["last_record"].as_u64().unwrap() >= 10
+    });
     let group = GroupSpec {
         name: "demo".into(),
         vms: vec![VmSpec {
@@ -188,7 +208,10 @@ fn a_point_of_a_running_vm_restores_consistent_and_measures_its_data_loss() {
             &group, &source, &target, &opts,
         ))
         .unwrap();
-        std::thread::sleep(Duration::from_millis(150));
+        let before = state(&addr)["last_record"].as_u64().unwrap();
+        wait_until("it wrote after the cut", || {
+            state(&addr)["last_record"].as_u64().unwrap() > before
+        });
     }
     let source_last = state(&addr);
     vm.kill().unwrap();
@@ -215,7 +238,7 @@ fn a_point_of_a_running_vm_restores_consistent_and_measures_its_data_loss() {
         assert!(ok, "point {seq} is not consistent: {found}");
         let rec = found["last"]["seq"].as_u64().unwrap();
         let rec_ms = found["last"]["unix_ms"].as_u64().unwrap();
-        assert!(rec < previous, "points out of order");
+        assert!(rec < previous, "point {seq} is not newer than the next one");
         previous = rec;
         // The point holds what was written before its cut, and nothing after it.
         assert!(
@@ -223,12 +246,21 @@ fn a_point_of_a_running_vm_restores_consistent_and_measures_its_data_loss() {
             "point {seq} holds record {rec} written after its cut"
         );
     }
+    // The achieved RPO: the source's newest record against the restored newest one. The newest
+    // point was cut before the source wrote on, so it lost something, and what it holds was
+    // written shortly before its cut (one record period, plus an fsync on a loaded machine).
     let (_, found) = check(&last_point.2);
+    let restored_ms = found["last"]["unix_ms"].as_u64().unwrap();
+    let rpo_ms = source_last["last_record_unix_ms"].as_u64().unwrap() - restored_ms;
     let lost =
         source_last["last_record"].as_u64().unwrap() - found["last"]["seq"].as_u64().unwrap();
-    let rpo_ms = source_last["last_record_unix_ms"].as_u64().unwrap()
-        - found["last"]["unix_ms"].as_u64().unwrap();
-    // 150 ms between the last cut and the moment we read the source: at 200 records/s, well
-    // under a second of loss.
-    assert!(rpo_ms < 1000, "achieved RPO {rpo_ms} ms ({lost} records)");
+    assert!(
+        lost > 0 && rpo_ms > 0,
+        "the source wrote after the last cut: something must be lost"
+    );
+    assert!(
+        last_point.1 - restored_ms < 2000,
+        "the newest point is {} ms stale at its cut",
+        last_point.1 - restored_ms
+    );
 }
