@@ -369,6 +369,8 @@ fn kill_9_during_cycles_loses_nothing_committed() {
     let mut states: Vec<(u64, u64, PathBuf, PathBuf)> = Vec::new();
     let mut listed_before: Vec<u64> = Vec::new();
     let mut killed = 0;
+    // Kill instants fall inside a cycle: the range follows how long an uninterrupted one took.
+    let mut cycle_ms = 400;
     for round in 0..rounds {
         scribble(
             &lab.disk("a", "os"),
@@ -388,12 +390,14 @@ fn kill_9_during_cycles_loses_nothing_committed() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let delay = Duration::from_millis(rng.below(400));
-        let deadline = Instant::now() + delay;
+        let delay = Duration::from_millis(rng.below(cycle_ms));
+        let began = Instant::now();
+        let deadline = began + delay;
         let mut finished = None;
         while Instant::now() < deadline {
             if let Some(status) = child.try_wait().unwrap() {
                 finished = Some(status);
+                cycle_ms = began.elapsed().as_millis().max(10) as u64;
                 break;
             }
             std::thread::sleep(Duration::from_millis(2));
