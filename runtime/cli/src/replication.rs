@@ -62,23 +62,23 @@ pub fn load(
 }
 
 impl Context {
-    fn site(&self, name: &str) -> Result<Store, Error> {
+    /// A site's store, as the repository (fsync on) or as a source's cache (no fsync: see
+    /// `Store::open_cache`).
+    fn store(&self, name: &str, cache: bool) -> Result<Store, Error> {
         let site = self
             .inventory
             .sites
             .get(name)
             .ok_or_else(|| Error::failed(format!("unknown site `{name}`")))?;
-        Store::open(&site.store.value, &self.base)
+        if cache {
+            Store::open_cache(&site.store.value, &self.base)
+        } else {
+            Store::open(&site.store.value, &self.base)
+        }
     }
 
-    /// A source site's store, opened for its cache (no fsync: see `Store::open_cache`).
-    fn cache_site(&self, name: &str) -> Result<Store, Error> {
-        let site = self
-            .inventory
-            .sites
-            .get(name)
-            .ok_or_else(|| Error::failed(format!("unknown site `{name}`")))?;
-        Store::open_cache(&site.store.value, &self.base)
+    fn site(&self, name: &str) -> Result<Store, Error> {
+        self.store(name, false)
     }
 
     /// The group that holds `vm`.
@@ -197,7 +197,7 @@ pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io
             progress: bar(ctx),
         };
         let result = rt.block_on(async {
-            let source = ctx.cache_site(&group.source_site)?;
+            let source = ctx.store(&group.source_site, true)?;
             let target = ctx.site(&group.target_site)?;
             lifeboat_replication::replicate(group, &source, &target, &opts).await
         });

@@ -159,6 +159,21 @@ fn group(image: &Path, base: &Path) -> GroupSpec {
     }
 }
 
+/// One replication cycle from `dir/east` (cache) to `dir/west` (repository).
+fn cycle(
+    rt: &tokio::runtime::Runtime,
+    g: &GroupSpec,
+    dir: &Path,
+) -> lifeboat_replication::CycleReport {
+    rt.block_on(async {
+        let source = Store::open_cache("east", dir).unwrap();
+        let target = Store::open("west", dir).unwrap();
+        lifeboat_replication::replicate(g, &source, &target, &CycleOptions::default())
+            .await
+            .unwrap()
+    })
+}
+
 fn main() {
     let mib = env_u64("LIFEBOAT_BENCH_MIB", 2048);
     let runs = env_u64("LIFEBOAT_BENCH_RUNS", 3).max(1) as usize;
@@ -206,13 +221,7 @@ fn main() {
         drop_dir(&dir.join("west"));
         let g = group(&image, dir);
         seed_t.push(time(|| {
-            rt.block_on(async {
-                let source = Store::open_cache("east", dir).unwrap();
-                let target = Store::open("west", dir).unwrap();
-                lifeboat_replication::replicate(&g, &source, &target, &CycleOptions::default())
-                    .await
-                    .unwrap();
-            });
+            cycle(&rt, &g, dir);
         }));
         repo_bytes = du(&dir.join("west/repo"));
         if restic {
@@ -272,13 +281,7 @@ fn main() {
         let g = group(&image, dir);
         let mut report = None;
         inc_t.push(time(|| {
-            report = Some(rt.block_on(async {
-                let source = Store::open_cache("east", dir).unwrap();
-                let target = Store::open("west", dir).unwrap();
-                lifeboat_replication::replicate(&g, &source, &target, &CycleOptions::default())
-                    .await
-                    .unwrap()
-            }));
+            report = Some(cycle(&rt, &g, dir));
         }));
         shipped.push(report.unwrap().shipped_bytes as f64);
         if rsync {
