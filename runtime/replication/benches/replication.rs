@@ -7,7 +7,8 @@
 //! system as production stores).
 //!
 //! The image is non-sparse and mixed like a used VM disk: 50 % random (incompressible), 25 %
-//! text-like (compressible), 25 % written zeros.
+//! text-like (compressible), 25 % written zeros. Every timed section starts after an untimed
+//! `sync`, so a baseline's timed `sync` flushes only what that baseline wrote.
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
@@ -77,7 +78,10 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Times `f`, after flushing everything earlier work left dirty, so a timed `sync` flushes only
+/// what the timed work wrote.
 fn time<F: FnMut()>(mut f: F) -> f64 {
+    sync();
     let t = Instant::now();
     f();
     t.elapsed().as_secs_f64()
