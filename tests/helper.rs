@@ -5,6 +5,8 @@
 //!   forever, syncing each before the next: B never holds a record A does not. Stop it to cut.
 //! - `lifeboat-test-helper journal-writer DB RUN` appends step events to a run journal forever,
 //!   printing each sequence number once its append returned (so a test can kill it -9).
+//! - `lifeboat-test-helper run-plan DB RUN EFFECTS [DIE_AFTER]` executes a small plan through the
+//!   orchestrator's executor, dying abruptly right after journal event DIE_AFTER.
 
 use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
@@ -32,9 +34,15 @@ fn main() -> ExitCode {
         }
         Some("pair-writer") if args.len() == 4 => pair_writer(&args[2], &args[3]),
         Some("journal-writer") if args.len() == 4 => journal_writer(&args[2], &args[3]),
+        Some("run-plan") if args.len() >= 5 => run_plan(
+            &args[2],
+            &args[3],
+            &args[4],
+            args.get(5).and_then(|a| a.parse().ok()),
+        ),
         _ => {
             eprintln!(
-                "usage: lifeboat-test-helper cli ARGS… | pair-writer A B | journal-writer DB RUN"
+                "usage: lifeboat-test-helper cli ARGS… | pair-writer A B | journal-writer DB RUN | run-plan DB RUN EFFECTS [DIE_AFTER]"
             );
             ExitCode::from(2)
         }
@@ -96,4 +104,91 @@ fn journal_writer(db: &str, run: &str) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `run-plan DB RUN EFFECTS [DIE_AFTER]`: executes a small fixed plan (3 groups of 2 steps; one
+/// step fails its first attempt and has a retry) with a runner whose only effect is appending its
+/// idempotency key to EFFECTS once. With DIE_AFTER, aborts right after journal event DIE_AFTER.
+fn run_plan(db: &str, run: &str, effects: &str, die_after: Option<i64>) -> ExitCode {
+    use lifeboat_orchestrator::compile::{GroupRun, Phase, RunPlan, StepRun};
+    use lifeboat_orchestrator::journal::Journal;
+    use lifeboat_orchestrator::run::{Outcome, StepRunner, execute};
+
+    struct Effects(std::path::PathBuf);
+    #[async_trait::async_trait]
+    impl StepRunner for Effects {
+        async fn run(&self, step: &StepRun, key: &str) -> Result<serde_json::Value, String> {
+            // Every call, deduplicated or not, so a test sees a step run twice.
+            let mut calls = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.0.with_extension("calls"))
+                .map_err(|e| e.to_string())?;
+            writeln!(calls, "{key}").map_err(|e| e.to_string())?;
+            calls.sync_all().map_err(|e| e.to_string())?;
+            if step.id == "g2/post/0" && key.ends_with("/1") {
+                return Err("first attempt fails".into());
+            }
+            // An idempotent host call: applied once per key.
+            let done = std::fs::read_to_string(&self.0).unwrap_or_default();
+            if !done.lines().any(|l| l == key) {
+                let mut f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.0)
+                    .map_err(|e| e.to_string())?;
+                writeln!(f, "{key}").map_err(|e| e.to_string())?;
+                f.sync_all().map_err(|e| e.to_string())?;
+            }
+            Ok(serde_json::json!({ "key": key }))
+        }
+    }
+    let step = |id: String, phase: Phase, retries: u32| StepRun {
+        name: id.clone(),
+        id,
+        phase,
+        uses: "builtin:wait".into(),
+        config: serde_json::json!({}),
+        timeout: std::time::Duration::from_secs(5),
+        retries,
+    };
+    let plan = RunPlan {
+        plan: "p".into(),
+        operation: lifeboat_plan::plan::Operation::Test,
+        groups: (1..=3)
+            .map(|g| GroupRun {
+                name: format!("g{g}"),
+                vms: vec![],
+                steps: vec![
+                    step(format!("g{g}/boot"), Phase::Boot, 0),
+                    step(format!("g{g}/post/0"), Phase::Post, 1),
+                ],
+            })
+            .collect(),
+    };
+    let Ok(mut journal) = Journal::open(std::path::Path::new(db)) else {
+        return ExitCode::from(1);
+    };
+    let observe = |_: &lifeboat_orchestrator::journal::Event, seq: i64| {
+        if Some(seq) == die_after {
+            std::process::abort(); // as abrupt as kill -9: no cleanup, nothing flushed
+        }
+    };
+    let runner = Effects(effects.into());
+    let rt = tokio::runtime::Builder::new_current_thread().build();
+    match rt.map(|rt| rt.block_on(execute(&mut journal, run, &plan, &runner, &observe))) {
+        Ok(Ok(Outcome::Succeeded)) => ExitCode::SUCCESS,
+        Ok(Ok(Outcome::Failed { step, error })) => {
+            eprintln!("step {step} failed: {error}");
+            ExitCode::from(3)
+        }
+        Ok(Err(e)) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -55,3 +55,74 @@ fn kill_9_never_loses_or_tears_a_journal_append() {
     }
     assert!(acknowledged > 6, "the writer hardly wrote: {acknowledged}");
 }
+
+fn run_plan(
+    db: &std::path::Path,
+    effects: &std::path::Path,
+    die_after: Option<i64>,
+) -> std::process::ExitStatus {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeboat-test-helper"));
+    cmd.arg("run-plan")
+        .arg(db)
+        .arg("r1")
+        .arg(effects)
+        .stderr(Stdio::null());
+    if let Some(n) = die_after {
+        cmd.arg(n.to_string());
+    }
+    cmd.status().unwrap()
+}
+
+/// Kill the orchestrator right after each journal point of a short plan, then resume: the run
+/// completes, and no step's effect is applied twice.
+#[test]
+fn a_run_killed_at_any_journal_point_resumes_without_repeating_a_step() {
+    let dir = tempfile::tempdir().unwrap();
+    // A whole run first, to learn how many journal points there are and the expected effects.
+    let (db, effects) = (dir.path().join("full.db"), dir.path().join("full.effects"));
+    assert!(run_plan(&db, &effects, None).success());
+    let points = Journal::open(&db).unwrap().events("r1").unwrap().len() as i64;
+    let expected = std::fs::read_to_string(&effects).unwrap();
+    // 3 groups × (boot, post); post of g2 fails once and is retried under a new key.
+    assert_eq!(expected.lines().count(), 6, "{expected}");
+    assert!(expected.contains("r1/g2/post/0/2") && !expected.contains("r1/g2/post/0/1"));
+    for n in 1..points {
+        let (db, effects) = (
+            dir.path().join(format!("{n}.db")),
+            dir.path().join(format!("{n}.effects")),
+        );
+        let died = run_plan(&db, &effects, Some(n));
+        assert!(!died.success(), "journal point {n}: the run did not die");
+        assert!(
+            run_plan(&db, &effects, None).success(),
+            "journal point {n}: resume failed"
+        );
+        let replay = Journal::open(&db).unwrap().replay("r1").unwrap().unwrap();
+        assert_eq!(
+            replay.status.as_deref(),
+            Some("succeeded"),
+            "journal point {n}"
+        );
+        let got = std::fs::read_to_string(&effects).unwrap_or_default();
+        let mut got_lines: Vec<&str> = got.lines().collect();
+        let mut want: Vec<&str> = expected.lines().collect();
+        got_lines.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(
+            got_lines, want,
+            "journal point {n}: effects differ (a step ran twice or not at all)"
+        );
+        // Each attempt was called once: the run died at journal points, never inside a step, so
+        // nothing finished may run again and an interrupted attempt resumes under its own key.
+        let calls = std::fs::read_to_string(effects.with_extension("calls")).unwrap();
+        let mut calls: Vec<&str> = calls.lines().collect();
+        calls.sort_unstable();
+        let mut want_calls = want.clone();
+        want_calls.push("r1/g2/post/0/1");
+        want_calls.sort_unstable();
+        assert_eq!(
+            calls, want_calls,
+            "journal point {n}: a step was called twice"
+        );
+    }
+}

@@ -49,7 +49,8 @@ pub struct Replayed {
     pub finished: HashMap<String, serde_json::Value>,
     /// A step that started and did not finish (the runtime died in it): the next attempt.
     pub interrupted: HashMap<String, u32>,
-    pub failed: HashMap<String, String>,
+    /// Steps whose last attempt failed: that attempt and why.
+    pub failed: HashMap<String, (u32, String)>,
     pub healthy_groups: HashSet<String>,
     pub status: Option<String>,
     pub events: usize,
@@ -198,9 +199,13 @@ impl Journal {
                     r.interrupted.remove(&step);
                     r.finished.insert(step, output);
                 }
-                Event::StepFailed { step, error, .. } => {
+                Event::StepFailed {
+                    step,
+                    attempt,
+                    error,
+                } => {
                     r.interrupted.remove(&step);
-                    r.failed.insert(step, error);
+                    r.failed.insert(step, (attempt, error));
                 }
                 Event::GroupHealthy { group } => {
                     r.healthy_groups.insert(group);

@@ -3,11 +3,13 @@
 //! driver trait and the process driver, which can also hold VMs still for a replication cut),
 //! `health` (probes), `template` (placeholders in boot commands and health checks), `compile`
 //! (a plan and an operation into the ordered steps of a run) and `journal` (the durable record
-//! of every transition, replayed to resume a run).
+//! of every transition, replayed to resume a run), and `run` (executing a compiled run through a
+//! `StepRunner`, journaled, resumable).
 
 pub mod compile;
 pub mod compute;
 pub mod health;
 pub mod journal;
 pub mod network;
+pub mod run;
 pub mod template;
