@@ -117,7 +117,12 @@ fn run_plan(db: &str, run: &str, effects: &str, die_after: Option<i64>) -> ExitC
     struct Effects(std::path::PathBuf);
     #[async_trait::async_trait]
     impl StepRunner for Effects {
-        async fn run(&self, step: &StepRun, key: &str) -> Result<serde_json::Value, String> {
+        async fn run(
+            &self,
+            step: &StepRun,
+            _attempt: u32,
+            key: &str,
+        ) -> Result<serde_json::Value, String> {
             // Every call, deduplicated or not, so a test sees a step run twice.
             let mut calls = OpenOptions::new()
                 .create(true)
@@ -145,12 +150,15 @@ fn run_plan(db: &str, run: &str, effects: &str, die_after: Option<i64>) -> ExitC
     }
     let step = |id: String, phase: Phase, retries: u32| StepRun {
         name: id.clone(),
+        group: id.split('/').next().unwrap_or_default().to_string(),
         id,
         phase,
         uses: "builtin:wait".into(),
         config: serde_json::json!({}),
         timeout: std::time::Duration::from_secs(5),
         retries,
+        sha256: None,
+        allow: Default::default(),
     };
     let plan = RunPlan {
         plan: "p".into(),

@@ -24,12 +24,31 @@ pub struct StepRun {
     /// `GROUP/pre/N`, `GROUP/boot`, `GROUP/post/N` (N: the index in the plan, before `on`
     /// filtering, so ids do not shift when a step is filtered out).
     pub id: String,
+    /// The plan group it belongs to.
+    pub group: String,
     pub phase: Phase,
     pub name: String,
     pub uses: String,
     pub config: serde_json::Value,
     pub timeout: Duration,
     pub retries: u32,
+    /// The pin of a file plugin.
+    pub sha256: Option<String>,
+    /// What the step may touch, placeholders not yet filled.
+    pub allow: StepAllow,
+}
+
+/// A step's `allow`, as written in the plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StepAllow {
+    pub vms: Vec<String>,
+    pub tcp: Vec<String>,
+    pub http: Vec<String>,
+    pub kv: Vec<String>,
+}
+
+fn texts(list: &[lifeboat_plan::span::Spanned<String>]) -> Vec<String> {
+    list.iter().map(|s| s.value.clone()).collect()
 }
 
 /// One boot group of a run.
@@ -79,6 +98,7 @@ pub fn compile(plan: &Plan, operation: Operation) -> RunPlan {
                     let tag = if phase == Phase::Pre { "pre" } else { "post" };
                     steps.push(StepRun {
                         id: format!("{}/{tag}/{i}", g.name.value),
+                        group: g.name.value.clone(),
                         phase,
                         name: s
                             .name
@@ -93,22 +113,35 @@ pub fn compile(plan: &Plan, operation: Operation) -> RunPlan {
                             }),
                         timeout: s.timeout.as_ref().map_or(STEP_TIMEOUT, |t| t.value.0),
                         retries: s.retries.as_ref().map_or(0, |r| r.value),
+                        sha256: s.sha256.as_ref().map(|h| h.value.clone()),
+                        allow: s.allow.as_ref().map_or_else(StepAllow::default, |a| StepAllow {
+                            vms: texts(&a.vms),
+                            tcp: texts(&a.tcp),
+                            http: texts(&a.http),
+                            kv: texts(&a.kv),
+                        }),
                     });
                 }
             };
             add(Phase::Pre, &g.pre, &mut steps);
             steps.push(StepRun {
                 id: format!("{}/boot", g.name.value),
+                group: g.name.value.clone(),
                 phase: Phase::Boot,
                 name: format!("boot {}", g.name.value),
                 uses: "builtin:boot-group".into(),
                 config: serde_json::json!({
-                    "vms": vms,
                     "point": point,
                     "parallelism": g.parallelism.as_ref().map_or(8, |p| p.value),
                 }),
                 timeout: BOOT_TIMEOUT,
                 retries: 0,
+                sha256: None,
+                // The boot step acts on its group's VMs and nothing else.
+                allow: StepAllow {
+                    vms: vms.clone(),
+                    ..StepAllow::default()
+                },
             });
             add(Phase::Post, &g.post, &mut steps);
             GroupRun {
@@ -166,7 +199,7 @@ mod tests {
         );
         let boot = &planned.groups[0].steps[1];
         assert_eq!(boot.uses, "builtin:boot-group");
-        assert_eq!(boot.config["vms"], serde_json::json!(["db-1"]));
+        assert_eq!(boot.allow.vms, ["db-1"]);
         assert_eq!(boot.config["point"], "latest-processed");
         let post = &planned.groups[0].steps[2];
         assert_eq!(post.name, "db-port");

@@ -39,7 +39,8 @@ pub async fn wait_healthy(
     }
 }
 
-async fn check(probe: &Probe, dir: &Path) -> Result<(), String> {
+/// One try of `probe`.
+pub async fn check(probe: &Probe, dir: &Path) -> Result<(), String> {
     match probe {
         Probe::Tcp(addr) => tokio::net::TcpStream::connect(addr)
             .await

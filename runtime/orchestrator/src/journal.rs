@@ -38,6 +38,68 @@ pub enum Event {
     RunFinished {
         status: String,
     },
+    /// What the run was started with, so a resume rebuilds the same run.
+    Prepared {
+        plan_path: String,
+        /// The `--point` of the command line, if any.
+        point: Option<String>,
+    },
+    /// Every NIC's address at the target, fixed once per run.
+    Assigned {
+        assignments: Vec<crate::network::Assignment>,
+    },
+    /// The point a consistency group boots from (pinned while the run holds it).
+    PointChosen {
+        group: String,
+        seq: u64,
+        point_kind: String,
+        captured_unix_ms: u64,
+    },
+    /// A VM's disks, restored from its point.
+    Restored {
+        vm: String,
+        key: String,
+        disks: Vec<String>,
+    },
+    /// A VM process started (its process group is `pid`).
+    VmStarted {
+        vm: String,
+        key: String,
+        pid: u32,
+        argv: Vec<String>,
+        log: String,
+    },
+    VmStopped {
+        vm: String,
+    },
+    /// What a step logged in one attempt.
+    StepLog {
+        step: String,
+        attempt: u32,
+        lines: Vec<String>,
+    },
+    /// A step waits for a person: `lifeboat approve RUN`.
+    ApprovalRequested {
+        message: String,
+    },
+    Approved {
+        by: String,
+    },
+    /// A failed step the operator chose to skip: the run goes on as if it had finished.
+    StepSkipped {
+        step: String,
+    },
+    /// A finished step's `undo` ran (cleanup).
+    StepUndone {
+        step: String,
+        error: Option<String>,
+    },
+    /// A consistency group taken over at the target (failover commit).
+    Committed {
+        group: String,
+        seq: u64,
+        epoch: u64,
+    },
 }
 
 /// A run as its journal tells it.
@@ -75,6 +137,10 @@ impl Journal {
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         let db = Connection::open(path)
+            .map_err(|e| format!("cannot open journal {}: {e}", path.display()))?;
+        // Several connections (the executor, host services, `lifeboat approve` in another
+        // process) write one journal: wait for the lock rather than fail.
+        db.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(|e| format!("cannot open journal {}: {e}", path.display()))?;
         db.pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| db.pragma_update(None, "synchronous", "FULL"))
@@ -118,7 +184,12 @@ impl Journal {
     /// Appends one event; returns its sequence number once it is durable.
     pub fn append(&mut self, run: &str, event: &Event) -> Result<i64, String> {
         let text = serde_json::to_string(event).map_err(|e| e.to_string())?;
-        let tx = self.db.transaction().map_err(|e| e.to_string())?;
+        // Immediate: take the write lock before reading the next sequence number, so two
+        // writers never pick the same one.
+        let tx = self
+            .db
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| format!("cannot append to run {run}: {e}"))?;
         let seq: i64 = tx
             .query_row(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run = ?1",
@@ -159,6 +230,15 @@ impl Journal {
             out.push((seq, at, event));
         }
         Ok(out)
+    }
+
+    /// Whether a run id is taken.
+    pub fn exists(&self, run: &str) -> Result<bool, String> {
+        self.db
+            .query_row("SELECT 1 FROM runs WHERE id = ?1", [run], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(|e| e.to_string())
     }
 
     /// Run ids, newest first.
@@ -211,6 +291,22 @@ impl Journal {
                     r.healthy_groups.insert(group);
                 }
                 Event::RunFinished { status } => r.status = Some(status),
+                Event::StepSkipped { step } => {
+                    r.interrupted.remove(&step);
+                    r.failed.remove(&step);
+                    r.finished.insert(step, serde_json::json!({ "skipped": true }));
+                }
+                Event::Prepared { .. }
+                | Event::Assigned { .. }
+                | Event::PointChosen { .. }
+                | Event::Restored { .. }
+                | Event::VmStarted { .. }
+                | Event::VmStopped { .. }
+                | Event::StepLog { .. }
+                | Event::ApprovalRequested { .. }
+                | Event::Approved { .. }
+                | Event::StepUndone { .. }
+                | Event::Committed { .. } => {}
             }
         }
         Ok(Some(r))

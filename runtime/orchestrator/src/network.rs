@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use lifeboat_plan::Inventory;
 use lifeboat_plan::plan::{NetworkRef, Plan};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Failover puts VMs in the mapped networks; a drill in the test network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub enum Purpose {
 }
 
 /// Why a NIC got its address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Why {
     /// The plan's override.
@@ -39,7 +39,7 @@ pub enum Why {
 }
 
 /// Where one NIC of one VM lands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
     pub vm: String,
     pub nic: usize,

@@ -10,8 +10,14 @@ use crate::journal::{Event, Journal, idempotency_key};
 /// Runs one step; the orchestrator's real runner calls the plugin host.
 #[async_trait::async_trait]
 pub trait StepRunner: Send + Sync {
-    /// Runs `step` once. `key` is the attempt's idempotency key, for every host call it makes.
-    async fn run(&self, step: &StepRun, key: &str) -> Result<serde_json::Value, String>;
+    /// Runs attempt `attempt` of `step`. `key` is the attempt's idempotency key, for every host
+    /// call it makes.
+    async fn run(
+        &self,
+        step: &StepRun,
+        attempt: u32,
+        key: &str,
+    ) -> Result<serde_json::Value, String>;
 }
 
 /// How a run ended.
@@ -95,7 +101,7 @@ pub async fn execute(
                     )?;
                 }
                 let key = idempotency_key(id, &step.id, attempt);
-                match runner.run(step, &key).await {
+                match runner.run(step, attempt, &key).await {
                     Ok(output) => {
                         append(
                             journal,

@@ -1,0 +1,223 @@
+//! A run as people read it, rebuilt from its journal: the timeline of every group, step and VM,
+//! the points used, each step's log, the achieved RPO per VM (the run's start minus the capture
+//! instant of the point the VM booted from) and the RTO (the run's start to its last group
+//! healthy).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::journal::{Event, Journal};
+use crate::operations::status_of;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub plan: String,
+    pub operation: String,
+    pub status: String,
+    pub started_unix_ms: i64,
+    /// Seconds from the start to the last event.
+    pub duration_seconds: f64,
+    /// Seconds from the start to the last group healthy; `None` until every group is.
+    pub rto_seconds: Option<f64>,
+    pub groups: Vec<GroupRecord>,
+    pub steps: Vec<StepRecord>,
+    pub vms: Vec<VmRecord>,
+    pub points: Vec<PointRecord>,
+    /// Every event, with its instant in seconds from the start.
+    pub timeline: Vec<(f64, Event)>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupRecord {
+    pub name: String,
+    pub healthy_at_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StepRecord {
+    pub id: String,
+    /// `finished`, `failed`, `running`, `skipped`; `undone` after cleanup.
+    pub status: String,
+    pub attempts: Vec<Attempt>,
+    pub undo_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub started_at_seconds: f64,
+    pub ended_at_seconds: Option<f64>,
+    pub error: Option<String>,
+    pub log: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VmRecord {
+    pub name: String,
+    pub group: Option<String>,
+    pub point: Option<u64>,
+    /// The run's start minus the capture instant of the VM's point.
+    pub rpo_seconds: Option<f64>,
+    pub addresses: Vec<String>,
+    pub pid: Option<u32>,
+    pub started_at_seconds: Option<f64>,
+    pub stopped_at_seconds: Option<f64>,
+    pub log: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PointRecord {
+    pub group: String,
+    pub seq: u64,
+    pub kind: String,
+    pub captured_unix_ms: u64,
+}
+
+fn step_entry<'a>(
+    steps: &'a mut BTreeMap<String, StepRecord>,
+    order: &mut Vec<String>,
+    id: &str,
+) -> &'a mut StepRecord {
+    if !steps.contains_key(id) {
+        order.push(id.to_string());
+    }
+    steps.entry(id.to_string()).or_insert_with(|| StepRecord {
+        id: id.to_string(),
+        ..StepRecord::default()
+    })
+}
+
+/// Rebuilds run `run`. `group_of(vm)` names the consistency group a VM belongs to.
+pub fn record(
+    journal: &Journal,
+    run: &str,
+    group_of: &dyn Fn(&str) -> Option<String>,
+) -> Result<RunRecord, String> {
+    let status = status_of(journal, run)?;
+    let events = journal.events(run)?;
+    let start = events.first().map_or(0, |(_, at, _)| *at);
+    let secs = |at: i64| (at - start) as f64 / 1000.0;
+    let mut groups: Vec<GroupRecord> = Vec::new();
+    let mut steps: BTreeMap<String, StepRecord> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut vms: BTreeMap<String, VmRecord> = BTreeMap::new();
+    let mut points = Vec::new();
+    let mut timeline = Vec::new();
+    let mut plan_groups = 0usize;
+    let mut boots = std::collections::HashSet::new();
+    for (_, at, e) in &events {
+        let t = secs(*at);
+        timeline.push((t, e.clone()));
+        match e {
+            Event::StepStarted { step, attempt } => {
+                if step.ends_with("/boot") {
+                    boots.insert(step.clone());
+                }
+                let s = step_entry(&mut steps, &mut order, step);
+                s.status = "running".into();
+                s.attempts.push(Attempt {
+                    attempt: *attempt,
+                    started_at_seconds: t,
+                    ..Attempt::default()
+                });
+            }
+            Event::StepFinished { step, .. } => {
+                let s = step_entry(&mut steps, &mut order, step);
+                s.status = "finished".into();
+                if let Some(a) = s.attempts.last_mut() {
+                    a.ended_at_seconds = Some(t);
+                }
+            }
+            Event::StepFailed { step, error, .. } => {
+                let s = step_entry(&mut steps, &mut order, step);
+                s.status = "failed".into();
+                if let Some(a) = s.attempts.last_mut() {
+                    a.ended_at_seconds = Some(t);
+                    a.error = Some(error.clone());
+                }
+            }
+            Event::StepLog { step, lines, .. } => {
+                let s = step_entry(&mut steps, &mut order, step);
+                if let Some(a) = s.attempts.last_mut() {
+                    a.log.extend(lines.iter().cloned());
+                }
+            }
+            Event::StepSkipped { step } => step_entry(&mut steps, &mut order, step).status = "skipped".into(),
+            Event::StepUndone { step, error } => {
+                let s = step_entry(&mut steps, &mut order, step);
+                s.status = "undone".into();
+                s.undo_error = error.clone();
+            }
+            Event::GroupHealthy { group } => {
+                plan_groups += 1;
+                groups.push(GroupRecord {
+                    name: group.clone(),
+                    healthy_at_seconds: Some(t),
+                });
+            }
+            Event::PointChosen {
+                group,
+                seq,
+                point_kind,
+                captured_unix_ms,
+            } => points.push(PointRecord {
+                group: group.clone(),
+                seq: *seq,
+                kind: point_kind.clone(),
+                captured_unix_ms: *captured_unix_ms,
+            }),
+            Event::Assigned { assignments } => {
+                for a in assignments {
+                    let v = vms.entry(a.vm.clone()).or_default();
+                    v.name = a.vm.clone();
+                    v.addresses.push(format!("nic{} {} {} ({:?})", a.nic, a.network, a.ip, a.why).to_lowercase());
+                }
+            }
+            Event::VmStarted { vm, pid, log, .. } => {
+                let v = vms.entry(vm.clone()).or_default();
+                v.name = vm.clone();
+                v.pid = Some(*pid);
+                v.started_at_seconds = Some(t);
+                v.stopped_at_seconds = None;
+                v.log = Some(log.clone());
+            }
+            Event::VmStopped { vm } => {
+                vms.entry(vm.clone()).or_default().stopped_at_seconds = Some(t);
+            }
+            _ => {}
+        }
+    }
+    for v in vms.values_mut() {
+        v.group = group_of(&v.name);
+        if let Some(p) = points
+            .iter()
+            .find(|p| Some(&p.group) == v.group.as_ref())
+        {
+            v.point = Some(p.seq);
+            v.rpo_seconds = Some((start - p.captured_unix_ms as i64) as f64 / 1000.0);
+        }
+    }
+    // Every group the run booted is healthy: the recovery is done.
+    let rto_seconds = (plan_groups > 0 && plan_groups >= boots.len())
+        .then(|| groups.last().and_then(|g| g.healthy_at_seconds))
+        .flatten();
+    Ok(RunRecord {
+        id: run.to_string(),
+        plan: status.plan,
+        operation: status.operation,
+        status: status.status,
+        started_unix_ms: start,
+        duration_seconds: events.last().map_or(0.0, |(_, at, _)| secs(*at)),
+        rto_seconds,
+        groups,
+        steps: order
+            .into_iter()
+            .filter_map(|id| steps.remove(&id))
+            .collect(),
+        vms: vms.into_values().collect(),
+        points,
+        timeline,
+    })
+}

@@ -1,0 +1,446 @@
+//! The authority behind a run's host calls: the plugin host checks each step's grant, then asks
+//! [`RunServices`] to do the work against the real target repository and compute driver. Every
+//! effect is journaled, and every effectful call is idempotent by its key: a resumed run that
+//! repeats a call finds the journaled result instead of restoring or starting a VM twice.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lifeboat_plan::Inventory;
+use lifeboat_plugin_host::HostServices;
+use lifeboat_plugin_host::wit::Error;
+use lifeboat_plugin_host::wit::lifeboat::plan::{compute, inventory, network, recovery};
+use lifeboat_replication::{GroupSpec, PointKind, Repository, Store, points};
+
+use crate::compute::{Compute, Handle, Launch};
+use crate::health::{self, Probe};
+use crate::journal::{Event, Journal};
+use crate::network::{Assignment, Purpose};
+use crate::template;
+
+/// Called with every event the services journal (progress on a terminal).
+pub type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// What one run acts on.
+pub struct RunServices {
+    pub run: String,
+    pub inventory: Arc<Inventory>,
+    /// The folder of lifeboat.toml: VMs start there.
+    pub base: PathBuf,
+    /// This run's folder: restored disks and VM logs.
+    pub run_dir: PathBuf,
+    pub purpose: Purpose,
+    pub target_site: String,
+    pub target: Store,
+    /// Consistency groups (the unit of a point).
+    pub groups: Vec<GroupSpec>,
+    /// Plan group → its VMs.
+    pub plan_groups: HashMap<String, Vec<String>>,
+    pub assignments: Vec<Assignment>,
+    /// The command line's `--point`, over the plan's choice.
+    pub point_override: Option<String>,
+    pub driver: Arc<dyn Compute>,
+    pub journal: Mutex<Journal>,
+    pub observe: Observer,
+    /// Serializes point choice, so the VMs of one consistency group share one point.
+    pub choosing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for RunServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunServices")
+            .field("run", &self.run)
+            .finish_non_exhaustive()
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> Error {
+    Error::Other(e.to_string())
+}
+
+impl RunServices {
+    /// Appends an event to this run's journal, then shows it.
+    pub fn record(&self, event: Event) -> Result<i64, Error> {
+        let seq = self
+            .journal
+            .lock()
+            .map_err(|_| other("the journal lock is poisoned"))?
+            .append(&self.run, &event)
+            .map_err(other)?;
+        (self.observe)(&event);
+        Ok(seq)
+    }
+
+    fn events(&self) -> Result<Vec<(i64, Event)>, Error> {
+        let journal = self
+            .journal
+            .lock()
+            .map_err(|_| other("the journal lock is poisoned"))?;
+        Ok(journal
+            .events(&self.run)
+            .map_err(other)?
+            .into_iter()
+            .map(|(seq, _, e)| (seq, e))
+            .collect())
+    }
+
+    fn group_of(&self, vm: &str) -> Result<&GroupSpec, Error> {
+        self.groups
+            .iter()
+            .find(|g| g.vms.iter().any(|v| v.name == vm))
+            .ok_or_else(|| Error::NotFound(format!("VM `{vm}` is not protected")))
+    }
+
+    fn vm(&self, name: &str) -> Result<&lifeboat_plan::inventory::Vm, Error> {
+        self.inventory
+            .vms
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("no VM `{name}` in the inventory")))
+    }
+
+    fn addresses(&self, vm: &str) -> Vec<&Assignment> {
+        let mut out: Vec<&Assignment> = self.assignments.iter().filter(|a| a.vm == vm).collect();
+        out.sort_by_key(|a| a.nic);
+        out
+    }
+
+    /// The disks restored for `vm` in this run, by disk name.
+    fn restored(&self, vm: &str) -> Result<Option<Vec<String>>, Error> {
+        Ok(self.events()?.into_iter().rev().find_map(|(_, e)| match e {
+            Event::Restored { vm: v, disks, .. } if v == vm => Some(disks),
+            _ => None,
+        }))
+    }
+
+    /// The VM's process, if this run started one and has not stopped it.
+    pub fn handle(&self, vm: &str) -> Result<Option<(Handle, String)>, Error> {
+        let mut current = None;
+        for (_, e) in self.events()? {
+            match e {
+                Event::VmStarted {
+                    vm: v, pid, key, ..
+                } if v == vm => current = Some((Handle { vm: v, pid }, key)),
+                Event::VmStopped { vm: v } if v == vm => current = None,
+                _ => {}
+            }
+        }
+        Ok(current)
+    }
+
+    /// `{disk.NAME}`, `{nicN.ip}`, `{vm.name}`, `{vm.site}` at the target.
+    fn fill(&self, vm: &str, text: &str, disks: &HashMap<String, String>) -> Result<String, Error> {
+        let addresses = self.addresses(vm);
+        template::fill(text, &|name| {
+            if let Some(disk) = name.strip_prefix("disk.") {
+                return disks.get(disk).cloned();
+            }
+            if name == "vm.name" {
+                return Some(vm.to_string());
+            }
+            if name == "vm.site" {
+                return Some(self.target_site.clone());
+            }
+            let nic: usize = name.strip_prefix("nic")?.strip_suffix(".ip")?.parse().ok()?;
+            addresses
+                .iter()
+                .find(|a| a.nic == nic)
+                .map(|a| a.ip.to_string())
+        })
+        .map_err(|e| Error::Invalid(format!("VM `{vm}`: {e}")))
+    }
+
+    fn disk_paths(&self, vm: &str) -> Result<HashMap<String, String>, Error> {
+        let restored = self.restored(vm)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "VM `{vm}` has no restored disks in this run: restore it first"
+            ))
+        })?;
+        Ok(restored
+            .into_iter()
+            .filter_map(|p| {
+                let name = Path::new(&p).file_stem()?.to_str()?.to_string();
+                Some((name, p))
+            })
+            .collect())
+    }
+
+    fn probe(&self, vm: &str) -> Result<Option<(Probe, Duration)>, Error> {
+        let Some(health) = &self.vm(vm)?.health else {
+            return Ok(None);
+        };
+        let disks = self.disk_paths(vm).unwrap_or_default();
+        let probe = if let Some(tcp) = &health.tcp {
+            Probe::Tcp(self.fill(vm, &tcp.value, &disks)?)
+        } else if let Some(http) = &health.http {
+            Probe::Http(self.fill(vm, &http.value, &disks)?)
+        } else if let Some(cmd) = &health.command {
+            Probe::Command(
+                cmd.iter()
+                    .map(|c| self.fill(vm, &c.value, &disks))
+                    .collect::<Result<_, _>>()?,
+            )
+        } else {
+            return Ok(None);
+        };
+        let timeout = health
+            .timeout
+            .as_ref()
+            .map_or(Duration::from_secs(300), |t| t.value.0);
+        Ok(Some((probe, timeout)))
+    }
+
+    async fn repository(&self) -> Result<Repository, Error> {
+        Repository::open(&self.target)
+            .await
+            .map_err(|e| other(format!("target site `{}`: {e}", self.target_site)))
+    }
+
+    /// The choice that applies to consistency group `group`.
+    fn choice_for<'a>(&'a self, group: &str, plan_choice: &'a str) -> &'a str {
+        match self.point_override.as_deref() {
+            Some(o) => match o.split_once('/') {
+                Some((g, _)) if g != group => plan_choice,
+                _ => o,
+            },
+            None => plan_choice,
+        }
+    }
+
+    pub fn pin_reason(&self) -> String {
+        format!("run-{}", self.run)
+    }
+}
+
+fn wit_point(group: &str, seq: u64, kind: PointKind, captured: u64, committed: u64) -> recovery::Point {
+    recovery::Point {
+        id: format!("{group}/{seq}"),
+        kind: match kind {
+            PointKind::App => recovery::PointKind::AppConsistent,
+            PointKind::Crash => recovery::PointKind::CrashConsistent,
+        },
+        captured_at_ms: captured,
+        committed_at_ms: committed,
+    }
+}
+
+#[async_trait::async_trait]
+impl HostServices for RunServices {
+    async fn group_vms(&self, group: &str) -> Vec<inventory::Vm> {
+        let names = self.plan_groups.get(group).cloned().unwrap_or_default();
+        let mut out = Vec::new();
+        for name in names {
+            if let Ok(vm) = self.get_vm(&name).await {
+                out.push(vm);
+            }
+        }
+        out
+    }
+
+    async fn get_vm(&self, name: &str) -> Result<inventory::Vm, Error> {
+        let vm = self.vm(name)?;
+        let addresses = self.addresses(name);
+        Ok(inventory::Vm {
+            name: name.to_string(),
+            site: self.target_site.clone(),
+            disks: vm.disks.names().map(str::to_string).collect(),
+            nics: vm
+                .nics
+                .iter()
+                .enumerate()
+                .map(|(i, nic)| {
+                    let at = addresses.iter().find(|a| a.nic == i);
+                    inventory::Nic {
+                        network: at.map_or_else(|| nic.network.value.clone(), |a| a.network.clone()),
+                        subnet: at.map_or_else(|| nic.subnet.value.clone(), |a| a.subnet.clone()),
+                        ip: at.map(|a| a.ip.to_string()),
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    async fn list_points(&self, vm: &str) -> Result<Vec<recovery::Point>, Error> {
+        let group = self.group_of(vm)?.name.clone();
+        let repo = self.repository().await?;
+        let points = repo.points(&group).await.map_err(other)?;
+        Ok(points
+            .iter()
+            .map(|m| wit_point(&group, m.seq, m.kind, m.captured_unix_ms, m.committed_unix_ms))
+            .collect())
+    }
+
+    async fn pick_point(&self, vm: &str, choice: &str) -> Result<recovery::Point, Error> {
+        let group = self.group_of(vm)?.name.clone();
+        let _one_at_a_time = self.choosing.lock().await;
+        let repo = self.repository().await?;
+        // A consistency group boots from one point: the first VM's choice holds for the rest,
+        // and for a resumed run.
+        let chosen = self.events()?.into_iter().find_map(|(_, e)| match e {
+            Event::PointChosen { group: g, seq, .. } if g == group => Some(seq),
+            _ => None,
+        });
+        let m = match chosen {
+            Some(seq) => repo.point(&group, seq).await.map_err(other)?,
+            None => {
+                let choice = self.choice_for(&group, choice);
+                let m = points::select(&repo, &group, choice)
+                    .await
+                    .map_err(|e| Error::NotFound(e.to_string()))?;
+                // Retention must not expire a point a run stands on.
+                repo.pin(&group, m.seq, &self.pin_reason())
+                    .await
+                    .map_err(other)?;
+                self.record(Event::PointChosen {
+                    group: group.clone(),
+                    seq: m.seq,
+                    point_kind: m.kind.as_str().to_string(),
+                    captured_unix_ms: m.captured_unix_ms,
+                })?;
+                m
+            }
+        };
+        Ok(wit_point(&group, m.seq, m.kind, m.captured_unix_ms, m.committed_unix_ms))
+    }
+
+    async fn restore(&self, vm: &str, point: &str, key: &str) -> Result<Vec<String>, Error> {
+        let done = self.events()?.into_iter().find_map(|(_, e)| match e {
+            Event::Restored { key: k, disks, .. } if k == key => Some(disks),
+            _ => None,
+        });
+        if let Some(disks) = done
+            && disks.iter().all(|d| Path::new(d).exists())
+        {
+            return Ok(disks);
+        }
+        let group = self.group_of(vm)?.name.clone();
+        let repo = self.repository().await?;
+        let m = points::select(&repo, &group, point)
+            .await
+            .map_err(|e| Error::NotFound(e.to_string()))?;
+        let out = self.run_dir.join("disks").join(vm);
+        let report = lifeboat_replication::restore::restore(&repo, &m, vm, &out, None)
+            .await
+            .map_err(|e| other(format!("restore of `{vm}` from point {point}: {e}")))?;
+        let disks: Vec<String> = report
+            .disks
+            .iter()
+            .map(|d| d.path.display().to_string())
+            .collect();
+        self.record(Event::Restored {
+            vm: vm.to_string(),
+            key: key.to_string(),
+            disks: disks.clone(),
+        })?;
+        Ok(disks)
+    }
+
+    async fn start(&self, vm: &str, key: &str) -> Result<(), Error> {
+        if let Some((handle, started_key)) = self.handle(vm)?
+            && self.driver.running(&handle).await
+        {
+            if started_key == key {
+                return Ok(());
+            }
+            return Err(Error::Invalid(format!(
+                "VM `{vm}` is already running in this run (pid {})",
+                handle.pid
+            )));
+        }
+        let def = self.vm(vm)?;
+        let boot = def
+            .boot
+            .as_ref()
+            .ok_or_else(|| Error::Invalid(format!("VM `{vm}` has no `boot` command")))?;
+        let disks = self.disk_paths(vm)?;
+        let argv: Vec<String> = boot
+            .command
+            .iter()
+            .map(|c| self.fill(vm, &c.value, &disks))
+            .collect::<Result<_, _>>()?;
+        let log = self.run_dir.join("logs").join(format!("{vm}.log"));
+        let launch = Launch {
+            vm: vm.to_string(),
+            argv: argv.clone(),
+            dir: self.base.clone(),
+            log: log.clone(),
+        };
+        let handle = self.driver.start(&launch).await.map_err(other)?;
+        self.record(Event::VmStarted {
+            vm: vm.to_string(),
+            key: key.to_string(),
+            pid: handle.pid,
+            argv,
+            log: log.display().to_string(),
+        })?;
+        Ok(())
+    }
+
+    async fn stop(&self, vm: &str, _key: &str) -> Result<(), Error> {
+        if let Some((handle, _)) = self.handle(vm)? {
+            self.driver
+                .stop(&handle, Duration::from_secs(10))
+                .await
+                .map_err(other)?;
+            self.record(Event::VmStopped { vm: vm.to_string() })?;
+        }
+        Ok(())
+    }
+
+    async fn status(&self, vm: &str) -> Result<compute::VmState, Error> {
+        let Some((handle, _)) = self.handle(vm)? else {
+            return Ok(compute::VmState::Absent);
+        };
+        if !self.driver.running(&handle).await {
+            return Ok(compute::VmState::Failed);
+        }
+        // Running means healthy: the VM's own probe passed.
+        Ok(match self.probe(vm)? {
+            None => compute::VmState::Running,
+            Some((probe, _)) => {
+                let once = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    health::check(&probe, &self.base),
+                )
+                .await;
+                if matches!(once, Ok(Ok(()))) {
+                    compute::VmState::Running
+                } else {
+                    compute::VmState::Starting
+                }
+            }
+        })
+    }
+
+    async fn assignments(&self, vm: &str) -> Result<Vec<network::Assignment>, Error> {
+        self.vm(vm)?;
+        Ok(self
+            .addresses(vm)
+            .into_iter()
+            .map(|a| network::Assignment {
+                nic: a.nic as u32,
+                network: a.network.clone(),
+                subnet: a.subnet.clone(),
+                ip: a.ip.to_string(),
+                kept_source_ip: a.why == crate::network::Why::Kept,
+            })
+            .collect())
+    }
+
+    async fn approve(&self, message: &str) -> Result<String, Error> {
+        let asked = self.record(Event::ApprovalRequested {
+            message: message.to_string(),
+        })?;
+        loop {
+            let answer = self.events()?.into_iter().find_map(|(seq, e)| match e {
+                Event::Approved { by } if seq > asked => Some(by),
+                _ => None,
+            });
+            if let Some(by) = answer {
+                return Ok(by);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

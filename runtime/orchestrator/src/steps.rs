@@ -1,0 +1,256 @@
+//! The real [`StepRunner`]: each step is its plugin (built-in or a pinned file) run in the
+//! sandbox, with the plan's `with` and `allow` filled with this run's values, the run's
+//! services behind its host calls, and what it logged journaled.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use lifeboat_plan::plan::Operation;
+use lifeboat_plugin_host::wit::{self, StepContext};
+use lifeboat_plugin_host::{
+    Grants, Plugin, PluginEngine, RunKv, StepLimits, StepOutcome, StepReport, StepRequest,
+};
+
+use crate::compile::{Phase, StepRun};
+use crate::journal::Event;
+use crate::run::StepRunner;
+use crate::services::RunServices;
+use crate::template;
+
+/// Runs a run's steps in the plugin host.
+pub struct PluginRunner {
+    pub engine: PluginEngine,
+    /// File plugins are relative to the plan's folder.
+    pub plan_dir: PathBuf,
+    pub plan: String,
+    pub operation: Operation,
+    pub services: Arc<RunServices>,
+    pub kv: RunKv,
+    loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+}
+
+impl std::fmt::Debug for PluginRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRunner")
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn wit_operation(op: Operation) -> wit::Operation {
+    match op {
+        Operation::Test => wit::Operation::Test,
+        Operation::Planned => wit::Operation::Planned,
+        Operation::Unplanned => wit::Operation::Unplanned,
+        Operation::Failback => wit::Operation::Failback,
+        Operation::Cleanup => wit::Operation::Cleanup,
+    }
+}
+
+pub fn operation_name(op: Operation) -> &'static str {
+    match op {
+        Operation::Test => "test",
+        Operation::Planned => "planned",
+        Operation::Unplanned => "unplanned",
+        Operation::Failback => "failback",
+        Operation::Cleanup => "cleanup",
+    }
+}
+
+impl PluginRunner {
+    pub fn new(
+        engine: PluginEngine,
+        plan_dir: PathBuf,
+        plan: String,
+        operation: Operation,
+        services: Arc<RunServices>,
+    ) -> Self {
+        Self {
+            engine,
+            plan_dir,
+            plan,
+            operation,
+            services,
+            kv: RunKv::default(),
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn plugin(&self, step: &StepRun) -> Result<Arc<Plugin>, String> {
+        if let Some(p) = self.loaded.lock().ok().and_then(|l| l.get(&step.uses).cloned()) {
+            return Ok(p);
+        }
+        let (bytes, pin) = match step.uses.strip_prefix("builtin:") {
+            Some(name) => (
+                lifeboat_builtins::builtin(name)
+                    .ok_or_else(|| format!("no built-in step `{}`", step.uses))?
+                    .to_vec(),
+                None,
+            ),
+            None => {
+                let path = self.plan_dir.join(&step.uses);
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| format!("cannot read plugin {}: {e}", path.display()))?;
+                // A file plugin runs only under its pin; plan validation already demands one.
+                let pin = step
+                    .sha256
+                    .clone()
+                    .ok_or_else(|| format!("plugin `{}` is not pinned with `sha256`", step.uses))?;
+                (bytes, Some(pin))
+            }
+        };
+        let plugin = Arc::new(
+            Plugin::load(&self.engine, &bytes, pin.as_deref())
+                .await
+                .map_err(|e| format!("plugin `{}`: {e}", step.uses))?,
+        );
+        if let Ok(mut l) = self.loaded.lock() {
+            l.insert(step.uses.clone(), plugin.clone());
+        }
+        Ok(plugin)
+    }
+
+    /// A plan placeholder's value in this run: `{vm.NAME.ip}`, `{vm.NAME.nicN.ip}`, `{run.id}`,
+    /// `{plan.name}`, `{group.name}`, `{operation}`.
+    fn value(&self, step: &StepRun, name: &str) -> Option<String> {
+        match name {
+            "run.id" => return Some(self.services.run.clone()),
+            "plan.name" => return Some(self.plan.clone()),
+            "group.name" => return Some(step.group.clone()),
+            "operation" => return Some(operation_name(self.operation).to_string()),
+            _ => {}
+        }
+        let rest = name.strip_prefix("vm.")?;
+        let (vm, nic) = if let Some(vm) = rest.strip_suffix(".ip") {
+            match vm.rsplit_once(".nic") {
+                Some((vm, n)) => (vm, n.parse::<usize>().ok()?),
+                None => (vm, 0),
+            }
+        } else {
+            return None;
+        };
+        self.services
+            .assignments
+            .iter()
+            .find(|a| a.vm == vm && a.nic == nic)
+            .map(|a| a.ip.to_string())
+    }
+
+    fn fill(&self, step: &StepRun, text: &str) -> Result<String, String> {
+        template::fill(text, &|name| self.value(step, name))
+            .map_err(|e| format!("step `{}`: {e}", step.id))
+    }
+
+    fn fill_json(&self, step: &StepRun, v: &serde_json::Value) -> Result<serde_json::Value, String> {
+        use serde_json::Value;
+        Ok(match v {
+            Value::String(s) => Value::String(self.fill(step, s)?),
+            Value::Array(a) => Value::Array(
+                a.iter()
+                    .map(|x| self.fill_json(step, x))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, x)| Ok((k.clone(), self.fill_json(step, x)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+
+    fn request(&self, step: &StepRun, attempt: u32) -> Result<StepRequest, String> {
+        let list = |l: &[String]| -> Result<Vec<String>, String> {
+            l.iter().map(|s| self.fill(step, s)).collect()
+        };
+        let grants = Grants {
+            vms: list(&step.allow.vms)?,
+            tcp: list(&step.allow.tcp)?,
+            http: list(&step.allow.http)?,
+            kv: list(&step.allow.kv)?,
+            origin: format!("plan `{}`, step `{}`", self.plan, step.id),
+        };
+        let config = self.fill_json(step, &step.config)?;
+        let boot = step.phase == Phase::Boot;
+        Ok(StepRequest {
+            config: config.to_string(),
+            context: StepContext {
+                plan: self.plan.clone(),
+                run_id: self.services.run.clone(),
+                operation: wit_operation(self.operation),
+                direction: wit::Direction::Forward,
+                group: step.group.clone(),
+                step: step.id.clone(),
+                attempt,
+                dry_run: false,
+            },
+            grants: Arc::new(grants),
+            services: self.services.clone(),
+            kv: self.kv.clone(),
+            limits: StepLimits {
+                timeout: step.timeout,
+                // A restore of a large disk, or a person's approval, takes longer than a probe.
+                host_call_timeout: if boot || step.uses == "builtin:approval" {
+                    step.timeout
+                } else {
+                    StepLimits::default().host_call_timeout
+                },
+                ..StepLimits::default()
+            },
+        })
+    }
+
+    fn journal_log(&self, step: &StepRun, attempt: u32, report: &StepReport) {
+        let mut lines: Vec<String> = report
+            .log
+            .iter()
+            .map(|l| format!("{}: {}", l.level, l.message))
+            .collect();
+        if report.log_dropped > 0 {
+            lines.push(format!("({} log lines dropped)", report.log_dropped));
+        }
+        lines.extend(report.stdout.lines().map(|l| format!("stdout: {l}")));
+        lines.extend(report.stderr.lines().map(|l| format!("stderr: {l}")));
+        if !lines.is_empty() {
+            let _ = self.services.record(Event::StepLog {
+                step: step.id.clone(),
+                attempt,
+                lines,
+            });
+        }
+    }
+
+    /// Calls the step's `undo` with what its `run` returned.
+    pub async fn undo(&self, step: &StepRun, outputs: &serde_json::Value) -> Result<(), String> {
+        let plugin = self.plugin(step).await?;
+        let request = self.request(step, 1)?;
+        let report = plugin.undo(&request, &outputs.to_string()).await;
+        self.journal_log(step, 0, &report);
+        match report.outcome {
+            StepOutcome::Ok { .. } => Ok(()),
+            other => Err(other.summary()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl StepRunner for PluginRunner {
+    async fn run(
+        &self,
+        step: &StepRun,
+        attempt: u32,
+        _key: &str,
+    ) -> Result<serde_json::Value, String> {
+        let plugin = self.plugin(step).await?;
+        let request = self.request(step, attempt)?;
+        let report = plugin.run(&request).await;
+        self.journal_log(step, attempt, &report);
+        match report.outcome {
+            StepOutcome::Ok { outputs } => {
+                Ok(serde_json::from_str(&outputs).unwrap_or(serde_json::Value::String(outputs)))
+            }
+            other => Err(other.summary()),
+        }
+    }
+}
