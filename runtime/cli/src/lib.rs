@@ -1,7 +1,9 @@
 //! The `lifeboat` command line. Parses arguments, calls the engine crates, and renders results;
 //! the only layer that knows about terminals.
 
+mod demo;
 pub mod exit_codes;
+mod orchestration;
 mod replication;
 pub mod report;
 
@@ -32,6 +34,11 @@ struct Cli {
         default_value = "lifeboat.toml"
     )]
     config: PathBuf,
+
+    /// Where runs are kept (the run journal, restored disks, VM logs); default
+    /// `.lifeboat/state` beside the inventory.
+    #[arg(long, global = true, env = "LIFEBOAT_STATE")]
+    state: Option<PathBuf>,
 
     /// Output for people or for tools.
     #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
@@ -99,6 +106,68 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         grace: Option<std::time::Duration>,
     },
+    /// Boot a plan's VMs at the target: a drill (--test), or a real failover.
+    #[command(group(clap::ArgGroup::new("kind").required(true).args(["test", "planned", "unplanned"])))]
+    Failover {
+        /// A plan file, or the name of one in `plans/`.
+        plan: String,
+        /// A drill: clones of the point in the test network; replication goes on.
+        #[arg(long)]
+        test: bool,
+        /// The source is up: check its VMs are shut down, replicate once more, fail over with
+        /// no data loss.
+        #[arg(long)]
+        planned: bool,
+        /// The source is gone: fail over from a recovery point.
+        #[arg(long)]
+        unplanned: bool,
+        /// `latest`, `latest-processed`, `latest-app-consistent`, a point number, or
+        /// `GROUP/NUMBER` (default: the plan's `recovery_point`).
+        #[arg(long)]
+        point: Option<String>,
+    },
+    /// Undo a drill (or a failover not yet committed): undo every step, stop its VMs, delete
+    /// their disks, unpin its points.
+    Cleanup { plan: String },
+    /// Make a failover final: the target takes its groups over and the old source is fenced.
+    Commit { plan: String },
+    /// Approve the approval step a run is waiting on.
+    Approve {
+        run: String,
+        /// Who approves (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Resume a run whose process died, or retry the step it failed on.
+    Retry { run: String },
+    /// Skip the step a run failed on, and go on with the run.
+    Skip { run: String },
+    /// Give up a failed or interrupted run (then `cleanup` undoes what it did).
+    Cancel { run: String },
+    /// Runs of plans: what happened, when, with what RPO and RTO.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// A whole drill on embedded defaults, in a temporary folder: replicate, test failover,
+    /// cleanup, unplanned failover, commit; checks the data at every step.
+    Demo {
+        /// Keep the demo's folder (printed) instead of deleting it.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The demo workload (a stand-in application VM); `lifeboat demo` boots VMs with it.
+    #[command(hide = true, disable_help_flag = true)]
+    DemoVm {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Every run, newest first.
+    List,
+    /// One run: timeline, steps with their logs, VMs, points, RPO and RTO.
+    Show { run: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,6 +258,84 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
     };
     let json = cli.output == Output::Json;
     let progress = io.stderr_is_terminal && !json;
+    let config = cli.config.clone();
+    let state = cli.state.clone();
+    let orchestrate = |plan: Option<&str>, io: &mut Io<'_>| {
+        let path = plan.map(|p| orchestration::plan_path(&config, p));
+        orchestration::load(&config, state.as_deref(), path.as_deref(), json, io)
+    };
+    match cli.command {
+        Command::DemoVm { args } => {
+            return Ok(lifeboat_demo_vm::run_from(
+                std::iter::once("demo-vm".to_string()).chain(args),
+            ));
+        }
+        Command::Demo { keep } => return Ok(demo::run(keep, io)),
+        Command::Failover {
+            plan,
+            test,
+            planned,
+            unplanned: _,
+            point,
+        } => {
+            let op = if test {
+                lifeboat_plan::plan::Operation::Test
+            } else if planned {
+                lifeboat_plan::plan::Operation::Planned
+            } else {
+                lifeboat_plan::plan::Operation::Unplanned
+            };
+            // A planned failover boots what the last cycle captured.
+            let point = point.or_else(|| planned.then(|| "latest".to_string()));
+            return Ok(match orchestrate(Some(&plan), io) {
+                Ok(l) => orchestration::failover(&l, op, point, json, io),
+                Err(code) => code,
+            });
+        }
+        Command::Cleanup { plan } => {
+            return Ok(match orchestrate(Some(&plan), io) {
+                Ok(l) => orchestration::cleanup(&l, json, io),
+                Err(code) => code,
+            });
+        }
+        Command::Commit { plan } => {
+            return Ok(match orchestrate(Some(&plan), io) {
+                Ok(l) => orchestration::commit(&l, json, io),
+                Err(code) => code,
+            });
+        }
+        Command::Approve { run, by } => {
+            return Ok(match orchestrate(None, io) {
+                Ok(l) => orchestration::approve(&l, &run, by, io),
+                Err(code) => code,
+            });
+        }
+        Command::Retry { run } => {
+            return Ok(orchestration::retry(&config, state.as_deref(), &run, false, json, io));
+        }
+        Command::Skip { run } => {
+            return Ok(orchestration::retry(&config, state.as_deref(), &run, true, json, io));
+        }
+        Command::Cancel { run } => {
+            return Ok(match orchestrate(None, io) {
+                Ok(l) => orchestration::cancel(&l, &run, io),
+                Err(code) => code,
+            });
+        }
+        Command::Runs(RunsCommand::List) => {
+            return Ok(match orchestrate(None, io) {
+                Ok(l) => orchestration::runs_list(&l, json, io),
+                Err(code) => code,
+            });
+        }
+        Command::Runs(RunsCommand::Show { run }) => {
+            return Ok(match orchestrate(None, io) {
+                Ok(l) => orchestration::runs_show(&l, &run, json, io),
+                Err(code) => code,
+            });
+        }
+        Command::Replicate { .. } | Command::Points(_) | Command::Restore { .. } | Command::Verify { .. } | Command::Gc { .. } | Command::Plan(_) => {}
+    }
     let mut context = || replication::load(&cli.config, json, progress, io);
     match cli.command {
         Command::Replicate { vms, app, crash } => {
@@ -244,6 +391,16 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
                 exit_codes::INVALID
             })
         }
+        Command::Failover { .. }
+        | Command::Cleanup { .. }
+        | Command::Commit { .. }
+        | Command::Approve { .. }
+        | Command::Retry { .. }
+        | Command::Skip { .. }
+        | Command::Cancel { .. }
+        | Command::Runs(_)
+        | Command::Demo { .. }
+        | Command::DemoVm { .. } => Ok(exit_codes::INTERNAL),
         Command::Plan(PlanCommand::Schema { inventory }) => {
             let schema = if inventory {
                 lifeboat_plan::schema::inventory_schema()

@@ -69,8 +69,27 @@ impl ProcessDriver {
         {
             return !matches!(child.try_wait(), Ok(None));
         }
-        Pid::from_raw(vm.pid as i32)
-            .is_none_or(|pid| rustix::process::test_kill_process(pid).is_err())
+        let Some(pid) = Pid::from_raw(vm.pid as i32) else {
+            return true;
+        };
+        // A child of this process whose `Child` another driver instance dropped: reap it here,
+        // or it lingers as a zombie that signals still reach.
+        if let Ok(Some(_)) =
+            rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG)
+        {
+            return true;
+        }
+        if rustix::process::test_kill_process(pid).is_err() {
+            return true;
+        }
+        // Someone else's zombie (its parent has not reaped it yet) is not running either.
+        std::fs::read_to_string(format!("/proc/{}/stat", vm.pid))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "Z"))
+            })
+            .unwrap_or(false)
     }
 }
 
@@ -122,7 +141,14 @@ impl Compute for ProcessDriver {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.signal(vm, Signal::KILL)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
         while !self.exited(vm) {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "VM `{}` (pid {}) did not exit after SIGKILL",
+                    vm.vm, vm.pid
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())

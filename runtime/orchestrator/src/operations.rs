@@ -353,7 +353,7 @@ async fn drive(
 ) -> Result<RunResult, String> {
     let compiled: RunPlan = compile(plan, op);
     let runner = runner(env, run, plan, plan_path, op, point, observe.clone())?;
-    let show = |e: &Event, _seq: i64| observe(e);
+    let show = |e: &Event, _seq: i64| observe(run, e);
     let outcome = execute(journal, run, &compiled, &runner, &show).await?;
     Ok(RunResult {
         id: run.to_string(),

@@ -20,8 +20,9 @@ use crate::journal::{Event, Journal};
 use crate::network::{Assignment, Purpose};
 use crate::template;
 
-/// Called with every event the services journal (progress on a terminal).
-pub type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
+/// Called with every event of a run once it is journaled (progress on a terminal): the run's
+/// id and the event.
+pub type Observer = Arc<dyn Fn(&str, &Event) + Send + Sync>;
 
 /// What one run acts on.
 pub struct RunServices {
@@ -69,7 +70,7 @@ impl RunServices {
             .map_err(|_| other("the journal lock is poisoned"))?
             .append(&self.run, &event)
             .map_err(other)?;
-        (self.observe)(&event);
+        (self.observe)(&self.run, &event);
         Ok(seq)
     }
 

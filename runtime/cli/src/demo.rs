@@ -1,0 +1,575 @@
+//! `lifeboat demo`: a whole drill and failover on one machine, from nothing. It writes an
+//! inventory and a plan into a temporary folder (two sites, addresses inside 127.0.0.0/8),
+//! starts demo VMs at the source (each writes sequenced, checksummed records to its disk),
+//! replicates, then runs the real commands — `failover --test`, `cleanup`, `failover
+//! --unplanned` with the source deleted, `commit` — and checks the data at every step. It exits
+//! 0 only if every check passed.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lifeboat_orchestrator::compute::{Compute, Handle, Launch, PauseVms, ProcessDriver};
+use lifeboat_orchestrator::health::{Probe, wait_healthy};
+use lifeboat_orchestrator::journal::Event;
+
+use crate::exit_codes;
+
+/// The demo's VMs: name, consistency group, subnet, source address, port.
+const VMS: &[(&str, &str, &str, &str, u16)] = &[
+    ("db-1", "shop", "db", "127.41.2.10", 15432),
+    ("app-1", "shop", "app", "127.41.1.11", 18080),
+    ("app-2", "app-2", "app", "127.41.1.12", 18080),
+];
+
+const DISK_BYTES: u64 = 16 << 20;
+
+fn inventory(vm_command: &[String]) -> String {
+    let boot = |port: u16| {
+        let mut argv: Vec<String> = vm_command.iter().map(|a| format!("{a:?}")).collect();
+        argv.extend([
+            "\"--disk\"".into(),
+            "\"{disk.data}\"".into(),
+            "\"--listen\"".into(),
+            format!("\"{{nic0.ip}}:{port}\""),
+        ]);
+        argv.join(", ")
+    };
+    let mut out = String::from(
+        r#"# Written by `lifeboat demo`.
+version = 1
+
+[sites.east]
+store = "sites/east"
+compute = "process"
+replicate_to = "west"
+networks.prod.subnets = { app = "127.41.1.0/24", db = "127.41.2.0/24" }
+
+[sites.west]
+store = "sites/west"
+compute = "process"
+networks.prod-dr.subnets = { app = "127.42.1.0/24", db = "127.41.2.0/24" }
+networks.drill.subnets = { app = "127.49.1.0/24", db = "127.49.2.0/24" }
+
+[policies.default]
+crash_interval = "10s"
+retention = "1h"
+rpo_threshold = "1m"
+
+[consistency_groups.shop]
+vms = ["db-1", "app-1"]
+"#,
+    );
+    for (name, _, subnet, ip, port) in VMS {
+        out.push_str(&format!(
+            r#"
+[vms.{name}]
+site = "east"
+policy = "default"
+disks.data = "vms/{name}/data.img"
+nics = [{{ network = "prod", subnet = "{subnet}", ip = "{ip}" }}]
+boot = {{ command = [{}] }}
+health = {{ http = "http://{{nic0.ip}}:{port}/health", timeout = "1m" }}
+"#,
+            boot(*port)
+        ));
+    }
+    out
+}
+
+const PLAN: &str = r#"# Written by `lifeboat demo`: the database first, then the application tier.
+version = 1
+name = "shop"
+source = "east"
+target = "west"
+recovery_point = "latest"
+
+[network]
+map = [{ from = "east/prod", to = "west/prod-dr" }]
+test = "west/drill"
+
+[[group]]
+name = "database"
+vms = ["db-1"]
+post = [
+  { name = "db-port", uses = "builtin:tcp-check", with = { address = "{vm.db-1.ip}:15432" }, retries = 2, allow = { tcp = ["{vm.db-1.ip}:15432"] } },
+]
+
+[[group]]
+name = "app"
+vms = ["app-1", "app-2"]
+pre = [
+  { uses = "builtin:approval", with = { message = "Fail the shop over to west?" }, on = ["unplanned", "planned"] },
+]
+post = [
+  { uses = "builtin:http-check", with = { url = "http://{vm.app-1.ip}:18080/health" }, allow = { http = ["http://{vm.app-1.ip}:18080/"] } },
+]
+"#;
+
+/// The demo's running state and its tally of checks.
+struct Demo<'a, 'io> {
+    dir: PathBuf,
+    config: PathBuf,
+    io: &'a mut crate::Io<'io>,
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Demo<'_, '_> {
+    fn say(&mut self, text: &str) {
+        let _ = writeln!(self.io.stdout, "{text}");
+        let _ = self.io.stdout.flush();
+    }
+
+    fn check(&mut self, ok: bool, what: &str) -> bool {
+        if ok {
+            self.passed += 1;
+            self.say(&format!("  ✓ {what}"));
+        } else {
+            self.failed.push(what.to_string());
+            self.say(&format!("  ✗ {what}"));
+        }
+        ok
+    }
+
+    /// Runs a `lifeboat` command against the demo's inventory, as a user would type it.
+    fn lifeboat(&mut self, args: &[&str]) -> u8 {
+        self.say(&format!("\n$ lifeboat {}", args.join(" ")));
+        let config = self.config.display().to_string();
+        let mut full = vec!["lifeboat", "--config", config.as_str()];
+        full.extend_from_slice(args);
+        let code = crate::run(full, self.io);
+        let _ = self.io.stdout.flush();
+        code
+    }
+
+    /// The same, with the output captured (for `--output json`).
+    fn lifeboat_json(&mut self, args: &[&str]) -> (u8, serde_json::Value) {
+        let config = self.config.display().to_string();
+        let mut full = vec!["lifeboat", "--config", config.as_str(), "--output", "json"];
+        full.extend_from_slice(args);
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let code = {
+            let mut io = crate::Io {
+                stdout: &mut out,
+                stderr: &mut err,
+                stderr_is_terminal: false,
+                stdout_is_color_terminal: false,
+            };
+            crate::run(full, &mut io)
+        };
+        let _ = self.io.stderr.write_all(&err);
+        (code, serde_json::from_slice(&out).unwrap_or_default())
+    }
+}
+
+/// `GET path` from `addr`, body as JSON.
+fn get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let body = text.split_once("\r\n\r\n")?.1;
+    serde_json::from_str(body).ok()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The record a booted VM recovered from its disk: (seq, unix ms).
+fn recovered(state: &serde_json::Value) -> Option<(u64, u64)> {
+    let last = &state["recovered"]["last"];
+    Some((last["seq"].as_u64()?, last["unix_ms"].as_u64()?))
+}
+
+pub fn run(keep: bool, io: &mut crate::Io<'_>) -> u8 {
+    let dir = match tempfile::Builder::new().prefix("lifeboat-demo-").tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: cannot create a temporary folder: {e}");
+            return exit_codes::FAILED;
+        }
+    };
+    let path = dir.path().to_path_buf();
+    let mut demo = Demo {
+        config: path.join("lifeboat.toml"),
+        dir: path.clone(),
+        io,
+        passed: 0,
+        failed: Vec::new(),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(demo.io.stderr, "error: {e}");
+            return exit_codes::INTERNAL;
+        }
+    };
+    let driver = ProcessDriver::new();
+    let mut source: Vec<Handle> = Vec::new();
+    let result = scenario(&mut demo, &rt, &driver, &mut source);
+    // Whatever happened, leave no VM behind.
+    for h in &source {
+        let _ = rt.block_on(driver.stop(h, Duration::from_secs(2)));
+    }
+    stop_target_vms(&demo, &rt, &driver);
+    if let Err(e) = result {
+        demo.failed.push(e.clone());
+        let _ = writeln!(demo.io.stderr, "error: {e}");
+    }
+    let ok = demo.failed.is_empty();
+    demo.say(&format!(
+        "\ndemo: {} checks passed, {} failed{}",
+        demo.passed,
+        demo.failed.len(),
+        if ok { "" } else { " — see ✗ above" }
+    ));
+    if keep {
+        let kept = dir.keep();
+        demo.say(&format!("demo folder kept: {}", kept.display()));
+    }
+    if ok {
+        exit_codes::OK
+    } else {
+        exit_codes::FAILED
+    }
+}
+
+/// Stops every VM the demo's runs started and did not stop.
+fn stop_target_vms(demo: &Demo<'_, '_>, rt: &tokio::runtime::Runtime, driver: &Arc<ProcessDriver>) {
+    let journal = demo.dir.join(".lifeboat/state/runs.db");
+    if !journal.exists() {
+        return;
+    }
+    let Ok(j) = lifeboat_orchestrator::journal::Journal::open(&journal) else {
+        return;
+    };
+    for (id, ..) in j.runs().unwrap_or_default() {
+        let mut running: Vec<Handle> = Vec::new();
+        for (_, _, e) in j.events(&id).unwrap_or_default() {
+            match e {
+                Event::VmStarted { vm, pid, .. } => running.push(Handle { vm, pid }),
+                Event::VmStopped { vm } => running.retain(|h| h.vm != vm),
+                _ => {}
+            }
+        }
+        for h in running {
+            let _ = rt.block_on(driver.stop(&h, Duration::from_secs(2)));
+        }
+    }
+}
+
+/// One replication cycle of every group, the source VMs paused for the cut so each point is
+/// crash-consistent (what the process driver does for a site's VMs).
+fn replicate(
+    demo: &mut Demo<'_, '_>,
+    rt: &tokio::runtime::Runtime,
+    driver: &Arc<ProcessDriver>,
+    source: &[Handle],
+) -> Result<Vec<(String, u64)>, String> {
+    demo.say("\n$ lifeboat replicate   (source VMs paused for the cut)");
+    let validation = lifeboat_loader::validate(&demo.config, &[]);
+    let inventory = validation
+        .inventory
+        .ok_or("the demo's inventory does not load")?;
+    let groups = lifeboat_replication::groups(&inventory, &demo.dir).map_err(|e| e.to_string())?;
+    let east = lifeboat_replication::Store::open_cache("sites/east", &demo.dir)
+        .map_err(|e| e.to_string())?;
+    let west =
+        lifeboat_replication::Store::open("sites/west", &demo.dir).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for g in &groups {
+        let members: Vec<Handle> = source
+            .iter()
+            .filter(|h| g.vms.iter().any(|v| v.name == h.vm))
+            .cloned()
+            .collect();
+        let cut: Arc<dyn lifeboat_replication::Cut> = Arc::new(PauseVms {
+            driver: driver.clone(),
+            vms: members,
+        });
+        let opts = lifeboat_replication::CycleOptions {
+            cut: Some(cut),
+            ..Default::default()
+        };
+        let r = rt
+            .block_on(lifeboat_replication::replicate(g, &east, &west, &opts))
+            .map_err(|e| format!("replication of group `{}`: {e}", g.name))?;
+        demo.say(&format!(
+            "{}: point {} captured {} — {:.1} MiB changed, {:.1} KiB shipped in {:.2}s",
+            r.group,
+            r.seq,
+            r.captured_at,
+            r.changed_bytes as f64 / 1048576.0,
+            r.shipped_bytes as f64 / 1024.0,
+            r.seconds
+        ));
+        out.push((r.group, r.seq));
+    }
+    Ok(out)
+}
+
+/// Where run `run` put each VM: `ip:port`, from the run's record (`runs show --output json`).
+fn addresses(demo: &mut Demo<'_, '_>, run: &str) -> std::collections::HashMap<String, String> {
+    let (_, rec) = demo.lifeboat_json(&["runs", "show", run]);
+    let mut out = std::collections::HashMap::new();
+    for v in rec["vms"].as_array().into_iter().flatten() {
+        let name = v["name"].as_str().unwrap_or_default();
+        let port = VMS.iter().find(|x| x.0 == name).map_or(0, |x| x.4);
+        // "nic0 west/drill 127.49.2.254 (nextfree)"
+        if let Some(ip) = v["addresses"][0].as_str().and_then(|a| a.split_whitespace().nth(2)) {
+            out.insert(name.to_string(), format!("{ip}:{port}"));
+        }
+    }
+    out
+}
+
+fn scenario(
+    demo: &mut Demo<'_, '_>,
+    rt: &tokio::runtime::Runtime,
+    driver: &Arc<ProcessDriver>,
+    source: &mut Vec<Handle>,
+) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let vm_command = vec![exe.display().to_string(), "demo-vm".to_string()];
+    let write = |p: &Path, text: &str| -> Result<(), String> {
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        std::fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))
+    };
+    write(&demo.config, &inventory(&vm_command))?;
+    write(&demo.dir.join("plans/shop.toml"), PLAN)?;
+    demo.say(&format!(
+        "Lifeboat demo in {}: sites east (source) and west (target), VMs db-1, app-1, app-2;\nconsistency group shop = db-1 + app-1; plan shop boots group database, then app.",
+        demo.dir.display()
+    ));
+    let code = demo.lifeboat(&["plan", "validate"]);
+    demo.check(code == 0, "the demo's inventory and plan are valid");
+    if code != 0 {
+        return Err("the demo's own files do not validate".into());
+    }
+
+    // The source site: each VM a demo-vm process writing 50 records a second to its disk.
+    demo.say("\nstarting the source VMs at site east");
+    for (name, _, _, ip, port) in VMS {
+        let disk = demo.dir.join(format!("vms/{name}/data.img"));
+        std::fs::create_dir_all(disk.parent().unwrap_or(&demo.dir)).map_err(|e| e.to_string())?;
+        let f = std::fs::File::create(&disk).map_err(|e| e.to_string())?;
+        f.set_len(DISK_BYTES).map_err(|e| e.to_string())?;
+        let launch = Launch {
+            vm: name.to_string(),
+            argv: [
+                vm_command.clone(),
+                vec![
+                    "--disk".into(),
+                    disk.display().to_string(),
+                    "--listen".into(),
+                    format!("{ip}:{port}"),
+                ],
+            ]
+            .concat(),
+            dir: demo.dir.clone(),
+            log: demo.dir.join(format!("source-logs/{name}.log")),
+        };
+        let h = rt.block_on(driver.start(&launch))?;
+        source.push(h);
+    }
+    for (name, _, _, ip, port) in VMS {
+        let probe = Probe::Http(format!("http://{ip}:{port}/health"));
+        let healthy = rt.block_on(wait_healthy(&probe, Duration::from_secs(30), &demo.dir));
+        demo.check(healthy.is_ok(), &format!("source VM {name} is healthy at {ip}:{port}"));
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    replicate(demo, rt, driver, source)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let points = replicate(demo, rt, driver, source)?;
+    demo.lifeboat(&["points", "list", "db-1"]);
+
+    // 1. A drill: clones of the latest point in the drill network, the source untouched.
+    let code = demo.lifeboat(&["failover", "shop", "--test"]);
+    demo.check(code == 0, "test failover succeeded");
+    let drill_at = addresses(demo, "shop-1");
+    demo.check(
+        drill_at.values().all(|a| a.starts_with("127.49.")),
+        "every drill VM got an address in the drill network (west/drill)",
+    );
+    for (name, _, _, ip, port) in VMS {
+        let at = drill_at.get(*name).cloned().unwrap_or_default();
+        let drill = get_json(&at, "/state");
+        let rec = drill.as_ref().and_then(recovered);
+        demo.check(
+            rec.is_some_and(|(seq, _)| seq > 0),
+            &format!(
+                "drill {name} booted at {at} from a consistent disk (recovered record {})",
+                rec.map_or(0, |r| r.0)
+            ),
+        );
+        let src = get_json(&format!("{ip}:{port}"), "/state");
+        let src_last = src.as_ref().and_then(|s| s["last_record"].as_u64());
+        demo.check(
+            matches!((rec, src_last), (Some((r, _)), Some(s)) if r < s),
+            &format!("source {name} still running and ahead of its drill copy ({src_last:?})"),
+        );
+    }
+    // Replication carries on during the drill.
+    let during = replicate(demo, rt, driver, source)?;
+    let advanced = during
+        .iter()
+        .all(|(g, seq)| points.iter().any(|(pg, ps)| pg == g && seq > ps));
+    demo.check(advanced, "a new point was committed while the drill ran");
+    let (_, list) = demo.lifeboat_json(&["points", "list", "db-1"]);
+    let pinned = list["points"]
+        .as_array()
+        .is_some_and(|ps| ps.iter().any(|p| p["pinned"].as_array().is_some_and(|a| !a.is_empty())));
+    demo.check(pinned, "the drill's point is pinned");
+
+    // 2. Cleanup: undo every step, stop the drill VMs, delete their disks, unpin.
+    let code = demo.lifeboat(&["cleanup", "shop"]);
+    demo.check(code == 0, "cleanup succeeded");
+    let gone = drill_at.values().all(|at| get_json(at, "/state").is_none());
+    demo.check(gone, "the drill VMs are stopped");
+    let runs = demo.dir.join(".lifeboat/state/runs/shop-1/disks");
+    demo.check(!runs.exists(), "the drill's disks are deleted");
+    let (_, list) = demo.lifeboat_json(&["points", "list", "db-1"]);
+    let unpinned = list["points"]
+        .as_array()
+        .is_some_and(|ps| ps.iter().all(|p| p["pinned"].as_array().is_none_or(|a| a.is_empty())));
+    demo.check(unpinned, "no point is pinned any more");
+
+    // 3. Disaster: the source dies mid-write; its site is gone.
+    std::thread::sleep(Duration::from_millis(700));
+    replicate(demo, rt, driver, source)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    demo.say("\ndisaster: the source VMs are killed (kill -9) and site east is deleted");
+    let disaster_at = now_ms();
+    let mut source_last = std::collections::HashMap::new();
+    for h in source.drain(..) {
+        let _ = rustix_kill(h.pid);
+        let _ = rt.block_on(driver.stop(&h, Duration::ZERO));
+        let disk = demo.dir.join(format!("vms/{}/data.img", h.vm));
+        let check = std::fs::File::open(&disk)
+            .map_err(|e| e.to_string())
+            .and_then(|f| lifeboat_demo_vm::disk::check(&f).map_err(|e| e.to_string()))?;
+        if let Some(last) = check.last {
+            source_last.insert(h.vm.clone(), (last.seq, last.unix_ms));
+        }
+    }
+    for gone in ["sites/east", "vms"] {
+        std::fs::remove_dir_all(demo.dir.join(gone)).map_err(|e| e.to_string())?;
+    }
+    demo.check(
+        !demo.dir.join("sites/east").exists(),
+        "site east (its cache and disks) is deleted",
+    );
+
+    // 4. Unplanned failover to the latest point; an operator approves the app tier.
+    let journal = demo.dir.join(".lifeboat/state/runs.db");
+    let approver = std::thread::spawn(move || approve_when_asked(&journal, "shop-2"));
+    let code = demo.lifeboat(&["failover", "shop", "--unplanned", "--point", "latest"]);
+    let approved = approver.join().unwrap_or(false);
+    demo.check(code == 0, "unplanned failover succeeded with the source site gone");
+    demo.check(approved, "the approval step waited for the operator's `lifeboat approve`");
+    let target_at = addresses(demo, "shop-2");
+    demo.check(
+        target_at.get("db-1").map(String::as_str) == Some("127.41.2.10:15432"),
+        "db-1 kept its address (west's db subnet holds it)",
+    );
+    demo.check(
+        ["app-1", "app-2"]
+            .iter()
+            .all(|v| target_at.get(*v).is_some_and(|a| a.starts_with("127.42.1."))),
+        "app-1 and app-2 got addresses in west's app subnet",
+    );
+    let mut rpos = Vec::new();
+    for (name, ..) in VMS {
+        let at = target_at.get(*name).cloned().unwrap_or_default();
+        let rec = get_json(&at, "/state").as_ref().and_then(recovered);
+        let src = source_last.get(*name).copied();
+        let ok = matches!((rec, src), (Some((r, _)), Some((s, _))) if r > 0 && r <= s);
+        let (lost, rpo_ms) = match (rec, src) {
+            (Some((r, rt_ms)), Some((s, st_ms))) => (s.saturating_sub(r), st_ms.saturating_sub(rt_ms)),
+            _ => (0, 0),
+        };
+        demo.check(
+            ok,
+            &format!(
+                "{name} runs at {at}: recovered record {} of the source's last {}: {lost} records lost, achieved RPO {:.2}s",
+                rec.map_or(0, |r| r.0),
+                src.map_or(0, |s| s.0),
+                rpo_ms as f64 / 1000.0
+            ),
+        );
+        rpos.push((name.to_string(), rpo_ms));
+    }
+    let _ = disaster_at;
+
+    // 5. Commit: the target takes the groups over; the old source would be fenced.
+    let code = demo.lifeboat(&["commit", "shop"]);
+    demo.check(code == 0, "commit succeeded");
+    let (_, list) = demo.lifeboat_json(&["points", "list", "db-1"]);
+    let epochs: Vec<u64> = list["points"]
+        .as_array()
+        .map(|ps| ps.iter().filter_map(|p| p["epoch"].as_u64()).collect())
+        .unwrap_or_default();
+    demo.check(
+        epochs.len() >= 2 && epochs[0] > epochs[1],
+        "the newest point carries a higher writer epoch (the old source is fenced)",
+    );
+    demo.lifeboat(&["runs", "list"]);
+    let (_, run) = demo.lifeboat_json(&["runs", "show", "shop-2"]);
+    let rto = run["rto_seconds"].as_f64();
+    demo.check(rto.is_some(), "the run records its RTO");
+    demo.say(&format!(
+        "\nachieved RPO: {}; RTO (failover start to the last group healthy): {}",
+        rpos.iter()
+            .map(|(n, ms)| format!("{n} {:.2}s", *ms as f64 / 1000.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+        rto.map_or_else(|| "-".into(), |s| format!("{s:.2}s"))
+    ));
+    Ok(())
+}
+
+/// Kills a process at once (SIGKILL), as a power cut would.
+fn rustix_kill(pid: u32) -> Result<(), String> {
+    let pid = rustix::process::Pid::from_raw(pid as i32).ok_or("no such pid")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).map_err(|e| e.to_string())
+}
+
+/// The operator: waits for run `run` to ask, then approves it (as `lifeboat approve` does).
+fn approve_when_asked(journal: &Path, run: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Ok(mut j) = lifeboat_orchestrator::journal::Journal::open(journal)
+            && let Ok(events) = j.events(run)
+        {
+            let asked = events
+                .iter()
+                .any(|(_, _, e)| matches!(e, Event::ApprovalRequested { .. }));
+            if asked {
+                return j
+                    .append(
+                        run,
+                        &Event::Approved {
+                            by: "demo operator".into(),
+                        },
+                    )
+                    .is_ok();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}

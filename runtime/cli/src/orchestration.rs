@@ -1,0 +1,605 @@
+//! The run commands: `failover`, `cleanup`, `commit`, `approve`, `retry`, `skip`, `cancel`,
+//! `runs list` and `runs show`. Each loads the inventory and the plan, builds the orchestrator's
+//! environment, and prints what the run does as it goes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lifeboat_orchestrator::compute::ProcessDriver;
+use lifeboat_orchestrator::journal::Event;
+use lifeboat_orchestrator::operations::{self, Environment, RunResult};
+use lifeboat_orchestrator::record::{self, RunRecord};
+use lifeboat_orchestrator::run::Outcome;
+use lifeboat_orchestrator::services::Observer;
+use lifeboat_plan::Plan;
+use lifeboat_plan::plan::Operation;
+use lifeboat_plugin_host::{EngineOptions, PluginEngine};
+
+use crate::exit_codes;
+use crate::report::{self, Format};
+
+/// Where runs are kept unless `--state` says: `.lifeboat/state` beside the inventory.
+pub fn default_state_dir(base: &Path) -> PathBuf {
+    base.join(".lifeboat").join("state")
+}
+
+fn base_of(config: &Path) -> PathBuf {
+    config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// A plan argument: a file, or the name of one in `plans/` beside the inventory.
+pub fn plan_path(config: &Path, plan: &str) -> PathBuf {
+    let p = PathBuf::from(plan);
+    if p.exists() || plan.ends_with(".toml") {
+        return p;
+    }
+    base_of(config).join("plans").join(format!("{plan}.toml"))
+}
+
+/// The inventory, a plan (when asked for) and the environment, or the exit code after printing
+/// why not.
+pub struct Loaded {
+    pub env: Environment,
+    pub plan: Option<(Plan, PathBuf)>,
+}
+
+pub fn load(
+    config: &Path,
+    state: Option<&Path>,
+    plan: Option<&Path>,
+    json: bool,
+    io: &mut crate::Io<'_>,
+) -> Result<Loaded, u8> {
+    let plans: Vec<PathBuf> = plan.map(Path::to_path_buf).into_iter().collect();
+    if let Some(p) = plan
+        && !p.exists()
+    {
+        let _ = writeln!(io.stderr, "error: no plan file {}", p.display());
+        return Err(exit_codes::INVALID);
+    }
+    let validation = lifeboat_loader::validate(config, &plans);
+    if !validation.is_valid() {
+        let format = if json { Format::Json } else { Format::Human };
+        let _ = report::write(format, &validation, false, io.stderr);
+        return Err(exit_codes::INVALID);
+    }
+    let Some(inventory) = validation.inventory else {
+        return Err(exit_codes::INVALID);
+    };
+    let base = base_of(config);
+    let groups = match lifeboat_replication::groups(&inventory, &base) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {e}");
+            return Err(exit_codes::FAILED);
+        }
+    };
+    let engine = match PluginEngine::new(EngineOptions {
+        cache_dir: lifeboat_loader::default_cache_dir(),
+        max_concurrent_steps: 8,
+        ..EngineOptions::default()
+    }) {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: the plugin engine could not start: {e}");
+            return Err(exit_codes::INTERNAL);
+        }
+    };
+    let plan = validation
+        .plans
+        .into_iter()
+        .next()
+        .and_then(|p| Some((p.plan?, p.path)));
+    Ok(Loaded {
+        env: Environment {
+            inventory: Arc::new(inventory),
+            state_dir: state.map_or_else(|| default_state_dir(&base), Path::to_path_buf),
+            base,
+            groups,
+            engine,
+            driver: ProcessDriver::new(),
+        },
+        plan,
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// One line for people per event worth seeing while a run goes.
+pub fn describe(run: &str, e: &Event) -> Option<String> {
+    Some(match e {
+        Event::StepStarted { step, attempt } if *attempt > 1 => {
+            format!("{step}: attempt {attempt}")
+        }
+        Event::StepStarted { step, .. } => format!("{step}: started"),
+        Event::StepFinished { step, .. } => format!("{step}: done"),
+        Event::StepFailed { step, error, .. } => format!("{step}: FAILED: {error}"),
+        Event::GroupHealthy { group } => format!("group {group}: healthy"),
+        Event::PointChosen {
+            group,
+            seq,
+            point_kind,
+            ..
+        } => format!("group {group}: point {seq} ({point_kind})"),
+        Event::Restored { vm, disks, .. } => format!("{vm}: {} disk(s) restored", disks.len()),
+        Event::VmStarted { vm, pid, .. } => format!("{vm}: started (pid {pid})"),
+        Event::VmStopped { vm } => format!("{vm}: stopped"),
+        Event::ApprovalRequested { message } => {
+            format!("waiting for approval: {message} — run `lifeboat approve {run}`")
+        }
+        Event::Approved { by } => format!("approved by {by}"),
+        Event::StepUndone { step, error: None } => format!("{step}: undone"),
+        Event::StepUndone {
+            step,
+            error: Some(e),
+        } => format!("{step}: undo FAILED: {e}"),
+        _ => return None,
+    })
+}
+
+/// Runs `work` while printing the run's progress lines to stderr.
+fn with_progress<T>(
+    io: &mut crate::Io<'_>,
+    quiet: bool,
+    work: impl AsyncFnOnce(Observer) -> T,
+) -> Result<T, String> {
+    let rt = runtime()?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let observe: Observer = Arc::new(move |run: &str, e: &Event| {
+        if let Some(line) = describe(run, e) {
+            let _ = tx.send(line);
+        }
+    });
+    Ok(rt.block_on(async {
+        let fut = work(observe);
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                r = &mut fut => {
+                    while let Ok(line) = rx.try_recv() {
+                        if !quiet { let _ = writeln!(io.stderr, "  {line}"); }
+                    }
+                    break r;
+                }
+                Some(line) = rx.recv() => {
+                    if !quiet { let _ = writeln!(io.stderr, "  {line}"); }
+                }
+            }
+        }
+    }))
+}
+
+fn group_of(env: &Environment) -> impl Fn(&str) -> Option<String> + '_ {
+    move |vm| {
+        env.groups
+            .iter()
+            .find(|g| g.vms.iter().any(|v| v.name == vm))
+            .map(|g| g.name.clone())
+    }
+}
+
+fn finish(
+    env: &Environment,
+    result: Result<RunResult, String>,
+    json: bool,
+    io: &mut crate::Io<'_>,
+) -> u8 {
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {e}");
+            return exit_codes::FAILED;
+        }
+    };
+    let record = env
+        .journal()
+        .and_then(|j| record::record(&j, &r.id, &group_of(env)));
+    if json {
+        if let Ok(rec) = &record {
+            let _ = serde_json::to_writer_pretty(&mut *io.stdout, rec);
+            let _ = writeln!(io.stdout);
+        }
+    } else if let Ok(rec) = &record {
+        summary(rec, io);
+    }
+    match r.outcome {
+        Outcome::Succeeded => exit_codes::OK,
+        Outcome::Failed { step, error } => {
+            let _ = writeln!(
+                io.stderr,
+                "error: run {} stopped at step `{step}`: {error}\n  fix the cause, then `lifeboat retry {}` (or `lifeboat skip {}`, or `lifeboat cleanup {}`)",
+                r.id, r.id, r.id, record.map(|r| r.plan).unwrap_or_default()
+            );
+            exit_codes::FAILED
+        }
+    }
+}
+
+fn secs(s: Option<f64>) -> String {
+    s.map_or_else(|| "-".into(), |s| format!("{s:.1}s"))
+}
+
+fn summary(r: &RunRecord, io: &mut crate::Io<'_>) {
+    let _ = writeln!(
+        io.stdout,
+        "run {}: {} of plan {} — {} (RTO {})",
+        r.id,
+        r.operation,
+        r.plan,
+        r.status,
+        secs(r.rto_seconds)
+    );
+    for v in &r.vms {
+        let _ = writeln!(
+            io.stdout,
+            "  {}: point {} (RPO {}), {}",
+            v.name,
+            v.point
+                .map_or_else(|| "-".into(), |p| format!("{}/{p}", v.group.clone().unwrap_or_default())),
+            secs(v.rpo_seconds),
+            v.addresses.join(", ")
+        );
+    }
+}
+
+/// `lifeboat failover PLAN --test|--planned|--unplanned [--point P]`.
+pub fn failover(
+    loaded: &Loaded,
+    op: Operation,
+    point: Option<String>,
+    json: bool,
+    io: &mut crate::Io<'_>,
+) -> u8 {
+    let Some((plan, path)) = &loaded.plan else {
+        return exit_codes::INVALID;
+    };
+    let env = &loaded.env;
+    let result = with_progress(io, json, async |observe| {
+        if op == Operation::Planned {
+            final_cycle(env, plan).await?;
+        }
+        operations::failover(env, plan, path, op, point, observe).await
+    })
+    .and_then(|r| r);
+    finish(env, result, json, io)
+}
+
+/// A planned failover loses nothing: the source VMs must be down (their health probes at the
+/// source addresses no longer answer), then one last cycle ships every write they made.
+async fn final_cycle(env: &Environment, plan: &Plan) -> Result<(), String> {
+    use lifeboat_orchestrator::health::{Probe, check};
+    use lifeboat_orchestrator::template::fill;
+    let vms: Vec<&str> = plan
+        .groups
+        .iter()
+        .flat_map(|g| g.vms.iter().map(|v| v.value.as_str()))
+        .collect();
+    for name in &vms {
+        let Some(vm) = env.inventory.vms.get(name) else {
+            continue;
+        };
+        let Some(health) = &vm.health else { continue };
+        let value = |p: &str| -> Option<String> {
+            if let Some(d) = p.strip_prefix("disk.") {
+                return vm.disks.get(d).map(|s| s.value.clone());
+            }
+            let nic: usize = p.strip_prefix("nic")?.strip_suffix(".ip")?.parse().ok()?;
+            vm.nics.get(nic)?.ip.as_ref().map(|ip| ip.value.to_string())
+        };
+        let probe = if let Some(t) = &health.tcp {
+            fill(&t.value, &value).ok().map(Probe::Tcp)
+        } else if let Some(h) = &health.http {
+            fill(&h.value, &value).ok().map(Probe::Http)
+        } else {
+            None
+        };
+        if let Some(probe) = probe {
+            let answered = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                check(&probe, &env.base),
+            )
+            .await;
+            if matches!(answered, Ok(Ok(()))) {
+                return Err(format!(
+                    "source VM `{name}` is still running ({probe:?} answers): shut it down first, so the last cycle holds its every write"
+                ));
+            }
+        }
+    }
+    for group in env
+        .groups
+        .iter()
+        .filter(|g| g.vms.iter().any(|v| vms.contains(&v.name.as_str())))
+    {
+        let site = env
+            .inventory
+            .sites
+            .get(&group.source_site)
+            .ok_or_else(|| format!("no site `{}`", group.source_site))?;
+        let source = lifeboat_replication::Store::open_cache(&site.store.value, &env.base)
+            .map_err(|e| e.to_string())?;
+        let target = env.site_store(&group.target_site)?;
+        let opts = lifeboat_replication::CycleOptions {
+            app: lifeboat_replication::AppMode::Never,
+            ..Default::default()
+        };
+        lifeboat_replication::replicate(group, &source, &target, &opts)
+            .await
+            .map_err(|e| format!("last replication cycle of group `{}`: {e}", group.name))?;
+    }
+    Ok(())
+}
+
+/// `lifeboat retry RUN`: resume a run whose process died, or retry the step it failed on.
+pub fn retry(config: &Path, state: Option<&Path>, run: &str, skip: bool, json: bool, io: &mut crate::Io<'_>) -> u8 {
+    // The run's journal says which plan it runs.
+    let probe = match load(config, state, None, json, io) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let status = match probe.env.status(run) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {e}");
+            return exit_codes::FAILED;
+        }
+    };
+    let loaded = match load(config, state, Some(Path::new(&status.plan_path)), json, io) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let Some((plan, _)) = &loaded.plan else {
+        return exit_codes::INVALID;
+    };
+    if skip {
+        match operations::skip(&loaded.env, run) {
+            Ok(step) => {
+                let _ = writeln!(io.stderr, "skipped step `{step}` of run {run}");
+            }
+            Err(e) => {
+                let _ = writeln!(io.stderr, "error: {e}");
+                return exit_codes::FAILED;
+            }
+        }
+    }
+    let env = &loaded.env;
+    let result = with_progress(io, json, async |observe| {
+        operations::resume(env, run, plan, observe).await
+    })
+    .and_then(|r| r);
+    finish(env, result, json, io)
+}
+
+/// `lifeboat cleanup PLAN`.
+pub fn cleanup(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
+    let Some((plan, _)) = &loaded.plan else {
+        return exit_codes::INVALID;
+    };
+    let env = &loaded.env;
+    let result = with_progress(io, json, async |observe| {
+        operations::cleanup(env, plan, observe).await
+    })
+    .and_then(|r| r);
+    match result {
+        Ok(r) => {
+            if json {
+                let doc = serde_json::json!({
+                    "run": r.run,
+                    "undone": r.undone.iter().map(|(s, e)| serde_json::json!({"step": s, "error": e})).collect::<Vec<_>>(),
+                    "vms_stopped": r.vms_stopped,
+                    "unpinned": r.unpinned,
+                });
+                let _ = serde_json::to_writer_pretty(&mut *io.stdout, &doc);
+                let _ = writeln!(io.stdout);
+            } else {
+                let _ = writeln!(
+                    io.stdout,
+                    "run {} cleaned up: {} step(s) undone, {} VM(s) stopped, disks deleted, points {} unpinned",
+                    r.run,
+                    r.undone.len(),
+                    r.vms_stopped.len(),
+                    if r.unpinned.is_empty() { "-".to_string() } else { r.unpinned.join(", ") }
+                );
+            }
+            if r.undone.iter().any(|(_, e)| e.is_some()) {
+                let _ = writeln!(io.stderr, "error: some undo steps failed (see `lifeboat runs show {}`)", r.run);
+                return exit_codes::FAILED;
+            }
+            exit_codes::OK
+        }
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {e}");
+            exit_codes::FAILED
+        }
+    }
+}
+
+/// `lifeboat commit PLAN`.
+pub fn commit(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
+    let Some((plan, _)) = &loaded.plan else {
+        return exit_codes::INVALID;
+    };
+    let env = &loaded.env;
+    let result = runtime().and_then(|rt| rt.block_on(operations::commit(env, plan)));
+    match result {
+        Ok(groups) => {
+            if json {
+                let doc: Vec<_> = groups
+                    .iter()
+                    .map(|(g, seq, epoch)| serde_json::json!({"group": g, "point": seq, "epoch": epoch}))
+                    .collect();
+                let _ = serde_json::to_writer_pretty(&mut *io.stdout, &doc);
+                let _ = writeln!(io.stdout);
+            } else {
+                for (g, seq, epoch) in &groups {
+                    let _ = writeln!(
+                        io.stdout,
+                        "group {g}: taken over at site {} (point {seq}, writer epoch {epoch}); the old source is fenced",
+                        plan.target.value
+                    );
+                }
+            }
+            exit_codes::OK
+        }
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {e}");
+            if e.contains("fenced") || e.contains("first") {
+                exit_codes::FENCED
+            } else {
+                exit_codes::FAILED
+            }
+        }
+    }
+}
+
+/// `lifeboat approve RUN`.
+pub fn approve(loaded: &Loaded, run: &str, by: Option<String>, io: &mut crate::Io<'_>) -> u8 {
+    let by = by
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "operator".into());
+    match operations::approve(&loaded.env, run, &by) {
+        Ok(message) => {
+            let _ = writeln!(io.stdout, "run {run}: approved \"{message}\" as {by}");
+            exit_codes::OK
+        }
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {e}");
+            exit_codes::FAILED
+        }
+    }
+}
+
+/// `lifeboat cancel RUN`.
+pub fn cancel(loaded: &Loaded, run: &str, io: &mut crate::Io<'_>) -> u8 {
+    match operations::cancel(&loaded.env, run) {
+        Ok(()) => {
+            let _ = writeln!(
+                io.stdout,
+                "run {run} cancelled; `lifeboat cleanup` undoes what it did"
+            );
+            exit_codes::OK
+        }
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {e}");
+            exit_codes::FAILED
+        }
+    }
+}
+
+/// `lifeboat runs list`.
+pub fn runs_list(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
+    let env = &loaded.env;
+    let records: Result<Vec<RunRecord>, String> = env.journal().and_then(|j| {
+        j.runs()?
+            .iter()
+            .map(|(id, ..)| record::record(&j, id, &group_of(env)))
+            .collect()
+    });
+    let records = match records {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {e}");
+            return exit_codes::FAILED;
+        }
+    };
+    if json {
+        let doc: Vec<_> = records
+            .iter()
+            .map(|r| serde_json::json!({"id": r.id, "plan": r.plan, "operation": r.operation, "status": r.status, "started_unix_ms": r.started_unix_ms, "rto_seconds": r.rto_seconds}))
+            .collect();
+        let _ = serde_json::to_writer_pretty(&mut *io.stdout, &doc);
+        let _ = writeln!(io.stdout);
+        return exit_codes::OK;
+    }
+    if records.is_empty() {
+        let _ = writeln!(io.stdout, "no runs yet: `lifeboat failover PLAN --test` starts a drill");
+        return exit_codes::OK;
+    }
+    let _ = writeln!(io.stdout, "{:<16} {:<10} {:<10} {:<11} {:<24} RTO", "RUN", "PLAN", "OPERATION", "STATUS", "STARTED");
+    for r in &records {
+        let started = lifeboat_replication::cycle::rfc3339(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.started_unix_ms.max(0) as u64),
+        );
+        let _ = writeln!(
+            io.stdout,
+            "{:<16} {:<10} {:<10} {:<11} {:<24} {}",
+            r.id, r.plan, r.operation, r.status, started, secs(r.rto_seconds)
+        );
+    }
+    exit_codes::OK
+}
+
+/// `lifeboat runs show RUN`.
+pub fn runs_show(loaded: &Loaded, run: &str, json: bool, io: &mut crate::Io<'_>) -> u8 {
+    let env = &loaded.env;
+    let rec = env.status(run).and_then(|_| {
+        env.journal()
+            .and_then(|j| record::record(&j, run, &group_of(env)))
+    });
+    let r = match rec {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {e}");
+            return exit_codes::FAILED;
+        }
+    };
+    if json {
+        let _ = serde_json::to_writer_pretty(&mut *io.stdout, &r);
+        let _ = writeln!(io.stdout);
+        return exit_codes::OK;
+    }
+    summary(&r, io);
+    let _ = writeln!(io.stdout, "groups:");
+    for g in &r.groups {
+        let _ = writeln!(io.stdout, "  {:<16} healthy at {}", g.name, secs(g.healthy_at_seconds));
+    }
+    let _ = writeln!(io.stdout, "steps:");
+    for s in &r.steps {
+        let _ = writeln!(io.stdout, "  {} — {}", s.id, s.status);
+        for a in &s.attempts {
+            let _ = writeln!(
+                io.stdout,
+                "    attempt {}: {} → {}{}",
+                a.attempt,
+                secs(Some(a.started_at_seconds)),
+                secs(a.ended_at_seconds),
+                a.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            );
+            for line in &a.log {
+                let _ = writeln!(io.stdout, "      | {line}");
+            }
+        }
+        if let Some(e) = &s.undo_error {
+            let _ = writeln!(io.stdout, "    undo failed: {e}");
+        }
+    }
+    let _ = writeln!(io.stdout, "vms:");
+    for v in &r.vms {
+        let _ = writeln!(
+            io.stdout,
+            "  {:<10} pid {}, started at {}, stopped at {}, log {}",
+            v.name,
+            v.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+            secs(v.started_at_seconds),
+            secs(v.stopped_at_seconds),
+            v.log.clone().unwrap_or_else(|| "-".into())
+        );
+    }
+    let _ = writeln!(io.stdout, "timeline:");
+    for (t, e) in &r.timeline {
+        if let Some(line) = describe(&r.id, e) {
+            let _ = writeln!(io.stdout, "  {:>8}  {line}", secs(Some(*t)));
+        }
+    }
+    exit_codes::OK
+}
