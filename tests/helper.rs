@@ -1,6 +1,7 @@
 //! A helper process for the integration tests:
 //!
 //! - `lifeboat-test-helper cli ARGS…` runs the `lifeboat` command (so a test can kill -9 it);
+//! - `lifeboat-test-helper demo-vm ARGS…` is the demo workload (`demo-vm`);
 //! - `lifeboat-test-helper pair-writer A B` writes numbered records to disk A and then to disk B,
 //!   forever, syncing each before the next: B never holds a record A does not. Stop it to cut.
 //! - `lifeboat-test-helper journal-writer DB RUN` appends step events to a run journal forever,
@@ -32,6 +33,8 @@ fn main() -> ExitCode {
             let _ = stdout.flush();
             ExitCode::from(code)
         }
+        // The demo workload, so inventories in tests can boot VMs with this binary.
+        Some("demo-vm") => ExitCode::from(lifeboat_demo_vm::run_from(args[1..].iter().cloned())),
         Some("pair-writer") if args.len() == 4 => pair_writer(&args[2], &args[3]),
         Some("journal-writer") if args.len() == 4 => journal_writer(&args[2], &args[3]),
         Some("run-plan") if args.len() >= 5 => run_plan(

@@ -4,6 +4,7 @@
 #![allow(clippy::panic, clippy::unwrap_used)]
 
 mod examples;
+mod failover;
 mod formats;
 mod fuzz;
 mod golden;

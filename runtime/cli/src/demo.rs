@@ -170,7 +170,11 @@ impl Demo<'_, '_> {
 fn get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let body = text.split_once("\r\n\r\n")?.1;
@@ -328,7 +332,10 @@ fn addresses(demo: &mut Demo<'_, '_>, run: &str) -> std::collections::HashMap<St
         let name = v["name"].as_str().unwrap_or_default();
         let port = VMS.iter().find(|x| x.0 == name).map_or(0, |x| x.4);
         // "nic0 west/drill 127.49.2.254 (nextfree)"
-        if let Some(ip) = v["addresses"][0].as_str().and_then(|a| a.split_whitespace().nth(2)) {
+        if let Some(ip) = v["addresses"][0]
+            .as_str()
+            .and_then(|a| a.split_whitespace().nth(2))
+        {
             out.insert(name.to_string(), format!("{ip}:{port}"));
         }
     }
@@ -389,7 +396,10 @@ fn scenario(
     for (name, _, _, ip, port) in VMS {
         let probe = Probe::Http(format!("http://{ip}:{port}/health"));
         let healthy = rt.block_on(wait_healthy(&probe, Duration::from_secs(30), &demo.dir));
-        demo.check(healthy.is_ok(), &format!("source VM {name} is healthy at {ip}:{port}"));
+        demo.check(
+            healthy.is_ok(),
+            &format!("source VM {name} is healthy at {ip}:{port}"),
+        );
     }
     std::thread::sleep(Duration::from_millis(800));
     replicate(demo, rt, driver, source)?;
@@ -430,9 +440,10 @@ fn scenario(
         .all(|(g, seq)| points.iter().any(|(pg, ps)| pg == g && seq > ps));
     demo.check(advanced, "a new point was committed while the drill ran");
     let (_, list) = demo.lifeboat_json(&["points", "list", "db-1"]);
-    let pinned = list["points"]
-        .as_array()
-        .is_some_and(|ps| ps.iter().any(|p| p["pinned"].as_array().is_some_and(|a| !a.is_empty())));
+    let pinned = list["points"].as_array().is_some_and(|ps| {
+        ps.iter()
+            .any(|p| p["pinned"].as_array().is_some_and(|a| !a.is_empty()))
+    });
     demo.check(pinned, "the drill's point is pinned");
 
     // 2. Cleanup: undo every step, stop the drill VMs, delete their disks, unpin.
@@ -443,9 +454,10 @@ fn scenario(
     let runs = demo.dir.join(".lifeboat/state/runs/shop-1/disks");
     demo.check(!runs.exists(), "the drill's disks are deleted");
     let (_, list) = demo.lifeboat_json(&["points", "list", "db-1"]);
-    let unpinned = list["points"]
-        .as_array()
-        .is_some_and(|ps| ps.iter().all(|p| p["pinned"].as_array().is_none_or(|a| a.is_empty())));
+    let unpinned = list["points"].as_array().is_some_and(|ps| {
+        ps.iter()
+            .all(|p| p["pinned"].as_array().is_none_or(|a| a.is_empty()))
+    });
     demo.check(unpinned, "no point is pinned any more");
 
     // 3. Disaster: the source dies mid-write; its site is gone.
@@ -479,17 +491,25 @@ fn scenario(
     let approver = std::thread::spawn(move || approve_when_asked(&journal, "shop-2"));
     let code = demo.lifeboat(&["failover", "shop", "--unplanned", "--point", "latest"]);
     let approved = approver.join().unwrap_or(false);
-    demo.check(code == 0, "unplanned failover succeeded with the source site gone");
-    demo.check(approved, "the approval step waited for the operator's `lifeboat approve`");
+    demo.check(
+        code == 0,
+        "unplanned failover succeeded with the source site gone",
+    );
+    demo.check(
+        approved,
+        "the approval step waited for the operator's `lifeboat approve`",
+    );
     let target_at = addresses(demo, "shop-2");
     demo.check(
         target_at.get("db-1").map(String::as_str) == Some("127.41.2.10:15432"),
         "db-1 kept its address (west's db subnet holds it)",
     );
     demo.check(
-        ["app-1", "app-2"]
-            .iter()
-            .all(|v| target_at.get(*v).is_some_and(|a| a.starts_with("127.42.1."))),
+        ["app-1", "app-2"].iter().all(|v| {
+            target_at
+                .get(*v)
+                .is_some_and(|a| a.starts_with("127.42.1."))
+        }),
         "app-1 and app-2 got addresses in west's app subnet",
     );
     let mut rpos = Vec::new();
@@ -499,7 +519,9 @@ fn scenario(
         let src = source_last.get(*name).copied();
         let ok = matches!((rec, src), (Some((r, _)), Some((s, _))) if r > 0 && r <= s);
         let (lost, rpo_ms) = match (rec, src) {
-            (Some((r, rt_ms)), Some((s, st_ms))) => (s.saturating_sub(r), st_ms.saturating_sub(rt_ms)),
+            (Some((r, rt_ms)), Some((s, st_ms))) => {
+                (s.saturating_sub(r), st_ms.saturating_sub(rt_ms))
+            }
             _ => (0, 0),
         };
         demo.check(

@@ -311,10 +311,24 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             });
         }
         Command::Retry { run } => {
-            return Ok(orchestration::retry(&config, state.as_deref(), &run, false, json, io));
+            return Ok(orchestration::retry(
+                &config,
+                state.as_deref(),
+                &run,
+                false,
+                json,
+                io,
+            ));
         }
         Command::Skip { run } => {
-            return Ok(orchestration::retry(&config, state.as_deref(), &run, true, json, io));
+            return Ok(orchestration::retry(
+                &config,
+                state.as_deref(),
+                &run,
+                true,
+                json,
+                io,
+            ));
         }
         Command::Cancel { run } => {
             return Ok(match orchestrate(None, io) {
@@ -334,7 +348,12 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
                 Err(code) => code,
             });
         }
-        Command::Replicate { .. } | Command::Points(_) | Command::Restore { .. } | Command::Verify { .. } | Command::Gc { .. } | Command::Plan(_) => {}
+        Command::Replicate { .. }
+        | Command::Points(_)
+        | Command::Restore { .. }
+        | Command::Verify { .. }
+        | Command::Gc { .. }
+        | Command::Plan(_) => {}
     }
     let mut context = || replication::load(&cli.config, json, progress, io);
     match cli.command {

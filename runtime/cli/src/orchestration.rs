@@ -218,7 +218,10 @@ fn finish(
             let _ = writeln!(
                 io.stderr,
                 "error: run {} stopped at step `{step}`: {error}\n  fix the cause, then `lifeboat retry {}` (or `lifeboat skip {}`, or `lifeboat cleanup {}`)",
-                r.id, r.id, r.id, record.map(|r| r.plan).unwrap_or_default()
+                r.id,
+                r.id,
+                r.id,
+                record.map(|r| r.plan).unwrap_or_default()
             );
             exit_codes::FAILED
         }
@@ -244,8 +247,10 @@ fn summary(r: &RunRecord, io: &mut crate::Io<'_>) {
             io.stdout,
             "  {}: point {} (RPO {}), {}",
             v.name,
-            v.point
-                .map_or_else(|| "-".into(), |p| format!("{}/{p}", v.group.clone().unwrap_or_default())),
+            v.point.map_or_else(
+                || "-".into(),
+                |p| format!("{}/{p}", v.group.clone().unwrap_or_default())
+            ),
             secs(v.rpo_seconds),
             v.addresses.join(", ")
         );
@@ -304,11 +309,9 @@ async fn final_cycle(env: &Environment, plan: &Plan) -> Result<(), String> {
             None
         };
         if let Some(probe) = probe {
-            let answered = tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                check(&probe, &env.base),
-            )
-            .await;
+            let answered =
+                tokio::time::timeout(std::time::Duration::from_secs(2), check(&probe, &env.base))
+                    .await;
             if matches!(answered, Ok(Ok(()))) {
                 return Err(format!(
                     "source VM `{name}` is still running ({probe:?} answers): shut it down first, so the last cycle holds its every write"
@@ -341,7 +344,14 @@ async fn final_cycle(env: &Environment, plan: &Plan) -> Result<(), String> {
 }
 
 /// `lifeboat retry RUN`: resume a run whose process died, or retry the step it failed on.
-pub fn retry(config: &Path, state: Option<&Path>, run: &str, skip: bool, json: bool, io: &mut crate::Io<'_>) -> u8 {
+pub fn retry(
+    config: &Path,
+    state: Option<&Path>,
+    run: &str,
+    skip: bool,
+    json: bool,
+    io: &mut crate::Io<'_>,
+) -> u8 {
     // The run's journal says which plan it runs.
     let probe = match load(config, state, None, json, io) {
         Ok(l) => l,
@@ -408,11 +418,19 @@ pub fn cleanup(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
                     r.run,
                     r.undone.len(),
                     r.vms_stopped.len(),
-                    if r.unpinned.is_empty() { "-".to_string() } else { r.unpinned.join(", ") }
+                    if r.unpinned.is_empty() {
+                        "-".to_string()
+                    } else {
+                        r.unpinned.join(", ")
+                    }
                 );
             }
             if r.undone.iter().any(|(_, e)| e.is_some()) {
-                let _ = writeln!(io.stderr, "error: some undo steps failed (see `lifeboat runs show {}`)", r.run);
+                let _ = writeln!(
+                    io.stderr,
+                    "error: some undo steps failed (see `lifeboat runs show {}`)",
+                    r.run
+                );
                 return exit_codes::FAILED;
             }
             exit_codes::OK
@@ -522,18 +540,31 @@ pub fn runs_list(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
         return exit_codes::OK;
     }
     if records.is_empty() {
-        let _ = writeln!(io.stdout, "no runs yet: `lifeboat failover PLAN --test` starts a drill");
+        let _ = writeln!(
+            io.stdout,
+            "no runs yet: `lifeboat failover PLAN --test` starts a drill"
+        );
         return exit_codes::OK;
     }
-    let _ = writeln!(io.stdout, "{:<16} {:<10} {:<10} {:<11} {:<24} RTO", "RUN", "PLAN", "OPERATION", "STATUS", "STARTED");
+    let _ = writeln!(
+        io.stdout,
+        "{:<16} {:<10} {:<10} {:<11} {:<24} RTO",
+        "RUN", "PLAN", "OPERATION", "STATUS", "STARTED"
+    );
     for r in &records {
         let started = lifeboat_replication::cycle::rfc3339(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.started_unix_ms.max(0) as u64),
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(r.started_unix_ms.max(0) as u64),
         );
         let _ = writeln!(
             io.stdout,
             "{:<16} {:<10} {:<10} {:<11} {:<24} {}",
-            r.id, r.plan, r.operation, r.status, started, secs(r.rto_seconds)
+            r.id,
+            r.plan,
+            r.operation,
+            r.status,
+            started,
+            secs(r.rto_seconds)
         );
     }
     exit_codes::OK
@@ -561,7 +592,12 @@ pub fn runs_show(loaded: &Loaded, run: &str, json: bool, io: &mut crate::Io<'_>)
     summary(&r, io);
     let _ = writeln!(io.stdout, "groups:");
     for g in &r.groups {
-        let _ = writeln!(io.stdout, "  {:<16} healthy at {}", g.name, secs(g.healthy_at_seconds));
+        let _ = writeln!(
+            io.stdout,
+            "  {:<16} healthy at {}",
+            g.name,
+            secs(g.healthy_at_seconds)
+        );
     }
     let _ = writeln!(io.stdout, "steps:");
     for s in &r.steps {
@@ -573,7 +609,10 @@ pub fn runs_show(loaded: &Loaded, run: &str, json: bool, io: &mut crate::Io<'_>)
                 a.attempt,
                 secs(Some(a.started_at_seconds)),
                 secs(a.ended_at_seconds),
-                a.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                a.error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
             );
             for line in &a.log {
                 let _ = writeln!(io.stdout, "      | {line}");

@@ -81,76 +81,78 @@ pub fn compile(plan: &Plan, operation: Operation) -> RunPlan {
             PointChoice::LatestProcessed => "latest-processed",
             PointChoice::LatestAppConsistent => "latest-app-consistent",
         });
-    let groups = plan
-        .groups
-        .iter()
-        .map(|g| {
-            let vms: Vec<String> = g.vms.iter().map(|v| v.value.clone()).collect();
-            let mut steps = Vec::new();
-            let add = |phase: Phase, list: &[Step], steps: &mut Vec<StepRun>| {
-                for (i, s) in list.iter().enumerate() {
-                    if s.on
-                        .as_ref()
-                        .is_some_and(|on| !on.iter().any(|o| o.value == operation))
-                    {
-                        continue;
-                    }
-                    let tag = if phase == Phase::Pre { "pre" } else { "post" };
-                    steps.push(StepRun {
-                        id: format!("{}/{tag}/{i}", g.name.value),
-                        group: g.name.value.clone(),
-                        phase,
-                        name: s
-                            .name
+    let groups =
+        plan.groups
+            .iter()
+            .map(|g| {
+                let vms: Vec<String> = g.vms.iter().map(|v| v.value.clone()).collect();
+                let mut steps = Vec::new();
+                let add = |phase: Phase, list: &[Step], steps: &mut Vec<StepRun>| {
+                    for (i, s) in list.iter().enumerate() {
+                        if s.on
                             .as_ref()
-                            .map_or_else(|| s.uses.value_text(), |n| n.value.clone()),
-                        uses: s.uses.value_text(),
-                        config: s
-                            .config
-                            .as_ref()
-                            .map_or(serde_json::Value::Object(Default::default()), |c| {
-                                serde_json::Value::Object(c.value.clone())
+                            .is_some_and(|on| !on.iter().any(|o| o.value == operation))
+                        {
+                            continue;
+                        }
+                        let tag = if phase == Phase::Pre { "pre" } else { "post" };
+                        steps.push(StepRun {
+                            id: format!("{}/{tag}/{i}", g.name.value),
+                            group: g.name.value.clone(),
+                            phase,
+                            name: s
+                                .name
+                                .as_ref()
+                                .map_or_else(|| s.uses.value_text(), |n| n.value.clone()),
+                            uses: s.uses.value_text(),
+                            config: s
+                                .config
+                                .as_ref()
+                                .map_or(serde_json::Value::Object(Default::default()), |c| {
+                                    serde_json::Value::Object(c.value.clone())
+                                }),
+                            timeout: s.timeout.as_ref().map_or(STEP_TIMEOUT, |t| t.value.0),
+                            retries: s.retries.as_ref().map_or(0, |r| r.value),
+                            sha256: s.sha256.as_ref().map(|h| h.value.clone()),
+                            allow: s.allow.as_ref().map_or_else(StepAllow::default, |a| {
+                                StepAllow {
+                                    vms: texts(&a.vms),
+                                    tcp: texts(&a.tcp),
+                                    http: texts(&a.http),
+                                    kv: texts(&a.kv),
+                                }
                             }),
-                        timeout: s.timeout.as_ref().map_or(STEP_TIMEOUT, |t| t.value.0),
-                        retries: s.retries.as_ref().map_or(0, |r| r.value),
-                        sha256: s.sha256.as_ref().map(|h| h.value.clone()),
-                        allow: s.allow.as_ref().map_or_else(StepAllow::default, |a| StepAllow {
-                            vms: texts(&a.vms),
-                            tcp: texts(&a.tcp),
-                            http: texts(&a.http),
-                            kv: texts(&a.kv),
-                        }),
-                    });
+                        });
+                    }
+                };
+                add(Phase::Pre, &g.pre, &mut steps);
+                steps.push(StepRun {
+                    id: format!("{}/boot", g.name.value),
+                    group: g.name.value.clone(),
+                    phase: Phase::Boot,
+                    name: format!("boot {}", g.name.value),
+                    uses: "builtin:boot-group".into(),
+                    config: serde_json::json!({
+                        "point": point,
+                        "parallelism": g.parallelism.as_ref().map_or(8, |p| p.value),
+                    }),
+                    timeout: BOOT_TIMEOUT,
+                    retries: 0,
+                    sha256: None,
+                    // The boot step acts on its group's VMs and nothing else.
+                    allow: StepAllow {
+                        vms: vms.clone(),
+                        ..StepAllow::default()
+                    },
+                });
+                add(Phase::Post, &g.post, &mut steps);
+                GroupRun {
+                    name: g.name.value.clone(),
+                    vms,
+                    steps,
                 }
-            };
-            add(Phase::Pre, &g.pre, &mut steps);
-            steps.push(StepRun {
-                id: format!("{}/boot", g.name.value),
-                group: g.name.value.clone(),
-                phase: Phase::Boot,
-                name: format!("boot {}", g.name.value),
-                uses: "builtin:boot-group".into(),
-                config: serde_json::json!({
-                    "point": point,
-                    "parallelism": g.parallelism.as_ref().map_or(8, |p| p.value),
-                }),
-                timeout: BOOT_TIMEOUT,
-                retries: 0,
-                sha256: None,
-                // The boot step acts on its group's VMs and nothing else.
-                allow: StepAllow {
-                    vms: vms.clone(),
-                    ..StepAllow::default()
-                },
-            });
-            add(Phase::Post, &g.post, &mut steps);
-            GroupRun {
-                name: g.name.value.clone(),
-                vms,
-                steps,
-            }
-        })
-        .collect();
+            })
+            .collect();
     RunPlan {
         plan: plan.name.value.clone(),
         operation,

@@ -294,7 +294,8 @@ impl Journal {
                 Event::StepSkipped { step } => {
                     r.interrupted.remove(&step);
                     r.failed.remove(&step);
-                    r.finished.insert(step, serde_json::json!({ "skipped": true }));
+                    r.finished
+                        .insert(step, serde_json::json!({ "skipped": true }));
                 }
                 Event::Prepared { .. }
                 | Event::Assigned { .. }

@@ -193,7 +193,10 @@ pub async fn failover(
     point: Option<String>,
     observe: Observer,
 ) -> Result<RunResult, String> {
-    if !matches!(op, Operation::Test | Operation::Planned | Operation::Unplanned) {
+    if !matches!(
+        op,
+        Operation::Test | Operation::Planned | Operation::Unplanned
+    ) {
         return Err(format!(
             "`{}` is not a failover operation",
             operation_name(op)

@@ -144,7 +144,9 @@ pub fn record(
                     a.log.extend(lines.iter().cloned());
                 }
             }
-            Event::StepSkipped { step } => step_entry(&mut steps, &mut order, step).status = "skipped".into(),
+            Event::StepSkipped { step } => {
+                step_entry(&mut steps, &mut order, step).status = "skipped".into()
+            }
             Event::StepUndone { step, error } => {
                 let s = step_entry(&mut steps, &mut order, step);
                 s.status = "undone".into();
@@ -172,7 +174,9 @@ pub fn record(
                 for a in assignments {
                     let v = vms.entry(a.vm.clone()).or_default();
                     v.name = a.vm.clone();
-                    v.addresses.push(format!("nic{} {} {} ({:?})", a.nic, a.network, a.ip, a.why).to_lowercase());
+                    v.addresses.push(
+                        format!("nic{} {} {} ({:?})", a.nic, a.network, a.ip, a.why).to_lowercase(),
+                    );
                 }
             }
             Event::VmStarted { vm, pid, log, .. } => {
@@ -191,10 +195,7 @@ pub fn record(
     }
     for v in vms.values_mut() {
         v.group = group_of(&v.name);
-        if let Some(p) = points
-            .iter()
-            .find(|p| Some(&p.group) == v.group.as_ref())
-        {
+        if let Some(p) = points.iter().find(|p| Some(&p.group) == v.group.as_ref()) {
             v.point = Some(p.seq);
             v.rpo_seconds = Some((start - p.captured_unix_ms as i64) as f64 / 1000.0);
         }

@@ -143,7 +143,11 @@ impl RunServices {
             if name == "vm.site" {
                 return Some(self.target_site.clone());
             }
-            let nic: usize = name.strip_prefix("nic")?.strip_suffix(".ip")?.parse().ok()?;
+            let nic: usize = name
+                .strip_prefix("nic")?
+                .strip_suffix(".ip")?
+                .parse()
+                .ok()?;
             addresses
                 .iter()
                 .find(|a| a.nic == nic)
@@ -214,7 +218,13 @@ impl RunServices {
     }
 }
 
-fn wit_point(group: &str, seq: u64, kind: PointKind, captured: u64, committed: u64) -> recovery::Point {
+fn wit_point(
+    group: &str,
+    seq: u64,
+    kind: PointKind,
+    captured: u64,
+    committed: u64,
+) -> recovery::Point {
     recovery::Point {
         id: format!("{group}/{seq}"),
         kind: match kind {
@@ -253,7 +263,8 @@ impl HostServices for RunServices {
                 .map(|(i, nic)| {
                     let at = addresses.iter().find(|a| a.nic == i);
                     inventory::Nic {
-                        network: at.map_or_else(|| nic.network.value.clone(), |a| a.network.clone()),
+                        network: at
+                            .map_or_else(|| nic.network.value.clone(), |a| a.network.clone()),
                         subnet: at.map_or_else(|| nic.subnet.value.clone(), |a| a.subnet.clone()),
                         ip: at.map(|a| a.ip.to_string()),
                     }
@@ -268,7 +279,15 @@ impl HostServices for RunServices {
         let points = repo.points(&group).await.map_err(other)?;
         Ok(points
             .iter()
-            .map(|m| wit_point(&group, m.seq, m.kind, m.captured_unix_ms, m.committed_unix_ms))
+            .map(|m| {
+                wit_point(
+                    &group,
+                    m.seq,
+                    m.kind,
+                    m.captured_unix_ms,
+                    m.committed_unix_ms,
+                )
+            })
             .collect())
     }
 
@@ -302,7 +321,13 @@ impl HostServices for RunServices {
                 m
             }
         };
-        Ok(wit_point(&group, m.seq, m.kind, m.captured_unix_ms, m.committed_unix_ms))
+        Ok(wit_point(
+            &group,
+            m.seq,
+            m.kind,
+            m.captured_unix_ms,
+            m.committed_unix_ms,
+        ))
     }
 
     async fn restore(&self, vm: &str, point: &str, key: &str) -> Result<Vec<String>, Error> {
@@ -400,11 +425,9 @@ impl HostServices for RunServices {
         Ok(match self.probe(vm)? {
             None => compute::VmState::Running,
             Some((probe, _)) => {
-                let once = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    health::check(&probe, &self.base),
-                )
-                .await;
+                let once =
+                    tokio::time::timeout(Duration::from_secs(2), health::check(&probe, &self.base))
+                        .await;
                 if matches!(once, Ok(Ok(()))) {
                     compute::VmState::Running
                 } else {

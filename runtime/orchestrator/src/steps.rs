@@ -78,7 +78,12 @@ impl PluginRunner {
     }
 
     async fn plugin(&self, step: &StepRun) -> Result<Arc<Plugin>, String> {
-        if let Some(p) = self.loaded.lock().ok().and_then(|l| l.get(&step.uses).cloned()) {
+        if let Some(p) = self
+            .loaded
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&step.uses).cloned())
+        {
             return Ok(p);
         }
         let (bytes, pin) = match step.uses.strip_prefix("builtin:") {
@@ -142,7 +147,11 @@ impl PluginRunner {
             .map_err(|e| format!("step `{}`: {e}", step.id))
     }
 
-    fn fill_json(&self, step: &StepRun, v: &serde_json::Value) -> Result<serde_json::Value, String> {
+    fn fill_json(
+        &self,
+        step: &StepRun,
+        v: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
         use serde_json::Value;
         Ok(match v {
             Value::String(s) => Value::String(self.fill(step, s)?),

@@ -1,0 +1,599 @@
+//! Failover orchestration end to end: real `lifeboat` commands, real VM processes (the demo
+//! workload), real recovery points, the real built-in steps in the sandbox. Each test has its own
+//! sites in a temporary folder and its own loopback ranges, so they run in parallel.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lifeboat_orchestrator::compute::{Compute, Handle, Launch, PauseVms, ProcessDriver};
+use lifeboat_orchestrator::journal::{Event, Journal};
+
+use crate::support::Outcome;
+
+const HELPER: &str = env!("CARGO_BIN_EXE_lifeboat-test-helper");
+
+/// Two sites with two VMs (db-1 in group `database`, app-1 in group `app`), addresses in
+/// 127.`k`.0.0/16 so tests do not meet.
+struct Sites {
+    dir: tempfile::TempDir,
+    k: u8,
+    rt: tokio::runtime::Runtime,
+    driver: Arc<ProcessDriver>,
+    source: Vec<Handle>,
+}
+
+impl Drop for Sites {
+    fn drop(&mut self) {
+        for h in &self.source {
+            let _ = self
+                .rt
+                .block_on(self.driver.stop(h, Duration::from_secs(1)));
+        }
+        // Every VM a run started and did not stop.
+        if let Ok(j) = Journal::open(&self.journal()) {
+            for (id, ..) in j.runs().unwrap_or_default() {
+                let mut up: Vec<Handle> = Vec::new();
+                for (_, _, e) in j.events(&id).unwrap_or_default() {
+                    match e {
+                        Event::VmStarted { vm, pid, .. } => up.push(Handle { vm, pid }),
+                        Event::VmStopped { vm } => up.retain(|h| h.vm != vm),
+                        _ => {}
+                    }
+                }
+                for h in up {
+                    let _ = self
+                        .rt
+                        .block_on(self.driver.stop(&h, Duration::from_secs(1)));
+                }
+            }
+        }
+    }
+}
+
+impl Sites {
+    /// `post` is the `post` list of group `app`, `pre` its `pre` list (TOML arrays).
+    fn new(k: u8, app_pre: &str, app_post: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = |name: &str, subnet: &str, ip: &str, port: u16| {
+            format!(
+                r#"
+[vms.{name}]
+site = "east"
+policy = "default"
+disks.data = "vms/{name}.img"
+nics = [{{ network = "prod", subnet = "{subnet}", ip = "{ip}" }}]
+boot = {{ command = ["{HELPER}", "demo-vm", "--disk", "{{disk.data}}", "--listen", "{{nic0.ip}}:{port}"] }}
+health = {{ http = "http://{{nic0.ip}}:{port}/health", timeout = "30s" }}
+"#
+            )
+        };
+        let inventory = format!(
+            r#"version = 1
+[sites.east]
+store = "east"
+compute = "process"
+replicate_to = "west"
+networks.prod.subnets = {{ app = "127.{k}.1.0/24", db = "127.{k}.2.0/24" }}
+[sites.west]
+store = "west"
+compute = "process"
+networks.prod-dr.subnets = {{ app = "127.{k}.11.0/24", db = "127.{k}.2.0/24" }}
+networks.drill.subnets = {{ app = "127.{k}.91.0/24", db = "127.{k}.92.0/24" }}
+[policies.default]
+crash_interval = "10s"
+retention = "1h"
+rpo_threshold = "1m"
+{}{}"#,
+            vm("db-1", "db", &format!("127.{k}.2.10"), 5432),
+            vm("app-1", "app", &format!("127.{k}.1.11"), 8080),
+        );
+        let plan = format!(
+            r#"version = 1
+name = "p"
+source = "east"
+target = "west"
+recovery_point = "latest"
+[network]
+map = [{{ from = "east/prod", to = "west/prod-dr" }}]
+test = "west/drill"
+[[group]]
+name = "database"
+vms = ["db-1"]
+post = [{{ uses = "builtin:tcp-check", with = {{ address = "{{vm.db-1.ip}}:5432" }}, allow = {{ tcp = ["{{vm.db-1.ip}}:5432"] }} }}]
+[[group]]
+name = "app"
+vms = ["app-1"]
+pre = {app_pre}
+post = {app_post}
+"#
+        );
+        std::fs::write(dir.path().join("lifeboat.toml"), inventory).unwrap();
+        std::fs::create_dir_all(dir.path().join("plans")).unwrap();
+        std::fs::write(dir.path().join("plans/p.toml"), plan).unwrap();
+        std::fs::create_dir_all(dir.path().join("vms")).unwrap();
+        for name in ["db-1", "app-1"] {
+            let f = std::fs::File::create(dir.path().join(format!("vms/{name}.img"))).unwrap();
+            f.set_len(4 << 20).unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        Self {
+            dir,
+            k,
+            rt,
+            driver: ProcessDriver::new(),
+            source: Vec::new(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn config(&self) -> String {
+        self.path().join("lifeboat.toml").display().to_string()
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.path().join(".lifeboat/state/runs.db")
+    }
+
+    fn source_addr(&self, vm: &str) -> String {
+        match vm {
+            "db-1" => format!("127.{}.2.10:5432", self.k),
+            _ => format!("127.{}.1.11:8080", self.k),
+        }
+    }
+
+    /// `lifeboat --config … ARGS`, in this process.
+    fn lifeboat(&self, args: &[&str]) -> Outcome {
+        let config = self.config();
+        let mut full = vec!["--config", config.as_str()];
+        full.extend_from_slice(args);
+        crate::support::lifeboat(&full)
+    }
+
+    /// Starts the source VMs and waits until they answer.
+    fn start_source(&mut self) {
+        for vm in ["db-1", "app-1"] {
+            let launch = Launch {
+                vm: vm.into(),
+                argv: vec![
+                    HELPER.into(),
+                    "demo-vm".into(),
+                    "--disk".into(),
+                    self.path()
+                        .join(format!("vms/{vm}.img"))
+                        .display()
+                        .to_string(),
+                    "--listen".into(),
+                    self.source_addr(vm),
+                ],
+                dir: self.path().to_path_buf(),
+                log: self.path().join(format!("{vm}.log")),
+            };
+            let h = self.rt.block_on(self.driver.start(&launch)).unwrap();
+            self.source.push(h);
+        }
+        for vm in ["db-1", "app-1"] {
+            let addr = self.source_addr(vm);
+            wait_for(|| get(&addr, "/health").is_some(), "source VM healthy");
+        }
+    }
+
+    /// One cycle of every group, the source VMs paused for the cut.
+    fn replicate(&self) {
+        let v = lifeboat_loader::validate(&self.path().join("lifeboat.toml"), &[]);
+        let inv = v.inventory.unwrap();
+        let groups = lifeboat_replication::groups(&inv, self.path()).unwrap();
+        let east = lifeboat_replication::Store::open_cache("east", self.path()).unwrap();
+        let west = lifeboat_replication::Store::open("west", self.path()).unwrap();
+        for g in &groups {
+            let cut = PauseVms {
+                driver: self.driver.clone(),
+                vms: self
+                    .source
+                    .iter()
+                    .filter(|h| g.vms.iter().any(|v| v.name == h.vm))
+                    .cloned()
+                    .collect(),
+            };
+            let opts = lifeboat_replication::CycleOptions {
+                cut: Some(Arc::new(cut)),
+                ..Default::default()
+            };
+            self.rt
+                .block_on(lifeboat_replication::replicate(g, &east, &west, &opts))
+                .unwrap();
+        }
+    }
+
+    fn events(&self, run: &str) -> Vec<Event> {
+        Journal::open(&self.journal())
+            .unwrap()
+            .events(run)
+            .unwrap()
+            .into_iter()
+            .map(|(_, _, e)| e)
+            .collect()
+    }
+
+    fn record(&self, run: &str) -> serde_json::Value {
+        let out = self.lifeboat(&["--output", "json", "runs", "show", run]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+
+    /// Where run `run` put `vm`: `ip:port`.
+    fn target_addr(&self, run: &str, vm: &str) -> String {
+        let rec = self.record(run);
+        let v = rec["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == vm)
+            .unwrap()
+            .clone();
+        let ip = v["addresses"][0]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .to_string();
+        let port = if vm == "db-1" { 5432 } else { 8080 };
+        format!("{ip}:{port}")
+    }
+}
+
+fn wait_for(mut ok: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn get(addr: &str, path: &str) -> Option<serde_json::Value> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let body = text.split_once("\r\n\r\n")?.1;
+    Some(serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
+
+fn position(events: &[Event], f: impl Fn(&Event) -> bool) -> usize {
+    events
+        .iter()
+        .position(f)
+        .unwrap_or_else(|| panic!("no such event in {events:#?}"))
+}
+
+fn started_vms(events: &[Event]) -> HashMap<String, usize> {
+    let mut n = HashMap::new();
+    for e in events {
+        if let Event::VmStarted { vm, .. } = e {
+            *n.entry(vm.clone()).or_insert(0) += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn a_drill_boots_groups_in_order_honours_on_filters_and_cleans_up() {
+    // The app tier's approval runs on real failovers only; its wait runs in drills only.
+    let mut s = Sites::new(
+        101,
+        r#"[{ uses = "builtin:approval", with = { message = "go?" }, on = ["planned", "unplanned"] }]"#,
+        r#"[{ uses = "builtin:wait", with = { duration = "10ms" }, on = ["test"] }]"#,
+    );
+    s.start_source();
+    s.replicate();
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let events = s.events("p-1");
+    // Group app starts only after group database is healthy, and db-1 answered before that.
+    let db_healthy = position(
+        &events,
+        |e| matches!(e, Event::GroupHealthy { group } if group == "database"),
+    );
+    let app_first = position(
+        &events,
+        |e| matches!(e, Event::StepStarted { step, .. } if step.starts_with("app/")),
+    );
+    let app_vm = position(
+        &events,
+        |e| matches!(e, Event::VmStarted { vm, .. } if vm == "app-1"),
+    );
+    assert!(db_healthy < app_first && app_first < app_vm, "{events:#?}");
+    // `on` filters: no approval in a drill, the drill-only wait ran.
+    let steps: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepFinished { step, .. } => Some(step.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        ["database/boot", "database/post/0", "app/boot", "app/post/0"]
+    );
+    // The drill VMs run in the drill network, from consistent disks, behind the source.
+    let drill = s.target_addr("p-1", "db-1");
+    assert!(drill.starts_with(&format!("127.{}.92.", s.k)), "{drill}");
+    let state = get(&drill, "/state").expect("the drill VM answers");
+    let recovered = state["recovered"]["last"]["seq"].as_u64().unwrap();
+    let source = get(&s.source_addr("db-1"), "/state").unwrap()["last_record"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        recovered > 0 && recovered < source,
+        "{recovered} vs {source}"
+    );
+    // A second drill of the same plan is refused while this one is open.
+    let again = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(again.code, 4);
+    assert!(again.stderr.contains("open run: p-1"), "{}", again.stderr);
+
+    let out = s.lifeboat(&["cleanup", "p"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        get(&drill, "/health").is_none(),
+        "the drill VM still answers"
+    );
+    assert!(!s.path().join(".lifeboat/state/runs/p-1/disks").exists());
+    let pins = s.lifeboat(&["--output", "json", "points", "list", "db-1"]);
+    let pins: serde_json::Value = serde_json::from_str(&pins.stdout).unwrap();
+    assert!(
+        pins["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["pinned"].as_array().unwrap().is_empty()),
+        "{pins}"
+    );
+    let rec = s.record("p-1");
+    assert_eq!(rec["status"], "cleaned-up");
+    assert!(
+        rec["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|st| st["status"] == "undone"),
+        "{rec}"
+    );
+}
+
+#[test]
+fn a_failed_post_step_stops_the_run_and_retry_finishes_it_without_rebooting() {
+    // The app tier's check needs a service the test starts only after the first failure.
+    let k = 102;
+    let s = Sites::new(
+        k,
+        "[]",
+        &format!(
+            r#"[{{ name = "lb", uses = "builtin:tcp-check", with = {{ address = "127.{k}.200.1:7777", timeout_ms = 300 }}, allow = {{ tcp = ["127.{k}.200.1:7777"] }} }}]"#
+        ),
+    );
+    let mut s = s;
+    s.start_source();
+    s.replicate();
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("stopped at step `app/post/0`")
+            && out.stderr.contains("lifeboat retry p-1"),
+        "{}",
+        out.stderr
+    );
+    let rec = s.record("p-1");
+    assert_eq!(rec["status"], "failed");
+    let failed = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["id"] == "app/post/0")
+        .unwrap()
+        .clone();
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("7777"),
+        "{failed}"
+    );
+
+    let _listener = std::net::TcpListener::bind(format!("127.{k}.200.1:7777")).unwrap();
+    let out = s.lifeboat(&["retry", "p-1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let events = s.events("p-1");
+    assert_eq!(
+        started_vms(&events),
+        HashMap::from([("db-1".to_string(), 1), ("app-1".to_string(), 1)]),
+        "a VM was booted twice"
+    );
+    let boots = events
+        .iter()
+        .filter(|e| matches!(e, Event::StepStarted { step, .. } if step.ends_with("/boot")))
+        .count();
+    assert_eq!(boots, 2, "a finished boot step ran again");
+    assert_eq!(s.record("p-1")["status"], "succeeded");
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+}
+
+#[test]
+fn a_skipped_step_lets_the_run_finish() {
+    let k = 103;
+    let mut s = Sites::new(
+        k,
+        "[]",
+        &format!(
+            r#"[{{ uses = "builtin:tcp-check", with = {{ address = "127.{k}.200.1:7777", timeout_ms = 200 }}, allow = {{ tcp = ["127.{k}.200.1:7777"] }} }}]"#
+        ),
+    );
+    s.start_source();
+    s.replicate();
+    assert_eq!(s.lifeboat(&["failover", "p", "--test"]).code, 4);
+    let out = s.lifeboat(&["skip", "p-1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let rec = s.record("p-1");
+    assert_eq!(rec["status"], "succeeded");
+    let step = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["id"] == "app/post/0")
+        .unwrap()
+        .clone();
+    assert_eq!(step["status"], "skipped");
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+}
+
+#[test]
+fn a_planned_failover_waits_for_the_source_to_stop_and_loses_no_record() {
+    let mut s = Sites::new(
+        104,
+        r#"[{ uses = "builtin:approval", with = { message = "go?", timeout = "1m" }, on = ["planned"] }]"#,
+        "[]",
+    );
+    s.start_source();
+    s.replicate();
+    // Refused while the source VMs run: their last writes would be lost.
+    let out = s.lifeboat(&["failover", "p", "--planned"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("still running"), "{}", out.stderr);
+    // Shut the source down, then fail over; an operator approves from another process.
+    let mut last = HashMap::new();
+    for h in std::mem::take(&mut s.source) {
+        s.rt.block_on(s.driver.stop(&h, Duration::from_secs(5)))
+            .unwrap();
+        let f = std::fs::File::open(s.path().join(format!("vms/{}.img", h.vm))).unwrap();
+        let check = lifeboat_demo_vm::disk::check(&f).unwrap();
+        last.insert(h.vm.clone(), check.last.unwrap().seq);
+    }
+    let config = s.config();
+    let journal = s.journal();
+    let approver = std::thread::spawn(move || {
+        wait_for(
+            || {
+                Journal::open(&journal).is_ok_and(|j| {
+                    j.events("p-1").is_ok_and(|ev| {
+                        ev.iter()
+                            .any(|(_, _, e)| matches!(e, Event::ApprovalRequested { .. }))
+                    })
+                })
+            },
+            "the approval request",
+        );
+        Command::new(HELPER)
+            .args([
+                "cli", "--config", &config, "approve", "p-1", "--by", "tester",
+            ])
+            .stdout(Stdio::piped())
+            .output()
+            .unwrap()
+    });
+    let out = s.lifeboat(&["failover", "p", "--planned"]);
+    let approved = approver.join().unwrap();
+    assert!(approved.status.success(), "{approved:?}");
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        s.events("p-1")
+            .iter()
+            .any(|e| matches!(e, Event::Approved { by } if by == "tester"))
+    );
+    // Zero data loss: every VM recovered exactly the source's last record.
+    for vm in ["db-1", "app-1"] {
+        let at = s.target_addr("p-1", vm);
+        let state = get(&at, "/state").expect("the failed-over VM answers");
+        assert_eq!(
+            state["recovered"]["last"]["seq"].as_u64(),
+            last.get(vm).copied(),
+            "{vm} at {at}"
+        );
+    }
+    // db-1 keeps its address (west's db subnet holds it); app-1 gets one in west's app subnet.
+    assert_eq!(
+        s.target_addr("p-1", "db-1"),
+        format!("127.{}.2.10:5432", s.k)
+    );
+    assert!(
+        s.target_addr("p-1", "app-1")
+            .starts_with(&format!("127.{}.11.", s.k))
+    );
+    let out = s.lifeboat(&["commit", "p"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(s.record("p-1")["status"], "committed");
+}
+
+#[test]
+fn an_orchestrator_killed_mid_run_resumes_without_booting_a_vm_twice() {
+    let mut s = Sites::new(105, "[]", "[]");
+    s.start_source();
+    s.replicate();
+    // Kill -9 the failover as soon as db-1's process is up (inside the boot step).
+    let mut child = Command::new(HELPER)
+        .args(["cli", "--config", &s.config(), "failover", "p", "--test"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = s.journal();
+    wait_for(
+        || {
+            Journal::open(&journal).is_ok_and(|j| {
+                j.events("p-1").is_ok_and(|ev| {
+                    ev.iter()
+                        .any(|(_, _, e)| matches!(e, Event::VmStarted { .. }))
+                })
+            })
+        },
+        "db-1 started",
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(s.record("p-1")["status"], "running");
+    let out = s.lifeboat(&["retry", "p-1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let events = s.events("p-1");
+    assert_eq!(
+        started_vms(&events),
+        HashMap::from([("db-1".to_string(), 1), ("app-1".to_string(), 1)]),
+        "{events:#?}"
+    );
+    let restored = events
+        .iter()
+        .filter(|e| matches!(e, Event::Restored { vm, .. } if vm == "db-1"))
+        .count();
+    assert_eq!(restored, 1, "db-1 was restored twice");
+    assert!(get(&s.target_addr("p-1", "db-1"), "/health").is_some());
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+}
+
+#[test]
+fn the_demo_passes_every_check() {
+    let out = Command::new(HELPER).args(["cli", "demo"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" checks passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("achieved RPO: db-1 "), "{stdout}");
+}
