@@ -10,8 +10,9 @@ pub const INTERNAL: u8 = 1;
 pub const USAGE: u8 = 2;
 /// `plan validate` found at least one error in the inventory or a plan (or could not read one).
 pub const INVALID: u8 = 3;
-/// A replication command could not do its work: a store was unreachable, a disk image or a
-/// quiesce command failed, or the point or VM asked for does not exist. The message says which.
+/// The command could not do its work: a store was unreachable, a disk image or a quiesce
+/// command failed, the point, VM or run asked for does not exist, or a run stopped at a failed
+/// step. The message says which.
 pub const FAILED: u8 = 4;
 /// `verify` or `restore` found damaged or missing objects in a repository (each is named).
 pub const DAMAGED: u8 = 5;

@@ -23,7 +23,7 @@ use crate::report::Format;
 )]
 #[command(
     after_help = "Exit codes: 0 ok, 1 unexpected failure, 2 usage error, 3 invalid inventory or plan, \
-                  4 replication failed, 5 damaged repository, 6 fenced by another writer."
+                  4 failed (replication, or a run's step), 5 damaged repository, 6 fenced by another writer."
 )]
 struct Cli {
     /// The inventory file.
