@@ -539,6 +539,9 @@ fn a_planned_failover_waits_for_the_source_to_stop_and_loses_no_record() {
     let out = s.lifeboat(&["commit", "p"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(s.record("p-1")["status"], "committed");
+    // The old source comes back and replicates with its old epoch: fenced.
+    let out = s.lifeboat(&["replicate", "db-1"]);
+    assert_eq!(out.code, 6, "{}\n{}", out.stdout, out.stderr);
 }
 
 #[test]
