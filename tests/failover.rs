@@ -600,3 +600,90 @@ fn the_demo_passes_every_check() {
     assert!(stdout.contains(" checks passed, 0 failed"), "{stdout}");
     assert!(stdout.contains("achieved RPO: db-1 "), "{stdout}");
 }
+
+/// Starts a drill of `s` in another process and waits until its long wait step runs.
+fn drill_until_waiting(s: &Sites, run: &str) -> std::process::Child {
+    let child = Command::new(HELPER)
+        .args(["cli", "--config", &s.config(), "failover", "p", "--test"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal = s.journal();
+    wait_for(
+        || {
+            Journal::open(&journal).is_ok_and(|j| {
+                j.events(run).is_ok_and(|ev| {
+                    ev.iter().any(|(_, _, e)| {
+                        matches!(e, Event::StepStarted { step, .. } if step == "app/post/0")
+                    })
+                })
+            })
+        },
+        "the wait step started",
+    );
+    child
+}
+
+#[test]
+fn a_run_is_cancelled_by_ctrl_c_or_by_lifeboat_cancel_and_cleanup_undoes_it() {
+    let mut s = Sites::new(
+        106,
+        "[]",
+        r#"[{ uses = "builtin:wait", with = { duration = "10m" }, timeout = "15m" }]"#,
+    );
+    s.start_source();
+    s.replicate();
+
+    // From another process: `lifeboat cancel` ends the run; the running command stops at once.
+    let child = drill_until_waiting(&s, "p-1");
+    let asked = Instant::now();
+    let out = s.lifeboat(&["cancel", "p-1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let done = child.wait_with_output().unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(done.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        stderr.contains("cancelled at step `app/post/0`"),
+        "{stderr}"
+    );
+    assert_eq!(s.record("p-1")["status"], "cancelled");
+    // A cancelled run is not resumed; cleanup undoes it.
+    assert_eq!(s.lifeboat(&["retry", "p-1"]).code, 4);
+    let out = s.lifeboat(&["cleanup", "p"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // Ctrl-C in the command's own terminal does the same.
+    let child = drill_until_waiting(&s, "p-2");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let done = child.wait_with_output().unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let rec = s.record("p-2");
+    assert_eq!(rec["status"], "cancelled");
+    let step = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["id"] == "app/post/0")
+        .unwrap()
+        .clone();
+    assert!(
+        step["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Ctrl-C"),
+        "{step}"
+    );
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+}

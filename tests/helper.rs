@@ -186,9 +186,15 @@ fn run_plan(db: &str, run: &str, effects: &str, die_after: Option<i64>) -> ExitC
         }
     };
     let runner = Effects(effects.into());
-    let rt = tokio::runtime::Builder::new_current_thread().build();
-    match rt.map(|rt| rt.block_on(execute(&mut journal, run, &plan, &runner, &observe))) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match rt.map(|rt| rt.block_on(execute(&mut journal, run, &plan, &runner, &observe, None))) {
         Ok(Ok(Outcome::Succeeded)) => ExitCode::SUCCESS,
+        Ok(Ok(Outcome::Cancelled { step, reason })) => {
+            eprintln!("cancelled at {step}: {reason}");
+            ExitCode::from(1)
+        }
         Ok(Ok(Outcome::Failed { step, error })) => {
             eprintln!("step {step} failed: {error}");
             ExitCode::from(3)

@@ -9,7 +9,7 @@ use lifeboat_orchestrator::compute::ProcessDriver;
 use lifeboat_orchestrator::journal::Event;
 use lifeboat_orchestrator::operations::{self, Environment, RunResult};
 use lifeboat_orchestrator::record::{self, RunRecord};
-use lifeboat_orchestrator::run::Outcome;
+use lifeboat_orchestrator::run::{Control, Controls, Outcome};
 use lifeboat_orchestrator::services::Observer;
 use lifeboat_plan::Plan;
 use lifeboat_plan::plan::Operation;
@@ -147,21 +147,32 @@ pub fn describe(run: &str, e: &Event) -> Option<String> {
     })
 }
 
-/// Runs `work` while printing the run's progress lines to stderr.
+/// Runs `work` while printing the run's progress lines to stderr. The first Ctrl-C cancels the
+/// run (the step that runs stops, the run ends `cancelled`); a second one exits at once, leaving
+/// the run for `lifeboat retry`.
 fn with_progress<T>(
     io: &mut crate::Io<'_>,
     quiet: bool,
-    work: impl AsyncFnOnce(Observer) -> T,
+    work: impl AsyncFnOnce(Observer, Controls) -> T,
 ) -> Result<T, String> {
     let rt = runtime()?;
+    let (control, controls) = tokio::sync::mpsc::unbounded_channel();
+    let signals = rt.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = control.send(Control::Cancel("interrupted (Ctrl-C)".into()));
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let observe: Observer = Arc::new(move |run: &str, e: &Event| {
         if let Some(line) = describe(run, e) {
             let _ = tx.send(line);
         }
     });
-    Ok(rt.block_on(async {
-        let fut = work(observe);
+    let result = rt.block_on(async {
+        let fut = work(observe, Some(controls));
         tokio::pin!(fut);
         loop {
             tokio::select! {
@@ -176,7 +187,9 @@ fn with_progress<T>(
                 }
             }
         }
-    }))
+    });
+    signals.abort();
+    Ok(result)
 }
 
 fn group_of(env: &Environment) -> impl Fn(&str) -> Option<String> + '_ {
@@ -214,6 +227,15 @@ fn finish(
     }
     match r.outcome {
         Outcome::Succeeded => exit_codes::OK,
+        Outcome::Cancelled { step, reason } => {
+            let _ = writeln!(
+                io.stderr,
+                "error: run {} cancelled at step `{step}`: {reason}\n  `lifeboat cleanup {}` undoes what it did",
+                r.id,
+                record.map(|r| r.plan).unwrap_or_default()
+            );
+            exit_codes::FAILED
+        }
         Outcome::Failed { step, error } => {
             let _ = writeln!(
                 io.stderr,
@@ -269,11 +291,11 @@ pub fn failover(
         return exit_codes::INVALID;
     };
     let env = &loaded.env;
-    let result = with_progress(io, json, async |observe| {
+    let result = with_progress(io, json, async |observe, controls| {
         if op == Operation::Planned {
             final_cycle(env, plan).await?;
         }
-        operations::failover(env, plan, path, op, point, observe).await
+        operations::failover(env, plan, path, op, point, observe, controls).await
     })
     .and_then(|r| r);
     finish(env, result, json, io)
@@ -383,8 +405,8 @@ pub fn retry(
         }
     }
     let env = &loaded.env;
-    let result = with_progress(io, json, async |observe| {
-        operations::resume(env, run, plan, observe).await
+    let result = with_progress(io, json, async |observe, controls| {
+        operations::resume(env, run, plan, observe, controls).await
     })
     .and_then(|r| r);
     finish(env, result, json, io)
@@ -396,7 +418,7 @@ pub fn cleanup(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
         return exit_codes::INVALID;
     };
     let env = &loaded.env;
-    let result = with_progress(io, json, async |observe| {
+    let result = with_progress(io, json, async |observe, _controls| {
         operations::cleanup(env, plan, observe).await
     })
     .and_then(|r| r);

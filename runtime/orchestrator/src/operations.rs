@@ -17,7 +17,7 @@ use crate::compile::{RunPlan, StepRun, compile};
 use crate::compute::{Compute, Handle};
 use crate::journal::{Event, Journal};
 use crate::network::{Assignment, Purpose, assign};
-use crate::run::{Outcome, execute};
+use crate::run::{Controls, Outcome, execute};
 use crate::services::{Observer, RunServices};
 use crate::steps::{PluginRunner, operation_name};
 
@@ -192,6 +192,7 @@ pub async fn failover(
     op: Operation,
     point: Option<String>,
     observe: Observer,
+    controls: Controls,
 ) -> Result<RunResult, String> {
     if !matches!(
         op,
@@ -243,7 +244,17 @@ pub async fn failover(
         },
     )?;
     journal.append(&id, &Event::Assigned { assignments })?;
-    drive(env, &mut journal, &id, plan, plan_path, op, point, observe).await
+    drive(
+        env,
+        &mut journal,
+        &id,
+        plan,
+        plan_path,
+        (op, point),
+        observe,
+        controls,
+    )
+    .await
 }
 
 /// Resumes run `run` (after its process died, or to retry the step it failed on).
@@ -252,6 +263,7 @@ pub async fn resume(
     run: &str,
     plan: &Plan,
     observe: Observer,
+    controls: Controls,
 ) -> Result<RunResult, String> {
     let mut journal = env.journal()?;
     let status = status_of(&journal, run)?;
@@ -268,9 +280,9 @@ pub async fn resume(
         run,
         plan,
         Path::new(&status.plan_path),
-        op,
-        status.point.clone(),
+        (op, status.point.clone()),
         observe,
+        controls,
     )
     .await
 }
@@ -350,14 +362,14 @@ async fn drive(
     run: &str,
     plan: &Plan,
     plan_path: &Path,
-    op: Operation,
-    point: Option<String>,
+    (op, point): (Operation, Option<String>),
     observe: Observer,
+    controls: Controls,
 ) -> Result<RunResult, String> {
     let compiled: RunPlan = compile(plan, op);
     let runner = runner(env, run, plan, plan_path, op, point, observe.clone())?;
     let show = |e: &Event, _seq: i64| observe(run, e);
-    let outcome = execute(journal, run, &compiled, &runner, &show).await?;
+    let outcome = execute(journal, run, &compiled, &runner, &show, controls).await?;
     Ok(RunResult {
         id: run.to_string(),
         outcome,

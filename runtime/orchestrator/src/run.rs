@@ -3,6 +3,13 @@
 //! steps are skipped, a step the runtime died in is entered again with the same attempt number
 //! (so its idempotency key, and the host calls made under it, are the same), a failed step is
 //! retried up to its `retries`.
+//!
+//! While a step runs, the executor also takes the run's other events: a cancel from the
+//! command's own signals (a `Control` message) or from another process (`lifeboat cancel`,
+//! which ends the run in the journal). Either stops the step where it is; `cleanup` undoes
+//! what the run did.
+
+use std::time::Duration;
 
 use crate::compile::{RunPlan, StepRun};
 use crate::journal::{Event, Journal, idempotency_key};
@@ -20,10 +27,28 @@ pub trait StepRunner: Send + Sync {
     ) -> Result<serde_json::Value, String>;
 }
 
+/// A message to a running run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Stop the step that runs and end the run as cancelled.
+    Cancel(String),
+}
+
+/// Where a run's control messages come from (`None`: only the journal).
+pub type Controls = Option<tokio::sync::mpsc::UnboundedReceiver<Control>>;
+
+/// How often a running step's run checks the journal for a cancel from another process.
+const JOURNAL_WATCH: Duration = Duration::from_millis(250);
+
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Succeeded,
+    /// Cancelled while `step` ran (or before it started).
+    Cancelled {
+        step: String,
+        reason: String,
+    },
     /// A step failed after its retries: which one, and why.
     Failed {
         step: String,
@@ -39,6 +64,7 @@ pub async fn execute(
     plan: &RunPlan,
     runner: &dyn StepRunner,
     observe: &(dyn Fn(&Event, i64) + Sync),
+    mut controls: Controls,
 ) -> Result<Outcome, String> {
     let operation = serde_json::to_value(plan.operation)
         .ok()
@@ -101,7 +127,48 @@ pub async fn execute(
                     )?;
                 }
                 let key = idempotency_key(id, &step.id, attempt);
-                match runner.run(step, attempt, &key).await {
+                let result = {
+                    let work = runner.run(step, attempt, &key);
+                    tokio::pin!(work);
+                    let mut watch = tokio::time::interval(JOURNAL_WATCH);
+                    loop {
+                        tokio::select! {
+                            r = &mut work => break Ok(r),
+                            Some(Control::Cancel(reason)) = recv(&mut controls) => break Err((reason, true)),
+                            _ = watch.tick() => {
+                                if cancelled_elsewhere(journal, id) {
+                                    break Err(("cancelled with `lifeboat cancel`".to_string(), false));
+                                }
+                            }
+                        }
+                    }
+                };
+                let result = match result {
+                    Ok(r) => r,
+                    Err((reason, record)) => {
+                        if record {
+                            append(
+                                journal,
+                                Event::StepFailed {
+                                    step: step.id.clone(),
+                                    attempt,
+                                    error: format!("cancelled: {reason}"),
+                                },
+                            )?;
+                            append(
+                                journal,
+                                Event::RunFinished {
+                                    status: "cancelled".into(),
+                                },
+                            )?;
+                        }
+                        return Ok(Outcome::Cancelled {
+                            step: step.id.clone(),
+                            reason,
+                        });
+                    }
+                };
+                match result {
                     Ok(output) => {
                         append(
                             journal,
@@ -154,4 +221,24 @@ pub async fn execute(
         },
     )?;
     Ok(Outcome::Succeeded)
+}
+
+/// The next control message; never ready when there is no channel (or it closed).
+async fn recv(controls: &mut Controls) -> Option<Control> {
+    match controls {
+        Some(rx) => match rx.recv().await {
+            Some(c) => Some(c),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether another process ended the run (`lifeboat cancel`) while it ran here.
+fn cancelled_elsewhere(journal: &Journal, id: &str) -> bool {
+    journal
+        .replay(id)
+        .ok()
+        .flatten()
+        .is_some_and(|r| r.status.as_deref() == Some("cancelled"))
 }
