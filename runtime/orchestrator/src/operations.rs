@@ -326,6 +326,8 @@ fn services(
         journal: Mutex::new(env.journal()?),
         observe,
         choosing: tokio::sync::Mutex::new(()),
+        seen: Mutex::new(None),
+        repo: tokio::sync::Mutex::new(None),
     }))
 }
 

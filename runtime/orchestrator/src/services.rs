@@ -47,6 +47,11 @@ pub struct RunServices {
     pub observe: Observer,
     /// Serializes point choice, so the VMs of one consistency group share one point.
     pub choosing: tokio::sync::Mutex<()>,
+    /// This run's events as the services know them: loaded from the journal once, then every
+    /// event they record (the executor's own events do not matter here).
+    pub seen: Mutex<Option<Vec<(i64, Event)>>>,
+    /// The target repository, opened once (and again for a point committed after that).
+    pub repo: tokio::sync::Mutex<Option<(Arc<Repository>, u64)>>,
 }
 
 impl std::fmt::Debug for RunServices {
@@ -64,17 +69,25 @@ fn other(e: impl std::fmt::Display) -> Error {
 impl RunServices {
     /// Appends an event to this run's journal, then shows it.
     pub fn record(&self, event: Event) -> Result<i64, Error> {
+        // Load what is journaled first, so the cache holds this event after it, in order.
+        self.with_events(|_| ())?;
         let seq = self
             .journal
             .lock()
             .map_err(|_| other("the journal lock is poisoned"))?
             .append(&self.run, &event)
             .map_err(other)?;
+        if let Ok(mut seen) = self.seen.lock()
+            && let Some(list) = seen.as_mut()
+        {
+            list.push((seq, event.clone()));
+        }
         (self.observe)(&self.run, &event);
         Ok(seq)
     }
 
-    fn events(&self) -> Result<Vec<(i64, Event)>, Error> {
+    /// The run's events straight from the journal (to see what other processes appended).
+    fn journal_events(&self) -> Result<Vec<(i64, Event)>, Error> {
         let journal = self
             .journal
             .lock()
@@ -85,6 +98,17 @@ impl RunServices {
             .into_iter()
             .map(|(seq, _, e)| (seq, e))
             .collect())
+    }
+
+    fn with_events<R>(&self, f: impl FnOnce(&[(i64, Event)]) -> R) -> Result<R, Error> {
+        let mut seen = self
+            .seen
+            .lock()
+            .map_err(|_| other("the event cache lock is poisoned"))?;
+        if seen.is_none() {
+            *seen = Some(self.journal_events()?);
+        }
+        Ok(f(seen.as_deref().unwrap_or_default()))
     }
 
     fn group_of(&self, vm: &str) -> Result<&GroupSpec, Error> {
@@ -109,25 +133,37 @@ impl RunServices {
 
     /// The disks restored for `vm` in this run, by disk name.
     fn restored(&self, vm: &str) -> Result<Option<Vec<String>>, Error> {
-        Ok(self.events()?.into_iter().rev().find_map(|(_, e)| match e {
-            Event::Restored { vm: v, disks, .. } if v == vm => Some(disks),
-            _ => None,
-        }))
+        self.with_events(|events| {
+            events.iter().rev().find_map(|(_, e)| match e {
+                Event::Restored { vm: v, disks, .. } if v == vm => Some(disks.clone()),
+                _ => None,
+            })
+        })
     }
 
     /// The VM's process, if this run started one and has not stopped it.
     pub fn handle(&self, vm: &str) -> Result<Option<(Handle, String)>, Error> {
-        let mut current = None;
-        for (_, e) in self.events()? {
-            match e {
-                Event::VmStarted {
-                    vm: v, pid, key, ..
-                } if v == vm => current = Some((Handle { vm: v, pid }, key)),
-                Event::VmStopped { vm: v } if v == vm => current = None,
-                _ => {}
+        self.with_events(|events| {
+            let mut current = None;
+            for (_, e) in events {
+                match e {
+                    Event::VmStarted {
+                        vm: v, pid, key, ..
+                    } if v == vm => {
+                        current = Some((
+                            Handle {
+                                vm: v.clone(),
+                                pid: *pid,
+                            },
+                            key.clone(),
+                        ));
+                    }
+                    Event::VmStopped { vm: v } if v == vm => current = None,
+                    _ => {}
+                }
             }
-        }
-        Ok(current)
+            current
+        })
     }
 
     /// `{disk.NAME}`, `{nicN.ip}`, `{vm.name}`, `{vm.site}` at the target.
@@ -196,10 +232,23 @@ impl RunServices {
         Ok(Some((probe, timeout)))
     }
 
-    async fn repository(&self) -> Result<Repository, Error> {
-        Repository::open(&self.target)
-            .await
-            .map_err(|e| other(format!("target site `{}`: {e}", self.target_site)))
+    /// The target repository, opened at or after `fresh_from_ms` (a point committed later than
+    /// an open repository's index was read needs a newer one).
+    async fn repository(&self, fresh_from_ms: u64) -> Result<Arc<Repository>, Error> {
+        let mut cached = self.repo.lock().await;
+        if let Some((repo, opened)) = cached.as_ref()
+            && *opened >= fresh_from_ms
+        {
+            return Ok(repo.clone());
+        }
+        let opened = lifeboat_replication::cycle::unix_ms(std::time::SystemTime::now());
+        let repo = Arc::new(
+            Repository::open(&self.target)
+                .await
+                .map_err(|e| other(format!("target site `{}`: {e}", self.target_site)))?,
+        );
+        *cached = Some((repo.clone(), opened));
+        Ok(repo)
     }
 
     /// The choice that applies to consistency group `group`.
@@ -275,7 +324,7 @@ impl HostServices for RunServices {
 
     async fn list_points(&self, vm: &str) -> Result<Vec<recovery::Point>, Error> {
         let group = self.group_of(vm)?.name.clone();
-        let repo = self.repository().await?;
+        let repo = self.repository(0).await?;
         let points = repo.points(&group).await.map_err(other)?;
         Ok(points
             .iter()
@@ -294,13 +343,15 @@ impl HostServices for RunServices {
     async fn pick_point(&self, vm: &str, choice: &str) -> Result<recovery::Point, Error> {
         let group = self.group_of(vm)?.name.clone();
         let _one_at_a_time = self.choosing.lock().await;
-        let repo = self.repository().await?;
+        let repo = self.repository(0).await?;
         // A consistency group boots from one point: the first VM's choice holds for the rest,
         // and for a resumed run.
-        let chosen = self.events()?.into_iter().find_map(|(_, e)| match e {
-            Event::PointChosen { group: g, seq, .. } if g == group => Some(seq),
-            _ => None,
-        });
+        let chosen = self.with_events(|events| {
+            events.iter().find_map(|(_, e)| match e {
+                Event::PointChosen { group: g, seq, .. } if *g == group => Some(*seq),
+                _ => None,
+            })
+        })?;
         let m = match chosen {
             Some(seq) => repo.point(&group, seq).await.map_err(other)?,
             None => {
@@ -331,20 +382,24 @@ impl HostServices for RunServices {
     }
 
     async fn restore(&self, vm: &str, point: &str, key: &str) -> Result<Vec<String>, Error> {
-        let done = self.events()?.into_iter().find_map(|(_, e)| match e {
-            Event::Restored { key: k, disks, .. } if k == key => Some(disks),
-            _ => None,
-        });
+        let done = self.with_events(|events| {
+            events.iter().find_map(|(_, e)| match e {
+                Event::Restored { key: k, disks, .. } if k == key => Some(disks.clone()),
+                _ => None,
+            })
+        })?;
         if let Some(disks) = done
             && disks.iter().all(|d| Path::new(d).exists())
         {
             return Ok(disks);
         }
         let group = self.group_of(vm)?.name.clone();
-        let repo = self.repository().await?;
+        let mut repo = self.repository(0).await?;
         let m = points::select(&repo, &group, point)
             .await
             .map_err(|e| Error::NotFound(e.to_string()))?;
+        // Committed after the repository's index was read: read it again.
+        repo = self.repository(m.committed_unix_ms).await?;
         let out = self.run_dir.join("disks").join(vm);
         let report = lifeboat_replication::restore::restore(&repo, &m, vm, &out, None)
             .await
@@ -457,10 +512,13 @@ impl HostServices for RunServices {
             message: message.to_string(),
         })?;
         loop {
-            let answer = self.events()?.into_iter().find_map(|(seq, e)| match e {
-                Event::Approved { by } if seq > asked => Some(by),
-                _ => None,
-            });
+            let answer = self
+                .journal_events()?
+                .into_iter()
+                .find_map(|(seq, e)| match e {
+                    Event::Approved { by } if seq > asked => Some(by),
+                    _ => None,
+                });
             if let Some(by) = answer {
                 return Ok(by);
             }

@@ -291,7 +291,9 @@ fn main() {
         if rsync {
             rsync_t.push(time(|| {
                 let ok = Command::new("rsync")
-                    .args(["--inplace", "--no-whole-file"])
+                    // --ignore-times: the copy may share the image's size and mtime second, and rsync
+                    // would skip the file without comparing a byte.
+                    .args(["--inplace", "--no-whole-file", "--ignore-times"])
                     .arg(&image)
                     .arg(&mirror)
                     .status()
