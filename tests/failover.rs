@@ -36,20 +36,10 @@ impl Drop for Sites {
         }
         // Every VM a run started and did not stop.
         if let Ok(j) = Journal::open(&self.journal()) {
-            for (id, ..) in j.runs().unwrap_or_default() {
-                let mut up: Vec<Handle> = Vec::new();
-                for (_, _, e) in j.events(&id).unwrap_or_default() {
-                    match e {
-                        Event::VmStarted { vm, pid, .. } => up.push(Handle { vm, pid }),
-                        Event::VmStopped { vm } => up.retain(|h| h.vm != vm),
-                        _ => {}
-                    }
-                }
-                for h in up {
-                    let _ = self
-                        .rt
-                        .block_on(self.driver.stop(&h, Duration::from_secs(1)));
-                }
+            for h in lifeboat_orchestrator::operations::running_vms(&j).unwrap_or_default() {
+                let _ = self
+                    .rt
+                    .block_on(self.driver.stop(&h, Duration::from_secs(1)));
             }
         }
     }
@@ -283,6 +273,17 @@ fn position(events: &[Event], f: impl Fn(&Event) -> bool) -> usize {
         .unwrap_or_else(|| panic!("no such event in {events:#?}"))
 }
 
+/// Step `id` of a run record.
+fn step_record(rec: &serde_json::Value, id: &str) -> serde_json::Value {
+    rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {rec}"))
+        .clone()
+}
+
 fn started_vms(events: &[Event]) -> HashMap<String, usize> {
     let mut n = HashMap::new();
     for e in events {
@@ -402,13 +403,7 @@ fn a_failed_post_step_stops_the_run_and_retry_finishes_it_without_rebooting() {
     );
     let rec = s.record("p-1");
     assert_eq!(rec["status"], "failed");
-    let failed = rec["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|st| st["id"] == "app/post/0")
-        .unwrap()
-        .clone();
+    let failed = step_record(&rec, "app/post/0");
     assert_eq!(failed["status"], "failed");
     assert!(
         failed["attempts"][0]["error"]
@@ -453,13 +448,7 @@ fn a_skipped_step_lets_the_run_finish() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let rec = s.record("p-1");
     assert_eq!(rec["status"], "succeeded");
-    let step = rec["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|st| st["id"] == "app/post/0")
-        .unwrap()
-        .clone();
+    let step = step_record(&rec, "app/post/0");
     assert_eq!(step["status"], "skipped");
     assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
 }
@@ -671,13 +660,7 @@ fn a_run_is_cancelled_by_ctrl_c_or_by_lifeboat_cancel_and_cleanup_undoes_it() {
     );
     let rec = s.record("p-2");
     assert_eq!(rec["status"], "cancelled");
-    let step = rec["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|st| st["id"] == "app/post/0")
-        .unwrap()
-        .clone();
+    let step = step_record(&rec, "app/post/0");
     assert!(
         step["attempts"][0]["error"]
             .as_str()

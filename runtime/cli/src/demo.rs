@@ -256,21 +256,11 @@ fn stop_target_vms(demo: &Demo<'_, '_>, rt: &tokio::runtime::Runtime, driver: &A
     if !journal.exists() {
         return;
     }
-    let Ok(j) = lifeboat_orchestrator::journal::Journal::open(&journal) else {
-        return;
-    };
-    for (id, ..) in j.runs().unwrap_or_default() {
-        let mut running: Vec<Handle> = Vec::new();
-        for (_, _, e) in j.events(&id).unwrap_or_default() {
-            match e {
-                Event::VmStarted { vm, pid, .. } => running.push(Handle { vm, pid }),
-                Event::VmStopped { vm } => running.retain(|h| h.vm != vm),
-                _ => {}
-            }
-        }
-        for h in running {
-            let _ = rt.block_on(driver.stop(&h, Duration::from_secs(2)));
-        }
+    let running = lifeboat_orchestrator::journal::Journal::open(&journal)
+        .and_then(|j| lifeboat_orchestrator::operations::running_vms(&j))
+        .unwrap_or_default();
+    for h in running {
+        let _ = rt.block_on(driver.stop(&h, Duration::from_secs(2)));
     }
 }
 

@@ -209,10 +209,7 @@ fn finish(
 ) -> u8 {
     let r = match result {
         Ok(r) => r,
-        Err(e) => {
-            let _ = writeln!(io.stderr, "error: {e}");
-            return exit_codes::FAILED;
-        }
+        Err(e) => return failed(io, &e),
     };
     let record = env
         .journal()
@@ -248,6 +245,12 @@ fn finish(
             exit_codes::FAILED
         }
     }
+}
+
+/// Prints `e` and returns the exit code for a command that could not do its work.
+fn failed(io: &mut crate::Io<'_>, e: &str) -> u8 {
+    let _ = writeln!(io.stderr, "error: {e}");
+    exit_codes::FAILED
 }
 
 fn secs(s: Option<f64>) -> String {
@@ -381,10 +384,7 @@ pub fn retry(
     };
     let status = match probe.env.status(run) {
         Ok(s) => s,
-        Err(e) => {
-            let _ = writeln!(io.stderr, "error: {e}");
-            return exit_codes::FAILED;
-        }
+        Err(e) => return failed(io, &e),
     };
     let loaded = match load(config, state, Some(Path::new(&status.plan_path)), json, io) {
         Ok(l) => l,
@@ -457,10 +457,7 @@ pub fn cleanup(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
             }
             exit_codes::OK
         }
-        Err(e) => {
-            let _ = writeln!(io.stderr, "error: {e}");
-            exit_codes::FAILED
-        }
+        Err(e) => failed(io, &e),
     }
 }
 
@@ -512,10 +509,7 @@ pub fn approve(loaded: &Loaded, run: &str, by: Option<String>, io: &mut crate::I
             let _ = writeln!(io.stdout, "run {run}: approved \"{message}\" as {by}");
             exit_codes::OK
         }
-        Err(e) => {
-            let _ = writeln!(io.stderr, "error: {e}");
-            exit_codes::FAILED
-        }
+        Err(e) => failed(io, &e),
     }
 }
 
@@ -529,10 +523,7 @@ pub fn cancel(loaded: &Loaded, run: &str, io: &mut crate::Io<'_>) -> u8 {
             );
             exit_codes::OK
         }
-        Err(e) => {
-            let _ = writeln!(io.stderr, "error: {e}");
-            exit_codes::FAILED
-        }
+        Err(e) => failed(io, &e),
     }
 }
 
@@ -547,10 +538,7 @@ pub fn runs_list(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
     });
     let records = match records {
         Ok(r) => r,
-        Err(e) => {
-            let _ = writeln!(io.stderr, "error: {e}");
-            return exit_codes::FAILED;
-        }
+        Err(e) => return failed(io, &e),
     };
     if json {
         let doc: Vec<_> = records
@@ -601,10 +589,7 @@ pub fn runs_show(loaded: &Loaded, run: &str, json: bool, io: &mut crate::Io<'_>)
     });
     let r = match rec {
         Ok(r) => r,
-        Err(e) => {
-            let _ = writeln!(io.stderr, "error: {e}");
-            return exit_codes::FAILED;
-        }
+        Err(e) => return failed(io, &e),
     };
     if json {
         let _ = serde_json::to_writer_pretty(&mut *io.stdout, &r);

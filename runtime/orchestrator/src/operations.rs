@@ -558,6 +558,23 @@ pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<(String, u64, 
     Ok(out)
 }
 
+/// The VM processes runs started and did not stop, over every run in the journal.
+pub fn running_vms(journal: &Journal) -> Result<Vec<Handle>, String> {
+    let mut out = Vec::new();
+    for (id, ..) in journal.runs()? {
+        let mut up: Vec<Handle> = Vec::new();
+        for (_, _, e) in journal.events(&id)? {
+            match e {
+                Event::VmStarted { vm, pid, .. } => up.push(Handle { vm, pid }),
+                Event::VmStopped { vm } => up.retain(|h| h.vm != vm),
+                _ => {}
+            }
+        }
+        out.extend(up);
+    }
+    Ok(out)
+}
+
 /// Approves the pending approval of `run`.
 pub fn approve(env: &Environment, run: &str, by: &str) -> Result<String, String> {
     let mut journal = env.journal()?;
