@@ -670,3 +670,51 @@ fn a_run_is_cancelled_by_ctrl_c_or_by_lifeboat_cancel_and_cleanup_undoes_it() {
     );
     assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
 }
+
+#[test]
+fn an_unplanned_failover_refuses_a_live_source_and_a_vm_that_dies_fails_the_boot_in_its_own_words()
+{
+    let mut s = Sites::new(107, "[]", "[]");
+    s.start_source();
+    s.replicate();
+    // The source still answers: an unplanned failover would run two copies of each VM.
+    let out = s.lifeboat(&["failover", "p", "--unplanned"]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("still answers") && out.stderr.contains("--planned"),
+        "{}",
+        out.stderr
+    );
+    assert!(s.lifeboat(&["runs", "list"]).stdout.contains("no runs yet"));
+
+    // The source is gone, but app-1 cannot boot at the target.
+    for h in std::mem::take(&mut s.source) {
+        s.rt.block_on(s.driver.stop(&h, Duration::from_secs(5)))
+            .unwrap();
+    }
+    let inv = std::fs::read_to_string(s.path().join("lifeboat.toml")).unwrap();
+    let inv: String = inv
+        .lines()
+        .map(|l| {
+            if l.contains("{nic0.ip}:8080\"]") {
+                r#"boot = { command = ["sh", "-c", "echo the disk is not bootable >&2; exit 3"] }"#
+                    .to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(s.path().join("lifeboat.toml"), inv).unwrap();
+    let out = s.lifeboat(&["failover", "p", "--unplanned"]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("stopped at step `app/boot`")
+            && out.stderr.contains("VM `app-1` exited")
+            && out.stderr.contains("the disk is not bootable"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(s.record("p-1")["status"], "failed");
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+}

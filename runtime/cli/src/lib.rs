@@ -125,6 +125,9 @@ enum Command {
         /// `GROUP/NUMBER` (default: the plan's `recovery_point`).
         #[arg(long)]
         point: Option<String>,
+        /// With --unplanned: go ahead although a source VM still answers its health probe.
+        #[arg(long, requires = "unplanned")]
+        force: bool,
     },
     /// Undo a drill (or a failover not yet committed): undo every step, stop its VMs, delete
     /// their disks, unpin its points.
@@ -277,6 +280,7 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             planned,
             unplanned: _,
             point,
+            force,
         } => {
             let op = if test {
                 lifeboat_plan::plan::Operation::Test
@@ -288,7 +292,7 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             // A planned failover boots what the last cycle captured.
             let point = point.or_else(|| planned.then(|| "latest".to_string()));
             return Ok(match orchestrate(Some(&plan), io) {
-                Ok(l) => orchestration::failover(&l, op, point, json, io),
+                Ok(l) => orchestration::failover(&l, op, point, force, json, io),
                 Err(code) => code,
             });
         }

@@ -287,6 +287,7 @@ pub fn failover(
     loaded: &Loaded,
     op: Operation,
     point: Option<String>,
+    force: bool,
     json: bool,
     io: &mut crate::Io<'_>,
 ) -> u8 {
@@ -295,77 +296,27 @@ pub fn failover(
     };
     let env = &loaded.env;
     let result = with_progress(io, json, async |observe, controls| {
+        let alive = operations::source_answering(env, plan).await;
+        match (op, alive) {
+            (Operation::Planned, Some((vm, probe))) => {
+                return Err(format!(
+                    "source VM `{vm}` is still running ({probe} answers): shut it down first, so the last cycle holds its every write"
+                ));
+            }
+            (Operation::Unplanned, Some((vm, probe))) if !force => {
+                return Err(format!(
+                    "source VM `{vm}` still answers ({probe}): an unplanned failover now would run two copies of it; shut it down, fail over with --planned, or pass --force if the source is cut off from its users"
+                ));
+            }
+            _ => {}
+        }
         if op == Operation::Planned {
-            final_cycle(env, plan).await?;
+            operations::last_cycle(env, plan).await?;
         }
         operations::failover(env, plan, path, op, point, observe, controls).await
     })
     .and_then(|r| r);
     finish(env, result, json, io)
-}
-
-/// A planned failover loses nothing: the source VMs must be down (their health probes at the
-/// source addresses no longer answer), then one last cycle ships every write they made.
-async fn final_cycle(env: &Environment, plan: &Plan) -> Result<(), String> {
-    use lifeboat_orchestrator::health::{Probe, check};
-    use lifeboat_orchestrator::template::fill;
-    let vms: Vec<&str> = plan
-        .groups
-        .iter()
-        .flat_map(|g| g.vms.iter().map(|v| v.value.as_str()))
-        .collect();
-    for name in &vms {
-        let Some(vm) = env.inventory.vms.get(name) else {
-            continue;
-        };
-        let Some(health) = &vm.health else { continue };
-        let value = |p: &str| -> Option<String> {
-            if let Some(d) = p.strip_prefix("disk.") {
-                return vm.disks.get(d).map(|s| s.value.clone());
-            }
-            let nic: usize = p.strip_prefix("nic")?.strip_suffix(".ip")?.parse().ok()?;
-            vm.nics.get(nic)?.ip.as_ref().map(|ip| ip.value.to_string())
-        };
-        let probe = if let Some(t) = &health.tcp {
-            fill(&t.value, &value).ok().map(Probe::Tcp)
-        } else if let Some(h) = &health.http {
-            fill(&h.value, &value).ok().map(Probe::Http)
-        } else {
-            None
-        };
-        if let Some(probe) = probe {
-            let answered =
-                tokio::time::timeout(std::time::Duration::from_secs(2), check(&probe, &env.base))
-                    .await;
-            if matches!(answered, Ok(Ok(()))) {
-                return Err(format!(
-                    "source VM `{name}` is still running ({probe:?} answers): shut it down first, so the last cycle holds its every write"
-                ));
-            }
-        }
-    }
-    for group in env
-        .groups
-        .iter()
-        .filter(|g| g.vms.iter().any(|v| vms.contains(&v.name.as_str())))
-    {
-        let site = env
-            .inventory
-            .sites
-            .get(&group.source_site)
-            .ok_or_else(|| format!("no site `{}`", group.source_site))?;
-        let source = lifeboat_replication::Store::open_cache(&site.store.value, &env.base)
-            .map_err(|e| e.to_string())?;
-        let target = env.site_store(&group.target_site)?;
-        let opts = lifeboat_replication::CycleOptions {
-            app: lifeboat_replication::AppMode::Never,
-            ..Default::default()
-        };
-        lifeboat_replication::replicate(group, &source, &target, &opts)
-            .await
-            .map_err(|e| format!("last replication cycle of group `{}`: {e}", group.name))?;
-    }
-    Ok(())
 }
 
 /// `lifeboat retry RUN`: resume a run whose process died, or retry the step it failed on.

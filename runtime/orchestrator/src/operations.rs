@@ -223,11 +223,7 @@ pub async fn failover(
             in_use.insert((a.network.clone(), a.ip));
         }
     }
-    let vms: Vec<&str> = plan
-        .groups
-        .iter()
-        .flat_map(|g| g.vms.iter().map(|v| v.value.as_str()))
-        .collect();
+    let vms = plan_vms(plan);
     let purpose = if op == Operation::Test {
         Purpose::Test
     } else {
@@ -376,6 +372,78 @@ async fn drive(
         id: run.to_string(),
         outcome,
     })
+}
+
+/// The first of `plan`'s VMs whose health probe still answers at its source address, with the
+/// probe: a source that is up.
+pub async fn source_answering(env: &Environment, plan: &Plan) -> Option<(String, String)> {
+    use crate::health::{Probe, check};
+    for name in plan_vms(plan) {
+        let Some(vm) = env.inventory.vms.get(name) else {
+            continue;
+        };
+        let Some(health) = &vm.health else { continue };
+        let value = |p: &str| -> Option<String> {
+            if let Some(d) = p.strip_prefix("disk.") {
+                return vm.disks.get(d).map(|s| s.value.clone());
+            }
+            let nic: usize = p.strip_prefix("nic")?.strip_suffix(".ip")?.parse().ok()?;
+            vm.nics.get(nic)?.ip.as_ref().map(|ip| ip.value.to_string())
+        };
+        let probe = match (&health.tcp, &health.http) {
+            (Some(t), _) => crate::template::fill(&t.value, &value).ok().map(Probe::Tcp),
+            (None, Some(h)) => crate::template::fill(&h.value, &value)
+                .ok()
+                .map(Probe::Http),
+            // A command probe runs here, not at the source: it says nothing about the source.
+            (None, None) => None,
+        };
+        let Some(probe) = probe else { continue };
+        let answered = tokio::time::timeout(Duration::from_secs(2), check(&probe, &env.base)).await;
+        if matches!(answered, Ok(Ok(()))) {
+            let what = match &probe {
+                Probe::Tcp(a) => format!("tcp {a}"),
+                Probe::Http(u) => format!("http {u}"),
+                Probe::Command(c) => c.join(" "),
+            };
+            return Some((name.to_string(), what));
+        }
+    }
+    None
+}
+
+fn plan_vms(plan: &Plan) -> Vec<&str> {
+    plan.groups
+        .iter()
+        .flat_map(|g| g.vms.iter().map(|v| v.value.as_str()))
+        .collect()
+}
+
+/// A planned failover's last replication cycle of every group of `plan`'s VMs (their VMs shut
+/// down), so the failover loses nothing.
+pub async fn last_cycle(env: &Environment, plan: &Plan) -> Result<(), String> {
+    let vms = plan_vms(plan);
+    for group in env
+        .groups
+        .iter()
+        .filter(|g| g.vms.iter().any(|v| vms.contains(&v.name.as_str())))
+    {
+        let site = env
+            .inventory
+            .sites
+            .get(&group.source_site)
+            .ok_or_else(|| format!("no site `{}`", group.source_site))?;
+        let source = Store::open_cache(&site.store.value, &env.base).map_err(|e| e.to_string())?;
+        let target = env.site_store(&group.target_site)?;
+        let opts = lifeboat_replication::CycleOptions {
+            app: lifeboat_replication::AppMode::Never,
+            ..Default::default()
+        };
+        lifeboat_replication::replicate(group, &source, &target, &opts)
+            .await
+            .map_err(|e| format!("last replication cycle of group `{}`: {e}", group.name))?;
+    }
+    Ok(())
 }
 
 /// What `cleanup` did.

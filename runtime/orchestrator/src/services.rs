@@ -474,7 +474,21 @@ impl HostServices for RunServices {
             return Ok(compute::VmState::Absent);
         };
         if !self.driver.running(&handle).await {
-            return Ok(compute::VmState::Failed);
+            // Say why, in the VM's own words: the end of its log.
+            let log = self.run_dir.join("logs").join(format!("{vm}.log"));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(3).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(Error::Other(format!(
+                "VM `{vm}` exited (pid {}); its log {} ends: {}",
+                handle.pid,
+                log.display(),
+                if tail.is_empty() {
+                    "(nothing)".to_string()
+                } else {
+                    tail.join(" / ")
+                }
+            )));
         }
         // Running means healthy: the VM's own probe passed.
         Ok(match self.probe(vm)? {
@@ -483,7 +497,9 @@ impl HostServices for RunServices {
                 let once =
                     tokio::time::timeout(Duration::from_secs(2), health::check(&probe, &self.base))
                         .await;
-                if matches!(once, Ok(Ok(()))) {
+                // A probe answered by someone else (a VM that just died, its address taken)
+                // is no health of ours: the process must still be there after it.
+                if matches!(once, Ok(Ok(()))) && self.driver.running(&handle).await {
                     compute::VmState::Running
                 } else {
                     compute::VmState::Starting
