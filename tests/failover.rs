@@ -626,6 +626,16 @@ fn a_run_is_cancelled_by_ctrl_c_or_by_lifeboat_cancel_and_cleanup_undoes_it() {
 
     // From another process: `lifeboat cancel` ends the run; the running command stops at once.
     let child = drill_until_waiting(&s, "p-1");
+    // Nobody else may clean up or resume a run a live process drives.
+    for args in [&["cleanup", "p"][..], &["retry", "p-1"][..]] {
+        let out = s.lifeboat(args);
+        assert_eq!(out.code, 4, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("is in progress in process"),
+            "{}",
+            out.stderr
+        );
+    }
     let asked = Instant::now();
     let out = s.lifeboat(&["cancel", "p-1"]);
     assert_eq!(out.code, 0, "{}", out.stderr);

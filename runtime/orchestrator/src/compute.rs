@@ -79,17 +79,8 @@ impl ProcessDriver {
         {
             return true;
         }
-        if rustix::process::test_kill_process(pid).is_err() {
-            return true;
-        }
-        // Someone else's zombie (its parent has not reaped it yet) is not running either.
-        std::fs::read_to_string(format!("/proc/{}/stat", vm.pid))
-            .ok()
-            .and_then(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "Z"))
-            })
-            .unwrap_or(false)
+        // Gone, or someone else's zombie (its parent has not reaped it yet).
+        !process_alive(vm.pid)
     }
 }
 
@@ -165,6 +156,23 @@ impl Compute for ProcessDriver {
     async fn running(&self, vm: &Handle) -> bool {
         !self.exited(vm)
     }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    let Some(p) = Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    if rustix::process::test_kill_process(p).is_err() {
+        return false;
+    }
+    !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "Z"))
+        })
+        .unwrap_or(false)
 }
 
 /// Holds a group's VMs still for a replication cut: pause them all, release them all.

@@ -44,6 +44,10 @@ pub enum Event {
         /// The `--point` of the command line, if any.
         point: Option<String>,
     },
+    /// A process took the run up (started or resumed it): while it lives, no other may.
+    Driving {
+        pid: u32,
+    },
     /// Every NIC's address at the target, fixed once per run.
     Assigned {
         assignments: Vec<crate::network::Assignment>,
@@ -298,6 +302,7 @@ impl Journal {
                         .insert(step, serde_json::json!({ "skipped": true }));
                 }
                 Event::Prepared { .. }
+                | Event::Driving { .. }
                 | Event::Assigned { .. }
                 | Event::PointChosen { .. }
                 | Event::Restored { .. }

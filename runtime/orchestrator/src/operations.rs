@@ -53,6 +53,8 @@ pub struct RunStatus {
     pub status: String,
     pub plan_path: String,
     pub point: Option<String>,
+    /// The process driving the run, while it lives.
+    pub driver_pid: Option<u32>,
 }
 
 impl RunStatus {
@@ -119,6 +121,7 @@ pub fn status_of(journal: &Journal, run: &str) -> Result<RunStatus, String> {
         status: "running".into(),
         plan_path: String::new(),
         point: None,
+        driver_pid: None,
     };
     for (_, _, e) in journal.events(run)? {
         match e {
@@ -131,6 +134,7 @@ pub fn status_of(journal: &Journal, run: &str) -> Result<RunStatus, String> {
                 s.point = point;
             }
             Event::RunFinished { status } => s.status = status,
+            Event::Driving { pid } => s.driver_pid = Some(pid),
             // A retry or a skip re-opens a failed run.
             Event::StepStarted { .. } | Event::StepSkipped { .. } if s.status == "failed" => {
                 s.status = "running".into();
@@ -138,7 +142,22 @@ pub fn status_of(journal: &Journal, run: &str) -> Result<RunStatus, String> {
             _ => {}
         }
     }
+    // Only a live process drives a run; a dead one's run waits for `retry`.
+    if s.status != "running" || !crate::compute::process_alive(s.driver_pid.unwrap_or(0)) {
+        s.driver_pid = None;
+    }
     Ok(s)
+}
+
+/// Refuses to act on a run another live process is driving.
+fn not_driven(status: &RunStatus, what: &str) -> Result<(), String> {
+    match status.driver_pid {
+        Some(pid) if pid != std::process::id() => Err(format!(
+            "run {} is in progress in process {pid}: {what} it there, or `lifeboat cancel {}` first",
+            status.id, status.id
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn parse_operation(name: &str) -> Result<Operation, String> {
@@ -269,6 +288,7 @@ pub async fn resume(
             status.status
         ));
     }
+    not_driven(&status, "let it finish")?;
     let op = parse_operation(&status.operation)?;
     drive(
         env,
@@ -364,6 +384,12 @@ async fn drive(
     observe: Observer,
     controls: Controls,
 ) -> Result<RunResult, String> {
+    journal.append(
+        run,
+        &Event::Driving {
+            pid: std::process::id(),
+        },
+    )?;
     let compiled: RunPlan = compile(plan, op);
     let runner = runner(env, run, plan, plan_path, op, point, observe.clone())?;
     let show = |e: &Event, _seq: i64| observe(run, e);
@@ -468,6 +494,7 @@ pub async fn cleanup(
     let open = env
         .open_run(name)?
         .ok_or_else(|| format!("plan `{name}` has no open run to clean up"))?;
+    not_driven(&open, "let it finish")?;
     let journal = env.journal()?;
     let op = parse_operation(&open.operation)?;
     let compiled = compile(plan, op);
