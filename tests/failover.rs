@@ -169,6 +169,7 @@ post = {app_post}
                 ],
                 dir: self.path().to_path_buf(),
                 log: self.path().join(format!("{vm}.log")),
+                key: String::new(),
             };
             let h = self.rt.block_on(self.driver.start(&launch)).unwrap();
             self.source.push(h);
@@ -727,4 +728,109 @@ fn an_unplanned_failover_refuses_a_live_source_and_a_vm_that_dies_fails_the_boot
     );
     assert_eq!(s.record("p-1")["status"], "failed");
     assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+}
+
+/// Kills `lifeboat failover` with SIGKILL as soon as its run has `n` journal events.
+fn kill_after_event(s: &Sites, run: &str, n: usize) -> bool {
+    let mut child = Command::new(HELPER)
+        .args(["cli", "--config", &s.config(), "failover", "p", "--test"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = s.journal();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = Journal::open(&journal)
+            .ok()
+            .and_then(|j| j.events(run).ok())
+            .map_or(0, |e| e.len());
+        if seen >= n {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return true;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            // The run ended before reaching event n.
+            assert!(status.success(), "the failover failed on its own");
+            return false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run stalled before event {n}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Kill -9 of the orchestrator at each journal point of a short real run, then `retry`: the
+/// run completes, every step finished once, and no VM was restored or booted twice.
+#[test]
+fn killed_at_each_journal_point_a_real_run_resumes_and_does_nothing_twice() {
+    let mut s = Sites::new(108, "[]", "[]");
+    s.start_source();
+    s.replicate();
+    // A whole run first, to count its journal points.
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let points = s.events("p-1").len();
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+    let mut killed = 0;
+    for n in 2..points {
+        let run = format!("p-{}", n);
+        if !kill_after_event(&s, &run, n) {
+            continue;
+        }
+        killed += 1;
+        let out = s.lifeboat(&["retry", &run]);
+        assert_eq!(
+            out.code, 0,
+            "killed at event {n}: {}\n{}",
+            out.stdout, out.stderr
+        );
+        let events = s.events(&run);
+        assert_eq!(
+            started_vms(&events),
+            HashMap::from([("db-1".to_string(), 1), ("app-1".to_string(), 1)]),
+            "killed at event {n}: a VM was booted twice: {events:#?}"
+        );
+        for vm in ["db-1", "app-1"] {
+            let restores = events
+                .iter()
+                .filter(|e| matches!(e, Event::Restored { vm: v, .. } if v == vm))
+                .count();
+            assert_eq!(
+                restores, 1,
+                "killed at event {n}: {vm} restored {restores} times"
+            );
+        }
+        let mut finished: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::StepFinished { step, .. } => Some(step.as_str()),
+                _ => None,
+            })
+            .collect();
+        finished.sort_unstable();
+        assert_eq!(
+            finished,
+            ["app/boot", "database/boot", "database/post/0"],
+            "killed at event {n}"
+        );
+        let addrs = [s.target_addr(&run, "db-1"), s.target_addr(&run, "app-1")];
+        assert!(get(&addrs[1], "/health").is_some());
+        let out = s.lifeboat(&["cleanup", "p"]);
+        assert_eq!(out.code, 0, "killed at event {n}: {}", out.stderr);
+        // Nothing is left running: no VM the killed process started behind the journal's back.
+        for addr in &addrs {
+            assert!(
+                get(addr, "/health").is_none(),
+                "killed at event {n}: {addr} still answers"
+            );
+        }
+    }
+    assert!(
+        killed >= points / 2,
+        "only {killed} of {points} kills landed"
+    );
 }

@@ -379,6 +379,7 @@ fn scenario(
             .concat(),
             dir: demo.dir.clone(),
             log: demo.dir.join(format!("source-logs/{name}.log")),
+            key: String::new(),
         };
         let h = rt.block_on(driver.start(&launch))?;
         source.push(h);

@@ -22,7 +22,13 @@ pub struct Launch {
     pub dir: PathBuf,
     /// Where the VM's stdout and stderr go.
     pub log: PathBuf,
+    /// The idempotency key of the start, which the driver marks the VM with so that a runtime
+    /// that died between starting a VM and journaling it can find the VM again.
+    pub key: String,
 }
+
+/// The environment variable a process-driver VM carries its start's key in.
+pub const KEY_VAR: &str = "LIFEBOAT_VM_KEY";
 
 /// A started VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +46,9 @@ pub trait Compute: Send + Sync {
     async fn pause(&self, vm: &Handle) -> Result<(), String>;
     async fn resume(&self, vm: &Handle) -> Result<(), String>;
     async fn running(&self, vm: &Handle) -> bool;
+    /// The running VM started under `key`, if there is one (a start whose runtime died before it
+    /// could journal the VM).
+    async fn find(&self, vm: &str, key: &str) -> Option<Handle>;
 }
 
 /// The embedded driver: VMs are local processes.
@@ -100,6 +109,7 @@ impl Compute for ProcessDriver {
         use std::os::unix::process::CommandExt;
         let child = Command::new(program)
             .args(args)
+            .env(KEY_VAR, &launch.key)
             .current_dir(&launch.dir)
             .stdin(Stdio::null())
             .stdout(log)
@@ -156,6 +166,37 @@ impl Compute for ProcessDriver {
     async fn running(&self, vm: &Handle) -> bool {
         !self.exited(vm)
     }
+
+    async fn find(&self, vm: &str, key: &str) -> Option<Handle> {
+        if key.is_empty() {
+            return None;
+        }
+        let wanted = format!("{KEY_VAR}={key}");
+        let entries = std::fs::read_dir("/proc").ok()?;
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            if environ
+                .split(|b| *b == 0)
+                .any(|var| var == wanted.as_bytes())
+                && process_alive(pid)
+            {
+                return Some(Handle {
+                    vm: vm.to_string(),
+                    pid,
+                });
+            }
+        }
+        None
+    }
 }
 
 /// Whether process `pid` exists and is not a zombie.
@@ -205,5 +246,31 @@ impl lifeboat_replication::Cut for PauseVms {
         for vm in &self.vms {
             let _ = self.driver.resume(vm).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A VM started by an earlier runtime (here: a process whose parent is gone) is running to
+    /// this one, and is stopped by it.
+    #[tokio::test]
+    async fn a_vm_of_an_earlier_runtime_is_seen_running_and_stopped() {
+        let out = Command::new("sh")
+            .args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let driver = ProcessDriver::new();
+        let vm = Handle {
+            vm: "orphan".into(),
+            pid,
+        };
+        assert!(driver.running(&vm).await, "a live orphan is not running");
+        driver.stop(&vm, Duration::from_secs(2)).await.unwrap();
+        assert!(!driver.running(&vm).await);
     }
 }

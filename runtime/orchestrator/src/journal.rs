@@ -65,6 +65,12 @@ pub enum Event {
         key: String,
         disks: Vec<String>,
     },
+    /// A VM is about to be started under `key` (journaled first: a runtime that dies before
+    /// `vm-started` finds the VM by its key).
+    VmStarting {
+        vm: String,
+        key: String,
+    },
     /// A VM process started (its process group is `pid`).
     VmStarted {
         vm: String,
@@ -306,6 +312,7 @@ impl Journal {
                 | Event::Assigned { .. }
                 | Event::PointChosen { .. }
                 | Event::Restored { .. }
+                | Event::VmStarting { .. }
                 | Event::VmStarted { .. }
                 | Event::VmStopped { .. }
                 | Event::StepLog { .. }

@@ -282,6 +282,13 @@ pub async fn resume(
 ) -> Result<RunResult, String> {
     let mut journal = env.journal()?;
     let status = status_of(&journal, run)?;
+    if status.status == "succeeded" {
+        // Its process died after the last event: there is nothing left to do.
+        return Ok(RunResult {
+            id: run.to_string(),
+            outcome: Outcome::Succeeded,
+        });
+    }
     if !matches!(status.status.as_str(), "running" | "failed") {
         return Err(format!(
             "run {run} is {}: there is nothing to resume",
@@ -564,6 +571,23 @@ pub async fn cleanup(
                 .record(Event::VmStopped { vm: vm.clone() })
                 .map_err(|e| format!("{e:?}"))?;
             report.vms_stopped.push(vm);
+        }
+    }
+    // A VM whose start the journal saw begin but not end (the runtime died in it).
+    let started: HashSet<&str> = events
+        .iter()
+        .filter_map(|(_, _, e)| match e {
+            Event::VmStarted { key, .. } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    for (_, _, e) in &events {
+        if let Event::VmStarting { vm, key } = e
+            && !started.contains(key.as_str())
+            && let Some(handle) = env.driver.find(vm, key).await
+        {
+            stop_vm(env.driver.as_ref(), &handle).await?;
+            report.vms_stopped.push(vm.clone());
         }
     }
     let disks = env.run_dir(&open.id).join("disks");

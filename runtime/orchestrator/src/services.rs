@@ -441,13 +441,35 @@ impl HostServices for RunServices {
             .map(|c| self.fill(vm, &c.value, &disks))
             .collect::<Result<_, _>>()?;
         let log = self.run_dir.join("logs").join(format!("{vm}.log"));
-        let launch = Launch {
-            vm: vm.to_string(),
-            argv: argv.clone(),
-            dir: self.base.clone(),
-            log: log.clone(),
+        // A start this run journaled and did not see through (the runtime died in it): the VM
+        // may be up; adopt it rather than start a second one.
+        let begun = self.with_events(|events| {
+            events
+                .iter()
+                .any(|(_, e)| matches!(e, Event::VmStarting { key: k, .. } if k == key))
+        })?;
+        let found = if begun {
+            self.driver.find(vm, key).await
+        } else {
+            None
         };
-        let handle = self.driver.start(&launch).await.map_err(other)?;
+        let handle = match found {
+            Some(handle) => handle,
+            None => {
+                self.record(Event::VmStarting {
+                    vm: vm.to_string(),
+                    key: key.to_string(),
+                })?;
+                let launch = Launch {
+                    vm: vm.to_string(),
+                    argv: argv.clone(),
+                    dir: self.base.clone(),
+                    log: log.clone(),
+                    key: key.to_string(),
+                };
+                self.driver.start(&launch).await.map_err(other)?
+            }
+        };
         self.record(Event::VmStarted {
             vm: vm.to_string(),
             key: key.to_string(),
