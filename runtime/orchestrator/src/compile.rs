@@ -72,15 +72,19 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default time the boot step of a group may take (restores and health waits included).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(1800);
 
-pub fn compile(plan: &Plan, operation: Operation) -> RunPlan {
-    let point = plan
-        .recovery_point
+/// The plan's `recovery_point`, as a point choice (default `latest-processed`).
+pub fn point_choice(plan: &Plan) -> &'static str {
+    plan.recovery_point
         .as_ref()
         .map_or("latest-processed", |p| match p.value {
             PointChoice::Latest => "latest",
             PointChoice::LatestProcessed => "latest-processed",
             PointChoice::LatestAppConsistent => "latest-app-consistent",
-        });
+        })
+}
+
+pub fn compile(plan: &Plan, operation: Operation) -> RunPlan {
+    let point = point_choice(plan);
     let groups =
         plan.groups
             .iter()

@@ -21,6 +21,9 @@ use crate::run::{Controls, Outcome, execute};
 use crate::services::{Observer, RunServices};
 use crate::steps::{PluginRunner, operation_name};
 
+/// Restores a run makes at once (each is CPU-bound: decompress and re-hash every chunk).
+const RESTORES_AT_ONCE: usize = 4;
+
 /// What every operation works with: the inventory, its groups, where runs are kept, the plugin
 /// engine and the target's compute driver.
 pub struct Environment {
@@ -351,6 +354,9 @@ fn services(
         choosing: tokio::sync::Mutex::new(()),
         seen: Mutex::new(None),
         repo: tokio::sync::Mutex::new(None),
+        default_point: crate::compile::point_choice(plan).to_string(),
+        prefetch: Mutex::new(HashMap::new()),
+        restores: Arc::new(tokio::sync::Semaphore::new(RESTORES_AT_ONCE)),
     }))
 }
 

@@ -12,7 +12,7 @@ use lifeboat_plan::Inventory;
 use lifeboat_plugin_host::HostServices;
 use lifeboat_plugin_host::wit::Error;
 use lifeboat_plugin_host::wit::lifeboat::plan::{compute, inventory, network, recovery};
-use lifeboat_replication::{GroupSpec, PointKind, Repository, Store, points};
+use lifeboat_replication::{GroupSpec, Manifest, PointKind, Repository, Store, points};
 
 use crate::compute::{Compute, Handle, Launch};
 use crate::health::{self, Probe};
@@ -52,7 +52,17 @@ pub struct RunServices {
     pub seen: Mutex<Option<Vec<(i64, Event)>>>,
     /// The target repository, opened once (and again for a point committed after that).
     pub repo: tokio::sync::Mutex<Option<(Arc<Repository>, u64)>>,
+    /// The plan's point choice (`latest-processed`…), for restores begun ahead of the boot step's
+    /// own calls.
+    pub default_point: String,
+    /// Restores begun when a group's boot asked for its VMs: VM → (point seq, the restore).
+    pub prefetch: Mutex<HashMap<String, (u64, Prefetch)>>,
+    /// How many restores run at once.
+    pub restores: Arc<tokio::sync::Semaphore>,
 }
+
+/// A restore running in the background: the restored disk paths, or why not.
+pub type Prefetch = tokio::task::JoinHandle<Result<Vec<String>, String>>;
 
 impl std::fmt::Debug for RunServices {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -262,6 +272,77 @@ impl RunServices {
         }
     }
 
+    /// The point consistency group `group` boots from: chosen once per run (journaled, pinned),
+    /// the same for all its VMs and for a resumed run.
+    async fn choose(&self, group: &str, choice: &str) -> Result<Manifest, Error> {
+        let _one_at_a_time = self.choosing.lock().await;
+        let repo = self.repository(0).await?;
+        let chosen = self.with_events(|events| {
+            events.iter().find_map(|(_, e)| match e {
+                Event::PointChosen { group: g, seq, .. } if g == group => Some(*seq),
+                _ => None,
+            })
+        })?;
+        if let Some(seq) = chosen {
+            return repo.point(group, seq).await.map_err(other);
+        }
+        let choice = self.choice_for(group, choice);
+        let m = points::select(&repo, group, choice)
+            .await
+            .map_err(|e| Error::NotFound(e.to_string()))?;
+        // Retention must not expire a point a run stands on.
+        repo.pin(group, m.seq, &self.pin_reason())
+            .await
+            .map_err(other)?;
+        self.record(Event::PointChosen {
+            group: group.to_string(),
+            seq: m.seq,
+            point_kind: m.kind.as_str().to_string(),
+            captured_unix_ms: m.captured_unix_ms,
+        })?;
+        Ok(m)
+    }
+
+    /// Begins restoring every VM of plan group `group` in the background (a few at a time), so
+    /// the boot step's restores, which it asks for one VM after another, overlap.
+    async fn prefetch_group(&self, group: &str) {
+        let names = self.plan_groups.get(group).cloned().unwrap_or_default();
+        for vm in names {
+            let restored = self.restored(&vm).ok().flatten().is_some();
+            let begun = self.prefetch.lock().is_ok_and(|p| p.contains_key(&vm));
+            if restored || begun {
+                continue;
+            }
+            let Ok(cg) = self.group_of(&vm).map(|g| g.name.clone()) else {
+                continue;
+            };
+            let Ok(m) = self.choose(&cg, &self.default_point).await else {
+                continue;
+            };
+            let Ok(repo) = self.repository(m.committed_unix_ms).await else {
+                continue;
+            };
+            let out = self.run_dir.join("disks").join(&vm);
+            let permits = self.restores.clone();
+            let name = vm.clone();
+            let seq = m.seq;
+            let task = tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
+                let report = lifeboat_replication::restore::restore(&repo, &m, &name, &out, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(report
+                    .disks
+                    .iter()
+                    .map(|d| d.path.display().to_string())
+                    .collect())
+            });
+            if let Ok(mut p) = self.prefetch.lock() {
+                p.insert(vm, (seq, task));
+            }
+        }
+    }
+
     pub fn pin_reason(&self) -> String {
         format!("run-{}", self.run)
     }
@@ -288,6 +369,7 @@ fn wit_point(
 #[async_trait::async_trait]
 impl HostServices for RunServices {
     async fn group_vms(&self, group: &str) -> Vec<inventory::Vm> {
+        self.prefetch_group(group).await;
         let names = self.plan_groups.get(group).cloned().unwrap_or_default();
         let mut out = Vec::new();
         for name in names {
@@ -342,36 +424,7 @@ impl HostServices for RunServices {
 
     async fn pick_point(&self, vm: &str, choice: &str) -> Result<recovery::Point, Error> {
         let group = self.group_of(vm)?.name.clone();
-        let _one_at_a_time = self.choosing.lock().await;
-        let repo = self.repository(0).await?;
-        // A consistency group boots from one point: the first VM's choice holds for the rest,
-        // and for a resumed run.
-        let chosen = self.with_events(|events| {
-            events.iter().find_map(|(_, e)| match e {
-                Event::PointChosen { group: g, seq, .. } if *g == group => Some(*seq),
-                _ => None,
-            })
-        })?;
-        let m = match chosen {
-            Some(seq) => repo.point(&group, seq).await.map_err(other)?,
-            None => {
-                let choice = self.choice_for(&group, choice);
-                let m = points::select(&repo, &group, choice)
-                    .await
-                    .map_err(|e| Error::NotFound(e.to_string()))?;
-                // Retention must not expire a point a run stands on.
-                repo.pin(&group, m.seq, &self.pin_reason())
-                    .await
-                    .map_err(other)?;
-                self.record(Event::PointChosen {
-                    group: group.clone(),
-                    seq: m.seq,
-                    point_kind: m.kind.as_str().to_string(),
-                    captured_unix_ms: m.captured_unix_ms,
-                })?;
-                m
-            }
-        };
+        let m = self.choose(&group, choice).await?;
         Ok(wit_point(
             &group,
             m.seq,
@@ -398,17 +451,32 @@ impl HostServices for RunServices {
         let m = points::select(&repo, &group, point)
             .await
             .map_err(|e| Error::NotFound(e.to_string()))?;
-        // Committed after the repository's index was read: read it again.
-        repo = self.repository(m.committed_unix_ms).await?;
-        let out = self.run_dir.join("disks").join(vm);
-        let report = lifeboat_replication::restore::restore(&repo, &m, vm, &out, None)
-            .await
-            .map_err(|e| other(format!("restore of `{vm}` from point {point}: {e}")))?;
-        let disks: Vec<String> = report
-            .disks
-            .iter()
-            .map(|d| d.path.display().to_string())
-            .collect();
+        let mut begun = self.prefetch.lock().ok().and_then(|mut p| p.remove(vm));
+        if let Some((seq, task)) = begun.take_if(|(seq, _)| *seq != m.seq) {
+            // Begun for another point: stop it before restoring over its folder.
+            task.abort();
+            let _ = task.await;
+            let _ = seq;
+        }
+        let disks: Vec<String> = match begun {
+            Some((_, task)) => task
+                .await
+                .map_err(other)?
+                .map_err(|e| other(format!("restore of `{vm}` from point {point}: {e}")))?,
+            None => {
+                // Committed after the repository's index was read: read it again.
+                repo = self.repository(m.committed_unix_ms).await?;
+                let out = self.run_dir.join("disks").join(vm);
+                let report = lifeboat_replication::restore::restore(&repo, &m, vm, &out, None)
+                    .await
+                    .map_err(|e| other(format!("restore of `{vm}` from point {point}: {e}")))?;
+                report
+                    .disks
+                    .iter()
+                    .map(|d| d.path.display().to_string())
+                    .collect()
+            }
+        };
         self.record(Event::Restored {
             vm: vm.to_string(),
             key: key.to_string(),
