@@ -834,3 +834,24 @@ fn killed_at_each_journal_point_a_real_run_resumes_and_does_nothing_twice() {
         "only {killed} of {points} kills landed"
     );
 }
+
+#[test]
+fn a_qemu_target_site_is_refused_not_run_as_processes() {
+    let s = Sites::new(110, "[]", "[]");
+    let inv = std::fs::read_to_string(s.path().join("lifeboat.toml")).unwrap();
+    let inv = inv.replacen(
+        "store = \"west\"\ncompute = \"process\"",
+        "store = \"west\"\ncompute = \"qemu\"",
+        1,
+    );
+    std::fs::write(s.path().join("lifeboat.toml"), inv).unwrap();
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("site `west` uses the `qemu` compute driver"),
+        "{}",
+        out.stderr
+    );
+    assert!(!s.journal().exists(), "a run was recorded");
+}

@@ -94,6 +94,18 @@ pub fn load(
         .into_iter()
         .next()
         .and_then(|p| Some((p.plan?, p.path)));
+    // The process driver is the one this build has; a qemu site is refused, not run as processes.
+    if let Some((p, _)) = &plan
+        && let Some(site) = inventory.sites.get(&p.target.value)
+        && site.compute.value != lifeboat_plan::inventory::ComputeDriver::Process
+    {
+        let _ = writeln!(
+            io.stderr,
+            "error: site `{}` uses the `qemu` compute driver, which this Lifeboat cannot drive yet; only `process` sites can be failed over to",
+            p.target.value
+        );
+        return Err(exit_codes::FAILED);
+    }
     Ok(Loaded {
         env: Environment {
             inventory: Arc::new(inventory),

@@ -228,13 +228,19 @@ pub async fn failover(
     let mut journal = env.journal()?;
     let name = &plan.name.value;
     if let Some(open) = env.open_run(name)? {
-        let next = if open.operation == "test" || open.status != "succeeded" {
-            format!("`lifeboat cleanup {name}` first")
-        } else {
-            format!("`lifeboat commit {name}` or `lifeboat cleanup {name}` first")
+        let id = &open.id;
+        let next = match (open.status.as_str(), open.driver_pid) {
+            ("running", Some(pid)) => format!("it is in progress in process {pid}"),
+            ("running" | "failed", None) => {
+                format!("`lifeboat retry {id}` finishes it, `lifeboat cleanup {name}` undoes it")
+            }
+            ("succeeded", _) if open.operation != "test" => {
+                format!("`lifeboat commit {name}` or `lifeboat cleanup {name}` first")
+            }
+            _ => format!("`lifeboat cleanup {name}` first"),
         };
         return Err(format!(
-            "plan `{name}` has an open run: {} ({}, {}); run {next}",
+            "plan `{name}` has an open run: {} ({}, {}): {next}",
             open.id, open.operation, open.status
         ));
     }
