@@ -151,8 +151,14 @@ post = {app_post}
         crate::support::lifeboat(&full)
     }
 
-    /// Starts the source VMs and waits until they answer.
+    /// Starts the source VMs, as their boot command says, and waits until they answer.
     fn start_source(&mut self) {
+        self.start_source_as(true);
+    }
+
+    /// Starts the source VMs; `as_booted`: exactly as the inventory's boot command says (so
+    /// Lifeboat recognises them), else with absolute disk paths (so it cannot).
+    fn start_source_as(&mut self, as_booted: bool) {
         for vm in ["db-1", "app-1"] {
             let launch = Launch {
                 vm: vm.into(),
@@ -160,10 +166,14 @@ post = {app_post}
                     HELPER.into(),
                     "demo-vm".into(),
                     "--disk".into(),
-                    self.path()
-                        .join(format!("vms/{vm}.img"))
-                        .display()
-                        .to_string(),
+                    if as_booted {
+                        format!("vms/{vm}.img")
+                    } else {
+                        self.path()
+                            .join(format!("vms/{vm}.img"))
+                            .display()
+                            .to_string()
+                    },
                     "--listen".into(),
                     self.source_addr(vm),
                 ],
@@ -304,7 +314,18 @@ fn a_drill_boots_groups_in_order_honours_on_filters_and_cleans_up() {
         r#"[{ uses = "builtin:wait", with = { duration = "10ms" }, on = ["test"] }]"#,
     );
     s.start_source();
-    s.replicate();
+    // `lifeboat replicate` recognises the running source VMs by their boot command and holds
+    // them still for the cut.
+    let out = s.lifeboat(&["replicate"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for vm in ["db-1", "app-1"] {
+        assert!(
+            out.stderr
+                .contains(&format!("note: held {vm} still for the cut")),
+            "{}",
+            out.stderr
+        );
+    }
     let out = s.lifeboat(&["failover", "p", "--test"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let events = s.events("p-1");
@@ -455,27 +476,27 @@ fn a_skipped_step_lets_the_run_finish() {
 }
 
 #[test]
-fn a_planned_failover_waits_for_the_source_to_stop_and_loses_no_record() {
+fn a_planned_failover_stops_the_source_and_loses_no_record() {
     let mut s = Sites::new(
         104,
         r#"[{ uses = "builtin:approval", with = { message = "go?", timeout = "1m" }, on = ["planned"] }]"#,
         "[]",
     );
-    s.start_source();
-    s.replicate();
-    // Refused while the source VMs run: their last writes would be lost.
+    // Source VMs Lifeboat cannot recognise (not started as their boot command says) that still
+    // answer: refused, their last writes would be lost.
+    s.start_source_as(false);
     let out = s.lifeboat(&["failover", "p", "--planned"]);
     assert_eq!(out.code, 4, "{}", out.stderr);
     assert!(out.stderr.contains("still running"), "{}", out.stderr);
-    // Shut the source down, then fail over; an operator approves from another process.
-    let mut last = HashMap::new();
     for h in std::mem::take(&mut s.source) {
         s.rt.block_on(s.driver.stop(&h, Duration::from_secs(5)))
             .unwrap();
-        let f = std::fs::File::open(s.path().join(format!("vms/{}.img", h.vm))).unwrap();
-        let check = lifeboat_demo_vm::disk::check(&f).unwrap();
-        last.insert(h.vm.clone(), check.last.unwrap().seq);
     }
+    // Source VMs running as booted: the planned failover stops them itself, replicates once
+    // more and fails over; an operator approves from another process.
+    s.start_source();
+    s.replicate();
+    let pids: Vec<Handle> = s.source.clone();
     let config = s.config();
     let journal = s.journal();
     let approver = std::thread::spawn(move || {
@@ -502,6 +523,17 @@ fn a_planned_failover_waits_for_the_source_to_stop_and_loses_no_record() {
     let approved = approver.join().unwrap();
     assert!(approved.status.success(), "{approved:?}");
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let mut last = HashMap::new();
+    for h in &pids {
+        assert!(
+            !s.rt.block_on(s.driver.running(h)),
+            "source {} still runs",
+            h.vm
+        );
+        let f = std::fs::File::open(s.path().join(format!("vms/{}.img", h.vm))).unwrap();
+        let check = lifeboat_demo_vm::disk::check(&f).unwrap();
+        last.insert(h.vm.clone(), check.last.unwrap().seq);
+    }
     assert!(
         s.events("p-1")
             .iter()

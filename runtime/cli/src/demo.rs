@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lifeboat_orchestrator::compute::{Compute, Handle, Launch, PauseVms, ProcessDriver};
+use lifeboat_orchestrator::compute::{Compute, Handle, Launch, ProcessDriver};
 use lifeboat_orchestrator::health::{Probe, wait_healthy};
 use lifeboat_orchestrator::journal::Event;
 
@@ -264,53 +264,40 @@ fn stop_target_vms(demo: &Demo<'_, '_>, rt: &tokio::runtime::Runtime, driver: &A
     }
 }
 
-/// One replication cycle of every group, the source VMs paused for the cut so each point is
-/// crash-consistent (what the process driver does for a site's VMs).
-fn replicate(
-    demo: &mut Demo<'_, '_>,
-    rt: &tokio::runtime::Runtime,
-    driver: &Arc<ProcessDriver>,
-    source: &[Handle],
-) -> Result<Vec<(String, u64)>, String> {
-    demo.say("\n$ lifeboat replicate   (source VMs paused for the cut)");
-    let validation = lifeboat_loader::validate(&demo.config, &[]);
-    let inventory = validation
-        .inventory
-        .ok_or("the demo's inventory does not load")?;
-    let groups = lifeboat_replication::groups(&inventory, &demo.dir).map_err(|e| e.to_string())?;
-    let east = lifeboat_replication::Store::open_cache("sites/east", &demo.dir)
-        .map_err(|e| e.to_string())?;
-    let west =
-        lifeboat_replication::Store::open("sites/west", &demo.dir).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for g in &groups {
-        let members: Vec<Handle> = source
-            .iter()
-            .filter(|h| g.vms.iter().any(|v| v.name == h.vm))
-            .cloned()
-            .collect();
-        let cut: Arc<dyn lifeboat_replication::Cut> = Arc::new(PauseVms {
-            driver: driver.clone(),
-            vms: members,
-        });
-        let opts = lifeboat_replication::CycleOptions {
-            cut: Some(cut),
-            ..Default::default()
-        };
-        let r = rt
-            .block_on(lifeboat_replication::replicate(g, &east, &west, &opts))
-            .map_err(|e| format!("replication of group `{}`: {e}", g.name))?;
-        demo.say(&format!(
-            "{}: point {} captured {} — {:.1} MiB changed, {:.1} KiB shipped in {:.2}s",
-            r.group,
-            r.seq,
-            r.captured_at,
-            r.changed_bytes as f64 / 1048576.0,
-            r.shipped_bytes as f64 / 1024.0,
-            r.seconds
-        ));
-        out.push((r.group, r.seq));
+/// `lifeboat replicate`: one cycle of every group. It finds the source VMs by their boot
+/// command and pauses them for the cut, so each point is crash-consistent; the demo checks it
+/// said so.
+fn replicate(demo: &mut Demo<'_, '_>) -> Result<Vec<(String, u64)>, String> {
+    demo.say("\n$ lifeboat replicate");
+    let (code, reports) = demo.lifeboat_json(&["replicate"]);
+    if code != 0 {
+        return Err(format!("lifeboat replicate exited with {code}"));
     }
+    let mut out = Vec::new();
+    let mut held = true;
+    for r in reports.as_array().into_iter().flatten() {
+        let group = r["group"].as_str().unwrap_or_default().to_string();
+        let seq = r["seq"].as_u64().unwrap_or_default();
+        let notes: Vec<&str> = r["notes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str())
+            .collect();
+        held &= notes.iter().any(|n| n.starts_with("held "));
+        demo.say(&format!(
+            "{group}: point {seq} captured {} — {:.1} KiB shipped in {:.2}s; {}",
+            r["captured_at"].as_str().unwrap_or_default(),
+            r["shipped_bytes"].as_f64().unwrap_or_default() / 1024.0,
+            r["seconds"].as_f64().unwrap_or_default(),
+            notes.join("; ")
+        ));
+        out.push((group, seq));
+    }
+    demo.check(
+        held && out.len() == 2,
+        "every group's source VMs were held still for the cut",
+    );
     Ok(out)
 }
 
@@ -370,8 +357,10 @@ fn scenario(
             argv: [
                 vm_command.clone(),
                 vec![
+                    // As the inventory's boot command says: that is how `lifeboat replicate`
+                    // and a planned failover recognise the source VMs.
                     "--disk".into(),
-                    disk.display().to_string(),
+                    format!("vms/{name}/data.img"),
                     "--listen".into(),
                     format!("{ip}:{port}"),
                 ],
@@ -393,9 +382,9 @@ fn scenario(
         );
     }
     std::thread::sleep(Duration::from_millis(800));
-    replicate(demo, rt, driver, source)?;
+    replicate(demo)?;
     std::thread::sleep(Duration::from_millis(500));
-    let points = replicate(demo, rt, driver, source)?;
+    let points = replicate(demo)?;
     demo.lifeboat(&["points", "list", "db-1"]);
 
     // 1. A drill: clones of the latest point in the drill network, the source untouched.
@@ -425,7 +414,7 @@ fn scenario(
         );
     }
     // Replication carries on during the drill.
-    let during = replicate(demo, rt, driver, source)?;
+    let during = replicate(demo)?;
     let advanced = during
         .iter()
         .all(|(g, seq)| points.iter().any(|(pg, ps)| pg == g && seq > ps));
@@ -453,7 +442,7 @@ fn scenario(
 
     // 3. Disaster: the source dies mid-write; its site is gone.
     std::thread::sleep(Duration::from_millis(700));
-    replicate(demo, rt, driver, source)?;
+    replicate(demo)?;
     std::thread::sleep(Duration::from_millis(1500));
     demo.say("\ndisaster: the source VMs are killed (kill -9) and site east is deleted");
     let disaster_at = now_ms();

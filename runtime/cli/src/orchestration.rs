@@ -308,6 +308,12 @@ pub fn failover(
     };
     let env = &loaded.env;
     let result = with_progress(io, json, async |observe, controls| {
+        if op == Operation::Planned {
+            // Shut the source VMs down first: the last cycle must hold their every write.
+            for h in operations::stop_source_vms(env, plan, std::time::Duration::from_secs(30)).await? {
+                observe("-", &Event::VmStopped { vm: format!("{} (source, pid {})", h.vm, h.pid) });
+            }
+        }
         let alive = operations::source_answering(env, plan).await;
         match (op, alive) {
             (Operation::Planned, Some((vm, probe))) => {

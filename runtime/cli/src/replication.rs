@@ -190,16 +190,44 @@ pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io
     let mut reports = Vec::new();
     let mut code = exit_codes::OK;
     for group in chosen {
+        // The group's VMs that run as their boot command describes are held still for the cut
+        // (the process driver pauses them), so the point is crash-consistent.
+        let driver = lifeboat_orchestrator::compute::ProcessDriver::new();
+        let names: Vec<&str> = group.vms.iter().map(|v| v.name.as_str()).collect();
+        let held = rt.block_on(lifeboat_orchestrator::operations::locate_source_vms(
+            &ctx.inventory,
+            &ctx.base,
+            driver.as_ref(),
+            &names,
+        ));
+        let held_names: Vec<String> = held.iter().map(|h| h.vm.clone()).collect();
+        let cut: Option<Arc<dyn lifeboat_replication::Cut>> = if held.is_empty() {
+            None
+        } else {
+            Some(Arc::new(lifeboat_orchestrator::compute::PauseVms {
+                driver,
+                vms: held,
+            }))
+        };
         // A bar per group: a finished bar does not draw again.
         let opts = CycleOptions {
             app,
-            cut: None,
+            cut,
             progress: bar(ctx),
         };
         let result = rt.block_on(async {
             let source = ctx.store(&group.source_site, true)?;
             let target = ctx.site(&group.target_site)?;
             lifeboat_replication::replicate(group, &source, &target, &opts).await
+        });
+        let result = result.map(|mut r| {
+            if !held_names.is_empty() {
+                r.notes.push(format!(
+                    "held {} still for the cut (paused)",
+                    held_names.join(", ")
+                ));
+            }
+            r
         });
         match result {
             Ok(r) => {

@@ -49,6 +49,9 @@ pub trait Compute: Send + Sync {
     /// The running VM started under `key`, if there is one (a start whose runtime died before it
     /// could journal the VM).
     async fn find(&self, vm: &str, key: &str) -> Option<Handle>;
+    /// The running VM `launch` describes, started by anyone (the source site's VMs, which no run
+    /// started): what a planned failover stops and a replication cut holds still.
+    async fn locate(&self, launch: &Launch) -> Option<Handle>;
 }
 
 /// The embedded driver: VMs are local processes.
@@ -194,6 +197,47 @@ impl Compute for ProcessDriver {
                     pid,
                 });
             }
+        }
+        None
+    }
+
+    async fn locate(&self, launch: &Launch) -> Option<Handle> {
+        let (program, args) = launch.argv.split_first()?;
+        let program_name = std::path::Path::new(program).file_name()?;
+        let dir = std::fs::canonicalize(&launch.dir).ok()?;
+        let own = std::process::id();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let mut argv = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned());
+            // The same program (by name: it may have been started by a full path), the same
+            // arguments, run from the same folder (relative disk paths mean the same files).
+            let same_program = argv
+                .next()
+                .is_some_and(|p| std::path::Path::new(&p).file_name() == Some(program_name));
+            if pid == own
+                || !same_program
+                || !argv.eq(args.iter().cloned())
+                || std::fs::read_link(entry.path().join("cwd")).ok().as_deref() != Some(&*dir)
+                || !process_alive(pid)
+            {
+                continue;
+            }
+            return Some(Handle {
+                vm: launch.vm.clone(),
+                pid,
+            });
         }
         None
     }

@@ -14,7 +14,7 @@ use lifeboat_plugin_host::PluginEngine;
 use lifeboat_replication::{GroupSpec, Repository, Store};
 
 use crate::compile::{RunPlan, StepRun, compile};
-use crate::compute::{Compute, Handle};
+use crate::compute::{Compute, Handle, Launch};
 use crate::journal::{Event, Journal};
 use crate::network::{Assignment, Purpose, assign};
 use crate::run::{Controls, Outcome, execute};
@@ -455,6 +455,75 @@ pub async fn source_answering(env: &Environment, plan: &Plan) -> Option<(String,
         }
     }
     None
+}
+
+/// How VM `name` runs at its source site: its boot command filled with the inventory's own
+/// values (disk paths as written, source addresses), from the inventory's folder.
+pub fn source_launch(inventory: &Inventory, base: &Path, name: &str) -> Option<Launch> {
+    let vm = inventory.vms.get(name)?;
+    let boot = vm.boot.as_ref()?;
+    let value = |p: &str| -> Option<String> {
+        if let Some(d) = p.strip_prefix("disk.") {
+            return vm.disks.get(d).map(|s| s.value.clone());
+        }
+        match p {
+            "vm.name" => return Some(name.to_string()),
+            "vm.site" => return Some(vm.site.value.clone()),
+            _ => {}
+        }
+        let nic: usize = p.strip_prefix("nic")?.strip_suffix(".ip")?.parse().ok()?;
+        vm.nics.get(nic)?.ip.as_ref().map(|ip| ip.value.to_string())
+    };
+    let argv = boot
+        .command
+        .iter()
+        .map(|c| crate::template::fill(&c.value, &value).ok())
+        .collect::<Option<Vec<String>>>()?;
+    Some(Launch {
+        vm: name.to_string(),
+        argv,
+        dir: base.to_path_buf(),
+        log: PathBuf::new(),
+        key: String::new(),
+    })
+}
+
+/// The source VMs of `vms` that are running as their boot command describes.
+pub async fn locate_source_vms(
+    inventory: &Inventory,
+    base: &Path,
+    driver: &dyn Compute,
+    vms: &[&str],
+) -> Vec<Handle> {
+    let mut out = Vec::new();
+    for name in vms {
+        if let Some(launch) = source_launch(inventory, base, name)
+            && let Some(h) = driver.locate(&launch).await
+        {
+            out.push(h);
+        }
+    }
+    out
+}
+
+/// A planned failover's first move: stop the plan's source VMs (those running as their boot
+/// command describes), gracefully, then by force after `grace`. Returns those stopped.
+pub async fn stop_source_vms(
+    env: &Environment,
+    plan: &Plan,
+    grace: Duration,
+) -> Result<Vec<Handle>, String> {
+    let found = locate_source_vms(
+        &env.inventory,
+        &env.base,
+        env.driver.as_ref(),
+        &plan_vms(plan),
+    )
+    .await;
+    for h in &found {
+        env.driver.stop(h, grace).await?;
+    }
+    Ok(found)
 }
 
 fn plan_vms(plan: &Plan) -> Vec<&str> {
