@@ -295,6 +295,15 @@ fn step_record(rec: &serde_json::Value, id: &str) -> serde_json::Value {
         .clone()
 }
 
+/// db-1 and app-1 were each started exactly once in the run.
+fn assert_each_vm_started_once(events: &[Event], what: &str) {
+    assert_eq!(
+        started_vms(events),
+        HashMap::from([("db-1".to_string(), 1), ("app-1".to_string(), 1)]),
+        "{what}: {events:#?}"
+    );
+}
+
 fn started_vms(events: &[Event]) -> HashMap<String, usize> {
     let mut n = HashMap::new();
     for e in events {
@@ -439,11 +448,7 @@ fn a_failed_post_step_stops_the_run_and_retry_finishes_it_without_rebooting() {
     let out = s.lifeboat(&["retry", "p-1"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let events = s.events("p-1");
-    assert_eq!(
-        started_vms(&events),
-        HashMap::from([("db-1".to_string(), 1), ("app-1".to_string(), 1)]),
-        "a VM was booted twice"
-    );
+    assert_each_vm_started_once(&events, "a VM was booted twice");
     let boots = events
         .iter()
         .filter(|e| matches!(e, Event::StepStarted { step, .. } if step.ends_with("/boot")))
@@ -596,11 +601,7 @@ fn an_orchestrator_killed_mid_run_resumes_without_booting_a_vm_twice() {
     let out = s.lifeboat(&["retry", "p-1"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let events = s.events("p-1");
-    assert_eq!(
-        started_vms(&events),
-        HashMap::from([("db-1".to_string(), 1), ("app-1".to_string(), 1)]),
-        "{events:#?}"
-    );
+    assert_each_vm_started_once(&events, "after the retry");
     let restored = events
         .iter()
         .filter(|e| matches!(e, Event::Restored { vm, .. } if vm == "db-1"))
@@ -821,10 +822,9 @@ fn killed_at_each_journal_point_a_real_run_resumes_and_does_nothing_twice() {
             out.stdout, out.stderr
         );
         let events = s.events(&run);
-        assert_eq!(
-            started_vms(&events),
-            HashMap::from([("db-1".to_string(), 1), ("app-1".to_string(), 1)]),
-            "killed at event {n}: a VM was booted twice: {events:#?}"
+        assert_each_vm_started_once(
+            &events,
+            &format!("killed at event {n}: a VM was booted twice"),
         );
         for vm in ["db-1", "app-1"] {
             let restores = events

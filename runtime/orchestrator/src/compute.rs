@@ -175,16 +175,8 @@ impl Compute for ProcessDriver {
             return None;
         }
         let wanted = format!("{KEY_VAR}={key}");
-        let entries = std::fs::read_dir("/proc").ok()?;
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+        for (pid, proc_dir) in processes() {
+            let Ok(environ) = std::fs::read(proc_dir.join("environ")) else {
                 continue;
             };
             if environ
@@ -206,15 +198,8 @@ impl Compute for ProcessDriver {
         let program_name = std::path::Path::new(program).file_name()?;
         let dir = std::fs::canonicalize(&launch.dir).ok()?;
         let own = std::process::id();
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+        for (pid, proc_dir) in processes() {
+            let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
                 continue;
             };
             let mut argv = cmdline
@@ -229,7 +214,7 @@ impl Compute for ProcessDriver {
             if pid == own
                 || !same_program
                 || !argv.eq(args.iter().cloned())
-                || std::fs::read_link(entry.path().join("cwd")).ok().as_deref() != Some(&*dir)
+                || std::fs::read_link(proc_dir.join("cwd")).ok().as_deref() != Some(&*dir)
                 || !process_alive(pid)
             {
                 continue;
@@ -241,6 +226,18 @@ impl Compute for ProcessDriver {
         }
         None
     }
+}
+
+/// Every process on the machine: its pid and its `/proc` folder.
+fn processes() -> impl Iterator<Item = (u32, PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((pid, entry.path()))
+        })
 }
 
 /// Whether process `pid` exists and is not a zombie.
