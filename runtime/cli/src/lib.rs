@@ -114,8 +114,7 @@ enum Command {
         /// A drill: clones of the point in the test network; replication goes on.
         #[arg(long)]
         test: bool,
-        /// The source is up: check its VMs are shut down, replicate once more, fail over with
-        /// no data loss.
+        /// The source is up: stop its VMs, replicate once more, fail over with no data loss.
         #[arg(long)]
         planned: bool,
         /// The source is gone: fail over from a recovery point.
@@ -145,7 +144,7 @@ enum Command {
     Retry { run: String },
     /// Skip the step a run failed on, and go on with the run.
     Skip { run: String },
-    /// Give up a failed or interrupted run (then `cleanup` undoes what it did).
+    /// Stop a run (a running one stops at its current step); `cleanup` undoes what it did.
     Cancel { run: String },
     /// Runs of plans: what happened, when, with what RPO and RTO.
     #[command(subcommand)]
