@@ -887,3 +887,39 @@ fn a_qemu_target_site_is_refused_not_run_as_processes() {
     );
     assert!(!s.journal().exists(), "a run was recorded");
 }
+
+#[test]
+fn a_failover_without_points_or_with_an_unknown_one_is_refused_before_it_starts() {
+    let mut s = Sites::new(111, "[]", "[]");
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("run `lifeboat replicate` first"),
+        "{}",
+        out.stderr
+    );
+    s.start_source();
+    s.replicate();
+    let out = s.lifeboat(&["failover", "p", "--test", "--point", "db-1/99"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot fail over") && out.stderr.contains("99"),
+        "{}",
+        out.stderr
+    );
+    let out = s.lifeboat(&[
+        "failover",
+        "p",
+        "--test",
+        "--point",
+        "latest-app-consistent",
+    ]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no app-consistent point"),
+        "{}",
+        out.stderr
+    );
+    let runs = s.lifeboat(&["runs", "list"]);
+    assert!(runs.stdout.contains("no runs yet"), "{}", runs.stdout);
+}

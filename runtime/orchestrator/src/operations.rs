@@ -258,6 +258,7 @@ pub async fn failover(
         Purpose::Failover
     };
     let assignments = assign(&env.inventory, plan, &vms, purpose, &in_use)?;
+    preflight_points(env, plan, &vms, point.as_deref()).await?;
     let id = new_run_id(&journal, name)?;
     journal.begin(&id, name, operation_name(op))?;
     journal.append(
@@ -279,6 +280,41 @@ pub async fn failover(
         controls,
     )
     .await
+}
+
+/// Every consistency group the plan boots has a point to boot from, before a run is recorded:
+/// a failover that cannot start says so and leaves nothing to clean up.
+async fn preflight_points(
+    env: &Environment,
+    plan: &Plan,
+    vms: &[&str],
+    point: Option<&str>,
+) -> Result<(), String> {
+    let target = env.site_store(&plan.target.value)?;
+    let repo = Repository::open(&target).await.map_err(|e| {
+        format!(
+            "target site `{}` has no repository yet ({e}): run `lifeboat replicate` first",
+            plan.target.value
+        )
+    })?;
+    let default = crate::compile::point_choice(plan);
+    for group in env
+        .groups
+        .iter()
+        .filter(|g| g.vms.iter().any(|v| vms.contains(&v.name.as_str())))
+    {
+        let choice = match point {
+            Some(p) => match p.split_once('/') {
+                Some((g, _)) if g != group.name => default,
+                _ => p,
+            },
+            None => default,
+        };
+        lifeboat_replication::points::select(&repo, &group.name, choice)
+            .await
+            .map_err(|e| format!("cannot fail over: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Resumes run `run` (after its process died, or to retry the step it failed on).
