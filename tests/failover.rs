@@ -398,6 +398,23 @@ fn a_drill_boots_groups_in_order_honours_on_filters_and_cleans_up() {
             .all(|p| p["pinned"].as_array().unwrap().is_empty()),
         "{pins}"
     );
+    // What people read: every step with its log, the VMs, the timeline.
+    let show = s.lifeboat(&["runs", "show", "p-1"]);
+    assert_eq!(show.code, 0, "{}", show.stderr);
+    for line in [
+        "run p-1: test of plan p — cleaned-up",
+        "database/boot — undone",
+        "| info: db-1: started from point db-1/1",
+        "| info: db-1: healthy",
+        "group database: healthy",
+        "app-1: stopped",
+    ] {
+        assert!(
+            show.stdout.contains(line),
+            "no `{line}` in:\n{}",
+            show.stdout
+        );
+    }
     let rec = s.record("p-1");
     assert_eq!(rec["status"], "cleaned-up");
     assert!(
