@@ -1,10 +1,13 @@
-//! Lifeboat's orchestrator: what a run needs beyond the plan's text. Built so far: `network`
-//! (the addresses each VM's NICs get at the target or in the test network), `compute` (the
-//! driver trait and the process driver, which can also hold VMs still for a replication cut),
-//! `health` (probes), `template` (placeholders in boot commands and health checks), `compile`
-//! (a plan and an operation into the ordered steps of a run) and `journal` (the durable record
-//! of every transition, replayed to resume a run), and `run` (executing a compiled run through a
-//! `StepRunner`, journaled, resumable).
+//! Lifeboat's orchestrator: runs of recovery plans.
+//!
+//! `compile` turns a plan and an operation into a run's ordered steps; `journal` records every
+//! transition durably; `run` executes a compiled run through a `StepRunner` (resuming from the
+//! journal, taking cancels while a step runs); `steps` is the real runner (each step a sandboxed
+//! component); `services` is what those components' host calls reach (points, restores, VMs,
+//! addresses, approvals) for one run; `operations` are the commands users run (failover, cleanup,
+//! commit, approve, skip, cancel, resume); `record` rebuilds a run for people. Below them:
+//! `network` (ASR's address rules), `compute` (the driver trait and the process driver),
+//! `health` (probes) and `template` (placeholders).
 
 pub mod compile;
 pub mod compute;
