@@ -36,7 +36,7 @@ impl Drop for Sites {
         }
         // Every VM a run started and did not stop.
         if let Ok(j) = Journal::open(&self.journal()) {
-            for h in lifeboat_orchestrator::operations::running_vms(&j).unwrap_or_default() {
+            for h in lifeboat_orchestrator::runs::running_vms(&j).unwrap_or_default() {
                 let _ = self
                     .rt
                     .block_on(self.driver.stop(&h, Duration::from_secs(1)));

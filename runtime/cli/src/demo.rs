@@ -257,7 +257,7 @@ fn stop_target_vms(demo: &Demo<'_, '_>, rt: &tokio::runtime::Runtime, driver: &A
         return;
     }
     let running = lifeboat_orchestrator::journal::Journal::open(&journal)
-        .and_then(|j| lifeboat_orchestrator::operations::running_vms(&j))
+        .and_then(|j| lifeboat_orchestrator::runs::running_vms(&j))
         .unwrap_or_default();
     for h in running {
         let _ = rt.block_on(driver.stop(&h, Duration::from_secs(2)));

@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use lifeboat_orchestrator::compute::ProcessDriver;
 use lifeboat_orchestrator::journal::Event;
-use lifeboat_orchestrator::operations::{self, Environment, RunResult};
+use lifeboat_orchestrator::operations::{self, RunResult};
 use lifeboat_orchestrator::record::{self, RunRecord};
 use lifeboat_orchestrator::run::{Control, Controls, Outcome};
+use lifeboat_orchestrator::runs::Environment;
 use lifeboat_orchestrator::services::Observer;
+use lifeboat_orchestrator::source;
 use lifeboat_plan::Plan;
 use lifeboat_plan::plan::Operation;
 use lifeboat_plugin_host::{EngineOptions, PluginEngine};
@@ -310,11 +312,11 @@ pub fn failover(
     let result = with_progress(io, json, async |observe, controls| {
         if op == Operation::Planned {
             // Shut the source VMs down first: the last cycle must hold their every write.
-            for h in operations::stop_source_vms(env, plan, std::time::Duration::from_secs(30)).await? {
+            for h in source::stop_source_vms(env, plan, std::time::Duration::from_secs(30)).await? {
                 observe("-", &Event::VmStopped { vm: format!("{} (source, pid {})", h.vm, h.pid) });
             }
         }
-        let alive = operations::source_answering(env, plan).await;
+        let alive = source::source_answering(env, plan).await;
         match (op, alive) {
             (Operation::Planned, Some((vm, probe))) => {
                 return Err(format!(
@@ -329,7 +331,7 @@ pub fn failover(
             _ => {}
         }
         if op == Operation::Planned {
-            operations::last_cycle(env, plan).await?;
+            source::last_cycle(env, plan).await?;
         }
         operations::failover(env, plan, path, op, point, observe, controls).await
     })

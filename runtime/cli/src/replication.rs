@@ -194,7 +194,7 @@ pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io
         // (the process driver pauses them), so the point is crash-consistent.
         let driver = lifeboat_orchestrator::compute::ProcessDriver::new();
         let names: Vec<&str> = group.vms.iter().map(|v| v.name.as_str()).collect();
-        let held = rt.block_on(lifeboat_orchestrator::operations::locate_source_vms(
+        let held = rt.block_on(lifeboat_orchestrator::source::locate_source_vms(
             &ctx.inventory,
             &ctx.base,
             driver.as_ref(),

@@ -5,7 +5,8 @@
 //! journal, taking cancels while a step runs); `steps` is the real runner (each step a sandboxed
 //! component); `services` is what those components' host calls reach (points, restores, VMs,
 //! addresses, approvals) for one run; `operations` are the commands users run (failover, cleanup,
-//! commit, approve, skip, cancel, resume); `record` rebuilds a run for people. Below them:
+//! commit, approve, skip, cancel, resume); `runs` says which runs exist and how they stand;
+//! `source` is the source site as a failover sees it; `record` rebuilds a run for people. Below them:
 //! `network` (ASR's address rules), `compute` (the driver trait and the process driver),
 //! `health` (probes) and `template` (placeholders).
 
@@ -17,6 +18,8 @@ pub mod network;
 pub mod operations;
 pub mod record;
 pub mod run;
+pub mod runs;
 pub mod services;
+pub mod source;
 pub mod steps;
 pub mod template;

@@ -4,164 +4,26 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lifeboat_plan::Plan;
 use lifeboat_plan::plan::Operation;
-use lifeboat_plan::{Inventory, Plan};
-use lifeboat_plugin_host::PluginEngine;
-use lifeboat_replication::{GroupSpec, Repository, Store};
+use lifeboat_replication::Repository;
 
 use crate::compile::{RunPlan, StepRun, compile};
-use crate::compute::{Compute, Handle, Launch};
+use crate::compute::{Compute, Handle};
 use crate::journal::{Event, Journal};
 use crate::network::{Assignment, Purpose, assign};
 use crate::run::{Controls, Outcome, execute};
+use crate::runs::{Environment, not_driven, status_of};
 use crate::services::{Observer, RunServices};
+use crate::source::plan_vms;
 use crate::steps::{PluginRunner, operation_name};
 
 /// Restores a run makes at once (each is CPU-bound: decompress and re-hash every chunk).
 const RESTORES_AT_ONCE: usize = 4;
-
-/// What every operation works with: the inventory, its groups, where runs are kept, the plugin
-/// engine and the target's compute driver.
-pub struct Environment {
-    pub inventory: Arc<Inventory>,
-    /// The folder of lifeboat.toml.
-    pub base: PathBuf,
-    pub groups: Vec<GroupSpec>,
-    /// The run journal (`runs.db`) and each run's disks and logs.
-    pub state_dir: PathBuf,
-    pub engine: PluginEngine,
-    pub driver: Arc<dyn Compute>,
-}
-
-impl std::fmt::Debug for Environment {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Environment")
-            .field("state_dir", &self.state_dir)
-            .finish_non_exhaustive()
-    }
-}
-
-/// How a run stands, from its journal.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunStatus {
-    pub id: String,
-    pub plan: String,
-    pub operation: String,
-    /// `running` (no end recorded: in progress, or its process died), `succeeded`, `failed`,
-    /// `cancelled`, `cleaned-up`, `committed`.
-    pub status: String,
-    pub plan_path: String,
-    pub point: Option<String>,
-    /// The process driving the run, while it lives.
-    pub driver_pid: Option<u32>,
-}
-
-impl RunStatus {
-    /// A run still holds VMs, pins or an uncommitted failover.
-    pub fn open(&self) -> bool {
-        !matches!(self.status.as_str(), "cleaned-up" | "committed")
-    }
-}
-
-impl Environment {
-    pub fn journal_path(&self) -> PathBuf {
-        self.state_dir.join("runs.db")
-    }
-
-    pub fn journal(&self) -> Result<Journal, String> {
-        Journal::open(&self.journal_path())
-    }
-
-    pub fn site_store(&self, site: &str) -> Result<Store, String> {
-        let s = self
-            .inventory
-            .sites
-            .get(site)
-            .ok_or_else(|| format!("no site `{site}` in the inventory"))?;
-        Store::open(&s.store.value, &self.base).map_err(|e| e.to_string())
-    }
-
-    pub fn run_dir(&self, run: &str) -> PathBuf {
-        self.state_dir.join("runs").join(run)
-    }
-
-    /// Every run, newest first.
-    pub fn runs(&self) -> Result<Vec<RunStatus>, String> {
-        let journal = self.journal()?;
-        let mut out = Vec::new();
-        for (id, _, _, _) in journal.runs()? {
-            out.push(status_of(&journal, &id)?);
-        }
-        Ok(out)
-    }
-
-    pub fn status(&self, run: &str) -> Result<RunStatus, String> {
-        let journal = self.journal()?;
-        if !journal.exists(run)? {
-            return Err(format!("no run `{run}` (see `lifeboat runs list`)"));
-        }
-        status_of(&journal, run)
-    }
-
-    /// The open run of `plan`, if any.
-    pub fn open_run(&self, plan: &str) -> Result<Option<RunStatus>, String> {
-        Ok(self
-            .runs()?
-            .into_iter()
-            .find(|r| r.plan == plan && r.open()))
-    }
-}
-
-pub fn status_of(journal: &Journal, run: &str) -> Result<RunStatus, String> {
-    let mut s = RunStatus {
-        id: run.to_string(),
-        plan: String::new(),
-        operation: String::new(),
-        status: "running".into(),
-        plan_path: String::new(),
-        point: None,
-        driver_pid: None,
-    };
-    for (_, _, e) in journal.events(run)? {
-        match e {
-            Event::RunStarted { plan, operation } => {
-                s.plan = plan;
-                s.operation = operation;
-            }
-            Event::Prepared { plan_path, point } => {
-                s.plan_path = plan_path;
-                s.point = point;
-            }
-            Event::RunFinished { status } => s.status = status,
-            Event::Driving { pid } => s.driver_pid = Some(pid),
-            // A retry or a skip re-opens a failed run.
-            Event::StepStarted { .. } | Event::StepSkipped { .. } if s.status == "failed" => {
-                s.status = "running".into();
-            }
-            _ => {}
-        }
-    }
-    // Only a live process drives a run; a dead one's run waits for `retry`.
-    if s.status != "running" || !crate::compute::process_alive(s.driver_pid.unwrap_or(0)) {
-        s.driver_pid = None;
-    }
-    Ok(s)
-}
-
-/// Refuses to act on a run another live process is driving.
-fn not_driven(status: &RunStatus, what: &str) -> Result<(), String> {
-    match status.driver_pid {
-        Some(pid) if pid != std::process::id() => Err(format!(
-            "run {} is in progress in process {pid}: {what} it there, or `lifeboat cancel {}` first",
-            status.id, status.id
-        )),
-        _ => Ok(()),
-    }
-}
 
 fn parse_operation(name: &str) -> Result<Operation, String> {
     Ok(match name {
@@ -455,147 +317,6 @@ async fn drive(
     })
 }
 
-/// The first of `plan`'s VMs whose health probe still answers at its source address, with the
-/// probe: a source that is up.
-pub async fn source_answering(env: &Environment, plan: &Plan) -> Option<(String, String)> {
-    use crate::health::{Probe, check};
-    for name in plan_vms(plan) {
-        let Some(vm) = env.inventory.vms.get(name) else {
-            continue;
-        };
-        let Some(health) = &vm.health else { continue };
-        let value = |p: &str| -> Option<String> {
-            if let Some(d) = p.strip_prefix("disk.") {
-                return vm.disks.get(d).map(|s| s.value.clone());
-            }
-            let nic: usize = p.strip_prefix("nic")?.strip_suffix(".ip")?.parse().ok()?;
-            vm.nics.get(nic)?.ip.as_ref().map(|ip| ip.value.to_string())
-        };
-        let probe = match (&health.tcp, &health.http) {
-            (Some(t), _) => crate::template::fill(&t.value, &value).ok().map(Probe::Tcp),
-            (None, Some(h)) => crate::template::fill(&h.value, &value)
-                .ok()
-                .map(Probe::Http),
-            // A command probe runs here, not at the source: it says nothing about the source.
-            (None, None) => None,
-        };
-        let Some(probe) = probe else { continue };
-        let answered = tokio::time::timeout(Duration::from_secs(2), check(&probe, &env.base)).await;
-        if matches!(answered, Ok(Ok(()))) {
-            let what = match &probe {
-                Probe::Tcp(a) => format!("tcp {a}"),
-                Probe::Http(u) => format!("http {u}"),
-                Probe::Command(c) => c.join(" "),
-            };
-            return Some((name.to_string(), what));
-        }
-    }
-    None
-}
-
-/// How VM `name` runs at its source site: its boot command filled with the inventory's own
-/// values (disk paths as written, source addresses), from the inventory's folder.
-pub fn source_launch(inventory: &Inventory, base: &Path, name: &str) -> Option<Launch> {
-    let vm = inventory.vms.get(name)?;
-    let boot = vm.boot.as_ref()?;
-    let value = |p: &str| -> Option<String> {
-        if let Some(d) = p.strip_prefix("disk.") {
-            return vm.disks.get(d).map(|s| s.value.clone());
-        }
-        match p {
-            "vm.name" => return Some(name.to_string()),
-            "vm.site" => return Some(vm.site.value.clone()),
-            _ => {}
-        }
-        let nic: usize = p.strip_prefix("nic")?.strip_suffix(".ip")?.parse().ok()?;
-        vm.nics.get(nic)?.ip.as_ref().map(|ip| ip.value.to_string())
-    };
-    let argv = boot
-        .command
-        .iter()
-        .map(|c| crate::template::fill(&c.value, &value).ok())
-        .collect::<Option<Vec<String>>>()?;
-    Some(Launch {
-        vm: name.to_string(),
-        argv,
-        dir: base.to_path_buf(),
-        log: PathBuf::new(),
-        key: String::new(),
-    })
-}
-
-/// The source VMs of `vms` that are running as their boot command describes.
-pub async fn locate_source_vms(
-    inventory: &Inventory,
-    base: &Path,
-    driver: &dyn Compute,
-    vms: &[&str],
-) -> Vec<Handle> {
-    let mut out = Vec::new();
-    for name in vms {
-        if let Some(launch) = source_launch(inventory, base, name)
-            && let Some(h) = driver.locate(&launch).await
-        {
-            out.push(h);
-        }
-    }
-    out
-}
-
-/// A planned failover's first move: stop the plan's source VMs (those running as their boot
-/// command describes), gracefully, then by force after `grace`. Returns those stopped.
-pub async fn stop_source_vms(
-    env: &Environment,
-    plan: &Plan,
-    grace: Duration,
-) -> Result<Vec<Handle>, String> {
-    let found = locate_source_vms(
-        &env.inventory,
-        &env.base,
-        env.driver.as_ref(),
-        &plan_vms(plan),
-    )
-    .await;
-    for h in &found {
-        env.driver.stop(h, grace).await?;
-    }
-    Ok(found)
-}
-
-fn plan_vms(plan: &Plan) -> Vec<&str> {
-    plan.groups
-        .iter()
-        .flat_map(|g| g.vms.iter().map(|v| v.value.as_str()))
-        .collect()
-}
-
-/// A planned failover's last replication cycle of every group of `plan`'s VMs (their VMs shut
-/// down), so the failover loses nothing.
-pub async fn last_cycle(env: &Environment, plan: &Plan) -> Result<(), String> {
-    let vms = plan_vms(plan);
-    for group in env
-        .groups
-        .iter()
-        .filter(|g| g.vms.iter().any(|v| vms.contains(&v.name.as_str())))
-    {
-        let site = env
-            .inventory
-            .sites
-            .get(&group.source_site)
-            .ok_or_else(|| format!("no site `{}`", group.source_site))?;
-        let source = Store::open_cache(&site.store.value, &env.base).map_err(|e| e.to_string())?;
-        let target = env.site_store(&group.target_site)?;
-        let opts = lifeboat_replication::CycleOptions {
-            app: lifeboat_replication::AppMode::Never,
-            ..Default::default()
-        };
-        lifeboat_replication::replicate(group, &source, &target, &opts)
-            .await
-            .map_err(|e| format!("last replication cycle of group `{}`: {e}", group.name))?;
-    }
-    Ok(())
-}
-
 /// What `cleanup` did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CleanupReport {
@@ -791,23 +512,6 @@ pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<(String, u64, 
             status: "committed".into(),
         },
     )?;
-    Ok(out)
-}
-
-/// The VM processes runs started and did not stop, over every run in the journal.
-pub fn running_vms(journal: &Journal) -> Result<Vec<Handle>, String> {
-    let mut out = Vec::new();
-    for (id, ..) in journal.runs()? {
-        let mut up: Vec<Handle> = Vec::new();
-        for (_, _, e) in journal.events(&id)? {
-            match e {
-                Event::VmStarted { vm, pid, .. } => up.push(Handle { vm, pid }),
-                Event::VmStopped { vm } => up.retain(|h| h.vm != vm),
-                _ => {}
-            }
-        }
-        out.extend(up);
-    }
     Ok(out)
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::journal::{Event, Journal};
-use crate::operations::status_of;
+use crate::runs::status_of;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RunRecord {
