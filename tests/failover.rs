@@ -263,6 +263,19 @@ fn wait_for(mut ok: impl FnMut() -> bool, what: &str) {
     }
 }
 
+/// Waits until run `run`'s journal holds an event `pred` accepts.
+fn wait_for_event(journal: &Path, run: &str, what: &str, pred: impl Fn(&Event) -> bool) {
+    wait_for(
+        || {
+            Journal::open(journal).is_ok_and(|j| {
+                j.events(run)
+                    .is_ok_and(|ev| ev.iter().any(|(_, _, e)| pred(e)))
+            })
+        },
+        what,
+    );
+}
+
 fn get(addr: &str, path: &str) -> Option<serde_json::Value> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -522,17 +535,9 @@ fn a_planned_failover_stops_the_source_and_loses_no_record() {
     let config = s.config();
     let journal = s.journal();
     let approver = std::thread::spawn(move || {
-        wait_for(
-            || {
-                Journal::open(&journal).is_ok_and(|j| {
-                    j.events("p-1").is_ok_and(|ev| {
-                        ev.iter()
-                            .any(|(_, _, e)| matches!(e, Event::ApprovalRequested { .. }))
-                    })
-                })
-            },
-            "the approval request",
-        );
+        wait_for_event(&journal, "p-1", "the approval request", |e| {
+            matches!(e, Event::ApprovalRequested { .. })
+        });
         Command::new(HELPER)
             .args([
                 "cli", "--config", &config, "approve", "p-1", "--by", "tester",
@@ -601,17 +606,9 @@ fn an_orchestrator_killed_mid_run_resumes_without_booting_a_vm_twice() {
         .spawn()
         .unwrap();
     let journal = s.journal();
-    wait_for(
-        || {
-            Journal::open(&journal).is_ok_and(|j| {
-                j.events("p-1").is_ok_and(|ev| {
-                    ev.iter()
-                        .any(|(_, _, e)| matches!(e, Event::VmStarted { .. }))
-                })
-            })
-        },
-        "db-1 started",
-    );
+    wait_for_event(&journal, "p-1", "db-1 started", |e| {
+        matches!(e, Event::VmStarted { .. })
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(s.record("p-1")["status"], "running");
@@ -650,17 +647,11 @@ fn drill_until_waiting(s: &Sites, run: &str) -> std::process::Child {
         .spawn()
         .unwrap();
     let journal = s.journal();
-    wait_for(
-        || {
-            Journal::open(&journal).is_ok_and(|j| {
-                j.events(run).is_ok_and(|ev| {
-                    ev.iter().any(|(_, _, e)| {
-                        matches!(e, Event::StepStarted { step, .. } if step == "app/post/0")
-                    })
-                })
-            })
-        },
+    wait_for_event(
+        &journal,
+        run,
         "the wait step started",
+        |e| matches!(e, Event::StepStarted { step, .. } if step == "app/post/0"),
     );
     child
 }
@@ -939,4 +930,123 @@ fn a_failover_without_points_or_with_an_unknown_one_is_refused_before_it_starts(
     );
     let runs = s.lifeboat(&["runs", "list"]);
     assert!(runs.stdout.contains("no runs yet"), "{}", runs.stdout);
+}
+
+/// Rewrites app-1's `boot` and `health` lines in the fixture's inventory.
+fn replace_app_vm(s: &Sites, boot: &str, health: &str) {
+    let path = s.path().join("lifeboat.toml");
+    let inv = std::fs::read_to_string(&path).unwrap();
+    let inv: Vec<String> = inv
+        .lines()
+        .map(|l| {
+            if l.starts_with("boot =") && l.contains(":8080\"]") {
+                boot.to_string()
+            } else if l.starts_with("health =") && l.contains(":8080/") {
+                health.to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&path, inv.join("\n")).unwrap();
+}
+
+#[test]
+fn an_approval_given_while_the_orchestrator_was_down_stands_when_it_resumes() {
+    let mut s = Sites::new(
+        112,
+        r#"[{ uses = "builtin:approval", with = { message = "go?", timeout = "1m" }, on = ["test"] }]"#,
+        "[]",
+    );
+    s.start_source();
+    s.replicate();
+    let mut child = Command::new(HELPER)
+        .args(["cli", "--config", &s.config(), "failover", "p", "--test"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = s.journal();
+    wait_for_event(&journal, "p-1", "the approval request", |e| {
+        matches!(e, Event::ApprovalRequested { .. })
+    });
+    // The orchestrator dies while it waits; the operator approves all the same.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = s.lifeboat(&["approve", "p-1", "--by", "ops"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = s.lifeboat(&["retry", "p-1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let events = s.events("p-1");
+    let asked = events
+        .iter()
+        .filter(|e| matches!(e, Event::ApprovalRequested { .. }))
+        .count();
+    assert_eq!(asked, 1, "the resumed run asked again: {events:#?}");
+    let log = step_record(&s.record("p-1"), "app/pre/0");
+    assert!(log.to_string().contains("approved by ops"), "{log}");
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+}
+
+#[test]
+fn a_vm_is_given_up_on_at_its_own_health_timeout() {
+    let mut s = Sites::new(113, "[]", "[]");
+    s.start_source();
+    s.replicate();
+    // app-1 runs but never answers; its inventory gives it 1 s to be healthy.
+    replace_app_vm(
+        &s,
+        r#"boot = { command = ["sleep", "600"] }"#,
+        r#"health = { tcp = "{nic0.ip}:9", timeout = "1s" }"#,
+    );
+    let started = Instant::now();
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("stopped at step `app/boot`")
+            && out.stderr.contains("not healthy after 1000 ms: app-1"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+}
+
+#[test]
+fn what_a_step_writes_to_the_run_kv_is_journaled_before_the_step_counts_as_finished() {
+    let wasm = crate::support::python_kv_note();
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&wasm)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let mut s = Sites::new(
+        114,
+        "[]",
+        &format!(
+            r#"[{{ uses = "kv-note.wasm", sha256 = "{sha}", with = {{ key = "note.db", value = "failed over by {{run.id}}" }}, allow = {{ kv = ["note.*"] }} }}]"#
+        ),
+    );
+    std::fs::write(s.path().join("plans/kv-note.wasm"), &wasm).unwrap();
+    s.start_source();
+    s.replicate();
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let events = s.events("p-1");
+    let kv = events
+        .iter()
+        .position(|e| matches!(e, Event::Kv { entries } if entries.get("note.db").map(String::as_str) == Some("failed over by p-1")))
+        .unwrap_or_else(|| panic!("no kv event: {events:#?}"));
+    let finished = position(
+        &events,
+        |e| matches!(e, Event::StepFinished { step, .. } if step == "app/post/0"),
+    );
+    assert!(kv < finished, "{events:#?}");
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
 }

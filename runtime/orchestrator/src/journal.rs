@@ -82,6 +82,10 @@ pub enum Event {
     VmStopped {
         vm: String,
     },
+    /// The run-scoped kv after a step changed it: what a resumed run starts from.
+    Kv {
+        entries: std::collections::BTreeMap<String, String>,
+    },
     /// What a step logged in one attempt.
     StepLog {
         step: String,
@@ -316,6 +320,7 @@ impl Journal {
                 | Event::VmStarted { .. }
                 | Event::VmStopped { .. }
                 | Event::StepLog { .. }
+                | Event::Kv { .. }
                 | Event::ApprovalRequested { .. }
                 | Event::Approved { .. }
                 | Event::StepUndone { .. }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use lifeboat_plan::Plan;
 use lifeboat_plan::plan::Operation;
+use lifeboat_plugin_host::plugin_error_text;
 use lifeboat_replication::Repository;
 
 use crate::compile::{RunPlan, StepRun, compile};
@@ -17,24 +18,13 @@ use crate::compute::{Compute, Handle};
 use crate::journal::{Event, Journal};
 use crate::network::{Assignment, Purpose, assign};
 use crate::run::{Controls, Outcome, execute};
-use crate::runs::{Environment, not_driven, status_of};
+use crate::runs::{Environment, not_driven, running_in, status_of};
 use crate::services::{Observer, RunServices};
-use crate::source::plan_vms;
-use crate::steps::{PluginRunner, operation_name};
+use crate::source::{groups_of, plan_vms};
+use crate::steps::PluginRunner;
 
 /// Restores a run makes at once (each is CPU-bound: decompress and re-hash every chunk).
 const RESTORES_AT_ONCE: usize = 4;
-
-fn parse_operation(name: &str) -> Result<Operation, String> {
-    Ok(match name {
-        "test" => Operation::Test,
-        "planned" => Operation::Planned,
-        "unplanned" => Operation::Unplanned,
-        "failback" => Operation::Failback,
-        "cleanup" => Operation::Cleanup,
-        other => return Err(format!("unknown operation `{other}` in the journal")),
-    })
-}
 
 /// A new run id: `PLAN-N`, N one more than the plan's runs so far.
 fn new_run_id(journal: &Journal, plan: &str) -> Result<String, String> {
@@ -82,10 +72,7 @@ pub async fn failover(
         op,
         Operation::Test | Operation::Planned | Operation::Unplanned
     ) {
-        return Err(format!(
-            "`{}` is not a failover operation",
-            operation_name(op)
-        ));
+        return Err(format!("`{}` is not a failover operation", op.name()));
     }
     let mut journal = env.journal()?;
     let name = &plan.name.value;
@@ -122,7 +109,7 @@ pub async fn failover(
     let assignments = assign(&env.inventory, plan, &vms, purpose, &in_use)?;
     preflight_points(env, plan, &vms, point.as_deref()).await?;
     let id = new_run_id(&journal, name)?;
-    journal.begin(&id, name, operation_name(op))?;
+    journal.begin(&id, name, op.name())?;
     journal.append(
         &id,
         &Event::Prepared {
@@ -160,18 +147,8 @@ async fn preflight_points(
         )
     })?;
     let default = crate::compile::point_choice(plan);
-    for group in env
-        .groups
-        .iter()
-        .filter(|g| g.vms.iter().any(|v| vms.contains(&v.name.as_str())))
-    {
-        let choice = match point {
-            Some(p) => match p.split_once('/') {
-                Some((g, _)) if g != group.name => default,
-                _ => p,
-            },
-            None => default,
-        };
+    for group in groups_of(env, vms) {
+        let choice = crate::services::choice_for(point, &group.name, default);
         lifeboat_replication::points::select(&repo, &group.name, choice)
             .await
             .map_err(|e| format!("cannot fail over: {e}"))?;
@@ -202,8 +179,8 @@ pub async fn resume(
             status.status
         ));
     }
-    not_driven(&status, "let it finish")?;
-    let op = parse_operation(&status.operation)?;
+    not_driven(&status)?;
+    let op = status.operation()?;
     drive(
         env,
         &mut journal,
@@ -221,7 +198,6 @@ fn services(
     env: &Environment,
     run: &str,
     plan: &Plan,
-    op: Operation,
     point: Option<String>,
     assignments: Vec<Assignment>,
     observe: Observer,
@@ -232,11 +208,6 @@ fn services(
         inventory: env.inventory.clone(),
         base: env.base.clone(),
         run_dir: env.run_dir(run),
-        purpose: if op == Operation::Test {
-            Purpose::Test
-        } else {
-            Purpose::Failover
-        },
         target: env.site_store(&target_site)?,
         target_site,
         groups: env.groups.clone(),
@@ -275,19 +246,32 @@ fn runner(
 ) -> Result<PluginRunner, String> {
     let journal = env.journal()?;
     let assignments = assignments_of(&journal, run)?;
-    let services = services(env, run, plan, op, point, assignments, observe)?;
+    let services = services(env, run, plan, point, assignments, observe)?;
     let plan_dir = plan_path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    Ok(PluginRunner::new(
+    let mut runner = PluginRunner::new(
         env.engine.clone(),
         plan_dir,
         plan.name.value.clone(),
         op,
         services,
-    ))
+    );
+    // A resumed run's steps see what its finished steps wrote.
+    if let Some(entries) = journal
+        .events(run)?
+        .into_iter()
+        .rev()
+        .find_map(|(_, _, e)| match e {
+            Event::Kv { entries } => Some(entries),
+            _ => None,
+        })
+    {
+        runner.kv = lifeboat_plugin_host::RunKv::with_entries(entries);
+    }
+    Ok(runner)
 }
 
 #[expect(clippy::too_many_arguments)]
@@ -339,9 +323,9 @@ pub async fn cleanup(
     let open = env
         .open_run(name)?
         .ok_or_else(|| format!("plan `{name}` has no open run to clean up"))?;
-    not_driven(&open, "let it finish")?;
+    not_driven(&open)?;
     let journal = env.journal()?;
-    let op = parse_operation(&open.operation)?;
+    let op = open.operation()?;
     let compiled = compile(plan, op);
     let steps: HashMap<&str, &StepRun> = compiled
         .groups
@@ -390,26 +374,18 @@ pub async fn cleanup(
                 step: id.clone(),
                 error: error.clone(),
             })
-            .map_err(|e| format!("{e:?}"))?;
+            .map_err(|e| plugin_error_text(&e))?;
         report.undone.push((id.clone(), error));
     }
     // Whatever a step left running (a boot that failed half-way has no outputs to undo).
-    let mut vms: Vec<String> = events
-        .iter()
-        .filter_map(|(_, _, e)| match e {
-            Event::VmStarted { vm, .. } => Some(vm.clone()),
-            _ => None,
-        })
-        .collect();
-    vms.dedup();
-    for vm in vms {
-        if let Some((handle, _)) = services.handle(&vm).map_err(|e| format!("{e:?}"))? {
-            stop_vm(env.driver.as_ref(), &handle).await?;
-            services
-                .record(Event::VmStopped { vm: vm.clone() })
-                .map_err(|e| format!("{e:?}"))?;
-            report.vms_stopped.push(vm);
-        }
+    for handle in running_in(&journal.events(&open.id)?) {
+        stop_vm(env.driver.as_ref(), &handle).await?;
+        services
+            .record(Event::VmStopped {
+                vm: handle.vm.clone(),
+            })
+            .map_err(|e| plugin_error_text(&e))?;
+        report.vms_stopped.push(handle.vm);
     }
     // A VM whose start the journal saw begin but not end (the runtime died in it).
     let started: HashSet<&str> = events
@@ -438,7 +414,7 @@ pub async fn cleanup(
         .record(Event::RunFinished {
             status: "cleaned-up".into(),
         })
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(|e| plugin_error_text(&e))?;
     Ok(report)
 }
 
@@ -488,9 +464,19 @@ pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<(String, u64, 
     let mut journal = env.journal()?;
     let events = journal.events(&open.id)?;
     let target = env.site_store(&plan.target.value)?;
+    // A commit cut short is finished by the next one: groups already taken over stay as they are.
+    let committed: HashSet<&str> = events
+        .iter()
+        .filter_map(|(_, _, e)| match e {
+            Event::Committed { group, .. } => Some(group.as_str()),
+            _ => None,
+        })
+        .collect();
     let mut out = Vec::new();
     for (_, _, e) in &events {
-        if let Event::PointChosen { group, .. } = e {
+        if let Event::PointChosen { group, .. } = e
+            && !committed.contains(group.as_str())
+        {
             let m = lifeboat_replication::cycle::fence(&target, group)
                 .await
                 .map_err(|e| format!("group `{group}`: {e}"))?;
@@ -557,7 +543,8 @@ pub fn skip(env: &Environment, run: &str) -> Result<String, String> {
     Ok(step)
 }
 
-/// Ends a run that is not going on: it stays open for `cleanup`.
+/// Ends a run: a process driving it stops at the step it is in (it watches the journal); the
+/// run stays open for `cleanup`.
 pub fn cancel(env: &Environment, run: &str) -> Result<(), String> {
     let mut journal = env.journal()?;
     let status = env.status(run)?;

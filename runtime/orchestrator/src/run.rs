@@ -66,10 +66,7 @@ pub async fn execute(
     observe: &(dyn Fn(&Event, i64) + Sync),
     mut controls: Controls,
 ) -> Result<Outcome, String> {
-    let operation = serde_json::to_value(plan.operation)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+    let operation = plan.operation.name().to_string();
     let state = match journal.replay(id)? {
         Some(state) => state,
         None => {

@@ -48,6 +48,16 @@ pub struct RunStatus {
 }
 
 impl RunStatus {
+    /// The run's operation, as journaled.
+    pub fn operation(&self) -> Result<lifeboat_plan::plan::Operation, String> {
+        lifeboat_plan::plan::Operation::parse(&self.operation).ok_or_else(|| {
+            format!(
+                "run {} has an unknown operation `{}` in the journal",
+                self.id, self.operation
+            )
+        })
+    }
+
     /// A run still holds VMs, pins or an uncommitted failover.
     pub fn open(&self) -> bool {
         !matches!(self.status.as_str(), "cleaned-up" | "committed")
@@ -140,29 +150,37 @@ pub fn status_of(journal: &Journal, run: &str) -> Result<RunStatus, String> {
 }
 
 /// Refuses to act on a run another live process is driving.
-pub(crate) fn not_driven(status: &RunStatus, what: &str) -> Result<(), String> {
+pub(crate) fn not_driven(status: &RunStatus) -> Result<(), String> {
     match status.driver_pid {
         Some(pid) if pid != std::process::id() => Err(format!(
-            "run {} is in progress in process {pid}: {what} it there, or `lifeboat cancel {}` first",
+            "run {} is in progress in process {pid}: let it finish, or `lifeboat cancel {}` first",
             status.id, status.id
         )),
         _ => Ok(()),
     }
 }
 
+/// The VM processes a run started and did not stop, from its events.
+pub fn running_in(events: &[(i64, i64, Event)]) -> Vec<Handle> {
+    let mut up: Vec<Handle> = Vec::new();
+    for (_, _, e) in events {
+        match e {
+            Event::VmStarted { vm, pid, .. } => up.push(Handle {
+                vm: vm.clone(),
+                pid: *pid,
+            }),
+            Event::VmStopped { vm } => up.retain(|h| h.vm != *vm),
+            _ => {}
+        }
+    }
+    up
+}
+
 /// The VM processes runs started and did not stop, over every run in the journal.
 pub fn running_vms(journal: &Journal) -> Result<Vec<Handle>, String> {
     let mut out = Vec::new();
     for (id, ..) in journal.runs()? {
-        let mut up: Vec<Handle> = Vec::new();
-        for (_, _, e) in journal.events(&id)? {
-            match e {
-                Event::VmStarted { vm, pid, .. } => up.push(Handle { vm, pid }),
-                Event::VmStopped { vm } => up.retain(|h| h.vm != vm),
-                _ => {}
-            }
-        }
-        out.extend(up);
+        out.extend(running_in(&journal.events(&id)?));
     }
     Ok(out)
 }

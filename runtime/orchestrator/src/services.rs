@@ -17,7 +17,7 @@ use lifeboat_replication::{GroupSpec, Manifest, PointKind, Repository, Store, po
 use crate::compute::{Compute, Handle, Launch};
 use crate::health::{self, Probe};
 use crate::journal::{Event, Journal};
-use crate::network::{Assignment, Purpose};
+use crate::network::Assignment;
 use crate::template;
 
 /// Called with every event of a run once it is journaled (progress on a terminal): the run's
@@ -32,7 +32,6 @@ pub struct RunServices {
     pub base: PathBuf,
     /// This run's folder: restored disks and VM logs.
     pub run_dir: PathBuf,
-    pub purpose: Purpose,
     pub target_site: String,
     pub target: Store,
     /// Consistency groups (the unit of a point).
@@ -217,7 +216,7 @@ impl RunServices {
             .collect())
     }
 
-    fn probe(&self, vm: &str) -> Result<Option<(Probe, Duration)>, Error> {
+    fn probe(&self, vm: &str) -> Result<Option<Probe>, Error> {
         let Some(health) = &self.vm(vm)?.health else {
             return Ok(None);
         };
@@ -235,11 +234,7 @@ impl RunServices {
         } else {
             return Ok(None);
         };
-        let timeout = health
-            .timeout
-            .as_ref()
-            .map_or(Duration::from_secs(300), |t| t.value.0);
-        Ok(Some((probe, timeout)))
+        Ok(Some(probe))
     }
 
     /// The target repository, opened at or after `fresh_from_ms` (a point committed later than
@@ -261,17 +256,6 @@ impl RunServices {
         Ok(repo)
     }
 
-    /// The choice that applies to consistency group `group`.
-    fn choice_for<'a>(&'a self, group: &str, plan_choice: &'a str) -> &'a str {
-        match self.point_override.as_deref() {
-            Some(o) => match o.split_once('/') {
-                Some((g, _)) if g != group => plan_choice,
-                _ => o,
-            },
-            None => plan_choice,
-        }
-    }
-
     /// The point consistency group `group` boots from: chosen once per run (journaled, pinned),
     /// the same for all its VMs and for a resumed run.
     async fn choose(&self, group: &str, choice: &str) -> Result<Manifest, Error> {
@@ -286,7 +270,7 @@ impl RunServices {
         if let Some(seq) = chosen {
             return repo.point(group, seq).await.map_err(other);
         }
-        let choice = self.choice_for(group, choice);
+        let choice = choice_for(self.point_override.as_deref(), group, choice);
         let m = points::select(&repo, group, choice)
             .await
             .map_err(|e| Error::NotFound(e.to_string()))?;
@@ -343,8 +327,44 @@ impl RunServices {
         }
     }
 
+    /// Who approved `message` for a step attempt that never ended (its runtime died after the
+    /// approval and before the step finished), if anyone did.
+    fn granted_before(&self, message: &str) -> Result<Option<String>, Error> {
+        let events = self.journal_events()?;
+        let Some(asked) = events.iter().rposition(
+            |(_, e)| matches!(e, Event::ApprovalRequested { message: m } if m == message),
+        ) else {
+            return Ok(None);
+        };
+        let mut by = None;
+        for (_, e) in &events[asked..] {
+            match e {
+                Event::Approved { by: who } => by = Some(who.clone()),
+                Event::StepFinished { .. }
+                | Event::StepFailed { .. }
+                | Event::StepSkipped { .. } => {
+                    return Ok(None);
+                }
+                _ => {}
+            }
+        }
+        Ok(by)
+    }
+
     pub fn pin_reason(&self) -> String {
         format!("run-{}", self.run)
+    }
+}
+
+/// The point choice that applies to consistency group `group`: the command line's `--point`
+/// (a kind or a number for every group, `GROUP/N` for that group only), else the plan's.
+pub fn choice_for<'a>(over: Option<&'a str>, group: &str, plan_choice: &'a str) -> &'a str {
+    match over {
+        Some(o) => match o.split_once('/') {
+            Some((g, _)) if g != group => plan_choice,
+            _ => o,
+        },
+        None => plan_choice,
     }
 }
 
@@ -452,11 +472,10 @@ impl HostServices for RunServices {
             .await
             .map_err(|e| Error::NotFound(e.to_string()))?;
         let mut begun = self.prefetch.lock().ok().and_then(|mut p| p.remove(vm));
-        if let Some((seq, task)) = begun.take_if(|(seq, _)| *seq != m.seq) {
+        if let Some((_, task)) = begun.take_if(|(seq, _)| *seq != m.seq) {
             // Begun for another point: stop it before restoring over its folder.
             task.abort();
             let _ = task.await;
-            let _ = seq;
         }
         let disks: Vec<String> = match begun {
             Some((_, task)) => task
@@ -583,7 +602,7 @@ impl HostServices for RunServices {
         // Running means healthy: the VM's own probe passed.
         Ok(match self.probe(vm)? {
             None => compute::VmState::Running,
-            Some((probe, _)) => {
+            Some(probe) => {
                 let once =
                     tokio::time::timeout(Duration::from_secs(2), health::check(&probe, &self.base))
                         .await;
@@ -614,6 +633,10 @@ impl HostServices for RunServices {
     }
 
     async fn approve(&self, message: &str) -> Result<String, Error> {
+        // An approval given to an attempt the runtime died in stands: the person said yes.
+        if let Some(by) = self.granted_before(message)? {
+            return Ok(by);
+        }
         let asked = self.record(Event::ApprovalRequested {
             message: message.to_string(),
         })?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lifeboat_plan::{Inventory, Plan};
-use lifeboat_replication::Store;
+use lifeboat_replication::{GroupSpec, Store};
 
 use crate::compute::{Compute, Handle, Launch};
 use crate::runs::Environment;
@@ -20,13 +20,7 @@ pub async fn source_answering(env: &Environment, plan: &Plan) -> Option<(String,
             continue;
         };
         let Some(health) = &vm.health else { continue };
-        let value = |p: &str| -> Option<String> {
-            if let Some(d) = p.strip_prefix("disk.") {
-                return vm.disks.get(d).map(|s| s.value.clone());
-            }
-            let nic: usize = p.strip_prefix("nic")?.strip_suffix(".ip")?.parse().ok()?;
-            vm.nics.get(nic)?.ip.as_ref().map(|ip| ip.value.to_string())
-        };
+        let value = |p: &str| source_value(name, vm, p);
         let probe = match (&health.tcp, &health.http) {
             (Some(t), _) => crate::template::fill(&t.value, &value).ok().map(Probe::Tcp),
             (None, Some(h)) => crate::template::fill(&h.value, &value)
@@ -49,23 +43,27 @@ pub async fn source_answering(env: &Environment, plan: &Plan) -> Option<(String,
     None
 }
 
+/// A boot or health placeholder's value at VM `name`'s source site: its disks as the
+/// inventory writes them, its own addresses.
+fn source_value(name: &str, vm: &lifeboat_plan::inventory::Vm, p: &str) -> Option<String> {
+    if let Some(d) = p.strip_prefix("disk.") {
+        return vm.disks.get(d).map(|s| s.value.clone());
+    }
+    match p {
+        "vm.name" => return Some(name.to_string()),
+        "vm.site" => return Some(vm.site.value.clone()),
+        _ => {}
+    }
+    let nic: usize = p.strip_prefix("nic")?.strip_suffix(".ip")?.parse().ok()?;
+    vm.nics.get(nic)?.ip.as_ref().map(|ip| ip.value.to_string())
+}
+
 /// How VM `name` runs at its source site: its boot command filled with the inventory's own
 /// values (disk paths as written, source addresses), from the inventory's folder.
 pub fn source_launch(inventory: &Inventory, base: &Path, name: &str) -> Option<Launch> {
     let vm = inventory.vms.get(name)?;
     let boot = vm.boot.as_ref()?;
-    let value = |p: &str| -> Option<String> {
-        if let Some(d) = p.strip_prefix("disk.") {
-            return vm.disks.get(d).map(|s| s.value.clone());
-        }
-        match p {
-            "vm.name" => return Some(name.to_string()),
-            "vm.site" => return Some(vm.site.value.clone()),
-            _ => {}
-        }
-        let nic: usize = p.strip_prefix("nic")?.strip_suffix(".ip")?.parse().ok()?;
-        vm.nics.get(nic)?.ip.as_ref().map(|ip| ip.value.to_string())
-    };
+    let value = |p: &str| source_value(name, vm, p);
     let argv = boot
         .command
         .iter()
@@ -125,15 +123,18 @@ pub(crate) fn plan_vms(plan: &Plan) -> Vec<&str> {
         .collect()
 }
 
+/// The consistency groups that hold any of `vms`.
+pub(crate) fn groups_of<'a>(env: &'a Environment, vms: &[&str]) -> Vec<&'a GroupSpec> {
+    env.groups
+        .iter()
+        .filter(|g| g.vms.iter().any(|v| vms.contains(&v.name.as_str())))
+        .collect()
+}
+
 /// A planned failover's last replication cycle of every group of `plan`'s VMs (their VMs shut
 /// down), so the failover loses nothing.
 pub async fn last_cycle(env: &Environment, plan: &Plan) -> Result<(), String> {
-    let vms = plan_vms(plan);
-    for group in env
-        .groups
-        .iter()
-        .filter(|g| g.vms.iter().any(|v| vms.contains(&v.name.as_str())))
-    {
+    for group in groups_of(env, &plan_vms(plan)) {
         let site = env
             .inventory
             .sites

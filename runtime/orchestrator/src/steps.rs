@@ -48,16 +48,6 @@ pub fn wit_operation(op: Operation) -> wit::Operation {
     }
 }
 
-pub fn operation_name(op: Operation) -> &'static str {
-    match op {
-        Operation::Test => "test",
-        Operation::Planned => "planned",
-        Operation::Unplanned => "unplanned",
-        Operation::Failback => "failback",
-        Operation::Cleanup => "cleanup",
-    }
-}
-
 impl PluginRunner {
     pub fn new(
         engine: PluginEngine,
@@ -123,7 +113,7 @@ impl PluginRunner {
             "run.id" => return Some(self.services.run.clone()),
             "plan.name" => return Some(self.plan.clone()),
             "group.name" => return Some(step.group.clone()),
-            "operation" => return Some(operation_name(self.operation).to_string()),
+            "operation" => return Some(self.operation.name().to_string()),
             _ => {}
         }
         let rest = name.strip_prefix("vm.")?;
@@ -140,6 +130,18 @@ impl PluginRunner {
             .iter()
             .find(|a| a.vm == vm && a.nic == nic)
             .map(|a| a.ip.to_string())
+    }
+
+    /// The longest `health.timeout` among the VMs of `step`'s group, if any VM sets one.
+    fn health_timeout_ms(&self, step: &StepRun) -> Option<u64> {
+        let inventory = &self.services.inventory;
+        self.services
+            .plan_groups
+            .get(&step.group)?
+            .iter()
+            .filter_map(|vm| inventory.vms.get(vm)?.health.as_ref()?.timeout.as_ref())
+            .map(|t| t.value.0.as_millis() as u64)
+            .max()
     }
 
     fn fill(&self, step: &StepRun, text: &str) -> Result<String, String> {
@@ -180,8 +182,16 @@ impl PluginRunner {
             kv: list(&step.allow.kv)?,
             origin: format!("plan `{}`, step `{}`", self.plan, step.id),
         };
-        let config = self.fill_json(step, &step.config)?;
+        let mut config = self.fill_json(step, &step.config)?;
         let boot = step.phase == Phase::Boot;
+        // A boot waits as long as its slowest VM's own health timeout (the inventory's).
+        if boot
+            && let Some(with) = config.as_object_mut()
+            && !with.contains_key("health_timeout_ms")
+            && let Some(ms) = self.health_timeout_ms(step)
+        {
+            with.insert("health_timeout_ms".into(), ms.into());
+        }
         Ok(StepRequest {
             config: config.to_string(),
             context: StepContext {
@@ -253,8 +263,16 @@ impl StepRunner for PluginRunner {
     ) -> Result<serde_json::Value, String> {
         let plugin = self.plugin(step).await?;
         let request = self.request(step, attempt)?;
+        let before = self.kv.entries();
         let report = plugin.run(&request).await;
         self.journal_log(step, attempt, &report);
+        // What the step wrote must outlive this process before the step counts as finished.
+        let after = self.kv.entries();
+        if after != before {
+            self.services
+                .record(Event::Kv { entries: after })
+                .map_err(|e| lifeboat_plugin_host::plugin_error_text(&e))?;
+        }
         match report.outcome {
             StepOutcome::Ok { outputs } => {
                 Ok(serde_json::from_str(&outputs).unwrap_or(serde_json::Value::String(outputs)))

@@ -182,6 +182,17 @@ impl Operation {
     pub const NAMES: &'static [&'static str] =
         &["test", "planned", "unplanned", "failback", "cleanup"];
 
+    /// The name plans and the command line use: `test`, `planned`, …
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Test => "test",
+            Operation::Planned => "planned",
+            Operation::Unplanned => "unplanned",
+            Operation::Failback => "failback",
+            Operation::Cleanup => "cleanup",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "test" => Operation::Test,

@@ -30,7 +30,7 @@ pub mod wit {
 
 pub use engine::{EngineOptions, PluginEngine};
 pub use grants::Grants;
-pub use outcome::{LoadError, LogLine, StepOutcome, StepReport};
+pub use outcome::{LoadError, LogLine, StepOutcome, StepReport, plugin_error_text};
 pub use plugin::{Plugin, StepLimits, StepRequest};
 pub use services::{HostServices, NoServices, RunKv};
 

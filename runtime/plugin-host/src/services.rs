@@ -72,6 +72,19 @@ impl RunKv {
         self.0.lock().ok()?.get(key).cloned()
     }
 
+    /// A store holding `entries` (a run's kv, as journaled, when the run resumes).
+    pub fn with_entries(entries: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self(Arc::new(Mutex::new(entries.into_iter().collect())))
+    }
+
+    /// Every key and value, in key order.
+    pub fn entries(&self) -> std::collections::BTreeMap<String, String> {
+        self.0
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
     pub fn set(&self, key: String, value: String) {
         if let Ok(mut map) = self.0.lock() {
             map.insert(key, value);
