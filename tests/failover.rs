@@ -550,6 +550,13 @@ fn a_planned_failover_stops_the_source_and_loses_no_record() {
     let approved = approver.join().unwrap();
     assert!(approved.status.success(), "{approved:?}");
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for vm in ["db-1", "app-1"] {
+        assert!(
+            out.stderr.contains(&format!("{vm}: source VM stopped")),
+            "{}",
+            out.stderr
+        );
+    }
     let mut last = HashMap::new();
     for h in &pids {
         assert!(

@@ -309,30 +309,19 @@ pub fn failover(
         return exit_codes::INVALID;
     };
     let env = &loaded.env;
+    // The source site first: a planned failover stops it and replicates once more; either
+    // kind refuses a source that still answers (see `source::prepare`).
+    let prepared = runtime().and_then(|rt| rt.block_on(source::prepare(env, plan, op, force)));
+    match prepared {
+        Ok(stopped) if !json => {
+            for h in stopped {
+                let _ = writeln!(io.stderr, "  {}: source VM stopped (pid {})", h.vm, h.pid);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => return failed(io, &e),
+    }
     let result = with_progress(io, json, async |observe, controls| {
-        if op == Operation::Planned {
-            // Shut the source VMs down first: the last cycle must hold their every write.
-            for h in source::stop_source_vms(env, plan, std::time::Duration::from_secs(30)).await? {
-                observe("-", &Event::VmStopped { vm: format!("{} (source, pid {})", h.vm, h.pid) });
-            }
-        }
-        let alive = source::source_answering(env, plan).await;
-        match (op, alive) {
-            (Operation::Planned, Some((vm, probe))) => {
-                return Err(format!(
-                    "source VM `{vm}` is still running ({probe} answers): shut it down first, so the last cycle holds its every write"
-                ));
-            }
-            (Operation::Unplanned, Some((vm, probe))) if !force => {
-                return Err(format!(
-                    "source VM `{vm}` still answers ({probe}): an unplanned failover now would run two copies of it; shut it down, fail over with --planned, or pass --force if the source is cut off from its users"
-                ));
-            }
-            _ => {}
-        }
-        if op == Operation::Planned {
-            source::last_cycle(env, plan).await?;
-        }
         operations::failover(env, plan, path, op, point, observe, controls).await
     })
     .and_then(|r| r);

@@ -5,11 +5,50 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lifeboat_plan::plan::Operation;
 use lifeboat_plan::{Inventory, Plan};
 use lifeboat_replication::{GroupSpec, Store};
 
 use crate::compute::{Compute, Handle, Launch};
 use crate::runs::Environment;
+
+/// Gets the source site ready for a failover of `plan`. `planned`: stop the source VMs Lifeboat
+/// recognises, refuse if any VM still answers its health probe at its source address (a VM
+/// started some other way would go on writing after the last cycle), then run the last cycle.
+/// `unplanned`: refuse a source that still answers (two copies of a VM would run) unless
+/// `force`. A drill leaves the source alone. Returns the VMs it stopped.
+pub async fn prepare(
+    env: &Environment,
+    plan: &Plan,
+    op: Operation,
+    force: bool,
+) -> Result<Vec<Handle>, String> {
+    let stopped = match op {
+        Operation::Planned => stop_source_vms(env, plan, STOP_GRACE).await?,
+        _ => Vec::new(),
+    };
+    if matches!(op, Operation::Planned | Operation::Unplanned)
+        && let Some((vm, probe)) = source_answering(env, plan).await
+    {
+        if op == Operation::Planned {
+            return Err(format!(
+                "source VM `{vm}` is still running ({probe} answers): shut it down first, so the last cycle holds its every write"
+            ));
+        }
+        if !force {
+            return Err(format!(
+                "source VM `{vm}` still answers ({probe}): an unplanned failover now would run two copies of it; shut it down, fail over with --planned, or pass --force if the source is cut off from its users"
+            ));
+        }
+    }
+    if op == Operation::Planned {
+        last_cycle(env, plan).await?;
+    }
+    Ok(stopped)
+}
+
+/// How long a source VM may take to shut down before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// The first of `plan`'s VMs whose health probe still answers at its source address, with the
 /// probe: a source that is up.
