@@ -263,6 +263,17 @@ fn wait_for(mut ok: impl FnMut() -> bool, what: &str) {
     }
 }
 
+/// `lifeboat failover p --test` in a process of its own (so a test can kill it), its stderr
+/// piped.
+fn spawn_drill(s: &Sites) -> std::process::Child {
+    Command::new(HELPER)
+        .args(["cli", "--config", &s.config(), "failover", "p", "--test"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits until run `run`'s journal holds an event `pred` accepts.
 fn wait_for_event(journal: &Path, run: &str, what: &str, pred: impl Fn(&Event) -> bool) {
     wait_for(
@@ -606,12 +617,7 @@ fn an_orchestrator_killed_mid_run_resumes_without_booting_a_vm_twice() {
     s.start_source();
     s.replicate();
     // Kill -9 the failover as soon as db-1's process is up (inside the boot step).
-    let mut child = Command::new(HELPER)
-        .args(["cli", "--config", &s.config(), "failover", "p", "--test"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_drill(&s);
     let journal = s.journal();
     wait_for_event(&journal, "p-1", "db-1 started", |e| {
         matches!(e, Event::VmStarted { .. })
@@ -647,12 +653,7 @@ fn the_demo_passes_every_check() {
 
 /// Starts a drill of `s` in another process and waits until its long wait step runs.
 fn drill_until_waiting(s: &Sites, run: &str) -> std::process::Child {
-    let child = Command::new(HELPER)
-        .args(["cli", "--config", &s.config(), "failover", "p", "--test"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_drill(s);
     let journal = s.journal();
     wait_for_event(
         &journal,
@@ -780,12 +781,7 @@ fn an_unplanned_failover_refuses_a_live_source_and_a_vm_that_dies_fails_the_boot
 
 /// Kills `lifeboat failover` with SIGKILL as soon as its run has `n` journal events.
 fn kill_after_event(s: &Sites, run: &str, n: usize) -> bool {
-    let mut child = Command::new(HELPER)
-        .args(["cli", "--config", &s.config(), "failover", "p", "--test"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_drill(s);
     let journal = s.journal();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -967,12 +963,7 @@ fn an_approval_given_while_the_orchestrator_was_down_stands_when_it_resumes() {
     );
     s.start_source();
     s.replicate();
-    let mut child = Command::new(HELPER)
-        .args(["cli", "--config", &s.config(), "failover", "p", "--test"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_drill(&s);
     let journal = s.journal();
     wait_for_event(&journal, "p-1", "the approval request", |e| {
         matches!(e, Event::ApprovalRequested { .. })

@@ -18,30 +18,34 @@ use std::time::{Duration, Instant};
 const VMS: usize = 100;
 const GROUPS: usize = 10;
 
+#[path = "../support.rs"]
+#[allow(dead_code)]
+mod support;
+
+/// `lifeboat --config CONFIG ARGS…`, in this process: the exit code and everything it printed.
 fn lifeboat(config: &Path, args: &[&str]) -> (u8, String) {
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let mut io = lifeboat::Io {
-        stdout: &mut stdout,
-        stderr: &mut stderr,
-        stderr_is_terminal: false,
-        stdout_is_color_terminal: false,
-    };
     let config = config.display().to_string();
-    let code = lifeboat::run(
-        ["lifeboat", "--config", config.as_str()]
-            .into_iter()
-            .chain(args.iter().copied()),
-        &mut io,
+    let mut full = vec!["--config", config.as_str()];
+    full.extend_from_slice(args);
+    let out = support::lifeboat(&full);
+    (out.code, format!("{}{}", out.stdout, out.stderr))
+}
+
+/// One drill of plan `bench` as run `bench-N`, then its cleanup: the wall time of the
+/// `failover` command and the run's RTO.
+fn drill(config: &Path, run: usize) -> (f64, f64) {
+    let started = Instant::now();
+    let (code, out) = lifeboat(config, &["failover", "bench", "--test"]);
+    let wall = started.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "{out}");
+    let (_, rec) = lifeboat(
+        config,
+        &["--output", "json", "runs", "show", &format!("bench-{run}")],
     );
-    (
-        code,
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&stdout),
-            String::from_utf8_lossy(&stderr)
-        ),
-    )
+    let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
+    let (code, out) = lifeboat(config, &["cleanup", "bench"]);
+    assert_eq!(code, 0, "{out}");
+    (wall, rec["rto_seconds"].as_f64().unwrap())
 }
 
 fn ip(net: u8, i: usize) -> String {
@@ -149,18 +153,9 @@ fn main() {
     let mut rto = Vec::new();
     let mut spawn = Vec::new();
     for run in 1..=runs {
-        let started = Instant::now();
-        let (code, out) = lifeboat(&config, &["failover", "bench", "--test"]);
-        total.push(started.elapsed().as_secs_f64());
-        assert_eq!(code, 0, "{out}");
-        let (_, rec) = lifeboat(
-            &config,
-            &["--output", "json", "runs", "show", &format!("bench-{run}")],
-        );
-        let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
-        rto.push(rec["rto_seconds"].as_f64().unwrap());
-        let (code, out) = lifeboat(&config, &["cleanup", "bench"]);
-        assert_eq!(code, 0, "{out}");
+        let (wall, run_rto) = drill(&config, run);
+        total.push(wall);
+        rto.push(run_rto);
 
         // Baseline: the same 100 processes, started and stopped directly.
         let started = Instant::now();
@@ -206,16 +201,7 @@ fn restore_heavy(runs: usize) -> (f64, f64) {
     let mut rto = Vec::new();
     let mut cp = Vec::new();
     for run in 1..=runs {
-        let (code, out) = lifeboat(&config, &["failover", "bench", "--test"]);
-        assert_eq!(code, 0, "{out}");
-        let (_, rec) = lifeboat(
-            &config,
-            &["--output", "json", "runs", "show", &format!("bench-{run}")],
-        );
-        let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
-        rto.push(rec["rto_seconds"].as_f64().unwrap());
-        let (code, out) = lifeboat(&config, &["cleanup", "bench"]);
-        assert_eq!(code, 0, "{out}");
+        rto.push(drill(&config, run).1);
         // Restore syncs each image it writes: so does the baseline.
         let copies = dir.path().join("copies");
         std::fs::create_dir_all(&copies).unwrap();
