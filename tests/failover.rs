@@ -1048,3 +1048,30 @@ fn what_a_step_writes_to_the_run_kv_is_journaled_before_the_step_counts_as_finis
     assert!(kv < finished, "{events:#?}");
     assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
 }
+
+#[test]
+fn the_run_commands_say_what_is_wrong_with_bad_input() {
+    let s = Sites::new(115, "[]", "[]");
+    for (args, code, says) in [
+        (&["failover", "nosuch", "--test"][..], 3, "no plan file"),
+        (&["runs", "show", "nope"][..], 4, "no run `nope`"),
+        (&["approve", "nope"][..], 4, "no run `nope`"),
+        (&["retry", "nope"][..], 4, "no run `nope`"),
+        (&["skip", "nope"][..], 4, "no run `nope`"),
+        (&["cancel", "nope"][..], 4, "no run `nope`"),
+        (&["cleanup", "p"][..], 4, "has no open run to clean up"),
+        (&["commit", "p"][..], 4, "has no failover to commit"),
+        (&["failover", "p"][..], 2, "--test"),
+        (
+            &["failover", "p", "--test", "--force"][..],
+            2,
+            "--unplanned",
+        ),
+        // Carried by the binary for `lifeboat demo`: a bad argument is an error, not an exit.
+        (&["demo-vm", "--bogus"][..], 2, ""),
+    ] {
+        let out = s.lifeboat(args);
+        assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    }
+}

@@ -125,7 +125,7 @@ enum Command {
         #[arg(long)]
         point: Option<String>,
         /// With --unplanned: go ahead although a source VM still answers its health probe.
-        #[arg(long, requires = "unplanned")]
+        #[arg(long, conflicts_with_all = ["test", "planned"])]
         force: bool,
     },
     /// Undo a drill (or a failover not yet committed): undo every step, stop its VMs, delete

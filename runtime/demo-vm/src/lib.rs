@@ -51,7 +51,14 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let args = Args::parse_from(args);
+    // Not `parse_from`: a library (the `lifeboat` binary carries this) must not exit the process.
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
     match run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -140,12 +140,9 @@ async fn preflight_points(
     point: Option<&str>,
 ) -> Result<(), String> {
     let target = env.site_store(&plan.target.value)?;
-    let repo = Repository::open(&target).await.map_err(|e| {
-        format!(
-            "target site `{}` has no repository yet ({e}): run `lifeboat replicate` first",
-            plan.target.value
-        )
-    })?;
+    let repo = Repository::open(&target)
+        .await
+        .map_err(|e| format!("cannot fail over: {e}: run `lifeboat replicate` first"))?;
     let default = crate::compile::point_choice(plan);
     for group in groups_of(env, vms) {
         let choice = crate::services::choice_for(point, &group.name, default);
