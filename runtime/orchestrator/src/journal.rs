@@ -223,12 +223,19 @@ impl Journal {
 
     /// Every event of a run, in order, with its instant.
     pub fn events(&self, run: &str) -> Result<Vec<(i64, i64, Event)>, String> {
+        self.events_after(run, 0)
+    }
+
+    /// The events of a run after sequence number `seq` (what pollers have not seen yet).
+    pub fn events_after(&self, run: &str, seq: i64) -> Result<Vec<(i64, i64, Event)>, String> {
         let mut stmt = self
             .db
-            .prepare("SELECT seq, at_unix_ms, event FROM events WHERE run = ?1 ORDER BY seq")
+            .prepare(
+                "SELECT seq, at_unix_ms, event FROM events WHERE run = ?1 AND seq > ?2 ORDER BY seq",
+            )
             .map_err(|e| e.to_string())?;
         let rows = stmt
-            .query_map([run], |r| {
+            .query_map(params![run, seq], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
@@ -244,6 +251,17 @@ impl Journal {
             out.push((seq, at, event));
         }
         Ok(out)
+    }
+
+    /// The sequence number of a run's newest event (0 for none).
+    pub fn last_seq(&self, run: &str) -> Result<i64, String> {
+        self.db
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run = ?1",
+                [run],
+                |r| r.get(0),
+            )
+            .map_err(|e| e.to_string())
     }
 
     /// Whether a run id is taken.

@@ -90,6 +90,8 @@ pub async fn execute(
             state.operation, state.plan, plan.plan
         ));
     }
+    // Where the watch for a cancel from another process starts reading.
+    let mut seen = journal.last_seq(id)?;
     let append = |journal: &mut Journal, event: Event| -> Result<(), String> {
         let seq = journal.append(id, &event)?;
         observe(&event, seq);
@@ -133,7 +135,7 @@ pub async fn execute(
                             r = &mut work => break Ok(r),
                             Some(Control::Cancel(reason)) = recv(&mut controls) => break Err((reason, true)),
                             _ = watch.tick() => {
-                                if cancelled_elsewhere(journal, id) {
+                                if cancelled_elsewhere(journal, id, &mut seen) {
                                     break Err(("cancelled with `lifeboat cancel`".to_string(), false));
                                 }
                             }
@@ -231,11 +233,16 @@ async fn recv(controls: &mut Controls) -> Option<Control> {
     }
 }
 
-/// Whether another process ended the run (`lifeboat cancel`) while it ran here.
-fn cancelled_elsewhere(journal: &Journal, id: &str) -> bool {
-    journal
-        .replay(id)
-        .ok()
-        .flatten()
-        .is_some_and(|r| r.status.as_deref() == Some("cancelled"))
+/// Whether another process ended the run (`lifeboat cancel`) since event `seen` (advanced to
+/// the newest event looked at: the journal is read only where it grew).
+fn cancelled_elsewhere(journal: &Journal, id: &str, seen: &mut i64) -> bool {
+    let Ok(new) = journal.events_after(id, *seen) else {
+        return false;
+    };
+    let mut cancelled = false;
+    for (seq, _, e) in new {
+        *seen = seq;
+        cancelled |= matches!(e, Event::RunFinished { status } if status == "cancelled");
+    }
+    cancelled
 }

@@ -637,19 +637,21 @@ impl HostServices for RunServices {
         if let Some(by) = self.granted_before(message)? {
             return Ok(by);
         }
-        let asked = self.record(Event::ApprovalRequested {
+        let mut seen = self.record(Event::ApprovalRequested {
             message: message.to_string(),
         })?;
         loop {
-            let answer = self
-                .journal_events()?
-                .into_iter()
-                .find_map(|(seq, e)| match e {
-                    Event::Approved { by } if seq > asked => Some(by),
-                    _ => None,
-                });
-            if let Some(by) = answer {
-                return Ok(by);
+            let new = self
+                .journal
+                .lock()
+                .map_err(|_| other("the journal lock is poisoned"))?
+                .events_after(&self.run, seen)
+                .map_err(other)?;
+            for (seq, _, e) in new {
+                seen = seq;
+                if let Event::Approved { by } = e {
+                    return Ok(by);
+                }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
