@@ -49,9 +49,9 @@ pub trait Compute: Send + Sync {
     /// The running VM started under `key`, if there is one (a start whose runtime died before it
     /// could journal the VM).
     async fn find(&self, vm: &str, key: &str) -> Option<Handle>;
-    /// The running VM `launch` describes, started by anyone (the source site's VMs, which no run
-    /// started): what a planned failover stops and a replication cut holds still.
-    async fn locate(&self, launch: &Launch) -> Option<Handle>;
+    /// The running VMs `launches` describe, started by anyone (the source site's VMs, which no
+    /// run started): what a planned failover stops and a replication cut holds still.
+    async fn locate(&self, launches: &[Launch]) -> Vec<Handle>;
 }
 
 /// The embedded driver: VMs are local processes.
@@ -193,38 +193,55 @@ impl Compute for ProcessDriver {
         None
     }
 
-    async fn locate(&self, launch: &Launch) -> Option<Handle> {
-        let (program, args) = launch.argv.split_first()?;
-        let program_name = std::path::Path::new(program).file_name()?;
-        let dir = std::fs::canonicalize(&launch.dir).ok()?;
+    async fn locate(&self, launches: &[Launch]) -> Vec<Handle> {
+        // One walk over the processes for all of them: a process matches a launch with the same
+        // program (by name: it may have been started by a full path), the same arguments, run
+        // from the same folder (relative disk paths mean the same files).
+        let wanted: Vec<(&Launch, &std::ffi::OsStr, PathBuf)> = launches
+            .iter()
+            .filter_map(|l| {
+                let name = std::path::Path::new(l.argv.first()?).file_name()?;
+                Some((l, name, std::fs::canonicalize(&l.dir).ok()?))
+            })
+            .collect();
         let own = std::process::id();
+        let mut found = Vec::new();
         for (pid, proc_dir) in processes() {
+            if found.len() == wanted.len() {
+                break;
+            }
+            if pid == own {
+                continue;
+            }
             let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
                 continue;
             };
-            let mut argv = cmdline
+            let argv: Vec<String> = cmdline
                 .split(|b| *b == 0)
                 .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned());
-            // The same program (by name: it may have been started by a full path), the same
-            // arguments, run from the same folder (relative disk paths mean the same files).
-            let same_program = argv
-                .next()
-                .is_some_and(|p| std::path::Path::new(&p).file_name() == Some(program_name));
-            if pid == own
-                || !same_program
-                || !argv.eq(args.iter().cloned())
-                || std::fs::read_link(proc_dir.join("cwd")).ok().as_deref() != Some(&*dir)
-                || !process_alive(pid)
-            {
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let Some((program, args)) = argv.split_first() else {
                 continue;
+            };
+            let program = std::path::Path::new(program).file_name();
+            let Some((launch, _, dir)) = wanted
+                .iter()
+                .find(|(l, name, _)| program == Some(*name) && l.argv.get(1..) == Some(args))
+            else {
+                continue;
+            };
+            if std::fs::read_link(proc_dir.join("cwd")).ok().as_ref() == Some(dir)
+                && process_alive(pid)
+                && !found.iter().any(|h: &Handle| h.vm == launch.vm)
+            {
+                found.push(Handle {
+                    vm: launch.vm.clone(),
+                    pid,
+                });
             }
-            return Some(Handle {
-                vm: launch.vm.clone(),
-                pid,
-            });
         }
-        None
+        found
     }
 }
 

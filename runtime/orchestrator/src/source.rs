@@ -124,15 +124,11 @@ pub async fn locate_source_vms(
     driver: &dyn Compute,
     vms: &[&str],
 ) -> Vec<Handle> {
-    let mut out = Vec::new();
-    for name in vms {
-        if let Some(launch) = source_launch(inventory, base, name)
-            && let Some(h) = driver.locate(&launch).await
-        {
-            out.push(h);
-        }
-    }
-    out
+    let launches: Vec<Launch> = vms
+        .iter()
+        .filter_map(|name| source_launch(inventory, base, name))
+        .collect();
+    driver.locate(&launches).await
 }
 
 /// A planned failover's first move: stop the plan's source VMs (those running as their boot
