@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lifeboat_orchestrator::compute::{Compute, Handle, Launch, ProcessDriver};
 use lifeboat_orchestrator::health::{Probe, wait_healthy};
-use lifeboat_orchestrator::journal::Event;
 
 use crate::exit_codes;
 
@@ -467,8 +466,8 @@ fn scenario(
     );
 
     // 4. Unplanned failover to the latest point; an operator approves the app tier.
-    let journal = demo.dir.join(".lifeboat/state/runs.db");
-    let approver = std::thread::spawn(move || approve_when_asked(&journal, "shop-2"));
+    let config = demo.config.clone();
+    let approver = std::thread::spawn(move || approve_when_asked(&config, "shop-2"));
     let code = demo.lifeboat(&["failover", "shop", "--unplanned", "--point", "latest"]);
     let approved = approver.join().unwrap_or(false);
     demo.check(
@@ -550,26 +549,29 @@ fn rustix_kill(pid: u32) -> Result<(), String> {
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).map_err(|e| e.to_string())
 }
 
-/// The operator: waits for run `run` to ask, then approves it (as `lifeboat approve` does).
-fn approve_when_asked(journal: &Path, run: &str) -> bool {
+/// The operator: runs `lifeboat approve RUN` until the run waits for an approval and takes it.
+fn approve_when_asked(config: &Path, run: &str) -> bool {
+    let config = config.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        if let Ok(mut j) = lifeboat_orchestrator::journal::Journal::open(journal)
-            && let Ok(events) = j.events(run)
-        {
-            let asked = events
-                .iter()
-                .any(|(_, _, e)| matches!(e, Event::ApprovalRequested { .. }));
-            if asked {
-                return j
-                    .append(
-                        run,
-                        &Event::Approved {
-                            by: "demo operator".into(),
-                        },
-                    )
-                    .is_ok();
-            }
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut io = crate::Io {
+            stdout: &mut out,
+            stderr: &mut err,
+            stderr_is_terminal: false,
+            stdout_is_color_terminal: false,
+        };
+        let args = [
+            "lifeboat",
+            "--config",
+            &config,
+            "approve",
+            run,
+            "--by",
+            "demo operator",
+        ];
+        if crate::run(args, &mut io) == exit_codes::OK {
+            return true;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
