@@ -262,17 +262,16 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
     let progress = io.stderr_is_terminal && !json;
     let config = cli.config.clone();
     let state = cli.state.clone();
+    let context = |io: &mut Io<'_>| replication::load(&config, json, progress, io);
     let orchestrate = |plan: Option<&str>, io: &mut Io<'_>| {
         let path = plan.map(|p| orchestration::plan_path(&config, p));
         orchestration::load(&config, state.as_deref(), path.as_deref(), json, io)
     };
     match cli.command {
-        Command::DemoVm { args } => {
-            return Ok(lifeboat_demo_vm::run_from(
-                std::iter::once("demo-vm".to_string()).chain(args),
-            ));
-        }
-        Command::Demo { keep } => return Ok(demo::run(keep, io)),
+        Command::DemoVm { args } => Ok(lifeboat_demo_vm::run_from(
+            std::iter::once("demo-vm".to_string()).chain(args),
+        )),
+        Command::Demo { keep } => Ok(demo::run(keep, io)),
         Command::Failover {
             plan,
             test,
@@ -290,76 +289,51 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             };
             // A planned failover boots what the last cycle captured.
             let point = point.or_else(|| planned.then(|| "latest".to_string()));
-            return Ok(match orchestrate(Some(&plan), io) {
+            Ok(match orchestrate(Some(&plan), io) {
                 Ok(l) => orchestration::failover(&l, op, point, force, json, io),
                 Err(code) => code,
-            });
+            })
         }
-        Command::Cleanup { plan } => {
-            return Ok(match orchestrate(Some(&plan), io) {
-                Ok(l) => orchestration::cleanup(&l, json, io),
-                Err(code) => code,
-            });
-        }
-        Command::Commit { plan } => {
-            return Ok(match orchestrate(Some(&plan), io) {
-                Ok(l) => orchestration::commit(&l, json, io),
-                Err(code) => code,
-            });
-        }
-        Command::Approve { run, by } => {
-            return Ok(match orchestrate(None, io) {
-                Ok(l) => orchestration::approve(&l, &run, by, io),
-                Err(code) => code,
-            });
-        }
-        Command::Retry { run } => {
-            return Ok(orchestration::retry(
-                &config,
-                state.as_deref(),
-                &run,
-                false,
-                json,
-                io,
-            ));
-        }
-        Command::Skip { run } => {
-            return Ok(orchestration::retry(
-                &config,
-                state.as_deref(),
-                &run,
-                true,
-                json,
-                io,
-            ));
-        }
-        Command::Cancel { run } => {
-            return Ok(match orchestrate(None, io) {
-                Ok(l) => orchestration::cancel(&l, &run, io),
-                Err(code) => code,
-            });
-        }
-        Command::Runs(RunsCommand::List) => {
-            return Ok(match orchestrate(None, io) {
-                Ok(l) => orchestration::runs_list(&l, json, io),
-                Err(code) => code,
-            });
-        }
-        Command::Runs(RunsCommand::Show { run }) => {
-            return Ok(match orchestrate(None, io) {
-                Ok(l) => orchestration::runs_show(&l, &run, json, io),
-                Err(code) => code,
-            });
-        }
-        Command::Replicate { .. }
-        | Command::Points(_)
-        | Command::Restore { .. }
-        | Command::Verify { .. }
-        | Command::Gc { .. }
-        | Command::Plan(_) => {}
-    }
-    let mut context = || replication::load(&cli.config, json, progress, io);
-    match cli.command {
+        Command::Cleanup { plan } => Ok(match orchestrate(Some(&plan), io) {
+            Ok(l) => orchestration::cleanup(&l, json, io),
+            Err(code) => code,
+        }),
+        Command::Commit { plan } => Ok(match orchestrate(Some(&plan), io) {
+            Ok(l) => orchestration::commit(&l, json, io),
+            Err(code) => code,
+        }),
+        Command::Approve { run, by } => Ok(match orchestrate(None, io) {
+            Ok(l) => orchestration::approve(&l, &run, by, io),
+            Err(code) => code,
+        }),
+        Command::Retry { run } => Ok(orchestration::retry(
+            &config,
+            state.as_deref(),
+            &run,
+            false,
+            json,
+            io,
+        )),
+        Command::Skip { run } => Ok(orchestration::retry(
+            &config,
+            state.as_deref(),
+            &run,
+            true,
+            json,
+            io,
+        )),
+        Command::Cancel { run } => Ok(match orchestrate(None, io) {
+            Ok(l) => orchestration::cancel(&l, &run, io),
+            Err(code) => code,
+        }),
+        Command::Runs(RunsCommand::List) => Ok(match orchestrate(None, io) {
+            Ok(l) => orchestration::runs_list(&l, json, io),
+            Err(code) => code,
+        }),
+        Command::Runs(RunsCommand::Show { run }) => Ok(match orchestrate(None, io) {
+            Ok(l) => orchestration::runs_show(&l, &run, json, io),
+            Err(code) => code,
+        }),
         Command::Replicate { vms, app, crash } => {
             let mode = if app {
                 lifeboat_replication::AppMode::Force
@@ -368,24 +342,24 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             } else {
                 lifeboat_replication::AppMode::Auto
             };
-            Ok(match context() {
+            Ok(match context(io) {
                 Ok(ctx) => replication::replicate(&ctx, &vms, mode, io),
                 Err(code) => code,
             })
         }
-        Command::Points(PointsCommand::List { vm }) => Ok(match context() {
+        Command::Points(PointsCommand::List { vm }) => Ok(match context(io) {
             Ok(ctx) => replication::points_list(&ctx, &vm, io),
             Err(code) => code,
         }),
-        Command::Restore { vm, point, out } => Ok(match context() {
+        Command::Restore { vm, point, out } => Ok(match context(io) {
             Ok(ctx) => replication::restore(&ctx, &vm, &point, &out, io),
             Err(code) => code,
         }),
-        Command::Verify { full } => Ok(match context() {
+        Command::Verify { full } => Ok(match context(io) {
             Ok(ctx) => replication::verify(&ctx, full, io),
             Err(code) => code,
         }),
-        Command::Gc { grace } => Ok(match context() {
+        Command::Gc { grace } => Ok(match context(io) {
             Ok(ctx) => replication::gc(&ctx, grace, io),
             Err(code) => code,
         }),
@@ -413,16 +387,6 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
                 exit_codes::INVALID
             })
         }
-        Command::Failover { .. }
-        | Command::Cleanup { .. }
-        | Command::Commit { .. }
-        | Command::Approve { .. }
-        | Command::Retry { .. }
-        | Command::Skip { .. }
-        | Command::Cancel { .. }
-        | Command::Runs(_)
-        | Command::Demo { .. }
-        | Command::DemoVm { .. } => Ok(exit_codes::INTERNAL),
         Command::Plan(PlanCommand::Schema { inventory }) => {
             let schema = if inventory {
                 lifeboat_plan::schema::inventory_schema()
