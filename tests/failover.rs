@@ -198,15 +198,15 @@ post = {app_post}
         let east = lifeboat_replication::Store::open_cache("east", self.path()).unwrap();
         let west = lifeboat_replication::Store::open("west", self.path()).unwrap();
         for g in &groups {
-            let cut = PauseVms {
-                driver: self.driver.clone(),
-                vms: self
-                    .source
+            let cut = PauseVms::new(
+                self.driver.clone(),
+                self.source
                     .iter()
                     .filter(|h| g.vms.iter().any(|v| v.name == h.vm))
                     .cloned()
                     .collect(),
-            };
+                Duration::from_secs(10),
+            );
             let opts = lifeboat_replication::CycleOptions {
                 cut: Some(Arc::new(cut)),
                 ..Default::default()
@@ -427,7 +427,7 @@ fn a_drill_boots_groups_in_order_honours_on_filters_and_cleans_up() {
     assert_eq!(show.code, 0, "{}", show.stderr);
     for line in [
         "run p-1: test of plan p — cleaned-up",
-        "database/boot — undone",
+        "database/boot (boot database) — undone",
         "| info: db-1: started from point db-1/1",
         "| info: db-1: healthy",
         "group database: healthy",
@@ -531,6 +531,7 @@ fn a_planned_failover_stops_the_source_and_loses_no_record() {
     // Source VMs Lifeboat cannot recognise (not started as their boot command says) that still
     // answer: refused, their last writes would be lost.
     s.start_source_as(false);
+    s.replicate();
     let out = s.lifeboat(&["failover", "p", "--planned"]);
     assert_eq!(out.code, 4, "{}", out.stderr);
     assert!(out.stderr.contains("still running"), "{}", out.stderr);
@@ -879,7 +880,7 @@ fn killed_at_each_journal_point_a_real_run_resumes_and_does_nothing_twice() {
 }
 
 #[test]
-fn a_qemu_target_site_is_refused_not_run_as_processes() {
+fn a_qemu_target_site_is_refused_by_validation_before_any_run() {
     let s = Sites::new(110, "[]", "[]");
     let inv = std::fs::read_to_string(s.path().join("lifeboat.toml")).unwrap();
     let inv = inv.replacen(
@@ -888,8 +889,20 @@ fn a_qemu_target_site_is_refused_not_run_as_processes() {
         1,
     );
     std::fs::write(s.path().join("lifeboat.toml"), inv).unwrap();
+    // `plan validate` knows it (it passed such plans that failover then refused)...
+    let out = s.lifeboat(&["plan", "validate"]);
+    assert_eq!(out.code, 3, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("error[unsupported-compute]")
+            && out
+                .stdout
+                .contains("site `west` uses the `qemu` compute driver"),
+        "{}",
+        out.stdout
+    );
+    // ...and a failover is refused by the same check.
     let out = s.lifeboat(&["failover", "p", "--test"]);
-    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert_eq!(out.code, 3, "{}", out.stderr);
     assert!(
         out.stderr
             .contains("site `west` uses the `qemu` compute driver"),
@@ -1074,4 +1087,283 @@ fn the_run_commands_say_what_is_wrong_with_bad_input() {
         assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
         assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
     }
+}
+
+/// Whether process `pid` is stopped (SIGSTOP), from `/proc/PID/stat`.
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st == "T"))
+        })
+        .unwrap_or(false)
+}
+
+/// Regression: a planned failover stopped the source VMs before the checks that refuse it. With
+/// a drill still open it is refused, and every source VM still runs and answers.
+#[test]
+fn a_planned_failover_refused_by_an_open_run_leaves_the_source_running() {
+    let mut s = Sites::new(116, "[]", "[]");
+    s.start_source();
+    s.replicate();
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let out = s.lifeboat(&["failover", "p", "--planned"]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("open run: p-1"), "{}", out.stderr);
+    assert!(!out.stderr.contains("source VM stopped"), "{}", out.stderr);
+    for h in &s.source {
+        assert!(s.rt.block_on(s.driver.running(h)), "{} was stopped", h.vm);
+        assert!(!stopped(h.pid), "{} was left paused", h.vm);
+        let addr = s.source_addr(&h.vm);
+        assert!(get(&addr, "/health").is_some(), "{} does not answer", h.vm);
+    }
+    // Nothing was recorded for the refused failover.
+    let runs = s.lifeboat(&["--output", "json", "runs", "list"]);
+    let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+}
+
+/// Regression: VMs paused for a cut stayed paused when `lifeboat replicate` was killed during
+/// the scan. The guardian resumes them as soon as the command's process is gone.
+#[test]
+fn a_replicate_killed_mid_scan_leaves_no_vm_paused() {
+    let mut s = Sites::new(117, "[]", "[]");
+    s.start_source();
+    // A disk large enough (and not sparse) that the scan takes a while.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(s.path().join("vms/db-1.img"))
+            .unwrap();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let block: Vec<u8> = (0..(1 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        // Past the demo workload's ring (which lives at the start of the disk).
+        for i in 0..384u64 {
+            f.write_all_at(&block, (8 << 20) + i * (1 << 20)).unwrap();
+        }
+    }
+    let db = s.source.iter().find(|h| h.vm == "db-1").unwrap().clone();
+    for round in 0..3 {
+        let mut child = Command::new(HELPER)
+            .args(["cli", "--config", &s.config(), "replicate", "db-1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait for the cut to pause the VM, then kill the command outright.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stopped(db.pid) {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the VM was never paused"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "round {round}: replicate ended first"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let killed = Instant::now();
+        while stopped(db.pid) {
+            assert!(
+                killed.elapsed() < Duration::from_secs(1),
+                "round {round}: the VM is still paused a second after replicate died"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(get(&s.source_addr("db-1"), "/health").is_some());
+    }
+}
+
+/// Regression: `commit` of a failover that stopped at a failed step said "finish it first" and
+/// exited 6 (fenced), the code being chosen by searching the message.
+#[test]
+fn commit_of_an_unfinished_failover_is_refused_with_the_failure_code() {
+    let k = 118;
+    let mut s = Sites::new(
+        k,
+        "[]",
+        &format!(
+            r#"[{{ uses = "builtin:tcp-check", with = {{ address = "127.{k}.200.1:7777", timeout_ms = 200 }}, allow = {{ tcp = ["127.{k}.200.1:7777"] }} }}]"#
+        ),
+    );
+    s.start_source();
+    s.replicate();
+    for h in std::mem::take(&mut s.source) {
+        s.rt.block_on(s.driver.stop(&h, Duration::from_secs(5)))
+            .unwrap();
+    }
+    let out = s.lifeboat(&["failover", "p", "--unplanned"]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    let out = s.lifeboat(&["commit", "p"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("run p-1 is failed: finish it first"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+}
+
+/// Regression: `cleanup` signalled the bare pid the journal held: a pid recycled by an
+/// unrelated process got SIGTERM. Now the process must still be the VM (start time and key).
+#[test]
+fn cleanup_never_signals_a_process_that_reuses_a_vms_pid() {
+    let s = Sites::new(119, "[]", "[]");
+    s.replicate();
+    // An unrelated process, and a run whose journal says a VM had its pid (as if the VM had
+    // died and the pid been given to this process).
+    let mut stranger = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = stranger.id();
+    let started = lifeboat_orchestrator::compute::process_start_time(pid).unwrap();
+    {
+        let mut j = Journal::open(&s.journal()).unwrap();
+        j.begin("p-1", "p", "test").unwrap();
+        for e in [
+            Event::Prepared {
+                plan_path: s.path().join("plans/p.toml").display().to_string(),
+                point: None,
+            },
+            // The driver was a process of that pid too: not this one, so the run is not driven.
+            Event::Driving {
+                pid,
+                started: Some(started + 1),
+            },
+            Event::VmStarting {
+                vm: "db-1".into(),
+                key: "p-1/database/boot/1/start/db-1".into(),
+            },
+            Event::VmStarted {
+                vm: "db-1".into(),
+                key: "p-1/database/boot/1/start/db-1".into(),
+                pid,
+                started: Some(started + 1),
+                argv: vec!["demo-vm".into()],
+                log: "db-1.log".into(),
+            },
+            Event::RunFinished {
+                status: lifeboat_orchestrator::journal::RunStatus::Failed,
+            },
+        ] {
+            j.append("p-1", &e).unwrap();
+        }
+    }
+    let out = s.lifeboat(&["cleanup", "p"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "cleanup killed an unrelated process that reused the VM's pid"
+    );
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+}
+
+/// Regression: the boot step made up its own keys (no attempt number) and the host took any key
+/// a plugin sent. Effects are now keyed by the host: run, step, attempt, action, VM.
+#[test]
+fn effects_are_keyed_by_the_host_per_attempt() {
+    let mut s = Sites::new(120, "[]", "[]");
+    s.start_source();
+    s.replicate();
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let events = s.events("p-1");
+    let mut keys = Vec::new();
+    for e in &events {
+        match e {
+            Event::Restored { vm, key, .. } => keys.push((vm.clone(), "restore", key.clone())),
+            Event::VmStarted { vm, key, .. } => keys.push((vm.clone(), "start", key.clone())),
+            _ => {}
+        }
+    }
+    assert_eq!(keys.len(), 4, "{events:#?}");
+    for (vm, action, key) in keys {
+        let group = if vm == "db-1" { "database" } else { "app" };
+        assert_eq!(key, format!("p-1/{group}/boot/1/{action}/{vm}"));
+    }
+    // Cleanup counts the VMs the boot step's undo stopped.
+    let out = s.lifeboat(&["cleanup", "p"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("3 step(s) undone, 2 VM(s) stopped"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// Regression: `restore --out` beside the inventory wrote an old point over the VM's live
+/// source disk. An existing file needs --force; a disk the inventory names, or one a process
+/// holds open, is never written over.
+#[test]
+fn restore_never_writes_over_a_protected_or_open_disk() {
+    let mut s = Sites::new(121, "[]", "[]");
+    s.start_source();
+    s.replicate();
+    let before = std::fs::read(s.path().join("vms/db-1.img")).unwrap().len();
+    let live = s.path().join("live");
+    std::fs::create_dir_all(&live).unwrap();
+    std::os::unix::fs::symlink(s.path().join("vms/db-1.img"), live.join("data.img")).unwrap();
+    let live_dir = live.display().to_string();
+    for extra in [&[][..], &["--force"][..]] {
+        let mut args = vec!["restore", "db-1", "--point", "1", "--out", &live_dir];
+        args.extend_from_slice(extra);
+        let out = s.lifeboat(&args);
+        assert_eq!(out.code, 4, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("is the disk `db-1/data` of the inventory"),
+            "{}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        std::fs::read(s.path().join("vms/db-1.img")).unwrap().len(),
+        before
+    );
+    // A file some process holds open (a running VM's disk, not in the inventory): refused.
+    let held = s.path().join("held");
+    std::fs::create_dir_all(&held).unwrap();
+    std::fs::write(held.join("data.img"), b"in use").unwrap();
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg("exec 3<>data.img; exec sleep 30")
+        .current_dir(&held)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let held_dir = held.display().to_string();
+    let out = s.lifeboat(&["restore", "db-1", "--out", &held_dir, "--force"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("is open in process"), "{}", out.stderr);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(std::fs::read(held.join("data.img")).unwrap(), b"in use");
+    // Any other existing file: only with --force.
+    let out = s.lifeboat(&["restore", "db-1", "--out", &held_dir]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("exists: pass --force"),
+        "{}",
+        out.stderr
+    );
+    let out = s.lifeboat(&["restore", "db-1", "--out", &held_dir, "--force"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        std::fs::metadata(held.join("data.img")).unwrap().len(),
+        4 << 20
+    );
 }

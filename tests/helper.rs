@@ -94,6 +94,7 @@ fn journal_writer(db: &str, run: &str) -> ExitCode {
         let event = Event::StepStarted {
             step: format!("g/post/{attempt}"),
             attempt,
+            name: None,
         };
         match journal.append(run, &event) {
             Ok(seq) => {

@@ -99,8 +99,8 @@ fn a_run_killed_at_any_journal_point_resumes_without_repeating_a_step() {
         );
         let replay = Journal::open(&db).unwrap().replay("r1").unwrap().unwrap();
         assert_eq!(
-            replay.status.as_deref(),
-            Some("succeeded"),
+            replay.status,
+            lifeboat_orchestrator::journal::RunStatus::Succeeded,
             "journal point {n}"
         );
         let got = std::fs::read_to_string(&effects).unwrap_or_default();

@@ -66,6 +66,7 @@ fn request(
         services,
         kv: RunKv::default(),
         limits,
+        effect_key: format!("run-1/{step}/1"),
     }
 }
 

@@ -628,7 +628,9 @@ impl Cut for Rendezvous {
         self.0.wait().await;
         Ok(())
     }
-    async fn release(&self) {}
+    async fn release(&self) -> lifeboat_replication::Result<()> {
+        Ok(())
+    }
 }
 
 #[test]
@@ -702,10 +704,18 @@ impl Cut for Pause {
             ))
         }
     }
-    async fn release(&self) {
-        let _ = Command::new("kill")
+    async fn release(&self) -> lifeboat_replication::Result<()> {
+        let ok = Command::new("kill")
             .args(["-CONT", &self.0.to_string()])
-            .status();
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Ok(())
+        } else {
+            Err(lifeboat_replication::Error::failed(
+                "cannot resume the writer",
+            ))
+        }
     }
 }
 
@@ -985,4 +995,63 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Regression: with the newest point's manifest damaged, `points list`, the restore of every
+/// other point and every later cycle failed. The damage costs only that point now: it is listed
+/// as damaged, the others restore, cycles go on from the last intact point, `verify` names it.
+#[test]
+fn a_damaged_manifest_costs_only_its_own_point() {
+    let lab = Lab::new(&[("a", &[("os", 4 << 20)])], &[]);
+    let mut rng = Rng::new(77);
+    let mut images = Vec::new();
+    for _ in 0..3 {
+        scribble(&lab.disk("a", "os"), &mut rng, 50);
+        lab.replicate(&[]);
+        let copy = lab.path(&format!("at-{}.img", images.len() + 1));
+        std::fs::copy(lab.disk("a", "os"), &copy).unwrap();
+        images.push(copy);
+    }
+    // Damage point 3's manifest (manifests are named by inverted number: the newest sorts first).
+    let points = lab.path("west/repo/points/a");
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(&points)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    manifests.sort();
+    let newest = manifests[0].clone();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&newest, bytes).unwrap();
+
+    let out = lab.run(&["points", "list", "a"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("point 3 is DAMAGED"), "{}", out.stdout);
+    assert_eq!(lab.points("a"), vec![2, 1]);
+    for (seq, image) in [(1, &images[0]), (2, &images[1])] {
+        let dir = lab.restore("a", &seq.to_string()).unwrap();
+        assert!(same_bytes(&dir.join("os.img"), image), "point {seq}");
+    }
+    let verify = lab.run(&["verify"]);
+    assert_eq!(verify.code, 5, "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains("damaged: repo/points/a/"),
+        "{}",
+        verify.stdout
+    );
+
+    // Replication goes on: point 4 builds on point 2 and restores to the image of now.
+    scribble(&lab.disk("a", "os"), &mut rng, 50);
+    let out = lab.run(&["replicate"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("point 3 of group `a` is damaged"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(lab.points("a"), vec![4, 2, 1]);
+    let dir = lab.restore("a", "latest").unwrap();
+    assert!(same_bytes(&dir.join("os.img"), &lab.disk("a", "os")));
 }

@@ -45,6 +45,7 @@ fn request(config: &str, grants: Grants) -> StepRequest {
         services: Arc::new(NoServices),
         kv: RunKv::default(),
         limits: StepLimits::default(),
+        effect_key: "bench/s/1".into(),
     }
 }
 

@@ -18,3 +18,83 @@ pub const FAILED: u8 = 4;
 pub const DAMAGED: u8 = 5;
 /// Another writer owns the group: it committed first, or a failover fenced this site.
 pub const FENCED: u8 = 6;
+
+/// Every code with what it means, for `--help` (the README's table says the same).
+pub const TABLE: &[(u8, &str)] = &[
+    (OK, "ok"),
+    (INTERNAL, "unexpected failure"),
+    (USAGE, "usage error"),
+    (INVALID, "invalid inventory or plan"),
+    (
+        FAILED,
+        "failed (replication, a refused or failed run, a missing point, VM or run)",
+    ),
+    (DAMAGED, "damaged repository"),
+    (FENCED, "fenced by another writer"),
+];
+
+/// The `Exit codes:` paragraph of `lifeboat --help`, from [`TABLE`].
+pub fn after_help() -> String {
+    let codes: Vec<String> = TABLE.iter().map(|(c, m)| format!("{c} {m}")).collect();
+    format!("Exit codes: {}.", codes.join(", "))
+}
+
+/// The exit code of a replication engine error.
+pub fn of_replication(e: &lifeboat_replication::Error) -> u8 {
+    use lifeboat_replication::ErrorKind;
+    match e.kind() {
+        ErrorKind::Failed => FAILED,
+        ErrorKind::Damaged => DAMAGED,
+        ErrorKind::Fenced => FENCED,
+    }
+}
+
+/// The exit code of an orchestrator error: by its variant, never by its message.
+pub fn of_run(e: &lifeboat_orchestrator::error::Error) -> u8 {
+    use lifeboat_orchestrator::error::Error;
+    match e {
+        Error::Replication { source, .. } => of_replication(source),
+        Error::NoRun { .. }
+        | Error::NoOpenRun { .. }
+        | Error::OpenRun { .. }
+        | Error::InvalidState { .. }
+        | Error::Driven { .. }
+        | Error::Source(_)
+        | Error::Journal(_)
+        | Error::Compute(_)
+        | Error::Sandbox(_)
+        | Error::Failed(_) => FAILED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `commit` of a failover that has not finished said "finish it first" and
+    /// exited 6 (fenced), because the code was chosen by searching the message for "first".
+    #[test]
+    fn a_run_in_the_wrong_state_is_a_failure_not_a_fence() {
+        use lifeboat_orchestrator::error::Error;
+        use lifeboat_orchestrator::journal::RunStatus;
+        let e = Error::InvalidState {
+            run: "p-1".into(),
+            status: RunStatus::Failed,
+            why: "finish it first (`lifeboat retry p-1`) or clean it up".into(),
+        };
+        assert_eq!(of_run(&e), FAILED);
+        let fenced = Error::replication(
+            "group `g`",
+            lifeboat_replication::Error::fenced("site east is fenced"),
+        );
+        assert_eq!(of_run(&fenced), FENCED);
+    }
+
+    #[test]
+    fn help_lists_every_code() {
+        let help = after_help();
+        for (code, meaning) in TABLE {
+            assert!(help.contains(&format!("{code} {meaning}")), "{help}");
+        }
+    }
+}

@@ -21,10 +21,7 @@ use crate::report::Format;
     version,
     about = "Disaster recovery for VMs, with plans as code."
 )]
-#[command(
-    after_help = "Exit codes: 0 ok, 1 unexpected failure, 2 usage error, 3 invalid inventory or plan, \
-                  4 failed (replication, or a run's step), 5 damaged repository, 6 fenced by another writer."
-)]
+#[command(after_help = exit_codes::after_help())]
 struct Cli {
     /// The inventory file.
     #[arg(
@@ -48,6 +45,15 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
 
+    /// More log detail on stderr: -v info, -vv debug, -vvv trace (default: warnings). `RUST_LOG`
+    /// (e.g. `lifeboat_replication=debug`) overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// How log lines are written: for people, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +61,12 @@ struct Cli {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Output {
     Human,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
     Json,
 }
 
@@ -93,6 +105,10 @@ enum Command {
         /// The folder for the images (`<disk>.img`).
         #[arg(long)]
         out: PathBuf,
+        /// Replace images already in the folder. A disk the inventory names, or one a process
+        /// has open, is never replaced.
+        #[arg(long)]
+        force: bool,
     },
     /// Check every repository: objects exist and parse; with --full, every chunk re-hashed.
     Verify {
@@ -156,6 +172,10 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Print a shell completion script (e.g. `lifeboat completions bash > /etc/bash_completion.d/lifeboat`).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff; e.g. `lifeboat man | man -l -`).
+    Man,
     /// The demo workload (a stand-in application VM); `lifeboat demo` boots VMs with it.
     #[command(hide = true, disable_help_flag = true)]
     DemoVm {
@@ -218,6 +238,64 @@ impl std::fmt::Debug for Io<'_> {
     }
 }
 
+/// Structured logs (`tracing`) to stderr: spans `cycle{group}`, `run{id}`, `step{id attempt}`
+/// and `vm{vm}` carry their fields into every line. Set once per process (the first command of
+/// a process that runs several, as tests do, sets it).
+fn init_logging(verbose: u8, format: LogFormat, io: &mut Io<'_>) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            let _ = writeln!(
+                io.stderr,
+                "warning: RUST_LOG=`{spec}` is not a log filter ({e}); logging at `{default}`"
+            );
+            EnvFilter::new(default)
+        }),
+        _ => EnvFilter::new(default),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true);
+    // Another command of this process already set it up: its choice stands.
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(io.stderr_is_terminal).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// The async runtime a command runs its engine calls on: the one place it is built.
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// Writes `value` as pretty JSON and a newline: `--output json`, from a typed struct.
+pub(crate) fn print_json(io: &mut Io<'_>, value: &impl serde::Serialize) {
+    let written = serde_json::to_writer_pretty(&mut *io.stdout, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(io.stdout));
+    if let Err(e) = written
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        let _ = writeln!(io.stderr, "error: cannot write the output: {e}");
+    }
+}
+
+/// Prints an unexpected failure and returns its exit code.
+pub(crate) fn internal(io: &mut Io<'_>, e: &dyn std::fmt::Display) -> u8 {
+    let _ = writeln!(io.stderr, "error: {e}");
+    exit_codes::INTERNAL
+}
+
 /// Run `lifeboat` with `args` (the first is the program name) and return its exit code.
 pub fn run<I, T>(args: I, io: &mut Io<'_>) -> u8
 where
@@ -243,8 +321,21 @@ where
             return code;
         }
     };
+    init_logging(cli.verbose, cli.log_format, io);
     match execute(cli, io) {
         Ok(code) => code,
+        // A reader that stopped early (`| head`) is not a failure: exit quietly, as ripgrep does.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                    || c.downcast_ref::<serde_json::Error>()
+                        .and_then(|j| j.io_error_kind())
+                        == Some(std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            exit_codes::OK
+        }
         Err(e) => {
             let _ = writeln!(io.stderr, "error: {e:#}");
             exit_codes::INTERNAL
@@ -268,6 +359,18 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
         orchestration::load(&config, state.as_deref(), path.as_deref(), json, io)
     };
     match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "lifeboat", &mut *io.stdout);
+            io.stdout.flush()?;
+            Ok(exit_codes::OK)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut *io.stdout)?;
+            io.stdout.flush()?;
+            Ok(exit_codes::OK)
+        }
         Command::DemoVm { args } => Ok(lifeboat_demo_vm::run_from(
             std::iter::once("demo-vm".to_string()).chain(args),
         )),
@@ -351,8 +454,13 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             Ok(ctx) => replication::points_list(&ctx, &vm, io),
             Err(code) => code,
         }),
-        Command::Restore { vm, point, out } => Ok(match context(io) {
-            Ok(ctx) => replication::restore(&ctx, &vm, &point, &out, io),
+        Command::Restore {
+            vm,
+            point,
+            out,
+            force,
+        } => Ok(match context(io) {
+            Ok(ctx) => replication::restore(&ctx, &vm, &point, &out, force, io),
             Err(code) => code,
         }),
         Command::Verify { full } => Ok(match context(io) {

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lifeboat_orchestrator::compute::ProcessDriver;
+use lifeboat_orchestrator::error::Error;
 use lifeboat_orchestrator::journal::Event;
-use lifeboat_orchestrator::operations::{self, RunResult};
+use lifeboat_orchestrator::operations::{self, FailoverRequest, RunResult};
 use lifeboat_orchestrator::record::{self, RunRecord};
 use lifeboat_orchestrator::run::{Control, Controls, Outcome};
 use lifeboat_orchestrator::runs::Environment;
 use lifeboat_orchestrator::services::Observer;
-use lifeboat_orchestrator::source;
 use lifeboat_plan::Plan;
 use lifeboat_plan::plan::Operation;
 use lifeboat_plugin_host::{EngineOptions, PluginEngine};
@@ -91,23 +91,17 @@ pub fn load(
             return Err(exit_codes::INTERNAL);
         }
     };
+    if let lifeboat_plugin_host::Allocation::OnDemand { reason } = engine.allocation() {
+        let _ = writeln!(
+            io.stderr,
+            "warning: the plugin sandbox allocates instances on demand (slower; every limit still holds): the pool could not be reserved: {reason}"
+        );
+    }
     let plan = validation
         .plans
         .into_iter()
         .next()
         .and_then(|p| Some((p.plan?, p.path)));
-    // The process driver is the one this build has; a qemu site is refused, not run as processes.
-    if let Some((p, _)) = &plan
-        && let Some(site) = inventory.sites.get(&p.target.value)
-        && site.compute.value != lifeboat_plan::inventory::ComputeDriver::Process
-    {
-        let _ = writeln!(
-            io.stderr,
-            "error: site `{}` uses the `qemu` compute driver, which this Lifeboat cannot drive yet; only `process` sites can be failed over to",
-            p.target.value
-        );
-        return Err(exit_codes::FAILED);
-    }
     Ok(Loaded {
         env: Environment {
             inventory: Arc::new(inventory),
@@ -121,21 +115,23 @@ pub fn load(
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-}
-
 /// One line for people per event worth seeing while a run goes.
 pub fn describe(run: &str, e: &Event) -> Option<String> {
     Some(match e {
-        Event::StepStarted { step, attempt } if *attempt > 1 => {
-            format!("{step}: attempt {attempt}")
+        Event::StepStarted {
+            step,
+            attempt,
+            name,
+        } => {
+            let named = name
+                .as_ref()
+                .map_or_else(|| step.clone(), |n| format!("{step} ({n})"));
+            if *attempt > 1 {
+                format!("{named}: attempt {attempt}")
+            } else {
+                format!("{named}: started")
+            }
         }
-        Event::StepStarted { step, .. } => format!("{step}: started"),
         Event::StepFinished { step, .. } => format!("{step}: done"),
         Event::StepFailed { step, error, .. } => format!("{step}: FAILED: {error}"),
         Event::GroupHealthy { group } => format!("group {group}: healthy"),
@@ -167,9 +163,9 @@ pub fn describe(run: &str, e: &Event) -> Option<String> {
 fn with_progress<T>(
     io: &mut crate::Io<'_>,
     quiet: bool,
-    work: impl AsyncFnOnce(Observer, Controls) -> T,
-) -> Result<T, String> {
-    let rt = runtime()?;
+    work: impl AsyncFnOnce(Observer, Controls) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let rt = crate::runtime().map_err(|e| Error::Failed(e.to_string()))?;
     let (control, controls) = tokio::sync::mpsc::unbounded_channel();
     let signals = rt.spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -203,7 +199,7 @@ fn with_progress<T>(
         }
     });
     signals.abort();
-    Ok(result)
+    result
 }
 
 fn group_of(env: &Environment) -> impl Fn(&str) -> Option<String> + '_ {
@@ -217,24 +213,29 @@ fn group_of(env: &Environment) -> impl Fn(&str) -> Option<String> + '_ {
 
 fn finish(
     env: &Environment,
-    result: Result<RunResult, String>,
+    result: Result<RunResult, Error>,
     json: bool,
     io: &mut crate::Io<'_>,
 ) -> u8 {
     let r = match result {
         Ok(r) => r,
-        Err(e) => return failed(io, &e),
+        Err(e) => return run_failed(io, &e),
     };
+    if !json {
+        for h in &r.source_stopped {
+            let _ = writeln!(io.stderr, "  {}: source VM stopped (pid {})", h.vm, h.pid);
+        }
+    }
     let record = env
         .journal()
+        .map_err(Error::from)
         .and_then(|j| record::record(&j, &r.id, &group_of(env)));
-    if json {
-        if let Ok(rec) = &record {
-            let _ = serde_json::to_writer_pretty(&mut *io.stdout, rec);
-            let _ = writeln!(io.stdout);
+    match &record {
+        Ok(rec) if json => crate::print_json(io, rec),
+        Ok(rec) => summary(rec, io),
+        Err(e) => {
+            let _ = writeln!(io.stderr, "warning: cannot read run {} back: {e}", r.id);
         }
-    } else if let Ok(rec) = &record {
-        summary(rec, io);
     }
     match r.outcome {
         Outcome::Succeeded => exit_codes::OK,
@@ -261,10 +262,10 @@ fn finish(
     }
 }
 
-/// Prints `e` and returns the exit code for a command that could not do its work.
-fn failed(io: &mut crate::Io<'_>, e: &str) -> u8 {
+/// Prints `e` and returns its exit code.
+fn run_failed(io: &mut crate::Io<'_>, e: &Error) -> u8 {
     let _ = writeln!(io.stderr, "error: {e}");
-    exit_codes::FAILED
+    exit_codes::of_run(e)
 }
 
 fn secs(s: Option<f64>) -> String {
@@ -309,22 +310,12 @@ pub fn failover(
         return exit_codes::INVALID;
     };
     let env = &loaded.env;
-    // The source site first: a planned failover stops it and replicates once more; either
-    // kind refuses a source that still answers (see `source::prepare`).
-    let prepared = runtime().and_then(|rt| rt.block_on(source::prepare(env, plan, op, force)));
-    match prepared {
-        Ok(stopped) if !json => {
-            for h in stopped {
-                let _ = writeln!(io.stderr, "  {}: source VM stopped (pid {})", h.vm, h.pid);
-            }
-        }
-        Ok(_) => {}
-        Err(e) => return failed(io, &e),
-    }
+    // Every check first (open runs, points, addresses, the source site); then a planned
+    // failover stops the source and replicates once more; then the run.
+    let req = FailoverRequest { op, point, force };
     let result = with_progress(io, json, async |observe, controls| {
-        operations::failover(env, plan, path, op, point, observe, controls).await
-    })
-    .and_then(|r| r);
+        operations::failover(env, plan, path, req, observe, controls).await
+    });
     finish(env, result, json, io)
 }
 
@@ -344,7 +335,7 @@ pub fn retry(
     };
     let status = match probe.env.status(run) {
         Ok(s) => s,
-        Err(e) => return failed(io, &e),
+        Err(e) => return run_failed(io, &e),
     };
     let loaded = match load(config, state, Some(Path::new(&status.plan_path)), json, io) {
         Ok(l) => l,
@@ -358,17 +349,13 @@ pub fn retry(
             Ok(step) => {
                 let _ = writeln!(io.stderr, "skipped step `{step}` of run {run}");
             }
-            Err(e) => {
-                let _ = writeln!(io.stderr, "error: {e}");
-                return exit_codes::FAILED;
-            }
+            Err(e) => return run_failed(io, &e),
         }
     }
     let env = &loaded.env;
     let result = with_progress(io, json, async |observe, controls| {
         operations::resume(env, run, plan, observe, controls).await
-    })
-    .and_then(|r| r);
+    });
     finish(env, result, json, io)
 }
 
@@ -380,45 +367,36 @@ pub fn cleanup(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
     let env = &loaded.env;
     let result = with_progress(io, json, async |observe, _controls| {
         operations::cleanup(env, plan, observe).await
-    })
-    .and_then(|r| r);
-    match result {
-        Ok(r) => {
-            if json {
-                let doc = serde_json::json!({
-                    "run": r.run,
-                    "undone": r.undone.iter().map(|(s, e)| serde_json::json!({"step": s, "error": e})).collect::<Vec<_>>(),
-                    "vms_stopped": r.vms_stopped,
-                    "unpinned": r.unpinned,
-                });
-                let _ = serde_json::to_writer_pretty(&mut *io.stdout, &doc);
-                let _ = writeln!(io.stdout);
+    });
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => return run_failed(io, &e),
+    };
+    if json {
+        crate::print_json(io, &r);
+    } else {
+        let _ = writeln!(
+            io.stdout,
+            "run {} cleaned up: {} step(s) undone, {} VM(s) stopped, disks deleted, points {} unpinned",
+            r.run,
+            r.undone.len(),
+            r.vms_stopped.len(),
+            if r.unpinned.is_empty() {
+                "-".to_string()
             } else {
-                let _ = writeln!(
-                    io.stdout,
-                    "run {} cleaned up: {} step(s) undone, {} VM(s) stopped, disks deleted, points {} unpinned",
-                    r.run,
-                    r.undone.len(),
-                    r.vms_stopped.len(),
-                    if r.unpinned.is_empty() {
-                        "-".to_string()
-                    } else {
-                        r.unpinned.join(", ")
-                    }
-                );
+                r.unpinned.join(", ")
             }
-            if r.undone.iter().any(|(_, e)| e.is_some()) {
-                let _ = writeln!(
-                    io.stderr,
-                    "error: some undo steps failed (see `lifeboat runs show {}`)",
-                    r.run
-                );
-                return exit_codes::FAILED;
-            }
-            exit_codes::OK
-        }
-        Err(e) => failed(io, &e),
+        );
     }
+    if r.undone.iter().any(|u| u.error.is_some()) {
+        let _ = writeln!(
+            io.stderr,
+            "error: some undo steps failed (see `lifeboat runs show {}`)",
+            r.run
+        );
+        return exit_codes::FAILED;
+    }
+    exit_codes::OK
 }
 
 /// `lifeboat commit PLAN`.
@@ -427,36 +405,26 @@ pub fn commit(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
         return exit_codes::INVALID;
     };
     let env = &loaded.env;
-    let result = runtime().and_then(|rt| rt.block_on(operations::commit(env, plan)));
-    match result {
-        Ok(groups) => {
-            if json {
-                let doc: Vec<_> = groups
-                    .iter()
-                    .map(|(g, seq, epoch)| serde_json::json!({"group": g, "point": seq, "epoch": epoch}))
-                    .collect();
-                let _ = serde_json::to_writer_pretty(&mut *io.stdout, &doc);
-                let _ = writeln!(io.stdout);
-            } else {
-                for (g, seq, epoch) in &groups {
-                    let _ = writeln!(
-                        io.stdout,
-                        "group {g}: taken over at site {} (point {seq}, writer epoch {epoch}); the old source is fenced",
-                        plan.target.value
-                    );
-                }
-            }
-            exit_codes::OK
-        }
-        Err(e) => {
-            let _ = writeln!(io.stderr, "error: {e}");
-            if e.contains("fenced") || e.contains("first") {
-                exit_codes::FENCED
-            } else {
-                exit_codes::FAILED
-            }
+    let result = match crate::runtime() {
+        Ok(rt) => rt.block_on(operations::commit(env, plan)),
+        Err(e) => return crate::internal(io, &e),
+    };
+    let groups = match result {
+        Ok(g) => g,
+        Err(e) => return run_failed(io, &e),
+    };
+    if json {
+        crate::print_json(io, &groups);
+    } else {
+        for c in &groups {
+            let _ = writeln!(
+                io.stdout,
+                "group {}: taken over at site {} (point {}, writer epoch {}); the old source is fenced",
+                c.group, plan.target.value, c.point, c.epoch
+            );
         }
     }
+    exit_codes::OK
 }
 
 /// `lifeboat approve RUN`.
@@ -469,7 +437,7 @@ pub fn approve(loaded: &Loaded, run: &str, by: Option<String>, io: &mut crate::I
             let _ = writeln!(io.stdout, "run {run}: approved \"{message}\" as {by}");
             exit_codes::OK
         }
-        Err(e) => failed(io, &e),
+        Err(e) => run_failed(io, &e),
     }
 }
 
@@ -483,14 +451,25 @@ pub fn cancel(loaded: &Loaded, run: &str, io: &mut crate::Io<'_>) -> u8 {
             );
             exit_codes::OK
         }
-        Err(e) => failed(io, &e),
+        Err(e) => run_failed(io, &e),
     }
+}
+
+/// One line of `lifeboat runs list --output json`.
+#[derive(Debug, serde::Serialize)]
+struct RunLine<'a> {
+    id: &'a str,
+    plan: &'a str,
+    operation: &'a str,
+    status: &'a str,
+    started_unix_ms: i64,
+    rto_seconds: Option<f64>,
 }
 
 /// `lifeboat runs list`.
 pub fn runs_list(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
     let env = &loaded.env;
-    let records: Result<Vec<RunRecord>, String> = env.journal().and_then(|j| {
+    let records: Result<Vec<RunRecord>, Error> = env.journal().map_err(Error::from).and_then(|j| {
         j.runs()?
             .iter()
             .map(|(id, ..)| record::record(&j, id, &group_of(env)))
@@ -498,15 +477,21 @@ pub fn runs_list(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
     });
     let records = match records {
         Ok(r) => r,
-        Err(e) => return failed(io, &e),
+        Err(e) => return run_failed(io, &e),
     };
     if json {
-        let doc: Vec<_> = records
+        let lines: Vec<RunLine<'_>> = records
             .iter()
-            .map(|r| serde_json::json!({"id": r.id, "plan": r.plan, "operation": r.operation, "status": r.status, "started_unix_ms": r.started_unix_ms, "rto_seconds": r.rto_seconds}))
+            .map(|r| RunLine {
+                id: &r.id,
+                plan: &r.plan,
+                operation: &r.operation,
+                status: &r.status,
+                started_unix_ms: r.started_unix_ms,
+                rto_seconds: r.rto_seconds,
+            })
             .collect();
-        let _ = serde_json::to_writer_pretty(&mut *io.stdout, &doc);
-        let _ = writeln!(io.stdout);
+        crate::print_json(io, &lines);
         return exit_codes::OK;
     }
     if records.is_empty() {
@@ -545,15 +530,15 @@ pub fn runs_show(loaded: &Loaded, run: &str, json: bool, io: &mut crate::Io<'_>)
     let env = &loaded.env;
     let rec = env.status(run).and_then(|_| {
         env.journal()
+            .map_err(Error::from)
             .and_then(|j| record::record(&j, run, &group_of(env)))
     });
     let r = match rec {
         Ok(r) => r,
-        Err(e) => return failed(io, &e),
+        Err(e) => return run_failed(io, &e),
     };
     if json {
-        let _ = serde_json::to_writer_pretty(&mut *io.stdout, &r);
-        let _ = writeln!(io.stdout);
+        crate::print_json(io, &r);
         return exit_codes::OK;
     }
     summary(&r, io);
@@ -568,7 +553,14 @@ pub fn runs_show(loaded: &Loaded, run: &str, json: bool, io: &mut crate::Io<'_>)
     }
     let _ = writeln!(io.stdout, "steps:");
     for s in &r.steps {
-        let _ = writeln!(io.stdout, "  {} — {}", s.id, s.status);
+        match &s.name {
+            Some(name) => {
+                let _ = writeln!(io.stdout, "  {} ({name}) — {}", s.id, s.status);
+            }
+            None => {
+                let _ = writeln!(io.stdout, "  {} — {}", s.id, s.status);
+            }
+        }
         for a in &s.attempts {
             let _ = writeln!(
                 io.stdout,

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lifeboat_plan::Inventory;
 use lifeboat_replication::gc::GcOptions;
 use lifeboat_replication::{
-    AppMode, CycleOptions, Error, ErrorKind, GroupSpec, Progress, Repository, Store, points,
+    AppMode, Error, ErrorKind, GroupSpec, Progress, Repository, Store, points,
 };
 
 use crate::exit_codes;
@@ -104,22 +104,14 @@ impl Context {
     }
 }
 
-/// Maps an engine error to its exit code, after printing it.
+/// Prints an engine error and returns its exit code.
 pub fn fail(e: &Error, io: &mut crate::Io<'_>) -> u8 {
     let _ = writeln!(io.stderr, "error: {e}");
-    match e.kind() {
-        ErrorKind::Failed => exit_codes::FAILED,
-        ErrorKind::Damaged => exit_codes::DAMAGED,
-        ErrorKind::Fenced => exit_codes::FENCED,
-    }
+    exit_codes::of_replication(e)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("cannot start the async runtime", e))
+    crate::runtime().map_err(|e| Error::io("cannot start the async runtime", e))
 }
 
 /// A progress bar on stderr, drawn only when stderr is a terminal.
@@ -189,46 +181,19 @@ pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io
     };
     let mut reports = Vec::new();
     let mut code = exit_codes::OK;
+    let driver: Arc<dyn lifeboat_orchestrator::compute::Compute> =
+        lifeboat_orchestrator::compute::ProcessDriver::new();
     for group in chosen {
-        // The group's VMs that run as their boot command describes are held still for the cut
-        // (the process driver pauses them), so the point is crash-consistent.
-        let driver = lifeboat_orchestrator::compute::ProcessDriver::new();
-        let names: Vec<&str> = group.vms.iter().map(|v| v.name.as_str()).collect();
-        let held = rt.block_on(lifeboat_orchestrator::source::locate_source_vms(
+        // The source site's one cycle: the group's running VMs are held still for the cut
+        // (paused under a guardian, at most the policy's max_pause), so the point is consistent.
+        let result = rt.block_on(lifeboat_orchestrator::source::cycle(
             &ctx.inventory,
             &ctx.base,
-            driver.as_ref(),
-            &names,
-        ));
-        let held_names: Vec<String> = held.iter().map(|h| h.vm.clone()).collect();
-        let cut: Option<Arc<dyn lifeboat_replication::Cut>> = if held.is_empty() {
-            None
-        } else {
-            Some(Arc::new(lifeboat_orchestrator::compute::PauseVms {
-                driver,
-                vms: held,
-            }))
-        };
-        // A bar per group: a finished bar does not draw again.
-        let opts = CycleOptions {
+            driver.clone(),
+            group,
             app,
-            cut,
-            progress: bar(ctx),
-        };
-        let result = rt.block_on(async {
-            let source = ctx.store(&group.source_site, true)?;
-            let target = ctx.site(&group.target_site)?;
-            lifeboat_replication::replicate(group, &source, &target, &opts).await
-        });
-        let result = result.map(|mut r| {
-            if !held_names.is_empty() {
-                r.notes.push(format!(
-                    "held {} still for the cut (paused)",
-                    held_names.join(", ")
-                ));
-            }
-            r
-        });
+            bar(ctx),
+        ));
         match result {
             Ok(r) => {
                 if !ctx.json {
@@ -280,14 +245,16 @@ pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
         let target = ctx.site(&group.target_site)?;
         let repo = match Repository::open(&target).await {
             Ok(r) => r,
-            Err(e) if e.kind() == ErrorKind::Failed => return Ok((Vec::new(), Default::default())),
+            Err(e) if e.kind() == ErrorKind::Failed => {
+                return Ok((Vec::new(), Vec::new(), Default::default()));
+            }
             Err(e) => return Err(e),
         };
-        let points = repo.points(&group.name).await?;
+        let (points, damaged) = repo.points_and_damaged(&group.name).await?;
         let pins = repo.pins(&group.name).await?;
-        Ok((points, pins))
+        Ok((points, damaged, pins))
     });
-    let (points, pins) = match result {
+    let (points, damaged, pins) = match result {
         Ok(p) => p,
         Err(e) => return fail(&e, io),
     };
@@ -328,6 +295,7 @@ pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
             "target_site": group.target_site,
             "rpo": rpo,
             "points": list,
+            "damaged": damaged,
         });
         let _ = serde_json::to_writer_pretty(&mut *io.stdout, &doc);
         let _ = writeln!(io.stdout);
@@ -351,6 +319,13 @@ pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
             "no recovery points yet: run `lifeboat replicate {vm}`"
         ),
     };
+    for d in &damaged {
+        let _ = writeln!(
+            io.stdout,
+            "point {} is DAMAGED and cannot be restored ({}); `lifeboat verify` names every damaged object",
+            d.seq, d.error
+        );
+    }
     if points.is_empty() {
         return exit_codes::OK;
     }
@@ -389,8 +364,104 @@ fn human_secs(s: f64) -> String {
     humantime::format_duration(Duration::from_secs(s.max(0.0).round() as u64)).to_string()
 }
 
-/// `lifeboat restore VM --point ID --out DIR`.
-pub fn restore(ctx: &Context, vm: &str, point: &str, out: &Path, io: &mut crate::Io<'_>) -> u8 {
+/// Refuses a restore that would write over something that matters: a disk the inventory names
+/// or a file some process has open (a running VM's disk) never, whatever the flags; any other
+/// existing file unless `force`.
+fn check_restore_target(
+    ctx: &Context,
+    out: &Path,
+    point: &lifeboat_replication::Manifest,
+    vm: &str,
+    force: bool,
+) -> Result<(), Error> {
+    let names: Vec<&str> = point
+        .vms
+        .iter()
+        .filter(|v| v.name == vm)
+        .flat_map(|v| v.disks.iter().map(|d| d.name.as_str()))
+        .collect();
+    let inventory_disks: Vec<(String, PathBuf)> = ctx
+        .inventory
+        .vms
+        .iter()
+        .flat_map(|(name, v)| {
+            v.disks
+                .iter()
+                .map(move |(disk, path)| (format!("{name}/{disk}"), ctx.base.join(&path.value)))
+        })
+        .collect();
+    for name in names {
+        let path = out.join(format!("{name}.img"));
+        if !path.exists() {
+            continue;
+        }
+        let same = |other: &Path| same_file(&path, other);
+        if let Some((disk, _)) = inventory_disks.iter().find(|(_, p)| same(p)) {
+            return Err(Error::failed(format!(
+                "{} is the disk `{disk}` of the inventory: a restore never writes over a protected disk (restore to another folder)",
+                path.display()
+            )));
+        }
+        if let Some(pid) = open_by(&path) {
+            return Err(Error::failed(format!(
+                "{} is open in process {pid} (a running VM's disk?): a restore never writes over a disk in use",
+                path.display()
+            )));
+        }
+        if !force {
+            return Err(Error::failed(format!(
+                "{} exists: pass --force to replace it, or restore to another folder",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether two paths name one file (same device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// A process that holds `path` open, if any (found through `/proc/*/fd`).
+fn open_by(path: &Path) -> Option<u32> {
+    let own = std::process::id();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|target| same_file(&target, path)) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// `lifeboat restore VM --point ID --out DIR [--force]`.
+pub fn restore(
+    ctx: &Context,
+    vm: &str,
+    point: &str,
+    out: &Path,
+    force: bool,
+    io: &mut crate::Io<'_>,
+) -> u8 {
     let group = match ctx.group_of(vm) {
         Ok(g) => g,
         Err(e) => return fail(&e, io),
@@ -404,6 +475,7 @@ pub fn restore(ctx: &Context, vm: &str, point: &str, out: &Path, io: &mut crate:
         let target = ctx.site(&group.target_site)?;
         let repo = Repository::open(&target).await?;
         let m = points::select(&repo, &group.name, point).await?;
+        check_restore_target(ctx, out, &m, vm, force)?;
         lifeboat_replication::restore::restore(&repo, &m, vm, out, progress).await
     });
     match result {

@@ -161,10 +161,16 @@ impl Cut for Pause {
             Err(lifeboat_replication::Error::failed("cannot pause the VM"))
         }
     }
-    async fn release(&self) {
-        let _ = Command::new("sh")
+    async fn release(&self) -> lifeboat_replication::Result<()> {
+        let ok = Command::new("sh")
             .args(["-c", &format!("kill -CONT {}", self.0)])
-            .status();
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Ok(())
+        } else {
+            Err(lifeboat_replication::Error::failed("cannot resume the VM"))
+        }
     }
 }
 
@@ -194,6 +200,7 @@ fn a_point_of_a_running_vm_restores_consistent_and_measures_its_data_loss() {
         retention: Duration::from_secs(3600),
         rpo_threshold: Duration::from_secs(60),
         app_interval: None,
+        max_pause: lifeboat_replication::groups::DEFAULT_MAX_PAUSE,
         base: dir.path().to_path_buf(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -78,16 +78,13 @@ fn the_process_driver_boots_probes_pauses_and_stops_a_vm() {
     assert!(rt.block_on(driver.running(&vm)));
 
     // Held for a cut: the disk stops changing until released.
-    let cut = PauseVms {
-        driver: driver.clone(),
-        vms: vec![vm.clone()],
-    };
+    let cut = PauseVms::new(driver.clone(), vec![vm.clone()], Duration::from_secs(30));
     rt.block_on(cut.hold()).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let held = last_record(&disk);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(last_record(&disk), held, "the VM wrote while held");
-    rt.block_on(cut.release());
+    rt.block_on(cut.release()).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while last_record(&disk) <= held {
         assert!(
@@ -96,6 +93,31 @@ fn the_process_driver_boots_probes_pauses_and_stops_a_vm() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(!stopped(vm.pid), "released, yet still stopped");
+
+    // A pauser that goes away without releasing (its future dropped, as when the process
+    // dies) leaves a guardian that resumes the VM at once.
+    let cut = PauseVms::new(driver.clone(), vec![vm.clone()], Duration::from_secs(30));
+    rt.block_on(cut.hold()).unwrap();
+    wait_until(Duration::from_secs(1), || stopped(vm.pid), "held");
+    drop(cut);
+    wait_until(
+        Duration::from_secs(1),
+        || !stopped(vm.pid),
+        "the guardian resumes the VM",
+    );
+
+    // A pauser that hangs: the guardian resumes the VM once the bound (+1 s) has passed.
+    let cut = PauseVms::new(driver.clone(), vec![vm.clone()], Duration::from_secs(1));
+    rt.block_on(cut.hold()).unwrap();
+    wait_until(Duration::from_secs(1), || stopped(vm.pid), "held");
+    wait_until(
+        Duration::from_secs(4),
+        || !stopped(vm.pid),
+        "the guardian's bound resumes the VM",
+    );
+    // Releasing after that is harmless.
+    rt.block_on(cut.release()).unwrap();
 
     rt.block_on(driver.stop(&vm, Duration::from_secs(5)))
         .unwrap();
@@ -118,4 +140,26 @@ fn the_process_driver_boots_probes_pauses_and_stops_a_vm() {
     };
     let e = rt.block_on(driver.start(&bad)).unwrap_err();
     assert!(e.contains("db-1") && e.contains("/nonexistent/vm"), "{e}");
+}
+
+/// Whether process `pid` is stopped (SIGSTOP), from `/proc/PID/stat`.
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st == "T"))
+        })
+        .unwrap_or(false)
+}
+
+fn wait_until(within: Duration, ok: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + within;
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -65,9 +65,18 @@ impl PluginChecker {
                 "the plugin engine could not start: {e}"
             ))),
             Ok(()) => match (&self.engine, &self.runtime) {
-                (Some(engine), Some(runtime)) => runtime
-                    .block_on(Plugin::load(engine, bytes, None))
-                    .map(Arc::new),
+                // On a thread of its own: a caller inside an async runtime (the daemon) must
+                // not have `block_on` called on its thread (tokio panics there).
+                (Some(engine), Some(runtime)) => std::thread::scope(|s| {
+                    s.spawn(|| runtime.block_on(Plugin::load(engine, bytes, None)))
+                        .join()
+                        .unwrap_or_else(|_| {
+                            Err(LoadError::Invalid(
+                                "the plugin loader thread panicked".into(),
+                            ))
+                        })
+                })
+                .map(Arc::new),
                 _ => Err(LoadError::Invalid(
                     "the plugin engine could not start".into(),
                 )),
@@ -180,7 +189,24 @@ impl PluginChecker {
             .map(|c| c.span)
             .unwrap_or(step.uses.span);
         let uses = step.uses.value_text();
-        match runtime.block_on(plugin.validate(&StepRequest::offline(config, context))) {
+        let request = StepRequest::offline(config, context);
+        let validated = std::thread::scope(|s| {
+            s.spawn(|| {
+                runtime
+                    .block_on(plugin.validate(&request))
+                    .map_err(Box::new)
+            })
+            .join()
+        });
+        let Ok(validated) = validated else {
+            return vec![Diagnostic::error(
+                Rule::PluginConfig,
+                span,
+                format!("`{uses}`: the plugin validation thread panicked"),
+                "not validated",
+            )];
+        };
+        match validated {
             Ok(problems) => problems
                 .into_iter()
                 .map(|problem| {

@@ -30,11 +30,45 @@ pub struct Launch {
 /// The environment variable a process-driver VM carries its start's key in.
 pub const KEY_VAR: &str = "LIFEBOAT_VM_KEY";
 
-/// A started VM.
+/// A started VM: its process, and what tells that process from a later one that reuses its
+/// pid (its start time, and the key it was started under). No signal is sent to a pid whose
+/// process does not match.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Handle {
     pub vm: String,
     pub pid: u32,
+    /// When the process started, in clock ticks since boot (`/proc/PID/stat`, field 22).
+    pub started: Option<u64>,
+    /// The start's idempotency key, carried in the VM's environment (`LIFEBOAT_VM_KEY`); empty
+    /// for a VM Lifeboat did not start.
+    pub key: String,
+}
+
+impl Handle {
+    /// The process `pid` as it runs now, known by its start time from here on.
+    pub fn of_process(vm: &str, pid: u32) -> Self {
+        Self {
+            vm: vm.to_string(),
+            pid,
+            started: process_start_time(pid),
+            key: String::new(),
+        }
+    }
+
+    /// Whether the process at the pid is still this VM's: the same start time and key.
+    /// A handle that knows neither cannot be told from a stranger, and never matches.
+    pub fn is_current(&self) -> bool {
+        if self.started.is_none() && self.key.is_empty() {
+            return false;
+        }
+        if self
+            .started
+            .is_some_and(|t| process_start_time(self.pid) != Some(t))
+        {
+            return false;
+        }
+        self.key.is_empty() || process_has_key(self.pid, &self.key)
+    }
 }
 
 #[async_trait::async_trait]
@@ -67,9 +101,17 @@ impl ProcessDriver {
         Arc::new(Self::default())
     }
 
+    /// Signals the VM's process, after checking that the pid is still the VM's (a recycled pid
+    /// belongs to someone else: the VM is gone, and nothing is signalled).
     fn signal(&self, vm: &Handle, signal: Signal) -> Result<(), String> {
         let pid = Pid::from_raw(vm.pid as i32)
             .ok_or_else(|| format!("VM `{}` has no valid pid", vm.vm))?;
+        if !vm.is_current() {
+            return Err(format!(
+                "VM `{}` (pid {}) is gone: the pid is not its process any more",
+                vm.vm, vm.pid
+            ));
+        }
         kill_process(pid, signal)
             .map_err(|e| format!("cannot signal VM `{}` (pid {}): {e}", vm.vm, vm.pid))
     }
@@ -91,8 +133,9 @@ impl ProcessDriver {
         {
             return true;
         }
-        // Gone, or someone else's zombie (its parent has not reaped it yet).
-        !process_alive(vm.pid)
+        // Gone, someone else's zombie (its parent has not reaped it yet), or a stranger that
+        // reuses the pid.
+        !process_alive(vm.pid) || !vm.is_current()
     }
 }
 
@@ -127,6 +170,8 @@ impl Compute for ProcessDriver {
         Ok(Handle {
             vm: launch.vm.clone(),
             pid,
+            started: process_start_time(pid),
+            key: launch.key.clone(),
         })
     }
 
@@ -134,7 +179,8 @@ impl Compute for ProcessDriver {
         if self.exited(vm) {
             return Ok(());
         }
-        // A paused VM cannot act on SIGTERM: let it run to stop.
+        // A paused VM cannot act on SIGTERM: let it run to stop. (If this fails, SIGTERM
+        // below fails the same way and says why.)
         let _ = self.signal(vm, Signal::CONT);
         self.signal(vm, Signal::TERM)?;
         let deadline = Instant::now() + grace;
@@ -187,6 +233,8 @@ impl Compute for ProcessDriver {
                 return Some(Handle {
                     vm: vm.to_string(),
                     pid,
+                    started: process_start_time(pid),
+                    key: key.to_string(),
                 });
             }
         }
@@ -235,10 +283,7 @@ impl Compute for ProcessDriver {
                 && process_alive(pid)
                 && !found.iter().any(|h: &Handle| h.vm == launch.vm)
             {
-                found.push(Handle {
-                    vm: launch.vm.clone(),
-                    pid,
-                });
+                found.push(Handle::of_process(&launch.vm, pid));
             }
         }
         found
@@ -255,6 +300,25 @@ fn processes() -> impl Iterator<Item = (u32, PathBuf)> {
             let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
             Some((pid, entry.path()))
         })
+}
+
+/// When process `pid` started, in clock ticks since boot; `None` if there is no such process.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces and parentheses) start at field 3;
+    // the start time is field 22.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether process `pid` carries `LIFEBOAT_VM_KEY=key` in its environment.
+fn process_has_key(pid: u32, key: &str) -> bool {
+    let wanted = format!("{KEY_VAR}={key}");
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+        environ
+            .split(|b| *b == 0)
+            .any(|var| var == wanted.as_bytes())
+    })
 }
 
 /// Whether process `pid` exists and is not a zombie.
@@ -275,24 +339,102 @@ pub fn process_alive(pid: u32) -> bool {
 }
 
 /// Holds a group's VMs still for a replication cut: pause them all, release them all.
+///
+/// A pause must never outlive the process that took it: before the first VM is paused a
+/// guardian process starts, holding the read end of a pipe whose write end only this process
+/// has. Released normally, the guardian is told so and exits; if this process dies (Ctrl-C,
+/// SIGTERM, kill -9) the pipe closes and the guardian resumes the VMs at once; and if this
+/// process hangs, the guardian resumes them when the pause's bound (plus a second) has passed.
 pub struct PauseVms {
-    pub driver: Arc<dyn Compute>,
-    pub vms: Vec<Handle>,
+    driver: Arc<dyn Compute>,
+    vms: Vec<Handle>,
+    max: Duration,
+    guardian: tokio::sync::Mutex<Option<Guardian>>,
+}
+
+impl PauseVms {
+    /// `max`: the longest the VMs may stay paused (the policy's `max_pause`).
+    pub fn new(driver: Arc<dyn Compute>, vms: Vec<Handle>, max: Duration) -> Self {
+        Self {
+            driver,
+            vms,
+            max,
+            guardian: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn vms(&self) -> &[Handle] {
+        &self.vms
+    }
 }
 
 impl std::fmt::Debug for PauseVms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PauseVms").field("vms", &self.vms).finish()
+        f.debug_struct("PauseVms")
+            .field("vms", &self.vms)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The process that resumes paused VMs if their pauser cannot.
+struct Guardian {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+}
+
+impl Guardian {
+    /// Starts a guardian for `pids`, bounded at `max` (+1 s, so the cycle's own bound acts first).
+    fn start(pids: &[u32], max: Duration) -> Result<Self, String> {
+        // `read` ends on our "done" (released), on end of file (we died), or on its timeout
+        // (we hang); only "done" leaves the VMs alone.
+        let script = r#"read -r -t "$1" line; shift; [ "$line" = done ] || kill -CONT "$@" 2>/dev/null; exit 0"#;
+        let bound = (max + Duration::from_secs(1)).as_secs().max(1);
+        let mut child = tokio::process::Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .arg("lifeboat-pause-guardian")
+            .arg(bound.to_string())
+            .args(pids.iter().map(u32::to_string))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| format!("cannot start the pause guardian (bash): {e}"))?;
+        let stdin = child.stdin.take();
+        Ok(Self { child, stdin })
+    }
+
+    /// Tells the guardian the VMs were resumed, and waits for it to exit.
+    async fn dismiss(mut self) {
+        use tokio::io::AsyncWriteExt;
+        if let Some(mut stdin) = self.stdin.take() {
+            // If the guardian is gone (it timed out and resumed the VMs), there is no one to tell.
+            let _ = stdin.write_all(b"done\n").await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
     }
 }
 
 #[async_trait::async_trait]
 impl lifeboat_replication::Cut for PauseVms {
     async fn hold(&self) -> lifeboat_replication::Result<()> {
+        let pids: Vec<u32> = self.vms.iter().map(|h| h.pid).collect();
+        let guardian =
+            Guardian::start(&pids, self.max).map_err(lifeboat_replication::Error::failed)?;
+        *self.guardian.lock().await = Some(guardian);
         for (i, vm) in self.vms.iter().enumerate() {
             if let Err(e) = self.driver.pause(vm).await {
-                for done in &self.vms[..i] {
-                    let _ = self.driver.resume(done).await;
+                // Resume what was paused; the guardian resumes what this cannot.
+                let undone = resume_all(self.driver.as_ref(), &self.vms[..i]).await;
+                if let Err(e) = &undone {
+                    tracing::warn!(error = %e, "a failed pause could not be rolled back; the guardian resumes the VMs");
+                }
+                if undone.is_ok()
+                    && let Some(g) = self.guardian.lock().await.take()
+                {
+                    g.dismiss().await;
                 }
                 return Err(lifeboat_replication::Error::failed(e));
             }
@@ -300,10 +442,34 @@ impl lifeboat_replication::Cut for PauseVms {
         Ok(())
     }
 
-    async fn release(&self) {
-        for vm in &self.vms {
-            let _ = self.driver.resume(vm).await;
+    async fn release(&self) -> lifeboat_replication::Result<()> {
+        let resumed = resume_all(self.driver.as_ref(), &self.vms).await;
+        let guardian = self.guardian.lock().await.take();
+        match (&resumed, guardian) {
+            // Every VM runs again: the guardian has nothing left to do.
+            (Ok(()), Some(g)) => g.dismiss().await,
+            // Some did not resume: dropping the pipe makes the guardian try too.
+            (Err(_), Some(g)) => drop(g),
+            (_, None) => {}
         }
+        resumed.map_err(lifeboat_replication::Error::failed)
+    }
+}
+
+/// Resumes every VM of `vms` (a VM that has exited needs no resuming); the errors, joined.
+async fn resume_all(driver: &dyn Compute, vms: &[Handle]) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for vm in vms {
+        if let Err(e) = driver.resume(vm).await
+            && driver.running(vm).await
+        {
+            errors.push(format!("cannot resume VM `{}`: {e}", vm.vm));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
     }
 }
 
@@ -323,10 +489,7 @@ mod tests {
             .unwrap();
         let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
         let driver = ProcessDriver::new();
-        let vm = Handle {
-            vm: "orphan".into(),
-            pid,
-        };
+        let vm = Handle::of_process("orphan", pid);
         assert!(driver.running(&vm).await, "a live orphan is not running");
         driver.stop(&vm, Duration::from_secs(2)).await.unwrap();
         assert!(!driver.running(&vm).await);

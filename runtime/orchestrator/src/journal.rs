@@ -10,6 +10,68 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+/// The journal's layout version, kept in the journal itself. A journal of another version is
+/// refused rather than misread (as a repository of another format is).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The journal could not be opened, read or written.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct JournalError(pub String);
+
+impl From<JournalError> for String {
+    fn from(e: JournalError) -> Self {
+        e.0
+    }
+}
+
+fn jerr(e: impl std::fmt::Display) -> JournalError {
+    JournalError(e.to_string())
+}
+
+/// How a run stands. A run is `running` until it ends (or while its process is dead: it waits
+/// for `retry`); a retry or a skip re-opens a `failed` run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    #[default]
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    CleanedUp,
+    Committed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::CleanedUp => "cleaned-up",
+            Self::Committed => "committed",
+        }
+    }
+
+    /// A run still holds VMs, pins or an uncommitted failover.
+    pub fn is_open(self) -> bool {
+        !matches!(self, Self::CleanedUp | Self::Committed)
+    }
+
+    /// A run a process can drive on (`retry`): it has not ended, or it stopped at a failed step.
+    pub fn is_resumable(self) -> bool {
+        matches!(self, Self::Running | Self::Failed)
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One transition of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -21,6 +83,9 @@ pub enum Event {
     StepStarted {
         step: String,
         attempt: u32,
+        /// The step's name (the plan's `name`, else what it `uses`), for people.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
     },
     StepFinished {
         step: String,
@@ -36,7 +101,7 @@ pub enum Event {
         group: String,
     },
     RunFinished {
-        status: String,
+        status: RunStatus,
     },
     /// What the run was started with, so a resume rebuilds the same run.
     Prepared {
@@ -47,6 +112,10 @@ pub enum Event {
     /// A process took the run up (started or resumed it): while it lives, no other may.
     Driving {
         pid: u32,
+        /// When the process started (clock ticks since boot), so a recycled pid is not taken
+        /// for it. Absent in journals written before it was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started: Option<u64>,
     },
     /// Every NIC's address at the target, fixed once per run.
     Assigned {
@@ -76,6 +145,10 @@ pub enum Event {
         vm: String,
         key: String,
         pid: u32,
+        /// When the process started (clock ticks since boot): with `key`, what tells this VM
+        /// from a process that reuses its pid.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started: Option<u64>,
         argv: Vec<String>,
         log: String,
     },
@@ -128,7 +201,14 @@ pub struct Replayed {
     /// Steps whose last attempt failed: that attempt and why.
     pub failed: HashMap<String, (u32, String)>,
     pub healthy_groups: HashSet<String>,
-    pub status: Option<String>,
+    pub status: RunStatus,
+    /// Whether the run recorded its end (`status` is then final unless a retry re-opens it).
+    pub ended: bool,
+    pub plan_path: String,
+    /// The `--point` it was started with.
+    pub point: Option<String>,
+    /// The last process that took the run up, and when that process started.
+    pub driver: Option<(u32, Option<u64>)>,
     pub events: usize,
 }
 
@@ -145,17 +225,17 @@ fn now_ms() -> i64 {
 }
 
 impl Journal {
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub fn open(path: &Path) -> Result<Self, JournalError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                .map_err(|e| JournalError(format!("cannot create {}: {e}", dir.display())))?;
         }
         let db = Connection::open(path)
-            .map_err(|e| format!("cannot open journal {}: {e}", path.display()))?;
+            .map_err(|e| JournalError(format!("cannot open journal {}: {e}", path.display())))?;
         // Several connections (the executor, host services, `lifeboat approve` in another
         // process) write one journal: wait for the lock rather than fail.
         db.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(|e| format!("cannot open journal {}: {e}", path.display()))?;
+            .map_err(|e| JournalError(format!("cannot open journal {}: {e}", path.display())))?;
         db.pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| db.pragma_update(None, "synchronous", "FULL"))
             .and_then(|()| {
@@ -168,18 +248,19 @@ impl Journal {
                         event TEXT NOT NULL, PRIMARY KEY (run, seq));",
                 )
             })
-            .map_err(|e| format!("cannot set up journal {}: {e}", path.display()))?;
+            .map_err(|e| JournalError(format!("cannot set up journal {}: {e}", path.display())))?;
+        check_schema(&db, path)?;
         Ok(Self { db })
     }
 
     /// Starts a run: records it and its first event, in one transaction.
-    pub fn begin(&mut self, run: &str, plan: &str, operation: &str) -> Result<(), String> {
+    pub fn begin(&mut self, run: &str, plan: &str, operation: &str) -> Result<(), JournalError> {
         let first = Event::RunStarted {
             plan: plan.into(),
             operation: operation.into(),
         };
-        let text = serde_json::to_string(&first).map_err(|e| e.to_string())?;
-        let tx = self.db.transaction().map_err(|e| e.to_string())?;
+        let text = serde_json::to_string(&first).map_err(jerr)?;
+        let tx = self.db.transaction().map_err(jerr)?;
         tx.execute(
             "INSERT INTO runs (id, plan, operation, created_unix_ms) VALUES (?1, ?2, ?3, ?4)",
             params![run, plan, operation, now_ms()],
@@ -190,50 +271,54 @@ impl Journal {
                 params![run, now_ms(), text],
             )
         })
-        .map_err(|e| format!("cannot record run {run}: {e}"))?;
+        .map_err(|e| JournalError(format!("cannot record run {run}: {e}")))?;
         tx.commit()
-            .map_err(|e| format!("cannot record run {run}: {e}"))
+            .map_err(|e| JournalError(format!("cannot record run {run}: {e}")))
     }
 
     /// Appends one event; returns its sequence number once it is durable.
-    pub fn append(&mut self, run: &str, event: &Event) -> Result<i64, String> {
-        let text = serde_json::to_string(event).map_err(|e| e.to_string())?;
+    pub fn append(&mut self, run: &str, event: &Event) -> Result<i64, JournalError> {
+        let text = serde_json::to_string(event).map_err(jerr)?;
         // Immediate: take the write lock before reading the next sequence number, so two
         // writers never pick the same one.
         let tx = self
             .db
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| format!("cannot append to run {run}: {e}"))?;
+            .map_err(|e| JournalError(format!("cannot append to run {run}: {e}")))?;
         let seq: i64 = tx
             .query_row(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run = ?1",
                 [run],
                 |r| r.get(0),
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(jerr)?;
         tx.execute(
             "INSERT INTO events (run, seq, at_unix_ms, event) VALUES (?1, ?2, ?3, ?4)",
             params![run, seq, now_ms(), text],
         )
-        .map_err(|e| format!("cannot append to run {run}: {e}"))?;
+        .map_err(|e| JournalError(format!("cannot append to run {run}: {e}")))?;
         tx.commit()
-            .map_err(|e| format!("cannot append to run {run}: {e}"))?;
+            .map_err(|e| JournalError(format!("cannot append to run {run}: {e}")))?;
         Ok(seq)
     }
 
     /// Every event of a run, in order, with its instant.
-    pub fn events(&self, run: &str) -> Result<Vec<(i64, i64, Event)>, String> {
+    pub fn events(&self, run: &str) -> Result<Vec<(i64, i64, Event)>, JournalError> {
         self.events_after(run, 0)
     }
 
     /// The events of a run after sequence number `seq` (what pollers have not seen yet).
-    pub fn events_after(&self, run: &str, seq: i64) -> Result<Vec<(i64, i64, Event)>, String> {
+    pub fn events_after(
+        &self,
+        run: &str,
+        seq: i64,
+    ) -> Result<Vec<(i64, i64, Event)>, JournalError> {
         let mut stmt = self
             .db
             .prepare(
                 "SELECT seq, at_unix_ms, event FROM events WHERE run = ?1 AND seq > ?2 ORDER BY seq",
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(jerr)?;
         let rows = stmt
             .query_map(params![run, seq], |r| {
                 Ok((
@@ -242,111 +327,160 @@ impl Journal {
                     r.get::<_, String>(2)?,
                 ))
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(jerr)?;
         let mut out = Vec::new();
         for row in rows {
-            let (seq, at, text) = row.map_err(|e| e.to_string())?;
-            let event = serde_json::from_str(&text)
-                .map_err(|e| format!("journal event {seq} of run {run} does not parse: {e}"))?;
+            let (seq, at, text) = row.map_err(jerr)?;
+            let event = serde_json::from_str(&text).map_err(|e| {
+                JournalError(format!(
+                    "journal event {seq} of run {run} does not parse: {e}"
+                ))
+            })?;
             out.push((seq, at, event));
         }
         Ok(out)
     }
 
     /// The sequence number of a run's newest event (0 for none).
-    pub fn last_seq(&self, run: &str) -> Result<i64, String> {
+    pub fn last_seq(&self, run: &str) -> Result<i64, JournalError> {
         self.db
             .query_row(
                 "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run = ?1",
                 [run],
                 |r| r.get(0),
             )
-            .map_err(|e| e.to_string())
+            .map_err(jerr)
     }
 
     /// Whether a run id is taken.
-    pub fn exists(&self, run: &str) -> Result<bool, String> {
+    pub fn exists(&self, run: &str) -> Result<bool, JournalError> {
         self.db
             .query_row("SELECT 1 FROM runs WHERE id = ?1", [run], |_| Ok(()))
             .optional()
             .map(|r| r.is_some())
-            .map_err(|e| e.to_string())
+            .map_err(jerr)
     }
 
     /// Run ids, newest first.
-    pub fn runs(&self) -> Result<Vec<(String, String, String, i64)>, String> {
+    pub fn runs(&self) -> Result<Vec<(String, String, String, i64)>, JournalError> {
         let mut stmt = self
             .db
             .prepare("SELECT id, plan, operation, created_unix_ms FROM runs ORDER BY created_unix_ms DESC, id DESC")
-            .map_err(|e| e.to_string())?;
+            .map_err(jerr)?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+            .map_err(jerr)?;
+        rows.collect::<Result<_, _>>().map_err(jerr)
     }
 
-    /// Replays a run's events into its state.
-    pub fn replay(&self, run: &str) -> Result<Option<Replayed>, String> {
-        let known: Option<String> = self
-            .db
-            .query_row("SELECT id FROM runs WHERE id = ?1", [run], |r| r.get(0))
-            .optional()
-            .map_err(|e| e.to_string())?;
-        if known.is_none() {
+    /// Replays a run's events into its state; `None` for an unknown run.
+    pub fn replay(&self, run: &str) -> Result<Option<Replayed>, JournalError> {
+        if !self.exists(run)? {
             return Ok(None);
         }
-        let mut r = Replayed::default();
-        for (_, _, event) in self.events(run)? {
-            r.events += 1;
-            match event {
-                Event::RunStarted { plan, operation } => {
-                    r.plan = plan;
-                    r.operation = operation;
-                }
-                Event::StepStarted { step, attempt } => {
-                    r.failed.remove(&step);
-                    r.interrupted.insert(step, attempt);
-                }
-                Event::StepFinished { step, output, .. } => {
-                    r.interrupted.remove(&step);
-                    r.finished.insert(step, output);
-                }
-                Event::StepFailed {
-                    step,
-                    attempt,
-                    error,
-                } => {
-                    r.interrupted.remove(&step);
-                    r.failed.insert(step, (attempt, error));
-                }
-                Event::GroupHealthy { group } => {
-                    r.healthy_groups.insert(group);
-                }
-                Event::RunFinished { status } => r.status = Some(status),
-                Event::StepSkipped { step } => {
-                    r.interrupted.remove(&step);
-                    r.failed.remove(&step);
-                    r.finished
-                        .insert(step, serde_json::json!({ "skipped": true }));
-                }
-                Event::Prepared { .. }
-                | Event::Driving { .. }
-                | Event::Assigned { .. }
-                | Event::PointChosen { .. }
-                | Event::Restored { .. }
-                | Event::VmStarting { .. }
-                | Event::VmStarted { .. }
-                | Event::VmStopped { .. }
-                | Event::StepLog { .. }
-                | Event::Kv { .. }
-                | Event::ApprovalRequested { .. }
-                | Event::Approved { .. }
-                | Event::StepUndone { .. }
-                | Event::Committed { .. } => {}
-            }
-        }
-        Ok(Some(r))
+        let events = self.events(run)?;
+        Ok(Some(fold(events.iter().map(|(_, _, e)| e))))
     }
+}
+
+/// Checks (or, on a journal that has none, records) the layout version.
+fn check_schema(db: &Connection, path: &Path) -> Result<(), JournalError> {
+    let fail =
+        |e: rusqlite::Error| JournalError(format!("cannot set up journal {}: {e}", path.display()));
+    db.execute_batch(
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+    )
+    .map_err(fail)?;
+    // Journals written before the version was recorded have version 1's layout.
+    db.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
+        [SCHEMA_VERSION],
+    )
+    .map_err(fail)?;
+    let version: i64 = db
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(fail)?;
+    if version != SCHEMA_VERSION {
+        return Err(JournalError(format!(
+            "journal {} has schema version {version}; this Lifeboat reads version {SCHEMA_VERSION} (use the Lifeboat that wrote it)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The one fold of a run's events into how it stands: replay, status, records and services
+/// all read a run through it.
+pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
+    let mut r = Replayed::default();
+    for event in events {
+        r.events += 1;
+        match event {
+            Event::RunStarted { plan, operation } => {
+                r.plan.clone_from(plan);
+                r.operation.clone_from(operation);
+            }
+            Event::Prepared { plan_path, point } => {
+                r.plan_path.clone_from(plan_path);
+                r.point.clone_from(point);
+            }
+            Event::Driving { pid, started } => r.driver = Some((*pid, *started)),
+            Event::StepStarted { step, attempt, .. } => {
+                r.failed.remove(step);
+                r.interrupted.insert(step.clone(), *attempt);
+                // A retry re-opens a failed run.
+                if r.status == RunStatus::Failed {
+                    r.status = RunStatus::Running;
+                }
+            }
+            Event::StepFinished { step, output, .. } => {
+                r.interrupted.remove(step);
+                r.finished.insert(step.clone(), output.clone());
+            }
+            Event::StepFailed {
+                step,
+                attempt,
+                error,
+            } => {
+                r.interrupted.remove(step);
+                r.failed.insert(step.clone(), (*attempt, error.clone()));
+            }
+            Event::GroupHealthy { group } => {
+                r.healthy_groups.insert(group.clone());
+            }
+            Event::RunFinished { status } => {
+                r.status = *status;
+                r.ended = true;
+            }
+            Event::StepSkipped { step } => {
+                r.interrupted.remove(step);
+                r.failed.remove(step);
+                r.finished
+                    .insert(step.clone(), serde_json::json!({ "skipped": true }));
+                // A skip re-opens a failed run.
+                if r.status == RunStatus::Failed {
+                    r.status = RunStatus::Running;
+                }
+            }
+            Event::Assigned { .. }
+            | Event::PointChosen { .. }
+            | Event::Restored { .. }
+            | Event::VmStarting { .. }
+            | Event::VmStarted { .. }
+            | Event::VmStopped { .. }
+            | Event::StepLog { .. }
+            | Event::Kv { .. }
+            | Event::ApprovalRequested { .. }
+            | Event::Approved { .. }
+            | Event::StepUndone { .. }
+            | Event::Committed { .. } => {}
+        }
+    }
+    r
 }
 
 /// The idempotency key of a host call made by an attempt of a step: the same after a restart,
@@ -373,6 +507,7 @@ mod tests {
                 &Event::StepStarted {
                     step: "database/boot".into(),
                     attempt: 1,
+                    name: None,
                 },
             )
             .unwrap();
@@ -397,6 +532,7 @@ mod tests {
                 &Event::StepStarted {
                     step: "app/boot".into(),
                     attempt: 1,
+                    name: None,
                 },
             )
             .unwrap();
@@ -407,7 +543,7 @@ mod tests {
         assert!(r.finished.contains_key("database/boot"));
         assert_eq!(r.interrupted.get("app/boot"), Some(&1));
         assert!(r.healthy_groups.contains("database"));
-        assert_eq!(r.status, None);
+        assert_eq!((r.status, r.ended), (RunStatus::Running, false));
         assert_eq!(r.events, 5);
         assert!(j.replay("nope").unwrap().is_none());
         assert_eq!(j.runs().unwrap()[0].0, "r1");

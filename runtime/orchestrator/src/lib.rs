@@ -12,6 +12,7 @@
 
 pub mod compile;
 pub mod compute;
+pub mod error;
 pub mod health;
 pub mod journal;
 pub mod network;

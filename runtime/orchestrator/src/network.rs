@@ -16,6 +16,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use lifeboat_plan::Inventory;
+use lifeboat_plan::address::usable;
 use lifeboat_plan::plan::{NetworkRef, Plan};
 use serde::{Deserialize, Serialize};
 
@@ -189,13 +190,6 @@ pub fn assign(
     Ok(out)
 }
 
-/// A host address of the subnet: not its network or broadcast address.
-fn usable(cidr: &IpNet, ip: IpAddr) -> bool {
-    cidr.contains(&ip)
-        && ip != cidr.network()
-        && (cidr.prefix_len() >= cidr.max_prefix_len() - 1 || ip != cidr.broadcast())
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
@@ -215,6 +209,70 @@ mod tests {
         a.iter()
             .map(|a| (a.vm.clone(), a.ip.to_string(), a.why))
             .collect()
+    }
+
+    /// Regression: `plan validate` kept a source address whenever the target subnet contained
+    /// it, the runtime only when it is a usable host address. Here `a`'s source address is the
+    /// broadcast address of its target subnet and `b` takes it by override: the validator called
+    /// that a duplicate, while a failover gives `b` the address and `a` the lowest free one.
+    /// One rule now: the validator passes the plan, and the runtime does what it predicted.
+    #[test]
+    fn the_validator_and_the_runtime_keep_the_same_addresses() {
+        use lifeboat_plan::{Sources, check_plan, parse_inventory, parse_plan};
+        let inventory = r#"
+version = 1
+[sites.east]
+store = "/srv/east"
+compute = "process"
+replicate_to = "west"
+networks.prod.subnets = { app = "10.1.1.0/24" }
+[sites.west]
+store = "/srv/west"
+compute = "process"
+networks.dr.subnets = { app = "10.1.1.0/29" }
+[policies.p]
+crash_interval = "1m"
+retention = "1h"
+rpo_threshold = "5m"
+[vms.a]
+site = "east"
+policy = "p"
+disks.os = "a.img"
+nics = [{ network = "prod", subnet = "app", ip = "10.1.1.7" }]
+[vms.b]
+site = "east"
+policy = "p"
+disks.os = "b.img"
+nics = [{ network = "prod", subnet = "app", ip = "10.1.1.20" }]
+"#;
+        let plan_text = r#"
+version = 1
+name = "p"
+source = "east"
+target = "west"
+network.map = [{ from = "east/prod", to = "west/dr" }]
+network.override = [{ vm = "b", nic = 0, ip = "10.1.1.7" }]
+[[group]]
+name = "g"
+vms = ["a", "b"]
+"#;
+        let mut sources = Sources::new();
+        let inv_id = sources.add("lifeboat.toml", inventory);
+        let plan_id = sources.add("plan.toml", plan_text);
+        let (inv, d1) = parse_inventory(inv_id, inventory);
+        let (plan, d2) = parse_plan(plan_id, plan_text);
+        assert!(d1.is_empty() && d2.is_empty(), "{d1:?} {d2:?}");
+        let (inv, plan) = (inv.unwrap(), plan.unwrap());
+        let diags = check_plan(&inv, &plan, &sources);
+        assert!(diags.is_empty(), "validator refused: {diags:?}");
+        let a = assign(&inv, &plan, &["a", "b"], Purpose::Failover, &HashSet::new()).unwrap();
+        assert_eq!(
+            ips(&a),
+            [
+                ("a".into(), "10.1.1.1".into(), Why::NextFree),
+                ("b".into(), "10.1.1.7".into(), Why::Override),
+            ]
+        );
     }
 
     #[test]

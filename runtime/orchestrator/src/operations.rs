@@ -15,19 +15,20 @@ use lifeboat_replication::Repository;
 
 use crate::compile::{RunPlan, StepRun, compile};
 use crate::compute::{Compute, Handle};
-use crate::journal::{Event, Journal};
+use crate::error::{Error, Result};
+use crate::journal::{Event, Journal, RunStatus};
 use crate::network::{Assignment, Purpose, assign};
 use crate::run::{Controls, Outcome, execute};
 use crate::runs::{Environment, not_driven, running_in, status_of};
 use crate::services::{Observer, RunServices};
-use crate::source::{groups_of, plan_vms};
+use crate::source::{self, groups_of, plan_vms};
 use crate::steps::PluginRunner;
 
 /// Restores a run makes at once (each is CPU-bound: decompress and re-hash every chunk).
 const RESTORES_AT_ONCE: usize = 4;
 
 /// A new run id: `PLAN-N`, N one more than the plan's runs so far.
-fn new_run_id(journal: &Journal, plan: &str) -> Result<String, String> {
+fn new_run_id(journal: &Journal, plan: &str) -> Result<String> {
     let n = journal.runs()?.iter().filter(|r| r.1 == plan).count() + 1;
     let mut n = n;
     loop {
@@ -39,7 +40,7 @@ fn new_run_id(journal: &Journal, plan: &str) -> Result<String, String> {
     }
 }
 
-fn assignments_of(journal: &Journal, run: &str) -> Result<Vec<Assignment>, String> {
+fn assignments_of(journal: &Journal, run: &str) -> Result<Vec<Assignment>> {
     Ok(journal
         .events(run)?
         .into_iter()
@@ -55,43 +56,61 @@ fn assignments_of(journal: &Journal, run: &str) -> Result<Vec<Assignment>, Strin
 pub struct RunResult {
     pub id: String,
     pub outcome: Outcome,
+    /// The source VMs a planned failover stopped before it started.
+    pub source_stopped: Vec<Handle>,
 }
 
-/// Starts a failover of `plan` (`op`: test, planned or unplanned) and runs it to its end.
-/// `point` is the command line's `--point` (a kind, a number, or `GROUP/NUMBER`).
-pub async fn failover(
-    env: &Environment,
-    plan: &Plan,
-    plan_path: &Path,
-    op: Operation,
-    point: Option<String>,
-    observe: Observer,
-    controls: Controls,
-) -> Result<RunResult, String> {
+/// What a failover was asked to do, as the command line says it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailoverRequest {
+    pub op: Operation,
+    /// `--point`: a kind, a number, or `GROUP/NUMBER`.
+    pub point: Option<String>,
+    /// `--force`: an unplanned failover although a source VM still answers.
+    pub force: bool,
+}
+
+/// What the preflight established: everything a failover needs, found before it acts.
+#[derive(Debug)]
+struct Cleared {
+    assignments: Vec<Assignment>,
+    /// The source VMs a planned failover will stop.
+    source: Vec<Handle>,
+}
+
+/// Every refusal a failover can give, before its first side effect: a failover refused here
+/// has stopped nothing, recorded nothing and left nothing to clean up.
+async fn preflight(env: &Environment, plan: &Plan, req: &FailoverRequest) -> Result<Cleared> {
     if !matches!(
-        op,
+        req.op,
         Operation::Test | Operation::Planned | Operation::Unplanned
     ) {
-        return Err(format!("`{}` is not a failover operation", op.name()));
+        return Err(Error::Failed(format!(
+            "`{}` is not a failover operation",
+            req.op.name()
+        )));
     }
-    let mut journal = env.journal()?;
+    let journal = env.journal()?;
     let name = &plan.name.value;
     if let Some(open) = env.open_run(name)? {
         let id = &open.id;
-        let next = match (open.status.as_str(), open.driver_pid) {
-            ("running", Some(pid)) => format!("it is in progress in process {pid}"),
-            ("running" | "failed", None) => {
+        let next = match (open.status, open.driver_pid) {
+            (RunStatus::Running, Some(pid)) => format!("it is in progress in process {pid}"),
+            (RunStatus::Running | RunStatus::Failed, None) => {
                 format!("`lifeboat retry {id}` finishes it, `lifeboat cleanup {name}` undoes it")
             }
-            ("succeeded", _) if open.operation != "test" => {
+            (RunStatus::Succeeded, _) if open.operation != "test" => {
                 format!("`lifeboat commit {name}` or `lifeboat cleanup {name}` first")
             }
             _ => format!("`lifeboat cleanup {name}` first"),
         };
-        return Err(format!(
-            "plan `{name}` has an open run: {} ({}, {}): {next}",
-            open.id, open.operation, open.status
-        ));
+        return Err(Error::OpenRun {
+            plan: name.clone(),
+            run: open.id.clone(),
+            operation: open.operation.clone(),
+            status: open.status,
+            next,
+        });
     }
     // Addresses other open runs hold at the target.
     let mut in_use: HashSet<(String, IpAddr)> = HashSet::new();
@@ -101,34 +120,64 @@ pub async fn failover(
         }
     }
     let vms = plan_vms(plan);
-    let purpose = if op == Operation::Test {
+    let purpose = if req.op == Operation::Test {
         Purpose::Test
     } else {
         Purpose::Failover
     };
     let assignments = assign(&env.inventory, plan, &vms, purpose, &in_use)?;
-    preflight_points(env, plan, &vms, point.as_deref()).await?;
+    preflight_points(env, plan, &vms, req.point.as_deref()).await?;
+    let source = source::check(env, plan, req.op, req.force).await?;
+    Ok(Cleared {
+        assignments,
+        source,
+    })
+}
+
+/// Starts a failover of `plan` and runs it to its end. Every check comes first; then a planned
+/// failover stops the source VMs and takes the last point; then the run is recorded and run.
+pub async fn failover(
+    env: &Environment,
+    plan: &Plan,
+    plan_path: &Path,
+    req: FailoverRequest,
+    observe: Observer,
+    controls: Controls,
+) -> Result<RunResult> {
+    let cleared = preflight(env, plan, &req).await?;
+    if req.op == Operation::Planned {
+        source::hand_over(env, plan, &cleared.source).await?;
+    }
+    let mut journal = env.journal()?;
+    let name = &plan.name.value;
     let id = new_run_id(&journal, name)?;
-    journal.begin(&id, name, op.name())?;
+    journal.begin(&id, name, req.op.name())?;
     journal.append(
         &id,
         &Event::Prepared {
             plan_path: plan_path.display().to_string(),
-            point: point.clone(),
+            point: req.point.clone(),
         },
     )?;
-    journal.append(&id, &Event::Assigned { assignments })?;
-    drive(
+    journal.append(
+        &id,
+        &Event::Assigned {
+            assignments: cleared.assignments,
+        },
+    )?;
+    let mut result = drive(
         env,
         &mut journal,
         &id,
         plan,
         plan_path,
-        (op, point),
+        (req.op, req.point),
         observe,
         controls,
     )
-    .await
+    .await?;
+    result.source_stopped = cleared.source;
+    Ok(result)
 }
 
 /// Every consistency group the plan boots has a point to boot from, before a run is recorded:
@@ -138,17 +187,17 @@ async fn preflight_points(
     plan: &Plan,
     vms: &[&str],
     point: Option<&str>,
-) -> Result<(), String> {
+) -> Result<()> {
     let target = env.site_store(&plan.target.value)?;
     let repo = Repository::open(&target)
         .await
-        .map_err(|e| format!("cannot fail over: {e}: run `lifeboat replicate` first"))?;
+        .map_err(|e| Error::replication("cannot fail over: run `lifeboat replicate` first", e))?;
     let default = crate::compile::point_choice(plan);
     for group in groups_of(env, vms) {
         let choice = crate::services::choice_for(point, &group.name, default);
         lifeboat_replication::points::select(&repo, &group.name, choice)
             .await
-            .map_err(|e| format!("cannot fail over: {e}"))?;
+            .map_err(|e| Error::replication("cannot fail over", e))?;
     }
     Ok(())
 }
@@ -160,21 +209,23 @@ pub async fn resume(
     plan: &Plan,
     observe: Observer,
     controls: Controls,
-) -> Result<RunResult, String> {
+) -> Result<RunResult> {
     let mut journal = env.journal()?;
     let status = status_of(&journal, run)?;
-    if status.status == "succeeded" {
+    if status.status == RunStatus::Succeeded {
         // Its process died after the last event: there is nothing left to do.
         return Ok(RunResult {
             id: run.to_string(),
             outcome: Outcome::Succeeded,
+            source_stopped: Vec::new(),
         });
     }
-    if !matches!(status.status.as_str(), "running" | "failed") {
-        return Err(format!(
-            "run {run} is {}: there is nothing to resume",
-            status.status
-        ));
+    if !status.status.is_resumable() {
+        return Err(Error::InvalidState {
+            run: run.to_string(),
+            status: status.status,
+            why: "there is nothing to resume".into(),
+        });
     }
     not_driven(&status)?;
     let op = status.operation()?;
@@ -198,7 +249,7 @@ fn services(
     point: Option<String>,
     assignments: Vec<Assignment>,
     observe: Observer,
-) -> Result<Arc<RunServices>, String> {
+) -> Result<Arc<RunServices>> {
     let target_site = plan.target.value.clone();
     Ok(Arc::new(RunServices {
         run: run.to_string(),
@@ -240,7 +291,7 @@ fn runner(
     op: Operation,
     point: Option<String>,
     observe: Observer,
-) -> Result<PluginRunner, String> {
+) -> Result<PluginRunner> {
     let journal = env.journal()?;
     let assignments = assignments_of(&journal, run)?;
     let services = services(env, run, plan, point, assignments, observe)?;
@@ -281,45 +332,61 @@ async fn drive(
     (op, point): (Operation, Option<String>),
     observe: Observer,
     controls: Controls,
-) -> Result<RunResult, String> {
+) -> Result<RunResult> {
+    let pid = std::process::id();
     journal.append(
         run,
         &Event::Driving {
-            pid: std::process::id(),
+            pid,
+            started: crate::compute::process_start_time(pid),
         },
     )?;
     let compiled: RunPlan = compile(plan, op);
     let runner = runner(env, run, plan, plan_path, op, point, observe.clone())?;
     let show = |e: &Event, _seq: i64| observe(run, e);
-    let outcome = execute(journal, run, &compiled, &runner, &show, controls).await?;
+    let span =
+        tracing::info_span!("run", id = %run, plan = %plan.name.value, operation = op.name());
+    let outcome = tracing::Instrument::instrument(
+        execute(journal, run, &compiled, &runner, &show, controls),
+        span,
+    )
+    .await?;
     Ok(RunResult {
         id: run.to_string(),
         outcome,
+        source_stopped: Vec::new(),
     })
 }
 
-/// What `cleanup` did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What `cleanup` did (`--output json` prints it as it is).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CleanupReport {
     pub run: String,
-    /// Steps undone, in the order undone, with the error of those whose undo failed.
-    pub undone: Vec<(String, Option<String>)>,
+    /// Steps undone, in the order undone.
+    pub undone: Vec<Undone>,
+    /// VMs stopped, by a step's undo or by cleanup itself.
     pub vms_stopped: Vec<String>,
+    /// Points unpinned, as `GROUP/SEQ`.
     pub unpinned: Vec<String>,
+}
+
+/// One step's undo.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Undone {
+    pub step: String,
+    /// Why the undo failed, if it did.
+    pub error: Option<String>,
 }
 
 /// Undoes the open run of `plan` (a drill, or a failover not yet committed): `undo` of every
 /// step that finished, newest first; stops every VM it started; deletes its disks; unpins its
 /// points. The run ends `cleaned-up`.
-pub async fn cleanup(
-    env: &Environment,
-    plan: &Plan,
-    observe: Observer,
-) -> Result<CleanupReport, String> {
+pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Result<CleanupReport> {
     let name = &plan.name.value;
-    let open = env
-        .open_run(name)?
-        .ok_or_else(|| format!("plan `{name}` has no open run to clean up"))?;
+    let open = env.open_run(name)?.ok_or_else(|| Error::NoOpenRun {
+        plan: name.clone(),
+        what: "open run to clean up",
+    })?;
     not_driven(&open)?;
     let journal = env.journal()?;
     let op = open.operation()?;
@@ -330,6 +397,8 @@ pub async fn cleanup(
         .flat_map(|g| g.steps.iter().map(|s| (s.id.as_str(), s)))
         .collect();
     let events = journal.events(&open.id)?;
+    // What this cleanup does starts after here (an undo stops VMs too: they are counted).
+    let before = journal.last_seq(&open.id)?;
     let undone_before: HashSet<String> = events
         .iter()
         .filter_map(|(_, _, e)| match e {
@@ -371,8 +440,11 @@ pub async fn cleanup(
                 step: id.clone(),
                 error: error.clone(),
             })
-            .map_err(|e| plugin_error_text(&e))?;
-        report.undone.push((id.clone(), error));
+            .map_err(journal_error)?;
+        report.undone.push(Undone {
+            step: id.clone(),
+            error,
+        });
     }
     // Whatever a step left running (a boot that failed half-way has no outputs to undo).
     for handle in running_in(&journal.events(&open.id)?) {
@@ -381,8 +453,7 @@ pub async fn cleanup(
             .record(Event::VmStopped {
                 vm: handle.vm.clone(),
             })
-            .map_err(|e| plugin_error_text(&e))?;
-        report.vms_stopped.push(handle.vm);
+            .map_err(journal_error)?;
     }
     // A VM whose start the journal saw begin but not end (the runtime died in it).
     let started: HashSet<&str> = events
@@ -403,20 +474,38 @@ pub async fn cleanup(
     }
     let disks = env.run_dir(&open.id).join("disks");
     if disks.exists() {
-        std::fs::remove_dir_all(&disks)
-            .map_err(|e| format!("cannot delete {}: {e}", disks.display()))?;
+        let dir = disks.clone();
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir))
+            .await
+            .map_err(|e| Error::Failed(format!("cannot delete {}: {e}", disks.display())))?
+            .map_err(|e| Error::Failed(format!("cannot delete {}: {e}", disks.display())))?;
     }
     report.unpinned = unpin(env, plan, &events, &services.pin_reason()).await?;
+    for (_, _, e) in journal.events_after(&open.id, before)? {
+        if let Event::VmStopped { vm } = e
+            && !report.vms_stopped.contains(&vm)
+        {
+            report.vms_stopped.push(vm);
+        }
+    }
     services
         .record(Event::RunFinished {
-            status: "cleaned-up".into(),
+            status: RunStatus::CleanedUp,
         })
-        .map_err(|e| plugin_error_text(&e))?;
+        .map_err(journal_error)?;
     Ok(report)
 }
 
-async fn stop_vm(driver: &dyn Compute, handle: &Handle) -> Result<(), String> {
-    driver.stop(handle, Duration::from_secs(10)).await
+/// A journal write the run's services failed (they speak the plugin host's error type).
+fn journal_error(e: lifeboat_plugin_host::wit::Error) -> Error {
+    Error::Journal(crate::journal::JournalError(plugin_error_text(&e)))
+}
+
+async fn stop_vm(driver: &dyn Compute, handle: &Handle) -> Result<()> {
+    driver
+        .stop(handle, Duration::from_secs(10))
+        .await
+        .map_err(Error::Compute)
 }
 
 async fn unpin(
@@ -424,39 +513,59 @@ async fn unpin(
     plan: &Plan,
     events: &[(i64, i64, Event)],
     reason: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>> {
     let target = env.site_store(&plan.target.value)?;
-    let repo = Repository::open(&target).await.map_err(|e| e.to_string())?;
+    let repo = Repository::open(&target)
+        .await
+        .map_err(|e| Error::replication("cannot unpin the run's points", e))?;
     let mut out = Vec::new();
     for (_, _, e) in events {
         if let Event::PointChosen { group, seq, .. } = e {
             repo.unpin(group, *seq, reason)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Error::replication(format!("cannot unpin point {group}/{seq}"), e))?;
             out.push(format!("{group}/{seq}"));
         }
     }
     Ok(out)
 }
 
+/// A consistency group a commit took over at the target.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Committed {
+    pub group: String,
+    /// The point it was taken over at.
+    pub point: u64,
+    /// The writer epoch the target writes with from now on.
+    pub epoch: u64,
+}
+
 /// Commits the open failover of `plan`: every consistency group it booted is taken over at the
 /// target with a higher writer epoch, so the old source, if it comes back, is fenced.
-pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<(String, u64, u64)>, String> {
+pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<Committed>> {
     let name = &plan.name.value;
-    let open = env
-        .open_run(name)?
-        .ok_or_else(|| format!("plan `{name}` has no failover to commit"))?;
+    let open = env.open_run(name)?.ok_or_else(|| Error::NoOpenRun {
+        plan: name.clone(),
+        what: "failover to commit",
+    })?;
     if open.operation == "test" {
-        return Err(format!(
-            "run {} is a drill: drills are cleaned up (`lifeboat cleanup {name}`), not committed",
-            open.id
-        ));
+        return Err(Error::InvalidState {
+            run: open.id.clone(),
+            status: open.status,
+            why: format!(
+                "it is a drill: drills are cleaned up (`lifeboat cleanup {name}`), not committed"
+            ),
+        });
     }
-    if open.status != "succeeded" {
-        return Err(format!(
-            "run {} is {}: finish it first (`lifeboat retry {}`) or clean it up",
-            open.id, open.status, open.id
-        ));
+    if open.status != RunStatus::Succeeded {
+        return Err(Error::InvalidState {
+            run: open.id.clone(),
+            status: open.status,
+            why: format!(
+                "finish it first (`lifeboat retry {}`) or clean it up",
+                open.id
+            ),
+        });
     }
     let mut journal = env.journal()?;
     let events = journal.events(&open.id)?;
@@ -476,7 +585,7 @@ pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<(String, u64, 
         {
             let m = lifeboat_replication::cycle::fence(&target, group)
                 .await
-                .map_err(|e| format!("group `{group}`: {e}"))?;
+                .map_err(|e| Error::replication(format!("group `{group}`"), e))?;
             journal.append(
                 &open.id,
                 &Event::Committed {
@@ -485,24 +594,30 @@ pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<(String, u64, 
                     epoch: m.epoch,
                 },
             )?;
-            out.push((group.clone(), m.seq, m.epoch));
+            out.push(Committed {
+                group: group.clone(),
+                point: m.seq,
+                epoch: m.epoch,
+            });
         }
     }
     unpin(env, plan, &events, &format!("run-{}", open.id)).await?;
     journal.append(
         &open.id,
         &Event::RunFinished {
-            status: "committed".into(),
+            status: RunStatus::Committed,
         },
     )?;
     Ok(out)
 }
 
 /// Approves the pending approval of `run`.
-pub fn approve(env: &Environment, run: &str, by: &str) -> Result<String, String> {
+pub fn approve(env: &Environment, run: &str, by: &str) -> Result<String> {
     let mut journal = env.journal()?;
     if !journal.exists(run)? {
-        return Err(format!("no run `{run}` (see `lifeboat runs list`)"));
+        return Err(Error::NoRun {
+            run: run.to_string(),
+        });
     }
     let mut pending = None;
     for (_, _, e) in journal.events(run)? {
@@ -512,46 +627,52 @@ pub fn approve(env: &Environment, run: &str, by: &str) -> Result<String, String>
             _ => {}
         }
     }
-    let message = pending.ok_or_else(|| format!("run {run} is not waiting for an approval"))?;
+    let message = pending
+        .ok_or_else(|| Error::Failed(format!("run {run} is not waiting for an approval")))?;
     journal.append(run, &Event::Approved { by: by.to_string() })?;
     Ok(message)
 }
 
 /// Marks the step run `run` failed on as skipped; `resume` then goes on after it.
-pub fn skip(env: &Environment, run: &str) -> Result<String, String> {
+pub fn skip(env: &Environment, run: &str) -> Result<String> {
     let mut journal = env.journal()?;
     let status = env.status(run)?;
-    if status.status != "failed" {
-        return Err(format!(
-            "run {run} is {}: only a failed step can be skipped",
-            status.status
-        ));
+    if status.status != RunStatus::Failed {
+        return Err(Error::InvalidState {
+            run: run.to_string(),
+            status: status.status,
+            why: "only a failed step can be skipped".into(),
+        });
     }
-    let replayed = journal
-        .replay(run)?
-        .ok_or_else(|| format!("no run `{run}`"))?;
+    let replayed = journal.replay(run)?.ok_or_else(|| Error::NoRun {
+        run: run.to_string(),
+    })?;
     let step = replayed
         .failed
         .keys()
         .next()
         .cloned()
-        .ok_or_else(|| format!("run {run} has no failed step"))?;
+        .ok_or_else(|| Error::Failed(format!("run {run} has no failed step")))?;
     journal.append(run, &Event::StepSkipped { step: step.clone() })?;
     Ok(step)
 }
 
 /// Ends a run: a process driving it stops at the step it is in (it watches the journal); the
 /// run stays open for `cleanup`.
-pub fn cancel(env: &Environment, run: &str) -> Result<(), String> {
+pub fn cancel(env: &Environment, run: &str) -> Result<()> {
     let mut journal = env.journal()?;
     let status = env.status(run)?;
-    if !matches!(status.status.as_str(), "running" | "failed") {
-        return Err(format!("run {run} is {}: nothing to cancel", status.status));
+    if !status.status.is_resumable() {
+        return Err(Error::InvalidState {
+            run: run.to_string(),
+            status: status.status,
+            why: "nothing to cancel".into(),
+        });
     }
     journal.append(
         run,
         &Event::RunFinished {
-            status: "cancelled".into(),
+            status: RunStatus::Cancelled,
         },
     )?;
     Ok(())

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::error::Result;
 use crate::journal::{Event, Journal};
 use crate::runs::status_of;
 
@@ -38,6 +39,8 @@ pub struct GroupRecord {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StepRecord {
     pub id: String,
+    /// The step's name in the plan (or what it `uses`).
+    pub name: Option<String>,
     /// `finished`, `failed`, `running`, `skipped`; `undone` after cleanup.
     pub status: String,
     pub attempts: Vec<Attempt>,
@@ -94,7 +97,7 @@ pub fn record(
     journal: &Journal,
     run: &str,
     group_of: &dyn Fn(&str) -> Option<String>,
-) -> Result<RunRecord, String> {
+) -> Result<RunRecord> {
     let status = status_of(journal, run)?;
     let events = journal.events(run)?;
     let start = events.first().map_or(0, |(_, at, _)| *at);
@@ -111,11 +114,18 @@ pub fn record(
         let t = secs(*at);
         timeline.push((t, e.clone()));
         match e {
-            Event::StepStarted { step, attempt } => {
+            Event::StepStarted {
+                step,
+                attempt,
+                name,
+            } => {
                 if step.ends_with("/boot") {
                     boots.insert(step.clone());
                 }
                 let s = step_entry(&mut steps, &mut order, step);
+                if name.is_some() {
+                    s.name.clone_from(name);
+                }
                 s.status = "running".into();
                 s.attempts.push(Attempt {
                     attempt: *attempt,
@@ -208,7 +218,7 @@ pub fn record(
         id: run.to_string(),
         plan: status.plan,
         operation: status.operation,
-        status: status.status,
+        status: status.status.as_str().to_string(),
         started_unix_ms: start,
         duration_seconds: events.last().map_or(0.0, |(_, at, _)| secs(*at)),
         rto_seconds,

@@ -12,7 +12,8 @@
 use std::time::Duration;
 
 use crate::compile::{RunPlan, StepRun};
-use crate::journal::{Event, Journal, idempotency_key};
+use crate::error::{Error, Result};
+use crate::journal::{Event, Journal, RunStatus, idempotency_key};
 
 /// Runs one step; the orchestrator's real runner calls the plugin host.
 #[async_trait::async_trait]
@@ -65,7 +66,7 @@ pub async fn execute(
     runner: &dyn StepRunner,
     observe: &(dyn Fn(&Event, i64) + Sync),
     mut controls: Controls,
-) -> Result<Outcome, String> {
+) -> Result<Outcome> {
     let operation = plan.operation.name().to_string();
     let state = match journal.replay(id)? {
         Some(state) => state,
@@ -81,18 +82,18 @@ pub async fn execute(
             journal.replay(id)?.unwrap_or_default()
         }
     };
-    if state.status.as_deref() == Some("succeeded") {
+    if state.status == RunStatus::Succeeded {
         return Ok(Outcome::Succeeded);
     }
     if state.plan != plan.plan || state.operation != operation {
-        return Err(format!(
+        return Err(Error::Failed(format!(
             "run {id} is a {} of plan `{}`, not a {operation} of `{}`",
             state.operation, state.plan, plan.plan
-        ));
+        )));
     }
     // Where the watch for a cancel from another process starts reading.
     let mut seen = journal.last_seq(id)?;
-    let append = |journal: &mut Journal, event: Event| -> Result<(), String> {
+    let append = |journal: &mut Journal, event: Event| -> Result<()> {
         let seq = journal.append(id, &event)?;
         observe(&event, seq);
         Ok(())
@@ -122,12 +123,15 @@ pub async fn execute(
                         Event::StepStarted {
                             step: step.id.clone(),
                             attempt,
+                            name: Some(step.name.clone()),
                         },
                     )?;
                 }
                 let key = idempotency_key(id, &step.id, attempt);
+                let span = tracing::info_span!("step", id = %step.id, attempt, group = %group.name);
                 let result = {
-                    let work = runner.run(step, attempt, &key);
+                    let work =
+                        tracing::Instrument::instrument(runner.run(step, attempt, &key), span);
                     tokio::pin!(work);
                     let mut watch = tokio::time::interval(JOURNAL_WATCH);
                     loop {
@@ -157,7 +161,7 @@ pub async fn execute(
                             append(
                                 journal,
                                 Event::RunFinished {
-                                    status: "cancelled".into(),
+                                    status: RunStatus::Cancelled,
                                 },
                             )?;
                         }
@@ -193,7 +197,7 @@ pub async fn execute(
                             append(
                                 journal,
                                 Event::RunFinished {
-                                    status: "failed".into(),
+                                    status: RunStatus::Failed,
                                 },
                             )?;
                             return Ok(Outcome::Failed {
@@ -216,7 +220,7 @@ pub async fn execute(
     append(
         journal,
         Event::RunFinished {
-            status: "succeeded".into(),
+            status: RunStatus::Succeeded,
         },
     )?;
     Ok(Outcome::Succeeded)
@@ -242,7 +246,12 @@ fn cancelled_elsewhere(journal: &Journal, id: &str, seen: &mut i64) -> bool {
     let mut cancelled = false;
     for (seq, _, e) in new {
         *seen = seq;
-        cancelled |= matches!(e, Event::RunFinished { status } if status == "cancelled");
+        cancelled |= matches!(
+            e,
+            Event::RunFinished {
+                status: RunStatus::Cancelled
+            }
+        );
     }
     cancelled
 }

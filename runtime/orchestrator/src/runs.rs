@@ -9,7 +9,8 @@ use lifeboat_plugin_host::PluginEngine;
 use lifeboat_replication::{GroupSpec, Store};
 
 use crate::compute::{Compute, Handle};
-use crate::journal::{Event, Journal};
+use crate::error::{Error, Result};
+use crate::journal::{Event, Journal, JournalError, RunStatus};
 
 /// What every operation works with: the inventory, its groups, where runs are kept, the plugin
 /// engine and the target's compute driver.
@@ -34,20 +35,19 @@ impl std::fmt::Debug for Environment {
 
 /// How a run stands, from its journal.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunStatus {
+pub struct RunInfo {
     pub id: String,
     pub plan: String,
     pub operation: String,
-    /// `running` (no end recorded: in progress, or its process died), `succeeded`, `failed`,
-    /// `cancelled`, `cleaned-up`, `committed`.
-    pub status: String,
+    pub status: RunStatus,
     pub plan_path: String,
     pub point: Option<String>,
-    /// The process driving the run, while it lives.
+    /// The process driving the run, while it lives (checked by pid and start time, so a
+    /// recycled pid does not count).
     pub driver_pid: Option<u32>,
 }
 
-impl RunStatus {
+impl RunInfo {
     /// The run's operation, as journaled.
     pub fn operation(&self) -> Result<lifeboat_plan::plan::Operation, String> {
         lifeboat_plan::plan::Operation::parse(&self.operation).ok_or_else(|| {
@@ -60,7 +60,7 @@ impl RunStatus {
 
     /// A run still holds VMs, pins or an uncommitted failover.
     pub fn open(&self) -> bool {
-        !matches!(self.status.as_str(), "cleaned-up" | "committed")
+        self.status.is_open()
     }
 }
 
@@ -69,7 +69,7 @@ impl Environment {
         self.state_dir.join("runs.db")
     }
 
-    pub fn journal(&self) -> Result<Journal, String> {
+    pub fn journal(&self) -> Result<Journal, JournalError> {
         Journal::open(&self.journal_path())
     }
 
@@ -87,7 +87,7 @@ impl Environment {
     }
 
     /// Every run, newest first.
-    pub fn runs(&self) -> Result<Vec<RunStatus>, String> {
+    pub fn runs(&self) -> Result<Vec<RunInfo>> {
         let journal = self.journal()?;
         let mut out = Vec::new();
         for (id, _, _, _) in journal.runs()? {
@@ -96,16 +96,12 @@ impl Environment {
         Ok(out)
     }
 
-    pub fn status(&self, run: &str) -> Result<RunStatus, String> {
-        let journal = self.journal()?;
-        if !journal.exists(run)? {
-            return Err(format!("no run `{run}` (see `lifeboat runs list`)"));
-        }
-        status_of(&journal, run)
+    pub fn status(&self, run: &str) -> Result<RunInfo> {
+        status_of(&self.journal()?, run)
     }
 
     /// The open run of `plan`, if any.
-    pub fn open_run(&self, plan: &str) -> Result<Option<RunStatus>, String> {
+    pub fn open_run(&self, plan: &str) -> Result<Option<RunInfo>> {
         Ok(self
             .runs()?
             .into_iter()
@@ -113,49 +109,42 @@ impl Environment {
     }
 }
 
-pub fn status_of(journal: &Journal, run: &str) -> Result<RunStatus, String> {
-    let mut s = RunStatus {
-        id: run.to_string(),
-        plan: String::new(),
-        operation: String::new(),
-        status: "running".into(),
-        plan_path: String::new(),
-        point: None,
-        driver_pid: None,
-    };
-    for (_, _, e) in journal.events(run)? {
-        match e {
-            Event::RunStarted { plan, operation } => {
-                s.plan = plan;
-                s.operation = operation;
-            }
-            Event::Prepared { plan_path, point } => {
-                s.plan_path = plan_path;
-                s.point = point;
-            }
-            Event::RunFinished { status } => s.status = status,
-            Event::Driving { pid } => s.driver_pid = Some(pid),
-            // A retry or a skip re-opens a failed run.
-            Event::StepStarted { .. } | Event::StepSkipped { .. } if s.status == "failed" => {
-                s.status = "running".into();
-            }
-            _ => {}
-        }
-    }
+/// How run `run` stands: the journal's one fold, and whether its driving process still lives.
+pub fn status_of(journal: &Journal, run: &str) -> Result<RunInfo> {
+    let r = journal.replay(run)?.ok_or_else(|| Error::NoRun {
+        run: run.to_string(),
+    })?;
     // Only a live process drives a run; a dead one's run waits for `retry`.
-    if s.status != "running" || !crate::compute::process_alive(s.driver_pid.unwrap_or(0)) {
-        s.driver_pid = None;
-    }
-    Ok(s)
+    let driver_pid = match r.driver {
+        Some((pid, started)) if r.status == RunStatus::Running && same_process(pid, started) => {
+            Some(pid)
+        }
+        _ => None,
+    };
+    Ok(RunInfo {
+        id: run.to_string(),
+        plan: r.plan,
+        operation: r.operation,
+        status: r.status,
+        plan_path: r.plan_path,
+        point: r.point,
+        driver_pid,
+    })
+}
+
+/// Whether process `pid` is alive and, when its start time was recorded, is the same process.
+fn same_process(pid: u32, started: Option<u64>) -> bool {
+    crate::compute::process_alive(pid)
+        && started.is_none_or(|t| crate::compute::process_start_time(pid) == Some(t))
 }
 
 /// Refuses to act on a run another live process is driving.
-pub(crate) fn not_driven(status: &RunStatus) -> Result<(), String> {
+pub(crate) fn not_driven(status: &RunInfo) -> Result<()> {
     match status.driver_pid {
-        Some(pid) if pid != std::process::id() => Err(format!(
-            "run {} is in progress in process {pid}: let it finish, or `lifeboat cancel {}` first",
-            status.id, status.id
-        )),
+        Some(pid) if pid != std::process::id() => Err(Error::Driven {
+            run: status.id.clone(),
+            pid,
+        }),
         _ => Ok(()),
     }
 }
@@ -165,9 +154,17 @@ pub fn running_in(events: &[(i64, i64, Event)]) -> Vec<Handle> {
     let mut up: Vec<Handle> = Vec::new();
     for (_, _, e) in events {
         match e {
-            Event::VmStarted { vm, pid, .. } => up.push(Handle {
+            Event::VmStarted {
+                vm,
+                pid,
+                key,
+                started,
+                ..
+            } => up.push(Handle {
                 vm: vm.clone(),
                 pid: *pid,
+                started: *started,
+                key: key.clone(),
             }),
             Event::VmStopped { vm } => up.retain(|h| h.vm != *vm),
             _ => {}
@@ -177,7 +174,7 @@ pub fn running_in(events: &[(i64, i64, Event)]) -> Vec<Handle> {
 }
 
 /// The VM processes runs started and did not stop, over every run in the journal.
-pub fn running_vms(journal: &Journal) -> Result<Vec<Handle>, String> {
+pub fn running_vms(journal: &Journal) -> Result<Vec<Handle>, JournalError> {
     let mut out = Vec::new();
     for (id, ..) in journal.runs()? {
         out.extend(running_in(&journal.events(&id)?));

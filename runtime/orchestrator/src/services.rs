@@ -157,12 +157,18 @@ impl RunServices {
             for (_, e) in events {
                 match e {
                     Event::VmStarted {
-                        vm: v, pid, key, ..
+                        vm: v,
+                        pid,
+                        key,
+                        started,
+                        ..
                     } if v == vm => {
                         current = Some((
                             Handle {
                                 vm: v.clone(),
                                 pid: *pid,
+                                started: *started,
+                                key: key.clone(),
                             },
                             key.clone(),
                         ));
@@ -454,6 +460,7 @@ impl HostServices for RunServices {
         ))
     }
 
+    #[tracing::instrument(name = "vm", skip_all, fields(vm = %vm, action = "restore"))]
     async fn restore(&self, vm: &str, point: &str, key: &str) -> Result<Vec<String>, Error> {
         let done = self.with_events(|events| {
             events.iter().find_map(|(_, e)| match e {
@@ -501,9 +508,11 @@ impl HostServices for RunServices {
             key: key.to_string(),
             disks: disks.clone(),
         })?;
+        tracing::info!(point = %point, disks = disks.len(), "restored");
         Ok(disks)
     }
 
+    #[tracing::instrument(name = "vm", skip_all, fields(vm = %vm, action = "start"))]
     async fn start(&self, vm: &str, key: &str) -> Result<(), Error> {
         if let Some((handle, started_key)) = self.handle(vm)?
             && self.driver.running(&handle).await
@@ -561,12 +570,15 @@ impl HostServices for RunServices {
             vm: vm.to_string(),
             key: key.to_string(),
             pid: handle.pid,
+            started: handle.started,
             argv,
             log: log.display().to_string(),
         })?;
+        tracing::info!(pid = handle.pid, "started");
         Ok(())
     }
 
+    #[tracing::instrument(name = "vm", skip_all, fields(vm = %vm, action = "stop"))]
     async fn stop(&self, vm: &str, _key: &str) -> Result<(), Error> {
         if let Some((handle, _)) = self.handle(vm)? {
             self.driver

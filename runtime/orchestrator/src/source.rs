@@ -1,50 +1,80 @@
-//! The source site as a failover sees it: its VMs recognised by their boot command (paused for
-//! a cut, stopped by a planned failover), whether any still answers its health probe, and the
-//! last replication cycle of a planned failover.
+//! The source site: its VMs recognised by their boot command, whether any still answers its
+//! health probe, and the one way a group's point is taken there (`cycle`: hold the writers,
+//! capture, release, commit), used by `lifeboat replicate`, by a planned failover's last cycle
+//! and by the daemon to come. A failover checks the source (`check`) with every other refusal,
+//! before anything changes; only then does a planned failover stop it (`hand_over`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lifeboat_plan::plan::Operation;
 use lifeboat_plan::{Inventory, Plan};
-use lifeboat_replication::{GroupSpec, Store};
+use lifeboat_replication::{AppMode, CycleOptions, CycleReport, GroupSpec, Progress, Store};
 
-use crate::compute::{Compute, Handle, Launch};
+use crate::compute::{Compute, Handle, Launch, PauseVms};
+use crate::error::{Error, Result};
 use crate::runs::Environment;
 
-/// Gets the source site ready for a failover of `plan`. `planned`: stop the source VMs Lifeboat
-/// recognises, refuse if any VM still answers its health probe at its source address (a VM
-/// started some other way would go on writing after the last cycle), then run the last cycle.
-/// `unplanned`: refuse a source that still answers (two copies of a VM would run) unless
-/// `force`. A drill leaves the source alone. Returns the VMs it stopped.
-pub async fn prepare(
+/// Whether the source site lets a failover of `plan` go ahead, without changing anything.
+/// `planned`: every source VM that answers its health probe must be one Lifeboat can stop (one
+/// running as its boot command describes), else the last cycle would miss its writes.
+/// `unplanned`: refuses a source that still answers (two copies of a VM would run) unless
+/// `force`. A drill leaves the source alone. Returns the source VMs a planned failover stops.
+pub async fn check(
     env: &Environment,
     plan: &Plan,
     op: Operation,
     force: bool,
-) -> Result<Vec<Handle>, String> {
-    let stopped = match op {
-        Operation::Planned => stop_source_vms(env, plan, STOP_GRACE).await?,
-        _ => Vec::new(),
-    };
-    if matches!(op, Operation::Planned | Operation::Unplanned)
-        && let Some((vm, probe)) = source_answering(env, plan).await
-    {
-        if op == Operation::Planned {
-            return Err(format!(
-                "source VM `{vm}` is still running ({probe} answers): shut it down first, so the last cycle holds its every write"
-            ));
+) -> Result<Vec<Handle>> {
+    match op {
+        Operation::Planned => {
+            let located = locate_source_vms(
+                &env.inventory,
+                &env.base,
+                env.driver.as_ref(),
+                &plan_vms(plan),
+            )
+            .await;
+            if let Some((vm, probe)) = source_answering(env, plan).await
+                && !located.iter().any(|h| h.vm == vm)
+            {
+                return Err(Error::Source(format!(
+                    "source VM `{vm}` is still running ({probe} answers) but not as its boot command says, so Lifeboat cannot stop it: shut it down first, so the last cycle holds its every write"
+                )));
+            }
+            Ok(located)
         }
-        if !force {
-            return Err(format!(
-                "source VM `{vm}` still answers ({probe}): an unplanned failover now would run two copies of it; shut it down, fail over with --planned, or pass --force if the source is cut off from its users"
-            ));
+        Operation::Unplanned => {
+            if let Some((vm, probe)) = source_answering(env, plan).await
+                && !force
+            {
+                return Err(Error::Source(format!(
+                    "source VM `{vm}` still answers ({probe}): an unplanned failover now would run two copies of it; shut it down, fail over with --planned, or pass --force if the source is cut off from its users"
+                )));
+            }
+            Ok(Vec::new())
         }
+        _ => Ok(Vec::new()),
     }
-    if op == Operation::Planned {
-        last_cycle(env, plan).await?;
+}
+
+/// A planned failover's hand-over, once every check passed: stop the source VMs `located`
+/// (gracefully, then by force), make sure none still answers, and take the last point of
+/// every group so the failover loses nothing.
+pub async fn hand_over(env: &Environment, plan: &Plan, located: &[Handle]) -> Result<()> {
+    for h in located {
+        env.driver
+            .stop(h, STOP_GRACE)
+            .await
+            .map_err(Error::Compute)?;
     }
-    Ok(stopped)
+    if let Some((vm, probe)) = source_answering(env, plan).await {
+        return Err(Error::Source(format!(
+            "source VM `{vm}` still answers ({probe}) after it was stopped: shut it down, then fail over again"
+        )));
+    }
+    last_cycle(env, plan).await
 }
 
 /// How long a source VM may take to shut down before it is killed.
@@ -131,26 +161,6 @@ pub async fn locate_source_vms(
     driver.locate(&launches).await
 }
 
-/// A planned failover's first move: stop the plan's source VMs (those running as their boot
-/// command describes), gracefully, then by force after `grace`. Returns those stopped.
-pub async fn stop_source_vms(
-    env: &Environment,
-    plan: &Plan,
-    grace: Duration,
-) -> Result<Vec<Handle>, String> {
-    let found = locate_source_vms(
-        &env.inventory,
-        &env.base,
-        env.driver.as_ref(),
-        &plan_vms(plan),
-    )
-    .await;
-    for h in &found {
-        env.driver.stop(h, grace).await?;
-    }
-    Ok(found)
-}
-
 pub(crate) fn plan_vms(plan: &Plan) -> Vec<&str> {
     plan.groups
         .iter()
@@ -168,22 +178,71 @@ pub(crate) fn groups_of<'a>(env: &'a Environment, vms: &[&str]) -> Vec<&'a Group
 
 /// A planned failover's last replication cycle of every group of `plan`'s VMs (their VMs shut
 /// down), so the failover loses nothing.
-pub async fn last_cycle(env: &Environment, plan: &Plan) -> Result<(), String> {
+async fn last_cycle(env: &Environment, plan: &Plan) -> Result<()> {
     for group in groups_of(env, &plan_vms(plan)) {
-        let site = env
-            .inventory
-            .sites
-            .get(&group.source_site)
-            .ok_or_else(|| format!("no site `{}`", group.source_site))?;
-        let source = Store::open_cache(&site.store.value, &env.base).map_err(|e| e.to_string())?;
-        let target = env.site_store(&group.target_site)?;
-        let opts = lifeboat_replication::CycleOptions {
-            app: lifeboat_replication::AppMode::Never,
-            ..Default::default()
-        };
-        lifeboat_replication::replicate(group, &source, &target, &opts)
-            .await
-            .map_err(|e| format!("last replication cycle of group `{}`: {e}", group.name))?;
+        cycle(
+            &env.inventory,
+            &env.base,
+            env.driver.clone(),
+            group,
+            AppMode::Never,
+            None,
+        )
+        .await
+        .map_err(|e| {
+            Error::replication(
+                format!("last replication cycle of group `{}`", group.name),
+                e,
+            )
+        })?;
     }
     Ok(())
+}
+
+/// One replication cycle of `group` at its source site: the group's VMs that run as their boot
+/// command describes are held still for the cut (paused, under a guardian, never longer than
+/// the policy's `max_pause`), the disks captured, the VMs released, the point committed.
+pub async fn cycle(
+    inventory: &Inventory,
+    base: &Path,
+    driver: Arc<dyn Compute>,
+    group: &GroupSpec,
+    app: AppMode,
+    progress: Option<Arc<dyn Progress>>,
+) -> lifeboat_replication::Result<CycleReport> {
+    let site_store = |name: &str, cache: bool| {
+        let site = inventory
+            .sites
+            .get(name)
+            .ok_or_else(|| lifeboat_replication::Error::failed(format!("unknown site `{name}`")))?;
+        if cache {
+            Store::open_cache(&site.store.value, base)
+        } else {
+            Store::open(&site.store.value, base)
+        }
+    };
+    let source = site_store(&group.source_site, true)?;
+    let target = site_store(&group.target_site, false)?;
+    let names: Vec<&str> = group.vms.iter().map(|v| v.name.as_str()).collect();
+    let held = locate_source_vms(inventory, base, driver.as_ref(), &names).await;
+    let held_names: Vec<String> = held.iter().map(|h| h.vm.clone()).collect();
+    let cut: Option<Arc<dyn lifeboat_replication::Cut>> = if held.is_empty() {
+        None
+    } else {
+        Some(Arc::new(PauseVms::new(driver, held, group.max_pause)))
+    };
+    let opts = CycleOptions {
+        app,
+        cut,
+        max_pause: Some(group.max_pause),
+        progress,
+    };
+    let mut report = lifeboat_replication::replicate(group, &source, &target, &opts).await?;
+    if !held_names.is_empty() {
+        report.notes.push(format!(
+            "held {} still for the cut (paused)",
+            held_names.join(", ")
+        ));
+    }
+    Ok(report)
 }

@@ -171,7 +171,8 @@ impl PluginRunner {
         })
     }
 
-    fn request(&self, step: &StepRun, attempt: u32) -> Result<StepRequest, String> {
+    /// The request for one execution of `step`; `key` keys every effect its host calls make.
+    fn request(&self, step: &StepRun, attempt: u32, key: &str) -> Result<StepRequest, String> {
         let list = |l: &[String]| -> Result<Vec<String>, String> {
             l.iter().map(|s| self.fill(step, s)).collect()
         };
@@ -217,6 +218,7 @@ impl PluginRunner {
                 },
                 ..StepLimits::default()
             },
+            effect_key: key.to_string(),
         })
     }
 
@@ -232,18 +234,23 @@ impl PluginRunner {
         lines.extend(report.stdout.lines().map(|l| format!("stdout: {l}")));
         lines.extend(report.stderr.lines().map(|l| format!("stderr: {l}")));
         if !lines.is_empty() {
-            let _ = self.services.record(Event::StepLog {
+            let recorded = self.services.record(Event::StepLog {
                 step: step.id.clone(),
                 attempt,
                 lines,
             });
+            if let Err(e) = recorded {
+                tracing::warn!(step = %step.id, attempt, error = %lifeboat_plugin_host::plugin_error_text(&e), "cannot journal the step's log");
+            }
         }
     }
 
     /// Calls the step's `undo` with what its `run` returned.
     pub async fn undo(&self, step: &StepRun, outputs: &serde_json::Value) -> Result<(), String> {
         let plugin = self.plugin(step).await?;
-        let request = self.request(step, 1)?;
+        // An undo's effects are its own, whichever attempt of the step it undoes.
+        let key = format!("{}/{}/undo", self.services.run, step.id);
+        let request = self.request(step, 1, &key)?;
         let report = plugin.undo(&request, &outputs.to_string()).await;
         self.journal_log(step, 0, &report);
         match report.outcome {
@@ -259,10 +266,10 @@ impl StepRunner for PluginRunner {
         &self,
         step: &StepRun,
         attempt: u32,
-        _key: &str,
+        key: &str,
     ) -> Result<serde_json::Value, String> {
         let plugin = self.plugin(step).await?;
-        let request = self.request(step, attempt)?;
+        let request = self.request(step, attempt, key)?;
         let before = self.kv.entries();
         let report = plugin.run(&request).await;
         self.journal_log(step, attempt, &report);

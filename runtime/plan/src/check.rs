@@ -343,6 +343,65 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
         );
     }
 
+    // The points a failover boots are where the source site replicates to: a plan whose target
+    // is elsewhere has nothing to boot there.
+    if source_ok
+        && target_ok
+        && plan.source.value != plan.target.value
+        && let Some(source) = inv.sites.get(&plan.source)
+    {
+        match &source.replicate_to {
+            Some(to) if to.value != plan.target.value => out.push(
+                Diagnostic::error(
+                    Rule::TargetNotReplicated,
+                    plan.target.span,
+                    format!(
+                        "site `{}` keeps its recovery points at `{}`, not at `{}`: a failover to `{}` has no point to boot",
+                        plan.source.value, to.value, plan.target.value, plan.target.value
+                    ),
+                    "not where the source replicates to",
+                )
+                .with_note(to.span, "the source site replicates here")
+                .with_help(format!("set `target = \"{}\"`, or change the site's `replicate_to`", to.value)),
+            ),
+            Some(_) => {}
+            None => out.push(
+                Diagnostic::error(
+                    Rule::TargetNotReplicated,
+                    plan.source.span,
+                    format!(
+                        "site `{}` has no `replicate_to`: its VMs have no recovery points to fail over",
+                        plan.source.value
+                    ),
+                    "replicates nowhere",
+                )
+                .with_help(format!(
+                    "add `replicate_to = \"{}\"` to `[sites.{}]` in the inventory",
+                    plan.target.value, plan.source.value
+                )),
+            ),
+        }
+    }
+    // The target's compute driver must be one this Lifeboat can drive.
+    if target_ok
+        && let Some(target) = inv.sites.get(&plan.target)
+        && target.compute.value != crate::inventory::ComputeDriver::Process
+    {
+        out.push(
+            Diagnostic::error(
+                Rule::UnsupportedCompute,
+                plan.target.span,
+                format!(
+                    "site `{}` uses the `{}` compute driver, which this Lifeboat cannot drive yet; only `process` sites can be failed over to",
+                    plan.target.value,
+                    target.compute.value.as_str()
+                ),
+                "its VMs could not be started",
+            )
+            .with_note(target.compute.span, "the site's compute driver"),
+        );
+    }
+
     // Network mapping: source network name → (target network, where the mapping is written).
     let mut mapping: HashMap<&str, (&NetworkRef, Span)> = HashMap::new();
     let mut mapping_spans: Vec<Span> = Vec::new();
@@ -708,11 +767,12 @@ fn check_addresses(
                     None
                 }
                 Some(ip) => Some((ip.value, ip.span)),
-                // The source address is kept when the target subnet contains it.
+                // The source address is kept when it is a usable address of the target subnet
+                // (the runtime's rule: `address::usable`).
                 None => nic
                     .ip
                     .as_ref()
-                    .filter(|ip| subnet.0.contains(&ip.value))
+                    .filter(|ip| crate::address::usable(&subnet.0, ip.value))
                     .map(|ip| (ip.value, vm_ref.span)),
             };
             if let Some((ip, span)) = ip {

@@ -83,6 +83,13 @@ pub enum ComputeDriver {
 
 impl ComputeDriver {
     pub const NAMES: &'static [&'static str] = &["process", "qemu"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Qemu => "qemu",
+        }
+    }
 }
 
 /// A network: named subnets.
@@ -110,6 +117,10 @@ pub struct Policy {
     pub retention: Spanned<Duration>,
     /// Alert when the newest point is older than this.
     pub rpo_threshold: Spanned<Duration>,
+    /// The longest a replication cut may hold the VMs paused (default 10s). Past it the VMs
+    /// are resumed and the cycle fails rather than take an inconsistent point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pause: Option<Spanned<Duration>>,
 }
 
 /// A protected VM.
@@ -377,12 +388,16 @@ fn decode_policy(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Polic
     let rpo_threshold = t
         .required(d, "rpo_threshold")
         .and_then(|v| d.duration(v, &t.path("rpo_threshold")));
+    let max_pause = t
+        .optional("max_pause")
+        .map(|v| d.duration(v, &t.path("max_pause")));
     t.finish(d);
     let policy = Policy {
         crash_interval: crash_interval?,
         app_interval: app_interval.unwrap_or(None),
         retention: retention?,
         rpo_threshold: rpo_threshold?,
+        max_pause: max_pause.unwrap_or(None),
     };
     if policy.rpo_threshold.value < policy.crash_interval.value {
         d.push(

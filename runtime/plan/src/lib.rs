@@ -3,6 +3,7 @@
 //! This crate does no I/O. The loader reads files and digests plugins; the CLI renders
 //! diagnostics. Validation never stops at the first problem.
 
+pub mod address;
 mod check;
 mod decode;
 pub mod diagnostic;

@@ -8,6 +8,7 @@ version = 1
 [sites.east]
 store = "/srv/east"
 compute = "process"
+replicate_to = "west"
 networks.prod.subnets = { app = "10.1.1.0/24" }
 [sites.west]
 store = "/srv/west"

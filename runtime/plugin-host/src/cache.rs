@@ -43,8 +43,11 @@ impl CompileCache {
         let loaded = unsafe { Component::deserialize_file(engine, &path) };
         match loaded {
             Ok(component) => Some(component),
-            Err(_) => {
-                let _ = std::fs::remove_file(&path);
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %crate::describe_error(&e), "a cached compilation does not load; compiling again");
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove the unusable cached compilation");
+                }
                 None
             }
         }
@@ -52,13 +55,19 @@ impl CompileCache {
 
     /// Store a compilation; failures only cost a recompile next time.
     pub fn store(&self, sha256: &str, component: &Component) {
-        let Ok(bytes) = component.serialize() else {
-            return;
+        let bytes = match component.serialize() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %crate::describe_error(&e), "cannot serialize a compilation for the cache");
+                return;
+            }
         };
         let path = self.path(sha256);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, bytes).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
+        let stored = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = stored {
+            tracing::warn!(path = %path.display(), error = %e, "cannot cache a compilation; the next load compiles again");
+            let _ = std::fs::remove_file(&tmp);
         }
     }
 }

@@ -34,12 +34,23 @@ impl Default for EngineOptions {
     }
 }
 
+/// How the engine allocates instances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allocation {
+    /// From preallocated slots (fast).
+    Pooling,
+    /// On demand, because the pool's address space could not be reserved (`reason`). Every
+    /// limit still holds; instantiation is slower. Said, never silent.
+    OnDemand { reason: String },
+}
+
 /// The engine shared by every plugin of a process.
 #[derive(Clone)]
 pub struct PluginEngine {
     pub(crate) engine: Engine,
     pub(crate) cache: Option<Arc<CompileCache>>,
     pub(crate) max_memory: usize,
+    allocation: Allocation,
     _ticker: Arc<Ticker>,
 }
 
@@ -48,6 +59,7 @@ impl std::fmt::Debug for PluginEngine {
         f.debug_struct("PluginEngine")
             .field("cache", &self.cache)
             .field("max_memory", &self.max_memory)
+            .field("allocation", &self.allocation)
             .finish_non_exhaustive()
     }
 }
@@ -83,21 +95,36 @@ impl PluginEngine {
             .max_core_instance_size(4 << 20);
         let mut config = base_config();
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-        let engine = match Engine::new(&config) {
-            Ok(engine) => engine,
-            Err(_) => Engine::new(&base_config()).map_err(|e| crate::describe_error(&e))?,
+        let (engine, allocation) = match Engine::new(&config) {
+            Ok(engine) => (engine, Allocation::Pooling),
+            Err(e) => {
+                let reason = crate::describe_error(&e);
+                let engine = Engine::new(&base_config()).map_err(|e| crate::describe_error(&e))?;
+                (engine, Allocation::OnDemand { reason })
+            }
         };
         let cache = options
             .cache_dir
             .map(|dir| CompileCache::new(dir, &engine).map(Arc::new))
             .transpose()?;
-        let ticker = Ticker::start(engine.clone());
+        // No ticker, no CPU deadline: an engine that cannot stop a spinning step is refused.
+        let ticker = Ticker::start(engine.clone()).map_err(|e| {
+            format!(
+                "cannot start the epoch ticker thread, so step deadlines could not be enforced: {e}"
+            )
+        })?;
         Ok(Self {
             engine,
             cache,
             max_memory: options.max_memory,
+            allocation,
             _ticker: Arc::new(ticker),
         })
+    }
+
+    /// How instances are allocated (pooling, or on demand and why).
+    pub fn allocation(&self) -> &Allocation {
+        &self.allocation
     }
 }
 
@@ -108,7 +135,7 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn start(engine: Engine) -> Self {
+    fn start(engine: Engine) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -118,9 +145,11 @@ impl Ticker {
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
                 }
-            })
-            .ok();
-        Self { stop, thread }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -130,5 +159,30 @@ impl Drop for Ticker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+
+    /// Regression: a pool that cannot be reserved fell back to on-demand allocation silently.
+    /// Now the engine says so, with the reason.
+    #[test]
+    fn a_pool_too_large_to_reserve_falls_back_and_says_why() {
+        let engine = PluginEngine::new(EngineOptions {
+            max_memory: 1 << 40,
+            max_concurrent_steps: 1 << 20,
+            ..EngineOptions::default()
+        })
+        .unwrap();
+        match engine.allocation() {
+            Allocation::OnDemand { reason } => assert!(!reason.is_empty()),
+            Allocation::Pooling => panic!("a 2^60-byte pool was reserved"),
+        }
+        let normal = PluginEngine::new(EngineOptions::default()).unwrap();
+        assert_eq!(normal.allocation(), &Allocation::Pooling);
     }
 }

@@ -74,6 +74,8 @@ pub(crate) struct StepState {
     pub grants: Arc<Grants>,
     pub services: Arc<dyn HostServices>,
     pub kv: RunKv,
+    /// What every effect of this execution is keyed under (see `StepRequest::effect_key`).
+    pub effect_key: String,
     pub group: String,
     /// `step `db-port` of group `database``, for denials.
     pub label: String,
@@ -103,6 +105,12 @@ impl StepState {
             "{} may not {capability} {what}: not in its `allow`{origin}",
             self.label
         )))
+    }
+
+    /// The key of an effect: derived by the host from this execution's key, the action and the
+    /// VM. The plugin's own key is not used, so a step cannot reuse another step's effects.
+    fn effect_key(&self, action: &str, vm: &str) -> String {
+        format!("{}/{action}/{vm}", self.effect_key)
     }
 
     fn require_vm(&self, capability: &str, vm: &str) -> wasmtime::Result<()> {
@@ -241,14 +249,15 @@ impl recovery::Host for StepState {
         &mut self,
         vm: String,
         point_id: String,
-        idempotency_key: String,
+        _plugin_key: String,
     ) -> wasmtime::Result<Result<Vec<String>, Error>> {
         self.require_vm("restore", &vm)?;
+        let key = self.effect_key("restore", &vm);
         let services = self.services.clone();
         Ok(bounded(
             self.host_call_timeout,
             "recovery",
-            services.restore(&vm, &point_id, &idempotency_key),
+            services.restore(&vm, &point_id, &key),
         )
         .await)
     }
@@ -258,31 +267,23 @@ impl compute::Host for StepState {
     async fn start(
         &mut self,
         vm: String,
-        idempotency_key: String,
+        _plugin_key: String,
     ) -> wasmtime::Result<Result<(), Error>> {
         self.require_vm("start", &vm)?;
+        let key = self.effect_key("start", &vm);
         let services = self.services.clone();
-        Ok(bounded(
-            self.host_call_timeout,
-            "compute",
-            services.start(&vm, &idempotency_key),
-        )
-        .await)
+        Ok(bounded(self.host_call_timeout, "compute", services.start(&vm, &key)).await)
     }
 
     async fn stop(
         &mut self,
         vm: String,
-        idempotency_key: String,
+        _plugin_key: String,
     ) -> wasmtime::Result<Result<(), Error>> {
         self.require_vm("stop", &vm)?;
+        let key = self.effect_key("stop", &vm);
         let services = self.services.clone();
-        Ok(bounded(
-            self.host_call_timeout,
-            "compute",
-            services.stop(&vm, &idempotency_key),
-        )
-        .await)
+        Ok(bounded(self.host_call_timeout, "compute", services.stop(&vm, &key)).await)
     }
 
     async fn status(&mut self, vm: String) -> wasmtime::Result<Result<compute::VmState, Error>> {

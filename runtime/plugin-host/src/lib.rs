@@ -28,7 +28,7 @@ pub mod wit {
     pub use lifeboat::plan::types::{Capability, Direction, Operation};
 }
 
-pub use engine::{EngineOptions, PluginEngine};
+pub use engine::{Allocation, EngineOptions, PluginEngine};
 pub use grants::Grants;
 pub use outcome::{LoadError, LogLine, StepOutcome, StepReport, plugin_error_text};
 pub use plugin::{Plugin, StepLimits, StepRequest};

@@ -54,6 +54,10 @@ pub struct StepRequest {
     pub services: Arc<dyn HostServices>,
     pub kv: RunKv,
     pub limits: StepLimits,
+    /// The key of this execution (run, step, attempt). Every effect a host call makes is keyed
+    /// `{effect_key}/{action}/{vm}` by the host; a key the plugin passes is ignored, so no step
+    /// can claim another's effects. Empty offline.
+    pub effect_key: String,
 }
 
 impl std::fmt::Debug for StepRequest {
@@ -63,6 +67,7 @@ impl std::fmt::Debug for StepRequest {
             .field("context", &self.context)
             .field("grants", &self.grants)
             .field("limits", &self.limits)
+            .field("effect_key", &self.effect_key)
             .finish_non_exhaustive()
     }
 }
@@ -80,6 +85,7 @@ impl StepRequest {
                 timeout: Duration::from_secs(10),
                 ..StepLimits::default()
             },
+            effect_key: String::new(),
         }
     }
 }
@@ -337,6 +343,7 @@ impl Plugin {
             grants: request.grants.clone(),
             services: request.services.clone(),
             kv: request.kv.clone(),
+            effect_key: request.effect_key.clone(),
             group: request.context.group.clone(),
             label,
             host_call_timeout: limits.host_call_timeout,

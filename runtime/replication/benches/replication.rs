@@ -159,6 +159,7 @@ fn group(image: &Path, base: &Path) -> GroupSpec {
         retention: Duration::from_secs(3600),
         rpo_threshold: Duration::from_secs(60),
         app_interval: None,
+        max_pause: lifeboat_replication::groups::DEFAULT_MAX_PAUSE,
         base: base.to_path_buf(),
     }
 }

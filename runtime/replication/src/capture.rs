@@ -87,6 +87,11 @@ impl PackSink {
         Ok(())
     }
 
+    /// Whether the uploader stopped (the cycle abandoned the capture): the scan stops too.
+    pub fn abandoned(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// Sends the pack being built, if it holds anything.
     pub fn flush(&mut self) -> Result<()> {
         if self.builder.is_empty() {
@@ -225,6 +230,10 @@ fn scan_batches(
     mut out: Scanned,
 ) -> Result<Scanned> {
     while let Ok(batch) = incoming.recv() {
+        // The cycle abandons a capture (a cut held past its bound) by stopping the uploader.
+        if sink.abandoned() {
+            return Err(Error::failed("capture abandoned"));
+        }
         let Batch {
             first,
             n,

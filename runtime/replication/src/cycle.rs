@@ -36,11 +36,13 @@ pub enum AppMode {
 
 /// Holds a group's writers still for the cut (the process driver pauses its VMs; tests pause
 /// their writer). Without one, a scan of a live image is consistent only where the file system
-/// gives a reflink copy.
+/// gives a reflink copy. The cycle holds the writers only until every disk has a frozen view,
+/// or, without reflinks, until the scan is done, and never longer than `max_pause`.
 #[async_trait::async_trait]
 pub trait Cut: Send + Sync {
     async fn hold(&self) -> Result<()>;
-    async fn release(&self);
+    /// Lets the writers go. An error means a writer may still be held: people must see it.
+    async fn release(&self) -> Result<()>;
 }
 
 /// Progress of a cycle, for a progress bar.
@@ -55,6 +57,10 @@ pub trait Progress: Send + Sync {
 pub struct CycleOptions {
     pub app: AppMode,
     pub cut: Option<Arc<dyn Cut>>,
+    /// The longest the cut may hold the writers (the policy's `max_pause`); past it the cycle
+    /// lets them go and fails instead of committing a point that is no longer consistent.
+    /// `None`: as long as the scan takes.
+    pub max_pause: Option<Duration>,
     pub progress: Option<Arc<dyn Progress>>,
 }
 
@@ -62,7 +68,8 @@ impl std::fmt::Debug for CycleOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CycleOptions")
             .field("app", &self.app)
-            .finish()
+            .field("max_pause", &self.max_pause)
+            .finish_non_exhaustive()
     }
 }
 
@@ -92,6 +99,10 @@ pub struct CycleReport {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Staged {
     parent: Option<u64>,
+    /// The point's number: one after every existing point, damaged ones included (absent in
+    /// sessions staged before it was recorded: the parent's plus one).
+    #[serde(default)]
+    seq: Option<u64>,
     epoch: u64,
     kind: PointKind,
     captured_unix_ms: u64,
@@ -106,6 +117,7 @@ struct WriterRecord {
 }
 
 /// Runs one cycle for `group`: source site store `source` (its cache), target site `target`.
+#[tracing::instrument(name = "cycle", skip_all, fields(group = %group.name))]
 pub async fn replicate(
     group: &GroupSpec,
     source: &Store,
@@ -118,6 +130,15 @@ pub async fn replicate(
     let mut latest = repo.latest(&group.name).await?;
     let epoch = writer_epoch(&cache, latest.as_ref()).await?;
     let mut notes = Vec::new();
+    let newest = repo.newest_seq(&group.name).await?;
+    if newest != latest.as_ref().map(|m| m.seq) {
+        notes.push(format!(
+            "point {} of group `{}` is damaged (see `lifeboat verify`); this point builds on point {}",
+            newest.unwrap_or(0),
+            group.name,
+            latest.as_ref().map_or_else(|| "none".to_string(), |m| m.seq.to_string())
+        ));
+    }
 
     // A session an interrupted cycle staged completely is committed first: its data was cut
     // earlier, and dropping it would lose that point.
@@ -209,15 +230,19 @@ pub async fn replicate(
     let views = match take_views(group).await {
         Ok(v) => v,
         Err(e) => {
-            held.release(group, &mut notes).await;
+            held.release(group, &mut notes).await?;
             return Err(e);
         }
     };
     let mut held = Some(held);
+    // A writer that could not be let go is reported after the point is committed (the point
+    // itself is sound).
+    let mut release_error = None;
     if views.iter().all(|(_, _, v)| v.frozen)
         && let Some(h) = held.take()
+        && let Err(e) = h.release(group, &mut notes).await
     {
-        h.release(group, &mut notes).await;
+        release_error = Some(e);
     }
 
     // Capture into the cache, shipping each pack to the repository as it closes.
@@ -250,7 +275,7 @@ pub async fn replicate(
             )
         })
         .collect();
-    let scan = tokio::task::spawn_blocking(move || -> Result<_> {
+    let mut scan = tokio::task::spawn_blocking(move || -> Result<_> {
         let known = |id: &Id| {
             index
                 .blobs
@@ -304,16 +329,41 @@ pub async fn replicate(
         meta.flush()?;
         Ok(results)
     });
-    let scanned = scan
-        .await
-        .map_err(|e| Error::failed(format!("capture stopped: {e}")));
-    if let Some(h) = held.take() {
-        h.release(group, &mut notes).await;
+    // While the writers are held the scan races the pause's bound; past it the writers go, the
+    // uploader stops (so the scan stops at its next batch) and nothing is committed.
+    let bound = opts.max_pause.filter(|_| held.is_some());
+    let mut abandoned = false;
+    let scanned = match bound {
+        Some(max) => tokio::select! {
+            r = &mut scan => r,
+            () = tokio::time::sleep(max) => {
+                abandoned = true;
+                if let Some(h) = held.take() {
+                    h.release(group, &mut notes).await?;
+                }
+                uploader.abort();
+                (&mut scan).await
+            }
+        },
+        None => (&mut scan).await,
+    }
+    .map_err(|e| Error::failed(format!("capture stopped: {e}")));
+    if let Some(h) = held.take()
+        && let Err(e) = h.release(group, &mut notes).await
+    {
+        release_error = Some(e);
     }
     if let Some(p) = &opts.progress {
         p.end();
     }
     drop(views);
+    if abandoned {
+        return Err(Error::failed(format!(
+            "the cut of group `{}` held its writers past the policy's max_pause ({}): they were let go and no point was taken (raise max_pause, or use a file system with reflink copies)",
+            group.name,
+            humantime_secs(bound.unwrap_or_default())
+        )));
+    }
     let scanned = scanned??;
     let uploaded = uploader
         .await
@@ -355,13 +405,15 @@ pub async fn replicate(
     }
     let staged = Staged {
         parent: latest.as_ref().map(|m| m.seq),
+        seq: Some(repo.newest_seq(&group.name).await?.map_or(1, |n| n + 1)),
         epoch,
         kind,
         captured_unix_ms: unix_ms(captured),
         vms,
         packs: shipped.iter().map(|(n, _, _)| n.clone()).collect(),
     };
-    let record = serde_json::to_vec(&staged).unwrap_or_default();
+    let record = serde_json::to_vec(&staged)
+        .map_err(|e| Error::failed(format!("cannot encode the staged session: {e}")))?;
     cache
         .put_new(&format!("sessions/{session}/staged"), Bytes::from(record))
         .await?;
@@ -377,7 +429,21 @@ pub async fn replicate(
         .collect();
     let shipped_bytes = shipped.iter().map(|(_, _, len)| *len).sum();
     let seq = commit(&mut repo, &group.name, &staged, packs, &reused, started).await?;
+    tracing::info!(
+        seq,
+        kind = kind.as_str(),
+        changed_bytes = changed,
+        shipped_bytes,
+        seconds = started.elapsed().as_secs_f64(),
+        "point committed"
+    );
     drop_session(&cache, &session).await;
+    if let Some(e) = release_error {
+        return Err(e.context(format!(
+            "point {seq} of group `{}` was committed, but its writers may still be held",
+            group.name
+        )));
+    }
     Ok(CycleReport {
         group: group.name.clone(),
         seq,
@@ -400,13 +466,19 @@ struct Held {
 }
 
 impl Held {
-    async fn release(self, group: &GroupSpec, notes: &mut Vec<String>) {
-        if let Some(cut) = &self.cut {
-            cut.release().await;
-        }
+    async fn release(self, group: &GroupSpec, notes: &mut Vec<String>) -> Result<()> {
+        let released = match &self.cut {
+            Some(cut) => cut.release().await,
+            None => Ok(()),
+        };
         let frozen: Vec<&VmSpec> = self.frozen.iter().collect();
         thaw(&frozen, group, notes).await;
+        released
     }
+}
+
+fn humantime_secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
 }
 
 async fn thaw(frozen: &[&VmSpec], group: &GroupSpec, notes: &mut Vec<String>) {
@@ -558,9 +630,12 @@ async fn commit(
     }
     let latest = repo.latest(group).await?;
     check_fence(latest.as_ref(), staged.epoch, group)?;
-    let seq = staged.parent.map_or(1, |p| p + 1);
-    if latest.as_ref().map(|m| m.seq) != staged.parent {
-        let other = latest.as_ref().map_or(0, |m| m.seq);
+    let seq = staged
+        .seq
+        .unwrap_or_else(|| staged.parent.map_or(1, |p| p + 1));
+    let newest = repo.newest_seq(group).await?;
+    if latest.as_ref().map(|m| m.seq) != staged.parent || newest.map_or(0, |n| n) + 1 != seq {
+        let other = newest.unwrap_or(0);
         return Err(Error::fenced(format!(
             "another writer committed point {other} of group `{group}` while this cycle ran; this writer stops"
         )));
@@ -620,7 +695,8 @@ async fn writer_epoch(cache: &Store, latest: Option<&Manifest>) -> Result<u64> {
         Some(b) => b,
         None => {
             let epoch = latest.map_or(1, |m| m.epoch);
-            let bytes = serde_json::to_vec(&WriterRecord { epoch }).unwrap_or_default();
+            let bytes = serde_json::to_vec(&WriterRecord { epoch })
+                .map_err(|e| Error::failed(format!("cannot encode the writer record: {e}")))?;
             cache.put_new("writer", Bytes::from(bytes)).await?;
             cache.get("writer").await?
         }
@@ -653,7 +729,13 @@ async fn resume(
     let mut committed = None;
     for session in sessions {
         let staged = match cache.get_opt(&format!("sessions/{session}/staged")).await? {
-            Some(b) => serde_json::from_slice::<Staged>(&b).ok(),
+            Some(b) => match serde_json::from_slice::<Staged>(&b) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(%session, error = %e, "dropping a staged session whose record does not parse");
+                    None
+                }
+            },
             None => None,
         };
         let current = latest.map(|m| m.seq);
@@ -729,7 +811,9 @@ async fn drop_session(cache: &Store, session: &str) {
             .into_iter()
             .partition(|o| o.name.ends_with("/staged"));
         for o in packs.into_iter().chain(records) {
-            let _ = cache.delete(&o.name).await;
+            if let Err(e) = cache.delete(&o.name).await {
+                tracing::warn!(object = %o.name, error = %e, "cannot delete a finished session's object from the cache");
+            }
         }
     }
 }
@@ -749,7 +833,9 @@ async fn latest_app_age(repo: &Repository, group: &str) -> Result<Option<Duratio
 
 fn session_id(at: SystemTime) -> String {
     let mut r = [0u8; 4];
-    let _ = getrandom::fill(&mut r);
+    if let Err(e) = getrandom::fill(&mut r) {
+        tracing::warn!(error = %e, "no randomness for the session name; it rests on the clock alone");
+    }
     format!("{:013}-{}", unix_ms(at), hex(&r))
 }
 
@@ -779,8 +865,9 @@ pub async fn fence(target: &Store, group: &str) -> Result<Manifest> {
         .await?
         .ok_or_else(|| Error::failed(format!("group `{group}` has no point to take over")))?;
     let now = SystemTime::now();
+    let newest = repo.newest_seq(group).await?.unwrap_or(latest.seq);
     let m = Manifest {
-        seq: latest.seq + 1,
+        seq: newest + 1,
         parent: Some(latest.seq),
         epoch: latest.epoch + 1,
         committed_at: rfc3339(now),

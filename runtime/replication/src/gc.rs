@@ -223,7 +223,9 @@ pub async fn gc(target: &Store, groups: &[GroupSpec], opts: &GcOptions) -> Resul
         repo.store()
             .put_new(
                 &format!("gc/condemned/{:013}", unix_ms(now)),
-                Bytes::from(serde_json::to_vec(&record).unwrap_or_default()),
+                Bytes::from(serde_json::to_vec(&record).map_err(|e| {
+                    Error::failed(format!("cannot encode a condemned record: {e}"))
+                })?),
             )
             .await?;
     }

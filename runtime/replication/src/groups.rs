@@ -40,6 +40,9 @@ pub struct VmSpec {
     pub quiesce: Option<QuiesceSpec>,
 }
 
+/// How long a cut may hold VMs paused when no policy says.
+pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(10);
+
 /// A consistency group: the unit of a cut, a point and fencing.
 #[derive(Clone, Debug)]
 pub struct GroupSpec {
@@ -52,6 +55,8 @@ pub struct GroupSpec {
     pub retention: Duration,
     pub rpo_threshold: Duration,
     pub app_interval: Option<Duration>,
+    /// The longest a cut may hold the group's VMs paused (the shortest of its policies').
+    pub max_pause: Duration,
     /// The folder the inventory's relative paths start from.
     pub base: PathBuf,
 }
@@ -86,6 +91,7 @@ fn group(inv: &Inventory, base: &Path, name: &str, members: &[String]) -> Result
     let mut retention = Duration::ZERO;
     let mut rpo = Duration::MAX;
     let mut app: Option<Duration> = None;
+    let mut max_pause = DEFAULT_MAX_PAUSE;
     for vm_name in members {
         let vm = inv
             .vms
@@ -95,6 +101,9 @@ fn group(inv: &Inventory, base: &Path, name: &str, members: &[String]) -> Result
         if let Some(policy) = inv.policies.get(&vm.policy) {
             retention = retention.max(policy.retention.value.0);
             rpo = rpo.min(policy.rpo_threshold.value.0);
+            if let Some(m) = &policy.max_pause {
+                max_pause = max_pause.min(m.value.0);
+            }
             if let Some(a) = &policy.app_interval {
                 app = Some(app.map_or(a.value.0, |x: Duration| x.min(a.value.0)));
             }
@@ -119,7 +128,9 @@ fn group(inv: &Inventory, base: &Path, name: &str, members: &[String]) -> Result
         });
         vms.push(VmSpec {
             name: vm_name.clone(),
-            definition: serde_json::to_value(vm).unwrap_or_default(),
+            definition: serde_json::to_value(vm).map_err(|e| {
+                Error::failed(format!("cannot record VM `{vm_name}`'s definition: {e}"))
+            })?,
             disks,
             quiesce,
         });
@@ -152,6 +163,7 @@ fn group(inv: &Inventory, base: &Path, name: &str, members: &[String]) -> Result
             rpo
         },
         app_interval: app,
+        max_pause,
         base: base.to_path_buf(),
     })
 }

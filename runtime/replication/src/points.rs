@@ -24,13 +24,23 @@ pub async fn select(repo: &Repository, group: &str, choice: &str) -> Result<Mani
         None => choice,
     };
     match seq_text {
-        "latest" | "latest-processed" => repo
-            .latest(group)
-            .await?
-            .ok_or_else(|| Error::failed(format!("group `{group}` has no recovery points yet"))),
+        "latest" | "latest-processed" => match repo.latest(group).await? {
+            Some(m) => Ok(m),
+            // Points exist, none intact: that is damage, not an empty group.
+            None => match repo.newest_seq(group).await? {
+                Some(seq) => Err(Error::damaged(
+                    crate::format::manifest::object_name(group, seq),
+                    format!("group `{group}` has no intact point (see `lifeboat verify`)"),
+                )),
+                None => Err(Error::failed(format!(
+                    "group `{group}` has no recovery points yet"
+                ))),
+            },
+        },
         "latest-app-consistent" => repo
-            .points(group)
+            .points_and_damaged(group)
             .await?
+            .0
             .into_iter()
             .find(|m| m.kind == PointKind::App)
             .ok_or_else(|| Error::failed(format!("group `{group}` has no app-consistent point"))),

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::index::{self, PackEntries};
 use crate::format::manifest::{self, Manifest};
 use crate::format::pack::{self, Entry};
@@ -99,7 +99,8 @@ impl Repository {
                 created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
                 gc_grace_secs: 3600,
             };
-            let bytes = serde_json::to_vec_pretty(&config).unwrap_or_default();
+            let bytes = serde_json::to_vec_pretty(&config)
+                .map_err(|e| Error::failed(format!("cannot encode the repository config: {e}")))?;
             // Two creators race: put-if-absent picks one config and both read it back.
             store.put_new("config", Bytes::from(bytes)).await?;
         }
@@ -255,22 +256,54 @@ impl Repository {
         Ok(m)
     }
 
-    /// The newest point of a group, if any. A damaged newest manifest is an error, not skipped:
-    /// building on an older one would silently lose the newer point.
+    /// The newest intact point of a group, if any. A damaged manifest costs only its own point:
+    /// it is skipped here (and named by `points_and_damaged` and `verify`), so restores and
+    /// cycles go on from the last intact point. A new point still takes a number after every
+    /// existing one (`newest_seq`), so nothing is overwritten.
     pub async fn latest(&self, group: &str) -> Result<Option<Manifest>> {
-        match self.point_seqs(group).await?.first() {
-            Some(seq) => Ok(Some(self.point(group, *seq).await?)),
-            None => Ok(None),
+        for seq in self.point_seqs(group).await? {
+            match self.point(group, seq).await {
+                Ok(m) => return Ok(Some(m)),
+                Err(e) if e.kind() == ErrorKind::Damaged => continue,
+                Err(e) => return Err(e),
+            }
         }
+        Ok(None)
     }
 
-    /// Every point of a group, newest first.
+    /// The highest point number of a group, damaged or not: the next point is one more.
+    pub async fn newest_seq(&self, group: &str) -> Result<Option<u64>> {
+        Ok(self.point_seqs(group).await?.first().copied())
+    }
+
+    /// Every point of a group, newest first; any damaged manifest is an error (GC and
+    /// retention must see every point before they delete anything).
     pub async fn points(&self, group: &str) -> Result<Vec<Manifest>> {
         let mut out = Vec::new();
         for seq in self.point_seqs(group).await? {
             out.push(self.point(group, seq).await?);
         }
         Ok(out)
+    }
+
+    /// Every point of a group, newest first: the intact ones, and the damaged ones with why.
+    pub async fn points_and_damaged(
+        &self,
+        group: &str,
+    ) -> Result<(Vec<Manifest>, Vec<DamagedPoint>)> {
+        let mut intact = Vec::new();
+        let mut damaged = Vec::new();
+        for seq in self.point_seqs(group).await? {
+            match self.point(group, seq).await {
+                Ok(m) => intact.push(m),
+                Err(e) if e.kind() == ErrorKind::Damaged => damaged.push(DamagedPoint {
+                    seq,
+                    error: e.to_string(),
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((intact, damaged))
     }
 
     /// Pins a point so retention keeps it (a test failover, a failover in progress).
@@ -377,6 +410,13 @@ fn page_len(count: u64, i: usize) -> usize {
 
 /// Builds the pages of a chunk map: returns the root and every non-zero page (id, plaintext),
 /// leaves first. Unchanged pages get the ids they had, so the caller stores only the new ones.
+/// A point whose manifest is damaged: listed, never used.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DamagedPoint {
+    pub seq: u64,
+    pub error: String,
+}
+
 pub fn build_tree(keys: &Keys, map: &[Id]) -> (Id, Vec<(Id, Vec<u8>)>) {
     let mut pages = Vec::new();
     let mut ids: Vec<Id> = map.to_vec();

@@ -109,7 +109,11 @@ pub async fn restore(
                 });
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&partial);
+                if let Err(rm) = std::fs::remove_file(&partial)
+                    && rm.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %partial.display(), error = %rm, "cannot remove a refused restore's partial image");
+                }
                 return Err(e.context(format!(
                     "restore of `{vm}/{}` from point {}/{} refused",
                     disk.name, point.group, point.seq
