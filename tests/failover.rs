@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lifeboat_orchestrator::compute::{Compute, Handle, Launch, PauseVms, ProcessDriver};
+use lifeboat_orchestrator::compute::{
+    Compute, Handle, Launch, PauseVms, ProcessDriver, process_paused,
+};
 use lifeboat_orchestrator::journal::{Event, Journal};
 
 use crate::support::Outcome;
@@ -499,9 +501,9 @@ fn a_failed_post_step_stops_the_run_and_retry_finishes_it_without_rebooting() {
     assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
 }
 
-#[test]
-fn a_skipped_step_lets_the_run_finish() {
-    let k = 103;
+/// Sites whose app tier ends with a check of a service that is not there (so a failover stops
+/// at `app/post/0`), the source VMs running and replicated once.
+fn replicated_with_a_failing_check(k: u8) -> Sites {
     let mut s = Sites::new(
         k,
         "[]",
@@ -511,6 +513,12 @@ fn a_skipped_step_lets_the_run_finish() {
     );
     s.start_source();
     s.replicate();
+    s
+}
+
+#[test]
+fn a_skipped_step_lets_the_run_finish() {
+    let s = replicated_with_a_failing_check(103);
     assert_eq!(s.lifeboat(&["failover", "p", "--test"]).code, 4);
     let out = s.lifeboat(&["skip", "p-1"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
@@ -1089,17 +1097,6 @@ fn the_run_commands_say_what_is_wrong_with_bad_input() {
     }
 }
 
-/// Whether process `pid` is stopped (SIGSTOP), from `/proc/PID/stat`.
-fn stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st == "T"))
-        })
-        .unwrap_or(false)
-}
-
 /// Regression: a planned failover stopped the source VMs before the checks that refuse it. With
 /// a drill still open it is refused, and every source VM still runs and answers.
 #[test]
@@ -1115,7 +1112,7 @@ fn a_planned_failover_refused_by_an_open_run_leaves_the_source_running() {
     assert!(!out.stderr.contains("source VM stopped"), "{}", out.stderr);
     for h in &s.source {
         assert!(s.rt.block_on(s.driver.running(h)), "{} was stopped", h.vm);
-        assert!(!stopped(h.pid), "{} was left paused", h.vm);
+        assert!(!process_paused(h.pid), "{} was left paused", h.vm);
         let addr = s.source_addr(&h.vm);
         assert!(get(&addr, "/health").is_some(), "{} does not answer", h.vm);
     }
@@ -1163,7 +1160,7 @@ fn a_replicate_killed_mid_scan_leaves_no_vm_paused() {
             .unwrap();
         // Wait for the cut to pause the VM, then kill the command outright.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !stopped(db.pid) {
+        while !process_paused(db.pid) {
             assert!(
                 Instant::now() < deadline,
                 "round {round}: the VM was never paused"
@@ -1177,7 +1174,7 @@ fn a_replicate_killed_mid_scan_leaves_no_vm_paused() {
         child.kill().unwrap();
         child.wait().unwrap();
         let killed = Instant::now();
-        while stopped(db.pid) {
+        while process_paused(db.pid) {
             assert!(
                 killed.elapsed() < Duration::from_secs(1),
                 "round {round}: the VM is still paused a second after replicate died"
@@ -1192,16 +1189,7 @@ fn a_replicate_killed_mid_scan_leaves_no_vm_paused() {
 /// exited 6 (fenced), the code being chosen by searching the message.
 #[test]
 fn commit_of_an_unfinished_failover_is_refused_with_the_failure_code() {
-    let k = 118;
-    let mut s = Sites::new(
-        k,
-        "[]",
-        &format!(
-            r#"[{{ uses = "builtin:tcp-check", with = {{ address = "127.{k}.200.1:7777", timeout_ms = 200 }}, allow = {{ tcp = ["127.{k}.200.1:7777"] }} }}]"#
-        ),
-    );
-    s.start_source();
-    s.replicate();
+    let mut s = replicated_with_a_failing_check(118);
     for h in std::mem::take(&mut s.source) {
         s.rt.block_on(s.driver.stop(&h, Duration::from_secs(5)))
             .unwrap();

@@ -5,8 +5,6 @@
 //! --unplanned` with the source deleted, `commit` — and checks the data at every step. It exits
 //! 0 only if every check passed.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -165,19 +163,21 @@ impl Demo<'_, '_> {
     }
 }
 
-/// `GET path` from `addr`, body as JSON.
-fn get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
-    serde_json::from_str(body).ok()
+/// `GET path` from `addr`, body as JSON (no answer within 2 s is none).
+fn get_json(rt: &tokio::runtime::Runtime, addr: &str, path: &str) -> Option<serde_json::Value> {
+    let url = format!("http://{addr}{path}");
+    // The timer is made inside the runtime (it needs its clock).
+    let response = rt
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                lifeboat_plugin_host::http::get(&url),
+            )
+            .await
+        })
+        .ok()?
+        .ok()?;
+    serde_json::from_slice(&response.body).ok()
 }
 
 fn now_ms() -> u64 {
@@ -208,11 +208,7 @@ pub fn run(keep: bool, io: &mut crate::Io<'_>) -> u8 {
         passed: 0,
         failed: Vec::new(),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             let _ = writeln!(demo.io.stderr, "error: {e}");
@@ -396,7 +392,7 @@ fn scenario(
     );
     for (name, _, _, ip, port) in VMS {
         let at = drill_at.get(*name).cloned().unwrap_or_default();
-        let drill = get_json(&at, "/state");
+        let drill = get_json(rt, &at, "/state");
         let rec = drill.as_ref().and_then(recovered);
         demo.check(
             rec.is_some_and(|(seq, _)| seq > 0),
@@ -405,7 +401,7 @@ fn scenario(
                 rec.map_or(0, |r| r.0)
             ),
         );
-        let src = get_json(&format!("{ip}:{port}"), "/state");
+        let src = get_json(rt, &format!("{ip}:{port}"), "/state");
         let src_last = src.as_ref().and_then(|s| s["last_record"].as_u64());
         demo.check(
             matches!((rec, src_last), (Some((r, _)), Some(s)) if r < s),
@@ -428,7 +424,9 @@ fn scenario(
     // 2. Cleanup: undo every step, stop the drill VMs, delete their disks, unpin.
     let code = demo.lifeboat(&["cleanup", "shop"]);
     demo.check(code == 0, "cleanup succeeded");
-    let gone = drill_at.values().all(|at| get_json(at, "/state").is_none());
+    let gone = drill_at
+        .values()
+        .all(|at| get_json(rt, at, "/state").is_none());
     demo.check(gone, "the drill VMs are stopped");
     let runs = demo.dir.join(".lifeboat/state/runs/shop-1/disks");
     demo.check(!runs.exists(), "the drill's disks are deleted");
@@ -494,7 +492,7 @@ fn scenario(
     let mut rpos = Vec::new();
     for (name, ..) in VMS {
         let at = target_at.get(*name).cloned().unwrap_or_default();
-        let rec = get_json(&at, "/state").as_ref().and_then(recovered);
+        let rec = get_json(rt, &at, "/state").as_ref().and_then(recovered);
         let src = source_last.get(*name).copied();
         let ok = matches!((rec, src), (Some((r, _)), Some((s, _))) if r > 0 && r <= s);
         let (lost, rpo_ms) = match (rec, src) {

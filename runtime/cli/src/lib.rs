@@ -3,6 +3,7 @@
 
 mod demo;
 pub mod exit_codes;
+mod load;
 mod orchestration;
 mod replication;
 pub mod report;

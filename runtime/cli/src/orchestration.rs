@@ -18,19 +18,10 @@ use lifeboat_plan::plan::Operation;
 use lifeboat_plugin_host::{EngineOptions, PluginEngine};
 
 use crate::exit_codes;
-use crate::report::{self, Format};
 
 /// Where runs are kept unless `--state` says: `.lifeboat/state` beside the inventory.
 pub fn default_state_dir(base: &Path) -> PathBuf {
     base.join(".lifeboat").join("state")
-}
-
-fn base_of(config: &Path) -> PathBuf {
-    config
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf()
 }
 
 /// A plan argument: a file, or the name of one in `plans/` beside the inventory.
@@ -39,7 +30,9 @@ pub fn plan_path(config: &Path, plan: &str) -> PathBuf {
     if p.exists() || plan.ends_with(".toml") {
         return p;
     }
-    base_of(config).join("plans").join(format!("{plan}.toml"))
+    lifeboat_loader::base_dir(config)
+        .join("plans")
+        .join(format!("{plan}.toml"))
 }
 
 /// The inventory, a plan (when asked for) and the environment, or the exit code after printing
@@ -56,30 +49,12 @@ pub fn load(
     json: bool,
     io: &mut crate::Io<'_>,
 ) -> Result<Loaded, u8> {
-    let plans: Vec<PathBuf> = plan.map(Path::to_path_buf).into_iter().collect();
-    if let Some(p) = plan
-        && !p.exists()
-    {
-        let _ = writeln!(io.stderr, "error: no plan file {}", p.display());
-        return Err(exit_codes::INVALID);
-    }
-    let validation = lifeboat_loader::validate(config, &plans);
-    if !validation.is_valid() {
-        let format = if json { Format::Json } else { Format::Human };
-        let _ = report::write(format, &validation, false, io.stderr);
-        return Err(exit_codes::INVALID);
-    }
-    let Some(inventory) = validation.inventory else {
-        return Err(exit_codes::INVALID);
-    };
-    let base = base_of(config);
-    let groups = match lifeboat_replication::groups(&inventory, &base) {
-        Ok(g) => g,
-        Err(e) => {
-            let _ = writeln!(io.stderr, "error: {e}");
-            return Err(exit_codes::FAILED);
-        }
-    };
+    let crate::load::Loaded {
+        inventory,
+        base,
+        groups,
+        plan,
+    } = crate::load::load(config, plan, json, io)?;
     let engine = match PluginEngine::new(EngineOptions {
         cache_dir: lifeboat_loader::default_cache_dir(),
         max_concurrent_steps: 8,
@@ -97,14 +72,9 @@ pub fn load(
             "warning: the plugin sandbox allocates instances on demand (slower; every limit still holds): the pool could not be reserved: {reason}"
         );
     }
-    let plan = validation
-        .plans
-        .into_iter()
-        .next()
-        .and_then(|p| Some((p.plan?, p.path)));
     Ok(Loaded {
         env: Environment {
-            inventory: Arc::new(inventory),
+            inventory,
             state_dir: state.map_or_else(|| default_state_dir(&base), Path::to_path_buf),
             base,
             groups,

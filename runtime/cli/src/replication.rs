@@ -13,11 +13,10 @@ use lifeboat_replication::{
 };
 
 use crate::exit_codes;
-use crate::report::{self, Format};
 
 /// A loaded inventory: its groups and how to open its sites.
 pub struct Context {
-    inventory: Inventory,
+    inventory: Arc<Inventory>,
     base: PathBuf,
     groups: Vec<GroupSpec>,
     pub json: bool,
@@ -31,31 +30,11 @@ pub fn load(
     progress: bool,
     io: &mut crate::Io<'_>,
 ) -> Result<Context, u8> {
-    let validation = lifeboat_loader::validate(config, &[]);
-    if !validation.is_valid() {
-        let format = if json { Format::Json } else { Format::Human };
-        let _ = report::write(format, &validation, false, io.stderr);
-        return Err(exit_codes::INVALID);
-    }
-    let Some(inventory) = validation.inventory else {
-        return Err(exit_codes::INVALID);
-    };
-    let base = config
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let groups = match lifeboat_replication::groups(&inventory, &base) {
-        Ok(g) => g,
-        Err(e) => {
-            let _ = writeln!(io.stderr, "error: {e}");
-            return Err(exit_codes::FAILED);
-        }
-    };
+    let loaded = crate::load::load(config, None, json, io)?;
     Ok(Context {
-        inventory,
-        base,
-        groups,
+        inventory: loaded.inventory,
+        base: loaded.base,
+        groups: loaded.groups,
         json,
         progress,
     })

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use lifeboat_orchestrator::compute::{Compute, Launch, PauseVms, ProcessDriver};
+use lifeboat_orchestrator::compute::{Compute, Launch, PauseVms, ProcessDriver, process_paused};
 use lifeboat_orchestrator::health::{Probe, wait_healthy};
 use lifeboat_orchestrator::template::fill;
 use lifeboat_replication::Cut;
@@ -93,27 +93,27 @@ fn the_process_driver_boots_probes_pauses_and_stops_a_vm() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!stopped(vm.pid), "released, yet still stopped");
+    assert!(!process_paused(vm.pid), "released, yet still stopped");
 
     // A pauser that goes away without releasing (its future dropped, as when the process
     // dies) leaves a guardian that resumes the VM at once.
     let cut = PauseVms::new(driver.clone(), vec![vm.clone()], Duration::from_secs(30));
     rt.block_on(cut.hold()).unwrap();
-    wait_until(Duration::from_secs(1), || stopped(vm.pid), "held");
+    wait_until(Duration::from_secs(1), || process_paused(vm.pid), "held");
     drop(cut);
     wait_until(
         Duration::from_secs(1),
-        || !stopped(vm.pid),
+        || !process_paused(vm.pid),
         "the guardian resumes the VM",
     );
 
     // A pauser that hangs: the guardian resumes the VM once the bound (+1 s) has passed.
     let cut = PauseVms::new(driver.clone(), vec![vm.clone()], Duration::from_secs(1));
     rt.block_on(cut.hold()).unwrap();
-    wait_until(Duration::from_secs(1), || stopped(vm.pid), "held");
+    wait_until(Duration::from_secs(1), || process_paused(vm.pid), "held");
     wait_until(
         Duration::from_secs(4),
-        || !stopped(vm.pid),
+        || !process_paused(vm.pid),
         "the guardian's bound resumes the VM",
     );
     // Releasing after that is harmless.
@@ -140,17 +140,6 @@ fn the_process_driver_boots_probes_pauses_and_stops_a_vm() {
     };
     let e = rt.block_on(driver.start(&bad)).unwrap_err();
     assert!(e.contains("db-1") && e.contains("/nonexistent/vm"), "{e}");
-}
-
-/// Whether process `pid` is stopped (SIGSTOP), from `/proc/PID/stat`.
-fn stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st == "T"))
-        })
-        .unwrap_or(false)
 }
 
 fn wait_until(within: Duration, ok: impl Fn() -> bool, what: &str) {

@@ -50,10 +50,20 @@ impl Validation {
     }
 }
 
+/// The folder of the inventory file: relative paths in it (disks, stores, `plans/`, the state
+/// folder) start here. The one place this rule is written.
+pub fn base_dir(config: &Path) -> PathBuf {
+    config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
 /// The plans validated when none are named: every `*.toml` in `plans/` beside the inventory,
 /// sorted by name.
 pub fn default_plans(config: &Path) -> Vec<PathBuf> {
-    let dir = config.parent().unwrap_or(Path::new("")).join("plans");
+    let dir = base_dir(config).join("plans");
     let mut plans: Vec<PathBuf> = std::fs::read_dir(&dir)
         .into_iter()
         .flatten()

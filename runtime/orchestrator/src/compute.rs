@@ -321,6 +321,18 @@ fn process_has_key(pid: u32, key: &str) -> bool {
     })
 }
 
+/// Whether process `pid` is stopped by a signal (paused for a cut, or by someone else).
+pub fn process_paused(pid: u32) -> bool {
+    process_state(pid) == Some('T')
+}
+
+/// The state letter of process `pid` (`R`, `S`, `T`, `Z`…), from `/proc/PID/stat`.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next()?.chars().next()
+}
+
 /// Whether process `pid` exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
     let Some(p) = Pid::from_raw(pid as i32) else {
@@ -329,13 +341,7 @@ pub fn process_alive(pid: u32) -> bool {
     if rustix::process::test_kill_process(p).is_err() {
         return false;
     }
-    !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "Z"))
-        })
-        .unwrap_or(false)
+    process_state(pid) != Some('Z')
 }
 
 /// Holds a group's VMs still for a replication cut: pause them all, release them all.

@@ -4,8 +4,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 /// One health check, placeholders already substituted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Probe {
@@ -65,35 +63,14 @@ pub async fn check(probe: &Probe, dir: &Path) -> Result<(), String> {
     }
 }
 
-/// A plain-HTTP GET (the process driver's VMs listen on loopback addresses).
+/// A plain-HTTP GET that answers 2xx (the process driver's VMs listen on loopback addresses).
 async fn http_ok(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("only http:// health URLs are supported: {url}"))?;
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let mut conn = tokio::net::TcpStream::connect(authority)
+    let response = lifeboat_plugin_host::http::get(url)
         .await
         .map_err(|e| format!("http {url}: {e}"))?;
-    conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .map_err(|e| format!("http {url}: {e}"))?;
-    let mut head = vec![0u8; 64];
-    let n = conn
-        .read(&mut head)
-        .await
-        .map_err(|e| format!("http {url}: {e}"))?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    let status = line.split_whitespace().nth(1).unwrap_or("");
-    if status.starts_with('2') {
+    if (200..300).contains(&response.status) {
         Ok(())
     } else {
-        Err(format!(
-            "http {url}: status {}",
-            if status.is_empty() { "none" } else { status }
-        ))
+        Err(format!("http {url}: status {}", response.status))
     }
 }

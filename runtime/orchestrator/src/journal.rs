@@ -548,4 +548,24 @@ mod tests {
         assert!(j.replay("nope").unwrap().is_none());
         assert_eq!(j.runs().unwrap()[0].0, "r1");
     }
+
+    /// A journal written by a Lifeboat with another layout is refused, not misread.
+    #[test]
+    fn a_journal_of_another_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        Journal::open(&path)
+            .unwrap()
+            .begin("r1", "erp", "test")
+            .unwrap();
+        let db = Connection::open(&path).unwrap();
+        db.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'", [])
+            .unwrap();
+        drop(db);
+        let e = Journal::open(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("schema version 2") && e.contains("reads version 1"),
+            "{e}"
+        );
+    }
 }

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -347,49 +346,13 @@ impl probe::Host for StepState {
     }
 }
 
-/// A minimal HTTP/1.1 GET that returns the status code (plain `http://` only: probes target
-/// addresses inside the site's networks).
+/// The status code of `GET url`.
 async fn http_get_status(url: &str) -> Result<u16, Error> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| Error::Invalid(format!("only http:// URLs can be probed, got `{url}`")))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let address = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let mut stream = tokio::net::TcpStream::connect(&address)
-        .await
-        .map_err(|e| Error::Other(format!("cannot connect to {address}: {e}")))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: lifeboat-probe\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| Error::Other(format!("cannot send to {address}: {e}")))?;
-    let mut head = Vec::with_capacity(256);
-    let mut buf = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < 8 << 10 {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| Error::Other(format!("cannot read from {address}: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
+    match crate::http::get(url).await {
+        Ok(response) => Ok(response.status),
+        Err(e @ crate::http::HttpError::Unsupported(_)) => Err(Error::Invalid(e.to_string())),
+        Err(e) => Err(Error::Other(e.to_string())),
     }
-    let line = String::from_utf8_lossy(&head);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .filter(|_| line.starts_with("HTTP/"))
-        .ok_or_else(|| Error::Other(format!("{url} did not answer with HTTP")))
 }
 
 impl approval::Host for StepState {

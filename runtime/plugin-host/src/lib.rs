@@ -28,6 +28,8 @@ pub mod wit {
     pub use lifeboat::plan::types::{Capability, Direction, Operation};
 }
 
+pub mod http;
+
 pub use engine::{Allocation, EngineOptions, PluginEngine};
 pub use grants::Grants;
 pub use outcome::{LoadError, LogLine, StepOutcome, StepReport, plugin_error_text};
