@@ -670,7 +670,7 @@ fn two_writers_for_one_group_one_wins_the_other_is_fenced() {
     // A take-over (failover commit) raises the epoch: the old source's next cycle stops.
     rt.block_on(async {
         let target = Store::open("west", lab.dir.path()).unwrap();
-        lifeboat_replication::cycle::fence(&target, "a")
+        lifeboat_replication::fencing::fence(&target, "a")
             .await
             .unwrap()
     });

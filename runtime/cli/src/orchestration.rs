@@ -477,7 +477,7 @@ pub fn runs_list(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
         "RUN", "PLAN", "OPERATION", "STATUS", "STARTED"
     );
     for r in &records {
-        let started = lifeboat_replication::cycle::rfc3339(
+        let started = lifeboat_replication::clock::rfc3339(
             std::time::UNIX_EPOCH
                 + std::time::Duration::from_millis(r.started_unix_ms.max(0) as u64),
         );

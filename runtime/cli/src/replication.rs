@@ -321,7 +321,7 @@ pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
             .flat_map(|v| &v.disks)
             .map(|d| d.changed_bytes)
             .sum();
-        let age = (lifeboat_replication::cycle::unix_ms(now).saturating_sub(m.captured_unix_ms))
+        let age = (lifeboat_replication::clock::unix_ms(now).saturating_sub(m.captured_unix_ms))
             as f64
             / 1000.0;
         let pinned = pins.get(&m.seq).map(|r| r.join(",")).unwrap_or_default();

@@ -583,7 +583,7 @@ pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<Committed>> {
         if let Event::PointChosen { group, .. } = e
             && !committed.contains(group.as_str())
         {
-            let m = lifeboat_replication::cycle::fence(&target, group)
+            let m = lifeboat_replication::fencing::fence(&target, group)
                 .await
                 .map_err(|e| Error::replication(format!("group `{group}`"), e))?;
             journal.append(

@@ -252,7 +252,7 @@ impl RunServices {
         {
             return Ok(repo.clone());
         }
-        let opened = lifeboat_replication::cycle::unix_ms(std::time::SystemTime::now());
+        let opened = lifeboat_replication::clock::unix_ms(std::time::SystemTime::now());
         let repo = Arc::new(
             Repository::open(&self.target)
                 .await

@@ -5,22 +5,23 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::capture::{self, PackSink, SealedPack};
-use crate::error::{Error, ErrorKind, Result};
-use crate::format::index;
-use crate::format::manifest::{self, DiskPoint, Manifest, PointKind, VmPoint};
+use crate::clock::{rfc3339, unix_ms};
+use crate::error::{Error, Result};
+use crate::fencing::writer_epoch;
+use crate::format::manifest::{DiskPoint, PointKind, VmPoint};
 use crate::format::pack::{self, Entry, PackClass};
-use crate::format::{BlobKind, Codec, Id, compress, hex};
-use crate::gc;
+use crate::format::{BlobKind, Codec, Id, compress};
 use crate::groups::{GroupSpec, QuiesceSpec, VmSpec};
 use crate::repo::{self, Repository};
-use crate::store::{Put, Store};
+use crate::session::{Staged, commit, drop_session, resume, session_id};
+use crate::store::Store;
 
 /// Whether to try for an app-consistent point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -95,27 +96,6 @@ pub struct CycleReport {
     pub notes: Vec<String>,
 }
 
-/// The record that makes a cache session complete: everything needed to commit it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Staged {
-    parent: Option<u64>,
-    /// The point's number: one after every existing point, damaged ones included (absent in
-    /// sessions staged before it was recorded: the parent's plus one).
-    #[serde(default)]
-    seq: Option<u64>,
-    epoch: u64,
-    kind: PointKind,
-    captured_unix_ms: u64,
-    vms: Vec<VmPoint>,
-    packs: Vec<String>,
-}
-
-/// The writer record in the cache: the epoch this source site writes with.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct WriterRecord {
-    epoch: u64,
-}
-
 /// Runs one cycle for `group`: source site store `source` (its cache), target site `target`.
 #[tracing::instrument(name = "cycle", skip_all, fields(group = %group.name))]
 pub async fn replicate(
@@ -155,7 +135,7 @@ pub async fn replicate(
         latest = repo.latest(&group.name).await?;
     }
 
-    let condemned = gc::condemned(&repo).await?;
+    let condemned = repo.condemned().await?;
     let mut parents: HashMap<(String, String), Vec<Id>> = HashMap::new();
     if let Some(parent) = &latest {
         for vm in &parent.vms {
@@ -588,239 +568,14 @@ async fn upload(
     Ok((done, ship_error))
 }
 
-/// Writes the index file and the manifest. The manifest is put-if-absent: if another writer
-/// committed this sequence number first, this one is fenced.
-async fn commit(
-    repo: &mut Repository,
-    group: &str,
-    staged: &Staged,
-    packs: Vec<(String, Vec<Entry>)>,
-    reused: &HashSet<Id>,
-    started: Instant,
-) -> Result<u64> {
-    if !packs.is_empty() {
-        let (name, bytes) = index::encode(&repo::pack_entries(packs.clone()));
-        repo.store()
-            .put_new(&format!("index/{name}"), Bytes::from(bytes))
-            .await?;
-        let index = repo.index_mut();
-        for (pack, entries) in &packs {
-            index.add(pack, entries);
-        }
-    }
-    // Blobs reused from earlier packs must still be there: GC condemns dead packs first and
-    // deletes them only a grace period later, so a cycle shorter than the grace that finds none
-    // of its packs condemned is safe.
-    if started.elapsed() >= repo.grace() && !reused.is_empty() {
-        return Err(Error::failed(format!(
-            "this cycle took longer than the GC grace period ({:?}) and reused stored data; run it again",
-            repo.grace()
-        )));
-    }
-    let condemned = gc::condemned(repo).await?;
-    for id in reused {
-        if let Some(loc) = repo.index().blobs.get(id) {
-            let pack = repo.index().pack_name(loc);
-            if condemned.contains(pack) {
-                return Err(Error::failed(
-                    "GC condemned data this cycle reused while it ran; run the cycle again",
-                ));
-            }
-        }
-    }
-    let latest = repo.latest(group).await?;
-    check_fence(latest.as_ref(), staged.epoch, group)?;
-    let seq = staged
-        .seq
-        .unwrap_or_else(|| staged.parent.map_or(1, |p| p + 1));
-    let newest = repo.newest_seq(group).await?;
-    if latest.as_ref().map(|m| m.seq) != staged.parent || newest.map_or(0, |n| n) + 1 != seq {
-        let other = newest.unwrap_or(0);
-        return Err(Error::fenced(format!(
-            "another writer committed point {other} of group `{group}` while this cycle ran; this writer stops"
-        )));
-    }
-    let now = SystemTime::now();
-    let m = Manifest {
-        format: Manifest::new_format(),
-        group: group.to_string(),
-        seq,
-        parent: staged.parent,
-        kind: staged.kind,
-        captured_at: rfc3339(UNIX_EPOCH + Duration::from_millis(staged.captured_unix_ms)),
-        captured_unix_ms: staged.captured_unix_ms,
-        committed_at: rfc3339(now),
-        committed_unix_ms: unix_ms(now),
-        epoch: staged.epoch,
-        writer: writer_name(),
-        vms: staged.vms.clone(),
-    };
-    let name = manifest::object_name(group, seq);
-    match repo
-        .store()
-        .put_new(&name, Bytes::from(m.encode(repo.keys())))
-        .await?
-    {
-        Put::Created => Ok(seq),
-        Put::Exists => {
-            let winner = repo.point(group, seq).await.ok();
-            Err(Error::fenced(format!(
-                "another writer committed point {seq} of group `{group}` first{}; this writer stops",
-                winner.map_or(String::new(), |w| format!(
-                    " ({}, epoch {})",
-                    w.writer, w.epoch
-                ))
-            )))
-        }
-    }
-}
-
-fn check_fence(latest: Option<&Manifest>, epoch: u64, group: &str) -> Result<()> {
-    if let Some(m) = latest
-        && m.epoch > epoch
-    {
-        return Err(Error::fenced(format!(
-            "group `{group}` is fenced: point {} was committed with epoch {} by {}, this site writes with epoch {epoch} (a failover took it over); this writer stops",
-            m.seq, m.epoch, m.writer
-        )));
-    }
-    Ok(())
-}
-
-/// The epoch this source site writes the group with: recorded in its cache the first time,
-/// from the newest point (or 1). A site that was failed away from keeps its old epoch, so it
-/// finds a newer one in the repository and stops.
-async fn writer_epoch(cache: &Store, latest: Option<&Manifest>) -> Result<u64> {
-    let record = match cache.get_opt("writer").await? {
-        Some(b) => b,
-        None => {
-            let epoch = latest.map_or(1, |m| m.epoch);
-            let bytes = serde_json::to_vec(&WriterRecord { epoch })
-                .map_err(|e| Error::failed(format!("cannot encode the writer record: {e}")))?;
-            cache.put_new("writer", Bytes::from(bytes)).await?;
-            cache.get("writer").await?
-        }
-    };
-    let record: WriterRecord = serde_json::from_slice(&record)
-        .map_err(|e| Error::damaged(format!("{}/writer", cache.location()), e))?;
-    check_fence(
-        latest,
-        record.epoch,
-        latest.map_or("", |m| m.group.as_str()),
-    )?;
-    Ok(record.epoch)
-}
-
-/// Commits (or discards) what interrupted cycles left in the cache.
-async fn resume(
-    repo: &mut Repository,
-    cache: &Store,
-    group: &str,
-    latest: Option<&Manifest>,
-    epoch: u64,
-    notes: &mut Vec<String>,
-) -> Result<Option<u64>> {
-    let objects = cache.list("sessions").await?;
-    let mut sessions: Vec<String> = objects
-        .iter()
-        .filter_map(|o| o.name.split('/').nth(1).map(str::to_string))
-        .collect();
-    sessions.dedup();
-    let mut committed = None;
-    for session in sessions {
-        let staged = match cache.get_opt(&format!("sessions/{session}/staged")).await? {
-            Some(b) => match serde_json::from_slice::<Staged>(&b) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(%session, error = %e, "dropping a staged session whose record does not parse");
-                    None
-                }
-            },
-            None => None,
-        };
-        let current = latest.map(|m| m.seq);
-        if let Some(staged) = staged
-            && committed.is_none()
-            && staged.parent == current
-            && staged.epoch == epoch
-        {
-            match ship_staged(repo, cache, &session, &staged).await {
-                Ok(packs) => {
-                    let seq = commit(repo, group, &staged, packs, &HashSet::new(), Instant::now())
-                        .await?;
-                    notes.push(format!(
-                        "committed point {seq}, staged by an interrupted cycle"
-                    ));
-                    committed = Some(seq);
-                }
-                Err(e) if e.kind() == ErrorKind::Damaged => {
-                    notes.push(format!("dropped a damaged staged session: {e}"));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        drop_session(cache, &session).await;
-    }
-    Ok(committed)
-}
-
-async fn ship_staged(
-    repo: &Repository,
-    cache: &Store,
-    session: &str,
-    staged: &Staged,
-) -> Result<Vec<(String, Vec<Entry>)>> {
-    let mut out = Vec::new();
-    for name in &staged.packs {
-        let bytes = cache
-            .get(&format!("sessions/{session}/packs/{name}"))
-            .await?;
-        let (_, entries) = pack::parse(name, &bytes).map_err(|why| Error::damaged(name, why))?;
-        // The cache is written without fsync: a power loss can tear a staged pack anywhere, so
-        // every blob is checked against its id before the pack goes to the repository.
-        let (keys, check, listed) = (repo.keys().clone(), bytes.clone(), entries.clone());
-        tokio::task::spawn_blocking(move || {
-            use rayon::prelude::*;
-            listed.par_iter().try_for_each(|e| {
-                let end = e.offset as usize + e.stored_len as usize;
-                crate::format::decode_blob(
-                    &keys,
-                    e.id,
-                    e.codec,
-                    e.raw_len,
-                    &check[e.offset as usize..end],
-                )
-                .map(drop)
-            })
-        })
-        .await
-        .map_err(|e| Error::failed(format!("check of a staged pack stopped: {e}")))?
-        .map_err(|why| Error::damaged(name, why))?;
-        repo.store()
-            .put_new(&pack::object_name(name), bytes)
-            .await?;
-        out.push((name.clone(), entries));
-    }
-    Ok(out)
-}
-
-async fn drop_session(cache: &Store, session: &str) {
-    if let Ok(objects) = cache.list(&format!("sessions/{session}")).await {
-        // Packs first, the record last: a half-deleted session is never taken for complete.
-        let (records, packs): (Vec<_>, Vec<_>) = objects
-            .into_iter()
-            .partition(|o| o.name.ends_with("/staged"));
-        for o in packs.into_iter().chain(records) {
-            if let Err(e) = cache.delete(&o.name).await {
-                tracing::warn!(object = %o.name, error = %e, "cannot delete a finished session's object from the cache");
-            }
-        }
-    }
-}
-
 async fn latest_app_age(repo: &Repository, group: &str) -> Result<Option<Duration>> {
     for seq in repo.point_seqs(group).await? {
-        let m = repo.point(group, seq).await?;
+        // A damaged manifest costs only its own point (see `Repository::latest`).
+        let m = match repo.point(group, seq).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == crate::error::ErrorKind::Damaged => continue,
+            Err(e) => return Err(e),
+        };
         if m.kind == PointKind::App {
             let now = unix_ms(SystemTime::now());
             return Ok(Some(Duration::from_millis(
@@ -829,64 +584,4 @@ async fn latest_app_age(repo: &Repository, group: &str) -> Result<Option<Duratio
         }
     }
     Ok(None)
-}
-
-fn session_id(at: SystemTime) -> String {
-    let mut r = [0u8; 4];
-    if let Err(e) = getrandom::fill(&mut r) {
-        tracing::warn!(error = %e, "no randomness for the session name; it rests on the clock alone");
-    }
-    format!("{:013}-{}", unix_ms(at), hex(&r))
-}
-
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn writer_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{host} pid {}", std::process::id())
-}
-
-/// Takes a group over with a new epoch: commits a point with the latest point's disks and the
-/// epoch one higher. A writer still holding the old epoch (the old source site, revived) finds
-/// it and stops. Failover's commit uses this; it needs nothing but the target repository.
-pub async fn fence(target: &Store, group: &str) -> Result<Manifest> {
-    let repo = Repository::open(target).await?;
-    let latest = repo
-        .latest(group)
-        .await?
-        .ok_or_else(|| Error::failed(format!("group `{group}` has no point to take over")))?;
-    let now = SystemTime::now();
-    let newest = repo.newest_seq(group).await?.unwrap_or(latest.seq);
-    let m = Manifest {
-        seq: newest + 1,
-        parent: Some(latest.seq),
-        epoch: latest.epoch + 1,
-        committed_at: rfc3339(now),
-        committed_unix_ms: unix_ms(now),
-        writer: writer_name(),
-        ..latest
-    };
-    match repo
-        .store()
-        .put_new(
-            &manifest::object_name(group, m.seq),
-            Bytes::from(m.encode(repo.keys())),
-        )
-        .await?
-    {
-        Put::Created => Ok(m),
-        Put::Exists => Err(Error::fenced(format!(
-            "another writer committed point {} of group `{group}` first; take-over not done",
-            m.seq
-        ))),
-    }
 }

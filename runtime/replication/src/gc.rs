@@ -9,37 +9,17 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::cycle::unix_ms;
+use crate::clock::unix_ms;
 use crate::error::{Error, Result};
 use crate::format::index;
 use crate::format::manifest;
 use crate::format::pack::{self, Entry, PackBuilder, PackClass};
 use crate::format::{BlobKind, Id};
 use crate::groups::GroupSpec;
-use crate::repo::{self, Location, Repository};
+use crate::repo::{self, CondemnedRecord, Location, Repository};
 use crate::store::Store;
-
-/// A record of packs GC found dead.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Condemned {
-    at_unix_ms: u64,
-    packs: Vec<String>,
-}
-
-/// Packs that GC has condemned (and not yet deleted).
-pub async fn condemned(repo: &Repository) -> Result<HashSet<String>> {
-    let mut out = HashSet::new();
-    for o in repo.store().list("gc/condemned").await? {
-        if let Some(b) = repo.store().get_opt(&o.name).await?
-            && let Ok(c) = serde_json::from_slice::<Condemned>(&b)
-        {
-            out.extend(c.packs);
-        }
-    }
-    Ok(out)
-}
 
 /// How GC runs.
 #[derive(Clone, Debug)]
@@ -167,9 +147,9 @@ pub async fn gc(target: &Store, groups: &[GroupSpec], opts: &GcOptions) -> Resul
     // Condemn, then delete what has been condemned for the grace period and is still dead.
     let mut records = Vec::new();
     for o in repo.store().list("gc/condemned").await? {
-        if let Some(b) = repo.store().get_opt(&o.name).await?
-            && let Ok(c) = serde_json::from_slice::<Condemned>(&b)
-        {
+        if let Some(b) = repo.store().get_opt(&o.name).await? {
+            let c: CondemnedRecord = serde_json::from_slice(&b)
+                .map_err(|e| Error::damaged(&o.name, format!("does not parse: {e}")))?;
             records.push((o.name, c));
         }
     }
@@ -216,7 +196,7 @@ pub async fn gc(target: &Store, groups: &[GroupSpec], opts: &GcOptions) -> Resul
         }
     } else if !newly.is_empty() {
         report.packs_condemned = newly.len();
-        let record = Condemned {
+        let record = CondemnedRecord {
             at_unix_ms: unix_ms(now),
             packs: newly.clone(),
         };
@@ -231,7 +211,7 @@ pub async fn gc(target: &Store, groups: &[GroupSpec], opts: &GcOptions) -> Resul
     }
 
     // One index for what is left; the files it replaces go after it is written.
-    let condemned_now = condemned(&repo).await?;
+    let condemned_now = repo.condemned().await?;
     let mut by_pack: HashMap<String, Vec<Entry>> = HashMap::new();
     for loc in repo.index().blobs.values() {
         let pack = repo.index().pack_name(loc);

@@ -8,14 +8,17 @@
 //! is the one door to `object_store`.
 
 pub mod capture;
+pub mod clock;
 pub mod cycle;
 pub mod error;
+pub mod fencing;
 pub mod format;
 pub mod gc;
 pub mod groups;
 pub mod points;
 pub mod repo;
 pub mod restore;
+mod session;
 pub mod store;
 pub mod verify;
 

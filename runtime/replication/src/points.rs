@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::cycle::unix_ms;
+use crate::clock::unix_ms;
 use crate::error::{Error, Result};
 use crate::format::manifest::{Manifest, PointKind};
 use crate::repo::Repository;

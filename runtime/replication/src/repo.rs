@@ -306,6 +306,21 @@ impl Repository {
         Ok((intact, damaged))
     }
 
+    /// Packs that GC has condemned and not yet deleted: a cycle must not reuse their data.
+    /// A record that does not parse is damage, not an empty list (a cycle that missed a
+    /// condemned pack would build on data GC is about to delete).
+    pub async fn condemned(&self) -> Result<HashSet<String>> {
+        let mut out = HashSet::new();
+        for o in self.store.list("gc/condemned").await? {
+            if let Some(b) = self.store.get_opt(&o.name).await? {
+                let record: CondemnedRecord = serde_json::from_slice(&b)
+                    .map_err(|e| Error::damaged(&o.name, format!("does not parse: {e}")))?;
+                out.extend(record.packs);
+            }
+        }
+        Ok(out)
+    }
+
     /// Pins a point so retention keeps it (a test failover, a failover in progress).
     pub async fn pin(&self, group: &str, seq: u64, reason: &str) -> Result<()> {
         self.point(group, seq).await?;
@@ -410,6 +425,13 @@ fn page_len(count: u64, i: usize) -> usize {
 
 /// Builds the pages of a chunk map: returns the root and every non-zero page (id, plaintext),
 /// leaves first. Unchanged pages get the ids they had, so the caller stores only the new ones.
+/// What GC writes under `gc/condemned/`: packs it found dead, and when.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct CondemnedRecord {
+    pub at_unix_ms: u64,
+    pub packs: Vec<String>,
+}
+
 /// A point whose manifest is damaged: listed, never used.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DamagedPoint {
