@@ -204,10 +204,48 @@ pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io
         }
     }
     if ctx.json {
-        let _ = serde_json::to_writer_pretty(&mut *io.stdout, &reports);
-        let _ = writeln!(io.stdout);
+        crate::print_json(io, &reports);
     }
     code
+}
+
+/// `lifeboat points list VM --output json` (see docs/json-output.md).
+#[derive(Debug, serde::Serialize)]
+struct PointsDoc<'a> {
+    vm: &'a str,
+    group: &'a str,
+    target_site: &'a str,
+    rpo: &'a points::Rpo,
+    /// Intact points, newest first.
+    points: Vec<PointLine<'a>>,
+    /// Points whose manifest is damaged.
+    damaged: &'a [lifeboat_replication::repo::DamagedPoint],
+}
+
+#[derive(Debug, serde::Serialize)]
+struct PointLine<'a> {
+    id: u64,
+    kind: &'a str,
+    captured_at: &'a str,
+    committed_at: &'a str,
+    epoch: u64,
+    pinned: Vec<String>,
+    disks: Vec<DiskLine<'a>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct DiskLine<'a> {
+    name: &'a str,
+    size: u64,
+    chunk_size: u32,
+    changed_bytes: u64,
+}
+
+/// One repository's result, for commands that work on every target site.
+#[derive(Debug, serde::Serialize)]
+struct SiteReport<T> {
+    site: String,
+    report: T,
 }
 
 /// `lifeboat points list VM`.
@@ -247,37 +285,37 @@ pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
         .map_or(group.rpo_threshold, |p| p.rpo_threshold.value.0);
     let rpo = points::rpo(points.first(), threshold, now);
     if ctx.json {
-        let list: Vec<serde_json::Value> = points
-            .iter()
-            .map(|m| {
-                let disks: Vec<serde_json::Value> = m
-                    .vms
-                    .iter()
-                    .filter(|v| v.name == vm)
-                    .flat_map(|v| &v.disks)
-                    .map(|d| serde_json::json!({"name": d.name, "size": d.size, "chunk_size": d.chunk_size, "changed_bytes": d.changed_bytes}))
-                    .collect();
-                serde_json::json!({
-                    "id": m.seq,
-                    "kind": m.kind.as_str(),
-                    "captured_at": m.captured_at,
-                    "committed_at": m.committed_at,
-                    "epoch": m.epoch,
-                    "pinned": pins.get(&m.seq).cloned().unwrap_or_default(),
-                    "disks": disks,
+        let doc = PointsDoc {
+            vm,
+            group: &group.name,
+            target_site: &group.target_site,
+            rpo: &rpo,
+            points: points
+                .iter()
+                .map(|m| PointLine {
+                    id: m.seq,
+                    kind: m.kind.as_str(),
+                    captured_at: &m.captured_at,
+                    committed_at: &m.committed_at,
+                    epoch: m.epoch,
+                    pinned: pins.get(&m.seq).cloned().unwrap_or_default(),
+                    disks: m
+                        .vms
+                        .iter()
+                        .filter(|v| v.name == vm)
+                        .flat_map(|v| &v.disks)
+                        .map(|d| DiskLine {
+                            name: &d.name,
+                            size: d.size,
+                            chunk_size: d.chunk_size,
+                            changed_bytes: d.changed_bytes,
+                        })
+                        .collect(),
                 })
-            })
-            .collect();
-        let doc = serde_json::json!({
-            "vm": vm,
-            "group": group.name,
-            "target_site": group.target_site,
-            "rpo": rpo,
-            "points": list,
-            "damaged": damaged,
-        });
-        let _ = serde_json::to_writer_pretty(&mut *io.stdout, &doc);
-        let _ = writeln!(io.stdout);
+                .collect(),
+            damaged: &damaged,
+        };
+        crate::print_json(io, &doc);
         return exit_codes::OK;
     }
     let _ = writeln!(
@@ -460,8 +498,7 @@ pub fn restore(
     match result {
         Ok(r) => {
             if ctx.json {
-                let _ = serde_json::to_writer_pretty(&mut *io.stdout, &r);
-                let _ = writeln!(io.stdout);
+                crate::print_json(io, &r);
             } else {
                 for d in &r.disks {
                     let _ = writeln!(
@@ -510,14 +547,13 @@ fn per_target<T: serde::Serialize>(
             Ok(r) => {
                 let c = render(&site, &r, io);
                 code = code.max(c);
-                reports.push(serde_json::json!({"site": site, "report": r}));
+                reports.push(SiteReport { site, report: r });
             }
             Err(e) => code = code.max(fail(&e.context(format!("site `{site}`")), io)),
         }
     }
     if ctx.json {
-        let _ = serde_json::to_writer_pretty(&mut *io.stdout, &reports);
-        let _ = writeln!(io.stdout);
+        crate::print_json(io, &reports);
     }
     code
 }
