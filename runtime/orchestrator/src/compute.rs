@@ -217,77 +217,96 @@ impl Compute for ProcessDriver {
     }
 
     async fn find(&self, vm: &str, key: &str) -> Option<Handle> {
-        if key.is_empty() {
-            return None;
-        }
-        let wanted = format!("{KEY_VAR}={key}");
-        for (pid, proc_dir) in processes() {
-            let Ok(environ) = std::fs::read(proc_dir.join("environ")) else {
-                continue;
-            };
-            if environ
-                .split(|b| *b == 0)
-                .any(|var| var == wanted.as_bytes())
-                && process_alive(pid)
-            {
-                return Some(Handle {
-                    vm: vm.to_string(),
-                    pid,
-                    started: process_start_time(pid),
-                    key: key.to_string(),
-                });
-            }
-        }
-        None
+        // A walk over /proc: off the async threads.
+        let (vm, key) = (vm.to_string(), key.to_string());
+        tokio::task::spawn_blocking(move || find_by_key(&vm, &key))
+            .await
+            .ok()
+            .flatten()
     }
 
     async fn locate(&self, launches: &[Launch]) -> Vec<Handle> {
-        // One walk over the processes for all of them: a process matches a launch with the same
-        // program (by name: it may have been started by a full path), the same arguments, run
-        // from the same folder (relative disk paths mean the same files).
-        let wanted: Vec<(&Launch, &std::ffi::OsStr, PathBuf)> = launches
-            .iter()
-            .filter_map(|l| {
-                let name = std::path::Path::new(l.argv.first()?).file_name()?;
-                Some((l, name, std::fs::canonicalize(&l.dir).ok()?))
-            })
-            .collect();
-        let own = std::process::id();
-        let mut found = Vec::new();
-        for (pid, proc_dir) in processes() {
-            if found.len() == wanted.len() {
-                break;
-            }
-            if pid == own {
-                continue;
-            }
-            let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
-                continue;
-            };
-            let argv: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let Some((program, args)) = argv.split_first() else {
-                continue;
-            };
-            let program = std::path::Path::new(program).file_name();
-            let Some((launch, _, dir)) = wanted
-                .iter()
-                .find(|(l, name, _)| program == Some(*name) && l.argv.get(1..) == Some(args))
-            else {
-                continue;
-            };
-            if std::fs::read_link(proc_dir.join("cwd")).ok().as_ref() == Some(dir)
-                && process_alive(pid)
-                && !found.iter().any(|h: &Handle| h.vm == launch.vm)
-            {
-                found.push(Handle::of_process(&launch.vm, pid));
-            }
-        }
-        found
+        // A walk over /proc: off the async threads.
+        let launches = launches.to_vec();
+        tokio::task::spawn_blocking(move || locate_launches(&launches))
+            .await
+            .unwrap_or_default()
     }
+}
+
+/// The live process started under `key` (found by the variable in its environment).
+fn find_by_key(vm: &str, key: &str) -> Option<Handle> {
+    if key.is_empty() {
+        return None;
+    }
+    let wanted = format!("{KEY_VAR}={key}");
+    for (pid, proc_dir) in processes() {
+        let Ok(environ) = std::fs::read(proc_dir.join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == wanted.as_bytes())
+            && process_alive(pid)
+        {
+            return Some(Handle {
+                vm: vm.to_string(),
+                pid,
+                started: process_start_time(pid),
+                key: key.to_string(),
+            });
+        }
+    }
+    None
+}
+
+/// The running processes `launches` describe: same program name, arguments and folder.
+fn locate_launches(launches: &[Launch]) -> Vec<Handle> {
+    // One walk over the processes for all of them: a process matches a launch with the same
+    // program (by name: it may have been started by a full path), the same arguments, run
+    // from the same folder (relative disk paths mean the same files).
+    let wanted: Vec<(&Launch, &std::ffi::OsStr, PathBuf)> = launches
+        .iter()
+        .filter_map(|l| {
+            let name = std::path::Path::new(l.argv.first()?).file_name()?;
+            Some((l, name, std::fs::canonicalize(&l.dir).ok()?))
+        })
+        .collect();
+    let own = std::process::id();
+    let mut found = Vec::new();
+    for (pid, proc_dir) in processes() {
+        if found.len() == wanted.len() {
+            break;
+        }
+        if pid == own {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let Some((program, args)) = argv.split_first() else {
+            continue;
+        };
+        let program = std::path::Path::new(program).file_name();
+        let Some((launch, _, dir)) = wanted
+            .iter()
+            .find(|(l, name, _)| program == Some(*name) && l.argv.get(1..) == Some(args))
+        else {
+            continue;
+        };
+        if std::fs::read_link(proc_dir.join("cwd")).ok().as_ref() == Some(dir)
+            && process_alive(pid)
+            && !found.iter().any(|h: &Handle| h.vm == launch.vm)
+        {
+            found.push(Handle::of_process(&launch.vm, pid));
+        }
+    }
+    found
 }
 
 /// Every process on the machine: its pid and its `/proc` folder.

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lifeboat_plan::Plan;
@@ -23,9 +23,6 @@ use crate::runs::{Environment, not_driven, running_in, status_of};
 use crate::services::{Observer, RunServices};
 use crate::source::{self, groups_of, plan_vms};
 use crate::steps::PluginRunner;
-
-/// Restores a run makes at once (each is CPU-bound: decompress and re-hash every chunk).
-const RESTORES_AT_ONCE: usize = 4;
 
 /// A new run id: `PLAN-N`, N one more than the plan's runs so far.
 fn new_run_id(journal: &Journal, plan: &str) -> Result<String> {
@@ -242,47 +239,6 @@ pub async fn resume(
     .await
 }
 
-fn services(
-    env: &Environment,
-    run: &str,
-    plan: &Plan,
-    point: Option<String>,
-    assignments: Vec<Assignment>,
-    observe: Observer,
-) -> Result<Arc<RunServices>> {
-    let target_site = plan.target.value.clone();
-    Ok(Arc::new(RunServices {
-        run: run.to_string(),
-        inventory: env.inventory.clone(),
-        base: env.base.clone(),
-        run_dir: env.run_dir(run),
-        target: env.site_store(&target_site)?,
-        target_site,
-        groups: env.groups.clone(),
-        plan_groups: plan
-            .groups
-            .iter()
-            .map(|g| {
-                (
-                    g.name.value.clone(),
-                    g.vms.iter().map(|v| v.value.clone()).collect(),
-                )
-            })
-            .collect(),
-        assignments,
-        point_override: point,
-        driver: env.driver.clone(),
-        journal: Mutex::new(env.journal()?),
-        observe,
-        choosing: tokio::sync::Mutex::new(()),
-        seen: Mutex::new(None),
-        repo: tokio::sync::Mutex::new(None),
-        default_point: crate::compile::point_choice(plan).to_string(),
-        prefetch: Mutex::new(HashMap::new()),
-        restores: Arc::new(tokio::sync::Semaphore::new(RESTORES_AT_ONCE)),
-    }))
-}
-
 fn runner(
     env: &Environment,
     run: &str,
@@ -294,7 +250,14 @@ fn runner(
 ) -> Result<PluginRunner> {
     let journal = env.journal()?;
     let assignments = assignments_of(&journal, run)?;
-    let services = services(env, run, plan, point, assignments, observe)?;
+    let services = Arc::new(RunServices::new(
+        env,
+        run,
+        plan,
+        point,
+        assignments,
+        observe,
+    )?);
     let plan_dir = plan_path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

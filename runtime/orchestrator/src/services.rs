@@ -26,38 +26,38 @@ pub type Observer = Arc<dyn Fn(&str, &Event) + Send + Sync>;
 
 /// What one run acts on.
 pub struct RunServices {
-    pub run: String,
-    pub inventory: Arc<Inventory>,
+    pub(crate) run: String,
+    pub(crate) inventory: Arc<Inventory>,
     /// The folder of lifeboat.toml: VMs start there.
-    pub base: PathBuf,
+    base: PathBuf,
     /// This run's folder: restored disks and VM logs.
-    pub run_dir: PathBuf,
-    pub target_site: String,
-    pub target: Store,
+    run_dir: PathBuf,
+    target_site: String,
+    target: Store,
     /// Consistency groups (the unit of a point).
-    pub groups: Vec<GroupSpec>,
+    groups: Vec<GroupSpec>,
     /// Plan group → its VMs.
-    pub plan_groups: HashMap<String, Vec<String>>,
-    pub assignments: Vec<Assignment>,
+    pub(crate) plan_groups: HashMap<String, Vec<String>>,
+    pub(crate) assignments: Vec<Assignment>,
     /// The command line's `--point`, over the plan's choice.
-    pub point_override: Option<String>,
-    pub driver: Arc<dyn Compute>,
-    pub journal: Mutex<Journal>,
-    pub observe: Observer,
+    point_override: Option<String>,
+    driver: Arc<dyn Compute>,
+    journal: Mutex<Journal>,
+    observe: Observer,
     /// Serializes point choice, so the VMs of one consistency group share one point.
-    pub choosing: tokio::sync::Mutex<()>,
+    choosing: tokio::sync::Mutex<()>,
     /// This run's events as the services know them: loaded from the journal once, then every
     /// event they record (the executor's own events do not matter here).
-    pub seen: Mutex<Option<Vec<(i64, Event)>>>,
+    seen: Mutex<Option<Vec<(i64, Event)>>>,
     /// The target repository, opened once (and again for a point committed after that).
-    pub repo: tokio::sync::Mutex<Option<(Arc<Repository>, u64)>>,
+    repo: tokio::sync::Mutex<Option<(Arc<Repository>, u64)>>,
     /// The plan's point choice (`latest-processed`…), for restores begun ahead of the boot step's
     /// own calls.
-    pub default_point: String,
+    default_point: String,
     /// Restores begun when a group's boot asked for its VMs: VM → (point seq, the restore).
-    pub prefetch: Mutex<HashMap<String, (u64, Prefetch)>>,
+    prefetch: Mutex<HashMap<String, (u64, Prefetch)>>,
     /// How many restores run at once.
-    pub restores: Arc<tokio::sync::Semaphore>,
+    restores: Arc<tokio::sync::Semaphore>,
 }
 
 /// A restore running in the background: the restored disk paths, or why not.
@@ -75,7 +75,53 @@ fn other(e: impl std::fmt::Display) -> Error {
     Error::Other(e.to_string())
 }
 
+/// Restores a run makes at once (each is CPU-bound: decompress and re-hash every chunk).
+const RESTORES_AT_ONCE: usize = 4;
+
 impl RunServices {
+    /// The services of run `run` of `plan` in `env`: `point` is the command line's `--point`,
+    /// `assignments` the run's addresses (journaled when it began).
+    pub fn new(
+        env: &crate::runs::Environment,
+        run: &str,
+        plan: &lifeboat_plan::Plan,
+        point: Option<String>,
+        assignments: Vec<Assignment>,
+        observe: Observer,
+    ) -> crate::error::Result<Self> {
+        let target_site = plan.target.value.clone();
+        Ok(Self {
+            run: run.to_string(),
+            inventory: env.inventory.clone(),
+            base: env.base.clone(),
+            run_dir: env.run_dir(run),
+            target: env.site_store(&target_site)?,
+            target_site,
+            groups: env.groups.clone(),
+            plan_groups: plan
+                .groups
+                .iter()
+                .map(|g| {
+                    (
+                        g.name.value.clone(),
+                        g.vms.iter().map(|v| v.value.clone()).collect(),
+                    )
+                })
+                .collect(),
+            assignments,
+            point_override: point,
+            driver: env.driver.clone(),
+            journal: Mutex::new(env.journal()?),
+            observe,
+            choosing: tokio::sync::Mutex::new(()),
+            seen: Mutex::new(None),
+            repo: tokio::sync::Mutex::new(None),
+            default_point: crate::compile::point_choice(plan).to_string(),
+            prefetch: Mutex::new(HashMap::new()),
+            restores: Arc::new(tokio::sync::Semaphore::new(RESTORES_AT_ONCE)),
+        })
+    }
+
     /// Appends an event to this run's journal, then shows it.
     pub fn record(&self, event: Event) -> Result<i64, Error> {
         // Load what is journaled first, so the cache holds this event after it, in order.

@@ -199,8 +199,12 @@ async fn write_image(
             last_progress = at;
         }
     }
-    file.sync_all()
-        .map_err(|e| Error::io(format!("cannot sync {}", path.display()), e))?;
+    // An fsync of a large image takes a while: off the async threads.
+    let shown = path.display().to_string();
+    tokio::task::spawn_blocking(move || file.sync_all())
+        .await
+        .map_err(|e| Error::failed(format!("sync of {shown} stopped: {e}")))?
+        .map_err(|e| Error::io(format!("cannot sync {shown}"), e))?;
     Ok(written)
 }
 
