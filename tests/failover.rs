@@ -10,9 +10,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lifeboat_orchestrator::compute::{
-    Compute, Handle, Launch, PauseVms, ProcessDriver, process_paused,
-};
+use lifeboat_compute::PauseVms;
+use lifeboat_compute::driver::{Compute, Handle, Launch, ProcessDriver, process_paused};
 use lifeboat_orchestrator::journal::{Event, Journal};
 
 use crate::support::Outcome;
@@ -1216,7 +1215,7 @@ fn cleanup_never_signals_a_process_that_reuses_a_vms_pid() {
     // died and the pid been given to this process).
     let mut stranger = Command::new("sleep").arg("60").spawn().unwrap();
     let pid = stranger.id();
-    let started = lifeboat_orchestrator::compute::process_start_time(pid).unwrap();
+    let started = lifeboat_compute::driver::process_start_time(pid).unwrap();
     {
         let mut j = Journal::open(&s.journal()).unwrap();
         j.begin("p-1", "p", "test").unwrap();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lifeboat_orchestrator::compute::{Compute, Handle, Launch, ProcessDriver};
+use lifeboat_compute::driver::{Compute, Handle, Launch, ProcessDriver};
 use lifeboat_orchestrator::health::{Probe, wait_healthy};
 
 use crate::exit_codes;

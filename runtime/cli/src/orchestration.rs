@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lifeboat_orchestrator::compute::ProcessDriver;
+use lifeboat_compute::driver::ProcessDriver;
 use lifeboat_orchestrator::error::Error;
 use lifeboat_orchestrator::journal::Event;
 use lifeboat_orchestrator::operations::{self, FailoverRequest, RunResult};

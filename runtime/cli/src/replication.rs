@@ -160,12 +160,12 @@ pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io
     };
     let mut reports = Vec::new();
     let mut code = exit_codes::OK;
-    let driver: Arc<dyn lifeboat_orchestrator::compute::Compute> =
-        lifeboat_orchestrator::compute::ProcessDriver::new();
+    let driver: Arc<dyn lifeboat_compute::driver::Compute> =
+        lifeboat_compute::driver::ProcessDriver::new();
     for group in chosen {
         // The source site's one cycle: the group's running VMs are held still for the cut
         // (paused under a guardian, at most the policy's max_pause), so the point is consistent.
-        let result = rt.block_on(lifeboat_orchestrator::source::cycle(
+        let result = rt.block_on(lifeboat_compute::site::cycle(
             &ctx.inventory,
             &ctx.base,
             driver.clone(),

@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
-use lifeboat_orchestrator::compute::{Compute, Launch, PauseVms, ProcessDriver, process_paused};
+use lifeboat_compute::PauseVms;
+use lifeboat_compute::driver::{Compute, Launch, ProcessDriver, process_paused};
+use lifeboat_compute::template::fill;
 use lifeboat_orchestrator::health::{Probe, wait_healthy};
-use lifeboat_orchestrator::template::fill;
 use lifeboat_replication::Cut;
 
 const DEMO: &str = env!("CARGO_BIN_EXE_demo-vm");

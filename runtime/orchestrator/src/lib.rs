@@ -7,11 +7,10 @@
 //! addresses, approvals) for one run; `operations` are the commands users run (failover, cleanup,
 //! commit, approve, skip, cancel, resume); `runs` says which runs exist and how they stand;
 //! `source` is the source site as a failover sees it; `record` rebuilds a run for people. Below them:
-//! `network` (ASR's address rules), `compute` (the driver trait and the process driver),
-//! `health` (probes) and `template` (placeholders).
+//! `network` (ASR's address rules) and `health` (probes). VMs are driven through
+//! `lifeboat-compute`.
 
 pub mod compile;
-pub mod compute;
 pub mod error;
 pub mod health;
 pub mod journal;
@@ -23,4 +22,3 @@ pub mod runs;
 pub mod services;
 pub mod source;
 pub mod steps;
-pub mod template;

@@ -14,7 +14,6 @@ use lifeboat_plugin_host::plugin_error_text;
 use lifeboat_replication::Repository;
 
 use crate::compile::{RunPlan, StepRun, compile};
-use crate::compute::{Compute, Handle};
 use crate::error::{Error, Result};
 use crate::journal::{Event, Journal, RunStatus};
 use crate::network::{Assignment, Purpose, assign};
@@ -23,6 +22,7 @@ use crate::runs::{Environment, not_driven, running_in, status_of};
 use crate::services::{Observer, RunServices};
 use crate::source::{self, groups_of, plan_vms};
 use crate::steps::PluginRunner;
+use lifeboat_compute::driver::{Compute, Handle};
 
 /// A new run id: `PLAN-N`, N one more than the plan's runs so far.
 fn new_run_id(journal: &Journal, plan: &str) -> Result<String> {
@@ -301,7 +301,7 @@ async fn drive(
         run,
         &Event::Driving {
             pid,
-            started: crate::compute::process_start_time(pid),
+            started: lifeboat_compute::driver::process_start_time(pid),
         },
     )?;
     let compiled: RunPlan = compile(plan, op);

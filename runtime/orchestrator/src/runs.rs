@@ -8,9 +8,9 @@ use lifeboat_plan::Inventory;
 use lifeboat_plugin_host::PluginEngine;
 use lifeboat_replication::{GroupSpec, Store};
 
-use crate::compute::{Compute, Handle};
 use crate::error::{Error, Result};
 use crate::journal::{Event, Journal, JournalError, RunStatus};
+use lifeboat_compute::driver::{Compute, Handle};
 
 /// What every operation works with: the inventory, its groups, where runs are kept, the plugin
 /// engine and the target's compute driver.
@@ -134,8 +134,8 @@ pub fn status_of(journal: &Journal, run: &str) -> Result<RunInfo> {
 
 /// Whether process `pid` is alive and, when its start time was recorded, is the same process.
 fn same_process(pid: u32, started: Option<u64>) -> bool {
-    crate::compute::process_alive(pid)
-        && started.is_none_or(|t| crate::compute::process_start_time(pid) == Some(t))
+    lifeboat_compute::driver::process_alive(pid)
+        && started.is_none_or(|t| lifeboat_compute::driver::process_start_time(pid) == Some(t))
 }
 
 /// Refuses to act on a run another live process is driving.

@@ -14,11 +14,11 @@ use lifeboat_plugin_host::wit::Error;
 use lifeboat_plugin_host::wit::lifeboat::plan::{compute, inventory, network, recovery};
 use lifeboat_replication::{GroupSpec, Manifest, PointKind, Repository, Store, points};
 
-use crate::compute::{Compute, Handle, Launch};
 use crate::health::{self, Probe};
 use crate::journal::{Event, Journal};
 use crate::network::Assignment;
-use crate::template;
+use lifeboat_compute::driver::{Compute, Handle, Launch};
+use lifeboat_compute::template;
 
 /// Called with every event of a run once it is journaled (progress on a terminal): the run's
 /// id and the event.

@@ -16,7 +16,7 @@ use crate::compile::{Phase, StepRun};
 use crate::journal::Event;
 use crate::run::StepRunner;
 use crate::services::RunServices;
-use crate::template;
+use lifeboat_compute::template;
 
 /// Runs a run's steps in the plugin host.
 pub struct PluginRunner {

@@ -1,0 +1,110 @@
+//! A site as its running VMs are seen from outside Lifeboat's runs: each recognised by its boot
+//! command filled with the inventory's own values, and the one way a group's point is taken
+//! there (`cycle`: hold the writers, capture, release, commit). `lifeboat replicate`, a planned
+//! failover's last cycle and the daemon to come all take points through `cycle`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lifeboat_plan::Inventory;
+use lifeboat_replication::{AppMode, CycleOptions, CycleReport, GroupSpec, Progress, Store};
+
+use crate::driver::{Compute, Handle, Launch};
+use crate::pause::PauseVms;
+
+/// A boot or health placeholder's value at VM `name`'s source site: its disks as the
+/// inventory writes them, its own addresses.
+pub fn source_value(name: &str, vm: &lifeboat_plan::inventory::Vm, p: &str) -> Option<String> {
+    if let Some(d) = p.strip_prefix("disk.") {
+        return vm.disks.get(d).map(|s| s.value.clone());
+    }
+    match p {
+        "vm.name" => return Some(name.to_string()),
+        "vm.site" => return Some(vm.site.value.clone()),
+        _ => {}
+    }
+    let nic: usize = p.strip_prefix("nic")?.strip_suffix(".ip")?.parse().ok()?;
+    vm.nics.get(nic)?.ip.as_ref().map(|ip| ip.value.to_string())
+}
+
+/// How VM `name` runs at its source site: its boot command filled with the inventory's own
+/// values (disk paths as written, source addresses), from the inventory's folder.
+pub fn source_launch(inventory: &Inventory, base: &Path, name: &str) -> Option<Launch> {
+    let vm = inventory.vms.get(name)?;
+    let boot = vm.boot.as_ref()?;
+    let value = |p: &str| source_value(name, vm, p);
+    let argv = boot
+        .command
+        .iter()
+        .map(|c| crate::template::fill(&c.value, &value).ok())
+        .collect::<Option<Vec<String>>>()?;
+    Some(Launch {
+        vm: name.to_string(),
+        argv,
+        dir: base.to_path_buf(),
+        log: PathBuf::new(),
+        key: String::new(),
+    })
+}
+
+/// The source VMs of `vms` that are running as their boot command describes.
+pub async fn locate_source_vms(
+    inventory: &Inventory,
+    base: &Path,
+    driver: &dyn Compute,
+    vms: &[&str],
+) -> Vec<Handle> {
+    let launches: Vec<Launch> = vms
+        .iter()
+        .filter_map(|name| source_launch(inventory, base, name))
+        .collect();
+    driver.locate(&launches).await
+}
+
+/// One replication cycle of `group` at its source site: the group's VMs that run as their boot
+/// command describes are held still for the cut (paused, under a guardian, never longer than
+/// the policy's `max_pause`), the disks captured, the VMs released, the point committed.
+pub async fn cycle(
+    inventory: &Inventory,
+    base: &Path,
+    driver: Arc<dyn Compute>,
+    group: &GroupSpec,
+    app: AppMode,
+    progress: Option<Arc<dyn Progress>>,
+) -> lifeboat_replication::Result<CycleReport> {
+    let site_store = |name: &str, cache: bool| {
+        let site = inventory
+            .sites
+            .get(name)
+            .ok_or_else(|| lifeboat_replication::Error::failed(format!("unknown site `{name}`")))?;
+        if cache {
+            Store::open_cache(&site.store.value, base)
+        } else {
+            Store::open(&site.store.value, base)
+        }
+    };
+    let source = site_store(&group.source_site, true)?;
+    let target = site_store(&group.target_site, false)?;
+    let names: Vec<&str> = group.vms.iter().map(|v| v.name.as_str()).collect();
+    let held = locate_source_vms(inventory, base, driver.as_ref(), &names).await;
+    let held_names: Vec<String> = held.iter().map(|h| h.vm.clone()).collect();
+    let cut: Option<Arc<dyn lifeboat_replication::Cut>> = if held.is_empty() {
+        None
+    } else {
+        Some(Arc::new(PauseVms::new(driver, held, group.max_pause)))
+    };
+    let opts = CycleOptions {
+        app,
+        cut,
+        max_pause: Some(group.max_pause),
+        progress,
+    };
+    let mut report = lifeboat_replication::replicate(group, &source, &target, &opts).await?;
+    if !held_names.is_empty() {
+        report.notes.push(format!(
+            "held {} still for the cut (paused)",
+            held_names.join(", ")
+        ));
+    }
+    Ok(report)
+}
