@@ -1055,3 +1055,66 @@ fn a_damaged_manifest_costs_only_its_own_point() {
     let dir = lab.restore("a", "latest").unwrap();
     assert!(same_bytes(&dir.join("os.img"), &lab.disk("a", "os")));
 }
+
+/// A cut that records how often it let the writers go.
+struct CountingCut(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl Cut for CountingCut {
+    async fn hold(&self) -> lifeboat_replication::Result<()> {
+        Ok(())
+    }
+    async fn release(&self) -> lifeboat_replication::Result<()> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A cut held past the policy's `max_pause` is abandoned: the writers are let go at once (not
+/// when the scan ends), the cycle fails saying why, and no point is committed.
+#[test]
+fn a_cut_held_past_max_pause_is_abandoned_and_the_writers_let_go() {
+    let lab = Lab::new(&[("a", &[("os", 256 << 20)])], &[]);
+    scribble(&lab.disk("a", "os"), &mut Rng::new(9), 4000);
+    let group = lab.inventory_groups().remove(0);
+    let cut = Arc::new(CountingCut(std::sync::atomic::AtomicUsize::new(0)));
+    let opts = CycleOptions {
+        cut: Some(cut.clone()),
+        max_pause: Some(Duration::from_millis(1)),
+        ..CycleOptions::default()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let result = rt.block_on(async {
+        let source = Store::open("east", lab.dir.path()).unwrap();
+        let target = Store::open("west", lab.dir.path()).unwrap();
+        lifeboat_replication::replicate(&group, &source, &target, &opts).await
+    });
+    // Where the file system gives reflink copies the cut ends before the scan (every disk has a
+    // frozen view), so there is nothing to bound: the point commits.
+    let reflinks = Command::new("cp")
+        .arg("--reflink=always")
+        .arg(lab.disk("a", "os"))
+        .arg(lab.path("reflink-probe"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if reflinks {
+        assert_eq!(result.unwrap().seq, 1);
+        assert_eq!(cut.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        return;
+    }
+    let e = result.expect_err("a cut held past max_pause must not commit");
+    assert!(e.to_string().contains("past the policy's max_pause"), "{e}");
+    assert_eq!(
+        cut.0.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the writers were not let go exactly once"
+    );
+    assert!(lab.points("a").is_empty());
+    // The next cycle, unbounded, commits.
+    let ok = rt.block_on(async {
+        let source = Store::open("east", lab.dir.path()).unwrap();
+        let target = Store::open("west", lab.dir.path()).unwrap();
+        lifeboat_replication::replicate(&group, &source, &target, &CycleOptions::default()).await
+    });
+    assert_eq!(ok.unwrap().seq, 1);
+}

@@ -365,7 +365,9 @@ fn scenario(
             log: demo.dir.join(format!("source-logs/{name}.log")),
             key: String::new(),
         };
-        let h = rt.block_on(driver.start(&launch))?;
+        let h = rt
+            .block_on(driver.start(&launch))
+            .map_err(|e| e.to_string())?;
         source.push(h);
     }
     for (name, _, _, ip, port) in VMS {

@@ -12,6 +12,37 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
 
+/// Why a driver could not do what was asked, with the VM it was asked of.
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError {
+    #[error("VM `{vm}` has an empty boot command")]
+    EmptyCommand { vm: String },
+    #[error("cannot start VM `{vm}` (`{program}`): {source}")]
+    Start {
+        vm: String,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("cannot create the log {}: {source}", path.display())]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("VM `{vm}` has no valid pid ({pid})")]
+    BadPid { vm: String, pid: u32 },
+    /// The pid is no longer the VM's process (it exited; the pid may be another's now).
+    #[error("VM `{vm}` (pid {pid}) is gone: the pid is not its process any more")]
+    Gone { vm: String, pid: u32 },
+    #[error("cannot signal VM `{vm}` (pid {pid}): {source}")]
+    Signal {
+        vm: String,
+        pid: u32,
+        source: std::io::Error,
+    },
+    #[error("VM `{vm}` (pid {pid}) did not exit after SIGKILL")]
+    Unkillable { vm: String, pid: u32 },
+}
+
 /// What the driver needs to start one VM.
 #[derive(Clone, Debug)]
 pub struct Launch {
@@ -73,12 +104,12 @@ impl Handle {
 
 #[async_trait::async_trait]
 pub trait Compute: Send + Sync {
-    async fn start(&self, launch: &Launch) -> Result<Handle, String>;
+    async fn start(&self, launch: &Launch) -> Result<Handle, ComputeError>;
     /// Asks the VM to stop, and forces it after `grace`.
-    async fn stop(&self, vm: &Handle, grace: Duration) -> Result<(), String>;
+    async fn stop(&self, vm: &Handle, grace: Duration) -> Result<(), ComputeError>;
     /// Freezes the VM (its disks stop changing) until `resume`.
-    async fn pause(&self, vm: &Handle) -> Result<(), String>;
-    async fn resume(&self, vm: &Handle) -> Result<(), String>;
+    async fn pause(&self, vm: &Handle) -> Result<(), ComputeError>;
+    async fn resume(&self, vm: &Handle) -> Result<(), ComputeError>;
     async fn running(&self, vm: &Handle) -> bool;
     /// The running VM started under `key`, if there is one (a start whose runtime died before it
     /// could journal the VM).
@@ -103,17 +134,22 @@ impl ProcessDriver {
 
     /// Signals the VM's process, after checking that the pid is still the VM's (a recycled pid
     /// belongs to someone else: the VM is gone, and nothing is signalled).
-    fn signal(&self, vm: &Handle, signal: Signal) -> Result<(), String> {
-        let pid = Pid::from_raw(vm.pid as i32)
-            .ok_or_else(|| format!("VM `{}` has no valid pid", vm.vm))?;
+    fn signal(&self, vm: &Handle, signal: Signal) -> Result<(), ComputeError> {
+        let pid = Pid::from_raw(vm.pid as i32).ok_or_else(|| ComputeError::BadPid {
+            vm: vm.vm.clone(),
+            pid: vm.pid,
+        })?;
         if !vm.is_current() {
-            return Err(format!(
-                "VM `{}` (pid {}) is gone: the pid is not its process any more",
-                vm.vm, vm.pid
-            ));
+            return Err(ComputeError::Gone {
+                vm: vm.vm.clone(),
+                pid: vm.pid,
+            });
         }
-        kill_process(pid, signal)
-            .map_err(|e| format!("cannot signal VM `{}` (pid {}): {e}", vm.vm, vm.pid))
+        kill_process(pid, signal).map_err(|source| ComputeError::Signal {
+            vm: vm.vm.clone(),
+            pid: vm.pid,
+            source: source.into(),
+        })
     }
 
     /// Whether the process has exited (reaping it if it is ours).
@@ -141,17 +177,21 @@ impl ProcessDriver {
 
 #[async_trait::async_trait]
 impl Compute for ProcessDriver {
-    async fn start(&self, launch: &Launch) -> Result<Handle, String> {
+    async fn start(&self, launch: &Launch) -> Result<Handle, ComputeError> {
         let Some((program, args)) = launch.argv.split_first() else {
-            return Err(format!("VM `{}` has an empty boot command", launch.vm));
+            return Err(ComputeError::EmptyCommand {
+                vm: launch.vm.clone(),
+            });
+        };
+        let log_error = |source| ComputeError::Log {
+            path: launch.log.clone(),
+            source,
         };
         if let Some(parent) = launch.log.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(log_error)?;
         }
-        let log = std::fs::File::create(&launch.log)
-            .map_err(|e| format!("cannot create log {}: {e}", launch.log.display()))?;
-        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(&launch.log).map_err(log_error)?;
+        let err = log.try_clone().map_err(log_error)?;
         use std::os::unix::process::CommandExt;
         let child = Command::new(program)
             .args(args)
@@ -162,7 +202,11 @@ impl Compute for ProcessDriver {
             .stderr(err)
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("cannot start VM `{}` (`{program}`): {e}", launch.vm))?;
+            .map_err(|source| ComputeError::Start {
+                vm: launch.vm.clone(),
+                program: program.clone(),
+                source,
+            })?;
         let pid = child.id();
         if let Ok(mut children) = self.children.lock() {
             children.insert(pid, child);
@@ -175,7 +219,7 @@ impl Compute for ProcessDriver {
         })
     }
 
-    async fn stop(&self, vm: &Handle, grace: Duration) -> Result<(), String> {
+    async fn stop(&self, vm: &Handle, grace: Duration) -> Result<(), ComputeError> {
         if self.exited(vm) {
             return Ok(());
         }
@@ -194,21 +238,21 @@ impl Compute for ProcessDriver {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.exited(vm) {
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "VM `{}` (pid {}) did not exit after SIGKILL",
-                    vm.vm, vm.pid
-                ));
+                return Err(ComputeError::Unkillable {
+                    vm: vm.vm.clone(),
+                    pid: vm.pid,
+                });
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
     }
 
-    async fn pause(&self, vm: &Handle) -> Result<(), String> {
+    async fn pause(&self, vm: &Handle) -> Result<(), ComputeError> {
         self.signal(vm, Signal::STOP)
     }
 
-    async fn resume(&self, vm: &Handle) -> Result<(), String> {
+    async fn resume(&self, vm: &Handle) -> Result<(), ComputeError> {
         self.signal(vm, Signal::CONT)
     }
 

@@ -12,5 +12,5 @@ pub mod pause;
 pub mod site;
 pub mod template;
 
-pub use driver::{Compute, Handle, KEY_VAR, Launch, ProcessDriver};
+pub use driver::{Compute, ComputeError, Handle, KEY_VAR, Launch, ProcessDriver};
 pub use pause::PauseVms;

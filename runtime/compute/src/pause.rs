@@ -54,7 +54,7 @@ struct Guardian {
 
 impl Guardian {
     /// Starts a guardian for `pids`, bounded at `max` (+1 s, so the cycle's own bound acts first).
-    fn start(pids: &[u32], max: Duration) -> Result<Self, String> {
+    fn start(pids: &[u32], max: Duration) -> std::io::Result<Self> {
         // `read` ends on our "done" (released), on end of file (we died), or on its timeout
         // (we hang); only "done" leaves the VMs alone.
         let script = r#"read -r -t "$1" line; shift; [ "$line" = done ] || kill -CONT "$@" 2>/dev/null; exit 0"#;
@@ -69,8 +69,7 @@ impl Guardian {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(false)
-            .spawn()
-            .map_err(|e| format!("cannot start the pause guardian (bash): {e}"))?;
+            .spawn()?;
         let stdin = child.stdin.take();
         Ok(Self { child, stdin })
     }
@@ -90,8 +89,9 @@ impl Guardian {
 impl lifeboat_replication::Cut for PauseVms {
     async fn hold(&self) -> lifeboat_replication::Result<()> {
         let pids: Vec<u32> = self.vms.iter().map(|h| h.pid).collect();
-        let guardian =
-            Guardian::start(&pids, self.max).map_err(lifeboat_replication::Error::failed)?;
+        let guardian = Guardian::start(&pids, self.max).map_err(|e| {
+            lifeboat_replication::Error::io("cannot start the pause guardian (bash)", e)
+        })?;
         *self.guardian.lock().await = Some(guardian);
         for (i, vm) in self.vms.iter().enumerate() {
             if let Err(e) = self.driver.pause(vm).await {

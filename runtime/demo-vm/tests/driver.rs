@@ -139,7 +139,7 @@ fn the_process_driver_boots_probes_pauses_and_stops_a_vm() {
         argv: vec!["/nonexistent/vm".into()],
         ..launch
     };
-    let e = rt.block_on(driver.start(&bad)).unwrap_err();
+    let e = rt.block_on(driver.start(&bad)).unwrap_err().to_string();
     assert!(e.contains("db-1") && e.contains("/nonexistent/vm"), "{e}");
 }
 

@@ -47,8 +47,8 @@ pub enum Error {
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     /// The compute driver could not start, stop, pause or find a VM.
-    #[error("{0}")]
-    Compute(String),
+    #[error(transparent)]
+    Compute(#[from] lifeboat_compute::ComputeError),
     /// The plugin sandbox could not load or run a step.
     #[error("{0}")]
     Sandbox(String),
