@@ -255,6 +255,10 @@ impl Journal {
 
     /// Starts a run: records it and its first event, in one transaction.
     pub fn begin(&mut self, run: &str, plan: &str, operation: &str) -> Result<(), JournalError> {
+        off_async_workers(|| self.begin_now(run, plan, operation))
+    }
+
+    fn begin_now(&mut self, run: &str, plan: &str, operation: &str) -> Result<(), JournalError> {
         let first = Event::RunStarted {
             plan: plan.into(),
             operation: operation.into(),
@@ -278,6 +282,10 @@ impl Journal {
 
     /// Appends one event; returns its sequence number once it is durable.
     pub fn append(&mut self, run: &str, event: &Event) -> Result<i64, JournalError> {
+        off_async_workers(|| self.append_now(run, event))
+    }
+
+    fn append_now(&mut self, run: &str, event: &Event) -> Result<i64, JournalError> {
         let text = serde_json::to_string(event).map_err(jerr)?;
         // Immediate: take the write lock before reading the next sequence number, so two
         // writers never pick the same one.
@@ -380,6 +388,18 @@ impl Journal {
         }
         let events = self.events(run)?;
         Ok(Some(fold(events.iter().map(|(_, _, e)| e))))
+    }
+}
+
+/// Runs `f`, a durable write (an fsync), without stalling the async tasks that share its thread:
+/// on a worker of a multi-thread runtime the runtime hands those tasks to other workers first
+/// (`block_in_place`); elsewhere (a plain thread, a blocking thread) it just runs.
+fn off_async_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
