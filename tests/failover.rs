@@ -3,8 +3,6 @@
 //! sites in a temporary folder and its own loopback ranges, so they run in parallel.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -288,18 +286,25 @@ fn wait_for_event(journal: &Path, run: &str, what: &str, pred: impl Fn(&Event) -
     );
 }
 
+/// `GET path` from `addr` through the runtime's one HTTP client; the body as JSON (`null` if it
+/// is not JSON), or none when nothing answers within 2 s.
 fn get(addr: &str, path: &str) -> Option<serde_json::Value> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
-    Some(serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let url = format!("http://{addr}{path}");
+    let response = rt
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                lifeboat_plugin_host::http::get(&url),
+            )
+            .await
+        })
+        .ok()?
+        .ok()?;
+    Some(serde_json::from_slice(&response.body).unwrap_or(serde_json::Value::Null))
 }
 
 fn position(events: &[Event], f: impl Fn(&Event) -> bool) -> usize {
