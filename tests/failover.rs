@@ -295,16 +295,12 @@ fn get(addr: &str, path: &str) -> Option<serde_json::Value> {
         .ok()?;
     let url = format!("http://{addr}{path}");
     let response = rt
-        .block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(2),
-                lifeboat_plugin_host::http::get(&url),
-            )
-            .await
-        })
-        .ok()?
+        .block_on(lifeboat_plugin_host::http::get_within(
+            &url,
+            Duration::from_secs(2),
+        ))
         .ok()?;
-    Some(serde_json::from_slice(&response.body).unwrap_or(serde_json::Value::Null))
+    Some(response.json().unwrap_or(serde_json::Value::Null))
 }
 
 fn position(events: &[Event], f: impl Fn(&Event) -> bool) -> usize {

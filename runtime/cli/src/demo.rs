@@ -166,18 +166,12 @@ impl Demo<'_, '_> {
 /// `GET path` from `addr`, body as JSON (no answer within 2 s is none).
 fn get_json(rt: &tokio::runtime::Runtime, addr: &str, path: &str) -> Option<serde_json::Value> {
     let url = format!("http://{addr}{path}");
-    // The timer is made inside the runtime (it needs its clock).
-    let response = rt
-        .block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(2),
-                lifeboat_plugin_host::http::get(&url),
-            )
-            .await
-        })
-        .ok()?
-        .ok()?;
-    serde_json::from_slice(&response.body).ok()
+    rt.block_on(lifeboat_plugin_host::http::get_within(
+        &url,
+        Duration::from_secs(2),
+    ))
+    .ok()?
+    .json()
 }
 
 fn now_ms() -> u64 {

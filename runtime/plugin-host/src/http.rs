@@ -27,6 +27,23 @@ pub enum HttpError {
     /// Something answered, but not HTTP.
     #[error("{0} did not answer with HTTP")]
     NotHttp(String),
+    /// No whole answer within the time allowed.
+    #[error("{0} did not answer within {1:?}")]
+    Timeout(String, std::time::Duration),
+}
+
+/// `GET url`, given up after `limit`.
+pub async fn get_within(url: &str, limit: std::time::Duration) -> Result<Response, HttpError> {
+    tokio::time::timeout(limit, get(url))
+        .await
+        .map_err(|_| HttpError::Timeout(url.to_string(), limit))?
+}
+
+impl Response {
+    /// The body as JSON, if it is JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
 }
 
 /// `GET url`.
