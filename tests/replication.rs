@@ -1118,3 +1118,35 @@ fn a_cut_held_past_max_pause_is_abandoned_and_the_writers_let_go() {
     });
     assert_eq!(ok.unwrap().seq, 1);
 }
+
+/// `lifeboat status`: every VM's RPO against its threshold and its last point, from the
+/// repositories; exit 7 when any VM has no point or is over its threshold (monitors rely on it).
+#[test]
+fn status_shows_every_vms_rpo_and_exits_7_on_a_breach() {
+    let lab = Lab::new(&[("a", &[("os", 1 << 20)]), ("b", &[("os", 1 << 20)])], &[]);
+    let out = lab.run(&["status"]);
+    assert_eq!(out.code, 7, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.matches("NO POINT").count(), 2, "{}", out.stdout);
+
+    lab.replicate(&[]);
+    let out = lab.run(&["status"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.matches(" ok").count(), 2, "{}", out.stdout);
+    let json = lab.run(&["--output", "json", "status"]);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let vms = doc["vms"].as_array().unwrap();
+    assert_eq!(vms.len(), 2);
+    for v in vms {
+        assert_eq!(v["last_point"]["id"], 1, "{v}");
+        assert_eq!(v["rpo"]["ok"], true, "{v}");
+        assert_eq!(v["site"], "east");
+    }
+
+    // A threshold of one second, and more than a second since the last point: a breach.
+    lab.edit("crash_interval = \"10s\"", "crash_interval = \"1s\"");
+    lab.edit("rpo_threshold = \"1m\"", "rpo_threshold = \"1s\"");
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = lab.run(&["status"]);
+    assert_eq!(out.code, 7, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.matches("EXCEEDED").count(), 2, "{}", out.stdout);
+}

@@ -18,6 +18,8 @@ pub const FAILED: u8 = 4;
 pub const DAMAGED: u8 = 5;
 /// Another writer owns the group: it committed first, or a failover fenced this site.
 pub const FENCED: u8 = 6;
+/// `status`: some protected VM's RPO is over its policy's threshold (or it has no point yet).
+pub const RPO_EXCEEDED: u8 = 7;
 
 /// Every code with what it means, for `--help` (the README's table says the same).
 pub const TABLE: &[(u8, &str)] = &[
@@ -31,6 +33,7 @@ pub const TABLE: &[(u8, &str)] = &[
     ),
     (DAMAGED, "damaged repository"),
     (FENCED, "fenced by another writer"),
+    (RPO_EXCEEDED, "rpo exceeded (status)"),
 ];
 
 /// The `Exit codes:` paragraph of `lifeboat --help`, from [`TABLE`].

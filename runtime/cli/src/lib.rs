@@ -94,6 +94,9 @@ enum Command {
         #[arg(long)]
         crash: bool,
     },
+    /// Every protected VM: where it runs, its policy, RPO against the threshold, the last point.
+    /// Exits 7 when any RPO is over its threshold.
+    Status,
     /// Work with recovery points.
     #[command(subcommand)]
     Points(PointsCommand),
@@ -451,6 +454,10 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
                 Err(code) => code,
             })
         }
+        Command::Status => Ok(match context(io) {
+            Ok(ctx) => replication::status(&ctx, io),
+            Err(code) => code,
+        }),
         Command::Points(PointsCommand::List { vm }) => Ok(match context(io) {
             Ok(ctx) => replication::points_list(&ctx, &vm, io),
             Err(code) => code,

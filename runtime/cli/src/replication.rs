@@ -209,6 +209,146 @@ pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io
     code
 }
 
+/// `lifeboat status --output json` (see docs/json-output.md).
+#[derive(Debug, serde::Serialize)]
+struct StatusDoc {
+    /// Where the figures come from: `repositories` (no daemon asked).
+    source: &'static str,
+    vms: Vec<VmStatus>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct VmStatus {
+    name: String,
+    group: String,
+    /// The site the VM runs at, and the one that keeps its points.
+    site: String,
+    target_site: String,
+    policy: String,
+    rpo: points::Rpo,
+    last_point: Option<LastPoint>,
+    /// Points of the group whose manifest is damaged.
+    damaged_points: Vec<u64>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct LastPoint {
+    id: u64,
+    kind: &'static str,
+    captured_at: String,
+}
+
+/// `lifeboat status`: every protected VM's RPO against its threshold and its last point,
+/// computed from the repositories. Exits `RPO_EXCEEDED` when any VM is over its threshold or
+/// has no point yet.
+pub fn status(ctx: &Context, io: &mut crate::Io<'_>) -> u8 {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, io),
+    };
+    let now = SystemTime::now();
+    let mut vms = Vec::new();
+    let mut code = exit_codes::OK;
+    for group in &ctx.groups {
+        let found = rt.block_on(async {
+            let target = ctx.site(&group.target_site)?;
+            let repo = match Repository::open(&target).await {
+                Ok(r) => r,
+                // Nothing replicated there yet.
+                Err(e) if e.kind() == ErrorKind::Failed => return Ok((None, Vec::new())),
+                Err(e) => return Err(e),
+            };
+            let (intact, damaged) = repo.points_and_damaged(&group.name).await?;
+            Ok((
+                intact.into_iter().next(),
+                damaged.iter().map(|d| d.seq).collect::<Vec<u64>>(),
+            ))
+        });
+        let (latest, damaged) = match found {
+            Ok(f) => f,
+            Err(e) => {
+                code = code.max(fail(&e.context(format!("group `{}`", group.name)), io));
+                continue;
+            }
+        };
+        for vm in &group.vms {
+            let def = ctx.inventory.vms.get(&vm.name);
+            let policy = def.map(|v| v.policy.value.clone()).unwrap_or_default();
+            let threshold = def
+                .and_then(|v| ctx.inventory.policies.get(&v.policy))
+                .map_or(group.rpo_threshold, |p| p.rpo_threshold.value.0);
+            vms.push(VmStatus {
+                name: vm.name.clone(),
+                group: group.name.clone(),
+                site: group.source_site.clone(),
+                target_site: group.target_site.clone(),
+                policy,
+                rpo: points::rpo(latest.as_ref(), threshold, now),
+                last_point: latest.as_ref().map(|m| LastPoint {
+                    id: m.seq,
+                    kind: m.kind.as_str(),
+                    captured_at: m.captured_at.clone(),
+                }),
+                damaged_points: damaged.clone(),
+            });
+        }
+    }
+    vms.sort_by(|a, b| a.name.cmp(&b.name));
+    if vms.iter().any(|v| !v.rpo.ok) {
+        code = code.max(exit_codes::RPO_EXCEEDED);
+    }
+    if ctx.json {
+        crate::print_json(
+            io,
+            &StatusDoc {
+                source: "repositories",
+                vms,
+            },
+        );
+        return code;
+    }
+    let _ = writeln!(
+        io.stdout,
+        "{:<12} {:<12} {:<14} {:<10} {:>8} {:>10}  {:<36} STATE",
+        "VM", "GROUP", "SITE", "POLICY", "RPO", "THRESHOLD", "LAST POINT"
+    );
+    for v in &vms {
+        let rpo = v.rpo.seconds.map_or_else(|| "-".to_string(), human_secs);
+        let last = v.last_point.as_ref().map_or_else(
+            || "none yet".to_string(),
+            |p| format!("{} ({}) {}", p.id, p.kind, p.captured_at),
+        );
+        let state = match (&v.last_point, v.rpo.ok) {
+            (None, _) => "NO POINT",
+            (Some(_), true) => "ok",
+            (Some(_), false) => "EXCEEDED",
+        };
+        let _ = writeln!(
+            io.stdout,
+            "{:<12} {:<12} {:<14} {:<10} {:>8} {:>10}  {:<36} {state}",
+            v.name,
+            v.group,
+            format!("{}→{}", v.site, v.target_site),
+            v.policy,
+            rpo,
+            human_secs(v.rpo.threshold_seconds),
+            last
+        );
+    }
+    for v in vms.iter().filter(|v| !v.damaged_points.is_empty()) {
+        let _ = writeln!(
+            io.stderr,
+            "note: {}: point(s) {:?} of group `{}` are damaged (see `lifeboat verify`)",
+            v.name, v.damaged_points, v.group
+        );
+    }
+    let _ = writeln!(
+        io.stderr,
+        "(computed from the repositories: no daemon is asked; next cycle and last error come with `lifeboat daemon`)"
+    );
+    code
+}
+
 /// `lifeboat points list VM --output json` (see docs/json-output.md).
 #[derive(Debug, serde::Serialize)]
 struct PointsDoc<'a> {
