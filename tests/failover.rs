@@ -658,6 +658,18 @@ fn the_demo_passes_every_check() {
     );
     assert!(stdout.contains(" checks passed, 0 failed"), "{stdout}");
     assert!(stdout.contains("achieved RPO: db-1 "), "{stdout}");
+    // Something already at one of the demo's fixed addresses (an earlier demo's VM left
+    // running): the demo says so and stops, rather than check the stranger's data. (After the
+    // demo above, so the two never share the address.)
+    let squatter = std::net::TcpListener::bind("127.41.2.10:15432").unwrap();
+    let out = Command::new(HELPER).args(["cli", "demo"]).output().unwrap();
+    drop(squatter);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("127.41.2.10:15432, the address of the demo's db-1, is already in use"),
+        "{stderr}"
+    );
 }
 
 /// Starts a drill of `s` in another process and waits until its long wait step runs.

@@ -334,6 +334,19 @@ fn scenario(
         return Err("the demo's own files do not validate".into());
     }
 
+    // The demo's addresses are fixed: something already answering there (a demo that was
+    // killed and left its VMs running) would be taken for the demo's own VMs.
+    for (name, _, _, ip, port) in VMS {
+        let addr = format!("{ip}:{port}");
+        if let Ok(a) = addr.parse::<std::net::SocketAddr>()
+            && std::net::TcpStream::connect_timeout(&a, Duration::from_millis(300)).is_ok()
+        {
+            return Err(format!(
+                "{addr}, the address of the demo's {name}, is already in use: is an earlier demo still running? (`pkill -f 'lifeboat demo-vm'` stops its VMs)"
+            ));
+        }
+    }
+
     // The source site: each VM a demo-vm process writing 50 records a second to its disk.
     demo.say("\nstarting the source VMs at site east");
     for (name, _, _, ip, port) in VMS {
