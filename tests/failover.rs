@@ -1367,3 +1367,70 @@ fn restore_never_writes_over_a_protected_or_open_disk() {
         4 << 20
     );
 }
+
+/// `lifeboat daemon` alone keeps every group protected: a point every `crash_interval` while the
+/// VMs write, `status` within the threshold; SIGTERM ends it with exit 0 and no VM paused.
+#[test]
+fn the_daemon_keeps_every_group_protected_and_stops_cleanly_on_sigterm() {
+    let mut s = Sites::new(122, "[]", "[]");
+    let inv = std::fs::read_to_string(s.path().join("lifeboat.toml")).unwrap();
+    let inv = inv
+        .replacen("crash_interval = \"10s\"", "crash_interval = \"1s\"", 1)
+        .replacen("rpo_threshold = \"1m\"", "rpo_threshold = \"5s\"", 1);
+    std::fs::write(s.path().join("lifeboat.toml"), inv).unwrap();
+    s.start_source();
+    let mut daemon = Command::new(HELPER)
+        .args(["cli", "--config", &s.config(), "daemon", "--grace", "10s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A few intervals: every group gets points on its own, and stays within its threshold.
+    let points = |vm: &str| -> usize {
+        let out = s.lifeboat(&["--output", "json", "points", "list", vm]);
+        serde_json::from_str::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|d| d["points"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    wait_for(
+        || points("db-1") >= 4 && points("app-1") >= 4,
+        "four points of each group",
+    );
+    let status = s.lifeboat(&["status"]);
+    assert_eq!(status.code, 0, "{}{}", status.stdout, status.stderr);
+    // The points hold what the VMs wrote: the newest restores to a consistent disk.
+    let out_dir = s.path().join("restored");
+    let out = s.lifeboat(&["restore", "db-1", "--out", &out_dir.display().to_string()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let f = std::fs::File::open(out_dir.join("data.img")).unwrap();
+    let check = lifeboat_demo_vm::disk::check(&f).unwrap();
+    assert!(check.last.is_some(), "the restored disk holds no record");
+    assert!(
+        check.missing.is_empty() && check.torn_slots.is_empty(),
+        "the point is not consistent: {check:?}"
+    );
+
+    // SIGTERM: exit 0, and no VM left paused.
+    let pid = rustix::process::Pid::from_raw(daemon.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = daemon.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not stop within its grace"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut daemon.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(stderr.contains("protecting 2 group(s)"), "{stderr}");
+    for h in &s.source {
+        assert!(!process_paused(h.pid), "{} left paused", h.vm);
+        assert!(s.rt.block_on(s.driver.running(h)), "{} stopped", h.vm);
+    }
+}

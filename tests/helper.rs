@@ -19,7 +19,8 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         Some("cli") => {
             let mut stdout = std::io::stdout().lock();
-            let mut stderr = std::io::stderr().lock();
+            // Unlocked: log lines come from every thread.
+            let mut stderr = std::io::stderr();
             let mut io = lifeboat::Io {
                 stdout: &mut stdout,
                 stderr: &mut stderr,

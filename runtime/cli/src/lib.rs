@@ -1,6 +1,7 @@
 //! The `lifeboat` command line. Parses arguments, calls the engine crates, and renders results;
 //! the only layer that knows about terminals.
 
+mod daemon;
 mod demo;
 pub mod exit_codes;
 mod load;
@@ -93,6 +94,16 @@ enum Command {
         /// Take a crash-consistent point even if an app-consistent one is due.
         #[arg(long)]
         crash: bool,
+    },
+    /// Protect every VM continuously: a point of each consistency group every `crash_interval`,
+    /// until SIGTERM or SIGINT.
+    Daemon {
+        /// Replication cycles that may run at once, over all groups.
+        #[arg(long, default_value_t = 2)]
+        max_cycles: usize,
+        /// How long cycles in flight may take to finish after SIGTERM.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        grace: std::time::Duration,
     },
     /// Every protected VM: where it runs, its policy, RPO against the threshold, the last point.
     /// Exits 7 when any RPO is over its threshold.
@@ -325,7 +336,13 @@ where
             return code;
         }
     };
-    init_logging(cli.verbose, cli.log_format, io);
+    // A daemon reports what it does: info by default.
+    let verbose = if matches!(cli.command, Command::Daemon { .. }) {
+        cli.verbose.max(1)
+    } else {
+        cli.verbose
+    };
+    init_logging(verbose, cli.log_format, io);
     match execute(cli, io) {
         Ok(code) => code,
         // A reader that stopped early (`| head`) is not a failure: exit quietly, as ripgrep does.
@@ -454,6 +471,12 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
                 Err(code) => code,
             })
         }
+        Command::Daemon { max_cycles, grace } => Ok(daemon::run(
+            &config,
+            daemon::DaemonOptions { max_cycles, grace },
+            json,
+            io,
+        )),
         Command::Status => Ok(match context(io) {
             Ok(ctx) => replication::status(&ctx, io),
             Err(code) => code,

@@ -5,7 +5,9 @@ fn main() -> ExitCode {
     let stdout = std::io::stdout();
     let color = stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut stdout = stdout.lock();
-    let mut stderr = std::io::stderr().lock();
+    // Not locked for the whole run: log lines come from every thread (a lock held here would
+    // block them forever).
+    let mut stderr = std::io::stderr();
     let mut io = lifeboat::Io {
         stdout: &mut stdout,
         stderr: &mut stderr,

@@ -1,7 +1,7 @@
 //! The `lifeboat` binary itself, as a shell runs it: through real pipes. (`cargo test` builds
 //! the binary for these tests, with the workspace's features; CI runs the demo with it.)
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -63,4 +63,63 @@ fn shell_completions_and_a_man_page() {
         help.contains("Exit codes: 0 ok") && help.contains("6 fenced by another writer"),
         "{help}"
     );
+}
+
+/// Regression: with stderr locked by the main thread for the whole run, a log line written from
+/// any other thread waited forever. `-vv replicate` logs from the runtime's workers and must end.
+#[test]
+fn log_lines_from_worker_threads_reach_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("lifeboat.toml"),
+        r#"version = 1
+[sites.east]
+store = "east"
+compute = "process"
+replicate_to = "west"
+[sites.west]
+store = "west"
+compute = "process"
+[policies.p]
+crash_interval = "10s"
+retention = "1h"
+rpo_threshold = "1m"
+[vms.a]
+site = "east"
+policy = "p"
+disks.os = "a.img"
+"#,
+    )
+    .unwrap();
+    std::fs::File::create(dir.path().join("a.img"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let mut child = Command::new(LIFEBOAT)
+        .args(["-vv", "replicate"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("`lifeboat -vv replicate` hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("point committed"), "{stderr}");
 }

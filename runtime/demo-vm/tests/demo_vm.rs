@@ -201,6 +201,7 @@ fn a_point_of_a_running_vm_restores_consistent_and_measures_its_data_loss() {
         rpo_threshold: Duration::from_secs(60),
         app_interval: None,
         max_pause: lifeboat_replication::groups::DEFAULT_MAX_PAUSE,
+        crash_interval: Duration::from_secs(300),
         base: dir.path().to_path_buf(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -160,6 +160,7 @@ fn group(image: &Path, base: &Path) -> GroupSpec {
         rpo_threshold: Duration::from_secs(60),
         app_interval: None,
         max_pause: lifeboat_replication::groups::DEFAULT_MAX_PAUSE,
+        crash_interval: Duration::from_secs(300),
         base: base.to_path_buf(),
     }
 }

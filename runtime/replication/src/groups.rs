@@ -55,6 +55,8 @@ pub struct GroupSpec {
     pub retention: Duration,
     pub rpo_threshold: Duration,
     pub app_interval: Option<Duration>,
+    /// How often a crash-consistent point is taken (the shortest of its policies').
+    pub crash_interval: Duration,
     /// The longest a cut may hold the group's VMs paused (the shortest of its policies').
     pub max_pause: Duration,
     /// The folder the inventory's relative paths start from.
@@ -92,6 +94,7 @@ fn group(inv: &Inventory, base: &Path, name: &str, members: &[String]) -> Result
     let mut rpo = Duration::MAX;
     let mut app: Option<Duration> = None;
     let mut max_pause = DEFAULT_MAX_PAUSE;
+    let mut crash = Duration::MAX;
     for vm_name in members {
         let vm = inv
             .vms
@@ -101,6 +104,7 @@ fn group(inv: &Inventory, base: &Path, name: &str, members: &[String]) -> Result
         if let Some(policy) = inv.policies.get(&vm.policy) {
             retention = retention.max(policy.retention.value.0);
             rpo = rpo.min(policy.rpo_threshold.value.0);
+            crash = crash.min(policy.crash_interval.value.0);
             if let Some(m) = &policy.max_pause {
                 max_pause = max_pause.min(m.value.0);
             }
@@ -163,6 +167,11 @@ fn group(inv: &Inventory, base: &Path, name: &str, members: &[String]) -> Result
             rpo
         },
         app_interval: app,
+        crash_interval: if crash == Duration::MAX {
+            Duration::from_secs(300)
+        } else {
+            crash
+        },
         max_pause,
         base: base.to_path_buf(),
     })
