@@ -141,8 +141,13 @@ async fn protect(
         if *stopped.borrow() {
             return;
         }
-        let Ok(_permit) = limit.acquire().await else {
-            return;
+        // Waiting for a turn ends with a stop too: no cycle starts after SIGTERM.
+        let _permit = tokio::select! {
+            p = limit.acquire() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stopped.changed() => return,
         };
         let started = Instant::now();
         let result = lifeboat_compute::site::cycle(

@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 const LIFEBOAT: &str = env!("CARGO_BIN_EXE_lifeboat");
 
@@ -22,14 +23,7 @@ fn a_reader_that_stops_early_is_not_an_error() {
     let mut first = [0u8; 16];
     stdout.read_exact(&mut first).unwrap();
     drop(stdout);
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let status = child.wait().unwrap();
+    let (status, stderr) = finish(child, "`lifeboat plan schema` with its reader gone");
     assert!(first.starts_with(b"{"), "{first:?}");
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
@@ -95,31 +89,37 @@ disks.os = "a.img"
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
-    let mut child = Command::new(LIFEBOAT)
+    let child = Command::new(LIFEBOAT)
         .args(["-vv", "replicate"])
         .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (status, stderr) = finish(child, "`lifeboat -vv replicate`");
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("point committed"), "{stderr}");
+}
+
+/// Waits (at most a minute) for `child` to exit, reading its stderr meanwhile so a chatty
+/// child never blocks on a full pipe; a child that does not exit is killed and the test fails.
+fn finish(mut child: Child, what: &str) -> (ExitStatus, String) {
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        pipe.read_to_string(&mut text).unwrap();
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        if std::time::Instant::now() > deadline {
+        if Instant::now() > deadline {
             child.kill().unwrap();
-            panic!("`lifeboat -vv replicate` hung");
+            panic!("{what} hung");
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
     };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(status.success(), "{stderr}");
-    assert!(stderr.contains("point committed"), "{stderr}");
+    (status, reader.join().unwrap())
 }

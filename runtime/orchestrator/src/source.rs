@@ -34,9 +34,9 @@ pub async fn check(
                 &plan_vms(plan),
             )
             .await;
-            if let Some((vm, probe)) = source_answering(env, plan).await
-                && !located.iter().any(|h| h.vm == vm)
-            {
+            // Any answering VM but those Lifeboat will stop (not just the first that answers).
+            let stoppable: Vec<&str> = located.iter().map(|h| h.vm.as_str()).collect();
+            if let Some((vm, probe)) = source_answering(env, plan, &stoppable).await {
                 return Err(Error::Source(format!(
                     "source VM `{vm}` is still running ({probe} answers) but not as its boot command says, so Lifeboat cannot stop it: shut it down first, so the last cycle holds its every write"
                 )));
@@ -44,7 +44,7 @@ pub async fn check(
             Ok(located)
         }
         Operation::Unplanned => {
-            if let Some((vm, probe)) = source_answering(env, plan).await
+            if let Some((vm, probe)) = source_answering(env, plan, &[]).await
                 && !force
             {
                 return Err(Error::Source(format!(
@@ -67,7 +67,7 @@ pub async fn hand_over(env: &Environment, plan: &Plan, located: &[Handle]) -> Re
             .await
             .map_err(Error::Compute)?;
     }
-    if let Some((vm, probe)) = source_answering(env, plan).await {
+    if let Some((vm, probe)) = source_answering(env, plan, &[]).await {
         return Err(Error::Source(format!(
             "source VM `{vm}` still answers ({probe}) after it was stopped: shut it down, then fail over again"
         )));
@@ -78,11 +78,15 @@ pub async fn hand_over(env: &Environment, plan: &Plan, located: &[Handle]) -> Re
 /// How long a source VM may take to shut down before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
-/// The first of `plan`'s VMs whose health probe still answers at its source address, with the
-/// probe: a source that is up.
-pub async fn source_answering(env: &Environment, plan: &Plan) -> Option<(String, String)> {
+/// The first of `plan`'s VMs (but those in `except`) whose health probe still answers at its
+/// source address, with the probe: a source that is up.
+pub async fn source_answering(
+    env: &Environment,
+    plan: &Plan,
+    except: &[&str],
+) -> Option<(String, String)> {
     use crate::health::{Probe, check};
-    for name in plan_vms(plan) {
+    for name in plan_vms(plan).into_iter().filter(|n| !except.contains(n)) {
         let Some(vm) = env.inventory.vms.get(name) else {
             continue;
         };

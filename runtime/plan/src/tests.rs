@@ -147,3 +147,19 @@ proptest! {
         prop_assert_eq!(chosen, expected.as_str());
     }
 }
+
+/// A `max_pause` of nothing would abandon every cut: refused like every zero duration.
+#[test]
+fn a_zero_max_pause_is_refused() {
+    let inventory = INVENTORY.replace(
+        "rpo_threshold = \"5m\"",
+        "rpo_threshold = \"5m\"\nmax_pause = \"0s\"",
+    );
+    assert!(inventory.contains("max_pause"), "{inventory}");
+    let mut sources = Sources::new();
+    let id = sources.add("lifeboat.toml", &inventory);
+    let (_, diags) = parse_inventory(id, &inventory);
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert_eq!(diags[0].rule, Rule::InvalidDuration, "{diags:?}");
+    assert!(diags[0].message.contains("max_pause"), "{diags:?}");
+}

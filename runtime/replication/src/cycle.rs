@@ -203,6 +203,8 @@ pub async fn replicate(
         return Err(e.context(format!("cannot hold the writers of group `{}`", group.name)));
     }
     let captured = SystemTime::now();
+    // The pause's bound counts from here, where the writers stopped.
+    let held_since = tokio::time::Instant::now();
     let held = Held {
         cut: opts.cut.clone(),
         frozen: frozen.iter().map(|v| (*v).clone()).collect(),
@@ -210,8 +212,11 @@ pub async fn replicate(
     let views = match take_views(group).await {
         Ok(v) => v,
         Err(e) => {
-            held.release(group, &mut notes).await?;
-            return Err(e);
+            return Err(match held.release(group, &mut notes).await {
+                Ok(()) => e,
+                // Both matter: the writers may still be held, and why the cycle stopped.
+                Err(r) => r.context(format!("{e}; then, letting the writers go")),
+            });
         }
     };
     let mut held = Some(held);
@@ -316,7 +321,7 @@ pub async fn replicate(
     let scanned = match bound {
         Some(max) => tokio::select! {
             r = &mut scan => r,
-            () = tokio::time::sleep(max) => {
+            () = tokio::time::sleep_until(held_since + max) => {
                 abandoned = true;
                 if let Some(h) = held.take() {
                     h.release(group, &mut notes).await?;
