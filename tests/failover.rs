@@ -14,16 +14,16 @@ use lifeboat_orchestrator::journal::{Event, Journal};
 
 use crate::support::Outcome;
 
-const HELPER: &str = env!("CARGO_BIN_EXE_lifeboat-test-helper");
+pub(crate) const HELPER: &str = env!("CARGO_BIN_EXE_lifeboat-test-helper");
 
 /// Two sites with two VMs (db-1 in group `database`, app-1 in group `app`), addresses in
 /// 127.`k`.0.0/16 so tests do not meet.
-struct Sites {
+pub(crate) struct Sites {
     dir: tempfile::TempDir,
     k: u8,
-    rt: tokio::runtime::Runtime,
-    driver: Arc<ProcessDriver>,
-    source: Vec<Handle>,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) driver: Arc<ProcessDriver>,
+    pub(crate) source: Vec<Handle>,
 }
 
 impl Drop for Sites {
@@ -46,7 +46,7 @@ impl Drop for Sites {
 
 impl Sites {
     /// `post` is the `post` list of group `app`, `pre` its `pre` list (TOML arrays).
-    fn new(k: u8, app_pre: &str, app_post: &str) -> Self {
+    pub(crate) fn new(k: u8, app_pre: &str, app_post: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let vm = |name: &str, subnet: &str, ip: &str, port: u16| {
             format!(
@@ -123,11 +123,15 @@ post = {app_post}
         }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn k(&self) -> u8 {
+        self.k
+    }
+
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    fn config(&self) -> String {
+    pub(crate) fn config(&self) -> String {
         self.path().join("lifeboat.toml").display().to_string()
     }
 
@@ -135,7 +139,7 @@ post = {app_post}
         self.path().join(".lifeboat/state/runs.db")
     }
 
-    fn source_addr(&self, vm: &str) -> String {
+    pub(crate) fn source_addr(&self, vm: &str) -> String {
         match vm {
             "db-1" => format!("127.{}.2.10:5432", self.k),
             _ => format!("127.{}.1.11:8080", self.k),
@@ -143,7 +147,7 @@ post = {app_post}
     }
 
     /// `lifeboat --config … ARGS`, in this process.
-    fn lifeboat(&self, args: &[&str]) -> Outcome {
+    pub(crate) fn lifeboat(&self, args: &[&str]) -> Outcome {
         let config = self.config();
         let mut full = vec!["--config", config.as_str()];
         full.extend_from_slice(args);
@@ -151,7 +155,7 @@ post = {app_post}
     }
 
     /// Starts the source VMs, as their boot command says, and waits until they answer.
-    fn start_source(&mut self) {
+    pub(crate) fn start_source(&mut self) {
         self.start_source_as(true);
     }
 
@@ -254,7 +258,7 @@ post = {app_post}
     }
 }
 
-fn wait_for(mut ok: impl FnMut() -> bool, what: &str) {
+pub(crate) fn wait_for(mut ok: impl FnMut() -> bool, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ok() {
         assert!(Instant::now() < deadline, "timed out waiting: {what}");
@@ -288,7 +292,7 @@ fn wait_for_event(journal: &Path, run: &str, what: &str, pred: impl Fn(&Event) -
 
 /// `GET path` from `addr` through the runtime's one HTTP client; the body as JSON (`null` if it
 /// is not JSON), or none when nothing answers within 2 s.
-fn get(addr: &str, path: &str) -> Option<serde_json::Value> {
+pub(crate) fn get(addr: &str, path: &str) -> Option<serde_json::Value> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1366,71 +1370,4 @@ fn restore_never_writes_over_a_protected_or_open_disk() {
         std::fs::metadata(held.join("data.img")).unwrap().len(),
         4 << 20
     );
-}
-
-/// `lifeboat daemon` alone keeps every group protected: a point every `crash_interval` while the
-/// VMs write, `status` within the threshold; SIGTERM ends it with exit 0 and no VM paused.
-#[test]
-fn the_daemon_keeps_every_group_protected_and_stops_cleanly_on_sigterm() {
-    let mut s = Sites::new(122, "[]", "[]");
-    let inv = std::fs::read_to_string(s.path().join("lifeboat.toml")).unwrap();
-    let inv = inv
-        .replacen("crash_interval = \"10s\"", "crash_interval = \"1s\"", 1)
-        .replacen("rpo_threshold = \"1m\"", "rpo_threshold = \"5s\"", 1);
-    std::fs::write(s.path().join("lifeboat.toml"), inv).unwrap();
-    s.start_source();
-    let mut daemon = Command::new(HELPER)
-        .args(["cli", "--config", &s.config(), "daemon", "--grace", "10s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A few intervals: every group gets points on its own, and stays within its threshold.
-    let points = |vm: &str| -> usize {
-        let out = s.lifeboat(&["--output", "json", "points", "list", vm]);
-        serde_json::from_str::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|d| d["points"].as_array().map(Vec::len))
-            .unwrap_or(0)
-    };
-    wait_for(
-        || points("db-1") >= 4 && points("app-1") >= 4,
-        "four points of each group",
-    );
-    let status = s.lifeboat(&["status"]);
-    assert_eq!(status.code, 0, "{}{}", status.stdout, status.stderr);
-    // The points hold what the VMs wrote: the newest restores to a consistent disk.
-    let out_dir = s.path().join("restored");
-    let out = s.lifeboat(&["restore", "db-1", "--out", &out_dir.display().to_string()]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let f = std::fs::File::open(out_dir.join("data.img")).unwrap();
-    let check = lifeboat_demo_vm::disk::check(&f).unwrap();
-    assert!(check.last.is_some(), "the restored disk holds no record");
-    assert!(
-        check.missing.is_empty() && check.torn_slots.is_empty(),
-        "the point is not consistent: {check:?}"
-    );
-
-    // SIGTERM: exit 0, and no VM left paused.
-    let pid = rustix::process::Pid::from_raw(daemon.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(st) = daemon.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not stop within its grace"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut daemon.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "{status:?}: {stderr}");
-    assert!(stderr.contains("protecting 2 group(s)"), "{stderr}");
-    for h in &s.source {
-        assert!(!process_paused(h.pid), "{} left paused", h.vm);
-        assert!(s.rt.block_on(s.driver.running(h)), "{} stopped", h.vm);
-    }
 }

@@ -20,6 +20,9 @@ pub const DAMAGED: u8 = 5;
 pub const FENCED: u8 = 6;
 /// `status`: some protected VM's RPO is over its policy's threshold (or it has no point yet).
 pub const RPO_EXCEEDED: u8 = 7;
+/// Another writer holds the group's lease (a running daemon protects it, or another
+/// `replicate`): one writer per group. Try again later, or let the daemon take the point.
+pub const BUSY: u8 = 8;
 
 /// Every code with what it means, for `--help` (the README's table says the same).
 pub const TABLE: &[(u8, &str)] = &[
@@ -34,6 +37,7 @@ pub const TABLE: &[(u8, &str)] = &[
     (DAMAGED, "damaged repository"),
     (FENCED, "fenced by another writer"),
     (RPO_EXCEEDED, "rpo exceeded (status)"),
+    (BUSY, "busy: another writer holds the group's lease"),
 ];
 
 /// The `Exit codes:` paragraph of `lifeboat --help`, from [`TABLE`].
@@ -49,6 +53,7 @@ pub fn of_replication(e: &lifeboat_replication::Error) -> u8 {
         ErrorKind::Failed => FAILED,
         ErrorKind::Damaged => DAMAGED,
         ErrorKind::Fenced => FENCED,
+        ErrorKind::Busy => BUSY,
     }
 }
 

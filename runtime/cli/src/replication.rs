@@ -162,16 +162,19 @@ pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io
     let mut code = exit_codes::OK;
     let driver: Arc<dyn lifeboat_compute::driver::Compute> =
         lifeboat_compute::driver::ProcessDriver::new();
+    let holder = lifeboat_replication::lease::Holder::new("replicate");
     for group in chosen {
         // The source site's one cycle: the group's running VMs are held still for the cut
         // (paused under a guardian, at most the policy's max_pause), so the point is consistent.
-        let result = rt.block_on(lifeboat_compute::site::cycle(
+        // One writer per group: refused (exit 8) while a daemon holds the group's lease.
+        let result = rt.block_on(lifeboat_compute::site::cycle_once(
             &ctx.inventory,
             &ctx.base,
             driver.clone(),
             group,
             app,
             bar(ctx),
+            &holder,
         ));
         match result {
             Ok(r) => {
@@ -209,102 +212,37 @@ pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io
     code
 }
 
-/// `lifeboat status --output json` (see docs/json-output.md).
-#[derive(Debug, serde::Serialize)]
-struct StatusDoc {
-    /// Where the figures come from: `repositories` (no daemon asked).
-    source: &'static str,
-    vms: Vec<VmStatus>,
-}
-
-#[derive(Debug, serde::Serialize)]
-struct VmStatus {
-    name: String,
-    group: String,
-    /// The site the VM runs at, and the one that keeps its points.
-    site: String,
-    target_site: String,
-    policy: String,
-    rpo: points::Rpo,
-    last_point: Option<LastPoint>,
-    /// Points of the group whose manifest is damaged.
-    damaged_points: Vec<u64>,
-}
-
-#[derive(Debug, serde::Serialize)]
-struct LastPoint {
-    id: u64,
-    kind: &'static str,
-    captured_at: String,
-}
-
-/// `lifeboat status`: every protected VM's RPO against its threshold and its last point,
-/// computed from the repositories. Exits `RPO_EXCEEDED` when any VM is over its threshold or
-/// has no point yet.
-pub fn status(ctx: &Context, io: &mut crate::Io<'_>) -> u8 {
+/// `lifeboat status`: every protected VM and group. From the daemon when one runs on this
+/// state folder (with next cycle, last error and the config's reload state), else computed from
+/// the repositories. Exits `RPO_EXCEEDED` when any VM is over its threshold or has no point yet.
+pub fn status(ctx: &Context, state: &Path, io: &mut crate::Io<'_>) -> u8 {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e, io),
     };
-    let now = SystemTime::now();
-    let mut vms = Vec::new();
-    let mut code = exit_codes::OK;
-    for group in &ctx.groups {
-        let found = rt.block_on(async {
-            let target = ctx.site(&group.target_site)?;
-            let repo = match Repository::open(&target).await {
-                Ok(r) => r,
-                // Nothing replicated there yet.
-                Err(e) if e.kind() == ErrorKind::Failed => return Ok((None, Vec::new())),
-                Err(e) => return Err(e),
-            };
-            let (intact, damaged) = repo.points_and_damaged(&group.name).await?;
-            Ok((
-                intact.into_iter().next(),
-                damaged.iter().map(|d| d.seq).collect::<Vec<u64>>(),
-            ))
-        });
-        let (latest, damaged) = match found {
-            Ok(f) => f,
-            Err(e) => {
-                code = code.max(fail(&e.context(format!("group `{}`", group.name)), io));
-                continue;
+    let socket = lifeboat_daemon::client::socket_path(state);
+    let doc = match rt.block_on(lifeboat_daemon::client::status(&socket)) {
+        Some(Ok(doc)) => doc,
+        answered => {
+            if let Some(Err(e)) = answered {
+                let _ = writeln!(io.stderr, "warning: {e}; computing from the repositories");
             }
-        };
-        for vm in &group.vms {
-            let def = ctx.inventory.vms.get(&vm.name);
-            let policy = def.map(|v| v.policy.value.clone()).unwrap_or_default();
-            let threshold = def
-                .and_then(|v| ctx.inventory.policies.get(&v.policy))
-                .map_or(group.rpo_threshold, |p| p.rpo_threshold.value.0);
-            vms.push(VmStatus {
-                name: vm.name.clone(),
-                group: group.name.clone(),
-                site: group.source_site.clone(),
-                target_site: group.target_site.clone(),
-                policy,
-                rpo: points::rpo(latest.as_ref(), threshold, now),
-                last_point: latest.as_ref().map(|m| LastPoint {
-                    id: m.seq,
-                    kind: m.kind.as_str(),
-                    captured_at: m.captured_at.clone(),
-                }),
-                damaged_points: damaged.clone(),
-            });
+            rt.block_on(lifeboat_daemon::status::from_repositories(
+                &ctx.inventory,
+                &ctx.base,
+                &ctx.groups,
+            ))
         }
+    };
+    let mut code = exit_codes::OK;
+    if doc.groups.iter().any(|g| g.state == "-" && g.last_error.is_some()) {
+        code = exit_codes::FAILED;
     }
-    vms.sort_by(|a, b| a.name.cmp(&b.name));
-    if vms.iter().any(|v| !v.rpo.ok) {
+    if doc.rpo_exceeded() {
         code = code.max(exit_codes::RPO_EXCEEDED);
     }
     if ctx.json {
-        crate::print_json(
-            io,
-            &StatusDoc {
-                source: "repositories",
-                vms,
-            },
-        );
+        crate::print_json(io, &doc);
         return code;
     }
     let _ = writeln!(
@@ -312,7 +250,7 @@ pub fn status(ctx: &Context, io: &mut crate::Io<'_>) -> u8 {
         "{:<12} {:<12} {:<14} {:<10} {:>8} {:>10}  {:<36} STATE",
         "VM", "GROUP", "SITE", "POLICY", "RPO", "THRESHOLD", "LAST POINT"
     );
-    for v in &vms {
+    for v in &doc.vms {
         let rpo = v.rpo.seconds.map_or_else(|| "-".to_string(), human_secs);
         let last = v.last_point.as_ref().map_or_else(
             || "none yet".to_string(),
@@ -335,17 +273,72 @@ pub fn status(ctx: &Context, io: &mut crate::Io<'_>) -> u8 {
             last
         );
     }
-    for v in vms.iter().filter(|v| !v.damaged_points.is_empty()) {
+    for v in doc.vms.iter().filter(|v| !v.damaged_points.is_empty()) {
         let _ = writeln!(
             io.stderr,
             "note: {}: point(s) {:?} of group `{}` are damaged (see `lifeboat verify`)",
             v.name, v.damaged_points, v.group
         );
     }
+    let Some(daemon) = &doc.daemon else {
+        for g in doc.groups.iter().filter(|g| g.last_error.is_some()) {
+            let _ = writeln!(
+                io.stderr,
+                "error: group `{}`: {}",
+                g.name,
+                g.last_error.as_deref().unwrap_or_default()
+            );
+        }
+        let _ = writeln!(
+            io.stderr,
+            "(computed from the repositories: no daemon runs with state {}; next cycle and last error come from `lifeboat daemon`)",
+            state.display()
+        );
+        return code;
+    };
+    let _ = writeln!(io.stdout);
     let _ = writeln!(
-        io.stderr,
-        "(computed from the repositories: no daemon is asked; next cycle and last error come with `lifeboat daemon`)"
+        io.stdout,
+        "{:<12} {:<9} {:>10} {:<22} LAST ERROR",
+        "GROUP", "STATE", "INTERVAL", "NEXT CYCLE"
     );
+    for g in &doc.groups {
+        let error = match (&g.last_error, &g.writer) {
+            (Some(e), _) => format!("{e} ({} failure(s) in a row)", g.failures),
+            (None, Some(w)) => w.clone(),
+            (None, None) => "-".into(),
+        };
+        let _ = writeln!(
+            io.stdout,
+            "{:<12} {:<9} {:>10} {:<22} {error}",
+            g.name,
+            g.state,
+            human_secs(g.crash_interval_seconds),
+            g.next_cycle_at.as_deref().unwrap_or("-"),
+        );
+    }
+    let c = &daemon.config;
+    let reload = match &c.last_reload {
+        None => "no reload yet".to_string(),
+        Some(r) if r.applied => format!("last reload applied at {} ({})", r.at, r.trigger),
+        Some(r) => format!(
+            "LAST RELOAD REJECTED at {} ({}); the config loaded at {} keeps running",
+            r.at, r.trigger, c.loaded_at
+        ),
+    };
+    let _ = writeln!(
+        io.stdout,
+        "\ndaemon pid {} (since {}): config generation {}, {} plan(s); {reload}",
+        daemon.pid,
+        daemon.started_at,
+        c.generation,
+        c.plans.len()
+    );
+    if let Some(r) = c.last_reload.as_ref().filter(|r| !r.applied) {
+        for d in &r.diagnostics {
+            let _ = writeln!(io.stdout, "  {d}");
+        }
+    }
     code
 }
 

@@ -1,12 +1,15 @@
 //! A site as its running VMs are seen from outside Lifeboat's runs: each recognised by its boot
 //! command filled with the inventory's own values, and the one way a group's point is taken
 //! there (`cycle`: hold the writers, capture, release, commit). `lifeboat replicate`, a planned
-//! failover's last cycle and the daemon to come all take points through `cycle`.
+//! failover's last cycle and the daemon all take points through `cycle`, each under the group's
+//! writer lease.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use lifeboat_plan::Inventory;
+use lifeboat_replication::lease::{Holder, Lease};
 use lifeboat_replication::{AppMode, CycleOptions, CycleReport, GroupSpec, Progress, Store};
 
 use crate::driver::{Compute, Handle, Launch};
@@ -61,9 +64,61 @@ pub async fn locate_source_vms(
     driver.locate(&launches).await
 }
 
-/// One replication cycle of `group` at its source site: the group's VMs that run as their boot
-/// command describes are held still for the cut (paused, under a guardian, never longer than
-/// the policy's `max_pause`), the disks captured, the VMs released, the point committed.
+fn site_store(
+    inventory: &Inventory,
+    base: &Path,
+    name: &str,
+    cache: bool,
+) -> lifeboat_replication::Result<Store> {
+    let site = inventory
+        .sites
+        .get(name)
+        .ok_or_else(|| lifeboat_replication::Error::failed(format!("unknown site `{name}`")))?;
+    if cache {
+        Store::open_cache(&site.store.value, base)
+    } else {
+        Store::open(&site.store.value, base)
+    }
+}
+
+/// Takes `group`'s writer lease in its target site's repository (see
+/// `lifeboat_replication::lease`): a daemon keeps it while it protects the group.
+pub async fn lease(
+    inventory: &Inventory,
+    base: &Path,
+    group: &GroupSpec,
+    holder: &Holder,
+    ttl: Duration,
+) -> lifeboat_replication::Result<Lease> {
+    let target = site_store(inventory, base, &group.target_site, false)?;
+    lifeboat_replication::lease::acquire(&target, &group.name, holder, ttl).await
+}
+
+/// One cycle under a lease taken for it alone (`lifeboat replicate`, a planned failover's last
+/// cycle): refused with a `Busy` error when another writer (a daemon) holds the group.
+pub async fn cycle_once(
+    inventory: &Inventory,
+    base: &Path,
+    driver: Arc<dyn Compute>,
+    group: &GroupSpec,
+    app: AppMode,
+    progress: Option<Arc<dyn Progress>>,
+    holder: &Holder,
+) -> lifeboat_replication::Result<CycleReport> {
+    let lease = lease(inventory, base, group, holder, lifeboat_replication::lease::DEFAULT_TTL)
+        .await?;
+    let result = cycle(inventory, base, driver, group, app, progress, &lease).await;
+    if let Err(e) = lease.release().await {
+        // It expires on its own; the point (or the cycle's error) is what matters here.
+        tracing::warn!(group = %group.name, error = %e, "the lease was not released");
+    }
+    result
+}
+
+/// One replication cycle of `group` at its source site, by the holder of its `lease`: the
+/// group's VMs that run as their boot command describes are held still for the cut (paused,
+/// under a guardian, never longer than the policy's `max_pause`), the disks captured, the VMs
+/// released, the point committed.
 pub async fn cycle(
     inventory: &Inventory,
     base: &Path,
@@ -71,20 +126,16 @@ pub async fn cycle(
     group: &GroupSpec,
     app: AppMode,
     progress: Option<Arc<dyn Progress>>,
+    lease: &Lease,
 ) -> lifeboat_replication::Result<CycleReport> {
-    let site_store = |name: &str, cache: bool| {
-        let site = inventory
-            .sites
-            .get(name)
-            .ok_or_else(|| lifeboat_replication::Error::failed(format!("unknown site `{name}`")))?;
-        if cache {
-            Store::open_cache(&site.store.value, base)
-        } else {
-            Store::open(&site.store.value, base)
-        }
-    };
-    let source = site_store(&group.source_site, true)?;
-    let target = site_store(&group.target_site, false)?;
+    if let Some(why) = lease.lost() {
+        return Err(lifeboat_replication::Error::busy(format!(
+            "the lease of group `{}` was lost: {why}",
+            group.name
+        )));
+    }
+    let source = site_store(inventory, base, &group.source_site, true)?;
+    let target = site_store(inventory, base, &group.target_site, false)?;
     let names: Vec<&str> = group.vms.iter().map(|v| v.name.as_str()).collect();
     let held = locate_source_vms(inventory, base, driver.as_ref(), &names).await;
     let held_names: Vec<String> = held.iter().map(|h| h.vm.clone()).collect();

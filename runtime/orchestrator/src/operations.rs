@@ -71,8 +71,8 @@ pub struct FailoverRequest {
 #[derive(Debug)]
 struct Cleared {
     assignments: Vec<Assignment>,
-    /// The source VMs a planned failover will stop.
-    source: Vec<Handle>,
+    /// The source VMs a planned failover will stop, and its groups' leases.
+    source: source::HandOver,
 }
 
 /// Every refusal a failover can give, before its first side effect: a failover refused here
@@ -142,9 +142,11 @@ pub async fn failover(
     controls: Controls,
 ) -> Result<RunResult> {
     let cleared = preflight(env, plan, &req).await?;
-    if req.op == Operation::Planned {
-        source::hand_over(env, plan, &cleared.source).await?;
-    }
+    let stopped = if req.op == Operation::Planned {
+        source::hand_over(env, plan, cleared.source).await?
+    } else {
+        Vec::new()
+    };
     let mut journal = env.journal()?;
     let name = &plan.name.value;
     let id = new_run_id(&journal, name)?;
@@ -173,7 +175,7 @@ pub async fn failover(
         controls,
     )
     .await?;
-    result.source_stopped = cleared.source;
+    result.source_stopped = stopped;
     Ok(result)
 }
 

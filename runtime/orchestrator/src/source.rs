@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use lifeboat_compute::driver::Handle;
-use lifeboat_compute::site::{cycle, locate_source_vms, source_value};
+use lifeboat_compute::site::{cycle, lease, locate_source_vms, source_value};
+use lifeboat_replication::lease::{DEFAULT_TTL, Holder, Lease};
 use lifeboat_plan::Plan;
 use lifeboat_plan::plan::Operation;
 use lifeboat_replication::{AppMode, GroupSpec};
@@ -18,13 +19,10 @@ use crate::runs::Environment;
 /// `planned`: every source VM that answers its health probe must be one Lifeboat can stop (one
 /// running as its boot command describes), else the last cycle would miss its writes.
 /// `unplanned`: refuses a source that still answers (two copies of a VM would run) unless
-/// `force`. A drill leaves the source alone. Returns the source VMs a planned failover stops.
-pub async fn check(
-    env: &Environment,
-    plan: &Plan,
-    op: Operation,
-    force: bool,
-) -> Result<Vec<Handle>> {
+/// `force`. A drill leaves the source alone. For a planned failover, returns the source VMs it
+/// stops and the writer leases of their groups, taken last: a group a daemon protects is
+/// refused here, before anything stops, not at the last cycle.
+pub async fn check(env: &Environment, plan: &Plan, op: Operation, force: bool) -> Result<HandOver> {
     match op {
         Operation::Planned => {
             let located = locate_source_vms(
@@ -41,7 +39,23 @@ pub async fn check(
                     "source VM `{vm}` is still running ({probe} answers) but not as its boot command says, so Lifeboat cannot stop it: shut it down first, so the last cycle holds its every write"
                 )));
             }
-            Ok(located)
+            let holder = Holder::new("planned failover");
+            let mut leases = Vec::new();
+            for group in groups_of(env, &plan_vms(plan)) {
+                let l = lease(&env.inventory, &env.base, group, &holder, DEFAULT_TTL)
+                    .await
+                    .map_err(|e| {
+                        Error::replication(
+                            format!(
+                                "a planned failover takes the last point of group `{}` itself",
+                                group.name
+                            ),
+                            e,
+                        )
+                    })?;
+                leases.push(l);
+            }
+            Ok(HandOver { located, leases })
         }
         Operation::Unplanned => {
             if let Some((vm, probe)) = source_answering(env, plan, &[]).await
@@ -51,17 +65,26 @@ pub async fn check(
                     "source VM `{vm}` still answers ({probe}): an unplanned failover now would run two copies of it; shut it down, fail over with --planned, or pass --force if the source is cut off from its users"
                 )));
             }
-            Ok(Vec::new())
+            Ok(HandOver::default())
         }
-        _ => Ok(Vec::new()),
+        _ => Ok(HandOver::default()),
     }
 }
 
-/// A planned failover's hand-over, once every check passed: stop the source VMs `located`
+/// What a planned failover's hand-over needs, found by `check`.
+#[derive(Debug, Default)]
+pub struct HandOver {
+    /// The source VMs it stops.
+    pub located: Vec<Handle>,
+    /// The writer lease of every group it takes the last point of, held until then.
+    pub leases: Vec<Lease>,
+}
+
+/// A planned failover's hand-over, once every check passed: stop the source VMs it located
 /// (gracefully, then by force), make sure none still answers, and take the last point of
-/// every group so the failover loses nothing.
-pub async fn hand_over(env: &Environment, plan: &Plan, located: &[Handle]) -> Result<()> {
-    for h in located {
+/// every group so the failover loses nothing. Returns the VMs it stopped.
+pub async fn hand_over(env: &Environment, plan: &Plan, hand: HandOver) -> Result<Vec<Handle>> {
+    for h in &hand.located {
         env.driver
             .stop(h, STOP_GRACE)
             .await
@@ -72,7 +95,14 @@ pub async fn hand_over(env: &Environment, plan: &Plan, located: &[Handle]) -> Re
             "source VM `{vm}` still answers ({probe}) after it was stopped: shut it down, then fail over again"
         )));
     }
-    last_cycle(env, plan).await
+    let result = last_cycle(env, plan, &hand.leases).await;
+    for l in hand.leases {
+        let group = l.group().to_string();
+        if let Err(e) = l.release().await {
+            tracing::warn!(group, error = %e, "a lease was not released; it expires on its own");
+        }
+    }
+    result.map(|()| hand.located)
 }
 
 /// How long a source VM may take to shut down before it is killed.
@@ -133,8 +163,14 @@ pub(crate) fn groups_of<'a>(env: &'a Environment, vms: &[&str]) -> Vec<&'a Group
 
 /// A planned failover's last replication cycle of every group of `plan`'s VMs (their VMs shut
 /// down), so the failover loses nothing.
-async fn last_cycle(env: &Environment, plan: &Plan) -> Result<()> {
+async fn last_cycle(env: &Environment, plan: &Plan, leases: &[Lease]) -> Result<()> {
     for group in groups_of(env, &plan_vms(plan)) {
+        let Some(lease) = leases.iter().find(|l| l.group() == group.name) else {
+            return Err(Error::Failed(format!(
+                "no writer lease for group `{}`",
+                group.name
+            )));
+        };
         cycle(
             &env.inventory,
             &env.base,
@@ -142,6 +178,7 @@ async fn last_cycle(env: &Environment, plan: &Plan) -> Result<()> {
             group,
             AppMode::Never,
             None,
+            lease,
         )
         .await
         .map_err(|e| {

@@ -81,6 +81,7 @@ pub struct CycleReport {
     pub seq: u64,
     pub kind: PointKind,
     pub captured_at: String,
+    pub captured_unix_ms: u64,
     /// Bytes of the disks (logical size).
     pub disk_bytes: u64,
     /// Bytes of chunks that changed since the parent.
@@ -434,6 +435,7 @@ pub async fn replicate(
         seq,
         kind,
         captured_at: rfc3339(captured),
+        captured_unix_ms: unix_ms(captured),
         disk_bytes,
         changed_bytes: changed,
         new_bytes,

@@ -12,6 +12,8 @@ pub enum ErrorKind {
     Damaged,
     /// Another writer owns the group (a newer epoch, or it committed the same point first).
     Fenced,
+    /// Another writer holds the group's lease now (a daemon, a `replicate`): try again later.
+    Busy,
 }
 
 /// An engine error: a kind and a message that names what failed.
@@ -40,6 +42,13 @@ impl Error {
     pub fn fenced(message: impl fmt::Display) -> Self {
         Self {
             kind: ErrorKind::Fenced,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn busy(message: impl fmt::Display) -> Self {
+        Self {
+            kind: ErrorKind::Busy,
             message: message.to_string(),
         }
     }

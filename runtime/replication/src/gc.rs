@@ -55,6 +55,40 @@ pub struct GcReport {
     pub unknown_groups: Vec<String>,
 }
 
+/// Retention's rule: the newest point (`i == 0`), a pinned one, or one inside the window.
+fn kept(
+    i: usize,
+    m: &manifest::Manifest,
+    pins: &HashMap<u64, Vec<String>>,
+    retention: Duration,
+    now: SystemTime,
+) -> bool {
+    let age = Duration::from_millis(unix_ms(now).saturating_sub(m.captured_unix_ms));
+    i == 0 || pins.contains_key(&m.seq) || age <= retention
+}
+
+/// Retention alone, for one group (the daemon runs it after each commit): deletes the manifests
+/// of its points that fell out of the window. Their data stays until GC. Returns the expired
+/// points and how many are kept.
+pub async fn expire(target: &Store, group: &GroupSpec) -> Result<(Vec<u64>, usize)> {
+    let repo = Repository::open(target).await?;
+    let now = SystemTime::now();
+    let pins = repo.pins(&group.name).await?;
+    let mut expired = Vec::new();
+    let mut kept_count = 0;
+    for (i, m) in repo.points(&group.name).await?.into_iter().enumerate() {
+        if kept(i, &m, &pins, group.retention, now) {
+            kept_count += 1;
+        } else {
+            repo.store()
+                .delete(&manifest::object_name(&group.name, m.seq))
+                .await?;
+            expired.push(m.seq);
+        }
+    }
+    Ok((expired, kept_count))
+}
+
 /// Applies retention and collects garbage in the repository of `target`.
 pub async fn gc(target: &Store, groups: &[GroupSpec], opts: &GcOptions) -> Result<GcReport> {
     let mut repo = Repository::open(target).await?;
@@ -83,8 +117,7 @@ pub async fn gc(target: &Store, groups: &[GroupSpec], opts: &GcOptions) -> Resul
             continue;
         };
         for (i, m) in points.into_iter().enumerate() {
-            let age = Duration::from_millis(unix_ms(now).saturating_sub(m.captured_unix_ms));
-            if i == 0 || pins.contains_key(&m.seq) || age <= spec.retention {
+            if kept(i, &m, &pins, spec.retention, now) {
                 manifests.push(m);
             } else {
                 repo.store()

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 pub const DEFAULT_CHUNK_SIZE: u32 = 64 << 10;
 
 /// One disk to capture.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DiskSpec {
     pub name: String,
     /// The path as the inventory writes it.
@@ -23,7 +23,7 @@ pub struct DiskSpec {
 }
 
 /// The quiesce hook of a VM.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct QuiesceSpec {
     pub freeze: Vec<String>,
     pub thaw: Vec<String>,
@@ -31,7 +31,7 @@ pub struct QuiesceSpec {
 }
 
 /// One VM to capture.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct VmSpec {
     pub name: String,
     /// Its inventory entry, stored in each point so the target can boot it alone.
@@ -44,7 +44,7 @@ pub struct VmSpec {
 pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(10);
 
 /// A consistency group: the unit of a cut, a point and fencing.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GroupSpec {
     pub name: String,
     pub vms: Vec<VmSpec>,

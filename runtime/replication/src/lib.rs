@@ -15,6 +15,7 @@ pub mod fencing;
 pub mod format;
 pub mod gc;
 pub mod groups;
+pub mod lease;
 pub mod points;
 pub mod repo;
 pub mod restore;

@@ -1,0 +1,69 @@
+//! The config the daemon runs: the inventory, validated together with every plan of the plans
+//! folder beside it, and the consistency groups it defines. Loading is all or nothing: a file
+//! that does not validate gives every diagnostic and no config, so a bad edit never replaces a
+//! good one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use lifeboat_plan::{Inventory, Severity};
+use lifeboat_replication::GroupSpec;
+
+/// A validated config.
+#[derive(Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub inventory: Arc<Inventory>,
+    /// The folder of the inventory (relative paths start there).
+    pub base: PathBuf,
+    pub groups: Vec<GroupSpec>,
+    /// The plans validated with it, by file name.
+    pub plans: Vec<String>,
+    pub loaded_at: SystemTime,
+}
+
+/// Loads and validates the inventory at `file` with every plan of `plans/` beside it. `Err`:
+/// every problem, one line each (`file:line:column: error[rule]: message`).
+pub fn load(file: &Path) -> Result<Config, Vec<String>> {
+    let plans = lifeboat_loader::default_plans(file);
+    let validation = lifeboat_loader::validate(file, &plans);
+    if !validation.is_valid() {
+        let mut lines: Vec<String> = validation
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| {
+                let source = validation.sources.get(d.source);
+                let place = match &d.primary {
+                    Some(label) => {
+                        let at = source.location(label.span.start);
+                        format!("{}:{}:{}", source.name(), at.line, at.column)
+                    }
+                    None => source.name().to_string(),
+                };
+                format!("{place}: error[{}]: {}", d.rule.name(), d.message)
+            })
+            .collect();
+        if lines.is_empty() {
+            lines.push(format!("{}: not valid", file.display()));
+        }
+        return Err(lines);
+    }
+    let Some(inventory) = validation.inventory else {
+        return Err(vec![format!("{}: no inventory", file.display())]);
+    };
+    let base = lifeboat_loader::base_dir(file);
+    let groups = lifeboat_replication::groups(&inventory, &base).map_err(|e| vec![e.to_string()])?;
+    Ok(Config {
+        file: file.to_path_buf(),
+        inventory: Arc::new(inventory),
+        base,
+        groups,
+        plans: plans
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect(),
+        loaded_at: SystemTime::now(),
+    })
+}
