@@ -37,7 +37,7 @@ fn lifeboat(config: &Path, args: &[&str]) -> (u8, String) {
     (out.code, format!("{}{}", out.stdout, out.stderr))
 }
 
-fn inventory(interval: &str) -> String {
+fn inventory(interval: &str, threshold: &str) -> String {
     let mut inv = format!(
         r#"version = 1
 [sites.east]
@@ -50,7 +50,7 @@ compute = "process"
 [policies.default]
 crash_interval = "{interval}"
 retention = "1h"
-rpo_threshold = "1m"
+rpo_threshold = "{threshold}"
 "#
     );
     for i in 0..VMS {
@@ -78,7 +78,7 @@ fn write_sites(dir: &Path) {
         }
         f.write_all(&data).unwrap();
     }
-    std::fs::write(dir.join("lifeboat.toml"), inventory("10s")).unwrap();
+    std::fs::write(dir.join("lifeboat.toml"), inventory("10s", "1m")).unwrap();
 }
 
 /// Keeps changing 4 KiB somewhere in each disk's data, one disk every 100 ms.
@@ -95,6 +95,16 @@ fn writer(dir: std::path::PathBuf, stop: std::sync::Arc<std::sync::atomic::Atomi
         f.write_all(&[n as u8; 4096]).unwrap();
         n += 1;
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The daemon, killed if the benchmark stops early (its folder is about to be deleted).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -152,13 +162,15 @@ fn main() {
     }
 
     let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-    let mut daemon = Command::new(HELPER)
-        .args(["cli", "--config", &config.display().to_string(), "daemon"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let pid = daemon.id();
+    let mut daemon = Killed(
+        Command::new(HELPER)
+            .args(["cli", "--config", &config.display().to_string(), "daemon"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let pid = daemon.0.id();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let w = {
         let (d, s) = (dir.path().to_path_buf(), stop.clone());
@@ -191,7 +203,7 @@ fn main() {
         .unwrap();
     let t = Instant::now();
     let tmp = dir.path().join("lifeboat.toml.new");
-    std::fs::write(&tmp, inventory("1h")).unwrap();
+    std::fs::write(&tmp, inventory("1h", "2h")).unwrap();
     std::fs::rename(&tmp, &config).unwrap();
     while status(&config)["daemon"]["config"]["generation"].as_u64() != Some(generation + 1) {
         assert!(t.elapsed() < Duration::from_secs(60), "the reload did not apply");
@@ -208,7 +220,7 @@ fn main() {
     let rss = status_kib(pid, "VmHWM:");
 
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    let exit = daemon.wait().unwrap();
+    let exit = daemon.0.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
 
     let p50 = percentile(&mut rpos, 0.5);

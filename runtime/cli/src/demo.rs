@@ -51,7 +51,7 @@ networks.prod-dr.subnets = { app = "127.42.1.0/24", db = "127.41.2.0/24" }
 networks.drill.subnets = { app = "127.49.1.0/24", db = "127.49.2.0/24" }
 
 [policies.default]
-crash_interval = "10s"
+crash_interval = "2s"
 retention = "1h"
 rpo_threshold = "1m"
 
@@ -391,6 +391,34 @@ fn scenario(
     let points = replicate(demo)?;
     demo.lifeboat(&["points", "list", "db-1"]);
 
+    // From here the daemon protects the site (in the background, in this process).
+    demo.say("\n$ lifeboat daemon &");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = rt.spawn(lifeboat_daemon::run_until(
+        lifeboat_daemon::Options {
+            config: demo.config.clone(),
+            state: demo.dir.join(".lifeboat/state"),
+            max_cycles: 2,
+            grace: Duration::from_secs(10),
+            lease_ttl: lifeboat_replication::lease::DEFAULT_TTL,
+            listen: None,
+            gc_every: Duration::from_secs(3600),
+            verify_every: Duration::from_secs(6 * 3600),
+        },
+        async move {
+            let _ = stopped.await;
+            "the demo"
+        },
+        None,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut answering = false;
+    while !answering && Instant::now() < deadline {
+        answering = demo.lifeboat_json(&["status"]).1["source"] == "daemon";
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    demo.check(answering, "the daemon is protecting the site (status answers from it)");
+
     // 1. A drill: clones of the latest point in the drill network, the source untouched.
     let code = demo.lifeboat(&["failover", "shop", "--test"]);
     demo.check(code == 0, "test failover succeeded");
@@ -417,12 +445,26 @@ fn scenario(
             &format!("source {name} still running and ahead of its drill copy ({src_last:?})"),
         );
     }
-    // Replication carries on during the drill.
-    let during = replicate(demo)?;
-    let advanced = during
-        .iter()
-        .all(|(g, seq)| points.iter().any(|(pg, ps)| pg == g && seq > ps));
-    demo.check(advanced, "a new point was committed while the drill ran");
+    // The daemon keeps every group's points fresh while the drill runs.
+    let mut fresh = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fresh && Instant::now() < deadline {
+        let (_, st) = demo.lifeboat_json(&["status"]);
+        fresh = points.iter().all(|(g, seq)| {
+            st["groups"].as_array().into_iter().flatten().any(|x| {
+                x["name"] == g.as_str() && x["last_point"]["id"].as_u64().is_some_and(|n| n > *seq)
+            })
+        });
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    demo.check(fresh, "the daemon committed a new point of every group while the drill ran");
+    let code = demo.lifeboat(&["status"]);
+    demo.check(code == 0, "status, from the daemon: every RPO within its threshold");
+    let code = demo.lifeboat(&["replicate"]);
+    demo.check(
+        code == exit_codes::BUSY,
+        "`lifeboat replicate` is refused while the daemon holds the groups' writer leases (exit 8)",
+    );
     let (_, list) = demo.lifeboat_json(&["points", "list", "db-1"]);
     let pinned = list["points"].as_array().is_some_and(|ps| {
         ps.iter()
@@ -445,6 +487,18 @@ fn scenario(
             .all(|p| p["pinned"].as_array().is_none_or(|a| a.is_empty()))
     });
     demo.check(unpinned, "no point is pinned any more");
+
+    // The daemon stops as on SIGTERM: cycles in flight finish, leases released, no VM paused.
+    demo.say("\n$ kill -TERM <daemon>");
+    let _ = stop.send(());
+    let drained = rt.block_on(daemon);
+    let running = source
+        .iter()
+        .all(|h| !lifeboat_compute::driver::process_paused(h.pid));
+    demo.check(
+        matches!(drained, Ok(Ok(()))) && running,
+        "the daemon stopped cleanly, no VM left paused",
+    );
 
     // 3. Disaster: the source dies mid-write; its site is gone.
     std::thread::sleep(Duration::from_millis(700));

@@ -26,4 +26,4 @@ pub mod status;
 mod supervisor;
 mod watch;
 
-pub use supervisor::{Error, Options, run};
+pub use supervisor::{Error, Options, run, run_until};

@@ -120,9 +120,30 @@ struct Supervisor {
 /// How often repository sizes are measured.
 const SIZE_EVERY: Duration = Duration::from_secs(60);
 
-/// Runs the daemon until SIGTERM or SIGINT; then drains within the grace period.
+/// Runs the daemon until SIGTERM or SIGINT; then drains within the grace period. SIGHUP
+/// reloads the config.
 pub async fn run(opts: Options) -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    let hup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    };
+    run_until(opts, stop, Some(hup)).await
+}
+
+/// Runs the daemon until `stop` completes (with what stopped it, for the log), then drains
+/// within the grace period; `hup`, when given, reloads the config on each signal. `lifeboat
+/// demo` runs a daemon in its own process this way, leaving Ctrl-C to the demo.
+pub async fn run_until(
+    opts: Options,
+    stop: impl Future<Output = &'static str>,
+    mut hup: Option<tokio::signal::unix::Signal>,
+) -> Result<(), Error> {
     let config = {
         let file = opts.config.clone();
         tokio::task::spawn_blocking(move || config::load(&file))
@@ -130,10 +151,6 @@ pub async fn run(opts: Options) -> Result<(), Error> {
             .map_err(|e| Error::Config(vec![format!("loading stopped: {e}")]))?
             .map_err(Error::Config)?
     };
-    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
-
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         driver: ProcessDriver::new(),
@@ -204,11 +221,15 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     let (maint_tx, mut maint_rx) = mpsc::unbounded_channel::<MaintenanceDone>();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let hangup = async |hup: &mut Option<tokio::signal::unix::Signal>| match hup {
+        Some(h) => h.recv().await,
+        None => std::future::pending().await,
+    };
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
-            _ = hup.recv() => sup.reload("SIGHUP").await,
+            why = &mut stop => { tracing::info!("{why}: stopping"); break }
+            Some(()) = hangup(&mut hup) => sup.reload("SIGHUP").await,
             Some(()) = reloads.recv() => sup.reload("watch").await,
             Some(event) = events.recv() => sup.apply(event),
             Some(done) = maint_rx.recv() => sup.maintained(done),

@@ -82,6 +82,11 @@ pub struct Repository {
     index: std::sync::Arc<Index>,
 }
 
+/// The merged index of each repository this process opened, by store identity (see
+/// `Repository::reload_index`).
+static INDEX_CACHE: std::sync::LazyLock<std::sync::Mutex<HashMap<String, std::sync::Arc<Index>>>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// The name of the repository inside a site's store.
 pub const PREFIX: &str = "repo";
 
@@ -144,8 +149,24 @@ impl Repository {
 
     /// Reads every index file again (after another process committed, or after GC).
     pub async fn reload_index(&mut self) -> Result<()> {
-        let mut index = Index::default();
-        for obj in self.store.list("index").await? {
+        let listed = self.store.list("index").await?;
+        let names: HashSet<&str> = listed.iter().map(|o| o.name.as_str()).collect();
+        // Index files are immutable (put-if-absent): what this process read before is reused,
+        // and only new files are read — a daemon's cycles would otherwise read every index
+        // file of the repository each time. When any file it read is gone (GC merged or
+        // deleted it), or one could not be read, it starts over.
+        let cached = INDEX_CACHE
+            .lock()
+            .ok()
+            .and_then(|c| c.get(self.store.identity()).cloned());
+        let mut index = match cached {
+            Some(c) if c.problems.is_empty() && c.files.iter().all(|f| names.contains(f.as_str())) => {
+                (*c).clone()
+            }
+            _ => Index::default(),
+        };
+        let known: HashSet<String> = index.files.iter().cloned().collect();
+        for obj in listed.iter().filter(|o| !known.contains(&o.name)) {
             let name = obj.name.rsplit('/').next().unwrap_or_default().to_string();
             let bytes = match self.store.get(&obj.name).await {
                 Ok(b) => b,
@@ -159,12 +180,16 @@ impl Repository {
                     for p in packs {
                         index.add(&p.pack, &p.entries);
                     }
-                    index.files.push(obj.name);
+                    index.files.push(obj.name.clone());
                 }
-                Err(e) => index.problems.push((obj.name, e)),
+                Err(e) => index.problems.push((obj.name.clone(), e)),
             }
         }
-        self.index = std::sync::Arc::new(index);
+        let index = std::sync::Arc::new(index);
+        if let Ok(mut c) = INDEX_CACHE.lock() {
+            c.insert(self.store.identity().to_string(), index.clone());
+        }
+        self.index = index;
         Ok(())
     }
 

@@ -36,6 +36,17 @@ pub enum Put {
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     location: String,
+    /// What this store is, unambiguously in this process (a local folder's absolute path, a
+    /// memory store's own number): `location` is as the inventory wrote it, relative to a base.
+    identity: String,
+}
+
+/// Tells in-memory stores apart.
+static MEMORY_STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn memory_identity() -> String {
+    let n = MEMORY_STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("memory://#{n}")
 }
 
 impl Store {
@@ -56,10 +67,26 @@ impl Store {
 
     fn open_with(location: &str, base: &Path, fsync: bool) -> Result<Self> {
         let location = location.trim();
+        let folder = |p: &Path| {
+            let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            format!("file://{}", abs.display())
+        };
+        let mut identity = location.to_string();
         let inner: Arc<dyn ObjectStore> = match location.split_once("://") {
-            None => local(&base.join(location), fsync)?,
-            Some(("file", path)) => local(Path::new(path), fsync)?,
-            Some(("memory", _)) => Arc::new(InMemory::new()),
+            None => {
+                let store = local(&base.join(location), fsync)?;
+                identity = folder(&base.join(location));
+                store
+            }
+            Some(("file", path)) => {
+                let store = local(Path::new(path), fsync)?;
+                identity = folder(Path::new(path));
+                store
+            }
+            Some(("memory", _)) => {
+                identity = memory_identity();
+                Arc::new(InMemory::new())
+            }
             Some((scheme @ ("az" | "azure" | "abfs" | "s3"), rest)) => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 let url = format!("{scheme}://{bucket}");
@@ -94,6 +121,7 @@ impl Store {
         Ok(Self {
             inner,
             location: location.to_string(),
+            identity,
         })
     }
 
@@ -102,6 +130,7 @@ impl Store {
         Self {
             inner: Arc::new(InMemory::new()),
             location: "memory://".into(),
+            identity: memory_identity(),
         }
     }
 
@@ -110,7 +139,13 @@ impl Store {
         Self {
             inner: Arc::new(PrefixStore::new(self.inner.clone(), prefix)),
             location: format!("{}/{prefix}", self.location.trim_end_matches('/')),
+            identity: format!("{}/{prefix}", self.identity.trim_end_matches('/')),
         }
+    }
+
+    /// What this store is, unambiguously within this process.
+    pub(crate) fn identity(&self) -> &str {
+        &self.identity
     }
 
     /// Where this store is, for messages.
