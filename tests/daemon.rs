@@ -144,10 +144,16 @@ impl Daemon {
             if let Some(st) = child.try_wait().unwrap() {
                 break st;
             }
-            assert!(Instant::now() < deadline, "the daemon did not stop within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not stop within {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
-        (status, std::fs::read_to_string(&self.log).unwrap_or_default())
+        (
+            status,
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+        )
     }
 
     fn kill9(mut self) {
@@ -199,7 +205,10 @@ fn restores_consistent(s: &Sites, vm: &str, point: &str) {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let f = std::fs::File::open(out_dir.join("data.img")).unwrap();
     let check = lifeboat_demo_vm::disk::check(&f).unwrap();
-    assert!(check.last.is_some(), "point {point} of {vm} holds no record");
+    assert!(
+        check.last.is_some(),
+        "point {point} of {vm} holds no record"
+    );
     assert!(
         check.missing.is_empty() && check.torn_slots.is_empty(),
         "point {point} of {vm} is not consistent: {check:?}"
@@ -321,7 +330,11 @@ fn a_bad_edit_keeps_the_running_config_and_a_good_one_is_live_within_seconds() {
     assert_eq!(st["daemon"]["config"]["generation"], 1);
     assert_eq!(d.metric("lifeboat_config_last_reload_success"), Some(0.0));
     let human = s.lifeboat(&["status"]);
-    assert!(human.stdout.contains("LAST RELOAD REJECTED"), "{}", human.stdout);
+    assert!(
+        human.stdout.contains("LAST RELOAD REJECTED"),
+        "{}",
+        human.stdout
+    );
     assert!(human.stdout.contains("ghost-1"), "{}", human.stdout);
     // The old config keeps protecting.
     let before = last_id(&st, "db-1");
@@ -377,7 +390,11 @@ fn a_bad_edit_keeps_the_running_config_and_a_good_one_is_live_within_seconds() {
     wait_for(
         || {
             let st = d.status(&s).1;
-            !st["vms"].as_array().unwrap().iter().any(|v| v["name"] == "web-1")
+            !st["vms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["name"] == "web-1")
         },
         "web-1 no longer protected",
     );
@@ -496,14 +513,21 @@ fn two_daemons_on_one_repository_never_interleave_and_the_cli_waits_its_turn() {
         b.metric("lifeboat_cycles_total{group=\"db-1\",result=\"committed\"}"),
         Some(0.0)
     );
-    assert_eq!(b.metric("lifeboat_group_standby{group=\"db-1\"}"), Some(1.0));
+    assert_eq!(
+        b.metric("lifeboat_group_standby{group=\"db-1\"}"),
+        Some(1.0)
+    );
     assert!(last_id(&a.status(&s).1, "db-1") > before);
 
     // The CLI refuses to write under a daemon, and says which.
     let out = s.lifeboat(&["replicate", "db-1"]);
     assert_eq!(out.code, 8, "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains(&holder), "{}", out.stderr);
-    assert!(out.stderr.contains("one writer per group"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("one writer per group"),
+        "{}",
+        out.stderr
+    );
     // So does a planned failover, before it stops anything.
     let out = s.lifeboat(&["failover", "p", "--planned"]);
     assert_eq!(out.code, 8, "{}{}", out.stdout, out.stderr);

@@ -14,6 +14,11 @@ use std::io::{IsTerminal, Write};
 use std::os::unix::fs::FileExt;
 use std::process::ExitCode;
 
+// glibc's malloc keeps memory per thread arena: a daemon running cycles on many threads held
+// several times its live memory. jemalloc returns it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {

@@ -9,13 +9,26 @@ use crate::exit_codes;
 use crate::report::{self, Format};
 
 /// The daemon's command-line settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct DaemonOptions {
+    /// Replication cycles that may run at once, over all groups.
+    #[arg(long, default_value_t = 2)]
     pub max_cycles: usize,
+    /// How long cycles in flight may take to finish after SIGTERM.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub grace: Duration,
+    /// How long a group's writer lease lasts unless renewed: a standby daemon takes over
+    /// about this long after the one writing dies. Keep it well above clock skew.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub lease_ttl: Duration,
+    /// Also serve /metrics, /healthz and /readyz on this TCP address (e.g. 127.0.0.1:9187).
+    #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// How often GC runs on each repository.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
     pub gc_every: Duration,
+    /// How often a quick verify runs on each repository.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "6h")]
     pub verify_every: Duration,
 }
 

@@ -417,7 +417,10 @@ fn scenario(
         answering = demo.lifeboat_json(&["status"]).1["source"] == "daemon";
         std::thread::sleep(Duration::from_millis(100));
     }
-    demo.check(answering, "the daemon is protecting the site (status answers from it)");
+    demo.check(
+        answering,
+        "the daemon is protecting the site (status answers from it)",
+    );
 
     // 1. A drill: clones of the latest point in the drill network, the source untouched.
     let code = demo.lifeboat(&["failover", "shop", "--test"]);
@@ -457,9 +460,15 @@ fn scenario(
         });
         std::thread::sleep(Duration::from_millis(200));
     }
-    demo.check(fresh, "the daemon committed a new point of every group while the drill ran");
+    demo.check(
+        fresh,
+        "the daemon committed a new point of every group while the drill ran",
+    );
     let code = demo.lifeboat(&["status"]);
-    demo.check(code == 0, "status, from the daemon: every RPO within its threshold");
+    demo.check(
+        code == 0,
+        "status, from the daemon: every RPO within its threshold",
+    );
     let code = demo.lifeboat(&["replicate"]);
     demo.check(
         code == exit_codes::BUSY,

@@ -97,27 +97,7 @@ enum Command {
     },
     /// Protect every VM continuously: a point of each consistency group every `crash_interval`,
     /// until SIGTERM or SIGINT.
-    Daemon {
-        /// Replication cycles that may run at once, over all groups.
-        #[arg(long, default_value_t = 2)]
-        max_cycles: usize,
-        /// How long cycles in flight may take to finish after SIGTERM.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-        grace: std::time::Duration,
-        /// How long a group's writer lease lasts unless renewed: a standby daemon takes over
-        /// about this long after the one writing dies. Keep it well above clock skew.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-        lease_ttl: std::time::Duration,
-        /// Also serve /metrics, /healthz and /readyz on this TCP address (e.g. 127.0.0.1:9187).
-        #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
-        /// How often GC runs on each repository.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
-        gc_every: std::time::Duration,
-        /// How often a quick verify runs on each repository.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "6h")]
-        verify_every: std::time::Duration,
-    },
+    Daemon(daemon::DaemonOptions),
     /// Every protected VM: where it runs, its policy, RPO against the threshold, the last point.
     /// Exits 7 when any RPO is over its threshold.
     Status,
@@ -350,7 +330,7 @@ where
         }
     };
     // A daemon reports what it does: info by default.
-    let verbose = if matches!(cli.command, Command::Daemon { .. }) {
+    let verbose = if matches!(cli.command, Command::Daemon(_)) {
         cli.verbose.max(1)
     } else {
         cli.verbose
@@ -484,33 +464,13 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
                 Err(code) => code,
             })
         }
-        Command::Daemon {
-            max_cycles,
-            grace,
-            lease_ttl,
-            listen,
-            gc_every,
-            verify_every,
-        } => Ok(daemon::run(
-            &config,
-            state.as_deref(),
-            daemon::DaemonOptions {
-                max_cycles,
-                grace,
-                lease_ttl,
-                listen,
-                gc_every,
-                verify_every,
-            },
-            json,
-            io,
-        )),
+        Command::Daemon(opts) => Ok(daemon::run(&config, state.as_deref(), opts, json, io)),
         Command::Status => Ok(match context(io) {
             Ok(ctx) => {
                 let base = lifeboat_loader::base_dir(&config);
-                let state = state.clone().unwrap_or_else(|| {
-                    orchestration::default_state_dir(&base)
-                });
+                let state = state
+                    .clone()
+                    .unwrap_or_else(|| orchestration::default_state_dir(&base));
                 replication::status(&ctx, &state, io)
             }
             Err(code) => code,

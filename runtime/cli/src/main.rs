@@ -1,6 +1,11 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+// glibc's malloc keeps memory per thread arena: a daemon running cycles on many threads held
+// several times its live memory. jemalloc returns it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let stdout = std::io::stdout();
     let color = stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());

@@ -235,7 +235,11 @@ pub fn status(ctx: &Context, state: &Path, io: &mut crate::Io<'_>) -> u8 {
         }
     };
     let mut code = exit_codes::OK;
-    if doc.groups.iter().any(|g| g.state == "-" && g.last_error.is_some()) {
+    if doc
+        .groups
+        .iter()
+        .any(|g| g.state == "-" && g.last_error.is_some())
+    {
         code = exit_codes::FAILED;
     }
     if doc.rpo_exceeded() {

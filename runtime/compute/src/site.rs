@@ -105,8 +105,14 @@ pub async fn cycle_once(
     progress: Option<Arc<dyn Progress>>,
     holder: &Holder,
 ) -> lifeboat_replication::Result<CycleReport> {
-    let lease = lease(inventory, base, group, holder, lifeboat_replication::lease::DEFAULT_TTL)
-        .await?;
+    let lease = lease(
+        inventory,
+        base,
+        group,
+        holder,
+        lifeboat_replication::lease::DEFAULT_TTL,
+    )
+    .await?;
     let result = cycle(inventory, base, driver, group, app, progress, &lease).await;
     if let Err(e) = lease.release().await {
         // It expires on its own; the point (or the cycle's error) is what matters here.

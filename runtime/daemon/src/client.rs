@@ -31,7 +31,12 @@ pub async fn get(socket: &Path, path: &str) -> Option<Result<(u16, Bytes), Strin
         {
             return None;
         }
-        Err(e) => return Some(Err(format!("cannot reach the daemon at {}: {e}", socket.display()))),
+        Err(e) => {
+            return Some(Err(format!(
+                "cannot reach the daemon at {}: {e}",
+                socket.display()
+            )));
+        }
     };
     let ask = async {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -42,7 +47,10 @@ pub async fn get(socket: &Path, path: &str) -> Option<Result<(u16, Bytes), Strin
             .header(hyper::header::HOST, "lifeboat")
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
         let code = response.status().as_u16();
         let body = response
             .into_body()
@@ -70,6 +78,7 @@ pub async fn status(socket: &Path) -> Option<Result<Status, String>> {
                 String::from_utf8_lossy(&body)
             ));
         }
-        serde_json::from_slice(&body).map_err(|e| format!("the daemon's status is not readable: {e}"))
+        serde_json::from_slice(&body)
+            .map_err(|e| format!("the daemon's status is not readable: {e}"))
     }))
 }

@@ -54,7 +54,8 @@ pub fn load(file: &Path) -> Result<Config, Vec<String>> {
         return Err(vec![format!("{}: no inventory", file.display())]);
     };
     let base = lifeboat_loader::base_dir(file);
-    let groups = lifeboat_replication::groups(&inventory, &base).map_err(|e| vec![e.to_string()])?;
+    let groups =
+        lifeboat_replication::groups(&inventory, &base).map_err(|e| vec![e.to_string()])?;
     Ok(Config {
         file: file.to_path_buf(),
         inventory: Arc::new(inventory),

@@ -86,7 +86,12 @@ async fn pass(job: &Job, site: &str, m: &mut Maintenance) -> lifeboat_replicatio
         for p in &r.problems {
             tracing::error!(site, object = %p.object, "verify: {}", p.what);
         }
-        tracing::info!(site, points = r.points, problems = r.problems.len(), "verify done");
+        tracing::info!(
+            site,
+            points = r.points,
+            problems = r.problems.len(),
+            "verify done"
+        );
         m.verify_problems = r.problems.len();
         m.last_verify_at = Some(now());
     }

@@ -51,9 +51,14 @@ pub(crate) enum Update {
         damaged: Vec<u64>,
     },
     /// Another writer holds the lease; this task tries again at `retry_at`.
-    Standby { writer: String, retry_at: SystemTime },
+    Standby {
+        writer: String,
+        retry_at: SystemTime,
+    },
     /// Waiting for the next cycle.
-    Idle { next: SystemTime },
+    Idle {
+        next: SystemTime,
+    },
     Cycling,
     Committed {
         last: LastPoint,

@@ -50,7 +50,8 @@ pub(crate) async fn start(
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(bind_err(dir.display().to_string()))?;
     }
-    let unix = tokio::net::UnixListener::bind(socket).map_err(bind_err(socket.display().to_string()))?;
+    let unix =
+        tokio::net::UnixListener::bind(socket).map_err(bind_err(socket.display().to_string()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
@@ -124,7 +125,10 @@ async fn status(State(s): State<Snapshots>) -> impl IntoResponse {
 async fn metrics(State(s): State<Snapshots>) -> impl IntoResponse {
     let snap = s.borrow().clone();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         crate::metrics::render(&snap, SystemTime::now()),
     )
 }
@@ -134,7 +138,10 @@ async fn healthz(State(s): State<Snapshots>) -> impl IntoResponse {
     if snap.heartbeat.elapsed() < STALLED {
         (StatusCode::OK, "ok\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "the supervisor is stalled\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor is stalled\n",
+        )
     }
 }
 
@@ -143,6 +150,9 @@ async fn readyz(State(s): State<Snapshots>) -> impl IntoResponse {
     if snap.daemon.ready {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or stopping\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting or stopping\n",
+        )
     }
 }

@@ -145,11 +145,7 @@ impl LastPoint {
 }
 
 /// The RPO of a point captured at `captured_unix_ms` (none: no point).
-pub fn rpo_of(
-    last: Option<&LastPoint>,
-    threshold: std::time::Duration,
-    now: SystemTime,
-) -> Rpo {
+pub fn rpo_of(last: Option<&LastPoint>, threshold: std::time::Duration, now: SystemTime) -> Rpo {
     let now_ms = lifeboat_replication::clock::unix_ms(now);
     let seconds = last.map(|p| now_ms.saturating_sub(p.captured_unix_ms) as f64 / 1000.0);
     Rpo {
@@ -234,11 +230,7 @@ pub struct GroupRuntime {
 
 /// The status computed from the repositories alone (no daemon runs). A group whose
 /// repository cannot be read is reported in its row's `last_error`.
-pub async fn from_repositories(
-    inventory: &Inventory,
-    base: &Path,
-    groups: &[GroupSpec],
-) -> Status {
+pub async fn from_repositories(inventory: &Inventory, base: &Path, groups: &[GroupSpec]) -> Status {
     let mut rows_in = Vec::new();
     for group in groups {
         let mut live = GroupRuntime {

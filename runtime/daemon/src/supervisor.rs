@@ -320,7 +320,8 @@ impl Supervisor {
                 live.last_error = None;
                 live.failures = 0;
                 live.state = "idle".into();
-                g.counters.committed(seconds, scanned, changed, shipped, points_kept);
+                g.counters
+                    .committed(seconds, scanned, changed, shipped, points_kept);
                 g.counters.expired += expired.len() as u64;
             }
             Update::Failed {
@@ -494,13 +495,11 @@ impl Supervisor {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").into(),
                 started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
-                ready: !self.draining
-                    && self.groups.values().all(|g| g.live.state != "starting"),
+                ready: !self.draining && self.groups.values().all(|g| g.live.state != "starting"),
                 config: ConfigState {
                     file: self.config.file.display().to_string(),
                     generation: self.generation,
-                    loaded_at: humantime::format_rfc3339_seconds(self.config.loaded_at)
-                        .to_string(),
+                    loaded_at: humantime::format_rfc3339_seconds(self.config.loaded_at).to_string(),
                     plans: self.config.plans.clone(),
                     last_reload: self.last_reload.clone(),
                 },
@@ -532,7 +531,10 @@ impl Supervisor {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(?grace, "cycles still running after the grace period were stopped; their VMs are resumed and the next start commits what they staged");
+            tracing::warn!(
+                ?grace,
+                "cycles still running after the grace period were stopped; their VMs are resumed and the next start commits what they staged"
+            );
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
         }

@@ -33,15 +33,16 @@ pub(crate) fn start(config: &Path, reload: mpsc::UnboundedSender<()>) -> Watch {
     let plans = base.join("plans");
     let name = config.file_name().map(|n| n.to_os_string());
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        Ok(event) if !matches!(event.kind, EventKind::Access(_)) => {
-            for p in event.paths {
-                let _ = tx.send(p);
+    let watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(event) if !matches!(event.kind, EventKind::Access(_)) => {
+                for p in event.paths {
+                    let _ = tx.send(p);
+                }
             }
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "file watch error"),
-    });
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "file watch error"),
+        });
     let mut watcher = match watcher {
         Ok(w) => w,
         Err(e) => {

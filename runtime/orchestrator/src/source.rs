@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use lifeboat_compute::driver::Handle;
 use lifeboat_compute::site::{cycle, lease, locate_source_vms, source_value};
-use lifeboat_replication::lease::{DEFAULT_TTL, Holder, Lease};
 use lifeboat_plan::Plan;
 use lifeboat_plan::plan::Operation;
+use lifeboat_replication::lease::{DEFAULT_TTL, Holder, Lease};
 use lifeboat_replication::{AppMode, GroupSpec};
 
 use crate::error::{Error, Result};

@@ -192,7 +192,10 @@ async fn take(
     };
     let bytes = serde_json::to_vec_pretty(&record)
         .map_err(|e| Error::failed(format!("cannot encode a lease: {e}")))?;
-    match target.put_new(&object(group, next), Bytes::from(bytes)).await? {
+    match target
+        .put_new(&object(group, next), Bytes::from(bytes))
+        .await?
+    {
         Put::Created => {}
         Put::Exists => {
             // Another writer took this generation first: it holds the lease now.
@@ -349,9 +352,14 @@ mod tests {
         let lease = acquire(&store, "web", &dead, Duration::from_secs(300))
             .await
             .expect("free");
-        acquire(&store, "web", &Holder::new("daemon"), Duration::from_secs(30))
-            .await
-            .expect("the holder is dead");
+        acquire(
+            &store,
+            "web",
+            &Holder::new("daemon"),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("the holder is dead");
         drop(lease);
     }
 

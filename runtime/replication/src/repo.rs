@@ -87,6 +87,11 @@ pub struct Repository {
 static INDEX_CACHE: std::sync::LazyLock<std::sync::Mutex<HashMap<String, std::sync::Arc<Index>>>> =
     std::sync::LazyLock::new(Default::default);
 
+/// Serializes `reload_index` per repository (see there).
+type IndexLock = std::sync::Arc<tokio::sync::Mutex<()>>;
+static INDEX_LOCKS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, IndexLock>>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// The name of the repository inside a site's store.
 pub const PREFIX: &str = "repo";
 
@@ -149,6 +154,17 @@ impl Repository {
 
     /// Reads every index file again (after another process committed, or after GC).
     pub async fn reload_index(&mut self) -> Result<()> {
+        // One reader per repository at a time: a daemon starting a hundred groups at once would
+        // otherwise read every index file a hundred times over, all in memory together.
+        let lock = INDEX_LOCKS
+            .lock()
+            .map(|mut l| {
+                l.entry(self.store.identity().to_string())
+                    .or_default()
+                    .clone()
+            })
+            .unwrap_or_default();
+        let _reading = lock.lock().await;
         let listed = self.store.list("index").await?;
         let names: HashSet<&str> = listed.iter().map(|o| o.name.as_str()).collect();
         // Index files are immutable (put-if-absent): what this process read before is reused,
@@ -160,7 +176,9 @@ impl Repository {
             .ok()
             .and_then(|c| c.get(self.store.identity()).cloned());
         let mut index = match cached {
-            Some(c) if c.problems.is_empty() && c.files.iter().all(|f| names.contains(f.as_str())) => {
+            Some(c)
+                if c.problems.is_empty() && c.files.iter().all(|f| names.contains(f.as_str())) =>
+            {
                 (*c).clone()
             }
             _ => Index::default(),

@@ -66,7 +66,8 @@ impl PackBuilder {
     pub fn new(class: PackClass) -> Self {
         Self {
             class,
-            bytes: Vec::with_capacity(TARGET_SIZE + (1 << 20)),
+            // Grown as blobs come: most packs of an incremental cycle are small.
+            bytes: Vec::new(),
             entries: Vec::new(),
         }
     }
