@@ -64,21 +64,27 @@ pub(crate) fn start(config: &Path, reload: mpsc::UnboundedSender<()>) -> Watch {
     let plans = lifeboat_loader::base_dir(config).join("plans");
     let task = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
-            let mut hit = relevant(&first);
-            // Settle: take every event until the files are quiet.
+            // A plans folder created (or removed) since: watch it from now on.
+            if plans_watched != plans.is_dir() {
+                plans_watched =
+                    plans.is_dir() && watcher.watch(&plans, RecursiveMode::NonRecursive).is_ok();
+            }
+            // Other files in the folder (a log beside the inventory) neither start nor prolong
+            // the wait.
+            if !relevant(&first) {
+                continue;
+            }
+            // Settle: until the config's files are quiet for `SETTLE`.
+            let mut quiet_at = tokio::time::Instant::now() + SETTLE;
             loop {
-                match tokio::time::timeout(SETTLE, rx.recv()).await {
-                    Ok(Some(p)) => hit |= relevant(&p),
+                match tokio::time::timeout_at(quiet_at, rx.recv()).await {
+                    Ok(Some(p)) if relevant(&p) => quiet_at = tokio::time::Instant::now() + SETTLE,
+                    Ok(Some(_)) => {}
                     Ok(None) => return,
                     Err(_) => break,
                 }
             }
-            if !plans_watched && plans.is_dir() {
-                plans_watched = watcher.watch(&plans, RecursiveMode::NonRecursive).is_ok();
-            } else if plans_watched && !plans.is_dir() {
-                plans_watched = false;
-            }
-            if hit && reload.send(()).is_err() {
+            if reload.send(()).is_err() {
                 return;
             }
         }

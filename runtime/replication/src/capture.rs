@@ -16,7 +16,7 @@ use crate::format::pack::{Entry, PackBuilder, PackClass};
 use crate::format::{BlobKind, Codec, Id, Keys, compress};
 
 /// Chunks read and hashed together: enough to keep both cores busy, small enough for the cache.
-const BATCH_BYTES: usize = 8 << 20;
+const BATCH_BYTES: usize = 4 << 20;
 
 /// A closed pack on its way to the cache and the repository.
 #[derive(Debug)]

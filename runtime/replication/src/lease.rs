@@ -177,7 +177,7 @@ async fn take(
     let next = match &newest {
         Some((generation, record)) => {
             if record.holder.id != holder.id && record.live_at(now, holder) {
-                return Err(busy(group, record));
+                return Err(busy(record));
             }
             generation + 1
         }
@@ -200,7 +200,7 @@ async fn take(
         Put::Exists => {
             // Another writer took this generation first: it holds the lease now.
             return Err(match current(target, group).await? {
-                Some((_, r)) if r.holder.id != holder.id => busy(group, &r),
+                Some((_, r)) if r.holder.id != holder.id => busy(&r),
                 _ => Error::busy(format!(
                     "the lease of group `{group}` changed hands while it was being taken; try again"
                 )),
@@ -216,9 +216,10 @@ async fn take(
     Ok(next)
 }
 
-fn busy(group: &str, record: &LeaseRecord) -> Error {
+fn busy(record: &LeaseRecord) -> Error {
+    // Callers name the group in their context.
     Error::busy(format!(
-        "group `{group}` is being replicated by {} (its lease runs until {} unless renewed): one writer per group; wait for it, or stop it",
+        "another writer holds the group's lease: {}, until {} unless renewed; one writer per group: wait for it, or stop it",
         record.holder, record.expires_at
     ))
 }
