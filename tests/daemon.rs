@@ -563,3 +563,39 @@ fn two_daemons_on_one_repository_never_interleave_and_the_cli_waits_its_turn() {
     let out = s.lifeboat(&["replicate", "db-1"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+/// Bad input to `lifeboat daemon` is refused before anything runs, with the reason: a lease TTL
+/// that would spin, files that do not validate (every diagnostic, exit 3, no socket), and a
+/// second daemon on a state folder one already serves (exit 4).
+#[test]
+fn bad_input_to_the_daemon_is_refused_before_anything_runs() {
+    let s = fast_sites(127);
+    let out = s.lifeboat(&["daemon", "--lease-ttl", "0s"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("must be at least 3s"), "{}", out.stderr);
+    let out = s.lifeboat(&["daemon", "--gc-every", "1s"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+
+    let good = std::fs::read_to_string(s.path().join("plans/p.toml")).unwrap();
+    edit(&s, "plans/p.toml", |p| {
+        format!("{p}\n[[group]]\nname = \"ghosts\"\nvms = [\"ghost-1\"]\n")
+    });
+    let out = s.lifeboat(&["daemon"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("ghost-1"), "{}", out.stderr);
+    assert!(!s.path().join(".lifeboat/state/daemon.sock").exists());
+    edit(&s, "plans/p.toml", |_| good);
+
+    let d = Daemon::start(&s, None, 9187);
+    let out = s.lifeboat(&["daemon"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("a daemon already runs"),
+        "{}",
+        out.stderr
+    );
+    // The first is untouched by the refused second.
+    assert_eq!(d.http("/readyz").map(|(c, _)| c), Some(200));
+    let (status, log) = d.term(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}: {log}");
+}

@@ -19,17 +19,27 @@ pub struct DaemonOptions {
     pub grace: Duration,
     /// How long a group's writer lease lasts unless renewed: a standby daemon takes over
     /// about this long after the one writing dies. Keep it well above clock skew.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = at_least::<3>, default_value = "30s")]
     pub lease_ttl: Duration,
     /// Also serve /metrics, /healthz and /readyz on this TCP address (e.g. 127.0.0.1:9187).
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
     /// How often GC runs on each repository.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    #[arg(long, value_parser = at_least::<60>, default_value = "1h")]
     pub gc_every: Duration,
     /// How often a quick verify runs on each repository.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "6h")]
+    #[arg(long, value_parser = at_least::<60>, default_value = "6h")]
     pub verify_every: Duration,
+}
+
+/// A duration of at least `SECS` seconds: a lease renewed, or a repository swept, more often
+/// would only load the store (a zero would spin).
+fn at_least<const SECS: u64>(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(SECS) {
+        return Err(format!("must be at least {SECS}s"));
+    }
+    Ok(d)
 }
 
 /// `lifeboat daemon`.

@@ -38,6 +38,20 @@ pub struct Holder {
     pub kind: String,
     pub host: String,
     pub pid: u32,
+    /// The kernel boot and pid namespace the pid belongs to: two machines (or containers) may
+    /// share a host name, never this. Empty in leases written before it existed.
+    #[serde(default)]
+    pub machine: String,
+}
+
+/// This process's kernel boot id and pid namespace, or empty when they cannot be read.
+fn machine() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
+    let ns = std::fs::read_link("/proc/self/ns/pid");
+    match (boot, ns) {
+        (Ok(b), Ok(n)) => format!("{} {}", b.trim(), n.display()),
+        _ => String::new(),
+    }
 }
 
 impl Holder {
@@ -59,6 +73,7 @@ impl Holder {
             kind: kind.to_string(),
             host,
             pid: std::process::id(),
+            machine: machine(),
         }
     }
 }
@@ -82,10 +97,12 @@ pub struct LeaseRecord {
 }
 
 impl LeaseRecord {
-    /// Held at `now`: not released, not expired, and its holder not known dead (a holder on
-    /// this host whose process is gone, as after kill -9 and a restart, frees it at once).
+    /// Held at `now`: not released, not expired, and its holder not known dead (a holder in
+    /// this kernel and pid namespace whose process is gone, as after kill -9 and a restart,
+    /// frees it at once; a holder elsewhere is only ever waited out).
     fn live_at(&self, now: SystemTime, me: &Holder) -> bool {
-        let dead = self.holder.host == me.host
+        let dead = !me.machine.is_empty()
+            && self.holder.machine == me.machine
             && !std::path::Path::new(&format!("/proc/{}", self.holder.pid)).exists();
         !self.released && !dead && self.expires_unix_ms > unix_ms(now)
     }
@@ -362,6 +379,27 @@ mod tests {
         .await
         .expect("the holder is dead");
         drop(lease);
+    }
+
+    #[tokio::test]
+    async fn a_lease_of_another_machine_with_the_same_host_name_is_waited_out() {
+        let store = Store::memory();
+        let mut elsewhere = Holder::new("daemon");
+        // Same host name, a pid that does not exist here, but another machine.
+        elsewhere.pid = u32::MAX;
+        elsewhere.machine = "another-boot pid:[1]".into();
+        let _lease = acquire(&store, "web", &elsewhere, Duration::from_secs(300))
+            .await
+            .expect("free");
+        let err = acquire(
+            &store,
+            "web",
+            &Holder::new("daemon"),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect_err("its holder may be alive on its own machine");
+        assert_eq!(err.kind(), crate::ErrorKind::Busy);
     }
 
     #[tokio::test]
