@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::failover::{HELPER, Sites, wait_for};
 
 /// Sites whose policy takes a point every second, with a 5 s RPO threshold.
-fn fast_sites(k: u8) -> Sites {
+pub(crate) fn fast_sites(k: u8) -> Sites {
     let s = Sites::new(k, "[]", "[]");
     edit(&s, "lifeboat.toml", |inv| {
         inv.replacen("crash_interval = \"10s\"", "crash_interval = \"1s\"", 1)
@@ -21,7 +21,7 @@ fn fast_sites(k: u8) -> Sites {
 }
 
 /// Rewrites a file of the sites the way editors save: a new file renamed over the old one.
-fn edit(s: &Sites, file: &str, change: impl FnOnce(String) -> String) {
+pub(crate) fn edit(s: &Sites, file: &str, change: impl FnOnce(String) -> String) {
     let path = s.path().join(file);
     let text = change(std::fs::read_to_string(&path).unwrap());
     let tmp = s.path().join(format!("{file}.swp"));
@@ -29,8 +29,11 @@ fn edit(s: &Sites, file: &str, change: impl FnOnce(String) -> String) {
     std::fs::rename(&tmp, &path).unwrap();
 }
 
+/// The bearer token the tests' daemons require on TCP.
+pub(crate) const TOKEN: &str = "test-token-5f3a9c1e7b2d4068";
+
 /// A `lifeboat daemon` process.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Option<Child>,
     /// Its `--state` (None: the default beside the inventory).
     state: Option<PathBuf>,
@@ -39,9 +42,11 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(s: &Sites, state: Option<&Path>, port: u16) -> Self {
+    pub(crate) fn start(s: &Sites, state: Option<&Path>, port: u16) -> Self {
         let listen = format!("127.{}.0.1:{port}", s.k());
         let log = s.path().join(format!("daemon-{port}.log"));
+        let token_file = s.path().join("api-token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
         let mut args = vec![
             "cli".to_string(),
             "--config".into(),
@@ -61,6 +66,8 @@ impl Daemon {
                 "3s",
                 "--listen",
                 &listen,
+                "--token-file",
+                &token_file.display().to_string(),
             ]
             .map(String::from),
         );
@@ -68,7 +75,14 @@ impl Daemon {
             .args(&args)
             .stdout(Stdio::null())
             // A file, not a pipe: a daemon must never block on a reader that stopped reading.
-            .stderr(std::fs::File::create(&log).unwrap())
+            // Appended to: a daemon started again on the same sites keeps the log of the last.
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         let d = Self {
@@ -84,7 +98,7 @@ impl Daemon {
         d
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
@@ -98,7 +112,7 @@ impl Daemon {
     }
 
     /// `lifeboat status --output json` with this daemon's state: (exit code, document).
-    fn status(&self, s: &Sites) -> (u8, Value) {
+    pub(crate) fn status(&self, s: &Sites) -> (u8, Value) {
         let args = self.args(&["--output", "json", "status"]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = s.lifeboat(&args);
@@ -107,20 +121,22 @@ impl Daemon {
         (out.code, doc)
     }
 
-    /// `GET path` on the daemon's TCP listener: (status, body).
-    fn http(&self, path: &str) -> Option<(u16, String)> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()?;
-        let url = format!("http://{}{path}", self.listen);
-        let r = rt
-            .block_on(lifeboat_plugin_host::http::get_within(
-                &url,
-                Duration::from_secs(2),
-            ))
-            .ok()?;
-        Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+    /// `GET path` on the daemon's TCP listener, with the token: (status, body).
+    pub(crate) fn http(&self, path: &str) -> Option<(u16, String)> {
+        crate::api::call(&self.listen, "GET", path, Some(TOKEN), None)
+    }
+
+    /// `method path` on the daemon's TCP listener with the token and a JSON body: (status,
+    /// the answer as JSON).
+    pub(crate) fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (code, text) = crate::api::call(&self.listen, method, path, Some(TOKEN), body)
+            .unwrap_or_else(|| panic!("no answer to {method} {path}"));
+        let doc = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (code, doc)
+    }
+
+    pub(crate) fn listen(&self) -> &str {
+        &self.listen
     }
 
     /// The value of one metric sample, e.g. `lifeboat_cycles_total{group="db-1",result="committed"}`.
@@ -136,7 +152,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits: its exit status, its log.
-    fn term(mut self, within: Duration) -> (ExitStatus, String) {
+    pub(crate) fn term(mut self, within: Duration) -> (ExitStatus, String) {
         self.signal(rustix::process::Signal::TERM);
         let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + within;
@@ -156,7 +172,7 @@ impl Daemon {
         )
     }
 
-    fn kill9(mut self) {
+    pub(crate) fn kill9(mut self) {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
@@ -172,7 +188,7 @@ impl Drop for Daemon {
     }
 }
 
-fn last_id(status: &Value, group: &str) -> u64 {
+pub(crate) fn last_id(status: &Value, group: &str) -> u64 {
     status["groups"]
         .as_array()
         .unwrap()
@@ -192,7 +208,7 @@ fn group_states(status: &Value) -> Vec<String> {
 }
 
 /// Restores `point` of `vm` and checks the demo workload's records are consistent.
-fn restores_consistent(s: &Sites, vm: &str, point: &str) {
+pub(crate) fn restores_consistent(s: &Sites, vm: &str, point: &str) {
     let out_dir = s.path().join(format!("restored-{vm}-{point}"));
     let out = s.lifeboat(&[
         "restore",
@@ -215,7 +231,7 @@ fn restores_consistent(s: &Sites, vm: &str, point: &str) {
     );
 }
 
-fn assert_no_vm_paused(s: &Sites) {
+pub(crate) fn assert_no_vm_paused(s: &Sites) {
     for h in &s.source {
         assert!(!process_paused(h.pid), "{} left paused", h.vm);
         assert!(s.rt.block_on(s.driver.running(h)), "{} stopped", h.vm);
@@ -528,11 +544,25 @@ fn two_daemons_on_one_repository_never_interleave_and_the_cli_waits_its_turn() {
         "{}",
         out.stderr
     );
-    // So does a planned failover, before it stops anything.
-    let out = s.lifeboat(&["failover", "p", "--planned"]);
+    // So does a planned failover asked of the standby daemon (the CLI goes through the daemon
+    // of its state folder): the other holds the leases; nothing is stopped, and the standby
+    // stands by again.
+    let b_state_arg = b_state.display().to_string();
+    let out = s.lifeboat(&["--state", &b_state_arg, "failover", "p", "--planned"]);
     assert_eq!(out.code, 8, "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains(&holder), "{}", out.stderr);
     assert_no_vm_paused(&s);
+    wait_for(
+        || {
+            let st = b.status(&s).1;
+            st["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|g| g["state"] == "standby")
+        },
+        "the standby daemon standing by again",
+    );
     for vm in ["db-1", "app-1"] {
         assert!(
             crate::failover::get(&s.source_addr(vm), "/health").is_some(),
@@ -575,6 +605,14 @@ fn bad_input_to_the_daemon_is_refused_before_anything_runs() {
     assert!(out.stderr.contains("must be at least 3s"), "{}", out.stderr);
     let out = s.lifeboat(&["daemon", "--gc-every", "1s"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
+    // The API on TCP needs a token.
+    let out = s.lifeboat(&["daemon", "--listen", "127.0.0.1:1"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("needs a bearer token"),
+        "{}",
+        out.stderr
+    );
 
     let good = std::fs::read_to_string(s.path().join("plans/p.toml")).unwrap();
     edit(&s, "plans/p.toml", |p| {

@@ -1245,6 +1245,7 @@ fn cleanup_never_signals_a_process_that_reuses_a_vms_pid() {
             Event::Driving {
                 pid,
                 started: Some(started + 1),
+                daemon: false,
             },
             Event::VmStarting {
                 vm: "db-1".into(),

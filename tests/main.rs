@@ -3,6 +3,7 @@
 // A failing test panics; that is how it reports.
 #![allow(clippy::panic, clippy::unwrap_used)]
 
+mod api;
 mod daemon;
 mod examples;
 mod failover;

@@ -29,6 +29,11 @@ fn plan_schema_has_not_drifted() {
 }
 
 #[test]
+fn openapi_document_has_not_drifted() {
+    check_drift(&["openapi"], "docs/openapi.json");
+}
+
+#[test]
 fn inventory_schema_has_not_drifted() {
     check_drift(
         &["plan", "schema", "--inventory"],

@@ -21,9 +21,13 @@ pub struct DaemonOptions {
     /// about this long after the one writing dies. Keep it well above clock skew.
     #[arg(long, value_parser = at_least::<3>, default_value = "30s")]
     pub lease_ttl: Duration,
-    /// Also serve /metrics, /healthz and /readyz on this TCP address (e.g. 127.0.0.1:9187).
+    /// Also serve the API on this TCP address (e.g. 127.0.0.1:9187): every route, metrics and
+    /// health included, needs the bearer token (--token-file or LIFEBOAT_API_TOKEN).
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// A file holding the bearer token the API on TCP requires (its first line).
+    #[arg(long, requires = "listen")]
+    pub token_file: Option<std::path::PathBuf>,
     /// How often GC runs on each repository.
     #[arg(long, value_parser = at_least::<60>, default_value = "1h")]
     pub gc_every: Duration,
@@ -67,6 +71,13 @@ pub fn run(
         Ok(rt) => rt,
         Err(e) => return crate::internal(io, &e),
     };
+    let token = match api_token(&opts) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {e}");
+            return exit_codes::USAGE;
+        }
+    };
     let options = lifeboat_daemon::Options {
         config: config.to_path_buf(),
         state,
@@ -76,6 +87,7 @@ pub fn run(
         listen: opts.listen,
         gc_every: opts.gc_every,
         verify_every: opts.verify_every,
+        token,
     };
     match rt.block_on(lifeboat_daemon::run(options)) {
         Ok(()) => {
@@ -92,5 +104,28 @@ pub fn run(
             let _ = writeln!(io.stderr, "error: {e}");
             exit_codes::FAILED
         }
+    }
+}
+
+/// The TCP API's bearer token: from `--token-file` (its first line), else `LIFEBOAT_API_TOKEN`;
+/// required with `--listen`.
+fn api_token(opts: &DaemonOptions) -> Result<Option<String>, String> {
+    let token = match &opts.token_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read the token file {}: {e}", file.display()))?;
+            Some(text.lines().next().unwrap_or_default().trim().to_string())
+        }
+        None => std::env::var("LIFEBOAT_API_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string()),
+    };
+    match (opts.listen, token) {
+        (None, _) => Ok(None),
+        (Some(_), Some(t)) if t.len() >= 16 => Ok(Some(t)),
+        (Some(_), Some(_)) => Err("the API token must be at least 16 characters".into()),
+        (Some(addr), None) => Err(format!(
+            "--listen {addr} serves the API on TCP, which needs a bearer token: --token-file FILE or LIFEBOAT_API_TOKEN"
+        )),
     }
 }

@@ -404,6 +404,7 @@ fn scenario(
             listen: None,
             gc_every: Duration::from_secs(3600),
             verify_every: Duration::from_secs(6 * 3600),
+            token: None,
         },
         async move {
             let _ = stopped.await;

@@ -6,6 +6,7 @@ mod demo;
 pub mod exit_codes;
 mod load;
 mod orchestration;
+mod remote;
 mod replication;
 pub mod report;
 
@@ -173,6 +174,19 @@ enum Command {
     /// Runs of plans: what happened, when, with what RPO and RTO.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Follow a running daemon's events: cycles, RPO breaches and recoveries, runs and their
+    /// steps, approvals waiting, config reloads. Until the daemon stops or Ctrl-C.
+    Events {
+        /// First the kept events after this id (`0`: every kept one).
+        #[arg(long)]
+        after: Option<u64>,
+        /// Only this run's events.
+        #[arg(long)]
+        run: Option<String>,
+        /// Only this group's events.
+        #[arg(long)]
+        group: Option<String>,
+    },
     /// A whole drill on embedded defaults, in a temporary folder: replicate, test failover,
     /// cleanup, unplanned failover, commit; checks the data at every step.
     Demo {
@@ -180,6 +194,8 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Print the OpenAPI document of the daemon's API (as `GET /v1/openapi.json` serves it).
+    Openapi,
     /// Print a shell completion script (e.g. `lifeboat completions bash > /etc/bash_completion.d/lifeboat`).
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff; e.g. `lifeboat man | man -l -`).
@@ -368,6 +384,11 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
     let config = cli.config.clone();
     let state = cli.state.clone();
     let context = |io: &mut Io<'_>| replication::load(&config, json, progress, io);
+    let state_dir = state
+        .clone()
+        .unwrap_or_else(|| orchestration::default_state_dir(&lifeboat_loader::base_dir(&config)));
+    // The run commands go through the daemon when one runs on the state folder.
+    let daemon = || remote::Daemon::at(&state_dir);
     let orchestrate = |plan: Option<&str>, io: &mut Io<'_>| {
         let path = plan.map(|p| orchestration::plan_path(&config, p));
         orchestration::load(&config, state.as_deref(), path.as_deref(), json, io)
@@ -377,6 +398,14 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "lifeboat", &mut *io.stdout);
             io.stdout.flush()?;
+            Ok(exit_codes::OK)
+        }
+        Command::Openapi => {
+            writeln!(
+                io.stdout,
+                "{}",
+                lifeboat_daemon::api::openapi().to_pretty_json()?
+            )?;
             Ok(exit_codes::OK)
         }
         Command::Man => {
@@ -406,23 +435,62 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             };
             // A planned failover boots what the last cycle captured.
             let point = point.or_else(|| planned.then(|| "latest".to_string()));
+            if let Some(d) = daemon() {
+                return Ok(remote::failover(
+                    &d,
+                    &config,
+                    &plan,
+                    (op, point, force),
+                    json,
+                    io,
+                ));
+            }
             Ok(match orchestrate(Some(&plan), io) {
                 Ok(l) => orchestration::failover(&l, op, point, force, json, io),
                 Err(code) => code,
             })
         }
-        Command::Cleanup { plan } => Ok(match orchestrate(Some(&plan), io) {
-            Ok(l) => orchestration::cleanup(&l, json, io),
-            Err(code) => code,
+        Command::Cleanup { plan } => Ok(match daemon() {
+            Some(d) => remote::cleanup(&d, &config, &plan, json, io),
+            None => match orchestrate(Some(&plan), io) {
+                Ok(l) => orchestration::cleanup(&l, json, io),
+                Err(code) => code,
+            },
         }),
-        Command::Commit { plan } => Ok(match orchestrate(Some(&plan), io) {
-            Ok(l) => orchestration::commit(&l, json, io),
-            Err(code) => code,
+        Command::Commit { plan } => Ok(match daemon() {
+            Some(d) => remote::commit(&d, &config, &plan, json, io),
+            None => match orchestrate(Some(&plan), io) {
+                Ok(l) => orchestration::commit(&l, json, io),
+                Err(code) => code,
+            },
         }),
-        Command::Approve { run, by } => Ok(match orchestrate(None, io) {
-            Ok(l) => orchestration::approve(&l, &run, by, io),
-            Err(code) => code,
-        }),
+        Command::Approve { run, by } => {
+            let by = by
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "operator".into());
+            Ok(match daemon() {
+                Some(d) => remote::approve(&d, &run, &by, io),
+                None => match orchestrate(None, io) {
+                    Ok(l) => orchestration::approve(&l, &run, &by, io),
+                    Err(code) => code,
+                },
+            })
+        }
+        Command::Retry { run } if let Some(d) = daemon() => {
+            Ok(remote::retry(&d, &run, false, json, io))
+        }
+        Command::Skip { run } if let Some(d) = daemon() => {
+            Ok(remote::retry(&d, &run, true, json, io))
+        }
+        Command::Cancel { run } if let Some(d) = daemon() => Ok(remote::cancel(&d, &run, io)),
+        Command::Events { after, run, group } => Ok(remote::events(
+            &state_dir,
+            after,
+            run.as_deref(),
+            group.as_deref(),
+            json,
+            io,
+        )),
         Command::Retry { run } => Ok(orchestration::retry(
             &config,
             state.as_deref(),

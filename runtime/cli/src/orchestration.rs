@@ -8,7 +8,9 @@ use std::sync::Arc;
 use lifeboat_compute::driver::ProcessDriver;
 use lifeboat_orchestrator::error::Error;
 use lifeboat_orchestrator::journal::Event;
-use lifeboat_orchestrator::operations::{self, FailoverRequest, RunResult};
+use lifeboat_orchestrator::operations::{
+    self, CleanupReport, Committed, FailoverRequest, RunResult,
+};
 use lifeboat_orchestrator::record::{self, RunRecord};
 use lifeboat_orchestrator::run::{Control, Controls, Outcome};
 use lifeboat_orchestrator::runs::Environment;
@@ -80,52 +82,13 @@ pub fn load(
             groups,
             engine,
             driver: ProcessDriver::new(),
+            daemon: false,
         },
         plan,
     })
 }
 
-/// One line for people per event worth seeing while a run goes.
-pub fn describe(run: &str, e: &Event) -> Option<String> {
-    Some(match e {
-        Event::StepStarted {
-            step,
-            attempt,
-            name,
-        } => {
-            let named = name
-                .as_ref()
-                .map_or_else(|| step.clone(), |n| format!("{step} ({n})"));
-            if *attempt > 1 {
-                format!("{named}: attempt {attempt}")
-            } else {
-                format!("{named}: started")
-            }
-        }
-        Event::StepFinished { step, .. } => format!("{step}: done"),
-        Event::StepFailed { step, error, .. } => format!("{step}: FAILED: {error}"),
-        Event::GroupHealthy { group } => format!("group {group}: healthy"),
-        Event::PointChosen {
-            group,
-            seq,
-            point_kind,
-            ..
-        } => format!("group {group}: point {seq} ({point_kind})"),
-        Event::Restored { vm, disks, .. } => format!("{vm}: {} disk(s) restored", disks.len()),
-        Event::VmStarted { vm, pid, .. } => format!("{vm}: started (pid {pid})"),
-        Event::VmStopped { vm } => format!("{vm}: stopped"),
-        Event::ApprovalRequested { message } => {
-            format!("waiting for approval: {message} — run `lifeboat approve {run}`")
-        }
-        Event::Approved { by } => format!("approved by {by}"),
-        Event::StepUndone { step, error: None } => format!("{step}: undone"),
-        Event::StepUndone {
-            step,
-            error: Some(e),
-        } => format!("{step}: undo FAILED: {e}"),
-        _ => return None,
-    })
-}
+pub use lifeboat_orchestrator::record::describe;
 
 /// Runs `work` while printing the run's progress lines to stderr. The first Ctrl-C cancels the
 /// run (the step that runs stops, the run ends `cancelled`); a second one exits at once, leaving
@@ -199,33 +162,41 @@ fn finish(
     let record = env
         .journal()
         .map_err(Error::from)
-        .and_then(|j| record::record(&j, &r.id, &group_of(env)));
+        .and_then(|j| record::record(&j, &r.id, &group_of(env)))
+        .map_err(|e| e.to_string());
+    report_run(&r.id, record, &r.outcome, json, io)
+}
+
+/// Prints how run `id` ended (its record, then why it stopped) and returns the exit code: the
+/// same whether the run went on here or in the daemon.
+pub(crate) fn report_run(
+    id: &str,
+    record: Result<RunRecord, String>,
+    outcome: &Outcome,
+    json: bool,
+    io: &mut crate::Io<'_>,
+) -> u8 {
     match &record {
         Ok(rec) if json => crate::print_json(io, rec),
         Ok(rec) => summary(rec, io),
         Err(e) => {
-            let _ = writeln!(io.stderr, "warning: cannot read run {} back: {e}", r.id);
+            let _ = writeln!(io.stderr, "warning: cannot read run {id} back: {e}");
         }
     }
-    match r.outcome {
+    let plan = record.map(|r| r.plan).unwrap_or_default();
+    match outcome {
         Outcome::Succeeded => exit_codes::OK,
         Outcome::Cancelled { step, reason } => {
             let _ = writeln!(
                 io.stderr,
-                "error: run {} cancelled at step `{step}`: {reason}\n  `lifeboat cleanup {}` undoes what it did",
-                r.id,
-                record.map(|r| r.plan).unwrap_or_default()
+                "error: run {id} cancelled at step `{step}`: {reason}\n  `lifeboat cleanup {plan}` undoes what it did",
             );
             exit_codes::FAILED
         }
         Outcome::Failed { step, error } => {
             let _ = writeln!(
                 io.stderr,
-                "error: run {} stopped at step `{step}`: {error}\n  fix the cause, then `lifeboat retry {}` (or `lifeboat skip {}`, or `lifeboat cleanup {}`)",
-                r.id,
-                r.id,
-                r.id,
-                record.map(|r| r.plan).unwrap_or_default()
+                "error: run {id} stopped at step `{step}`: {error}\n  fix the cause, then `lifeboat retry {id}` (or `lifeboat skip {id}`, or `lifeboat cleanup {plan}`)",
             );
             exit_codes::FAILED
         }
@@ -338,12 +309,16 @@ pub fn cleanup(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
     let result = with_progress(io, json, async |observe, _controls| {
         operations::cleanup(env, plan, observe).await
     });
-    let r = match result {
-        Ok(r) => r,
-        Err(e) => return run_failed(io, &e),
-    };
+    match result {
+        Ok(r) => print_cleanup(&r, json, io),
+        Err(e) => run_failed(io, &e),
+    }
+}
+
+/// Prints what `cleanup` did and returns the exit code.
+pub(crate) fn print_cleanup(r: &CleanupReport, json: bool, io: &mut crate::Io<'_>) -> u8 {
     if json {
-        crate::print_json(io, &r);
+        crate::print_json(io, r);
     } else {
         let _ = writeln!(
             io.stdout,
@@ -379,18 +354,22 @@ pub fn commit(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
         Ok(rt) => rt.block_on(operations::commit(env, plan)),
         Err(e) => return crate::internal(io, &e),
     };
-    let groups = match result {
-        Ok(g) => g,
-        Err(e) => return run_failed(io, &e),
-    };
+    match result {
+        Ok(groups) => print_committed(&groups, json, io),
+        Err(e) => run_failed(io, &e),
+    }
+}
+
+/// Prints what `commit` did.
+pub(crate) fn print_committed(groups: &[Committed], json: bool, io: &mut crate::Io<'_>) -> u8 {
     if json {
         crate::print_json(io, &groups);
     } else {
-        for c in &groups {
+        for c in groups {
             let _ = writeln!(
                 io.stdout,
                 "group {}: taken over at site {} (point {}, writer epoch {}); the old source is fenced",
-                c.group, plan.target.value, c.point, c.epoch
+                c.group, c.site, c.point, c.epoch
             );
         }
     }
@@ -398,11 +377,8 @@ pub fn commit(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
 }
 
 /// `lifeboat approve RUN`.
-pub fn approve(loaded: &Loaded, run: &str, by: Option<String>, io: &mut crate::Io<'_>) -> u8 {
-    let by = by
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "operator".into());
-    match operations::approve(&loaded.env, run, &by) {
+pub fn approve(loaded: &Loaded, run: &str, by: &str, io: &mut crate::Io<'_>) -> u8 {
+    match operations::approve(&loaded.env, run, by) {
         Ok(message) => {
             let _ = writeln!(io.stdout, "run {run}: approved \"{message}\" as {by}");
             exit_codes::OK

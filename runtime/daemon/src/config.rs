@@ -29,26 +29,7 @@ pub fn load(file: &Path) -> Result<Config, Vec<String>> {
     let plans = lifeboat_loader::default_plans(file);
     let validation = lifeboat_loader::validate(file, &plans);
     if !validation.is_valid() {
-        let mut lines: Vec<String> = validation
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .map(|d| {
-                let source = validation.sources.get(d.source);
-                let place = match &d.primary {
-                    Some(label) => {
-                        let at = source.location(label.span.start);
-                        format!("{}:{}:{}", source.name(), at.line, at.column)
-                    }
-                    None => source.name().to_string(),
-                };
-                format!("{place}: error[{}]: {}", d.rule.name(), d.message)
-            })
-            .collect();
-        if lines.is_empty() {
-            lines.push(format!("{}: not valid", file.display()));
-        }
-        return Err(lines);
+        return Err(problems(file, &validation));
     }
     let Some(inventory) = validation.inventory else {
         return Err(vec![format!("{}: no inventory", file.display())]);
@@ -67,4 +48,57 @@ pub fn load(file: &Path) -> Result<Config, Vec<String>> {
             .collect(),
         loaded_at: SystemTime::now(),
     })
+}
+
+/// Every error of `validation`, one line each (`file:line:column: error[rule]: message`).
+pub fn problems(file: &Path, validation: &lifeboat_loader::Validation) -> Vec<String> {
+    let mut lines: Vec<String> = validation
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| {
+            let source = validation.sources.get(d.source);
+            let place = match &d.primary {
+                Some(label) => {
+                    let at = source.location(label.span.start);
+                    format!("{}:{}:{}", source.name(), at.line, at.column)
+                }
+                None => source.name().to_string(),
+            };
+            format!("{place}: error[{}]: {}", d.rule.name(), d.message)
+        })
+        .collect();
+    if lines.is_empty() && !validation.is_valid() {
+        lines.push(format!("{}: not valid", file.display()));
+    }
+    lines
+}
+
+/// The plan file `plans/NAME.toml` beside the inventory `file`, if `name` can name one (a plain
+/// name: no path separators).
+pub fn plan_file(file: &Path, name: &str) -> Option<PathBuf> {
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    plain.then(|| {
+        lifeboat_loader::base_dir(file)
+            .join("plans")
+            .join(format!("{name}.toml"))
+    })
+}
+
+/// Plan `path`, validated with the inventory `file` as the files are now. `Err`: every problem.
+pub fn plan(file: &Path, path: &Path) -> Result<lifeboat_plan::Plan, Vec<String>> {
+    let validation = lifeboat_loader::validate(file, &[path.to_path_buf()]);
+    if !validation.is_valid() {
+        return Err(problems(file, &validation));
+    }
+    validation
+        .plans
+        .into_iter()
+        .next()
+        .and_then(|p| p.plan)
+        .ok_or_else(|| vec![format!("{}: no plan", path.display())])
 }

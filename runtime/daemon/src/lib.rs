@@ -16,8 +16,11 @@
 //! under the group's writer lease (`lifeboat_replication::lease`), exactly as `lifeboat
 //! replicate` takes one.
 
+pub mod api;
 pub mod client;
 pub mod config;
+pub mod events;
+mod host;
 mod maintenance;
 mod metrics;
 mod protect;

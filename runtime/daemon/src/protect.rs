@@ -1,7 +1,8 @@
 //! One consistency group's protection: its task holds the group's writer lease (standing by
 //! while another writer holds it), takes a point through the site's one cycle every
 //! `crash_interval` (measured from the start of the last one; an overrun is never stacked),
-//! applies retention after each commit, and backs off with jitter after failures. It reports
+//! applies retention after each commit, and backs off with jitter after failures; a cycle asked
+//! for through the API starts at once (or right after the one in flight). It reports
 //! every change of state to the supervisor, which owns the status.
 
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use lifeboat_compute::driver::Compute;
 use lifeboat_plan::Inventory;
 use lifeboat_replication::lease::{Holder, Lease};
 use lifeboat_replication::{AppMode, ErrorKind, GroupSpec, Store};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::status::LastPoint;
@@ -85,14 +86,16 @@ enum Wake {
     Stop,
 }
 
-/// Waits until `at`, a new assignment, or the stop.
+/// Waits until `at`, a cycle asked for now, a new assignment, or the stop.
 async fn wait(
     at: Instant,
+    now: &Notify,
     stopped: &mut watch::Receiver<bool>,
     assigned: &mut watch::Receiver<Arc<Assignment>>,
 ) -> Wake {
     tokio::select! {
         () = tokio::time::sleep_until(at) => Wake::Due,
+        () = now.notified() => Wake::Due,
         _ = stopped.wait_for(|s| *s) => Wake::Stop,
         changed = assigned.changed() => match changed {
             Ok(()) => Wake::Reassigned,
@@ -111,6 +114,7 @@ pub(crate) async fn protect(
     mut assigned: watch::Receiver<Arc<Assignment>>,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
+    now: Arc<Notify>,
 ) {
     let mut a = assigned.borrow_and_update().clone();
     let group = a.spec.name.clone();
@@ -175,7 +179,7 @@ pub(crate) async fn protect(
                             retry_at: wall(at),
                         });
                     }
-                    match wait(at, &mut stopped, &mut assigned).await {
+                    match wait(at, &now, &mut stopped, &mut assigned).await {
                         Wake::Stop => break,
                         Wake::Reassigned => a = assigned.borrow_and_update().clone(),
                         Wake::Due => {}
@@ -185,7 +189,7 @@ pub(crate) async fn protect(
             }
         }
         send(Update::Idle { next: wall(next) });
-        match wait(next, &mut stopped, &mut assigned).await {
+        match wait(next, &now, &mut stopped, &mut assigned).await {
             Wake::Stop => break,
             Wake::Reassigned => {
                 let old_target = a.spec.target_site.clone();

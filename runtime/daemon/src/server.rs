@@ -1,27 +1,15 @@
-//! The daemon's HTTP endpoints: on a Unix socket in the state folder (mode 0600: only the
-//! daemon's user may ask), `GET /v1/status`, `/metrics`, `/healthz` and `/readyz`; on a TCP
-//! address when `--listen` names one, the three without status (nothing there needs a token:
-//! they say nothing a monitoring system should not see). Handlers only read the supervisor's
-//! latest snapshot.
+//! The daemon's listeners: the API (`api`) on a Unix socket in the state folder (mode 0600:
+//! only the daemon's user may ask, no token), and on a TCP address when `--listen` names one,
+//! every route there behind the bearer token.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use tokio::sync::watch;
 
-use crate::supervisor::{Error, Snapshot};
-
-type Snapshots = watch::Receiver<Arc<Snapshot>>;
-
-/// A supervisor that has not gone round its loop for this long is not healthy.
-const STALLED: Duration = Duration::from_secs(10);
+use crate::api::Api;
+use crate::supervisor::Error;
 
 /// The running listeners.
 #[derive(Debug)]
@@ -35,7 +23,7 @@ pub(crate) struct Server {
 pub(crate) async fn start(
     socket: &Path,
     listen: Option<SocketAddr>,
-    snapshots: Snapshots,
+    api: Api,
 ) -> Result<Server, Error> {
     if socket.exists() {
         if tokio::net::UnixStream::connect(socket).await.is_ok() {
@@ -62,10 +50,8 @@ pub(crate) async fn start(
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut tasks = Vec::new();
-    let local = Router::new()
-        .route("/v1/status", get(status))
-        .merge(monitoring())
-        .with_state(snapshots.clone());
+    let api = api.stopping_with(stopped.clone());
+    let local = api.clone().local();
     let rx = stopped.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(unix, local)
@@ -79,8 +65,8 @@ pub(crate) async fn start(
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(bind_err(addr.to_string()))?;
-        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-        let remote = monitoring().with_state(snapshots);
+        tracing::info!(%addr, "serving the API on TCP (bearer token required)");
+        let remote = api.remote();
         let rx = stopped.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(tcp, remote)
@@ -107,52 +93,5 @@ impl Server {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
         let _ = std::fs::remove_file(&self.socket);
-    }
-}
-
-fn monitoring() -> Router<Snapshots> {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-}
-
-async fn status(State(s): State<Snapshots>) -> impl IntoResponse {
-    let snap = s.borrow().clone();
-    axum::Json(snap.status(SystemTime::now()))
-}
-
-async fn metrics(State(s): State<Snapshots>) -> impl IntoResponse {
-    let snap = s.borrow().clone();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        crate::metrics::render(&snap, SystemTime::now()),
-    )
-}
-
-async fn healthz(State(s): State<Snapshots>) -> impl IntoResponse {
-    let snap = s.borrow().clone();
-    if snap.heartbeat.elapsed() < STALLED {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the supervisor is stalled\n",
-        )
-    }
-}
-
-async fn readyz(State(s): State<Snapshots>) -> impl IntoResponse {
-    let snap = s.borrow().clone();
-    if snap.daemon.ready {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: starting or stopping\n",
-        )
     }
 }

@@ -13,7 +13,7 @@ use lifeboat_replication::{ErrorKind, GroupSpec, Manifest, Repository, Store};
 use serde::{Deserialize, Serialize};
 
 /// `lifeboat status --output json` (see docs/json-output.md).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
     /// Where the figures come from: `daemon` (a running daemon answered) or `repositories`.
     pub source: String,
@@ -32,7 +32,7 @@ impl Status {
 }
 
 /// What a running daemon says about itself.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DaemonInfo {
     pub pid: u32,
     pub version: String,
@@ -45,7 +45,7 @@ pub struct DaemonInfo {
 }
 
 /// The config the daemon runs, and how its last reload went.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConfigState {
     /// The inventory file.
     pub file: String,
@@ -59,7 +59,7 @@ pub struct ConfigState {
 }
 
 /// One reload attempt.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reload {
     pub at: String,
     /// What asked for it: `watch` (a file changed) or `SIGHUP`.
@@ -72,7 +72,7 @@ pub struct Reload {
 }
 
 /// A repository's housekeeping, as last done.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Maintenance {
     pub site: String,
     /// Bytes of every object of the repository.
@@ -85,7 +85,7 @@ pub struct Maintenance {
 }
 
 /// One protected VM.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmStatus {
     pub name: String,
     pub group: String,
@@ -101,7 +101,7 @@ pub struct VmStatus {
 }
 
 /// One consistency group (a lone VM is its own).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GroupStatus {
     pub name: String,
     pub vms: Vec<String>,
@@ -112,7 +112,8 @@ pub struct GroupStatus {
     pub rpo: Rpo,
     pub last_point: Option<LastPoint>,
     /// `idle` (waiting for its next cycle), `cycling`, `standby` (another writer holds the
-    /// group's lease), `backoff` (after a failure), `starting`; `-` from the repositories.
+    /// group's lease), `backoff` (after a failure), `starting`, `failed-over` (a failover took
+    /// it to its target); `-` from the repositories.
     pub state: String,
     /// When the next cycle starts (daemon only).
     pub next_cycle_at: Option<String>,
@@ -122,10 +123,14 @@ pub struct GroupStatus {
     pub last_error: Option<String>,
     /// Failed cycles in a row.
     pub failures: u32,
+    /// The failover run that took the group to its target site: the daemon does not replicate
+    /// it from its source until that run is cleaned up (state `failed-over`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_over_by: Option<String>,
 }
 
 /// A point, as status shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LastPoint {
     pub id: u64,
     pub kind: String,
@@ -209,6 +214,7 @@ pub fn rows(
             writer: live.writer.clone(),
             last_error: live.last_error.clone(),
             failures: live.failures,
+            failed_over_by: live.failed_over_by.clone(),
         });
     }
     vms.sort_by(|a, b| a.name.cmp(&b.name));
@@ -226,6 +232,7 @@ pub struct GroupRuntime {
     pub writer: Option<String>,
     pub last_error: Option<String>,
     pub failures: u32,
+    pub failed_over_by: Option<String>,
 }
 
 /// The status computed from the repositories alone (no daemon runs). A group whose

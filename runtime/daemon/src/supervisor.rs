@@ -1,9 +1,11 @@
 //! The supervisor: the one owner of the daemon's state. It holds the live config, runs a task
 //! per consistency group (`protect`), and takes every event as a message: a group's state
-//! change, a file change or SIGHUP (reload), a maintenance result, SIGTERM/SIGINT (drain). After
-//! each one it publishes a snapshot that the HTTP server reads; nothing else is shared.
+//! change, a file change or SIGHUP (reload), a maintenance result, a command from the API
+//! (replicate now; hold the groups a failover takes; look again at which groups failovers hold),
+//! SIGTERM/SIGINT (drain). After each one it publishes a snapshot that the HTTP server reads,
+//! and tells the event bus what changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,10 +13,11 @@ use std::time::{Duration, SystemTime};
 
 use lifeboat_compute::driver::ProcessDriver;
 use lifeboat_replication::GroupSpec;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{self, Config};
+use crate::events::{Bus, Notice};
 use crate::maintenance::{self, Done as MaintenanceDone};
 use crate::metrics::{GroupCounters, ReloadCounters};
 use crate::protect::{self, Assignment, Event, Shared, Update};
@@ -40,6 +43,8 @@ pub struct Options {
     pub gc_every: Duration,
     /// How often a quick verify runs on each repository.
     pub verify_every: Duration,
+    /// The bearer token every request over TCP must carry (required with `listen`).
+    pub token: Option<String>,
 }
 
 /// Why the daemon could not run.
@@ -56,6 +61,12 @@ pub enum Error {
     },
     #[error("cannot listen for signals: {0}")]
     Signals(std::io::Error),
+    #[error(
+        "the API on TCP needs a bearer token: give --token-file FILE or set LIFEBOAT_API_TOKEN"
+    )]
+    NoToken,
+    #[error("the plugin engine could not start: {0}")]
+    Engine(String),
 }
 
 /// What the HTTP server reads: the supervisor's state as of its last event.
@@ -63,6 +74,8 @@ pub enum Error {
 pub(crate) struct Snapshot {
     pub daemon: DaemonInfo,
     pub inventory: Arc<lifeboat_plan::Inventory>,
+    /// The running config (the host builds runs' environments from it).
+    pub config: Arc<Config>,
     pub groups: Vec<(GroupSpec, GroupRuntime, GroupCounters)>,
     pub reloads: ReloadCounters,
     /// When the supervisor last went round its loop: `/healthz` fails when it stops.
@@ -87,19 +100,56 @@ impl Snapshot {
     }
 }
 
-/// A group's running task.
+/// A protected group, and its task unless a failover holds it.
 struct Running {
-    task: u64,
+    task: Option<Task>,
     spec: GroupSpec,
-    assign: watch::Sender<Arc<Assignment>>,
-    stop: watch::Sender<bool>,
     live: GroupRuntime,
     counters: GroupCounters,
 }
 
+/// A group's running task and the handles to it.
+struct Task {
+    id: u64,
+    assign: watch::Sender<Arc<Assignment>>,
+    stop: watch::Sender<bool>,
+    /// Wakes it for a cycle now.
+    now: Arc<Notify>,
+    /// True (or closed) once it has ended and released its lease.
+    done: watch::Receiver<bool>,
+}
+
+/// What the API asks of the supervisor.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Start a cycle of `group` now; the answer says whether it was asked.
+    ReplicateNow {
+        group: String,
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
+    /// Stop protecting `groups` (a failover is about to take them); the answer comes once their
+    /// tasks have ended and released their leases.
+    Hold {
+        groups: Vec<String>,
+        why: String,
+        reply: oneshot::Sender<()>,
+    },
+    /// Forget the holds of `groups` and look again at which groups failovers hold.
+    Release { groups: Vec<String> },
+    /// Look again at which groups failovers hold (a run ended, was cleaned up or committed).
+    Refresh,
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CommandError {
+    NoGroup(String),
+    Held { group: String, by: String },
+}
+
 struct Supervisor {
     opts: Options,
-    config: Config,
+    config: Arc<Config>,
     generation: u64,
     last_reload: Option<Reload>,
     reloads: ReloadCounters,
@@ -115,6 +165,13 @@ struct Supervisor {
     started_at: SystemTime,
     draining: bool,
     published: watch::Sender<Arc<Snapshot>>,
+    bus: Arc<Bus>,
+    /// Groups failovers took to their targets (from the journal): group → run.
+    failed_over: BTreeMap<String, String>,
+    /// Groups held for a failover that is starting: group → why.
+    pending: BTreeMap<String, String>,
+    /// Groups whose RPO is over its threshold, as last told.
+    breached: BTreeSet<String>,
 }
 
 /// How often repository sizes are measured.
@@ -144,16 +201,32 @@ pub async fn run_until(
     stop: impl Future<Output = &'static str>,
     mut hup: Option<tokio::signal::unix::Signal>,
 ) -> Result<(), Error> {
+    if opts.listen.is_some() && opts.token.as_deref().is_none_or(str::is_empty) {
+        return Err(Error::NoToken);
+    }
     let config = {
         let file = opts.config.clone();
-        tokio::task::spawn_blocking(move || config::load(&file))
-            .await
-            .map_err(|e| Error::Config(vec![format!("loading stopped: {e}")]))?
-            .map_err(Error::Config)?
+        Arc::new(
+            tokio::task::spawn_blocking(move || config::load(&file))
+                .await
+                .map_err(|e| Error::Config(vec![format!("loading stopped: {e}")]))?
+                .map_err(Error::Config)?,
+        )
     };
+    let engine = lifeboat_plugin_host::PluginEngine::new(lifeboat_plugin_host::EngineOptions {
+        cache_dir: lifeboat_loader::default_cache_dir(),
+        max_concurrent_steps: 8,
+        ..lifeboat_plugin_host::EngineOptions::default()
+    })
+    .map_err(|e| Error::Engine(e.to_string()))?;
+    if let lifeboat_plugin_host::Allocation::OnDemand { reason } = engine.allocation() {
+        tracing::warn!(%reason, "the plugin sandbox allocates instances on demand (slower; every limit still holds)");
+    }
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    let driver = ProcessDriver::new();
+    let bus = Arc::new(Bus::new());
     let shared = Arc::new(Shared {
-        driver: ProcessDriver::new(),
+        driver: driver.clone(),
         limit: Arc::new(Semaphore::new(opts.max_cycles.max(1))),
         lease_ttl: opts.lease_ttl,
         events: events_tx,
@@ -191,20 +264,40 @@ pub async fn run_until(
                 maintenance: Vec::new(),
             },
             inventory: config.inventory.clone(),
+            config: config.clone(),
             groups: Vec::new(),
             reloads: ReloadCounters::default(),
             heartbeat: now,
         }))
         .0,
         config,
+        bus: bus.clone(),
+        failed_over: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        breached: BTreeSet::new(),
     };
+    sup.failed_over = sup.read_failed_over();
     sup.publish();
+    let (commands_tx, mut commands) = mpsc::unbounded_channel();
+    let host = Arc::new(crate::host::Host::new(
+        opts.state.clone(),
+        engine,
+        driver,
+        bus.clone(),
+        sup.published.subscribe(),
+        commands_tx,
+    ));
 
     // Listen before protecting anything: a second daemon on the same state stops here.
     let server = crate::server::start(
         &crate::client::socket_path(&opts.state),
         opts.listen,
-        sup.published.subscribe(),
+        crate::api::Api::new(
+            sup.published.subscribe(),
+            bus.clone(),
+            host.clone(),
+            opts.token.clone(),
+        ),
     )
     .await?;
     let (reload_tx, mut reloads) = mpsc::unbounded_channel();
@@ -218,6 +311,8 @@ pub async fn run_until(
         plans = sup.config.plans.len(),
         "protecting"
     );
+    // Runs this daemon drove when it stopped go on.
+    host.resume_interrupted().await;
     let (maint_tx, mut maint_rx) = mpsc::unbounded_channel::<MaintenanceDone>();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -233,40 +328,30 @@ pub async fn run_until(
             Some(()) = reloads.recv() => sup.reload("watch").await,
             Some(event) = events.recv() => sup.apply(event),
             Some(done) = maint_rx.recv() => sup.maintained(done),
+            Some(command) = commands.recv() => sup.command(command),
             _ = tick.tick() => {
                 while sup.tasks.try_join_next().is_some() {}
                 sup.maintain(&maint_tx);
             }
         }
         sup.publish();
+        sup.tell_rpo();
     }
     sup.drain().await;
     server.stop().await;
+    host.stop().await;
     Ok(())
 }
 
 impl Supervisor {
+    /// Protects a group of the config: a task starts unless a failover holds it.
     fn spawn(&mut self, spec: GroupSpec) {
-        self.next_task += 1;
-        let task = self.next_task;
-        let (assign, assigned) = watch::channel(Arc::new(Assignment {
-            inventory: self.config.inventory.clone(),
-            base: self.config.base.clone(),
-            spec: spec.clone(),
-        }));
-        let (stop, stopped) = watch::channel(false);
-        let span = tracing::info_span!("protect", group = %spec.name);
-        self.tasks.spawn(tracing::Instrument::instrument(
-            protect::protect(task, assigned, self.shared.clone(), stopped),
-            span,
-        ));
+        let name = spec.name.clone();
         self.groups.insert(
-            spec.name.clone(),
+            name.clone(),
             Running {
-                task,
+                task: None,
                 spec,
-                assign,
-                stop,
                 live: GroupRuntime {
                     state: "starting".into(),
                     ..GroupRuntime::default()
@@ -274,6 +359,237 @@ impl Supervisor {
                 counters: GroupCounters::default(),
             },
         );
+        match self.hold_of(&name) {
+            Some(by) => self.mark_held(&name, by),
+            None => self.start_task(&name),
+        }
+    }
+
+    /// Why `group` is held, if it is: the failover run, or the failover starting.
+    fn hold_of(&self, group: &str) -> Option<String> {
+        self.pending
+            .get(group)
+            .or_else(|| self.failed_over.get(group))
+            .cloned()
+    }
+
+    fn mark_held(&mut self, name: &str, by: String) {
+        if let Some(g) = self.groups.get_mut(name) {
+            g.live.state = "failed-over".into();
+            g.live.next_cycle = None;
+            g.live.writer = None;
+            g.live.failed_over_by = Some(by);
+        }
+    }
+
+    fn start_task(&mut self, name: &str) {
+        let Some(g) = self.groups.get_mut(name) else {
+            return;
+        };
+        if g.task.is_some() {
+            return;
+        }
+        self.next_task += 1;
+        let id = self.next_task;
+        let (assign, assigned) = watch::channel(Arc::new(Assignment {
+            inventory: self.config.inventory.clone(),
+            base: self.config.base.clone(),
+            spec: g.spec.clone(),
+        }));
+        let (stop, stopped) = watch::channel(false);
+        let (done_tx, done) = watch::channel(false);
+        let now = Arc::new(Notify::new());
+        let span = tracing::info_span!("protect", group = %name);
+        let work = protect::protect(id, assigned, self.shared.clone(), stopped, now.clone());
+        self.tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                work.await;
+                let _ = done_tx.send(true);
+            },
+            span,
+        ));
+        g.live.state = "starting".into();
+        g.live.failed_over_by = None;
+        g.task = Some(Task {
+            id,
+            assign,
+            stop,
+            now,
+            done,
+        });
+    }
+
+    /// Stops `name`'s task (after its cycle in flight): what it releases when it has ended.
+    fn stop_task(&mut self, name: &str) -> Option<watch::Receiver<bool>> {
+        let task = self.groups.get_mut(name)?.task.take()?;
+        let _ = task.stop.send(true);
+        Some(task.done)
+    }
+
+    /// The groups failovers hold, from the journal (none when it cannot be read: said once
+    /// in the log, and protection goes on).
+    fn read_failed_over(&self) -> BTreeMap<String, String> {
+        let path = self.opts.state.join("runs.db");
+        if !path.exists() {
+            return BTreeMap::new();
+        }
+        let read = lifeboat_orchestrator::journal::Journal::open(&path)
+            .map_err(lifeboat_orchestrator::error::Error::from)
+            .and_then(|j| lifeboat_orchestrator::runs::failed_over(&j, &self.config.groups));
+        match read {
+            Ok(held) => held
+                .into_iter()
+                .map(|(g, run)| (g, format!("run {run}")))
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the run journal: groups failovers hold are protected as usual");
+                BTreeMap::new()
+            }
+        }
+    }
+
+    /// Holds and releases groups as the holds now say.
+    fn apply_holds(&mut self) {
+        let names: Vec<String> = self.groups.keys().cloned().collect();
+        for name in names {
+            let hold = self.hold_of(&name);
+            let has_task = self.groups.get(&name).is_some_and(|g| g.task.is_some());
+            match (hold, has_task) {
+                (Some(by), true) => {
+                    self.stop_task(&name);
+                    self.bus.publish(
+                        Notice::new(
+                            "protection.paused",
+                            format!("group {name}: not replicated while {by} holds it"),
+                        )
+                        .group(&name),
+                    );
+                    self.mark_held(&name, by);
+                }
+                (Some(by), false) => self.mark_held(&name, by),
+                (None, false) => {
+                    self.start_task(&name);
+                    self.bus.publish(
+                        Notice::new(
+                            "protection.resumed",
+                            format!("group {name}: protected again"),
+                        )
+                        .group(&name),
+                    );
+                }
+                (None, true) => {}
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::ReplicateNow { group, reply } => {
+                let answer = match self.groups.get(&group) {
+                    None => Err(CommandError::NoGroup(group)),
+                    Some(g) => match &g.task {
+                        Some(t) => {
+                            t.now.notify_one();
+                            Ok(())
+                        }
+                        None => Err(CommandError::Held {
+                            by: g.live.failed_over_by.clone().unwrap_or_default(),
+                            group,
+                        }),
+                    },
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Hold { groups, why, reply } => {
+                let mut ending = Vec::new();
+                for name in groups {
+                    self.pending.insert(name.clone(), why.clone());
+                    if let Some(done) = self.stop_task(&name) {
+                        ending.push(done);
+                        self.bus.publish(
+                            Notice::new(
+                                "protection.paused",
+                                format!("group {name}: not replicated while {why}"),
+                            )
+                            .group(&name),
+                        );
+                    }
+                    self.mark_held(&name, why.clone());
+                }
+                tokio::spawn(async move {
+                    for mut done in ending {
+                        let _ = done.wait_for(|d| *d).await;
+                    }
+                    let _ = reply.send(());
+                });
+            }
+            Command::Release { groups } => {
+                for g in groups {
+                    self.pending.remove(&g);
+                }
+                self.failed_over = self.read_failed_over();
+                self.apply_holds();
+            }
+            Command::Refresh => {
+                self.failed_over = self.read_failed_over();
+                self.apply_holds();
+            }
+        }
+    }
+
+    /// Tells the bus of every group whose RPO went over its threshold or came back under it. A
+    /// group without a point counts once the daemon has run for its threshold (not while the
+    /// first cycle runs); groups failovers hold are not replicated here and do not count.
+    fn tell_rpo(&mut self) {
+        let snap = self.published.borrow().clone();
+        let status = snap.status(SystemTime::now());
+        let up = SystemTime::now()
+            .duration_since(self.started_at)
+            .unwrap_or_default()
+            .as_secs_f64();
+        for g in &status.groups {
+            let over = !g.rpo.ok
+                && g.failed_over_by.is_none()
+                && (g.last_point.is_some() || up > g.rpo.threshold_seconds);
+            let told = self.breached.contains(&g.name);
+            let data = serde_json::json!({
+                "rpo_seconds": g.rpo.seconds,
+                "threshold_seconds": g.rpo.threshold_seconds,
+                "last_point": g.last_point,
+                "last_error": g.last_error,
+            });
+            let rpo = g
+                .rpo
+                .seconds
+                .map_or_else(|| "no point yet".to_string(), |s| format!("RPO {s:.1}s"));
+            if over && !told {
+                self.breached.insert(g.name.clone());
+                self.bus.publish(
+                    Notice::new(
+                        "rpo.breached",
+                        format!(
+                            "group {}: {rpo}, over its threshold of {}s",
+                            g.name, g.rpo.threshold_seconds
+                        ),
+                    )
+                    .group(&g.name)
+                    .data(data),
+                );
+            } else if !over && told {
+                self.breached.remove(&g.name);
+                self.bus.publish(
+                    Notice::new(
+                        "rpo.recovered",
+                        format!(
+                            "group {}: {rpo}, within its threshold of {}s again",
+                            g.name, g.rpo.threshold_seconds
+                        ),
+                    )
+                    .group(&g.name)
+                    .data(data),
+                );
+            }
+        }
     }
 
     /// A group task's news.
@@ -281,8 +597,8 @@ impl Supervisor {
         let Some(g) = self.groups.get_mut(&event.group) else {
             return;
         };
-        if g.task != event.task {
-            // From a task of a group since removed.
+        if g.task.as_ref().map(|t| t.id) != Some(event.task) {
+            // From a task of a group since removed, or held.
             return;
         }
         let live = &mut g.live;
@@ -316,13 +632,31 @@ impl Supervisor {
                 expired,
                 points_kept,
             } => {
-                live.last_point = Some(last);
+                live.last_point = Some(last.clone());
                 live.last_error = None;
                 live.failures = 0;
                 live.state = "idle".into();
                 g.counters
                     .committed(seconds, scanned, changed, shipped, points_kept);
                 g.counters.expired += expired.len() as u64;
+                self.bus.publish(
+                    Notice::new(
+                        "cycle.committed",
+                        format!(
+                            "group {}: point {} committed in {seconds:.1}s ({shipped} bytes shipped)",
+                            event.group, last.id
+                        ),
+                    )
+                    .group(&event.group)
+                    .data(serde_json::json!({
+                        "point": last,
+                        "seconds": seconds,
+                        "scanned_bytes": scanned,
+                        "changed_bytes": changed,
+                        "shipped_bytes": shipped,
+                        "expired": expired,
+                    })),
+                );
             }
             Update::Failed {
                 error,
@@ -330,10 +664,25 @@ impl Supervisor {
                 retry_at,
             } => {
                 live.state = "backoff".into();
-                live.last_error = Some(error);
+                live.last_error = Some(error.clone());
                 live.failures = failures;
                 live.next_cycle = Some(retry_at);
                 g.counters.failed();
+                self.bus.publish(
+                    Notice::new(
+                        "cycle.failed",
+                        format!(
+                            "group {}: cycle failed ({failures} in a row): {error}",
+                            event.group
+                        ),
+                    )
+                    .group(&event.group)
+                    .data(serde_json::json!({
+                        "error": error,
+                        "failures": failures,
+                        "retry_at": humantime::format_rfc3339_seconds(retry_at).to_string(),
+                    })),
+                );
             }
         }
     }
@@ -368,6 +717,21 @@ impl Supervisor {
                     seconds,
                     diagnostics: Vec::new(),
                 });
+                self.bus.publish(
+                    Notice::new(
+                        "config.reloaded",
+                        format!(
+                            "config generation {} applied ({trigger}): {} group(s)",
+                            self.generation,
+                            self.groups.len()
+                        ),
+                    )
+                    .data(serde_json::json!({
+                        "generation": self.generation,
+                        "trigger": trigger,
+                        "groups": self.groups.keys().collect::<Vec<_>>(),
+                    })),
+                );
             }
             Err(diagnostics) => {
                 for d in &diagnostics {
@@ -381,6 +745,19 @@ impl Supervisor {
                 self.reloads.rejected += 1;
                 self.reloads.last_ok = false;
                 self.reloads.last_seconds = seconds;
+                self.bus.publish(
+                    Notice::new(
+                        "config.rejected",
+                        format!(
+                            "config rejected ({trigger}): {} problem(s); the last good config keeps running",
+                            diagnostics.len()
+                        ),
+                    )
+                    .data(serde_json::json!({
+                        "trigger": trigger,
+                        "diagnostics": diagnostics,
+                    })),
+                );
                 self.last_reload = Some(Reload {
                     at,
                     trigger: trigger.into(),
@@ -395,6 +772,7 @@ impl Supervisor {
     /// Swaps in a validated config: new groups start at once, removed ones stop after their
     /// cycle in flight, changed ones take the change at their next cycle.
     fn apply_config(&mut self, config: Config) {
+        let config = Arc::new(config);
         let wanted: BTreeMap<String, GroupSpec> = config
             .groups
             .iter()
@@ -407,12 +785,13 @@ impl Supervisor {
             .cloned()
             .collect();
         for name in removed {
-            if let Some(g) = self.groups.remove(&name) {
+            self.stop_task(&name);
+            if self.groups.remove(&name).is_some() {
                 tracing::info!(group = %name, "no longer protected");
-                let _ = g.stop.send(true);
             }
         }
         self.config = config;
+        self.failed_over = self.read_failed_over();
         for (name, spec) in wanted {
             match self.groups.get_mut(&name) {
                 Some(g) => {
@@ -420,11 +799,13 @@ impl Supervisor {
                         tracing::info!(group = %name, "group changed: applies at its next cycle");
                     }
                     g.spec = spec.clone();
-                    let _ = g.assign.send(Arc::new(Assignment {
-                        inventory: self.config.inventory.clone(),
-                        base: self.config.base.clone(),
-                        spec,
-                    }));
+                    if let Some(t) = &g.task {
+                        let _ = t.assign.send(Arc::new(Assignment {
+                            inventory: self.config.inventory.clone(),
+                            base: self.config.base.clone(),
+                            spec,
+                        }));
+                    }
                 }
                 None => {
                     tracing::info!(group = %name, "newly protected");
@@ -432,6 +813,7 @@ impl Supervisor {
                 }
             }
         }
+        self.apply_holds();
     }
 
     /// Starts a maintenance pass when one is due and none runs.
@@ -506,6 +888,7 @@ impl Supervisor {
                 maintenance: self.maintenance.values().cloned().collect(),
             },
             inventory: self.config.inventory.clone(),
+            config: self.config.clone(),
             groups: self
                 .groups
                 .values()
@@ -522,8 +905,8 @@ impl Supervisor {
     async fn drain(&mut self) {
         self.draining = true;
         self.publish();
-        for g in self.groups.values() {
-            let _ = g.stop.send(true);
+        for t in self.groups.values().filter_map(|g| g.task.as_ref()) {
+            let _ = t.stop.send(true);
         }
         let grace = self.opts.grace;
         let drained = tokio::time::timeout(grace, async {

@@ -1,6 +1,6 @@
 //! The orchestrator's errors. Each variant says what kind of thing went wrong with the fields a
-//! caller needs to act on it (which run, in what state); the CLI maps variants to exit codes in
-//! one place (`lifeboat::exit_codes::of_run_error`). Messages read well after "error: ".
+//! caller needs to act on it (which run, in what state); variants map to exit codes in one place
+//! (`exit_codes::of_run`). Messages read well after "error: ".
 
 use crate::journal::RunStatus;
 

@@ -116,6 +116,9 @@ pub enum Event {
         /// for it. Absent in journals written before it was recorded.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         started: Option<u64>,
+        /// The daemon drives it: a daemon that restarts takes its runs up again.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        daemon: bool,
     },
     /// Every NIC's address at the target, fixed once per run.
     Assigned {
@@ -209,6 +212,8 @@ pub struct Replayed {
     pub point: Option<String>,
     /// The last process that took the run up, and when that process started.
     pub driver: Option<(u32, Option<u64>)>,
+    /// The last process to drive it was a daemon.
+    pub daemon: bool,
     pub events: usize,
 }
 
@@ -448,7 +453,14 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
                 r.plan_path.clone_from(plan_path);
                 r.point.clone_from(point);
             }
-            Event::Driving { pid, started } => r.driver = Some((*pid, *started)),
+            Event::Driving {
+                pid,
+                started,
+                daemon,
+            } => {
+                r.driver = Some((*pid, *started));
+                r.daemon = *daemon;
+            }
             Event::StepStarted { step, attempt, .. } => {
                 r.failed.remove(step);
                 r.interrupted.insert(step.clone(), *attempt);

@@ -131,8 +131,15 @@ async fn preflight(env: &Environment, plan: &Plan, req: &FailoverRequest) -> Res
     })
 }
 
-/// Starts a failover of `plan` and runs it to its end. Every check comes first; then a planned
-/// failover stops the source VMs and takes the last point; then the run is recorded and run.
+/// A failover recorded and ready to drive (`resume` drives it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Begun {
+    pub id: String,
+    /// The source VMs a planned failover stopped before it started.
+    pub source_stopped: Vec<Handle>,
+}
+
+/// Starts a failover of `plan` and runs it to its end: [`begin`], then drive it.
 pub async fn failover(
     env: &Environment,
     plan: &Plan,
@@ -141,6 +148,35 @@ pub async fn failover(
     observe: Observer,
     controls: Controls,
 ) -> Result<RunResult> {
+    let op = req.op;
+    let point = req.point.clone();
+    let begun = begin(env, plan, plan_path, req).await?;
+    let mut journal = env.journal()?;
+    let mut result = drive(
+        env,
+        &mut journal,
+        &begun.id,
+        plan,
+        plan_path,
+        (op, point),
+        observe,
+        controls,
+    )
+    .await?;
+    result.source_stopped = begun.source_stopped;
+    Ok(result)
+}
+
+/// Everything a failover does before its steps: every check first (open runs, points,
+/// addresses, the source site); then a planned failover stops the source VMs and takes the last
+/// point; then the run is recorded. What it returns is driven by [`resume`] (the daemon answers
+/// its caller in between).
+pub async fn begin(
+    env: &Environment,
+    plan: &Plan,
+    plan_path: &Path,
+    req: FailoverRequest,
+) -> Result<Begun> {
     let cleared = preflight(env, plan, &req).await?;
     let stopped = if req.op == Operation::Planned {
         source::hand_over(env, plan, cleared.source).await?
@@ -164,19 +200,10 @@ pub async fn failover(
             assignments: cleared.assignments,
         },
     )?;
-    let mut result = drive(
-        env,
-        &mut journal,
-        &id,
-        plan,
-        plan_path,
-        (req.op, req.point),
-        observe,
-        controls,
-    )
-    .await?;
-    result.source_stopped = stopped;
-    Ok(result)
+    Ok(Begun {
+        id,
+        source_stopped: stopped,
+    })
 }
 
 /// Every consistency group the plan boots has a point to boot from, before a run is recorded:
@@ -304,6 +331,7 @@ async fn drive(
         &Event::Driving {
             pid,
             started: lifeboat_compute::driver::process_start_time(pid),
+            daemon: env.daemon,
         },
     )?;
     let compiled: RunPlan = compile(plan, op);
@@ -324,7 +352,9 @@ async fn drive(
 }
 
 /// What `cleanup` did (`--output json` prints it as it is).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct CleanupReport {
     pub run: String,
     /// Steps undone, in the order undone.
@@ -336,7 +366,7 @@ pub struct CleanupReport {
 }
 
 /// One step's undo.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Undone {
     pub step: String,
     /// Why the undo failed, if it did.
@@ -496,9 +526,11 @@ async fn unpin(
 }
 
 /// A consistency group a commit took over at the target.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Committed {
     pub group: String,
+    /// The site that took it over (the plan's target).
+    pub site: String,
     /// The point it was taken over at.
     pub point: u64,
     /// The writer epoch the target writes with from now on.
@@ -561,6 +593,7 @@ pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<Committed>> {
             )?;
             out.push(Committed {
                 group: group.clone(),
+                site: plan.target.value.clone(),
                 point: m.seq,
                 epoch: m.epoch,
             });

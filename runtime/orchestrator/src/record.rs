@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::journal::{Event, Journal};
 use crate::runs::status_of;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRecord {
     pub id: String,
     pub plan: String,
@@ -26,17 +26,19 @@ pub struct RunRecord {
     pub steps: Vec<StepRecord>,
     pub vms: Vec<VmRecord>,
     pub points: Vec<PointRecord>,
-    /// Every event, with its instant in seconds from the start.
+    /// Every event, with its instant in seconds from the start: `[seconds, event]` pairs, each
+    /// event as the journal records it (`kind` and its fields).
+    #[schema(value_type = Vec<Vec<Object>>)]
     pub timeline: Vec<(f64, Event)>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GroupRecord {
     pub name: String,
     pub healthy_at_seconds: Option<f64>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepRecord {
     pub id: String,
     /// The step's name in the plan (or what it `uses`).
@@ -47,7 +49,7 @@ pub struct StepRecord {
     pub undo_error: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub attempt: u32,
     pub started_at_seconds: f64,
@@ -56,7 +58,7 @@ pub struct Attempt {
     pub log: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmRecord {
     pub name: String,
     pub group: Option<String>,
@@ -70,7 +72,7 @@ pub struct VmRecord {
     pub log: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PointRecord {
     pub group: String,
     pub seq: u64,
@@ -230,5 +232,47 @@ pub fn record(
         vms: vms.into_values().collect(),
         points,
         timeline,
+    })
+}
+
+/// One line for people per event worth seeing while a run goes.
+pub fn describe(run: &str, e: &Event) -> Option<String> {
+    Some(match e {
+        Event::StepStarted {
+            step,
+            attempt,
+            name,
+        } => {
+            let named = name
+                .as_ref()
+                .map_or_else(|| step.clone(), |n| format!("{step} ({n})"));
+            if *attempt > 1 {
+                format!("{named}: attempt {attempt}")
+            } else {
+                format!("{named}: started")
+            }
+        }
+        Event::StepFinished { step, .. } => format!("{step}: done"),
+        Event::StepFailed { step, error, .. } => format!("{step}: FAILED: {error}"),
+        Event::GroupHealthy { group } => format!("group {group}: healthy"),
+        Event::PointChosen {
+            group,
+            seq,
+            point_kind,
+            ..
+        } => format!("group {group}: point {seq} ({point_kind})"),
+        Event::Restored { vm, disks, .. } => format!("{vm}: {} disk(s) restored", disks.len()),
+        Event::VmStarted { vm, pid, .. } => format!("{vm}: started (pid {pid})"),
+        Event::VmStopped { vm } => format!("{vm}: stopped"),
+        Event::ApprovalRequested { message } => {
+            format!("waiting for approval: {message} — run `lifeboat approve {run}`")
+        }
+        Event::Approved { by } => format!("approved by {by}"),
+        Event::StepUndone { step, error: None } => format!("{step}: undone"),
+        Event::StepUndone {
+            step,
+            error: Some(e),
+        } => format!("{step}: undo FAILED: {e}"),
+        _ => return None,
     })
 }

@@ -23,6 +23,8 @@ pub struct Environment {
     pub state_dir: PathBuf,
     pub engine: PluginEngine,
     pub driver: Arc<dyn Compute>,
+    /// Runs here are driven by the daemon (journaled, so a daemon that restarts resumes them).
+    pub daemon: bool,
 }
 
 impl std::fmt::Debug for Environment {
@@ -45,6 +47,8 @@ pub struct RunInfo {
     /// The process driving the run, while it lives (checked by pid and start time, so a
     /// recycled pid does not count).
     pub driver_pid: Option<u32>,
+    /// The last process to drive it was a daemon.
+    pub daemon: bool,
 }
 
 impl RunInfo {
@@ -129,6 +133,7 @@ pub fn status_of(journal: &Journal, run: &str) -> Result<RunInfo> {
         plan_path: r.plan_path,
         point: r.point,
         driver_pid,
+        daemon: r.daemon,
     })
 }
 
@@ -178,6 +183,48 @@ pub fn running_vms(journal: &Journal) -> Result<Vec<Handle>, JournalError> {
     let mut out = Vec::new();
     for (id, ..) in journal.runs()? {
         out.extend(running_in(&journal.events(&id)?));
+    }
+    Ok(out)
+}
+
+/// The consistency groups a planned or unplanned failover took to its target and that have not
+/// come back (its run is open, or committed): group → run. The source must not replicate them:
+/// their VMs were stopped or lost there, and after a commit the source is fenced.
+pub fn failed_over(
+    journal: &Journal,
+    groups: &[GroupSpec],
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    // Oldest first: a newer run of the same group wins.
+    let mut runs = journal.runs()?;
+    runs.reverse();
+    for (id, _, operation, _) in runs {
+        if !matches!(operation.as_str(), "planned" | "unplanned") {
+            continue;
+        }
+        let events = journal.events(&id)?;
+        let Some(replayed) = journal.replay(&id)? else {
+            continue;
+        };
+        let vms: Vec<String> = events
+            .iter()
+            .find_map(|(_, _, e)| match e {
+                Event::Assigned { assignments } => {
+                    Some(assignments.iter().map(|a| a.vm.clone()).collect())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        for g in groups
+            .iter()
+            .filter(|g| g.vms.iter().any(|v| vms.contains(&v.name)))
+        {
+            if replayed.status == RunStatus::CleanedUp {
+                out.remove(&g.name);
+            } else {
+                out.insert(g.name.clone(), id.clone());
+            }
+        }
     }
     Ok(out)
 }

@@ -146,7 +146,7 @@ pub async fn source_answering(
     None
 }
 
-pub(crate) fn plan_vms(plan: &Plan) -> Vec<&str> {
+pub fn plan_vms(plan: &Plan) -> Vec<&str> {
     plan.groups
         .iter()
         .flat_map(|g| g.vms.iter().map(|v| v.value.as_str()))
@@ -154,7 +154,7 @@ pub(crate) fn plan_vms(plan: &Plan) -> Vec<&str> {
 }
 
 /// The consistency groups that hold any of `vms`.
-pub(crate) fn groups_of<'a>(env: &'a Environment, vms: &[&str]) -> Vec<&'a GroupSpec> {
+pub fn groups_of<'a>(env: &'a Environment, vms: &[&str]) -> Vec<&'a GroupSpec> {
     env.groups
         .iter()
         .filter(|g| g.vms.iter().any(|v| vms.contains(&v.name.as_str())))

@@ -56,7 +56,7 @@ pub async fn select(repo: &Repository, group: &str, choice: &str) -> Result<Mani
 }
 
 /// A group's recovery point objective as it stands.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Rpo {
     /// Now minus the capture instant of the newest point; `None` without points.
     pub seconds: Option<f64>,
