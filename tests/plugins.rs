@@ -131,10 +131,10 @@ fn short(timeout_ms: u64) -> StepLimits {
 #[test]
 fn builtins_describe_themselves() {
     runtime().block_on(async {
-        for name in ["boot-group", "tcp-check", "http-check", "approval", "wait"] {
+        for name in lifeboat_plan::plan::BUILTIN_STEPS {
             let plugin = load_builtin(name).await;
-            assert_eq!(plugin.info().name, name);
-            assert_eq!(plugin.info().api_version, "0.1.0");
+            assert_eq!(plugin.info().name, *name);
+            assert_eq!(plugin.info().api_version, lifeboat_plugin_host::API_VERSION);
             assert!(
                 plugin
                     .imports()
@@ -318,7 +318,7 @@ fn wasi_filesystem_newer_api_truncation_and_digest_are_refused_at_load() {
         match load_file(artifacts::NEWER_API).await {
             Err(LoadError::ApiVersion { wanted, supported }) => {
                 assert_eq!(wanted, "0.2.0");
-                assert_eq!(supported, "0.1.0");
+                assert_eq!(supported, "0.1.1");
             }
             other => panic!("{other:?}"),
         }
@@ -847,4 +847,206 @@ fn a_step_from_the_template_is_pinned_in_a_plan_and_validated() {
         out.stdout
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a recording HTTP server saw: `METHOD path body` per request.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// An HTTP server that records every request and answers `status` (with `location` for a
+/// redirect). Its address.
+async fn recording_server(status: u16, location: Option<String>) -> (String, Seen) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head, then as much body as it announces.
+            loop {
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&raw).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        let line = head.lines().next().unwrap_or_default();
+                        let mut parts = line.split(' ');
+                        let method = parts.next().unwrap_or_default();
+                        let path = parts.next().unwrap_or_default();
+                        log.lock().unwrap().push(format!("{method} {path} {body}"));
+                        break;
+                    }
+                }
+            }
+            let extra = location
+                .as_ref()
+                .map(|l| format!("location: {l}\r\n"))
+                .unwrap_or_default();
+            let _ = socket
+                .write_all(
+                    format!("HTTP/1.1 {status} X\r\n{extra}content-length: 2\r\n\r\nok").as_bytes(),
+                )
+                .await;
+        }
+    });
+    (address, seen)
+}
+
+/// The `http` interface through `builtin:webhook`: a POST to a granted prefix is sent with its
+/// JSON; another method, another prefix, or a redirect out of the prefix is not.
+#[test]
+fn the_http_interface_sends_only_what_is_granted_and_follows_no_redirect() {
+    runtime().block_on(async {
+        let webhook = load_builtin("webhook").await;
+        let (address, seen) = recording_server(200, None).await;
+        let grants = Grants {
+            http: vec![format!("POST http://{address}/hooks/")],
+            origin: "lifeboat.toml:40".into(),
+            ..Grants::default()
+        };
+        let run = |config: String, grants: Grants| {
+            let webhook = &webhook;
+            async move {
+                webhook
+                    .run(&request(
+                        "alert",
+                        &config,
+                        grants,
+                        Arc::new(NoServices),
+                        StepLimits::default(),
+                    ))
+                    .await
+            }
+        };
+        let event = r#"{"kind":"rpo.breached","message":"group db-1: RPO 12.0s"}"#;
+        let report = run(
+            format!(r#"{{"url":"http://{address}/hooks/t1","event":{event}}}"#),
+            grants.clone(),
+        )
+        .await;
+        assert_eq!(
+            report.outcome,
+            StepOutcome::Ok {
+                outputs: r#"{"status":200}"#.into()
+            },
+            "{report:?}"
+        );
+        {
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 1, "{seen:?}");
+            assert!(seen[0].starts_with("POST /hooks/t1 "), "{seen:?}");
+            let body: serde_json::Value =
+                serde_json::from_str(seen[0].splitn(3, ' ').nth(2).unwrap()).unwrap();
+            assert_eq!(body["event"]["kind"], "rpo.breached");
+            assert_eq!(body["text"], "lifeboat: group db-1: RPO 12.0s");
+            assert_eq!(body["plan"], "erp");
+        }
+        // Another method to the same prefix, and the same method to another prefix: denied
+        // (the step traps), nothing sent.
+        for (method, path) in [("PUT", "/hooks/t1"), ("POST", "/other")] {
+            let report = run(
+                format!(r#"{{"url":"http://{address}{path}","method":"{method}"}}"#),
+                grants.clone(),
+            )
+            .await;
+            let StepOutcome::Denied { message } = &report.outcome else {
+                panic!("{method} {path}: {report:?}");
+            };
+            assert!(
+                message.contains(&format!("may not {method} `http://{address}{path}`")),
+                "{message}"
+            );
+            assert!(message.contains("lifeboat.toml:40"), "{message}");
+        }
+        assert_eq!(seen.lock().unwrap().len(), 1, "a denied request was sent");
+
+        // A redirect out of the granted prefix is not followed: the step sees the 302.
+        let (elsewhere, elsewhere_seen) = recording_server(200, None).await;
+        let (redirecting, _) =
+            recording_server(302, Some(format!("http://{elsewhere}/steal"))).await;
+        let report = run(
+            format!(r#"{{"url":"http://{redirecting}/hooks/x"}}"#),
+            Grants {
+                http: vec![format!("POST http://{redirecting}/hooks/")],
+                ..Grants::default()
+            },
+        )
+        .await;
+        let StepOutcome::Failed(PluginError::Other(m)) = &report.outcome else {
+            panic!("{report:?}");
+        };
+        assert!(m.contains("answered 302"), "{m}");
+        assert!(
+            elsewhere_seen.lock().unwrap().is_empty(),
+            "the redirect was followed"
+        );
+        // A plain `allow.http` entry (a probe's) grants GET, not POST.
+        let report = run(
+            format!(r#"{{"url":"http://{address}/hooks/t1"}}"#),
+            Grants {
+                http: vec![format!("http://{address}/hooks/")],
+                ..Grants::default()
+            },
+        )
+        .await;
+        assert!(
+            matches!(report.outcome, StepOutcome::Denied { .. }),
+            "{report:?}"
+        );
+        good_step_still_runs().await;
+    });
+}
+
+/// A step built against plugin API 0.1.0 keeps loading and running on this 0.1.1 host.
+#[test]
+fn a_step_built_for_api_0_1_0_runs_on_this_host() {
+    runtime().block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("addr").to_string();
+        let plugin = load_file(artifacts::API_0_1_0)
+            .await
+            .expect("a 0.1.0 step loads");
+        assert_eq!(plugin.info().api_version, "0.1.0");
+        let report = plugin
+            .run(&request(
+                "old",
+                &format!(r#"{{"address":"{address}"}}"#),
+                Grants {
+                    tcp: vec![address.clone()],
+                    ..Grants::default()
+                },
+                Arc::new(NoServices),
+                StepLimits::default(),
+            ))
+            .await;
+        assert_eq!(
+            report.outcome,
+            StepOutcome::Ok {
+                outputs: format!(r#"{{"reached":"{address}"}}"#)
+            },
+            "{report:?}"
+        );
+        assert!(
+            report.log[0].message.contains("built for 0.1.0"),
+            "{:?}",
+            report.log
+        );
+    });
 }

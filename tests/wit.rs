@@ -7,7 +7,7 @@ fn the_wit_package_parses_and_exports_the_step_world() {
     let mut resolve = wit_parser::Resolve::default();
     let (package, _) = resolve.push_dir(root().join("wit")).expect("wit/ parses");
     let name = &resolve.packages[package].name;
-    assert_eq!(name.to_string(), "lifeboat:plan@0.1.0");
+    assert_eq!(name.to_string(), "lifeboat:plan@0.1.1");
     let world = resolve
         .select_world(&[package], Some("step"))
         .expect("a `step` world");
@@ -23,5 +23,5 @@ fn the_wit_package_parses_and_exports_the_step_world() {
         );
     }
     let imports = resolve.worlds[world].imports.len();
-    assert!(imports >= 9, "only {imports} imports");
+    assert!(imports >= 10, "only {imports} imports");
 }

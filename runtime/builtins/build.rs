@@ -15,6 +15,7 @@ const BUILTINS: &[(&str, &str)] = &[
     ("http-check", "lifeboat_builtin_http_check"),
     ("approval", "lifeboat_builtin_approval"),
     ("wait", "lifeboat_builtin_wait"),
+    ("webhook", "lifeboat_builtin_webhook"),
 ];
 
 const OTHERS: &[(&str, &str)] = &[
@@ -28,6 +29,7 @@ const OTHERS: &[(&str, &str)] = &[
     ("UNGRANTED_CALL", "lifeboat_fixture_ungranted_call"),
     ("WASI_FILESYSTEM", "lifeboat_fixture_wasi_filesystem"),
     ("NEWER_API", "lifeboat_fixture_newer_api"),
+    ("API_0_1_0", "lifeboat_fixture_api_0_1_0"),
 ];
 
 fn main() {

@@ -17,7 +17,7 @@ class WitWorld(wit_world.WitWorld):
         return types.PluginInfo(
             name="kv-note",
             version="0.1.0",
-            api_version="0.1.0",
+            api_version="0.1.1",
             config_schema=None,
             capabilities=[types.Capability.KV_WRITE],
         )

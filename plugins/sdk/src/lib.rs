@@ -38,12 +38,12 @@ pub mod bindings {
 
 pub use bindings::lifeboat::plan::types::{Capability, Direction, Operation};
 pub use bindings::lifeboat::plan::{
-    approval, clock, compute, inventory, kv, log as host_log, network, probe, recovery,
+    approval, clock, compute, http, inventory, kv, log as host_log, network, probe, recovery,
 };
 pub use bindings::{Error, PluginInfo, StepContext};
 
 /// The version of the WIT package this SDK builds against.
-pub const API_VERSION: &str = "0.1.0";
+pub const API_VERSION: &str = "0.1.1";
 
 /// A step's `with` table, parsed from JSON.
 #[derive(Debug, Clone)]

@@ -1,17 +1,24 @@
-//! A template plan step: it checks a TCP port is open and records how long that took.
-//! Grant it in the plan: `allow = { tcp = ["{vm.db-1.ip}:5432"] }`.
+//! A template plan step: it checks a TCP port is open and records how long that took; with
+//! `notify`, it also POSTs the result there (the `http` interface).
+//! Grant it in the plan: `allow = { tcp = ["{vm.db-1.ip}:5432"] }`, and for `notify`,
+//! `http = ["POST https://chat.example.com/hooks/"]`.
 
-use lifeboat_plugin_sdk::{Capability, Config, Error, Outputs, Step, StepContext, clock, probe};
+use lifeboat_plugin_sdk::serde_json;
+use lifeboat_plugin_sdk::{
+    Capability, Config, Error, Outputs, Step, StepContext, clock, http, probe,
+};
 
 struct PortOpen;
 
 impl Step for PortOpen {
     const NAME: &'static str = "port-open";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    // `notify` is optional, so HTTP is not a capability it requires: without the grant, a
+    // `notify` is denied when it is tried.
     const CAPABILITIES: &'static [Capability] = &[Capability::ProbeTcp];
 
     fn validate(config: &Config, _context: &StepContext) -> Vec<String> {
-        let mut problems = config.unknown_keys(&["address", "timeout_ms"]);
+        let mut problems = config.unknown_keys(&["address", "timeout_ms", "notify"]);
         if config.str("address").is_none() {
             problems.push("`address` (host:port) is required".to_string());
         }
@@ -29,6 +36,21 @@ impl Step for PortOpen {
         outputs.insert("address".into(), address.into());
         outputs.insert("took_ms".into(), (clock::now_ms() - started).into());
         lifeboat_plugin_sdk::info(&format!("{address} is open"));
+        if let Some(url) = config.str("notify") {
+            let answer = http::send(&http::Request {
+                method: "POST".into(),
+                url: url.into(),
+                headers: vec![http::Header {
+                    name: "Content-Type".into(),
+                    value: "application/json".into(),
+                }],
+                body: serde_json::Value::Object(outputs.clone())
+                    .to_string()
+                    .into_bytes(),
+                timeout_ms: timeout,
+            })?;
+            lifeboat_plugin_sdk::info(&format!("{url} answered {}", answer.status));
+        }
         Ok(outputs)
     }
 }

@@ -1,5 +1,5 @@
 //! The built-in plan steps (`builtin:boot-group`, `builtin:tcp-check`, `builtin:http-check`,
-//! `builtin:approval`, `builtin:wait`): WebAssembly components built from `plugins/builtins/` and
+//! `builtin:approval`, `builtin:wait`, `builtin:webhook`): WebAssembly components built from `plugins/builtins/` and
 //! embedded in the binary, so a plan cannot tell them from a team's own plugins.
 
 #![forbid(unsafe_code)]

@@ -239,7 +239,11 @@ fn capability_grant(capability: Capability) -> Option<(&'static str, &'static st
         Capability::Compute => ("start and stop VMs", "vms", "[\"vm\"]"),
         Capability::Network => ("read VM addresses", "vms", "[\"vm\"]"),
         Capability::ProbeTcp => ("probe TCP addresses", "tcp", "[\"{vm.NAME.ip}:PORT\"]"),
-        Capability::ProbeHttp => ("probe HTTP URLs", "http", "[\"http://{vm.NAME.ip}:PORT/\"]"),
+        Capability::ProbeHttp => (
+            "probe HTTP URLs or send HTTP requests",
+            "http",
+            "[\"http://{vm.NAME.ip}:PORT/\"]",
+        ),
         Capability::Inventory | Capability::Approval => return None,
     })
 }

@@ -206,7 +206,14 @@ impl Operation {
 }
 
 /// The steps Lifeboat ships inside its binary.
-pub const BUILTIN_STEPS: &[&str] = &["boot-group", "tcp-check", "http-check", "approval", "wait"];
+pub const BUILTIN_STEPS: &[&str] = &[
+    "boot-group",
+    "tcp-check",
+    "http-check",
+    "approval",
+    "wait",
+    "webhook",
+];
 
 /// What a step runs: a built-in step or a component file.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use crate::outcome::LogLine;
 use crate::services::{HostServices, RunKv};
 use crate::wit::Error;
 use crate::wit::lifeboat::plan::{
-    approval, clock, compute, inventory, kv, log, network, probe, recovery, types,
+    approval, clock, compute, http, inventory, kv, log, network, probe, recovery, types,
 };
 
 /// A message this long is cut; a step's log holds at most this many bytes in all.
@@ -352,6 +352,52 @@ async fn http_get_status(url: &str) -> Result<u16, Error> {
         Ok(response) => Ok(response.status),
         Err(e @ crate::http::HttpError::Unsupported(_)) => Err(Error::Invalid(e.to_string())),
         Err(e) => Err(Error::Other(e.to_string())),
+    }
+}
+
+impl http::Host for StepState {
+    async fn send(
+        &mut self,
+        request: http::Request,
+    ) -> wasmtime::Result<Result<http::Response, Error>> {
+        if !self.grants.http_request(&request.method, &request.url) {
+            return Err(self.deny(
+                &request.method.to_ascii_uppercase(),
+                &format!("`{}`", request.url),
+            ));
+        }
+        let limit = Duration::from_millis(request.timeout_ms.into()).min(self.host_call_timeout);
+        let req = crate::http::Request {
+            method: request.method,
+            url: request.url,
+            headers: request
+                .headers
+                .into_iter()
+                .map(|h| (h.name, h.value))
+                .collect(),
+            body: request.body,
+        };
+        Ok(
+            match tokio::time::timeout(limit, crate::http::send(&req)).await {
+                Ok(Ok(a)) => Ok(http::Response {
+                    status: a.status,
+                    headers: a
+                        .headers
+                        .into_iter()
+                        .map(|(name, value)| http::Header { name, value })
+                        .collect(),
+                    body: a.body,
+                    truncated: a.truncated,
+                }),
+                Ok(Err(crate::http::SendError::Invalid(e))) => Err(Error::Invalid(e)),
+                Ok(Err(crate::http::SendError::Failed(e))) => Err(Error::Other(e)),
+                Err(_) => Err(Error::Timeout(format!(
+                    "{} did not answer within {} ms",
+                    req.url,
+                    limit.as_millis()
+                ))),
+            },
+        )
     }
 }
 

@@ -1,7 +1,10 @@
-//! The one plain-HTTP GET of the runtime: the `probe` interface's `http-get`, the orchestrator's
-//! health probes and the demo's checks all use it. Plain `http://` only (probes reach addresses
-//! inside a site's networks); the request says `connection: close` and the response is read to
-//! its end, at most [`MAX_RESPONSE`] bytes.
+//! The runtime's HTTP clients. `get`: the one plain-HTTP GET (the `probe` interface's
+//! `http-get`, the orchestrator's health probes and the demo's checks): plain `http://` only
+//! (probes reach addresses inside a site's networks); the request says `connection: close` and
+//! the response is read to its end, at most [`MAX_RESPONSE`] bytes. `send`: the `http`
+//! interface's requests, any method, HTTPS verified against the system's roots (rustls with the
+//! platform verifier: `SSL_CERT_FILE` names other roots), redirects not followed, the body read
+//! up to [`MAX_RESPONSE`].
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -92,4 +95,115 @@ pub async fn get(url: &str) -> Result<Response, HttpError> {
         .ok_or_else(|| HttpError::NotHttp(url.to_string()))?;
     let body = head_end.map_or_else(Vec::new, |i| text[i + 4..].to_vec());
     Ok(Response { status, body })
+}
+
+/// A request of the `http` interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// An answer to [`send`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The body was longer than [`MAX_RESPONSE`].
+    pub truncated: bool,
+}
+
+/// Why [`send`] failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One client per process: its connection pool and the system's roots, loaded once.
+fn client() -> Result<&'static reqwest::Client, SendError> {
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("lifeboat/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| format!("the HTTP client could not start: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| SendError::Failed(e.clone()))
+}
+
+/// Sends `req` (the caller has checked its grant and bounds its time).
+pub async fn send(req: &Request) -> Result<Answer, SendError> {
+    let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| SendError::Invalid(format!("`{}` is not an HTTP method", req.method)))?;
+    let url = reqwest::Url::parse(&req.url)
+        .map_err(|e| SendError::Invalid(format!("`{}` is not a URL: {e}", req.url)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(SendError::Invalid(format!(
+            "only http:// and https:// URLs can be requested, got `{}`",
+            req.url
+        )));
+    }
+    let mut builder = client()?.request(method, url);
+    for (name, value) in &req.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let mut response = builder
+        .body(req.body.clone())
+        .send()
+        .await
+        .map_err(|e| SendError::Failed(format!("{}: {}", req.url, error_chain(&e))))?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let mut body = Vec::new();
+    let mut truncated = false;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| SendError::Failed(format!("{}: {}", req.url, error_chain(&e))))?
+    {
+        let room = MAX_RESPONSE - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            truncated = true;
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Answer {
+        status,
+        headers,
+        body,
+        truncated,
+    })
+}
+
+/// An error with its causes: reqwest's own message is only "error sending request".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

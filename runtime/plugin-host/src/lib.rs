@@ -37,7 +37,7 @@ pub use plugin::{Plugin, StepLimits, StepRequest};
 pub use services::{HostServices, NoServices, RunKv};
 
 /// The WIT package version this host implements; plugins built for `0.1.x` load.
-pub const API_VERSION: &str = "0.1.0";
+pub const API_VERSION: &str = "0.1.1";
 
 /// Where wasmtime errors become ours: the full chain as one line.
 pub(crate) fn describe_error(e: &wasmtime::Error) -> String {

@@ -137,6 +137,7 @@ fn build_linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<StepState>
     iface::kv::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
     iface::inventory::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
     iface::approval::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
+    iface::http::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
     iface::clock::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
     iface::recovery::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
     iface::compute::add_to_linker::<_, HasSelf<_>>(l, |s| s)?;
