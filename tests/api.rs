@@ -523,3 +523,273 @@ fn a_planned_failover_through_the_daemon_takes_its_groups_from_protection_and_cl
     let (status, log) = d.term(Duration::from_secs(15));
     assert!(status.success(), "{status:?}: {log}");
 }
+
+/// A plain HTTP receiver: every request's body, one per line; answers 200.
+fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&raw).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .and_then(|v| v.trim().parse().ok())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        log.lock().unwrap().push(body.to_string());
+                        break;
+                    }
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        }
+    });
+    (addr, seen)
+}
+
+/// A receiver that accepts and never answers.
+fn hanging_receiver() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// An HTTPS receiver (Python's, behind a certificate of a test CA made with openssl): its port
+/// and the file it writes each request's body to; the CA's PEM file.
+fn tls_receiver(dir: &std::path::Path) -> (Child, u16, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=lifeboat test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    let script = dir.join("tls_receiver.py");
+    std::fs::write(
+        &script,
+        r#"import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        with open(sys.argv[1], "ab") as f:
+            f.write(body + b"\n")
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), H)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[2], sys.argv[3])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#,
+    )
+    .unwrap();
+    let received = dir.join("tls-received.jsonl");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg(&received)
+        .arg(dir.join("srv.pem"))
+        .arg(dir.join("srv.key"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port = line.trim().parse().expect("the receiver's port");
+    (child, port, received, dir.join("ca.pem"))
+}
+
+fn bodies_of(bodies: &[String], kind: &str) -> usize {
+    bodies
+        .iter()
+        .filter_map(|b| serde_json::from_str::<Value>(b).ok())
+        .filter(|b| b["event"]["kind"] == kind && b["event"]["group"] == "db-1")
+        .count()
+}
+
+/// Alert hooks declared in the inventory: a breach of db-1's RPO fires the webhook once (over
+/// plain HTTP and over HTTPS against a test CA), its recovery once; a hook whose receiver hangs
+/// on every committed cycle holds up neither the cycles nor the other hooks.
+#[test]
+fn alert_hooks_fire_once_per_transition_and_a_hanging_one_holds_nothing_up() {
+    let mut s = fast_sites(132);
+    let (plain, seen) = receiver();
+    let hang = hanging_receiver();
+    let (mut tls, tls_port, tls_received, ca) = tls_receiver(s.path());
+    edit(&s, "lifeboat.toml", |inv| {
+        format!(
+            r#"{inv}
+[alerts.oncall]
+events = ["rpo.breached", "rpo.recovered"]
+uses = "builtin:webhook"
+with = {{ url = "http://{plain}/hooks/oncall" }}
+allow = {{ http = ["POST http://{plain}/hooks/"] }}
+retries = 2
+
+[alerts.secure]
+events = ["rpo.breached"]
+uses = "builtin:webhook"
+with = {{ url = "https://localhost:{tls_port}/hooks/secure" }}
+allow = {{ http = ["POST https://localhost:{tls_port}/hooks/"] }}
+
+[alerts.stuck]
+events = ["cycle.committed", "rpo.breached"]
+uses = "builtin:webhook"
+with = {{ url = "http://{hang}/never", timeout_ms = 60000 }}
+timeout = "2m"
+allow = {{ http = ["POST http://{hang}/"] }}
+"#
+        )
+    });
+    let out = s.lifeboat(&["plan", "validate"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    s.start_source();
+    let d = Daemon::start_with(
+        &s,
+        None,
+        9187,
+        &[("SSL_CERT_FILE", ca.display().to_string())],
+    );
+    wait_for(
+        || last_id(&d.status(&s).1, "db-1") >= 2,
+        "points despite the stuck hook",
+    );
+    let events = Events::start(&s, "events", None);
+    events.wait_for("a live event", |n| n["kind"] == "cycle.committed");
+
+    let disk = s.path().join("vms/db-1.img");
+    let away = s.path().join("vms/db-1.img.away");
+    std::fs::rename(&disk, &away).unwrap();
+    wait_for(
+        || bodies_of(&seen.lock().unwrap(), "rpo.breached") == 1,
+        "the breach delivered",
+    );
+    wait_for(
+        || {
+            let tls_bodies: Vec<String> = std::fs::read_to_string(&tls_received)
+                .unwrap_or_default()
+                .lines()
+                .map(String::from)
+                .collect();
+            bodies_of(&tls_bodies, "rpo.breached") == 1
+        },
+        "the breach delivered over HTTPS",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::rename(&away, &disk).unwrap();
+    wait_for(
+        || bodies_of(&seen.lock().unwrap(), "rpo.recovered") == 1,
+        "the recovery delivered",
+    );
+    // Cycles go on at their pace while the stuck hook's deliveries hang.
+    let before = last_id(&d.status(&s).1, "app-1");
+    std::thread::sleep(Duration::from_secs(4));
+    let after = last_id(&d.status(&s).1, "app-1");
+    assert!(after >= before + 3, "cycles held up: {before} → {after}");
+    // Exactly once each, and the bus says which deliveries went out.
+    let bodies = seen.lock().unwrap().clone();
+    assert_eq!(bodies_of(&bodies, "rpo.breached"), 1, "{bodies:#?}");
+    assert_eq!(bodies_of(&bodies, "rpo.recovered"), 1, "{bodies:#?}");
+    let first: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert!(
+        first["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("lifeboat: group db-1: "),
+        "{first:#}"
+    );
+    let notices = events.notices();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n["kind"] == "alert.sent" && n["data"]["alert"] == "secure"),
+        "{notices:#?}"
+    );
+    let (status, log) = d.term(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}: {log}");
+    let _ = tls.kill();
+    let _ = tls.wait();
+}

@@ -43,6 +43,16 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) fn start(s: &Sites, state: Option<&Path>, port: u16) -> Self {
+        Self::start_with(s, state, port, &[])
+    }
+
+    /// Starts a daemon with `env` added to its environment.
+    pub(crate) fn start_with(
+        s: &Sites,
+        state: Option<&Path>,
+        port: u16,
+        env: &[(&str, String)],
+    ) -> Self {
         let listen = format!("127.{}.0.1:{port}", s.k());
         let log = s.path().join(format!("daemon-{port}.log"));
         let token_file = s.path().join("api-token");
@@ -73,6 +83,7 @@ impl Daemon {
         );
         let child = Command::new(HELPER)
             .args(&args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             // A file, not a pipe: a daemon must never block on a reader that stopped reading.
             // Appended to: a daemon started again on the same sites keeps the log of the last.

@@ -16,6 +16,7 @@
 //! under the group's writer lease (`lifeboat_replication::lease`), exactly as `lifeboat
 //! replicate` takes one.
 
+mod alerts;
 pub mod api;
 pub mod client;
 pub mod config;

@@ -279,6 +279,13 @@ pub async fn run_until(
     sup.failed_over = sup.read_failed_over();
     sup.publish();
     let (commands_tx, mut commands) = mpsc::unbounded_channel();
+    let (alerts_stop, alerts_stopped) = watch::channel(false);
+    let alerts = tokio::spawn(crate::alerts::run(
+        bus.clone(),
+        engine.clone(),
+        sup.published.subscribe(),
+        alerts_stopped,
+    ));
     let host = Arc::new(crate::host::Host::new(
         opts.state.clone(),
         engine,
@@ -340,6 +347,8 @@ pub async fn run_until(
     sup.drain().await;
     server.stop().await;
     host.stop().await;
+    let _ = alerts_stop.send(true);
+    let _ = alerts.await;
     Ok(())
 }
 

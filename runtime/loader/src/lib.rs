@@ -96,6 +96,9 @@ pub fn validate(config: &Path, plans: &[PathBuf]) -> Validation {
 
     let mut plugins = PluginDigests::default();
     let mut checker = plugins::PluginChecker::new();
+    if let Some(inventory) = &inventory {
+        diagnostics.extend(checker.check_alerts(config, inventory));
+    }
     let mut loaded = Vec::new();
     for path in plans {
         let (source, readable) = read_or_report(&mut sources, path, "plan", &mut diagnostics);

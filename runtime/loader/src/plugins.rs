@@ -135,8 +135,79 @@ impl PluginChecker {
                 };
                 out.extend(capability_checks(step, &plugin));
                 if !step.config_invalid {
-                    out.extend(self.config_checks(plan, &group.name, step, &plugin));
+                    out.extend(self.config_checks(&plan.name.value, &group.name, step, &plugin));
                 }
+            }
+        }
+        out
+    }
+
+    /// Check every alert hook of `inventory` (at `inventory_path`): its component loads (a file
+    /// must be pinned and match its pin), its capabilities are granted, its `with` validates.
+    pub fn check_alerts(
+        &mut self,
+        inventory_path: &Path,
+        inventory: &lifeboat_plan::Inventory,
+    ) -> Vec<Diagnostic> {
+        let dir = crate::base_dir(inventory_path);
+        let mut out = Vec::new();
+        for (name, alert) in inventory.alerts.iter() {
+            let step = &alert.step;
+            let loaded = match &step.uses.value {
+                PluginRef::Builtin(builtin) => match lifeboat_builtins::builtin(builtin) {
+                    Some(bytes) => self.load(format!("builtin:{builtin}"), bytes),
+                    None => continue, // reported by the inventory's decoding
+                },
+                PluginRef::Path(relative) => {
+                    let Some(pin) = &step.sha256 else {
+                        continue; // unpinned: reported by the decoding
+                    };
+                    let path = dir.join(relative);
+                    match std::fs::read(&path) {
+                        Ok(bytes) if sha256_hex(&bytes).eq_ignore_ascii_case(&pin.value) => {
+                            self.load(path.display().to_string(), &bytes)
+                        }
+                        Ok(bytes) => {
+                            out.push(Diagnostic::error(
+                                Rule::PluginHashMismatch,
+                                pin.span,
+                                format!(
+                                    "alert `{name}`: {} has sha256 {}, not its pin",
+                                    path.display(),
+                                    sha256_hex(&bytes)
+                                ),
+                                "does not match the file",
+                            ));
+                            continue;
+                        }
+                        Err(e) => {
+                            out.push(Diagnostic::error(
+                                Rule::PluginNotFound,
+                                step.uses.span,
+                                format!("alert `{name}`: cannot read {}: {e}", path.display()),
+                                "no such component",
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            };
+            match loaded {
+                Ok(plugin) => {
+                    out.extend(capability_checks(step, &plugin));
+                    if !step.config_invalid {
+                        out.extend(self.config_checks("alerts", name, step, &plugin));
+                    }
+                }
+                Err(e) => out.push(Diagnostic::error(
+                    Rule::PluginLoad,
+                    step.uses.span,
+                    format!(
+                        "alert `{name}`: plugin `{}` cannot be used: {e}",
+                        step.uses.value_text()
+                    ),
+                    "not a usable step component",
+                )),
             }
         }
         out
@@ -144,7 +215,7 @@ impl PluginChecker {
 
     fn config_checks(
         &self,
-        plan: &Plan,
+        plan: &str,
         group: &str,
         step: &Step,
         plugin: &Plugin,
@@ -170,7 +241,7 @@ impl PluginChecker {
             })
             .unwrap_or(wit::Operation::Test);
         let context = wit::StepContext {
-            plan: plan.name.value.clone(),
+            plan: plan.to_string(),
             run_id: "validate".into(),
             operation,
             direction: wit::Direction::Forward,
@@ -282,4 +353,12 @@ fn capability_checks(step: &Step, plugin: &Plugin) -> Vec<Diagnostic> {
         );
     }
     out
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

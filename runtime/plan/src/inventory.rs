@@ -33,6 +33,9 @@ pub struct Inventory {
     /// Consistency groups by name: one recovery-point cut across all disks of their VMs.
     #[serde(default)]
     pub consistency_groups: NameMap<ConsistencyGroup>,
+    /// Alert hooks by name: sandboxed steps the daemon runs when one of their events happens.
+    #[serde(default)]
+    pub alerts: NameMap<Alert>,
     /// Names declared in the file whose entries were invalid: references to them are not reported
     /// a second time.
     #[serde(skip)]
@@ -47,6 +50,7 @@ pub struct Declared {
     pub policies: Vec<String>,
     pub vms: Vec<String>,
     pub consistency_groups: Vec<String>,
+    pub alerts: Vec<String>,
 }
 
 /// A site: a store for its repository (or cache), a compute driver and its networks.
@@ -210,6 +214,107 @@ pub struct ConsistencyGroup {
     pub vms: Vec<Spanned<String>>,
 }
 
+/// The events an alert hook can fire on (the daemon's event kinds people are told about).
+pub const ALERT_EVENTS: &[&str] = &[
+    "rpo.breached",
+    "rpo.recovered",
+    "cycle.failed",
+    "cycle.committed",
+    "run.started",
+    "run.finished",
+    "step.failed",
+    "approval.waiting",
+    "run.cleaned-up",
+    "run.committed",
+    "protection.paused",
+    "protection.resumed",
+    "config.reloaded",
+    "config.rejected",
+];
+
+/// An alert hook: a sandboxed step (a built-in such as `builtin:webhook`, or a pinned
+/// component) that the daemon runs once for each event of `events`, with the event in its
+/// `with` as `event`, retried per `retries`, never holding replication up.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[schemars(transform = alert_schema)]
+pub struct Alert {
+    /// The event kinds that fire it, e.g. `["rpo.breached", "rpo.recovered"]`.
+    #[schemars(length(min = 1))]
+    pub events: Vec<Spanned<String>>,
+    /// The step, as a plan's: `uses`, `sha256`, `with`, `timeout`, `retries`, `allow` (no `on`).
+    #[serde(flatten)]
+    pub step: crate::plan::Step,
+}
+
+/// An alert's schema is a step's without `on` (and `name`: the hook's key names it), closed to
+/// other keys as the decoder is.
+fn alert_schema(schema: &mut schemars::Schema) {
+    if let Some(props) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        props.remove("on");
+        props.remove("name");
+    }
+    schema.insert("additionalProperties".into(), false.into());
+}
+
+fn decode_alert(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Alert> {
+    let mut t = d.table(v, what)?;
+    if let Some(on) = t.optional("on") {
+        d.push(
+            Diagnostic::error(
+                Rule::InvalidValue,
+                d.span(on),
+                format!("`{what}.on` is for plan steps: an alert fires on `events`"),
+                "not an alert key",
+            )
+            .with_help(format!(
+                "write `events = [...]`, from: {}",
+                ALERT_EVENTS.join(", ")
+            )),
+        );
+    }
+    let events = t
+        .required(d, "events")
+        .and_then(|v| d.string_list(v, &format!("{what}.events")));
+    if let Some(name) = t.optional("name") {
+        d.push(Diagnostic::error(
+            Rule::InvalidValue,
+            d.span(name),
+            format!("`{what}.name`: an alert is named by its key"),
+            "not an alert key",
+        ));
+    }
+    let step = crate::plan::decode_step_keys(d, &mut t);
+    t.finish(d);
+    let mut events = events?;
+    events.retain(|e| {
+        if ALERT_EVENTS.contains(&e.value.as_str()) {
+            return true;
+        }
+        let mut diag = Diagnostic::error(
+            Rule::InvalidValue,
+            e.span,
+            format!("unknown event `{}` in `{what}.events`", e.value),
+            "not an event an alert can fire on",
+        );
+        diag = diag.with_help(
+            suggestion(&e.value, ALERT_EVENTS)
+                .unwrap_or_else(|| format!("one of: {}", ALERT_EVENTS.join(", "))),
+        );
+        d.push(diag);
+        false
+    });
+    if events.is_empty() {
+        return None;
+    }
+    Some(Alert {
+        events,
+        step: step?,
+    })
+}
+
 /// Parse and type an inventory. Returns the inventory when the file is well-formed enough to
 /// check references against, and every problem found.
 pub fn parse_inventory(source: SourceId, text: &str) -> (Option<Inventory>, Vec<Diagnostic>) {
@@ -249,6 +354,10 @@ fn decode_inventory(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Inventory> 
         ),
         None => Some(NameMap::default()),
     };
+    let alerts = match t.optional("alerts") {
+        Some(v) => d.name_map(v, "alerts", &mut declared.alerts, decode_alert),
+        None => Some(NameMap::default()),
+    };
     t.finish(d);
     Some(Inventory {
         // Missing: reported above; read as current so the rest is still checked.
@@ -257,6 +366,7 @@ fn decode_inventory(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Inventory> 
         policies: policies.unwrap_or_default(),
         vms: vms.unwrap_or_default(),
         consistency_groups: consistency_groups.unwrap_or_default(),
+        alerts: alerts.unwrap_or_default(),
         declared,
     })
 }

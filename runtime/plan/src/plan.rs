@@ -527,6 +527,13 @@ fn decode_group(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Group>
 
 fn decode_step(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Step> {
     let mut t = d.table(v, what)?;
+    let step = decode_step_keys(d, &mut t);
+    t.finish(d);
+    step
+}
+
+/// The keys of a step in table `t` (an alert hook is a step with `events` besides them).
+pub(crate) fn decode_step_keys(d: &mut Decoder<'_>, t: &mut TableReader<'_, '_>) -> Option<Step> {
     let name = t.optional("name").map(|v| d.name(v, "step"));
     let uses = t.required(d, "uses").and_then(|v| {
         let s = d.string(v, &t.path("uses"))?;
@@ -592,7 +599,6 @@ fn decode_step(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Step> {
         .map(|v| decode_allow(d, v, &t.path("allow")));
     let sha256_absent = sha256.is_none();
     let config_invalid = matches!(config, Some(None));
-    t.finish(d);
     let step = Step {
         name: name.unwrap_or(None),
         uses: uses?,

@@ -163,3 +163,45 @@ fn a_zero_max_pause_is_refused() {
     assert_eq!(diags[0].rule, Rule::InvalidDuration, "{diags:?}");
     assert!(diags[0].message.contains("max_pause"), "{diags:?}");
 }
+
+/// An alert hook is a step with `events`: a valid one is typed; an unknown event (with a
+/// suggestion), a plan step's `on`, and an unknown key are each reported.
+#[test]
+fn alert_hooks_are_typed_and_their_mistakes_reported() {
+    let good = format!(
+        "{INVENTORY}\n[alerts.oncall]\nevents = [\"rpo.breached\", \"rpo.recovered\"]\nuses = \"builtin:webhook\"\nwith = {{ url = \"https://hooks.example.com/x\" }}\nallow = {{ http = [\"POST https://hooks.example.com/\"] }}\nretries = 3\n"
+    );
+    let mut sources = Sources::new();
+    let id = sources.add("lifeboat.toml", &good);
+    let (inv, diags) = parse_inventory(id, &good);
+    assert!(diags.is_empty(), "{diags:?}");
+    let inv = inv.expect("typed");
+    let alert = inv.alerts.get("oncall").expect("the hook");
+    assert_eq!(alert.events.len(), 2);
+    assert_eq!(alert.step.retries.as_ref().map(|r| r.value), Some(3));
+
+    let bad = format!(
+        "{INVENTORY}\n[alerts.oncall]\nevents = [\"rpo.breach\"]\non = [\"test\"]\nuses = \"builtin:webhook\"\ncolour = \"red\"\n"
+    );
+    let id = sources.add("bad.toml", &bad);
+    let (_, diags) = parse_inventory(id, &bad);
+    let messages: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(diags.len(), 3, "{messages:?}");
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.message.contains("unknown event `rpo.breach`")
+                && d.help
+                    .as_deref()
+                    .is_some_and(|h| h.contains("rpo.breached"))),
+        "{diags:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("fires on `events`")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("colour")),
+        "{messages:?}"
+    );
+}

@@ -29,7 +29,9 @@ impl Step for Webhook {
             config.unknown_keys(&["url", "method", "headers", "body", "timeout_ms", "event"]);
         match config.str("url") {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
-            Some(u) => problems.push(format!("`url` must be an http:// or https:// URL, got `{u}`")),
+            Some(u) => problems.push(format!(
+                "`url` must be an http:// or https:// URL, got `{u}`"
+            )),
             None => problems.push("`url` is required".into()),
         }
         if let Some(m) = config.get("method")
