@@ -550,54 +550,49 @@ impl Supervisor {
     /// group without a point counts once the daemon has run for its threshold (not while the
     /// first cycle runs); groups failovers hold are not replicated here and do not count.
     fn tell_rpo(&mut self) {
-        let snap = self.published.borrow().clone();
-        let status = snap.status(SystemTime::now());
-        let up = SystemTime::now()
+        let now = SystemTime::now();
+        let up = now
             .duration_since(self.started_at)
             .unwrap_or_default()
             .as_secs_f64();
-        for g in &status.groups {
-            let over = !g.rpo.ok
-                && g.failed_over_by.is_none()
-                && (g.last_point.is_some() || up > g.rpo.threshold_seconds);
-            let told = self.breached.contains(&g.name);
+        let mut changed = Vec::new();
+        for (name, g) in &self.groups {
+            let rpo = crate::status::rpo_of(g.live.last_point.as_ref(), g.spec.rpo_threshold, now);
+            let over = !rpo.ok
+                && g.live.failed_over_by.is_none()
+                && (g.live.last_point.is_some() || up > rpo.threshold_seconds);
+            if over != self.breached.contains(name) {
+                changed.push((name.clone(), over, rpo, g.live.clone()));
+            }
+        }
+        for (name, over, rpo, live) in changed {
             let data = serde_json::json!({
-                "rpo_seconds": g.rpo.seconds,
-                "threshold_seconds": g.rpo.threshold_seconds,
-                "last_point": g.last_point,
-                "last_error": g.last_error,
+                "rpo_seconds": rpo.seconds,
+                "threshold_seconds": rpo.threshold_seconds,
+                "last_point": live.last_point,
+                "last_error": live.last_error,
             });
-            let rpo = g
-                .rpo
+            let rpo_text = rpo
                 .seconds
                 .map_or_else(|| "no point yet".to_string(), |s| format!("RPO {s:.1}s"));
-            if over && !told {
-                self.breached.insert(g.name.clone());
-                self.bus.publish(
-                    Notice::new(
-                        "rpo.breached",
-                        format!(
-                            "group {}: {rpo}, over its threshold of {}s",
-                            g.name, g.rpo.threshold_seconds
-                        ),
-                    )
-                    .group(&g.name)
-                    .data(data),
-                );
-            } else if !over && told {
-                self.breached.remove(&g.name);
-                self.bus.publish(
-                    Notice::new(
-                        "rpo.recovered",
-                        format!(
-                            "group {}: {rpo}, within its threshold of {}s again",
-                            g.name, g.rpo.threshold_seconds
-                        ),
-                    )
-                    .group(&g.name)
-                    .data(data),
-                );
-            }
+            let (kind, against) = if over {
+                self.breached.insert(name.clone());
+                ("rpo.breached", "over")
+            } else {
+                self.breached.remove(&name);
+                ("rpo.recovered", "within")
+            };
+            self.bus.publish(
+                Notice::new(
+                    kind,
+                    format!(
+                        "group {name}: {rpo_text}, {against} its threshold of {}s",
+                        rpo.threshold_seconds
+                    ),
+                )
+                .group(&name)
+                .data(data),
+            );
         }
     }
 
