@@ -22,10 +22,11 @@ pub struct Notice {
     pub id: u64,
     /// When it happened (RFC 3339).
     pub at: String,
-    /// `cycle.committed`, `cycle.failed`, `rpo.breached`, `rpo.recovered`, `run.started`,
-    /// `step.started`, `step.finished`, `step.failed`, `approval.waiting`, `approval.given`,
-    /// `run.progress`, `run.finished`, `protection.paused`, `protection.resumed`,
-    /// `config.reloaded`, `config.rejected`.
+    /// `cycle.committed`, `cycle.failed` (each), `cycle.failing` and `cycle.recovered` (the
+    /// transitions), `rpo.breached`, `rpo.recovered`, `run.started`, `step.started`,
+    /// `step.finished`, `step.failed`, `approval.waiting`, `approval.given`, `run.progress`,
+    /// `run.finished`, `run.failed`, `run.cleaned-up`, `run.committed`, `protection.paused`,
+    /// `protection.resumed`, `config.reloaded`, `config.rejected`, `alert.sent`, `alert.failed`.
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,

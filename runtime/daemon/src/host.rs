@@ -327,6 +327,15 @@ impl Host {
         }
         let mut data = data;
         data["status"] = serde_json::Value::from(status);
+        if status != "succeeded" {
+            // The transition alerts want, without every finished run.
+            self.bus.publish(
+                Notice::new("run.failed", message.clone())
+                    .run(id)
+                    .plan(plan)
+                    .data(data.clone()),
+            );
+        }
         self.bus.publish(
             Notice::new("run.finished", message)
                 .run(id)

@@ -638,7 +638,7 @@ impl Supervisor {
             } => {
                 live.last_point = Some(last.clone());
                 live.last_error = None;
-                live.failures = 0;
+                let failed_before = std::mem::take(&mut live.failures);
                 live.state = "idle".into();
                 g.counters
                     .committed(seconds, scanned, changed, shipped, points_kept);
@@ -661,6 +661,19 @@ impl Supervisor {
                         "expired": expired,
                     })),
                 );
+                if failed_before > 0 {
+                    self.bus.publish(
+                        Notice::new(
+                            "cycle.recovered",
+                            format!(
+                                "group {}: cycles commit again (point {}) after {failed_before} failure(s)",
+                                event.group, last.id
+                            ),
+                        )
+                        .group(&event.group)
+                        .data(serde_json::json!({ "point": last, "failures": failed_before })),
+                    );
+                }
             }
             Update::Failed {
                 error,
@@ -687,6 +700,17 @@ impl Supervisor {
                         "retry_at": humantime::format_rfc3339_seconds(retry_at).to_string(),
                     })),
                 );
+                // The transition, told once however long the failures last.
+                if failures == 1 {
+                    self.bus.publish(
+                        Notice::new(
+                            "cycle.failing",
+                            format!("group {}: cycles fail: {error}", event.group),
+                        )
+                        .group(&event.group)
+                        .data(serde_json::json!({ "error": error })),
+                    );
+                }
             }
         }
     }

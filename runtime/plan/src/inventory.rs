@@ -218,10 +218,13 @@ pub struct ConsistencyGroup {
 pub const ALERT_EVENTS: &[&str] = &[
     "rpo.breached",
     "rpo.recovered",
+    "cycle.failing",
+    "cycle.recovered",
     "cycle.failed",
     "cycle.committed",
     "run.started",
     "run.finished",
+    "run.failed",
     "step.failed",
     "approval.waiting",
     "run.cleaned-up",
