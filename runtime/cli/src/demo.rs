@@ -423,9 +423,49 @@ fn scenario(
         "the daemon is protecting the site (status answers from it)",
     );
 
-    // 1. A drill: clones of the latest point in the drill network, the source untouched.
+    // The daemon's event stream, as `lifeboat events` follows it.
+    demo.say("\n$ lifeboat events &");
+    let socket = lifeboat_daemon::client::socket_path(&demo.dir.join(".lifeboat/state"));
+    let mut feed = rt
+        .block_on(lifeboat_daemon::client::follow(&socket, "/v1/events"))
+        .and_then(Result::ok);
+
+    // 1. A drill: clones of the latest point in the drill network, the source untouched. With
+    // the daemon running, the CLI asks it to run the drill.
     let code = demo.lifeboat(&["failover", "shop", "--test"]);
     demo.check(code == 0, "test failover succeeded");
+    let seen = rt.block_on(async {
+        let mut seen = Vec::new();
+        let Some(feed) = feed.as_mut() else {
+            return seen;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(n) = feed.recv().await {
+                let end = n.kind == "run.finished" && n.run.as_deref() == Some("shop-1");
+                seen.push(n);
+                if end {
+                    break;
+                }
+            }
+        })
+        .await;
+        seen
+    });
+    let steps = seen
+        .iter()
+        .filter(|n| n.kind == "step.finished" && n.run.as_deref() == Some("shop-1"))
+        .count();
+    let ended = seen.iter().any(|n| {
+        n.kind == "run.finished"
+            && n.run.as_deref() == Some("shop-1")
+            && n.data["status"] == "succeeded"
+    });
+    demo.check(
+        ended && steps > 0,
+        &format!(
+            "the daemon ran the drill: its {steps} step(s) and its end are on the event stream"
+        ),
+    );
     let drill_at = addresses(demo, "shop-1");
     demo.check(
         drill_at.values().all(|a| a.starts_with("127.49.")),
