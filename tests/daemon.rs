@@ -510,7 +510,7 @@ fn a_daemon_killed_mid_cycle_restarts_cleanly_every_time() {
 /// refused (exit 8, the daemon named) while a daemon protects the groups, the source left
 /// running.
 #[test]
-fn two_daemons_on_one_repository_never_interleave_and_the_cli_waits_its_turn() {
+fn two_daemons_on_one_repository_never_interleave_and_the_cli_goes_through_the_writer() {
     let mut s = fast_sites(126);
     s.start_source();
     let a = Daemon::start(&s, None, 9187);
@@ -546,8 +546,19 @@ fn two_daemons_on_one_repository_never_interleave_and_the_cli_waits_its_turn() {
     );
     assert!(last_id(&a.status(&s).1, "db-1") > before);
 
-    // The CLI refuses to write under a daemon, and says which.
+    // `replicate` goes through the daemon of its state folder: the writing one takes a point
+    // now; the standby one refuses with 8 and names the writer.
+    let before = last_id(&a.status(&s).1, "db-1");
     let out = s.lifeboat(&["replicate", "db-1"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let taken: u64 = out
+        .stdout
+        .strip_prefix("db-1: point ")
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(taken > before, "{}", out.stdout);
+    let b_state_arg = b_state.display().to_string();
+    let out = s.lifeboat(&["--state", &b_state_arg, "replicate", "db-1"]);
     assert_eq!(out.code, 8, "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains(&holder), "{}", out.stderr);
     assert!(
@@ -558,7 +569,6 @@ fn two_daemons_on_one_repository_never_interleave_and_the_cli_waits_its_turn() {
     // So does a planned failover asked of the standby daemon (the CLI goes through the daemon
     // of its state folder): the other holds the leases; nothing is stopped, and the standby
     // stands by again.
-    let b_state_arg = b_state.display().to_string();
     let out = s.lifeboat(&["--state", &b_state_arg, "failover", "p", "--planned"]);
     assert_eq!(out.code, 8, "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains(&holder), "{}", out.stderr);

@@ -528,7 +528,10 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
                 lifeboat_replication::AppMode::Auto
             };
             Ok(match context(io) {
-                Ok(ctx) => replication::replicate(&ctx, &vms, mode, io),
+                Ok(ctx) => match daemon() {
+                    Some(d) => remote::replicate(&d, &ctx, &vms, mode, io),
+                    None => replication::replicate(&ctx, &vms, mode, io),
+                },
                 Err(code) => code,
             })
         }

@@ -350,6 +350,68 @@ pub fn cancel(d: &Daemon, run: &str, io: &mut crate::Io<'_>) -> u8 {
     }
 }
 
+/// `lifeboat replicate` through the daemon: a cycle of each group now, by the daemon's own task
+/// (its lease, its schedule counted from there), answered when it committed. `--app`/`--crash`
+/// are refused: the daemon chooses the kind on its schedule.
+pub fn replicate(
+    d: &Daemon,
+    ctx: &crate::replication::Context,
+    vms: &[String],
+    app: lifeboat_replication::AppMode,
+    io: &mut crate::Io<'_>,
+) -> u8 {
+    if app != lifeboat_replication::AppMode::Auto {
+        let _ = writeln!(
+            io.stderr,
+            "error: a daemon protects these groups and takes their points (app-consistent when `app_interval` is due); `--app` and `--crash` need it stopped"
+        );
+        return exit_codes::BUSY;
+    }
+    let groups = match crate::replication::chosen_groups(ctx, vms) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {e}");
+            return exit_codes::of_replication(&e);
+        }
+    };
+    let mut reports = Vec::new();
+    let mut code = exit_codes::OK;
+    for group in groups {
+        let answer: Result<lifeboat_daemon::api::Replicated, u8> = d.call(
+            "POST",
+            &format!("/v1/groups/{}/replicate?wait=true", group.name),
+            None,
+            io,
+        );
+        let report = answer.and_then(|r| {
+            r.cycle
+                .and_then(|n| n.data.get("report").cloned())
+                .and_then(|v| serde_json::from_value::<lifeboat_replication::CycleReport>(v).ok())
+                .ok_or_else(|| {
+                    let _ = writeln!(
+                        io.stderr,
+                        "error: group `{}`: the daemon's answer has no cycle report",
+                        group.name
+                    );
+                    exit_codes::INTERNAL
+                })
+        });
+        match report {
+            Ok(r) => {
+                if !ctx.json {
+                    crate::replication::print_cycle(&r, io);
+                }
+                reports.push(r);
+            }
+            Err(c) => code = code.max(c),
+        }
+    }
+    if ctx.json {
+        crate::print_json(io, &reports);
+    }
+    code
+}
+
 /// `lifeboat events`: the daemon's events as they happen, one line each (a JSON object each with
 /// `--output json`), after the kept ones newer than `after`, until the daemon stops or Ctrl-C.
 pub fn events(

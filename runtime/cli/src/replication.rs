@@ -142,18 +142,46 @@ fn mib(b: u64) -> String {
 
 /// `lifeboat replicate [VM…]`: one cycle of each group that holds one of the VMs (all groups
 /// when none is named).
-pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io<'_>) -> u8 {
+/// The groups of `vms` (every group when none is named).
+pub fn chosen_groups<'a>(ctx: &'a Context, vms: &[String]) -> Result<Vec<&'a GroupSpec>, Error> {
     let mut chosen: Vec<&GroupSpec> = Vec::new();
     for vm in vms {
-        match ctx.group_of(vm) {
-            Ok(g) if !chosen.iter().any(|c| c.name == g.name) => chosen.push(g),
-            Ok(_) => {}
-            Err(e) => return fail(&e, io),
+        let g = ctx.group_of(vm)?;
+        if !chosen.iter().any(|c| c.name == g.name) {
+            chosen.push(g);
         }
     }
     if vms.is_empty() {
         chosen = ctx.groups.iter().collect();
     }
+    Ok(chosen)
+}
+
+/// One line for people of a committed cycle, and its notes.
+pub fn print_cycle(r: &lifeboat_replication::CycleReport, io: &mut crate::Io<'_>) {
+    for note in &r.notes {
+        let _ = writeln!(io.stderr, "note: {note}");
+    }
+    let _ = writeln!(
+        io.stdout,
+        "{}: point {} ({}) captured {} — {} scanned, {} changed, {} new, {} shipped in {:.2}s",
+        r.group,
+        r.seq,
+        r.kind.as_str(),
+        r.captured_at,
+        mib(r.disk_bytes),
+        mib(r.changed_bytes),
+        mib(r.new_bytes),
+        mib(r.shipped_bytes),
+        r.seconds
+    );
+}
+
+pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io<'_>) -> u8 {
+    let chosen = match chosen_groups(ctx, vms) {
+        Ok(c) => c,
+        Err(e) => return fail(&e, io),
+    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e, io),
@@ -179,22 +207,7 @@ pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io
         match result {
             Ok(r) => {
                 if !ctx.json {
-                    for note in &r.notes {
-                        let _ = writeln!(io.stderr, "note: {note}");
-                    }
-                    let _ = writeln!(
-                        io.stdout,
-                        "{}: point {} ({}) captured {} — {} scanned, {} changed, {} new, {} shipped in {:.2}s",
-                        r.group,
-                        r.seq,
-                        r.kind.as_str(),
-                        r.captured_at,
-                        mib(r.disk_bytes),
-                        mib(r.changed_bytes),
-                        mib(r.new_bytes),
-                        mib(r.shipped_bytes),
-                        r.seconds
-                    );
+                    print_cycle(&r, io);
                 }
                 reports.push(r);
             }

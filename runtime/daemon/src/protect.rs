@@ -69,6 +69,8 @@ pub(crate) enum Update {
         shipped: u64,
         expired: Vec<u64>,
         points_kept: Option<usize>,
+        /// The cycle's own report (as `lifeboat replicate` prints it).
+        report: Box<lifeboat_replication::CycleReport>,
     },
     Failed {
         error: String,
@@ -257,6 +259,7 @@ pub(crate) async fn protect(
                     shipped: r.shipped_bytes,
                     expired,
                     points_kept,
+                    report: Box::new(r),
                 });
                 next = started + a.spec.crash_interval;
             }

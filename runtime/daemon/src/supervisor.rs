@@ -144,7 +144,12 @@ pub(crate) enum Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CommandError {
     NoGroup(String),
-    Held { group: String, by: String },
+    /// Another writer holds the group's lease: this daemon stands by.
+    Busy(String),
+    Held {
+        group: String,
+        by: String,
+    },
 }
 
 struct Supervisor {
@@ -497,6 +502,11 @@ impl Supervisor {
                 let answer = match self.groups.get(&group) {
                     None => Err(CommandError::NoGroup(group)),
                     Some(g) => match &g.task {
+                        Some(_) if g.live.state == "standby" => {
+                            Err(CommandError::Busy(g.live.writer.clone().unwrap_or_else(
+                                || format!("another writer holds group {group}'s lease"),
+                            )))
+                        }
                         Some(t) => {
                             t.now.notify_one();
                             Ok(())
@@ -635,6 +645,7 @@ impl Supervisor {
                 shipped,
                 expired,
                 points_kept,
+                report,
             } => {
                 live.last_point = Some(last.clone());
                 live.last_error = None;
@@ -659,6 +670,7 @@ impl Supervisor {
                         "changed_bytes": changed,
                         "shipped_bytes": shipped,
                         "expired": expired,
+                        "report": report,
                     })),
                 );
                 if failed_before > 0 {

@@ -75,7 +75,7 @@ impl std::fmt::Debug for CycleOptions {
 }
 
 /// What a cycle did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct CycleReport {
     pub group: String,
     pub seq: u64,

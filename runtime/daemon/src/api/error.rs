@@ -96,6 +96,16 @@ impl ApiError {
         )
     }
 
+    /// Another writer holds a group's lease (the CLI's exit 8).
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "busy",
+            exit_codes::BUSY,
+            message.into(),
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

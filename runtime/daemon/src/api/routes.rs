@@ -468,7 +468,8 @@ pub struct ReplicateQuery {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Replicated {
     pub group: String,
-    /// With `wait`: the `cycle.committed` event.
+    /// With `wait`: the `cycle.committed` event (its `data.report` is the cycle's report, as
+    /// `lifeboat replicate --output json` prints it).
     pub cycle: Option<Notice>,
 }
 
@@ -478,7 +479,7 @@ pub struct Replicated {
         (status = 202, description = "A cycle starts now (or right after the one in flight).", body = Replicated),
         (status = 200, description = "With `wait`: the cycle committed.", body = Replicated),
         (status = 404, description = "No such group.", body = ErrorBody),
-        (status = 409, description = "A failover holds the group, or (with `wait`) the cycle failed.", body = ErrorBody)))]
+        (status = 409, description = "A failover holds the group, another writer holds its lease (`busy`: this daemon stands by), or (with `wait`) the cycle failed.", body = ErrorBody)))]
 async fn replicate(
     State(api): State<Api>,
     Path(group): Path<String>,
@@ -497,6 +498,9 @@ async fn replicate(
         Ok(Ok(())) => {}
         Ok(Err(CommandError::NoGroup(g))) => {
             return Err(ApiError::not_found(format!("no protected group `{g}`")));
+        }
+        Ok(Err(CommandError::Busy(writer))) => {
+            return Err(ApiError::busy(format!("group {group}: {writer}")));
         }
         Ok(Err(CommandError::Held { group, by })) => {
             return Err(ApiError::refused(format!(
