@@ -389,9 +389,22 @@ fn a_run_started_through_the_api_survives_a_killed_daemon_and_finishes_once() {
         "{}",
         out.stdout
     );
-    second.wait_for("the run finished", |n| {
-        n["kind"] == "run.finished" && n["run"] == id.as_str()
-    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !second
+        .notices()
+        .iter()
+        .any(|n| n["kind"] == "run.finished" && n["run"] == id.as_str())
+    {
+        if Instant::now() > deadline {
+            let (_, rec) = d.api("GET", &format!("/v1/runs/{id}"), None);
+            panic!(
+                "the run did not finish: {:#}\n{:#?}",
+                rec["timeline"],
+                second.notices()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let rec = run_ended(&d, &id);
     assert_eq!(rec["status"], "succeeded", "{rec:#}");
     // Once: one end on the stream, each VM started once, one approval.

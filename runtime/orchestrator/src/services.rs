@@ -381,12 +381,15 @@ impl RunServices {
 
     /// Who approved `message` for a step attempt that never ended (its runtime died after the
     /// approval and before the step finished), if anyone did.
-    fn granted_before(&self, message: &str) -> Result<Option<String>, Error> {
+    /// Who approved `message` in an attempt the runtime died in, if someone did; and the last
+    /// journal position read, so an approval that lands after this look is not missed.
+    fn granted_before(&self, message: &str) -> Result<(Option<String>, i64), Error> {
         let events = self.journal_events()?;
+        let read_to = events.last().map_or(0, |(seq, _)| *seq);
         let Some(asked) = events.iter().rposition(
             |(_, e)| matches!(e, Event::ApprovalRequested { message: m } if m == message),
         ) else {
-            return Ok(None);
+            return Ok((None, read_to));
         };
         let mut by = None;
         for (_, e) in &events[asked..] {
@@ -395,12 +398,12 @@ impl RunServices {
                 Event::StepFinished { .. }
                 | Event::StepFailed { .. }
                 | Event::StepSkipped { .. } => {
-                    return Ok(None);
+                    return Ok((None, read_to));
                 }
                 _ => {}
             }
         }
-        Ok(by)
+        Ok((by, read_to))
     }
 
     pub fn pin_reason(&self) -> String {
@@ -692,12 +695,16 @@ impl HostServices for RunServices {
 
     async fn approve(&self, message: &str) -> Result<String, Error> {
         // An approval given to an attempt the runtime died in stands: the person said yes.
-        if let Some(by) = self.granted_before(message)? {
+        let (granted, read_to) = self.granted_before(message)?;
+        if let Some(by) = granted {
             return Ok(by);
         }
-        let mut seen = self.record(Event::ApprovalRequested {
+        self.record(Event::ApprovalRequested {
             message: message.to_string(),
         })?;
+        // From what was read, not from the request just recorded: a `lifeboat approve` of the
+        // pending request that landed in between counts.
+        let mut seen = read_to;
         loop {
             let new = self
                 .journal
