@@ -13,6 +13,10 @@
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+mod common;
+
+use common::{Killed, percentile, setting};
+
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write as _};
 use std::net::TcpStream;
@@ -68,15 +72,6 @@ rpo_threshold = "1m"
     std::fs::write(dir.join("token"), TOKEN).unwrap();
 }
 
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// One request on a fresh connection: (status, body bytes).
 fn get(addr: &str, path: &str) -> (u16, usize) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -90,11 +85,6 @@ fn get(addr: &str, path: &str) -> (u16, usize) {
     let text = String::from_utf8_lossy(&raw);
     let status = text.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
     (status, raw.len())
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 fn latency(addr: &str, path: &str, n: usize) -> (f64, f64, usize) {
@@ -181,14 +171,8 @@ fn fan_out(addr: &str, subscribers: usize, seconds: u64) -> (f64, f64, usize, us
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("LIFEBOAT_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
-    let requests: usize = std::env::var("LIFEBOAT_BENCH_REQUESTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(500);
+    let seconds: u64 = setting("LIFEBOAT_BENCH_SECONDS", 30);
+    let requests: usize = setting("LIFEBOAT_BENCH_REQUESTS", 500);
     let dir = tempfile::tempdir().unwrap();
     write_sites(dir.path());
     let config = dir.path().join("lifeboat.toml");

@@ -14,6 +14,10 @@
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+mod common;
+
+use common::{Killed, percentile, setting};
+
 use std::fmt::Write as _;
 use std::io::{Seek, SeekFrom, Write as _};
 use std::path::Path;
@@ -98,21 +102,6 @@ fn writer(dir: std::path::PathBuf, stop: std::sync::Arc<std::sync::atomic::Atomi
     }
 }
 
-/// The daemon, killed if the benchmark stops early (its folder is about to be deleted).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 /// (utime + stime) of `pid`, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -136,10 +125,7 @@ fn status(config: &Path) -> serde_json::Value {
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("LIFEBOAT_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+    let seconds: u64 = setting("LIFEBOAT_BENCH_SECONDS", 300);
     let dir = tempfile::tempdir().unwrap();
     write_sites(dir.path());
     let config = dir.path().join("lifeboat.toml");
