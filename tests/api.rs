@@ -220,13 +220,23 @@ fn every_route_needs_the_token_over_tcp_and_answers_as_documented() {
             assert_eq!(e["error"]["exit_code"], exit, "{method} {path}: {e:#}");
         };
     expect("GET", "/v1/runs/nope-1", None, 404, "not-found", 4);
+    // An unknown plan: as the CLI, which exits 3 for a plan file it cannot find; a name that
+    // would reach outside the plans folder is no plan either.
     expect(
         "POST",
         "/v1/plans/nope/failover",
         Some(r#"{"operation":"test"}"#),
         404,
         "not-found",
-        4,
+        3,
+    );
+    expect(
+        "POST",
+        "/v1/plans/..%2Flifeboat/cleanup",
+        None,
+        404,
+        "not-found",
+        3,
     );
     expect("POST", "/v1/plans/p/failover", Some("{"), 400, "usage", 2);
     expect(
@@ -256,6 +266,14 @@ fn every_route_needs_the_token_over_tcp_and_answers_as_documented() {
         "not-found",
         4,
     );
+    // The CLI through the daemon, with names a URL must carry encoded: the daemon's answer, with
+    // the CLI's exit codes.
+    let out = s.lifeboat(&["approve", "no such/run"]);
+    assert_eq!(out.code, 4, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("no such/run"), "{}", out.stderr);
+    let out = s.lifeboat(&["cleanup", "no plan"]);
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("no plan `no plan`"), "{}", out.stderr);
 
     // Replicate now, waiting for the cycle: a new point.
     let before = last_id(&d.status(&s).1, "db-1");
@@ -304,8 +322,18 @@ fn every_route_needs_the_token_over_tcp_and_answers_as_documented() {
         "failed",
         4,
     );
-    expect("POST", "/v1/runs/p-1/retry", None, 409, "failed", 4);
     expect("POST", "/v1/runs/p-1/skip", None, 409, "failed", 4);
+    // A retry of a finished drill does what `lifeboat retry` does: nothing, and says it succeeded.
+    let steps_before = rec["timeline"].as_array().unwrap().len();
+    let (code, r) = d.api("POST", "/v1/runs/p-1/retry", None);
+    assert_eq!(code, 202, "{r:#}");
+    let again = run_ended(&d, "p-1");
+    assert_eq!(again["status"], "succeeded", "{again:#}");
+    assert_eq!(
+        again["timeline"].as_array().unwrap().len(),
+        steps_before,
+        "a retry of a succeeded run re-ran something"
+    );
     expect("POST", "/v1/runs/p-1/cancel", None, 409, "failed", 4);
     expect("POST", "/v1/runs/p-1/retry", Some("[1,2"), 400, "usage", 2);
     // Cleanup: the drill's VMs stop.

@@ -19,6 +19,20 @@ use tokio::sync::mpsc;
 use crate::exit_codes;
 use crate::orchestration::{print_cleanup, print_committed, report_run};
 
+/// `text` as one path segment or query value: everything but unreserved characters
+/// percent-encoded, so a name with a space or a `/` reaches the daemon as itself.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Actions may take as long as a planned failover's last cycle.
 const ACTION_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -154,7 +168,7 @@ impl Daemon {
                         let _ = client::request(
                             &socket,
                             "POST",
-                            &format!("/v1/runs/{run}/cancel"),
+                            &format!("/v1/runs/{}/cancel", encode(&run)),
                             None,
                             Duration::from_secs(10),
                         )
@@ -202,7 +216,7 @@ impl Daemon {
             },
         };
         let record: Result<RunRecord, String> = self
-            .call("GET", &format!("/v1/runs/{id}"), None, io)
+            .call("GET", &format!("/v1/runs/{}", encode(id)), None, io)
             .map_err(|code| format!("the daemon answered with exit code {code}"));
         report_run(id, record, &outcome, json, io)
     }
@@ -255,7 +269,7 @@ pub fn failover(
     };
     let started: Started = match d.call(
         "POST",
-        &format!("/v1/plans/{name}/failover"),
+        &format!("/v1/plans/{}/failover", encode(&name)),
         Some(serde_json::json!({ "operation": op.name(), "point": point, "force": force })),
         io,
     ) {
@@ -279,7 +293,7 @@ pub fn retry(d: &Daemon, run: &str, skip: bool, json: bool, io: &mut crate::Io<'
     };
     let retried: Retried = match d.call(
         "POST",
-        &format!("/v1/runs/{run}/retry"),
+        &format!("/v1/runs/{}/retry", encode(run)),
         Some(serde_json::json!({ "skip": skip })),
         io,
     ) {
@@ -298,7 +312,12 @@ pub fn cleanup(d: &Daemon, config: &Path, plan: &str, json: bool, io: &mut crate
         Ok(n) => n,
         Err(code) => return code,
     };
-    match d.call::<CleanupReport>("POST", &format!("/v1/plans/{name}/cleanup"), None, io) {
+    match d.call::<CleanupReport>(
+        "POST",
+        &format!("/v1/plans/{}/cleanup", encode(&name)),
+        None,
+        io,
+    ) {
         Ok(r) => print_cleanup(&r, json, io),
         Err(code) => code,
     }
@@ -310,7 +329,12 @@ pub fn commit(d: &Daemon, config: &Path, plan: &str, json: bool, io: &mut crate:
         Ok(n) => n,
         Err(code) => return code,
     };
-    match d.call::<Vec<Committed>>("POST", &format!("/v1/plans/{name}/commit"), None, io) {
+    match d.call::<Vec<Committed>>(
+        "POST",
+        &format!("/v1/plans/{}/commit", encode(&name)),
+        None,
+        io,
+    ) {
         Ok(groups) => print_committed(&groups, json, io),
         Err(code) => code,
     }
@@ -320,7 +344,7 @@ pub fn commit(d: &Daemon, config: &Path, plan: &str, json: bool, io: &mut crate:
 pub fn approve(d: &Daemon, run: &str, by: &str, io: &mut crate::Io<'_>) -> u8 {
     match d.call::<Approval>(
         "POST",
-        &format!("/v1/runs/{run}/approve"),
+        &format!("/v1/runs/{}/approve", encode(run)),
         Some(serde_json::json!({ "by": by })),
         io,
     ) {
@@ -338,7 +362,12 @@ pub fn approve(d: &Daemon, run: &str, by: &str, io: &mut crate::Io<'_>) -> u8 {
 
 /// `lifeboat cancel` through the daemon.
 pub fn cancel(d: &Daemon, run: &str, io: &mut crate::Io<'_>) -> u8 {
-    match d.call::<Retried>("POST", &format!("/v1/runs/{run}/cancel"), None, io) {
+    match d.call::<Retried>(
+        "POST",
+        &format!("/v1/runs/{}/cancel", encode(run)),
+        None,
+        io,
+    ) {
         Ok(_) => {
             let _ = writeln!(
                 io.stdout,
@@ -379,7 +408,7 @@ pub fn replicate(
     for group in groups {
         let answer: Result<lifeboat_daemon::api::Replicated, u8> = d.call(
             "POST",
-            &format!("/v1/groups/{}/replicate?wait=true", group.name),
+            &format!("/v1/groups/{}/replicate?wait=true", encode(&group.name)),
             None,
             io,
         );
@@ -435,10 +464,10 @@ pub fn events(
         query.push(format!("after={a}"));
     }
     if let Some(r) = run {
-        query.push(format!("run={r}"));
+        query.push(format!("run={}", encode(r)));
     }
     if let Some(g) = group {
-        query.push(format!("group={g}"));
+        query.push(format!("group={}", encode(g)));
     }
     let query = if query.is_empty() {
         String::new()
@@ -470,5 +499,15 @@ pub fn events(
             // The reader went away (`| head`).
             return exit_codes::OK;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_reach_the_daemon_as_themselves() {
+        assert_eq!(super::encode("erp-1"), "erp-1");
+        assert_eq!(super::encode("a b/c?d&e"), "a%20b%2Fc%3Fd%26e");
+        assert_eq!(super::encode("née"), "n%C3%A9e");
     }
 }

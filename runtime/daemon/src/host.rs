@@ -147,7 +147,7 @@ impl Host {
         let file = self.snapshots.borrow().config.file.clone();
         let path = crate::config::plan_file(&file, name)
             .filter(|p| p.is_file())
-            .ok_or_else(|| ApiError::not_found(format!("no plan `{name}` in the plans folder")))?;
+            .ok_or_else(|| ApiError::no_plan(format!("no plan `{name}` in the plans folder")))?;
         self.plan_at(file, path).await
     }
 
@@ -227,20 +227,6 @@ impl Host {
         self.not_driving_here(id)?;
         let file = self.snapshots.borrow().config.file.clone();
         let (plan, path) = self.plan_at(file, PathBuf::from(&status.plan_path)).await?;
-        let skipped = if skip {
-            Some(operations::skip(&env, id).map_err(|e| ApiError::of_run(&e))?)
-        } else {
-            if !status.status.is_resumable() {
-                return Err(ApiError::of_run(
-                    &lifeboat_orchestrator::error::Error::InvalidState {
-                        run: id.to_string(),
-                        status: status.status,
-                        why: "there is nothing to retry".into(),
-                    },
-                ));
-            }
-            None
-        };
         if let Some(pid) = status.driver_pid.filter(|p| *p != std::process::id()) {
             return Err(ApiError::of_run(
                 &lifeboat_orchestrator::error::Error::Driven {
@@ -249,6 +235,22 @@ impl Host {
                 },
             ));
         }
+        // As `lifeboat retry` without a daemon: a run that succeeded is driven to its end again,
+        // which does nothing and says so; only a closed run has nothing to retry.
+        if !(skip || status.status.is_resumable() || status.status == RunStatus::Succeeded) {
+            return Err(ApiError::of_run(
+                &lifeboat_orchestrator::error::Error::InvalidState {
+                    run: id.to_string(),
+                    status: status.status,
+                    why: "there is nothing to resume".into(),
+                },
+            ));
+        }
+        let skipped = if skip {
+            Some(operations::skip(&env, id).map_err(|e| ApiError::of_run(&e))?)
+        } else {
+            None
+        };
         self.bus.publish(
             Notice::new(
                 "run.started",

@@ -75,6 +75,16 @@ impl ApiError {
         )
     }
 
+    /// No such plan file: what `lifeboat` exits 3 for (a plan it cannot validate).
+    pub fn no_plan(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            exit_codes::INVALID,
+            message.into(),
+        )
+    }
+
     pub fn invalid(message: impl Into<String>, details: Vec<String>) -> Self {
         Self {
             details,

@@ -208,7 +208,7 @@ pub struct Started {
     responses(
         (status = 202, description = "Every check passed and the run is recorded; the daemon drives it (follow `/v1/events`, read `/v1/runs/{run}`).", body = Started),
         (status = 400, description = "Bad JSON or an unknown operation.", body = ErrorBody),
-        (status = 404, description = "No such plan.", body = ErrorBody),
+        (status = 404, description = "No such plan (`exit_code` 3, as the CLI for a plan file it cannot find).", body = ErrorBody),
         (status = 409, description = "Refused: an open run of the plan, no point, a source VM still answering, a group's lease held elsewhere (`busy`).", body = ErrorBody),
         (status = 422, description = "The plan does not validate.", body = ErrorBody)))]
 async fn failover(
@@ -252,7 +252,7 @@ async fn failover(
     params(("plan" = String, Path, description = "The plan's file name, without `.toml`.")),
     responses(
         (status = 200, description = "Every finished step undone (newest first), the run's VMs stopped and disks deleted, its points unpinned.", body = CleanupReport),
-        (status = 404, description = "No such plan.", body = ErrorBody),
+        (status = 404, description = "No such plan (`exit_code` 3, as the CLI for a plan file it cannot find).", body = ErrorBody),
         (status = 409, description = "No open run to clean up, or it is being driven.", body = ErrorBody)))]
 async fn cleanup(
     State(api): State<Api>,
@@ -265,7 +265,7 @@ async fn cleanup(
     params(("plan" = String, Path, description = "The plan's file name, without `.toml`.")),
     responses(
         (status = 200, description = "Every group the failover booted is taken over at the target; the old source is fenced.", body = Vec<Committed>),
-        (status = 404, description = "No such plan.", body = ErrorBody),
+        (status = 404, description = "No such plan (`exit_code` 3, as the CLI for a plan file it cannot find).", body = ErrorBody),
         (status = 409, description = "No finished failover to commit.", body = ErrorBody)))]
 async fn commit(
     State(api): State<Api>,
@@ -412,10 +412,10 @@ pub struct Retried {
     params(("run" = String, Path, description = "The run's id.")),
     request_body(content = RetryBody, description = "Optional."),
     responses(
-        (status = 202, description = "The daemon drives the run again from where the journal says it stopped.", body = Retried),
+        (status = 202, description = "The daemon drives the run again from where the journal says it stopped (a run that succeeded ends at once, succeeded, as `lifeboat retry` does).", body = Retried),
         (status = 400, description = "Bad JSON.", body = ErrorBody),
         (status = 404, description = "No such run.", body = ErrorBody),
-        (status = 409, description = "Nothing to retry, or another process drives it.", body = ErrorBody)))]
+        (status = 409, description = "The run is closed (cleaned up or committed), or another process drives it.", body = ErrorBody)))]
 async fn retry(
     State(api): State<Api>,
     Path(id): Path<String>,
