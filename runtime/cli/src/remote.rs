@@ -139,7 +139,6 @@ impl Daemon {
         json: bool,
         io: &mut crate::Io<'_>,
     ) -> u8 {
-        let (lines, mut printed) = mpsc::unbounded_channel::<String>();
         let socket = self.socket.clone();
         let run = id.to_string();
         let ended = self.rt.block_on(async {
@@ -154,11 +153,15 @@ impl Daemon {
                         if n.kind == "run.finished" {
                             return Some(n);
                         }
+                        // The run's own events, as they come, in the words the CLI uses alone.
                         let line = serde_json::from_value::<Event>(n.data.clone())
                             .ok()
-                            .and_then(|e| describe(&run, &e))
-                            .unwrap_or_else(|| n.message.clone());
-                        let _ = lines.send(line);
+                            .and_then(|e| describe(&run, &e));
+                        if let Some(line) = line
+                            && !json
+                        {
+                            let _ = writeln!(io.stderr, "  {line}");
+                        }
                     }
                     _ = tokio::signal::ctrl_c() => {
                         if interrupted {
@@ -177,11 +180,6 @@ impl Daemon {
                 }
             }
         });
-        if !json {
-            while let Ok(line) = printed.try_recv() {
-                let _ = writeln!(io.stderr, "  {line}");
-            }
-        }
         let Some(end) = ended else {
             let _ = writeln!(
                 io.stderr,

@@ -32,8 +32,10 @@ const QUEUED: usize = 32;
 /// How long one attempt may take unless the hook says (`timeout`).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The wait before the first retry; doubled for each next one.
+/// The wait before the first retry; doubled for each next one, up to `LONGEST_WAIT` (a hook
+/// with many retries keeps trying every few minutes, not after hours).
 const FIRST_RETRY: Duration = Duration::from_secs(1);
+const LONGEST_WAIT: Duration = Duration::from_secs(300);
 
 /// Follows the bus and fires hooks until the bus closes or `stop` turns true.
 pub(crate) async fn run(
@@ -217,7 +219,7 @@ impl Firing {
             tracing::warn!(alert = %self.name, attempt, error = %last, "alert hook failed");
             if attempt < attempts {
                 tokio::time::sleep(wait).await;
-                wait = wait.saturating_mul(2);
+                wait = wait.saturating_mul(2).min(LONGEST_WAIT);
             }
         }
         self.tell(
