@@ -194,7 +194,7 @@ post = {app_post}
     }
 
     /// One cycle of every group, the source VMs paused for the cut.
-    fn replicate(&self) {
+    pub(crate) fn replicate(&self) {
         let v = lifeboat_loader::validate(&self.path().join("lifeboat.toml"), &[]);
         let inv = v.inventory.unwrap();
         let groups = lifeboat_replication::groups(&inv, self.path()).unwrap();
@@ -220,7 +220,7 @@ post = {app_post}
         }
     }
 
-    fn events(&self, run: &str) -> Vec<Event> {
+    pub(crate) fn events(&self, run: &str) -> Vec<Event> {
         Journal::open(&self.journal())
             .unwrap()
             .events(run)
@@ -230,7 +230,7 @@ post = {app_post}
             .collect()
     }
 
-    fn record(&self, run: &str) -> serde_json::Value {
+    pub(crate) fn record(&self, run: &str) -> serde_json::Value {
         let out = self.lifeboat(&["--output", "json", "runs", "show", run]);
         assert_eq!(out.code, 0, "{}", out.stderr);
         serde_json::from_str(&out.stdout).unwrap()
@@ -619,9 +619,28 @@ fn a_planned_failover_stops_the_source_and_loses_no_record() {
     let out = s.lifeboat(&["commit", "p"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(s.record("p-1")["status"], "committed");
-    // The old source comes back and replicates with its old epoch: fenced.
+    // The group runs at west now, unprotected: `replicate` says so instead of cycling.
     let out = s.lifeboat(&["replicate", "db-1"]);
-    assert_eq!(out.code, 6, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("not replicated"), "{}", out.stderr);
+    // The old source, replicating as it did before (its old epoch), is fenced.
+    let v = lifeboat_loader::validate(&s.path().join("lifeboat.toml"), &[]);
+    let inv = v.inventory.unwrap();
+    let group = lifeboat_replication::groups(&inv, s.path())
+        .unwrap()
+        .remove(1);
+    assert_eq!(group.name, "db-1");
+    let east = lifeboat_replication::Store::open_cache("east", s.path()).unwrap();
+    let west = lifeboat_replication::Store::open("west", s.path()).unwrap();
+    let err =
+        s.rt.block_on(lifeboat_replication::replicate(
+            &group,
+            &east,
+            &west,
+            &Default::default(),
+        ))
+        .unwrap_err();
+    assert_eq!(err.kind(), lifeboat_replication::ErrorKind::Fenced, "{err}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod failover;
 mod formats;
 mod fuzz;
 mod golden;
+mod lifecycle;
 mod orchestrator;
 mod plugins;
 mod replication;

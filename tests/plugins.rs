@@ -368,7 +368,10 @@ fn the_template_probes_a_granted_port() {
             panic!("{report:?}");
         };
         assert!(outputs.contains(&address), "{outputs}");
-        assert_eq!(report.log[0].message, format!("{address} is open"));
+        assert_eq!(
+            report.log[0].message,
+            format!("{address} is open (test, forward)")
+        );
         let problems = plugin
             .validate(&StepRequest::offline(
                 r#"{"adress":"x"}"#.into(),

@@ -5,7 +5,7 @@
 
 use lifeboat_plugin_sdk::serde_json;
 use lifeboat_plugin_sdk::{
-    Capability, Config, Error, Outputs, Step, StepContext, clock, http, probe,
+    Capability, Config, Direction, Error, Operation, Outputs, Step, StepContext, clock, http, probe,
 };
 
 struct PortOpen;
@@ -25,7 +25,7 @@ impl Step for PortOpen {
         problems
     }
 
-    fn run(config: &Config, _context: &StepContext) -> Result<Outputs, Error> {
+    fn run(config: &Config, context: &StepContext) -> Result<Outputs, Error> {
         let address = config
             .str("address")
             .ok_or_else(|| Error::Invalid("`address` is required".into()))?;
@@ -35,7 +35,19 @@ impl Step for PortOpen {
         let mut outputs = Outputs::new();
         outputs.insert("address".into(), address.into());
         outputs.insert("took_ms".into(), (clock::now_ms() - started).into());
-        lifeboat_plugin_sdk::info(&format!("{address} is open"));
+        // Which run this is: a step that behaves differently on failback matches on these.
+        let operation = match context.operation {
+            Operation::Test => "test",
+            Operation::Planned => "planned",
+            Operation::Unplanned => "unplanned",
+            Operation::Failback => "failback",
+            Operation::Cleanup => "cleanup",
+        };
+        let direction = match context.direction {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+        };
+        lifeboat_plugin_sdk::info(&format!("{address} is open ({operation}, {direction})"));
         if let Some(url) = config.str("notify") {
             let answer = http::send(&http::Request {
                 method: "POST".into(),

@@ -156,8 +156,37 @@ enum Command {
     /// Undo a drill (or a failover not yet committed): undo every step, stop its VMs, delete
     /// their disks, unpin its points.
     Cleanup { plan: String },
-    /// Make a failover final: the target takes its groups over and the old source is fenced.
+    /// Make a failover (or failback) final: the target takes its groups over and the old source
+    /// is fenced. The groups then run there unprotected until `reprotect`.
     Commit { plan: String },
+    /// After a commit: protect the groups where they run now, replicating back to the plan's
+    /// other site. Only what diverged since the failover crosses: the receiving site hashes
+    /// the disks it still holds first.
+    Reprotect {
+        /// A plan file, or the name of one in `plans/`.
+        plan: String,
+    },
+    /// Bring a reprotected plan home: a planned failover of the plan reversed (stop the running
+    /// copies, replicate once more, boot at the plan's source from its repository with the
+    /// network mapping reversed), running the steps whose `on` includes `failback`. Then
+    /// `commit`, and `reprotect` to protect the original direction again.
+    Failback {
+        /// A plan file, or the name of one in `plans/`.
+        plan: String,
+    },
+    /// Stop protecting a VM (its group's schedule leaves it out); its points follow retention.
+    Disable {
+        vm: String,
+        /// Also delete the points of its consistency group (once none of the group's VMs is
+        /// protected). Asks first, unless --yes.
+        #[arg(long)]
+        purge: bool,
+        /// Do not ask before --purge deletes points.
+        #[arg(long, requires = "purge")]
+        yes: bool,
+    },
+    /// Protect a disabled VM again.
+    Enable { vm: String },
     /// Approve the approval step a run is waiting on.
     Approve {
         run: String,
@@ -373,6 +402,24 @@ where
     }
 }
 
+/// Asks a yes/no question on the terminal; anything but `y`/`yes` (or no terminal) is no.
+fn confirm(io: &mut Io<'_>, question: &str) -> bool {
+    if !io.stderr_is_terminal {
+        let _ = writeln!(
+            io.stderr,
+            "error: {question} needs a terminal to ask, or --yes"
+        );
+        return false;
+    }
+    let _ = write!(io.stderr, "{question} [y/N] ");
+    let _ = io.stderr.flush();
+    let mut answer = String::new();
+    if std::io::stdin().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
 fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
     let color = match cli.color {
         ColorChoice::Always => true,
@@ -456,6 +503,49 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
                 Ok(l) => orchestration::cleanup(&l, json, io),
                 Err(code) => code,
             },
+        }),
+        Command::Reprotect { plan } => Ok(match orchestrate(Some(&plan), io) {
+            Ok(l) => orchestration::reprotect(&l, json, io),
+            Err(code) => code,
+        }),
+        Command::Failback { plan } => {
+            let op = lifeboat_plan::plan::Operation::Failback;
+            // Zero loss: it boots what the last reverse cycle captured.
+            let point = Some("latest".to_string());
+            if let Some(d) = daemon() {
+                return Ok(remote::failover(
+                    &d,
+                    &config,
+                    &plan,
+                    (op, point, false),
+                    json,
+                    io,
+                ));
+            }
+            Ok(match orchestrate(Some(&plan), io) {
+                Ok(l) => orchestration::failover(&l, op, point, false, json, io),
+                Err(code) => code,
+            })
+        }
+        Command::Disable { vm, purge, yes } => {
+            if purge
+                && !yes
+                && !confirm(
+                    io,
+                    &format!("delete every point of the consistency group of `{vm}`?"),
+                )
+            {
+                let _ = writeln!(io.stderr, "nothing deleted (--yes skips the question)");
+                return Ok(exit_codes::FAILED);
+            }
+            Ok(match orchestrate(None, io) {
+                Ok(l) => orchestration::set_enabled(&l, &vm, false, purge, json, io),
+                Err(code) => code,
+            })
+        }
+        Command::Enable { vm } => Ok(match orchestrate(None, io) {
+            Ok(l) => orchestration::set_enabled(&l, &vm, true, false, json, io),
+            Err(code) => code,
         }),
         Command::Commit { plan } => Ok(match daemon() {
             Some(d) => remote::commit(&d, &config, &plan, json, io),

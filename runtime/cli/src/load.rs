@@ -2,11 +2,13 @@
 //! its folder and its consistency groups. The one loader every command shares; on a problem it
 //! prints why and gives the exit code.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lifeboat_plan::{Inventory, Plan};
 use lifeboat_replication::GroupSpec;
+use lifeboat_replication::placement::Placement;
 
 use crate::exit_codes;
 use crate::report::{self, Format};
@@ -14,10 +16,16 @@ use crate::report::{self, Format};
 /// A validated inventory, and the plan asked for.
 #[derive(Debug)]
 pub struct Loaded {
+    /// The inventory as the groups run now: where a group failed over to and was committed,
+    /// its VMs run from their run's disks there (see `lifeboat_orchestrator::lifecycle`).
     pub inventory: Arc<Inventory>,
+    /// The inventory as written.
+    pub home: Arc<Inventory>,
     /// The folder of lifeboat.toml (see `lifeboat_loader::base_dir`).
     pub base: PathBuf,
+    /// The groups as they replicate now.
     pub groups: Vec<GroupSpec>,
+    pub placements: BTreeMap<String, Placement>,
     pub plan: Option<(Plan, PathBuf)>,
 }
 
@@ -58,10 +66,40 @@ pub fn load(
         .into_iter()
         .next()
         .and_then(|p| Some((p.plan?, p.path)));
+    // Where each group runs now: read from the sites' stores, which any one answering is enough.
+    let read = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| lifeboat_orchestrator::error::Error::Failed(e.to_string()))
+        .and_then(|rt| {
+            rt.block_on(lifeboat_orchestrator::lifecycle::read_placements(
+                &inventory, &base,
+            ))
+            .map_err(|e| {
+                lifeboat_orchestrator::error::Error::replication("cannot read where groups run", e)
+            })
+        });
+    let placements = match read {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {e}");
+            return Err(exit_codes::of_run(&e));
+        }
+    };
+    let (placed, groups) =
+        match lifeboat_orchestrator::lifecycle::apply(&inventory, &groups, &placements) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = writeln!(io.stderr, "error: {e}");
+                return Err(exit_codes::of_run(&e));
+            }
+        };
     Ok(Loaded {
-        inventory: Arc::new(inventory),
+        inventory: Arc::new(placed),
+        home: Arc::new(inventory),
         base,
         groups,
+        placements,
         plan,
     })
 }

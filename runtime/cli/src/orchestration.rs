@@ -8,6 +8,7 @@ use std::sync::Arc;
 use lifeboat_compute::driver::ProcessDriver;
 use lifeboat_orchestrator::error::Error;
 use lifeboat_orchestrator::journal::Event;
+use lifeboat_orchestrator::lifecycle::ReprotectReport;
 use lifeboat_orchestrator::operations::{
     self, CleanupReport, Committed, FailoverRequest, RunResult,
 };
@@ -42,6 +43,9 @@ pub fn plan_path(config: &Path, plan: &str) -> PathBuf {
 pub struct Loaded {
     pub env: Environment,
     pub plan: Option<(Plan, PathBuf)>,
+    /// What it was loaded from, to load again.
+    pub config: PathBuf,
+    pub state: Option<PathBuf>,
 }
 
 pub fn load(
@@ -53,8 +57,10 @@ pub fn load(
 ) -> Result<Loaded, u8> {
     let crate::load::Loaded {
         inventory,
+        home,
         base,
         groups,
+        placements,
         plan,
     } = crate::load::load(config, plan, json, io)?;
     let engine = match PluginEngine::new(EngineOptions {
@@ -76,15 +82,19 @@ pub fn load(
     }
     Ok(Loaded {
         env: Environment {
-            inventory,
+            inventory: inventory.clone(),
             state_dir: state.map_or_else(|| default_state_dir(&base), Path::to_path_buf),
             base,
             groups,
             engine,
             driver: ProcessDriver::new(),
             daemon: false,
+            home,
+            placements,
         },
         plan,
+        config: config.to_path_buf(),
+        state: state.map(Path::to_path_buf),
     })
 }
 
@@ -368,10 +378,124 @@ pub(crate) fn print_committed(groups: &[Committed], json: bool, io: &mut crate::
         for c in groups {
             let _ = writeln!(
                 io.stdout,
-                "group {}: taken over at site {} (point {}, writer epoch {}); the old source is fenced",
+                "group {}: taken over at site {} (point {}, writer epoch {}); the old source is fenced; not protected until `lifeboat reprotect`",
                 c.group, c.site, c.point, c.epoch
             );
         }
+    }
+    exit_codes::OK
+}
+
+/// `lifeboat reprotect PLAN`: the committed groups replicate back to the plan's other site.
+pub fn reprotect(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
+    let Some((plan, path)) = &loaded.plan else {
+        return exit_codes::INVALID;
+    };
+    let env = &loaded.env;
+    let result = with_progress(io, json, async |observe, _controls| {
+        lifeboat_orchestrator::lifecycle::reprotect(env, plan, path, None, observe).await
+    });
+    match result {
+        Ok(r) => print_reprotected(&r, json, io),
+        Err(e) => run_failed(io, &e),
+    }
+}
+
+/// Prints what `reprotect` did.
+pub(crate) fn print_reprotected(r: &ReprotectReport, json: bool, io: &mut crate::Io<'_>) -> u8 {
+    if json {
+        crate::print_json(io, r);
+        return exit_codes::OK;
+    }
+    for g in &r.groups {
+        let _ = writeln!(
+            io.stdout,
+            "group {}: protected at {}, replicating to {} (run {}): {}; first point {} shipped {} of {}",
+            g.group,
+            g.site,
+            g.replicate_to,
+            r.run,
+            if g.full_seed {
+                format!("{} held none of its disks, a full seed", g.replicate_to)
+            } else {
+                format!(
+                    "{} hashed {} it already held",
+                    g.replicate_to,
+                    crate::replication::mib(g.seed.disk_bytes)
+                )
+            },
+            g.point,
+            crate::replication::mib(g.shipped_bytes),
+            crate::replication::mib(g.disk_bytes),
+        );
+    }
+    for g in &r.already {
+        let _ = writeln!(io.stdout, "group {g}: protected already");
+    }
+    exit_codes::OK
+}
+
+/// `lifeboat disable VM [--purge]` and `lifeboat enable VM`.
+pub fn set_enabled(
+    loaded: &Loaded,
+    vm: &str,
+    enabled: bool,
+    purge: bool,
+    json: bool,
+    io: &mut crate::Io<'_>,
+) -> u8 {
+    use lifeboat_orchestrator::lifecycle;
+    let env = &loaded.env;
+    let rt = match crate::runtime() {
+        Ok(rt) => rt,
+        Err(e) => return crate::internal(io, &e),
+    };
+    let placed = match rt.block_on(lifecycle::set_enabled(env, vm, enabled)) {
+        Ok(p) => p,
+        Err(e) => return run_failed(io, &e),
+    };
+    let mut purged = None;
+    if purge {
+        // The purge acts on the groups as they are now: the VM just disabled.
+        let mut after = match load(&loaded.config, loaded.state.as_deref(), None, json, io) {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
+        if let Err(e) = rt.block_on(lifecycle::place(&mut after.env)) {
+            return run_failed(io, &e);
+        }
+        match rt.block_on(lifecycle::purge(&after.env, vm)) {
+            Ok(p) => purged = Some(p),
+            Err(e) => return run_failed(io, &e),
+        }
+    }
+    if json {
+        crate::print_json(
+            io,
+            &serde_json::json!({
+                "vm": vm,
+                "group": placed.group,
+                "protected": enabled,
+                "disabled": placed.disabled,
+                "purged_points": purged.as_ref().map(|p| p.1),
+            }),
+        );
+    } else if enabled {
+        let _ = writeln!(
+            io.stdout,
+            "VM {vm} (group {}): protected again from its next cycle",
+            placed.group
+        );
+    } else {
+        let _ = writeln!(
+            io.stdout,
+            "VM {vm} (group {}): no longer protected; {}",
+            placed.group,
+            match &purged {
+                Some((g, n)) => format!("{n} point(s) of group {g} deleted (GC frees their data)"),
+                None => "its points stay until retention removes them".into(),
+            }
+        );
     }
     exit_codes::OK
 }

@@ -19,6 +19,7 @@ pub struct Context {
     inventory: Arc<Inventory>,
     base: PathBuf,
     groups: Vec<GroupSpec>,
+    placements: std::collections::BTreeMap<String, lifeboat_replication::placement::Placement>,
     pub json: bool,
     pub progress: bool,
 }
@@ -35,6 +36,7 @@ pub fn load(
         inventory: loaded.inventory,
         base: loaded.base,
         groups: loaded.groups,
+        placements: loaded.placements,
         json,
         progress,
     })
@@ -72,6 +74,27 @@ impl Context {
                     known.join(", ")
                 ))
             })
+    }
+
+    /// Where `group` runs now and which way it replicates, for people.
+    fn placement_line(&self, group: &GroupSpec) -> String {
+        match self.placements.get(&group.name) {
+            None => format!(
+                "runs at {} (home), replicating to {}",
+                group.source_site, group.target_site
+            ),
+            Some(p) => format!(
+                "runs at {}{}{}",
+                p.site,
+                p.run
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(" (booted by run {r})")),
+                match &p.replicate_to {
+                    Some(to) => format!(", replicating to {to}"),
+                    None => ", NOT PROTECTED (`lifeboat reprotect` turns it round)".into(),
+                }
+            ),
+        }
     }
 
     /// Sites that hold a repository: every `replicate_to`.
@@ -125,7 +148,7 @@ fn bar(ctx: &Context) -> Option<Arc<dyn Progress>> {
     Some(Arc::new(Bar(pb)))
 }
 
-fn mib(b: u64) -> String {
+pub(crate) fn mib(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut unit = 0;
@@ -192,6 +215,18 @@ pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io
         lifeboat_compute::driver::ProcessDriver::new();
     let holder = lifeboat_replication::lease::Holder::new("replicate");
     for group in chosen {
+        if !group.protected {
+            let _ = writeln!(
+                io.stderr,
+                "note: group `{}` is not replicated: it {}",
+                group.name,
+                ctx.placement_line(group)
+            );
+            if !vms.is_empty() {
+                code = code.max(exit_codes::FAILED);
+            }
+            continue;
+        }
         // The source site's one cycle: the group's running VMs are held still for the cut
         // (paused under a guardian, at most the policy's max_pause), so the point is consistent.
         // One writer per group: refused (exit 8) while a daemon holds the group's lease.
@@ -365,6 +400,9 @@ struct PointsDoc<'a> {
     vm: &'a str,
     group: &'a str,
     target_site: &'a str,
+    /// Where the group runs now (absent: where the inventory says, never moved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    placement: Option<&'a lifeboat_replication::placement::Placement>,
     rpo: &'a points::Rpo,
     /// Intact points, newest first.
     points: Vec<PointLine<'a>>,
@@ -439,6 +477,7 @@ pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
             vm,
             group: &group.name,
             target_site: &group.target_site,
+            placement: ctx.placements.get(&group.name),
             rpo: &rpo,
             points: points
                 .iter()
@@ -470,8 +509,10 @@ pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
     }
     let _ = writeln!(
         io.stdout,
-        "VM {vm} — group {}, points at site {}",
-        group.name, group.target_site
+        "VM {vm} — group {}, points at site {}; it {}",
+        group.name,
+        group.target_site,
+        ctx.placement_line(group)
     );
     let _ = match rpo.seconds {
         Some(s) => writeln!(

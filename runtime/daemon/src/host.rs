@@ -123,6 +123,8 @@ impl Host {
             engine: self.engine.get().map_err(ApiError::internal)?,
             driver: self.driver.clone(),
             daemon: true,
+            home: config.home.clone(),
+            placements: config.placements.clone(),
         })
     }
 
@@ -172,7 +174,10 @@ impl Host {
         let (plan, path) = self.plan(name).await?;
         let _one = self.gate.lock().await;
         let env = self.env()?;
-        let takes = matches!(req.op, Operation::Planned | Operation::Unplanned);
+        let takes = matches!(
+            req.op,
+            Operation::Planned | Operation::Unplanned | Operation::Failback
+        );
         let groups: Vec<String> = lifeboat_orchestrator::source::groups_of(
             &env,
             &lifeboat_orchestrator::source::plan_vms(&plan),

@@ -105,15 +105,20 @@ pub struct VmStatus {
 pub struct GroupStatus {
     pub name: String,
     pub vms: Vec<String>,
+    /// Where it runs now (after a committed failover, the other site), and the site its
+    /// points go to.
     pub site: String,
     pub target_site: String,
+    /// Whether it is replicated at all (see `state` `unprotected`).
+    pub protected: bool,
     pub crash_interval_seconds: f64,
     /// Against the strictest threshold of its VMs' policies.
     pub rpo: Rpo,
     pub last_point: Option<LastPoint>,
     /// `idle` (waiting for its next cycle), `cycling`, `standby` (another writer holds the
     /// group's lease), `backoff` (after a failure), `starting`, `failed-over` (a failover took
-    /// it to its target); `-` from the repositories.
+    /// it to its target), `unprotected` (committed at `site`, not reprotected yet, or every VM
+    /// disabled); `-` from the repositories.
     pub state: String,
     /// When the next cycle starts (daemon only).
     pub next_cycle_at: Option<String>,
@@ -204,6 +209,7 @@ pub fn rows(
             vms: group.vms.iter().map(|v| v.name.clone()).collect(),
             site: group.source_site.clone(),
             target_site: group.target_site.clone(),
+            protected: group.protected,
             crash_interval_seconds: group.crash_interval.as_secs_f64(),
             rpo: rpo_of(live.last_point.as_ref(), group.rpo_threshold, now),
             last_point: live.last_point.clone(),

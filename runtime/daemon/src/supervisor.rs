@@ -179,6 +179,11 @@ struct Supervisor {
 
 /// How often repository sizes are measured.
 const SIZE_EVERY: Duration = Duration::from_secs(60);
+/// What holds a group that is not to be replicated (committed at the other site and not
+/// reprotected, or every VM disabled).
+const UNPROTECTED: &str = "its placement (not protected)";
+/// How often the daemon looks for placements changed by someone else.
+const PLACEMENT_POLL: Duration = Duration::from_secs(3);
 
 /// Runs the daemon until SIGTERM or SIGINT; then drains within the grace period. SIGHUP
 /// reloads the config.
@@ -208,11 +213,9 @@ pub async fn run_until(
         return Err(Error::NoToken);
     }
     let config = {
-        let file = opts.config.clone();
         Arc::new(
-            tokio::task::spawn_blocking(move || config::load(&file))
+            config::load_placed(&opts.config)
                 .await
-                .map_err(|e| Error::Config(vec![format!("loading stopped: {e}")]))?
                 .map_err(Error::Config)?,
         )
     };
@@ -317,6 +320,11 @@ pub async fn run_until(
     // Runs this daemon drove when it stopped go on.
     host.resume_interrupted().await;
     let (maint_tx, mut maint_rx) = mpsc::unbounded_channel::<MaintenanceDone>();
+    // Placements change under the daemon (a commit, reprotect or disable from the CLI, or on
+    // another host): they are read every few seconds, and a change reloads the config.
+    let (placed_tx, mut placed_rx) = mpsc::unbounded_channel();
+    let mut placement_poll = tokio::time::interval(PLACEMENT_POLL);
+    placement_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let hangup = async |hup: &mut Option<tokio::signal::unix::Signal>| match hup {
@@ -332,6 +340,19 @@ pub async fn run_until(
             Some(event) = events.recv() => sup.apply(event),
             Some(done) = maint_rx.recv() => sup.maintained(done),
             Some(command) = commands.recv() => sup.command(command),
+            _ = placement_poll.tick() => {
+                let (home, base, tx) = (sup.config.home.clone(), sup.config.base.clone(), placed_tx.clone());
+                tokio::spawn(async move {
+                    if let Ok(p) = lifeboat_orchestrator::lifecycle::read_placements(&home, &base).await {
+                        let _ = tx.send(p);
+                    }
+                });
+            }
+            Some(placements) = placed_rx.recv() => {
+                if placements != sup.config.placements {
+                    sup.reload("placement").await;
+                }
+            }
             _ = tick.tick() => {
                 while sup.tasks.try_join_next().is_some() {}
                 sup.maintain(&maint_tx);
@@ -376,14 +397,23 @@ impl Supervisor {
             .get(group)
             .or_else(|| self.failed_over.get(group))
             .cloned()
+            .or_else(|| {
+                let g = self.groups.get(group)?;
+                (!g.spec.protected).then(|| UNPROTECTED.to_string())
+            })
     }
 
     fn mark_held(&mut self, name: &str, by: String) {
         if let Some(g) = self.groups.get_mut(name) {
-            g.live.state = "failed-over".into();
+            g.live.state = if by == UNPROTECTED {
+                "unprotected"
+            } else {
+                "failed-over"
+            }
+            .into();
             g.live.next_cycle = None;
             g.live.writer = None;
-            g.live.failed_over_by = Some(by);
+            g.live.failed_over_by = (by != UNPROTECTED).then_some(by);
         }
     }
 
@@ -721,10 +751,7 @@ impl Supervisor {
     /// Validates the files again; applies them, or keeps the running config and says why.
     async fn reload(&mut self, trigger: &str) {
         let started = Instant::now();
-        let file = self.opts.config.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&file))
-            .await
-            .unwrap_or_else(|e| Err(vec![format!("loading stopped: {e}")]));
+        let loaded = config::load_placed(&self.opts.config).await;
         let seconds = started.elapsed().as_secs_f64();
         let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         match loaded {
@@ -826,6 +853,15 @@ impl Supervisor {
         for (name, spec) in wanted {
             match self.groups.get_mut(&name) {
                 Some(g) => {
+                    let turned = g.spec.source_site != spec.source_site
+                        || g.spec.target_site != spec.target_site;
+                    if turned {
+                        // Another repository, another lease: a new task takes it.
+                        tracing::info!(group = %name, from = %spec.source_site, to = %spec.target_site, "group replicates in another direction now");
+                        g.spec = spec.clone();
+                        self.stop_task(&name);
+                        continue;
+                    }
                     if g.spec != spec {
                         tracing::info!(group = %name, "group changed: applies at its next cycle");
                     }

@@ -203,6 +203,7 @@ fn a_point_of_a_running_vm_restores_consistent_and_measures_its_data_loss() {
         max_pause: lifeboat_replication::groups::DEFAULT_MAX_PAUSE,
         crash_interval: Duration::from_secs(300),
         base: dir.path().to_path_buf(),
+        protected: true,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let opts = CycleOptions {

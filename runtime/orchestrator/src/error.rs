@@ -49,6 +49,10 @@ pub enum Error {
     /// The compute driver could not start, stop, pause or find a VM.
     #[error(transparent)]
     Compute(#[from] lifeboat_compute::ComputeError),
+    /// Where a group runs now does not allow the operation (a failover of a group that runs at
+    /// the target, a failback before a reprotect, a reprotect of a group that never moved).
+    #[error("{0}")]
+    Lifecycle(String),
     /// The plugin sandbox could not load or run a step.
     #[error("{0}")]
     Sandbox(String),

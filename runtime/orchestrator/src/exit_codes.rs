@@ -63,6 +63,7 @@ pub fn of_run(e: &crate::error::Error) -> u8 {
         | Error::InvalidState { .. }
         | Error::Driven { .. }
         | Error::Source(_)
+        | Error::Lifecycle(_)
         | Error::Journal(_)
         | Error::Compute(_)
         | Error::Sandbox(_)

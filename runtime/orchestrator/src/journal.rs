@@ -190,6 +190,18 @@ pub enum Event {
         seq: u64,
         epoch: u64,
     },
+    /// A reprotect's seed and first cycle of a group in the new direction.
+    Reprotected {
+        group: String,
+        report: crate::lifecycle::Reprotected,
+    },
+    /// Where a group runs now, as recorded in the sites' stores.
+    Placed {
+        group: String,
+        generation: u64,
+        site: String,
+        replicate_to: Option<String>,
+    },
 }
 
 /// A run as its journal tells it.
@@ -460,6 +472,10 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
             } => {
                 r.driver = Some((*pid, *started));
                 r.daemon = *daemon;
+                // A process took a failed run up again (`retry`).
+                if r.status == RunStatus::Failed {
+                    r.status = RunStatus::Running;
+                }
             }
             Event::StepStarted { step, attempt, .. } => {
                 r.failed.remove(step);
@@ -509,7 +525,9 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
             | Event::ApprovalRequested { .. }
             | Event::Approved { .. }
             | Event::StepUndone { .. }
-            | Event::Committed { .. } => {}
+            | Event::Committed { .. }
+            | Event::Reprotected { .. }
+            | Event::Placed { .. } => {}
         }
     }
     r

@@ -16,6 +16,7 @@ pub mod error;
 pub mod exit_codes;
 pub mod health;
 pub mod journal;
+pub mod lifecycle;
 pub mod network;
 pub mod operations;
 pub mod record;

@@ -25,7 +25,7 @@ use crate::steps::PluginRunner;
 use lifeboat_compute::driver::{Compute, Handle};
 
 /// A new run id: `PLAN-N`, N one more than the plan's runs so far.
-fn new_run_id(journal: &Journal, plan: &str) -> Result<String> {
+pub(crate) fn new_run_id(journal: &Journal, plan: &str) -> Result<String> {
     let n = journal.runs()?.iter().filter(|r| r.1 == plan).count() + 1;
     let mut n = n;
     loop {
@@ -80,7 +80,7 @@ struct Cleared {
 async fn preflight(env: &Environment, plan: &Plan, req: &FailoverRequest) -> Result<Cleared> {
     if !matches!(
         req.op,
-        Operation::Test | Operation::Planned | Operation::Unplanned
+        Operation::Test | Operation::Planned | Operation::Unplanned | Operation::Failback
     ) {
         return Err(Error::Failed(format!(
             "`{}` is not a failover operation",
@@ -109,6 +109,7 @@ async fn preflight(env: &Environment, plan: &Plan, req: &FailoverRequest) -> Res
             next,
         });
     }
+    crate::lifecycle::check_direction(env, plan, req.op)?;
     // Addresses other open runs hold at the target.
     let mut in_use: HashSet<(String, IpAddr)> = HashSet::new();
     for r in env.runs()?.iter().filter(|r| r.open()) {
@@ -152,6 +153,7 @@ pub async fn failover(
     let point = req.point.clone();
     let begun = begin(env, plan, plan_path, req).await?;
     let mut journal = env.journal()?;
+    let plan = &crate::lifecycle::plan_for(env, plan, op.name());
     let mut result = drive(
         env,
         &mut journal,
@@ -177,13 +179,19 @@ pub async fn begin(
     plan_path: &Path,
     req: FailoverRequest,
 ) -> Result<Begun> {
+    // A failback runs the plan reversed; callers pass every plan as written.
+    let plan = &crate::lifecycle::plan_for(env, plan, req.op.name());
     let cleared = preflight(env, plan, &req).await?;
-    let stopped = if req.op == Operation::Planned {
+    let stopped = if matches!(req.op, Operation::Planned | Operation::Failback) {
         source::hand_over(env, plan, cleared.source).await?
     } else {
         Vec::new()
     };
     let mut journal = env.journal()?;
+    if req.op == Operation::Failback {
+        // The copies it stopped were booted by the committed failover: its record says so.
+        stopped_in_runs(&mut journal, &stopped)?;
+    }
     let name = &plan.name.value;
     let id = new_run_id(&journal, name)?;
     journal.begin(&id, name, req.op.name())?;
@@ -204,6 +212,19 @@ pub async fn begin(
         id,
         source_stopped: stopped,
     })
+}
+
+/// Journals, in the run that started each of `stopped`, that it was stopped.
+fn stopped_in_runs(journal: &mut Journal, stopped: &[Handle]) -> Result<()> {
+    for (id, ..) in journal.runs()? {
+        let events = journal.events(&id)?;
+        for h in running_in(&events) {
+            if stopped.iter().any(|s| s.vm == h.vm && s.pid == h.pid) {
+                journal.append(&id, &Event::VmStopped { vm: h.vm.clone() })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every consistency group the plan boots has a point to boot from, before a run is recorded:
@@ -254,7 +275,17 @@ pub async fn resume(
         });
     }
     not_driven(&status)?;
+    if status.operation == "reprotect" {
+        let path = std::path::PathBuf::from(&status.plan_path);
+        crate::lifecycle::reprotect(env, plan, &path, Some(run), observe).await?;
+        return Ok(RunResult {
+            id: run.to_string(),
+            outcome: Outcome::Succeeded,
+            source_stopped: Vec::new(),
+        });
+    }
     let op = status.operation()?;
+    let plan = &crate::lifecycle::plan_for(env, plan, &status.operation);
     drive(
         env,
         &mut journal,
@@ -383,8 +414,19 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
         what: "open run to clean up",
     })?;
     not_driven(&open)?;
+    if open.operation == "reprotect" {
+        return Err(Error::InvalidState {
+            run: open.id.clone(),
+            status: open.status,
+            why: format!(
+                "a reprotect has nothing to undo: `lifeboat retry {}` finishes it",
+                open.id
+            ),
+        });
+    }
     let journal = env.journal()?;
     let op = open.operation()?;
+    let plan = &crate::lifecycle::plan_for(env, plan, &open.operation);
     let compiled = compile(plan, op);
     let steps: HashMap<&str, &StepRun> = compiled
         .groups
@@ -545,6 +587,17 @@ pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<Committed>> {
         plan: name.clone(),
         what: "failover to commit",
     })?;
+    if open.operation == "reprotect" {
+        return Err(Error::InvalidState {
+            run: open.id.clone(),
+            status: open.status,
+            why: format!(
+                "a reprotect is not committed: `lifeboat retry {}` finishes it",
+                open.id
+            ),
+        });
+    }
+    let plan = &crate::lifecycle::plan_for(env, plan, &open.operation);
     if open.operation == "test" {
         return Err(Error::InvalidState {
             run: open.id.clone(),
@@ -599,6 +652,14 @@ pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<Committed>> {
             });
         }
     }
+    let taken: Vec<String> = events
+        .iter()
+        .filter_map(|(_, _, e)| match e {
+            Event::PointChosen { group, .. } => Some(group.clone()),
+            _ => None,
+        })
+        .collect();
+    crate::lifecycle::record_commit(env, &open.id, &plan.target.value, &taken, &events).await?;
     unpin(env, plan, &events, &format!("run-{}", open.id)).await?;
     journal.append(
         &open.id,

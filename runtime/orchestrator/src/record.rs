@@ -273,6 +273,31 @@ pub fn describe(run: &str, e: &Event) -> Option<String> {
             step,
             error: Some(e),
         } => format!("{step}: undo FAILED: {e}"),
+        Event::Reprotected { group, report: r } => format!(
+            "group {group}: {} → {}: {}, first point {} shipped {} B of {} B",
+            r.site,
+            r.replicate_to,
+            if r.full_seed {
+                format!("a full seed ({} holds none of its disks)", r.replicate_to)
+            } else {
+                format!(
+                    "{} seeded {} B from its own disks",
+                    r.replicate_to, r.seed.disk_bytes
+                )
+            },
+            r.point,
+            r.shipped_bytes,
+            r.disk_bytes
+        ),
+        Event::Placed {
+            group,
+            site,
+            replicate_to,
+            ..
+        } => match replicate_to {
+            Some(to) => format!("group {group}: runs at {site}, protected to {to}"),
+            None => format!("group {group}: runs at {site}, not protected"),
+        },
         _ => return None,
     })
 }

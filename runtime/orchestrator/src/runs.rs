@@ -25,6 +25,10 @@ pub struct Environment {
     pub driver: Arc<dyn Compute>,
     /// Runs here are driven by the daemon (journaled, so a daemon that restarts resumes them).
     pub daemon: bool,
+    /// The inventory as written; `inventory` and `groups` are as the groups run now, with
+    /// `placements` applied (see `lifecycle`).
+    pub home: Arc<Inventory>,
+    pub placements: std::collections::BTreeMap<String, lifeboat_replication::placement::Placement>,
 }
 
 impl std::fmt::Debug for Environment {
@@ -62,8 +66,11 @@ impl RunInfo {
         })
     }
 
-    /// A run still holds VMs, pins or an uncommitted failover.
+    /// A run still holds VMs, pins or an uncommitted failover (a reprotect: until it ends).
     pub fn open(&self) -> bool {
+        if self.operation == "reprotect" {
+            return self.status.is_resumable();
+        }
         self.status.is_open()
     }
 }
@@ -188,7 +195,7 @@ pub fn running_vms(journal: &Journal) -> Result<Vec<Handle>, JournalError> {
 }
 
 /// The consistency groups a planned or unplanned failover took to its target and that have not
-/// come back (its run is open, or committed): group → run. The source must not replicate them:
+/// come back (its run is open; once committed, the group's placement says where it runs): group → run. The source must not replicate them:
 /// their VMs were stopped or lost there, and after a commit the source is fenced.
 pub fn failed_over(
     journal: &Journal,
@@ -199,7 +206,7 @@ pub fn failed_over(
     let mut runs = journal.runs()?;
     runs.reverse();
     for (id, _, operation, _) in runs {
-        if !matches!(operation.as_str(), "planned" | "unplanned") {
+        if !matches!(operation.as_str(), "planned" | "unplanned" | "failback") {
             continue;
         }
         let events = journal.events(&id)?;
@@ -219,7 +226,8 @@ pub fn failed_over(
             .iter()
             .filter(|g| g.vms.iter().any(|v| vms.contains(&v.name)))
         {
-            if replayed.status == RunStatus::CleanedUp {
+            // A committed run's groups are where their placement says (see `lifecycle`).
+            if matches!(replayed.status, RunStatus::CleanedUp | RunStatus::Committed) {
                 out.remove(&g.name);
             } else {
                 out.insert(g.name.clone(), id.clone());

@@ -24,7 +24,8 @@ use crate::runs::Environment;
 /// refused here, before anything stops, not at the last cycle.
 pub async fn check(env: &Environment, plan: &Plan, op: Operation, force: bool) -> Result<HandOver> {
     match op {
-        Operation::Planned => {
+        // A failback is a planned failover of the reversed plan.
+        Operation::Planned | Operation::Failback => {
             let located = locate_source_vms(
                 &env.inventory,
                 &env.base,

@@ -199,7 +199,11 @@ impl PluginRunner {
                 plan: self.plan.clone(),
                 run_id: self.services.run.clone(),
                 operation: wit_operation(self.operation),
-                direction: wit::Direction::Forward,
+                direction: if self.operation == Operation::Failback {
+                    wit::Direction::Reverse
+                } else {
+                    wit::Direction::Forward
+                },
                 group: step.group.clone(),
                 step: step.id.clone(),
                 attempt,

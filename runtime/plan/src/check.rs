@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use crate::diagnostic::{Diagnostic, Rule, backticked, closest, suggestion};
 use crate::inventory::{Inventory, Network, Vm};
 use crate::placeholder::placeholders;
-use crate::plan::{NetworkRef, Plan, Step};
+use crate::plan::{NetworkMapping, NetworkRef, Plan, Step};
 use crate::source::Sources;
 use crate::span::{Span, Spanned};
 use crate::types::Cidr;
@@ -444,6 +444,35 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
         }
         if let Some(test) = &network.test {
             check_network_ref(inv, test, &plan.target.value, target_ok, "target", &mut out);
+        }
+        // Failback turns each mapping round: two source networks mapped to one target network
+        // would leave a VM coming home with no one network to return to.
+        let mut back: HashMap<String, &NetworkMapping> = HashMap::new();
+        for m in &network.map {
+            if mapping
+                .get(m.from.network.as_str())
+                .is_none_or(|(_, span)| *span != m.from.span)
+            {
+                continue;
+            }
+            match back.get(&m.to.value.to_string()) {
+                Some(first) => out.push(
+                    Diagnostic::error(
+                        Rule::FailbackMap,
+                        m.to.span,
+                        format!(
+                            "`{}` and `{}` both map to `{}`: a failback could not tell which network a VM returns to",
+                            first.from.value, m.from.value, m.to.value
+                        ),
+                        "second mapping to this network",
+                    )
+                    .with_note(first.to.span, "first mapped here")
+                    .with_help("map each source network to a network of its own at the target"),
+                ),
+                None => {
+                    back.insert(m.to.value.to_string(), m);
+                }
+            }
         }
     }
 

@@ -77,6 +77,11 @@ impl<T> NameMap<T> {
         self.entries.get(name).map(|(_, v)| v)
     }
 
+    /// The entry, to change in a copy (the runtime's view of where a VM runs now).
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut T> {
+        self.entries.get_mut(name).map(|(_, v)| v)
+    }
+
     /// The span of the name where the entry was declared.
     pub fn name_span(&self, name: &str) -> Option<Span> {
         self.entries.get(name).map(|(s, _)| *s)

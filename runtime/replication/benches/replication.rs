@@ -162,6 +162,7 @@ fn group(image: &Path, base: &Path) -> GroupSpec {
         max_pause: lifeboat_replication::groups::DEFAULT_MAX_PAUSE,
         crash_interval: Duration::from_secs(300),
         base: base.to_path_buf(),
+        protected: true,
     }
 }
 

@@ -97,3 +97,30 @@ pub async fn fence(target: &Store, group: &str) -> Result<Manifest> {
         ))),
     }
 }
+
+/// Makes the source site `source` (a site's store) the group's writer into `target`'s
+/// repository with an epoch one above any point there: what a reprotect does at the site that
+/// now runs the group. What the site's cache held for the group (an old direction's writer
+/// record and staged sessions, which the new direction must not commit) is deleted first.
+/// Returns the epoch.
+pub async fn take_writer(source: &Store, target: &Store, group: &str) -> Result<u64> {
+    let repo = Repository::open_or_create(target).await?;
+    let newest = match repo.newest_seq(group).await? {
+        Some(seq) => Some(repo.point(group, seq).await?.epoch),
+        None => None,
+    };
+    let epoch = newest.map_or(1, |e| e + 1);
+    let cache = source.scoped(&format!("cache/{group}"));
+    for listed in cache.list("").await? {
+        cache.delete(&listed.name).await?;
+    }
+    let bytes = serde_json::to_vec(&WriterRecord { epoch })
+        .map_err(|e| Error::failed(format!("cannot encode the writer record: {e}")))?;
+    if cache.put_new("writer", Bytes::from(bytes)).await? == Put::Exists {
+        return Err(Error::busy(format!(
+            "another writer of group `{group}` started in `{}` meanwhile",
+            cache.location()
+        )));
+    }
+    Ok(epoch)
+}

@@ -61,6 +61,9 @@ pub struct GroupSpec {
     pub max_pause: Duration,
     /// The folder the inventory's relative paths start from.
     pub base: PathBuf,
+    /// Whether it is replicated: not after a commit until a reprotect, nor when every VM of
+    /// it is disabled (see `placement`).
+    pub protected: bool,
 }
 
 /// Every group of the inventory, in name order. `base` is the folder of lifeboat.toml.
@@ -174,5 +177,6 @@ fn group(inv: &Inventory, base: &Path, name: &str, members: &[String]) -> Result
         },
         max_pause,
         base: base.to_path_buf(),
+        protected: true,
     })
 }

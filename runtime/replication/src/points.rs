@@ -73,3 +73,25 @@ pub fn rpo(latest: Option<&Manifest>, threshold: Duration, now: SystemTime) -> R
         ok: seconds.is_some_and(|s| s <= threshold.as_secs_f64()),
     }
 }
+
+/// Deletes every point of `group` from the repository in `site` (`disable --purge`): its
+/// manifests, newest first, so an interruption leaves the older points listed and intact. A
+/// pinned point (a drill or failover holds it) stops the purge before anything is deleted. The
+/// data the points alone held is left to GC. Returns how many points were deleted.
+pub async fn purge(site: &crate::Store, group: &str) -> Result<usize> {
+    let repo = Repository::open(site).await?;
+    let pins = repo.pins(group).await?;
+    if let Some((seq, reasons)) = pins.iter().next() {
+        return Err(Error::failed(format!(
+            "point {seq} of group `{group}` is pinned ({}): clean up the run that holds it first",
+            reasons.join(", ")
+        )));
+    }
+    let seqs = repo.point_seqs(group).await?;
+    for seq in &seqs {
+        repo.store()
+            .delete(&crate::format::manifest::object_name(group, *seq))
+            .await?;
+    }
+    Ok(seqs.len())
+}

@@ -182,7 +182,8 @@ async fn plans(State(api): State<Api>) -> Result<axum::Json<Vec<PlanInfo>>, ApiE
 #[serde(deny_unknown_fields)]
 pub struct FailoverBody {
     /// `test` (a drill in the test network), `planned` (stop the source, replicate once more,
-    /// zero loss) or `unplanned` (the source is gone).
+    /// zero loss), `unplanned` (the source is gone) or `failback` (a planned failover of the
+    /// plan reversed, once reprotected).
     pub operation: String,
     /// A point kind (`latest`, `latest-app-consistent`), a number, or `GROUP/NUMBER`.
     #[serde(default)]
@@ -218,10 +219,13 @@ async fn failover(
 ) -> Result<(StatusCode, axum::Json<Started>), ApiError> {
     let req: FailoverBody = body(&bytes)?;
     let op = match Operation::parse(&req.operation) {
-        Some(op @ (Operation::Test | Operation::Planned | Operation::Unplanned)) => op,
+        Some(
+            op
+            @ (Operation::Test | Operation::Planned | Operation::Unplanned | Operation::Failback),
+        ) => op,
         _ => {
             return Err(ApiError::bad_request(format!(
-                "`operation` must be `test`, `planned` or `unplanned`, not `{}`",
+                "`operation` must be `test`, `planned`, `unplanned` or `failback`, not `{}`",
                 req.operation
             )));
         }

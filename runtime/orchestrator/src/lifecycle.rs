@@ -1,0 +1,740 @@
+//! There and back: where each consistency group runs now (its placement, kept in the sites'
+//! stores), the inventory as the runtime sees it once placements are applied, `reprotect`
+//! (the committed copies become protected VMs replicating to the other site, differentially),
+//! failback's plan (the plan reversed), and `disable`/`enable`.
+//!
+//! The inventory file is never rewritten: a group that failed over and was committed runs from
+//! its run's disks at its addresses there, and every command sees it so through `apply`. A
+//! failback is then a planned failover of the reversed plan over that view: the same checks,
+//! hand-over, restore, boot and commit as the forward direction.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lifeboat_plan::inventory::Inventory;
+use lifeboat_plan::plan::{NetworkMapping, NicOverride, Operation};
+use lifeboat_plan::{Plan, Spanned};
+use lifeboat_replication::placement::{self, NicPlace, Placement, VmPlace};
+use lifeboat_replication::seed::SeedReport;
+use lifeboat_replication::{GroupSpec, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::journal::{Event, RunStatus};
+use crate::network::Assignment;
+use crate::runs::{Environment, not_driven, running_vms, status_of};
+use crate::services::Observer;
+use crate::source::{groups_of, plan_vms};
+
+/// The store of every site of the inventory that opens: placements are kept in each.
+pub fn site_stores(inv: &Inventory, base: &Path) -> Vec<Store> {
+    inv.sites
+        .iter()
+        .filter_map(|(_, s)| Store::open(&s.store.value, base).ok())
+        .collect()
+}
+
+/// Every group's recorded placement (groups with none are where the inventory says).
+pub async fn read_placements(
+    inv: &Inventory,
+    base: &Path,
+) -> lifeboat_replication::Result<BTreeMap<String, Placement>> {
+    placement::all(&site_stores(inv, base)).await
+}
+
+/// The inventory and groups as they stand now, with `placements` applied: a moved group's VMs
+/// at the site they run at, with their run's disks and addresses; a group's source and target
+/// sites as it replicates now (`protected` false when it does not); disabled VMs left out of
+/// the group's captures.
+pub fn apply(
+    home: &Inventory,
+    home_groups: &[GroupSpec],
+    placements: &BTreeMap<String, Placement>,
+) -> Result<(Inventory, Vec<GroupSpec>)> {
+    let mut inv = home.clone();
+    let mut groups = Vec::new();
+    for g in home_groups {
+        let Some(p) = placements.get(&g.name) else {
+            groups.push(g.clone());
+            continue;
+        };
+        let mut spec = g.clone();
+        spec.source_site = p.site.clone();
+        if let Some(to) = &p.replicate_to {
+            spec.target_site = to.clone();
+        }
+        for vm in &mut spec.vms {
+            let Some(v) = inv.vms.get_mut(&vm.name) else {
+                continue;
+            };
+            v.site.value = p.site.clone();
+            if let Some(place) = p.vms.get(&vm.name) {
+                for (disk, path) in &place.disks {
+                    if let Some(d) = v.disks.get_mut(disk) {
+                        d.value = path.clone();
+                    }
+                }
+                for (nic, now) in v.nics.iter_mut().zip(&place.nics) {
+                    nic.network.value = now.network.clone();
+                    nic.subnet.value = now.subnet.clone();
+                    nic.ip = now
+                        .ip
+                        .parse::<IpAddr>()
+                        .ok()
+                        .map(|ip| Spanned::new(ip, nic.network.span));
+                }
+                for disk in &mut vm.disks {
+                    if let Some(path) = place.disks.get(&disk.name) {
+                        disk.source = path.clone();
+                        disk.path = PathBuf::from(path);
+                    }
+                }
+            }
+            vm.definition = serde_json::to_value(&*v).map_err(|e| {
+                Error::Failed(format!("cannot record VM `{}`'s definition: {e}", vm.name))
+            })?;
+        }
+        let enabled: Vec<_> = spec
+            .vms
+            .iter()
+            .filter(|v| !p.disabled.contains(&v.name))
+            .cloned()
+            .collect();
+        spec.protected = p.replicate_to.is_some() && !enabled.is_empty();
+        if !enabled.is_empty() {
+            spec.vms = enabled;
+        }
+        groups.push(spec);
+    }
+    Ok((inv, groups))
+}
+
+/// The placement of `group` now: the recorded one, or where the inventory puts it.
+pub fn placement_of(env: &Environment, group: &GroupSpec) -> Placement {
+    env.placements.get(&group.name).cloned().unwrap_or_else(|| {
+        let home = env.home.sites.get(&group.source_site);
+        Placement::home(
+            &group.name,
+            &group.source_site,
+            home.and_then(|s| s.replicate_to.as_ref())
+                .map(|t| t.value.as_str()),
+        )
+    })
+}
+
+/// Where the plan's groups must run for operation `op` of `plan` to make sense: a failover
+/// or drill needs them at the plan's source; a failback (of the reversed plan) at its target
+/// and protected back. Every group that is not gives one line of the refusal.
+pub fn check_direction(env: &Environment, plan: &Plan, op: Operation) -> Result<()> {
+    let mut wrong = Vec::new();
+    for group in groups_of(env, &plan_vms(plan)) {
+        let p = placement_of(env, group);
+        let name = &plan.name.value;
+        if p.site != plan.source.value {
+            wrong.push(match op {
+                Operation::Failback => format!(
+                    "group `{}` runs at `{}`, not `{}`: failback brings home what runs at the other site",
+                    group.name, p.site, plan.source.value
+                ),
+                _ => format!(
+                    "group `{}` runs at `{}` now{}: `lifeboat reprotect {name}` then `lifeboat failback {name}` bring it back",
+                    group.name,
+                    p.site,
+                    p.run
+                        .as_ref()
+                        .map_or(String::new(), |r| format!(" (run {r} was committed)"))
+                ),
+            });
+        } else if op == Operation::Failback
+            && p.replicate_to.as_deref() != Some(plan.target.value.as_str())
+        {
+            wrong.push(format!(
+                "group `{}` is not replicated back to `{}` yet: `lifeboat reprotect {name}` first (failback loses nothing only from a protected copy)",
+                group.name, plan.target.value
+            ));
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Lifecycle(wrong.join("; ")))
+    }
+}
+
+/// The plan a run of `operation` runs: failback runs the plan reversed (see [`reversed`]).
+pub fn plan_for(env: &Environment, plan: &Plan, operation: &str) -> Plan {
+    if operation == Operation::Failback.name() {
+        reversed(env, plan)
+    } else {
+        plan.clone()
+    }
+}
+
+/// The plan in the reverse direction: source and target swapped, each network mapping turned
+/// round, and every NIC that returns to its home network asking for its home address (as it
+/// was before the failover). Drills of the reverse direction need a test network at home,
+/// which a plan does not name yet: the reversed plan has none.
+pub fn reversed(env: &Environment, plan: &Plan) -> Plan {
+    let mut p = plan.clone();
+    std::mem::swap(&mut p.source, &mut p.target);
+    if let Some(net) = &mut p.network {
+        net.map = net
+            .map
+            .iter()
+            .map(|m| NetworkMapping {
+                from: m.to.clone(),
+                to: m.from.clone(),
+            })
+            .collect();
+        net.test = None;
+        let span = plan.name.span;
+        let mut overrides = Vec::new();
+        for vm_name in plan_vms(plan) {
+            let (Some(home), Some(now)) =
+                (env.home.vms.get(vm_name), env.inventory.vms.get(vm_name))
+            else {
+                continue;
+            };
+            for (i, (h, n)) in home.nics.iter().zip(&now.nics).enumerate() {
+                let back = net.map.iter().find(|m| {
+                    m.from.value.site == now.site.value && m.from.value.network == n.network.value
+                });
+                let (Some(ip), Some(back)) = (&h.ip, back) else {
+                    continue;
+                };
+                if back.to.value.site == home.site.value && back.to.value.network == h.network.value
+                {
+                    overrides.push(NicOverride {
+                        vm: Spanned::new(vm_name.to_string(), span),
+                        nic: Some(Spanned::new(i as u32, span)),
+                        subnet: Some(h.subnet.clone()),
+                        ip: Some(ip.clone()),
+                        test_ip: None,
+                    });
+                }
+            }
+        }
+        net.overrides = overrides;
+    }
+    p
+}
+
+/// Records where the groups a committed run booted run now: at `site`, from the run's disks
+/// and addresses, not protected until a reprotect.
+pub async fn record_commit(
+    env: &Environment,
+    run: &str,
+    site: &str,
+    groups: &[String],
+    events: &[(i64, i64, Event)],
+) -> Result<Vec<Placement>> {
+    let mut vms: BTreeMap<String, VmPlace> = BTreeMap::new();
+    for (_, _, e) in events {
+        match e {
+            Event::Restored { vm, disks, .. } => {
+                let place = vms.entry(vm.clone()).or_default();
+                for path in disks {
+                    let name = Path::new(path)
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    place.disks.insert(name, absolute(path));
+                }
+            }
+            Event::Assigned { assignments } => {
+                for a in assignments {
+                    let place = vms.entry(a.vm.clone()).or_default();
+                    place.nics.push(nic_place(a));
+                }
+            }
+            _ => {}
+        }
+    }
+    let stores = site_stores(&env.home, &env.base);
+    let required = env.site_store(site).map_err(Error::Failed)?;
+    let mut out = Vec::new();
+    for group in groups {
+        let Some(spec) = env.groups.iter().find(|g| g.name == *group) else {
+            continue;
+        };
+        let before = placement_of(env, spec);
+        let next = Placement {
+            site: site.to_string(),
+            replicate_to: None,
+            run: Some(run.to_string()),
+            vms: spec
+                .vms
+                .iter()
+                .filter_map(|v| Some((v.name.clone(), vms.get(&v.name)?.clone())))
+                .collect(),
+            reason: "commit".into(),
+            ..before
+        };
+        let (p, missed) = placement::record(&stores, &required, next)
+            .await
+            .map_err(|e| Error::replication(format!("where group `{group}` runs"), e))?;
+        for m in missed {
+            tracing::warn!(
+                group,
+                store = m,
+                "placement recorded without this store (it did not answer)"
+            );
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+fn absolute(path: &str) -> String {
+    std::path::absolute(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
+}
+
+fn nic_place(a: &Assignment) -> NicPlace {
+    NicPlace {
+        network: a
+            .network
+            .rsplit_once('/')
+            .map_or(a.network.clone(), |(_, n)| n.to_string()),
+        subnet: a.subnet.clone(),
+        ip: a.ip.to_string(),
+    }
+}
+
+/// One group a reprotect turned round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Reprotected {
+    pub group: String,
+    /// Where it runs (the new source).
+    pub site: String,
+    /// Where its points go now (the old source).
+    pub replicate_to: String,
+    /// What the receiving site already held, hashed there (nothing crosses for it).
+    #[schema(value_type = Object)]
+    pub seed: SeedReport,
+    /// The receiving site had none of the group's old disks: the first cycle is a full seed.
+    pub full_seed: bool,
+    /// The first point in the new direction.
+    pub point: u64,
+    /// Bytes of its disks, bytes that differ from what the receiving site held, bytes shipped.
+    pub disk_bytes: u64,
+    pub new_bytes: u64,
+    pub shipped_bytes: u64,
+}
+
+/// What `reprotect` did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReprotectReport {
+    pub run: String,
+    pub groups: Vec<Reprotected>,
+    /// Groups that were already protected in the direction asked.
+    pub already: Vec<String>,
+}
+
+/// The other site of `plan` from `site`.
+fn other_site<'a>(plan: &'a Plan, site: &str) -> &'a str {
+    if site == plan.source.value {
+        &plan.target.value
+    } else {
+        &plan.source.value
+    }
+}
+
+/// Reprotects the groups of `plan` that a commit left running unprotected: each becomes
+/// protected where it runs, replicating to the plan's other site. The receiving site first
+/// stores what it already holds of the group (the disks it last ran from there), locally; the
+/// first cycle then ships only what diverged. Journaled as a run (`resume`: the id of one a
+/// killed process left), each group's steps done once.
+pub async fn reprotect(
+    env: &Environment,
+    plan: &Plan,
+    plan_path: &Path,
+    resume: Option<&str>,
+    observe: Observer,
+) -> Result<ReprotectReport> {
+    let name = &plan.name.value;
+    let mut journal = env.journal()?;
+    let run = match resume {
+        Some(run) => {
+            let status = status_of(&journal, run)?;
+            if status.operation != "reprotect" || !status.status.is_resumable() {
+                return Err(Error::InvalidState {
+                    run: run.to_string(),
+                    status: status.status,
+                    why: "it is not an unfinished reprotect".into(),
+                });
+            }
+            not_driven(&status)?;
+            run.to_string()
+        }
+        None => {
+            if let Some(open) = env.open_run(name)? {
+                return Err(Error::OpenRun {
+                    plan: name.clone(),
+                    run: open.id.clone(),
+                    operation: open.operation.clone(),
+                    status: open.status,
+                    next: if open.operation == "reprotect" {
+                        format!("`lifeboat retry {}` finishes it", open.id)
+                    } else {
+                        format!("`lifeboat commit {name}` (or cleanup) first")
+                    },
+                });
+            }
+            let groups = groups_of(env, &plan_vms(plan));
+            let mut wrong = Vec::new();
+            let mut todo = 0;
+            for g in &groups {
+                let p = placement_of(env, g);
+                if p.run.is_none() {
+                    wrong.push(format!(
+                        "group `{}` has not failed over (it runs at `{}` from the inventory's disks): there is nothing to reprotect",
+                        g.name, p.site
+                    ));
+                } else if p.replicate_to.is_none() {
+                    todo += 1;
+                }
+            }
+            if !wrong.is_empty() {
+                return Err(Error::Lifecycle(wrong.join("; ")));
+            }
+            if todo == 0 {
+                return Err(Error::Lifecycle(format!(
+                    "every group of plan `{name}` is protected already"
+                )));
+            }
+            check_receiving_idle(env, plan).await?;
+            let id = crate::operations::new_run_id(&journal, name)?;
+            journal.begin(&id, name, "reprotect")?;
+            journal.append(
+                &id,
+                &Event::Prepared {
+                    plan_path: plan_path.display().to_string(),
+                    point: None,
+                },
+            )?;
+            id
+        }
+    };
+    let pid = std::process::id();
+    journal.append(
+        &run,
+        &Event::Driving {
+            pid,
+            started: lifeboat_compute::driver::process_start_time(pid),
+            daemon: env.daemon,
+        },
+    )?;
+    let result = reprotect_groups(env, plan, &run, observe.clone()).await;
+    let status = match &result {
+        Ok(_) => RunStatus::Succeeded,
+        Err(_) => RunStatus::Failed,
+    };
+    let finished = Event::RunFinished { status };
+    journal.append(&run, &finished)?;
+    observe(&run, &finished);
+    result
+}
+
+/// The VMs the receiving side would run from the disks it seeds from must be down: a copy
+/// still running there writes to them, and a second copy of a VM would be up.
+async fn check_receiving_idle(env: &Environment, plan: &Plan) -> Result<()> {
+    let journal = env.journal()?;
+    let vms: HashSet<&str> = plan_vms(plan).into_iter().collect();
+    for h in running_vms(&journal)? {
+        if vms.contains(h.vm.as_str()) && env.driver.running(&h).await {
+            let here = env
+                .inventory
+                .vms
+                .get(&h.vm)
+                .map(|v| v.site.value.clone())
+                .unwrap_or_default();
+            // The copy a run booted where the group runs now is the one being protected.
+            let current = env.groups.iter().any(|g| {
+                g.vms.iter().any(|v| v.name == h.vm)
+                    && env.placements.get(&g.name).and_then(|p| p.run.as_deref())
+                        == run_of_pid(&journal, &h).as_deref()
+            });
+            if !current {
+                return Err(Error::Lifecycle(format!(
+                    "VM `{}` still runs from an older copy (pid {}, not the one at `{here}`): stop it first (`lifeboat cleanup` of its run), so its disks stay as they were",
+                    h.vm, h.pid
+                )));
+            }
+        }
+    }
+    let home_vms: Vec<&str> = plan_vms(plan);
+    let located = lifeboat_compute::site::locate_source_vms(
+        &env.home,
+        &env.base,
+        env.driver.as_ref(),
+        &home_vms,
+    )
+    .await;
+    if let Some(h) = located.first() {
+        return Err(Error::Lifecycle(format!(
+            "VM `{}` runs at its home site from the inventory's disks (pid {}): shut it down first; the copy that failed over is the one protected now",
+            h.vm, h.pid
+        )));
+    }
+    Ok(())
+}
+
+/// The run that started the VM process `h`.
+fn run_of_pid(
+    journal: &crate::journal::Journal,
+    h: &lifeboat_compute::driver::Handle,
+) -> Option<String> {
+    for (id, ..) in journal.runs().ok()? {
+        let events = journal.events(&id).ok()?;
+        if crate::runs::running_in(&events)
+            .iter()
+            .any(|r| r.pid == h.pid && r.vm == h.vm)
+        {
+            return Some(id);
+        }
+    }
+    None
+}
+
+async fn reprotect_groups(
+    env: &Environment,
+    plan: &Plan,
+    run: &str,
+    observe: Observer,
+) -> Result<ReprotectReport> {
+    let mut journal = env.journal()?;
+    let events = journal.events(run)?;
+    let mut report = ReprotectReport {
+        run: run.to_string(),
+        ..ReprotectReport::default()
+    };
+    let stores = site_stores(&env.home, &env.base);
+    for group in groups_of(env, &plan_vms(plan)) {
+        let p = placement_of(env, group);
+        let done = events.iter().find_map(|(_, _, e)| match e {
+            Event::Reprotected { group: g, report } if *g == group.name => Some(report.clone()),
+            _ => None,
+        });
+        let placed = events
+            .iter()
+            .any(|(_, _, e)| matches!(e, Event::Placed { group: g, .. } if *g == group.name));
+        if placed || (done.is_none() && p.replicate_to.is_some()) {
+            if done.is_none() {
+                report.already.push(group.name.clone());
+            } else if let Some(r) = done {
+                report.groups.push(r);
+            }
+            continue;
+        }
+        let to = other_site(plan, &p.site).to_string();
+        let r = match done {
+            Some(r) => r,
+            None => {
+                let r = turn_round(env, group, &p, &to).await?;
+                let e = Event::Reprotected {
+                    group: group.name.clone(),
+                    report: r.clone(),
+                };
+                journal.append(run, &e)?;
+                observe(run, &e);
+                r
+            }
+        };
+        let required = env.site_store(&p.site).map_err(Error::Failed)?;
+        let next = Placement {
+            replicate_to: Some(to.clone()),
+            reason: "reprotect".into(),
+            ..p
+        };
+        let (recorded, missed) = placement::record(&stores, &required, next)
+            .await
+            .map_err(|e| Error::replication(format!("where group `{}` runs", group.name), e))?;
+        for m in missed {
+            tracing::warn!(group = %group.name, store = m, "placement recorded without this store");
+        }
+        let e = Event::Placed {
+            group: group.name.clone(),
+            generation: recorded.generation,
+            site: recorded.site.clone(),
+            replicate_to: recorded.replicate_to.clone(),
+        };
+        journal.append(run, &e)?;
+        observe(run, &e);
+        report.groups.push(r);
+    }
+    Ok(report)
+}
+
+/// One group's reprotect: the receiving site seeds its repository from what it holds, the
+/// running site becomes the writer with a new epoch, and the first cycle ships the rest.
+async fn turn_round(
+    env: &Environment,
+    group: &GroupSpec,
+    p: &Placement,
+    to: &str,
+) -> Result<Reprotected> {
+    let receiving = env.site_store(to).map_err(Error::Failed)?;
+    let sending = env.site_store(&p.site).map_err(Error::Failed)?;
+    let images = old_disks(env, group, to).await?;
+    let seed = lifeboat_replication::seed::seed(&receiving, &images)
+        .await
+        .map_err(|e| Error::replication(format!("seed of group `{}` at `{to}`", group.name), e))?;
+    let full_seed = seed.read.is_empty();
+    lifeboat_replication::fencing::take_writer(&sending, &receiving, &group.name)
+        .await
+        .map_err(|e| Error::replication(format!("group `{}`", group.name), e))?;
+    let mut spec = group.clone();
+    spec.source_site = p.site.clone();
+    spec.target_site = to.to_string();
+    spec.protected = true;
+    let holder = lifeboat_replication::lease::Holder::new("reprotect");
+    let cycle = lifeboat_compute::site::cycle_once(
+        &env.inventory,
+        &env.base,
+        env.driver.clone(),
+        &spec,
+        lifeboat_replication::AppMode::Never,
+        None,
+        &holder,
+    )
+    .await
+    .map_err(|e| {
+        Error::replication(
+            format!(
+                "first cycle of group `{}` from `{}` to `{to}`",
+                group.name, p.site
+            ),
+            e,
+        )
+    })?;
+    Ok(Reprotected {
+        group: group.name.clone(),
+        site: p.site.clone(),
+        replicate_to: to.to_string(),
+        seed,
+        full_seed,
+        point: cycle.seq,
+        disk_bytes: cycle.disk_bytes,
+        new_bytes: cycle.new_bytes,
+        shipped_bytes: cycle.shipped_bytes,
+    })
+}
+
+/// The disks the group's VMs last ran from at `site`, with their chunk sizes: the inventory's
+/// when `site` is their home and no run's copy ran there since; else the disks of the newest
+/// placement there.
+async fn old_disks(
+    env: &Environment,
+    group: &GroupSpec,
+    site: &str,
+) -> Result<Vec<(PathBuf, u32)>> {
+    let stores = site_stores(&env.home, &env.base);
+    let there = placement::history(&stores, &group.name)
+        .await
+        .map_err(|e| Error::replication(format!("where group `{}` ran", group.name), e))?
+        .into_iter()
+        .rev()
+        .find(|p| p.site == site);
+    let mut out = Vec::new();
+    for vm in &group.vms {
+        let home = env.home.vms.get(&vm.name);
+        for disk in &vm.disks {
+            let path = match &there {
+                Some(p) if p.moved() => p
+                    .vms
+                    .get(&vm.name)
+                    .and_then(|v| v.disks.get(&disk.name))
+                    .map(PathBuf::from),
+                _ => home
+                    .filter(|h| h.site.value == site)
+                    .and_then(|h| h.disks.get(&disk.name))
+                    .map(|d| env.base.join(&d.value)),
+            };
+            if let Some(path) = path {
+                out.push((path, disk.chunk_size));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Takes VM `vm` out of protection (or, `enable`, puts it back): recorded with its group's
+/// placement, so every daemon and command sees it. With `purge` (only when no VM of the group
+/// is left protected), the group's points are deleted from the repository it replicates to.
+pub async fn set_enabled(env: &Environment, vm: &str, enabled: bool) -> Result<Placement> {
+    let group = env
+        .groups
+        .iter()
+        .find(|g| {
+            g.vms.iter().any(|v| v.name == vm)
+                || env
+                    .placements
+                    .get(&g.name)
+                    .is_some_and(|p| p.disabled.contains(vm))
+        })
+        .or_else(|| {
+            // A group whose every VM is disabled keeps them listed.
+            env.groups
+                .iter()
+                .find(|g| g.vms.iter().any(|v| v.name == vm))
+        })
+        .ok_or_else(|| Error::Lifecycle(format!("no VM `{vm}` in the inventory")))?;
+    let mut p = placement_of(env, group);
+    let changed = if enabled {
+        p.disabled.remove(vm)
+    } else {
+        p.disabled.insert(vm.to_string())
+    };
+    if !changed {
+        return Err(Error::Lifecycle(format!(
+            "VM `{vm}` is {} already",
+            if enabled { "protected" } else { "disabled" }
+        )));
+    }
+    p.reason = if enabled { "enable" } else { "disable" }.into();
+    let stores = site_stores(&env.home, &env.base);
+    let required = env.site_store(&p.site).map_err(Error::Failed)?;
+    let (p, _) = placement::record(&stores, &required, p)
+        .await
+        .map_err(|e| Error::replication(format!("where group `{}` runs", group.name), e))?;
+    Ok(p)
+}
+
+/// Deletes every point of the group of `vm` from the repository it replicates to, once none of
+/// its VMs is protected: `disable --purge`. Returns the group and how many points went.
+pub async fn purge(env: &Environment, vm: &str) -> Result<(String, usize)> {
+    let group = env
+        .groups
+        .iter()
+        .find(|g| g.vms.iter().any(|v| v.name == vm))
+        .ok_or_else(|| Error::Lifecycle(format!("no VM `{vm}` in the inventory")))?;
+    let p = placement_of(env, group);
+    let members: Vec<&str> = group.vms.iter().map(|v| v.name.as_str()).collect();
+    if let Some(other) = members.iter().find(|m| !p.disabled.contains(**m)) {
+        return Err(Error::Lifecycle(format!(
+            "VM `{vm}` shares consistency group `{}` with `{other}`, which is still protected: its points hold both; disable every VM of the group to purge them",
+            group.name
+        )));
+    }
+    let target = env.site_store(&group.target_site).map_err(Error::Failed)?;
+    let n = lifeboat_replication::points::purge(&target, &group.name)
+        .await
+        .map_err(|e| Error::replication(format!("purge of group `{}`", group.name), e))?;
+    Ok((group.name.clone(), n))
+}
+
+/// Applies the stores' placements to an environment built from the inventory as written.
+pub async fn place(env: &mut Environment) -> Result<()> {
+    let placements = read_placements(&env.home, &env.base)
+        .await
+        .map_err(|e| Error::replication("cannot read where groups run", e))?;
+    let home_groups = lifeboat_replication::groups(&env.home, &env.base)
+        .map_err(|e| Error::replication("the inventory's groups", e))?;
+    let (inv, groups) = apply(&env.home, &home_groups, &placements)?;
+    env.inventory = Arc::new(inv);
+    env.groups = groups;
+    env.placements = placements;
+    Ok(())
+}
