@@ -651,7 +651,122 @@ fn scenario(
             .join(", "),
         rto.map_or_else(|| "-".into(), |s| format!("{s:.2}s"))
     ));
+    round_trip(demo, rt, "shop-2")
+}
+
+/// 6. There and back: reprotect (east lost its disks, so a full seed), failback with zero loss,
+/// commit, and reprotect in the original direction again (differential: west hashes the copies
+/// it stopped, only what diverged crosses).
+fn round_trip(
+    demo: &mut Demo<'_, '_>,
+    rt: &tokio::runtime::Runtime,
+    failover: &str,
+) -> Result<(), String> {
+    demo.say(
+        "
+the copies at west run on, unprotected; east is rebuilt empty",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    demo.say(
+        "
+$ lifeboat reprotect shop",
+    );
+    let (code, rep) = demo.lifeboat_json(&["reprotect", "shop"]);
+    let groups = rep["groups"].as_array().cloned().unwrap_or_default();
+    let shipped: u64 = groups
+        .iter()
+        .filter_map(|g| g["shipped_bytes"].as_u64())
+        .sum();
+    let disks: u64 = groups.iter().filter_map(|g| g["disk_bytes"].as_u64()).sum();
+    demo.check(
+        code == 0 && groups.len() == 2 && groups.iter().all(|g| g["full_seed"] == true),
+        &format!(
+            "reprotect: both groups protected at west, replicating to east — a full seed, east held none of their disks ({} shipped of {})",
+            crate::replication::mib(shipped),
+            crate::replication::mib(disks)
+        ),
+    );
+    let code = demo.lifeboat(&["replicate"]);
+    demo.check(code == 0, "points flow west → east");
+    // What the copies at west wrote last, once failback has stopped them.
+    let west: Vec<(String, PathBuf)> = restored_disks(demo, failover);
+    let (code, run) = demo.lifeboat_json(&["failback", "shop"]);
+    let id = run["id"].as_str().unwrap_or_default().to_string();
+    demo.check(
+        code == 0 && run["operation"] == "failback",
+        &format!("failback {id} succeeded: the copies at west stopped, one last reverse cycle, booted at east"),
+    );
+    for (vm, disk) in &west {
+        let written = std::fs::File::open(disk)
+            .ok()
+            .and_then(|f| lifeboat_demo_vm::disk::check(&f).ok())
+            .and_then(|c| c.last.map(|l| l.seq));
+        let home = VMS
+            .iter()
+            .find(|v| v.0 == vm)
+            .map(|v| format!("{}:{}", v.3, v.4))
+            .unwrap_or_default();
+        let at_home = get_json(rt, &home, "/state").as_ref().and_then(recovered);
+        demo.check(
+            written.is_some() && at_home.map(|r| r.0) == written,
+            &format!(
+                "{vm} is home at {home} with the last record its copy at west wrote ({}): nothing lost",
+                written.unwrap_or(0)
+            ),
+        );
+    }
+    let code = demo.lifeboat(&["commit", "shop"]);
+    demo.check(
+        code == 0,
+        "failback committed: east takes the groups back, west is fenced",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    demo.say(
+        "
+$ lifeboat reprotect shop",
+    );
+    let (code, rep) = demo.lifeboat_json(&["reprotect", "shop"]);
+    let groups = rep["groups"].as_array().cloned().unwrap_or_default();
+    let shipped: u64 = groups
+        .iter()
+        .filter_map(|g| g["shipped_bytes"].as_u64())
+        .sum();
+    let disks: u64 = groups.iter().filter_map(|g| g["disk_bytes"].as_u64()).sum();
+    demo.check(
+        code == 0
+            && groups.len() == 2
+            && groups.iter().all(|g| g["full_seed"] == false)
+            && shipped * 10 < disks,
+        &format!(
+            "reprotect again, east → west: west hashed the copies it had stopped; only what diverged crossed ({} of {})",
+            crate::replication::mib(shipped),
+            crate::replication::mib(disks)
+        ),
+    );
+    let (code, list) = demo.lifeboat_json(&["points", "list", "db-1"]);
+    demo.check(
+        code == 0
+            && list["placement"]["site"] == "east"
+            && list["placement"]["replicate_to"] == "west",
+        "db-1 runs at east again, protected to west: the original direction",
+    );
     Ok(())
+}
+
+/// Each VM's disk as run `run` restored it, from the journal.
+fn restored_disks(demo: &Demo<'_, '_>, run: &str) -> Vec<(String, PathBuf)> {
+    let journal = demo.dir.join(".lifeboat/state/runs.db");
+    lifeboat_orchestrator::journal::Journal::open(&journal)
+        .and_then(|j| j.events(run))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(_, _, e)| match e {
+            lifeboat_orchestrator::journal::Event::Restored { vm, disks, .. } => {
+                Some((vm, PathBuf::from(disks.first()?)))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Kills a process at once (SIGKILL), as a power cut would.
