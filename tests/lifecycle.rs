@@ -499,6 +499,157 @@ fn the_daemon_protects_whichever_direction_is_active() {
         || last_id(&d.status(&s).1, "app-1") > before,
         "points flowing east → west again",
     );
+    // `disable` stops the VM's schedule in the daemon too.
+    let out = s.lifeboat(&["disable", "db-1"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    wait_for(
+        || group(&d.status(&s).1, "db-1")["state"] == "unprotected",
+        "the daemon leaving db-1 out",
+    );
     let (status, log) = d.term(Duration::from_secs(15));
     assert!(status.success(), "{log}");
+}
+
+/// Kill -9 of `lifeboat failback` at each journal point of its run, then `retry`: it finishes,
+/// each VM booted once, every record the copies at west wrote is home, and nothing runs at
+/// west. Each round is cleaned up (the copies at west stay stopped) for the next.
+#[test]
+fn a_failback_killed_at_each_journal_point_finishes_with_retry_and_loses_nothing() {
+    let mut s = Sites::new(181, "[]", "[]");
+    s.start_source();
+    s.replicate();
+    assert_eq!(s.lifeboat(&["failover", "p", "--planned"]).code, 0);
+    assert_eq!(s.lifeboat(&["commit", "p"]).code, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.lifeboat(&["reprotect", "p"]).code, 0);
+    let west = run_disks(&s, "p-1");
+    // A whole failback first, to count its journal points.
+    let out = s.lifeboat(&["failback", "p"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let last: HashMap<String, u64> = west
+        .iter()
+        .map(|(vm, d)| (vm.clone(), last_seq(d)))
+        .collect();
+    let points = s.events("p-3").len();
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+    let journal = s.path().join(".lifeboat/state/runs.db");
+    let mut killed = 0;
+    for n in 2..points {
+        let run = format!("p-{}", n + 2);
+        let mut child = std::process::Command::new(crate::failover::HELPER)
+            .args(["cli", "--config", &s.config(), "failback", "p"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let was_killed = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "the failback failed on its own");
+                break false;
+            }
+            let seen = Journal::open(&journal)
+                .ok()
+                .and_then(|j| j.events(&run).ok())
+                .map_or(0, |e| e.len());
+            if seen >= n {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break true;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "failback stalled"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        if was_killed {
+            killed += 1;
+            let out = s.lifeboat(&["retry", &run]);
+            assert_eq!(
+                out.code, 0,
+                "killed at event {n}: {}\n{}",
+                out.stdout, out.stderr
+            );
+        }
+        let events = s.events(&run);
+        for vm in ["db-1", "app-1"] {
+            let starts = events
+                .iter()
+                .filter(|e| matches!(e, Event::VmStarted { vm: v, .. } if v == vm))
+                .count();
+            assert_eq!(
+                starts, 1,
+                "killed at event {n}: {vm} started {starts} times"
+            );
+            let state = get(&s.source_addr(vm), "/state").expect("home answers");
+            assert_eq!(
+                state["recovered"]["last"]["seq"].as_u64(),
+                last.get(vm).copied(),
+                "killed at event {n}: {vm} lost records"
+            );
+        }
+        assert!(
+            running(&s, "p-1").is_empty(),
+            "killed at event {n}: west still runs"
+        );
+        assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0, "killed at event {n}");
+    }
+    assert!(
+        killed >= 10,
+        "only {killed} kills landed in a run of {points} events"
+    );
+}
+
+#[test]
+fn a_disabled_vm_is_not_replicated_and_its_points_stay_or_are_purged() {
+    let mut s = Sites::new(182, "[]", "[]");
+    s.start_source();
+    s.replicate();
+    let out = s.lifeboat(&["disable", "app-1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("its points stay"), "{}", out.stdout);
+    let out = s.lifeboat(&["disable", "app-1"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("disabled already"), "{}", out.stderr);
+    // `replicate` leaves it out and says so; its points are still listed.
+    let out = s.lifeboat(&["--output", "json", "replicate"]);
+    let cycles = json(&out);
+    let groups: Vec<&str> = cycles
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(groups, ["db-1"]);
+    assert!(
+        out.stderr.contains("`app-1` is not replicated"),
+        "{}",
+        out.stderr
+    );
+    let list = json(&s.lifeboat(&["--output", "json", "points", "list", "app-1"]));
+    assert_eq!(list["points"].as_array().unwrap().len(), 1);
+    assert_eq!(list["placement"]["disabled"][0], "app-1");
+    // --purge asks first; without a terminal and without --yes, nothing is deleted.
+    let out = s.lifeboat(&["disable", "app-1", "--purge"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("--yes"), "{}", out.stderr);
+    let out = s.lifeboat(&["enable", "app-1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = s.lifeboat(&["replicate", "app-1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(s.lifeboat(&["disable", "app-1"]).code, 0);
+    // Purging a VM disabled earlier.
+    let out = s.lifeboat(&["disable", "app-1", "--purge", "--yes"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("2 point(s) of group app-1 deleted"),
+        "{}",
+        out.stdout
+    );
+    let list = json(&s.lifeboat(&["--output", "json", "points", "list", "app-1"]));
+    assert!(list["points"].as_array().unwrap().is_empty(), "{list}");
+    // db-1's points are untouched.
+    let list = json(&s.lifeboat(&["--output", "json", "points", "list", "db-1"]));
+    assert_eq!(list["points"].as_array().unwrap().len(), 2);
 }

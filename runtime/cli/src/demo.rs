@@ -654,9 +654,9 @@ fn scenario(
     round_trip(demo, rt, "shop-2")
 }
 
-/// 6. There and back: reprotect (east lost its disks, so a full seed), failback with zero loss,
-/// commit, and reprotect in the original direction again (differential: west hashes the copies
-/// it stopped, only what diverged crosses).
+/// Step 6, there and back: reprotect (east lost its disks, so a full seed), failback with
+/// zero loss, commit, and reprotect in the original direction again (differential: west hashes
+/// the copies it stopped, only what diverged crosses).
 fn round_trip(
     demo: &mut Demo<'_, '_>,
     rt: &tokio::runtime::Runtime,

@@ -451,7 +451,16 @@ pub fn set_enabled(
         Err(e) => return crate::internal(io, &e),
     };
     let placed = match rt.block_on(lifecycle::set_enabled(env, vm, enabled)) {
-        Ok(p) => p,
+        // Purging the points of a VM disabled earlier is what --purge is for.
+        Ok((p, changed)) if changed || purge => p,
+        Ok(_) => {
+            let _ = writeln!(
+                io.stderr,
+                "error: VM `{vm}` is {} already",
+                if enabled { "protected" } else { "disabled" }
+            );
+            return exit_codes::FAILED;
+        }
         Err(e) => return run_failed(io, &e),
     };
     let mut purged = None;

@@ -661,9 +661,9 @@ async fn old_disks(
 }
 
 /// Takes VM `vm` out of protection (or, `enable`, puts it back): recorded with its group's
-/// placement, so every daemon and command sees it. With `purge` (only when no VM of the group
-/// is left protected), the group's points are deleted from the repository it replicates to.
-pub async fn set_enabled(env: &Environment, vm: &str, enabled: bool) -> Result<Placement> {
+/// placement, so every daemon and command sees it. Returns the placement and whether it
+/// changed (`false`: the VM was so already, nothing recorded).
+pub async fn set_enabled(env: &Environment, vm: &str, enabled: bool) -> Result<(Placement, bool)> {
     let group = env
         .groups
         .iter()
@@ -688,10 +688,7 @@ pub async fn set_enabled(env: &Environment, vm: &str, enabled: bool) -> Result<P
         p.disabled.insert(vm.to_string())
     };
     if !changed {
-        return Err(Error::Lifecycle(format!(
-            "VM `{vm}` is {} already",
-            if enabled { "protected" } else { "disabled" }
-        )));
+        return Ok((p, false));
     }
     p.reason = if enabled { "enable" } else { "disable" }.into();
     let stores = site_stores(&env.home, &env.base);
@@ -699,7 +696,7 @@ pub async fn set_enabled(env: &Environment, vm: &str, enabled: bool) -> Result<P
     let (p, _) = placement::record(&stores, &required, p)
         .await
         .map_err(|e| Error::replication(format!("where group `{}` runs", group.name), e))?;
-    Ok(p)
+    Ok((p, true))
 }
 
 /// Deletes every point of the group of `vm` from the repository it replicates to, once none of
