@@ -222,6 +222,15 @@ fn there_and_back_loses_nothing_and_ships_only_what_diverged() {
         "{}",
         out.stdout
     );
+    // Home again but unprotected: west's points are older than what runs, so no drill yet.
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("unprotected since run p-3 was committed"),
+        "{}",
+        out.stderr
+    );
 
     // Reprotect again: the original direction, again differential (west hashes the copies it
     // stopped).
@@ -462,6 +471,12 @@ fn the_daemon_protects_whichever_direction_is_active() {
     assert_eq!(
         (g["site"].as_str(), g["protected"].as_bool()),
         (Some("west"), Some(false)),
+        "{g:#}"
+    );
+    // The commit never let an old-direction cycle start (it would be fenced, and fail).
+    assert_eq!(
+        (g["failures"].as_u64(), g["last_error"].as_str()),
+        (Some(0), None),
         "{g:#}"
     );
     // Reprotect from the CLI: the daemon sees the new placement and replicates west → east.

@@ -63,10 +63,10 @@ pub fn run(
         return exit_codes::INVALID;
     }
     let base = lifeboat_loader::base_dir(config);
-    let state = state.map_or_else(
+    let state = crate::orchestration::absolute(&state.map_or_else(
         || crate::orchestration::default_state_dir(&base),
         Path::to_path_buf,
-    );
+    ));
     let rt = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => return crate::internal(io, &e),

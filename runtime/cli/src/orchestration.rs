@@ -27,6 +27,12 @@ pub fn default_state_dir(base: &Path) -> PathBuf {
     base.join(".lifeboat").join("state")
 }
 
+/// `path` from the root: the paths a run journals (restored disks, VM logs) are the ones its
+/// VMs are started with and the ones later commands find them by, whatever their folder.
+pub(crate) fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// A plan argument: a file, or the name of one in `plans/` beside the inventory.
 pub fn plan_path(config: &Path, plan: &str) -> PathBuf {
     let p = PathBuf::from(plan);
@@ -83,7 +89,7 @@ pub fn load(
     Ok(Loaded {
         env: Environment {
             inventory: inventory.clone(),
-            state_dir: state.map_or_else(|| default_state_dir(&base), Path::to_path_buf),
+            state_dir: absolute(&state.map_or_else(|| default_state_dir(&base), Path::to_path_buf)),
             base,
             groups,
             engine,

@@ -13,7 +13,7 @@ use lifeboat_replication::placement::Placement;
 use std::collections::BTreeMap;
 
 /// A validated config.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub file: PathBuf,
     pub inventory: Arc<Inventory>,

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use lifeboat_compute::driver::ProcessDriver;
 use lifeboat_replication::GroupSpec;
+use lifeboat_replication::placement::Placement;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -339,7 +340,11 @@ pub async fn run_until(
             Some(()) = reloads.recv() => sup.reload("watch").await,
             Some(event) = events.recv() => sup.apply(event),
             Some(done) = maint_rx.recv() => sup.maintained(done),
-            Some(command) = commands.recv() => sup.command(command),
+            Some(command) = commands.recv() => match command {
+                // A run ended or was committed: where groups run may have changed with it.
+                Command::Refresh => sup.refresh().await,
+                command => sup.command(command),
+            },
             _ = placement_poll.tick() => {
                 let (home, base, tx) = (sup.config.home.clone(), sup.config.base.clone(), placed_tx.clone());
                 tokio::spawn(async move {
@@ -348,11 +353,7 @@ pub async fn run_until(
                     }
                 });
             }
-            Some(placements) = placed_rx.recv() => {
-                if placements != sup.config.placements {
-                    sup.reload("placement").await;
-                }
-            }
+            Some(placements) = placed_rx.recv() => sup.take_placements(placements),
             _ = tick.tick() => {
                 while sup.tasks.try_join_next().is_some() {}
                 sup.maintain(&maint_tx);
@@ -745,6 +746,36 @@ impl Supervisor {
                     );
                 }
             }
+        }
+    }
+
+    /// Reads where groups run and the runs that hold them again, and applies both.
+    async fn refresh(&mut self) {
+        match lifeboat_orchestrator::lifecycle::read_placements(
+            &self.config.home,
+            &self.config.base,
+        )
+        .await
+        {
+            Ok(p) => self.take_placements(p),
+            Err(e) => tracing::warn!(error = %e, "placements not read; the last ones stand"),
+        }
+        self.failed_over = self.read_failed_over();
+        self.apply_holds();
+    }
+
+    /// Applies changed placements to the running config (the files are not read again).
+    fn take_placements(&mut self, placements: BTreeMap<String, Placement>) {
+        if placements == self.config.placements {
+            return;
+        }
+        let mut next = (*self.config).clone();
+        match config::place(&mut next, placements) {
+            Ok(()) => {
+                tracing::info!("where groups run changed");
+                self.apply_config(next);
+            }
+            Err(e) => tracing::error!(error = %e, "placements not applied"),
         }
     }
 

@@ -124,9 +124,9 @@ pub fn placement_of(env: &Environment, group: &GroupSpec) -> Placement {
     })
 }
 
-/// Where the plan's groups must run for operation `op` of `plan` to make sense: a failover
-/// or drill needs them at the plan's source; a failback (of the reversed plan) at its target
-/// and protected back. Every group that is not gives one line of the refusal.
+/// Where the plan's groups must run for operation `op` of `plan` to make sense: at the plan's
+/// source, replicating to its target (for a failback, of the reversed plan: at the forward
+/// target, protected back), so the target's points are what runs now. Every group that is not gives one line of the refusal.
 pub fn check_direction(env: &Environment, plan: &Plan, op: Operation) -> Result<()> {
     let mut wrong = Vec::new();
     for group in groups_of(env, &plan_vms(plan)) {
@@ -147,13 +147,24 @@ pub fn check_direction(env: &Environment, plan: &Plan, op: Operation) -> Result<
                         .map_or(String::new(), |r| format!(" (run {r} was committed)"))
                 ),
             });
-        } else if op == Operation::Failback
-            && p.replicate_to.as_deref() != Some(plan.target.value.as_str())
-        {
-            wrong.push(format!(
-                "group `{}` is not replicated back to `{}` yet: `lifeboat reprotect {name}` first (failback loses nothing only from a protected copy)",
-                group.name, plan.target.value
-            ));
+        } else if p.replicate_to.as_deref() != Some(plan.target.value.as_str()) {
+            // The target's newest point is older than what runs now: booting it would lose data.
+            wrong.push(if op == Operation::Failback {
+                format!(
+                    "group `{}` is not replicated back to `{}` yet: `lifeboat reprotect {name}` first (failback loses nothing only from a protected copy)",
+                    group.name, plan.target.value
+                )
+            } else {
+                format!(
+                    "group `{}` runs at `{}` unprotected{}: `lifeboat reprotect {name}` first, so `{}` holds what it runs now",
+                    group.name,
+                    p.site,
+                    p.run
+                        .as_ref()
+                        .map_or(String::new(), |r| format!(" since run {r} was committed")),
+                    plan.target.value
+                )
+            });
         }
     }
     if wrong.is_empty() {
