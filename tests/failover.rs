@@ -1259,6 +1259,7 @@ fn cleanup_never_signals_a_process_that_reuses_a_vms_pid() {
             Event::Prepared {
                 plan_path: s.path().join("plans/p.toml").display().to_string(),
                 point: None,
+                reverse: false,
             },
             // The driver was a process of that pid too: not this one, so the run is not driven.
             Event::Driving {

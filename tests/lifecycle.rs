@@ -111,6 +111,13 @@ fn there_and_back_loses_nothing_and_ships_only_what_diverged() {
         "{}",
         out.stdout
     );
+    let out = s.lifeboat(&["runs", "show", "p-1"]);
+    assert!(
+        out.stdout
+            .contains("group db-1 runs at west from this run's disks, NOT PROTECTED"),
+        "{}",
+        out.stdout
+    );
     // A failover of a group that runs at the target is refused, saying what to do.
     let out = s.lifeboat(&["failover", "p", "--test"]);
     assert_eq!(out.code, 4, "{}", out.stderr);
@@ -667,4 +674,67 @@ fn a_disabled_vm_is_not_replicated_and_its_points_stay_or_are_purged() {
     // db-1's points are untouched.
     let list = json(&s.lifeboat(&["--output", "json", "points", "list", "db-1"]));
     assert_eq!(list["points"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_drill_of_the_failback_boots_at_home_in_its_test_network_and_leaves_the_copies_running() {
+    let mut s = Sites::new(183, "[]", "[]");
+    let k = s.k();
+    crate::daemon::edit(&s, "lifeboat.toml", |inv| {
+        inv.replacen(
+            "[sites.west]",
+            &format!(
+                "networks.home-drill.subnets = {{ app = \"127.{k}.81.0/24\", db = \"127.{k}.82.0/24\" }}\n[sites.west]"
+            ),
+            1,
+        )
+    });
+    crate::daemon::edit(&s, "plans/p.toml", |plan| {
+        plan.replacen(
+            "test = \"west/drill\"",
+            "test = \"west/drill\"\nfailback_test = \"east/home-drill\"",
+            1,
+        )
+    });
+    s.start_source();
+    s.replicate();
+    assert_eq!(s.lifeboat(&["failover", "p", "--planned"]).code, 0);
+    assert_eq!(s.lifeboat(&["commit", "p"]).code, 0);
+    // Not before the way back is protected.
+    let out = s.lifeboat(&["failback", "p", "--test"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("reprotect p` first"), "{}", out.stderr);
+    assert_eq!(s.lifeboat(&["reprotect", "p"]).code, 0);
+    let west = running(&s, "p-1");
+    let out = s.lifeboat(&["failback", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let rec = s.record("p-3");
+    assert_eq!(rec["operation"], "test");
+    for vm in ["db-1", "app-1"] {
+        let v = rec["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == vm)
+            .unwrap();
+        let addr = v["addresses"][0].as_str().unwrap();
+        assert!(addr.contains("east/home-drill"), "{vm}: {addr}");
+        let ip = addr.split_whitespace().nth(2).unwrap();
+        let port = if vm == "db-1" { 5432 } else { 8080 };
+        assert!(
+            get(&format!("{ip}:{port}"), "/health").is_some(),
+            "{vm}'s drill copy answers at {ip}"
+        );
+    }
+    // The copies at west ran on, and replication west → east goes on.
+    for h in &west {
+        assert!(s.rt.block_on(s.driver.running(h)), "{} stopped", h.vm);
+    }
+    assert_eq!(s.lifeboat(&["replicate"]).code, 0);
+    let out = s.lifeboat(&["cleanup", "p"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(running(&s, "p-3").is_empty());
+    // The real failback still goes ahead afterwards.
+    let out = s.lifeboat(&["failback", "p"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }

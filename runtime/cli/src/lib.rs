@@ -15,6 +15,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use lifeboat_orchestrator::operations::FailoverRequest;
 
 use crate::report::Format;
 
@@ -173,6 +174,14 @@ enum Command {
     Failback {
         /// A plan file, or the name of one in `plans/`.
         plan: String,
+        /// A drill of the failback: clones of the reverse direction's point at home, in the
+        /// plan's `network.failback_test` network; the copies at the target run on.
+        #[arg(long)]
+        test: bool,
+        /// With --test: `latest`, a point number, or `GROUP/NUMBER` (default: the plan's
+        /// `recovery_point`).
+        #[arg(long, requires = "test")]
+        point: Option<String>,
     },
     /// Stop protecting a VM (its group's schedule leaves it out); its points follow retention.
     Disable {
@@ -482,18 +491,17 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             };
             // A planned failover boots what the last cycle captured.
             let point = point.or_else(|| planned.then(|| "latest".to_string()));
+            let req = FailoverRequest {
+                op,
+                point,
+                force,
+                reverse: false,
+            };
             if let Some(d) = daemon() {
-                return Ok(remote::failover(
-                    &d,
-                    &config,
-                    &plan,
-                    (op, point, force),
-                    json,
-                    io,
-                ));
+                return Ok(remote::failover(&d, &config, &plan, req, json, io));
             }
             Ok(match orchestrate(Some(&plan), io) {
-                Ok(l) => orchestration::failover(&l, op, point, force, json, io),
+                Ok(l) => orchestration::failover(&l, req, json, io),
                 Err(code) => code,
             })
         }
@@ -508,22 +516,24 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             Ok(l) => orchestration::reprotect(&l, json, io),
             Err(code) => code,
         }),
-        Command::Failback { plan } => {
-            let op = lifeboat_plan::plan::Operation::Failback;
-            // Zero loss: it boots what the last reverse cycle captured.
-            let point = Some("latest".to_string());
+        Command::Failback { plan, test, point } => {
+            use lifeboat_plan::plan::Operation;
+            let req = FailoverRequest {
+                op: if test {
+                    Operation::Test
+                } else {
+                    Operation::Failback
+                },
+                // Zero loss: a failback boots what the last reverse cycle captured.
+                point: point.or_else(|| (!test).then(|| "latest".to_string())),
+                force: false,
+                reverse: true,
+            };
             if let Some(d) = daemon() {
-                return Ok(remote::failover(
-                    &d,
-                    &config,
-                    &plan,
-                    (op, point, false),
-                    json,
-                    io,
-                ));
+                return Ok(remote::failover(&d, &config, &plan, req, json, io));
             }
             Ok(match orchestrate(Some(&plan), io) {
-                Ok(l) => orchestration::failover(&l, op, point, false, json, io),
+                Ok(l) => orchestration::failover(&l, req, json, io),
                 Err(code) => code,
             })
         }

@@ -17,7 +17,6 @@ use lifeboat_orchestrator::run::{Control, Controls, Outcome};
 use lifeboat_orchestrator::runs::Environment;
 use lifeboat_orchestrator::services::Observer;
 use lifeboat_plan::Plan;
-use lifeboat_plan::plan::Operation;
 use lifeboat_plugin_host::{EngineOptions, PluginEngine};
 
 use crate::exit_codes;
@@ -255,21 +254,13 @@ fn summary(r: &RunRecord, io: &mut crate::Io<'_>) {
 }
 
 /// `lifeboat failover PLAN --test|--planned|--unplanned [--point P]`.
-pub fn failover(
-    loaded: &Loaded,
-    op: Operation,
-    point: Option<String>,
-    force: bool,
-    json: bool,
-    io: &mut crate::Io<'_>,
-) -> u8 {
+pub fn failover(loaded: &Loaded, req: FailoverRequest, json: bool, io: &mut crate::Io<'_>) -> u8 {
     let Some((plan, path)) = &loaded.plan else {
         return exit_codes::INVALID;
     };
     let env = &loaded.env;
     // Every check first (open runs, points, addresses, the source site); then a planned
     // failover stops the source and replicates once more; then the run.
-    let req = FailoverRequest { op, point, force };
     let result = with_progress(io, json, async |observe, controls| {
         operations::failover(env, plan, path, req, observe, controls).await
     });
@@ -619,7 +610,7 @@ pub fn runs_show(loaded: &Loaded, run: &str, json: bool, io: &mut crate::Io<'_>)
             .and_then(|j| record::record(&j, run, &group_of(env)))
     });
     let r = match rec {
-        Ok(r) => r,
+        Ok(r) => r.with_placements(env.placements.values()),
         Err(e) => return run_failed(io, &e),
     };
     if json {
@@ -627,6 +618,18 @@ pub fn runs_show(loaded: &Loaded, run: &str, json: bool, io: &mut crate::Io<'_>)
         return exit_codes::OK;
     }
     summary(&r, io);
+    for h in &r.running_here {
+        let _ = writeln!(
+            io.stdout,
+            "  group {} runs at {} from this run's disks, {}",
+            h.group,
+            h.site,
+            match &h.replicate_to {
+                Some(to) => format!("replicating to {to}"),
+                None => format!("NOT PROTECTED (`lifeboat reprotect {}`)", r.plan),
+            }
+        );
+    }
     let _ = writeln!(io.stdout, "groups:");
     for g in &r.groups {
         let _ = writeln!(

@@ -252,11 +252,16 @@ pub fn failover(
     d: &Daemon,
     config: &Path,
     plan: &str,
-    req: (lifeboat_plan::plan::Operation, Option<String>, bool),
+    req: lifeboat_orchestrator::operations::FailoverRequest,
     json: bool,
     io: &mut crate::Io<'_>,
 ) -> u8 {
-    let (op, point, force) = req;
+    let lifeboat_orchestrator::operations::FailoverRequest {
+        op,
+        point,
+        force,
+        reverse,
+    } = req;
     let name = match plan_name(config, plan, io) {
         Ok(n) => n,
         Err(code) => return code,
@@ -268,7 +273,9 @@ pub fn failover(
     let started: Started = match d.call(
         "POST",
         &format!("/v1/plans/{}/failover", encode(&name)),
-        Some(serde_json::json!({ "operation": op.name(), "point": point, "force": force })),
+        Some(serde_json::json!({
+            "operation": op.name(), "point": point, "force": force, "reverse": reverse
+        })),
         io,
     ) {
         Ok(s) => s,

@@ -139,6 +139,13 @@ impl Host {
             .map_err(|e| ApiError::of_run(&e.into()))
     }
 
+    /// Where each group that moved runs now, as the running config says.
+    pub fn placements(
+        &self,
+    ) -> std::collections::BTreeMap<String, lifeboat_replication::placement::Placement> {
+        self.snapshots.borrow().config.placements.clone()
+    }
+
     /// The consistency group of each VM, as the running config says.
     pub fn groups(&self) -> Vec<lifeboat_replication::GroupSpec> {
         self.snapshots.borrow().config.groups.clone()

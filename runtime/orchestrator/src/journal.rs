@@ -108,6 +108,9 @@ pub enum Event {
         plan_path: String,
         /// The `--point` of the command line, if any.
         point: Option<String>,
+        /// A drill of the failback: the plan runs reversed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        reverse: bool,
     },
     /// A process took the run up (started or resumed it): while it lives, no other may.
     Driving {
@@ -222,6 +225,8 @@ pub struct Replayed {
     pub plan_path: String,
     /// The `--point` it was started with.
     pub point: Option<String>,
+    /// The run runs its plan reversed (a drill of the failback).
+    pub reverse: bool,
     /// The last process that took the run up, and when that process started.
     pub driver: Option<(u32, Option<u64>)>,
     /// The last process to drive it was a daemon.
@@ -461,9 +466,14 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
                 r.plan.clone_from(plan);
                 r.operation.clone_from(operation);
             }
-            Event::Prepared { plan_path, point } => {
+            Event::Prepared {
+                plan_path,
+                point,
+                reverse,
+            } => {
                 r.plan_path.clone_from(plan_path);
                 r.point.clone_from(point);
+                r.reverse = *reverse;
             }
             Event::Driving {
                 pid,

@@ -174,9 +174,10 @@ pub fn check_direction(env: &Environment, plan: &Plan, op: Operation) -> Result<
     }
 }
 
-/// The plan a run of `operation` runs: failback runs the plan reversed (see [`reversed`]).
-pub fn plan_for(env: &Environment, plan: &Plan, operation: &str) -> Plan {
-    if operation == Operation::Failback.name() {
+/// The plan a run runs: a failback (or a drill of one, `reverse`) the plan reversed (see
+/// [`reversed`]).
+pub fn plan_for(env: &Environment, plan: &Plan, reverse: bool) -> Plan {
+    if reverse {
         reversed(env, plan)
     } else {
         plan.clone()
@@ -184,22 +185,25 @@ pub fn plan_for(env: &Environment, plan: &Plan, operation: &str) -> Plan {
 }
 
 /// The plan in the reverse direction: source and target swapped, each network mapping turned
-/// round, and every NIC that returns to its home network asking for its home address (as it
-/// was before the failover). Drills of the reverse direction need a test network at home,
-/// which a plan does not name yet: the reversed plan has none.
+/// round (or the plan's own `failback_map`), every NIC that returns to its home network asking
+/// for its home address (as it was before the failover), and `failback_test` as the test
+/// network of drills of the failback.
 pub fn reversed(env: &Environment, plan: &Plan) -> Plan {
     let mut p = plan.clone();
     std::mem::swap(&mut p.source, &mut p.target);
     if let Some(net) = &mut p.network {
-        net.map = net
-            .map
-            .iter()
-            .map(|m| NetworkMapping {
-                from: m.to.clone(),
-                to: m.from.clone(),
-            })
-            .collect();
-        net.test = None;
+        net.map = if net.failback_map.is_empty() {
+            net.map
+                .iter()
+                .map(|m| NetworkMapping {
+                    from: m.to.clone(),
+                    to: m.from.clone(),
+                })
+                .collect()
+        } else {
+            net.failback_map.clone()
+        };
+        net.test = net.failback_test.clone();
         let span = plan.name.span;
         let mut overrides = Vec::new();
         for vm_name in plan_vms(plan) {
@@ -423,6 +427,7 @@ pub async fn reprotect(
                 &Event::Prepared {
                     plan_path: plan_path.display().to_string(),
                     point: None,
+                    reverse: false,
                 },
             )?;
             id

@@ -65,6 +65,8 @@ pub struct FailoverRequest {
     pub point: Option<String>,
     /// `--force`: an unplanned failover although a source VM still answers.
     pub force: bool,
+    /// Run the plan reversed: a failback, or with `test`, a drill of it.
+    pub reverse: bool,
 }
 
 /// What the preflight established: everything a failover needs, found before it acts.
@@ -151,16 +153,17 @@ pub async fn failover(
 ) -> Result<RunResult> {
     let op = req.op;
     let point = req.point.clone();
+    let reverse = req.reverse || op == Operation::Failback;
     let begun = begin(env, plan, plan_path, req).await?;
     let mut journal = env.journal()?;
-    let plan = &crate::lifecycle::plan_for(env, plan, op.name());
+    let plan = &crate::lifecycle::plan_for(env, plan, reverse);
     let mut result = drive(
         env,
         &mut journal,
         &begun.id,
         plan,
         plan_path,
-        (op, point),
+        (op, point, reverse),
         observe,
         controls,
     )
@@ -180,7 +183,8 @@ pub async fn begin(
     req: FailoverRequest,
 ) -> Result<Begun> {
     // A failback runs the plan reversed; callers pass every plan as written.
-    let plan = &crate::lifecycle::plan_for(env, plan, req.op.name());
+    let reverse = req.reverse || req.op == Operation::Failback;
+    let plan = &crate::lifecycle::plan_for(env, plan, reverse);
     let cleared = preflight(env, plan, &req).await?;
     let stopped = if matches!(req.op, Operation::Planned | Operation::Failback) {
         source::hand_over(env, plan, cleared.source).await?
@@ -200,6 +204,7 @@ pub async fn begin(
         &Event::Prepared {
             plan_path: plan_path.display().to_string(),
             point: req.point.clone(),
+            reverse: req.reverse && req.op == Operation::Test,
         },
     )?;
     journal.append(
@@ -285,14 +290,14 @@ pub async fn resume(
         });
     }
     let op = status.operation()?;
-    let plan = &crate::lifecycle::plan_for(env, plan, &status.operation);
+    let plan = &crate::lifecycle::plan_for(env, plan, status.reverse);
     drive(
         env,
         &mut journal,
         run,
         plan,
         Path::new(&status.plan_path),
-        (op, status.point.clone()),
+        (op, status.point.clone(), status.reverse),
         observe,
         controls,
     )
@@ -304,8 +309,7 @@ fn runner(
     run: &str,
     plan: &Plan,
     plan_path: &Path,
-    op: Operation,
-    point: Option<String>,
+    (op, point, reverse): (Operation, Option<String>, bool),
     observe: Observer,
 ) -> Result<PluginRunner> {
     let journal = env.journal()?;
@@ -330,6 +334,7 @@ fn runner(
         op,
         services,
     );
+    runner.reverse = reverse;
     // A resumed run's steps see what its finished steps wrote.
     if let Some(entries) = journal
         .events(run)?
@@ -352,7 +357,7 @@ async fn drive(
     run: &str,
     plan: &Plan,
     plan_path: &Path,
-    (op, point): (Operation, Option<String>),
+    (op, point, reverse): (Operation, Option<String>, bool),
     observe: Observer,
     controls: Controls,
 ) -> Result<RunResult> {
@@ -366,7 +371,14 @@ async fn drive(
         },
     )?;
     let compiled: RunPlan = compile(plan, op);
-    let runner = runner(env, run, plan, plan_path, op, point, observe.clone())?;
+    let runner = runner(
+        env,
+        run,
+        plan,
+        plan_path,
+        (op, point, reverse),
+        observe.clone(),
+    )?;
     let show = |e: &Event, _seq: i64| observe(run, e);
     let span =
         tracing::info_span!("run", id = %run, plan = %plan.name.value, operation = op.name());
@@ -426,7 +438,7 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
     }
     let journal = env.journal()?;
     let op = open.operation()?;
-    let plan = &crate::lifecycle::plan_for(env, plan, &open.operation);
+    let plan = &crate::lifecycle::plan_for(env, plan, open.reverse);
     let compiled = compile(plan, op);
     let steps: HashMap<&str, &StepRun> = compiled
         .groups
@@ -455,8 +467,7 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
         &open.id,
         plan,
         Path::new(&open.plan_path),
-        op,
-        open.point.clone(),
+        (op, open.point.clone(), open.reverse),
         observe,
     )?;
     let services = runner.services.clone();
@@ -597,7 +608,7 @@ pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<Committed>> {
             ),
         });
     }
-    let plan = &crate::lifecycle::plan_for(env, plan, &open.operation);
+    let plan = &crate::lifecycle::plan_for(env, plan, open.reverse);
     if open.operation == "test" {
         return Err(Error::InvalidState {
             run: open.id.clone(),

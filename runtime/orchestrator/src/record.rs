@@ -30,6 +30,38 @@ pub struct RunRecord {
     /// event as the journal records it (`kind` and its fields).
     #[schema(value_type = Vec<Vec<Object>>)]
     pub timeline: Vec<(f64, Event)>,
+    /// The groups whose VMs running now are this run's (after its commit): where, and whether
+    /// they are protected (see `lifecycle`). Filled by callers that read placements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running_here: Vec<RunningHere>,
+}
+
+/// A group whose VMs running now a run booted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunningHere {
+    pub group: String,
+    pub site: String,
+    /// Where its points go; `None`: not protected (`lifeboat reprotect`).
+    pub replicate_to: Option<String>,
+}
+
+impl RunRecord {
+    /// Fills `running_here` from the groups' placements.
+    pub fn with_placements<'a>(
+        mut self,
+        placements: impl IntoIterator<Item = &'a lifeboat_replication::placement::Placement>,
+    ) -> Self {
+        self.running_here = placements
+            .into_iter()
+            .filter(|p| p.run.as_deref() == Some(self.id.as_str()))
+            .map(|p| RunningHere {
+                group: p.group.clone(),
+                site: p.site.clone(),
+                replicate_to: p.replicate_to.clone(),
+            })
+            .collect();
+        self
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -232,6 +264,7 @@ pub fn record(
         vms: vms.into_values().collect(),
         points,
         timeline,
+        running_here: Vec::new(),
     })
 }
 

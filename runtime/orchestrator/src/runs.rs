@@ -53,6 +53,8 @@ pub struct RunInfo {
     pub driver_pid: Option<u32>,
     /// The last process to drive it was a daemon.
     pub daemon: bool,
+    /// It runs its plan reversed (a drill of the failback; a failback always does).
+    pub reverse: bool,
 }
 
 impl RunInfo {
@@ -132,6 +134,7 @@ pub fn status_of(journal: &Journal, run: &str) -> Result<RunInfo> {
         }
         _ => None,
     };
+    let reverse = r.reverse || r.operation == "failback";
     Ok(RunInfo {
         id: run.to_string(),
         plan: r.plan,
@@ -141,6 +144,7 @@ pub fn status_of(journal: &Journal, run: &str) -> Result<RunInfo> {
         point: r.point,
         driver_pid,
         daemon: r.daemon,
+        reverse,
     })
 }
 

@@ -27,6 +27,9 @@ pub struct PluginRunner {
     pub operation: Operation,
     pub services: Arc<RunServices>,
     pub kv: RunKv,
+    /// The run moves VMs back to the plan's source (a failback, or a drill of one): steps see
+    /// `direction = reverse`.
+    pub reverse: bool,
     loaded: Mutex<HashMap<String, Arc<Plugin>>>,
 }
 
@@ -63,6 +66,7 @@ impl PluginRunner {
             operation,
             services,
             kv: RunKv::default(),
+            reverse: operation == Operation::Failback,
             loaded: Mutex::new(HashMap::new()),
         }
     }
@@ -199,7 +203,7 @@ impl PluginRunner {
                 plan: self.plan.clone(),
                 run_id: self.services.run.clone(),
                 operation: wit_operation(self.operation),
-                direction: if self.operation == Operation::Failback {
+                direction: if self.operation == Operation::Failback || self.reverse {
                     wit::Direction::Reverse
                 } else {
                     wit::Direction::Forward

@@ -445,10 +445,66 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
         if let Some(test) = &network.test {
             check_network_ref(inv, test, &plan.target.value, target_ok, "target", &mut out);
         }
-        // Failback turns each mapping round: two source networks mapped to one target network
-        // would leave a VM coming home with no one network to return to.
+        if let Some(test) = &network.failback_test {
+            check_network_ref(inv, test, &plan.source.value, source_ok, "source", &mut out);
+        }
+        // The plan's own way back: from target networks to source networks, one for every
+        // network a failover lands in.
+        let mut back_from: Vec<&str> = Vec::new();
+        for m in &network.failback_map {
+            let from_ok = check_network_ref(
+                inv,
+                &m.from,
+                &plan.target.value,
+                target_ok,
+                "target",
+                &mut out,
+            );
+            check_network_ref(
+                inv,
+                &m.to,
+                &plan.source.value,
+                source_ok,
+                "source",
+                &mut out,
+            );
+            if from_ok {
+                back_from.push(&m.from.value.network);
+            }
+        }
+        if !network.failback_map.is_empty() {
+            for m in &network.map {
+                let lands = mapping
+                    .get(m.from.network.as_str())
+                    .is_some_and(|(_, span)| *span == m.from.span);
+                if lands && !back_from.contains(&m.to.network.as_str()) {
+                    out.push(
+                        Diagnostic::error(
+                            Rule::FailbackMap,
+                            m.to.span,
+                            format!(
+                                "`network.failback_map` maps no network from `{}`: a VM failed over there would have no way back",
+                                m.to.value
+                            ),
+                            "a failover lands here",
+                        )
+                        .with_help(format!(
+                            "add `{{ from = \"{}\", to = \"{}/…\" }}` to `network.failback_map`",
+                            m.to.value, plan.source.value
+                        )),
+                    );
+                }
+            }
+        }
+        // Failback turns each mapping round (without a `failback_map`): two source networks
+        // mapped to one target network would leave a VM coming home with no one network to
+        // return to.
         let mut back: HashMap<String, &NetworkMapping> = HashMap::new();
-        for m in &network.map {
+        for m in network
+            .map
+            .iter()
+            .filter(|_| network.failback_map.is_empty())
+        {
             if mapping
                 .get(m.from.network.as_str())
                 .is_none_or(|(_, span)| *span != m.from.span)

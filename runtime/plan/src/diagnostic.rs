@@ -71,7 +71,7 @@ rules! {
     DuplicateName = "duplicate-name": "two groups, steps or mappings with the same name",
     UnmappedNetwork = "unmapped-network": "a VM's NIC on a network the plan maps to no target network",
     MappingSite = "mapping-site": "a network mapping that does not go from the source site to the target site",
-    FailbackMap = "failback-map": "network mappings that cannot be turned round for failback (two source networks mapped to one target network)",
+    FailbackMap = "failback-map": "network mappings with no one way back for failback (two source networks mapped to one target network, or a `failback_map` missing a network a failover lands in)",
     DuplicateIp = "duplicate-ip": "two NICs that would hold the same address",
     IpOutsideSubnet = "ip-outside-subnet": "a static address outside the subnet it is assigned to",
     SubnetOverlap = "subnet-overlap": "two subnets of one site that overlap",

@@ -73,6 +73,14 @@ pub struct PlanNetwork {
     /// Per-NIC choices that win over the mapping rules.
     #[serde(default, rename = "override")]
     pub overrides: Vec<NicOverride>,
+    /// Target network → source network for a failback, as `site/network`; default: each `map`
+    /// entry turned round.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failback_map: Vec<NetworkMapping>,
+    /// The isolated network at the source site that drills of the failback (`lifeboat failback
+    /// PLAN --test`) use, as `site/network`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failback_test: Option<Spanned<NetworkRef>>,
     /// False when part of this section had errors: checks that depend on the whole mapping
     /// (unmapped networks) are skipped rather than reported a second time.
     #[serde(skip)]
@@ -424,25 +432,37 @@ fn network_ref(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Spanned
     }
 }
 
+/// A list of `{ from, to }` network mappings (`network.map`, `network.failback_map`).
+fn decode_mappings(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vec<NetworkMapping>> {
+    d.list(v, what, |d, v, what| {
+        let mut t = d.table(v, &what)?;
+        let from = t
+            .required(d, "from")
+            .and_then(|v| network_ref(d, v, &t.path("from")));
+        let to = t
+            .required(d, "to")
+            .and_then(|v| network_ref(d, v, &t.path("to")));
+        t.finish(d);
+        Some(NetworkMapping {
+            from: from?,
+            to: to?,
+        })
+    })
+}
+
 fn decode_network(d: &mut Decoder<'_>, v: &Value<'_>) -> Option<PlanNetwork> {
     let mut t = d.table(v, "network")?;
     let map = match t.optional("map") {
-        Some(v) => d.list(v, "network.map", |d, v, what| {
-            let mut t = d.table(v, &what)?;
-            let from = t
-                .required(d, "from")
-                .and_then(|v| network_ref(d, v, &t.path("from")));
-            let to = t
-                .required(d, "to")
-                .and_then(|v| network_ref(d, v, &t.path("to")));
-            t.finish(d);
-            Some(NetworkMapping {
-                from: from?,
-                to: to?,
-            })
-        }),
+        Some(v) => decode_mappings(d, v, "network.map"),
         None => Some(Vec::new()),
     };
+    let failback_map = match t.optional("failback_map") {
+        Some(v) => decode_mappings(d, v, "network.failback_map"),
+        None => Some(Vec::new()),
+    };
+    let failback_test = t
+        .optional("failback_test")
+        .map(|v| network_ref(d, v, "network.failback_test"));
     let map_items = t.optional("map").map(|v| match v.get_ref() {
         DeValue::Array(items) => items.len(),
         _ => usize::MAX,
@@ -476,6 +496,8 @@ fn decode_network(d: &mut Decoder<'_>, v: &Value<'_>) -> Option<PlanNetwork> {
         map,
         test: test.unwrap_or(None),
         overrides: overrides.unwrap_or_default(),
+        failback_map: failback_map.unwrap_or_default(),
+        failback_test: failback_test.unwrap_or(None),
         complete,
     })
 }

@@ -191,6 +191,10 @@ pub struct FailoverBody {
     /// An unplanned failover although a source VM still answers.
     #[serde(default)]
     pub force: bool,
+    /// With `test`: a drill of the failback (the plan reversed, in its `failback_test`
+    /// network), once the plan's groups are reprotected.
+    #[serde(default)]
+    pub reverse: bool,
 }
 
 /// A run the daemon started and drives.
@@ -238,6 +242,7 @@ async fn failover(
                 op,
                 point: req.point,
                 force: req.force,
+                reverse: req.reverse,
             },
         )
         .await?;
@@ -344,13 +349,15 @@ async fn run(
         ));
     };
     let groups = api.host.groups();
+    let placements = api.host.placements();
     let read = tokio::task::spawn_blocking(move || {
         lifeboat_orchestrator::runs::status_of(&journal, &id)?;
         lifeboat_orchestrator::record::record(&journal, &id, &group_of(&groups))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?;
-    read.map(axum::Json).map_err(|e| ApiError::of_run(&e))
+    read.map(|r| axum::Json(r.with_placements(placements.values())))
+        .map_err(|e| ApiError::of_run(&e))
 }
 
 /// `POST /v1/runs/{run}/approve`.
