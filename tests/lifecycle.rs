@@ -48,6 +48,17 @@ fn run_disks(s: &Sites, run: &str) -> HashMap<String, PathBuf> {
         .collect()
 }
 
+/// What the steps of run `run` logged, one string per attempt.
+fn step_logs(s: &Sites, run: &str) -> Vec<String> {
+    s.events(run)
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepLog { lines, .. } => Some(lines.join("\n")),
+            _ => None,
+        })
+        .collect()
+}
+
 fn json(out: &crate::support::Outcome) -> serde_json::Value {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     serde_json::from_str(&out.stdout).unwrap()
@@ -89,14 +100,7 @@ fn there_and_back_loses_nothing_and_ships_only_what_diverged() {
     // Out: a planned failover, committed. The group runs at west, unprotected.
     let out = s.lifeboat(&["failover", "p", "--planned"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let steps: Vec<String> = s
-        .events("p-1")
-        .iter()
-        .filter_map(|e| match e {
-            Event::StepLog { lines, .. } => Some(lines.join("\n")),
-            _ => None,
-        })
-        .collect();
+    let steps = step_logs(&s, "p-1");
     assert!(
         !steps.iter().any(|l| l.contains("is open (")),
         "the failback-only step ran on a failover: {steps:?}"
@@ -197,14 +201,7 @@ fn there_and_back_loses_nothing_and_ships_only_what_diverged() {
         running(&s, "p-1").is_empty(),
         "p-1's record still has VMs running"
     );
-    let log: Vec<String> = s
-        .events("p-3")
-        .iter()
-        .filter_map(|e| match e {
-            Event::StepLog { lines, .. } => Some(lines.join("\n")),
-            _ => None,
-        })
-        .collect();
+    let log = step_logs(&s, "p-3");
     assert!(
         log.iter()
             .any(|l| l.contains("is open (failback, reverse)")),

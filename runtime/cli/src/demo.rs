@@ -662,22 +662,9 @@ fn round_trip(
     rt: &tokio::runtime::Runtime,
     failover: &str,
 ) -> Result<(), String> {
-    demo.say(
-        "
-the copies at west run on, unprotected; east is rebuilt empty",
-    );
+    demo.say("\nthe copies at west run on, unprotected; east is rebuilt empty");
     std::thread::sleep(Duration::from_millis(1500));
-    demo.say(
-        "
-$ lifeboat reprotect shop",
-    );
-    let (code, rep) = demo.lifeboat_json(&["reprotect", "shop"]);
-    let groups = rep["groups"].as_array().cloned().unwrap_or_default();
-    let shipped: u64 = groups
-        .iter()
-        .filter_map(|g| g["shipped_bytes"].as_u64())
-        .sum();
-    let disks: u64 = groups.iter().filter_map(|g| g["disk_bytes"].as_u64()).sum();
+    let (code, groups, shipped, disks) = reprotect(demo);
     demo.check(
         code == 0 && groups.len() == 2 && groups.iter().all(|g| g["full_seed"] == true),
         &format!(
@@ -721,17 +708,7 @@ $ lifeboat reprotect shop",
         "failback committed: east takes the groups back, west is fenced",
     );
     std::thread::sleep(Duration::from_millis(1500));
-    demo.say(
-        "
-$ lifeboat reprotect shop",
-    );
-    let (code, rep) = demo.lifeboat_json(&["reprotect", "shop"]);
-    let groups = rep["groups"].as_array().cloned().unwrap_or_default();
-    let shipped: u64 = groups
-        .iter()
-        .filter_map(|g| g["shipped_bytes"].as_u64())
-        .sum();
-    let disks: u64 = groups.iter().filter_map(|g| g["disk_bytes"].as_u64()).sum();
+    let (code, groups, shipped, disks) = reprotect(demo);
     demo.check(
         code == 0
             && groups.len() == 2
@@ -751,6 +728,16 @@ $ lifeboat reprotect shop",
         "db-1 runs at east again, protected to west: the original direction",
     );
     Ok(())
+}
+
+/// `lifeboat reprotect shop`: its exit code, its groups, and the bytes shipped of the disks'.
+fn reprotect(demo: &mut Demo<'_, '_>) -> (u8, Vec<serde_json::Value>, u64, u64) {
+    demo.say("\n$ lifeboat reprotect shop");
+    let (code, rep) = demo.lifeboat_json(&["reprotect", "shop"]);
+    let groups = rep["groups"].as_array().cloned().unwrap_or_default();
+    let sum = |key: &str| -> u64 { groups.iter().filter_map(|g| g[key].as_u64()).sum() };
+    let (shipped, disks) = (sum("shipped_bytes"), sum("disk_bytes"));
+    (code, groups, shipped, disks)
 }
 
 /// Each VM's disk as run `run` restored it, from the journal.

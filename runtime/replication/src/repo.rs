@@ -228,6 +228,20 @@ impl Repository {
         self.index.clone()
     }
 
+    /// Writes the index file of `packs` (already in the repository) and adds them to the index
+    /// this process holds.
+    pub(crate) async fn add_index(&mut self, packs: Vec<(String, Vec<Entry>)>) -> Result<()> {
+        let (name, bytes) = index::encode(&pack_entries(packs.clone()));
+        self.store
+            .put_new(&format!("index/{name}"), Bytes::from(bytes))
+            .await?;
+        let index = self.index_mut();
+        for (pack, entries) in &packs {
+            index.add(pack, entries);
+        }
+        Ok(())
+    }
+
     pub fn index_mut(&mut self) -> &mut Index {
         std::sync::Arc::make_mut(&mut self.index)
     }

@@ -18,9 +18,8 @@ use tokio::sync::mpsc;
 use crate::capture::{self, PackSink, SealedPack};
 use crate::error::{Error, Result};
 use crate::format::Id;
-use crate::format::index;
 use crate::format::pack::{self, Entry, PackClass};
-use crate::repo::{self, Repository};
+use crate::repo::Repository;
 use crate::store::Store;
 
 /// What a seed did.
@@ -118,14 +117,7 @@ pub async fn seed(site: &Store, images: &[(PathBuf, u32)]) -> Result<SeedReport>
     if !shipped.is_empty() {
         let packs: Vec<(String, Vec<Entry>)> =
             shipped.into_iter().map(|(n, e, _)| (n, e)).collect();
-        let (name, bytes) = index::encode(&repo::pack_entries(packs.clone()));
-        repo.store()
-            .put_new(&format!("index/{name}"), Bytes::from(bytes))
-            .await?;
-        let index = repo.index_mut();
-        for (pack, entries) in &packs {
-            index.add(pack, entries);
-        }
+        repo.add_index(packs).await?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -13,8 +13,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fencing::{check_fence, writer_name};
 use crate::format::manifest::{self, Manifest, PointKind, VmPoint};
 use crate::format::pack::{self, Entry};
-use crate::format::{Id, hex, index};
-use crate::repo::{self, Repository};
+use crate::format::{Id, hex};
+use crate::repo::Repository;
 use crate::store::{Put, Store};
 
 /// The record that makes a cache session complete: everything needed to commit it.
@@ -43,14 +43,7 @@ pub(crate) async fn commit(
     started: Instant,
 ) -> Result<u64> {
     if !packs.is_empty() {
-        let (name, bytes) = index::encode(&repo::pack_entries(packs.clone()));
-        repo.store()
-            .put_new(&format!("index/{name}"), Bytes::from(bytes))
-            .await?;
-        let index = repo.index_mut();
-        for (pack, entries) in &packs {
-            index.add(pack, entries);
-        }
+        repo.add_index(packs).await?;
     }
     // Blobs reused from earlier packs must still be there: GC condemns dead packs first and
     // deletes them only a grace period later, so a cycle shorter than the grace that finds none
