@@ -13,6 +13,7 @@ mod golden;
 mod lifecycle;
 mod orchestrator;
 mod plugins;
+mod qemu;
 mod replication;
 mod schema;
 mod support;

@@ -81,9 +81,20 @@ fn decode(b: &[u8]) -> Result<Option<Record>, ()> {
     }))
 }
 
+/// The size of a disk: an image file's length, or a block device's (`/dev/vda` in a real
+/// guest), whose metadata says 0.
+pub fn size(file: &File) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    if len > 0 {
+        return Ok(len);
+    }
+    let mut f = file;
+    io::Seek::seek(&mut f, io::SeekFrom::End(0))
+}
+
 /// Scans every slot of the disk.
 pub fn check(file: &File) -> io::Result<Check> {
-    let slots = file.metadata()?.len() / SLOT as u64;
+    let slots = size(file)? / SLOT as u64;
     let mut found = vec![None; slots as usize];
     let mut torn = Vec::new();
     let mut buf = vec![0u8; SLOT * 256];
