@@ -1,8 +1,9 @@
 //! Real virtual machines: the test guest (a Debian kernel and an initramfs running the demo
 //! workload on its virtio disk, `contrib/guest/build.sh`) under QEMU with TCG, protected and
 //! recovered by Lifeboat. Its boot command is the QEMU command line, so the `process` driver
-//! starts, pauses (for the cut), stops and finds it like any VM process; its NIC is user-mode
-//! networking forwarding the workload's port from the address network mapping assigned.
+//! starts, pauses (for the cut) and finds it like any VM process, and stops it through its QMP
+//! socket (`system_powerdown`); its NIC is user-mode networking forwarding the workload's port
+//! from the address network mapping assigned.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -44,8 +45,11 @@ fn boot_command(guest: &Path, disk: &str, ip: &str) -> Vec<String> {
         "none",
         "-monitor",
         "none",
+        // The console and the QMP socket beside the disk: each copy of the VM has its own.
         "-serial",
-        "null",
+        &format!("file:{disk}.console"),
+        "-qmp",
+        &format!("unix:{disk}.qmp,server=on,wait=off"),
         "-kernel",
         &guest.join("vmlinuz").display().to_string(),
         "-initrd",
@@ -224,6 +228,13 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.vm-1.ip}:8080/
     let out = lifeboat(&["failover", "p", "--planned"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(!guard.rt.block_on(guard.driver.running(&source)));
+    // It was shut down through QMP as a power button would: the guest's workload stopped and
+    // the machine powered off (not QEMU killed under it).
+    let console = std::fs::read_to_string(base.join("vms/vm-1.img.console")).unwrap();
+    assert!(
+        console.contains("guest: the workload exited") && console.contains("Power down"),
+        "{console}"
+    );
     let written = {
         let f = std::fs::File::open(base.join("vms/vm-1.img")).unwrap();
         lifeboat_demo_vm::disk::check(&f).unwrap().last.unwrap().seq

@@ -5,7 +5,7 @@
 //! outlives a restart of the runtime, and its output goes to a log file.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -226,8 +226,20 @@ impl Compute for ProcessDriver {
         // A paused VM cannot act on SIGTERM: let it run to stop. (If this fails, SIGTERM
         // below fails the same way and says why.)
         let _ = self.signal(vm, Signal::CONT);
-        self.signal(vm, Signal::TERM)?;
+        // A QEMU VM with a QMP socket is shut down as a power button would: the guest flushes
+        // its writes and powers off. SIGTERM makes QEMU quit at once, losing what the guest
+        // had not written yet.
         let deadline = Instant::now() + grace;
+        if vm.is_current()
+            && let Some(socket) = qmp_socket(vm.pid)
+        {
+            if self.power_down(vm, &socket, deadline).await {
+                return Ok(());
+            }
+            tracing::warn!(vm = %vm.vm, pid = vm.pid, "the guest did not power down in time; stopping QEMU");
+        }
+        self.signal(vm, Signal::TERM)?;
+        let deadline = deadline.max(Instant::now() + Duration::from_secs(2));
         while Instant::now() < deadline {
             if self.exited(vm) {
                 return Ok(());
@@ -278,6 +290,45 @@ impl Compute for ProcessDriver {
     }
 }
 
+impl ProcessDriver {
+    /// Asks a QEMU VM to power down over QMP and waits until `deadline` for it to exit.
+    async fn power_down(&self, vm: &Handle, socket: &Path, deadline: Instant) -> bool {
+        let asked = async {
+            let mut qmp = crate::qmp::Qmp::connect(socket).await?;
+            qmp.execute("system_powerdown", None).await
+        }
+        .await;
+        if let Err(e) = asked {
+            tracing::warn!(vm = %vm.vm, error = %e, "QMP power-down not sent");
+            return false;
+        }
+        while Instant::now() < deadline {
+            if self.exited(vm) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
+/// The QMP socket of process `pid`, when it is a QEMU started with `-qmp unix:…`.
+fn qmp_socket(pid: u32) -> Option<PathBuf> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let cmdline = std::fs::read(proc_dir.join("cmdline")).ok()?;
+    let argv: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let program = Path::new(argv.first()?).file_name()?.to_string_lossy();
+    if !program.starts_with("qemu-system") {
+        return None;
+    }
+    let cwd = std::fs::read_link(proc_dir.join("cwd")).ok()?;
+    crate::qmp::socket_of(&argv, &cwd)
+}
+
 /// The live process started under `key` (found by the variable in its environment).
 fn find_by_key(vm: &str, key: &str) -> Option<Handle> {
     if key.is_empty() {
@@ -312,7 +363,7 @@ fn locate_launches(launches: &[Launch]) -> Vec<Handle> {
     let wanted: Vec<(&Launch, &std::ffi::OsStr, PathBuf)> = launches
         .iter()
         .filter_map(|l| {
-            let name = std::path::Path::new(l.argv.first()?).file_name()?;
+            let name = Path::new(l.argv.first()?).file_name()?;
             Some((l, name, std::fs::canonicalize(&l.dir).ok()?))
         })
         .collect();
@@ -336,7 +387,7 @@ fn locate_launches(launches: &[Launch]) -> Vec<Handle> {
         let Some((program, args)) = argv.split_first() else {
             continue;
         };
-        let program = std::path::Path::new(program).file_name();
+        let program = Path::new(program).file_name();
         let Some((launch, _, dir)) = wanted
             .iter()
             .find(|(l, name, _)| program == Some(*name) && l.argv.get(1..) == Some(args))
