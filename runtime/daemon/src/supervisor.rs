@@ -590,8 +590,11 @@ impl Supervisor {
         let mut changed = Vec::new();
         for (name, g) in &self.groups {
             let rpo = crate::status::rpo_of(g.live.last_point.as_ref(), g.spec.rpo_threshold, now);
+            // A group that is not protected (committed elsewhere, every VM disabled) has no
+            // RPO to keep: `status` says `unprotected` instead.
             let over = !rpo.ok
                 && g.live.failed_over_by.is_none()
+                && g.spec.protected
                 && (g.live.last_point.is_some() || up > rpo.threshold_seconds);
             if over != self.breached.contains(name) {
                 changed.push((name.clone(), over, rpo, g.live.clone()));
