@@ -243,12 +243,12 @@ fn main() {
         .unwrap();
     let mut held = cut.held.lock().unwrap().clone();
     println!(
-        "pause per cut    p50 {:.1} ms p99 {:.1} ms (QEMU stopped by signal; released once the disk's view is frozen or scanned)",
+        "pause per cut    p50 {:.1} ms p99 {:.1} ms (QEMU stopped by signal until the disk's view is a copy: it grows with the data to copy where there are no reflinks)",
         percentile(&mut held.clone(), 0.5),
         percentile(&mut held, 0.99)
     );
     println!(
-        "cycle (full scan) p50 {:.2}s p99 {:.2}s reading {mib} MiB for {:.2} MiB changed (the baseline bitmap capture will read only the changed extents of)",
+        "cycle (full scan) p50 {:.2}s p99 {:.2}s of a {mib} MiB disk (holes skipped) for {:.2} MiB changed: the baseline of bitmap capture",
         percentile(&mut cycle_t.clone(), 0.5),
         percentile(&mut cycle_t, 0.99),
         percentile(&mut changed, 0.5) / 1048576.0
