@@ -23,16 +23,81 @@ const VMS: &[(&str, &str, &str, &str, u16)] = &[
 
 const DISK_BYTES: u64 = 16 << 20;
 
-fn inventory(vm_command: &[String]) -> String {
+/// What the demo's VMs are.
+#[derive(Clone, Debug)]
+pub enum Workload {
+    /// `demo-vm` processes (this program, as `lifeboat demo-vm`).
+    Process(PathBuf),
+    /// Real VMs: the test guest (`contrib/guest/build.sh`) under QEMU with TCG, running the same
+    /// workload on its virtio disk.
+    Qemu(PathBuf),
+}
+
+impl Workload {
+    /// A VM's command line, its disk at `disk` serving on `ip:port`.
+    fn argv(&self, disk: &str, ip: &str, port: u16) -> Vec<String> {
+        match self {
+            Self::Process(exe) => [
+                &exe.display().to_string(),
+                "demo-vm",
+                "--disk",
+                disk,
+                "--listen",
+                &format!("{ip}:{port}"),
+            ]
+            .map(String::from)
+            .to_vec(),
+            Self::Qemu(guest) => [
+                "qemu-system-x86_64",
+                "-accel",
+                "tcg",
+                "-m",
+                "256",
+                "-no-reboot",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-kernel",
+                &guest.join("vmlinuz").display().to_string(),
+                "-initrd",
+                &guest.join("initrd.gz").display().to_string(),
+                "-append",
+                "console=ttyS0 panic=-1 quiet",
+                "-drive",
+                &format!("file={disk},if=virtio,format=raw"),
+                "-netdev",
+                &format!("user,id=n0,hostfwd=tcp:{ip}:{port}-:8080"),
+                "-device",
+                "virtio-net-pci,netdev=n0",
+                // Beside the disk: each copy of a VM has its own console log and QMP socket.
+                "-serial",
+                &format!("file:{disk}.console"),
+                "-qmp",
+                &format!("unix:{disk}.qmp,server=on,wait=off"),
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+
+    /// How long a VM may take to answer its health probe.
+    fn boot_timeout(&self) -> Duration {
+        match self {
+            Self::Process(_) => Duration::from_secs(30),
+            Self::Qemu(_) => Duration::from_secs(120),
+        }
+    }
+}
+
+fn inventory(workload: &Workload) -> String {
     let boot = |port: u16| {
-        let mut argv: Vec<String> = vm_command.iter().map(|a| format!("{a:?}")).collect();
-        argv.extend([
-            "\"--disk\"".into(),
-            "\"{disk.data}\"".into(),
-            "\"--listen\"".into(),
-            format!("\"{{nic0.ip}}:{port}\""),
-        ]);
-        argv.join(", ")
+        workload
+            .argv("{disk.data}", "{nic0.ip}", port)
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let mut out = String::from(
         r#"# Written by `lifeboat demo`.
@@ -186,7 +251,28 @@ fn recovered(state: &serde_json::Value) -> Option<(u64, u64)> {
     Some((last["seq"].as_u64()?, last["unix_ms"].as_u64()?))
 }
 
-pub fn run(keep: bool, io: &mut crate::Io<'_>) -> u8 {
+pub fn run(keep: bool, qemu: Option<PathBuf>, io: &mut crate::Io<'_>) -> u8 {
+    let workload = match qemu {
+        Some(guest) => {
+            if !guest.join("vmlinuz").is_file() || !guest.join("initrd.gz").is_file() {
+                let _ = writeln!(
+                    io.stderr,
+                    "error: no guest in {}: `contrib/guest/build.sh {}` builds one",
+                    guest.display(),
+                    guest.display()
+                );
+                return exit_codes::USAGE;
+            }
+            Workload::Qemu(std::path::absolute(&guest).unwrap_or(guest))
+        }
+        None => match std::env::current_exe() {
+            Ok(exe) => Workload::Process(exe),
+            Err(e) => {
+                let _ = writeln!(io.stderr, "error: cannot find this program: {e}");
+                return exit_codes::INTERNAL;
+            }
+        },
+    };
     let dir = match tempfile::Builder::new().prefix("lifeboat-demo-").tempdir() {
         Ok(d) => d,
         Err(e) => {
@@ -211,7 +297,7 @@ pub fn run(keep: bool, io: &mut crate::Io<'_>) -> u8 {
     };
     let driver = ProcessDriver::new();
     let mut source: Vec<Handle> = Vec::new();
-    let result = scenario(&mut demo, &rt, &driver, &mut source);
+    let result = scenario(&mut demo, &workload, &rt, &driver, &mut source);
     // Whatever happened, leave no VM behind.
     for h in &source {
         let _ = rt.block_on(driver.stop(h, Duration::from_secs(2)));
@@ -310,19 +396,18 @@ fn addresses(demo: &mut Demo<'_, '_>, run: &str) -> std::collections::HashMap<St
 
 fn scenario(
     demo: &mut Demo<'_, '_>,
+    workload: &Workload,
     rt: &tokio::runtime::Runtime,
     driver: &Arc<ProcessDriver>,
     source: &mut Vec<Handle>,
 ) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
-    let vm_command = vec![exe.display().to_string(), "demo-vm".to_string()];
     let write = |p: &Path, text: &str| -> Result<(), String> {
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
         }
         std::fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))
     };
-    write(&demo.config, &inventory(&vm_command))?;
+    write(&demo.config, &inventory(workload))?;
     write(&demo.dir.join("plans/shop.toml"), PLAN)?;
     demo.say(&format!(
         "Lifeboat demo in {}: sites east (source) and west (target), VMs db-1, app-1, app-2;\nconsistency group shop = db-1 + app-1; plan shop boots group database, then app.",
@@ -347,7 +432,8 @@ fn scenario(
         }
     }
 
-    // The source site: each VM a demo-vm process writing 50 records a second to its disk.
+    // The source site: each VM a demo-vm (a process, or a QEMU guest running it) writing 50
+    // records a second to its disk.
     demo.say("\nstarting the source VMs at site east");
     for (name, _, _, ip, port) in VMS {
         let disk = demo.dir.join(format!("vms/{name}/data.img"));
@@ -356,18 +442,9 @@ fn scenario(
         f.set_len(DISK_BYTES).map_err(|e| e.to_string())?;
         let launch = Launch {
             vm: name.to_string(),
-            argv: [
-                vm_command.clone(),
-                vec![
-                    // As the inventory's boot command says: that is how `lifeboat replicate`
-                    // and a planned failover recognise the source VMs.
-                    "--disk".into(),
-                    format!("vms/{name}/data.img"),
-                    "--listen".into(),
-                    format!("{ip}:{port}"),
-                ],
-            ]
-            .concat(),
+            // As the inventory's boot command says: that is how `lifeboat replicate` and a
+            // planned failover recognise the source VMs.
+            argv: workload.argv(&format!("vms/{name}/data.img"), ip, *port),
             dir: demo.dir.clone(),
             log: demo.dir.join(format!("source-logs/{name}.log")),
             key: String::new(),
@@ -379,7 +456,7 @@ fn scenario(
     }
     for (name, _, _, ip, port) in VMS {
         let probe = Probe::Http(format!("http://{ip}:{port}/health"));
-        let healthy = rt.block_on(wait_healthy(&probe, Duration::from_secs(30), &demo.dir));
+        let healthy = rt.block_on(wait_healthy(&probe, workload.boot_timeout(), &demo.dir));
         demo.check(
             healthy.is_ok(),
             &format!("source VM {name} is healthy at {ip}:{port}"),

@@ -231,6 +231,10 @@ enum Command {
         /// Keep the demo's folder (printed) instead of deleting it.
         #[arg(long)]
         keep: bool,
+        /// Real VMs: the guest in this folder (`contrib/guest/build.sh` builds it) under QEMU
+        /// with TCG, instead of processes.
+        #[arg(long, value_name = "GUEST_DIR")]
+        qemu: Option<PathBuf>,
     },
     /// Print the OpenAPI document of the daemon's API (as `GET /v1/openapi.json` serves it).
     Openapi,
@@ -473,7 +477,7 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
         Command::DemoVm { args } => Ok(lifeboat_demo_vm::run_from(
             std::iter::once("demo-vm".to_string()).chain(args),
         )),
-        Command::Demo { keep } => Ok(demo::run(keep, io)),
+        Command::Demo { keep, qemu } => Ok(demo::run(keep, qemu, io)),
         Command::Failover {
             plan,
             test,
