@@ -122,6 +122,12 @@ fn there_and_back_loses_nothing_and_ships_only_what_diverged() {
         "{}",
         out.stdout
     );
+    let out = s.lifeboat(&["status"]);
+    assert!(
+        out.stdout.contains("NOT PROTECTED (lifeboat reprotect)"),
+        "{}",
+        out.stdout
+    );
     // A failover of a group that runs at the target is refused, saying what to do.
     let out = s.lifeboat(&["failover", "p", "--test"]);
     assert_eq!(out.code, 4, "{}", out.stderr);

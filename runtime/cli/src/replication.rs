@@ -308,7 +308,13 @@ pub fn status(ctx: &Context, state: &Path, io: &mut crate::Io<'_>) -> u8 {
             || "none yet".to_string(),
             |p| format!("{} ({}) {}", p.id, p.kind, p.captured_at),
         );
+        let protected = doc
+            .groups
+            .iter()
+            .find(|g| g.name == v.group)
+            .is_none_or(|g| g.protected);
         let state = match (&v.last_point, v.rpo.ok) {
+            _ if !protected => "NOT PROTECTED (lifeboat reprotect)",
             (None, _) => "NO POINT",
             (Some(_), true) => "ok",
             (Some(_), false) => "EXCEEDED",
