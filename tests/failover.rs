@@ -923,7 +923,7 @@ fn killed_at_each_journal_point_a_real_run_resumes_and_does_nothing_twice() {
 }
 
 #[test]
-fn a_qemu_target_site_is_refused_by_validation_before_any_run() {
+fn a_qemu_target_refuses_vms_without_machine_settings_before_any_run() {
     let s = Sites::new(110, "[]", "[]");
     let inv = std::fs::read_to_string(s.path().join("lifeboat.toml")).unwrap();
     let inv = inv.replacen(

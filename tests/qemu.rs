@@ -1,14 +1,14 @@
 //! Real virtual machines: the test guest (a Debian kernel and an initramfs running the demo
-//! workload on its virtio disk, `contrib/guest/build.sh`) under QEMU with TCG, protected and
-//! recovered by Lifeboat. Its boot command is the QEMU command line, so the `process` driver
-//! starts, pauses (for the cut) and finds it like any VM process, and stops it through its QMP
-//! socket (`system_powerdown`); its NIC is user-mode networking forwarding the workload's port
-//! from the address network mapping assigned.
+//! workload on its virtio disk, `contrib/guest/build.sh`) under QEMU with TCG, at `qemu` sites,
+//! protected and recovered by Lifeboat. Its `machine` settings become the QEMU command line
+//! (`lifeboat_compute::qemu`), which the driver starts, pauses for the cut, finds again and stops
+//! through its QMP socket (`system_powerdown`); its NIC is user-mode networking forwarding the
+//! workload's port from the address network mapping assigned.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lifeboat_compute::driver::{Compute, Handle, Launch, ProcessDriver};
+use lifeboat_compute::driver::{Compute, Handle, ProcessDriver};
 use lifeboat_orchestrator::journal::Journal;
 
 use crate::failover::get;
@@ -28,44 +28,6 @@ fn guest() -> PathBuf {
         dir.display()
     );
     dir
-}
-
-/// The QEMU command line of a VM whose disk and address are `disk` and `ip`.
-fn boot_command(guest: &Path, disk: &str, ip: &str) -> Vec<String> {
-    [
-        "qemu-system-x86_64",
-        "-accel",
-        "tcg",
-        "-m",
-        "256",
-        "-smp",
-        "1",
-        "-no-reboot",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        // The console and the QMP socket beside the disk: each copy of the VM has its own.
-        "-serial",
-        &format!("file:{disk}.console"),
-        "-qmp",
-        &format!("unix:{disk}.qmp,server=on,wait=off"),
-        "-kernel",
-        &guest.join("vmlinuz").display().to_string(),
-        "-initrd",
-        &guest.join("initrd.gz").display().to_string(),
-        "-append",
-        "console=ttyS0 panic=-1 quiet",
-        "-drive",
-        &format!("file={disk},if=virtio,format=raw"),
-        "-netdev",
-        &format!("user,id=n0,hostfwd=tcp:{ip}:8080-:8080"),
-        "-device",
-        "virtio-net-pci,netdev=n0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
 }
 
 /// Stops whatever the test left running.
@@ -107,23 +69,19 @@ fn a_real_qemu_vm_is_replicated_drilled_and_failed_over_with_nothing_lost() {
     let guest = guest();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
-    let command = boot_command(&guest, "{disk.data}", "{nic0.ip}")
-        .iter()
-        .map(|a| format!("{a:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let (kernel, initrd) = (guest.join("vmlinuz"), guest.join("initrd.gz"));
     std::fs::write(
         base.join("lifeboat.toml"),
         format!(
             r#"version = 1
 [sites.east]
 store = "east"
-compute = "process"
+compute = "qemu"
 replicate_to = "west"
 networks.prod.subnets = {{ app = "127.190.1.0/24" }}
 [sites.west]
 store = "west"
-compute = "process"
+compute = "qemu"
 networks.prod-dr.subnets = {{ app = "127.190.11.0/24" }}
 networks.drill.subnets = {{ app = "127.190.91.0/24" }}
 [policies.default]
@@ -135,7 +93,7 @@ site = "east"
 policy = "default"
 disks.data = "vms/vm-1.img"
 nics = [{{ network = "prod", subnet = "app", ip = "127.190.1.10" }}]
-boot = {{ command = [{command}] }}
+machine = {{ kernel = {kernel:?}, initrd = {initrd:?}, append = "console=ttyS0 panic=-1 quiet", ports = [8080] }}
 health = {{ http = "http://{{nic0.ip}}:8080/health", timeout = "90s" }}
 "#
         ),
@@ -177,17 +135,21 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.vm-1.ip}:8080/
         source: Vec::new(),
     };
 
-    // The source VM, started as its boot command says (so Lifeboat recognises it).
-    let source = guard
-        .rt
-        .block_on(guard.driver.start(&Launch {
-            vm: "vm-1".into(),
-            argv: boot_command(&guest, "vms/vm-1.img", "127.190.1.10"),
-            dir: base.to_path_buf(),
-            log: base.join("vm-1.log"),
-            key: String::new(),
-        }))
-        .unwrap();
+    // The source VM, started from its machine settings (so Lifeboat recognises it).
+    let inventory = lifeboat_loader::validate(&base.join("lifeboat.toml"), &[])
+        .inventory
+        .expect("the inventory is valid");
+    let mut launch = lifeboat_compute::site::source_launch(&inventory, base, "vm-1").unwrap();
+    launch.log = base.join("vm-1.log");
+    assert!(
+        launch
+            .argv
+            .iter()
+            .any(|a| a == "user,id=n0,hostfwd=tcp:127.190.1.10:8080-:8080"),
+        "{:?}",
+        launch.argv
+    );
+    let source = guard.rt.block_on(guard.driver.start(&launch)).unwrap();
     guard.source.push(source.clone());
     let boot = wait_healthy("127.190.1.10:8080");
     std::thread::sleep(Duration::from_secs(1));

@@ -9,6 +9,7 @@
 
 pub mod driver;
 pub mod pause;
+pub mod qemu;
 pub mod qmp;
 pub mod site;
 pub mod template;

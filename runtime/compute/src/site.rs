@@ -34,13 +34,28 @@ pub fn source_value(name: &str, vm: &lifeboat_plan::inventory::Vm, p: &str) -> O
 /// values (disk paths as written, source addresses), from the inventory's folder.
 pub fn source_launch(inventory: &Inventory, base: &Path, name: &str) -> Option<Launch> {
     let vm = inventory.vms.get(name)?;
-    let boot = vm.boot.as_ref()?;
     let value = |p: &str| source_value(name, vm, p);
-    let argv = boot
-        .command
-        .iter()
-        .map(|c| crate::template::fill(&c.value, &value).ok())
-        .collect::<Option<Vec<String>>>()?;
+    let fill = |args: &[lifeboat_plan::Spanned<String>]| {
+        args.iter()
+            .map(|c| crate::template::fill(&c.value, &value).ok())
+            .collect::<Option<Vec<String>>>()
+    };
+    let qemu = inventory
+        .sites
+        .get(&vm.site.value)
+        .is_some_and(|s| s.compute.value == lifeboat_plan::inventory::ComputeDriver::Qemu);
+    let argv = match (&vm.machine, qemu) {
+        (Some(machine), true) => {
+            let disks: Vec<String> = vm.disks.iter().map(|(_, p)| p.value.clone()).collect();
+            let ips: Vec<String> = vm
+                .nics
+                .iter()
+                .filter_map(|n| n.ip.as_ref().map(|ip| ip.value.to_string()))
+                .collect();
+            crate::qemu::command_line(name, machine, base, &disks, &ips, &fill(&machine.args)?)
+        }
+        _ => fill(&vm.boot.as_ref()?.command)?,
+    };
     Some(Launch {
         vm: name.to_string(),
         argv,

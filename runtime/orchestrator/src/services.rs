@@ -575,16 +575,46 @@ impl HostServices for RunServices {
             )));
         }
         let def = self.vm(vm)?;
-        let boot = def
-            .boot
-            .as_ref()
-            .ok_or_else(|| Error::Invalid(format!("VM `{vm}` has no `boot` command")))?;
         let disks = self.disk_paths(vm)?;
-        let argv: Vec<String> = boot
-            .command
-            .iter()
-            .map(|c| self.fill(vm, &c.value, &disks))
-            .collect::<Result<_, _>>()?;
+        let fill = |args: &[lifeboat_plan::Spanned<String>]| -> Result<Vec<String>, Error> {
+            args.iter()
+                .map(|c| self.fill(vm, &c.value, &disks))
+                .collect()
+        };
+        let qemu = self
+            .inventory
+            .sites
+            .get(&self.target_site)
+            .is_some_and(|s| s.compute.value == lifeboat_plan::inventory::ComputeDriver::Qemu);
+        let argv: Vec<String> = match (&def.machine, qemu) {
+            (Some(machine), true) => {
+                // The disks in the inventory's order, restored; the run's addresses.
+                let paths: Vec<String> = def
+                    .disks
+                    .iter()
+                    .filter_map(|(name, _)| disks.get(name).cloned())
+                    .collect();
+                let ips: Vec<String> = self
+                    .addresses(vm)
+                    .iter()
+                    .map(|a| a.ip.to_string())
+                    .collect();
+                lifeboat_compute::qemu::command_line(
+                    vm,
+                    machine,
+                    &self.base,
+                    &paths,
+                    &ips,
+                    &fill(&machine.args)?,
+                )
+            }
+            _ => fill(
+                &def.boot
+                    .as_ref()
+                    .ok_or_else(|| Error::Invalid(format!("VM `{vm}` has no `boot` command")))?
+                    .command,
+            )?,
+        };
         let log = self.run_dir.join("logs").join(format!("{vm}.log"));
         // A start this run journaled and did not see through (the runtime died in it): the VM
         // may be up; adopt it rather than start a second one.

@@ -195,6 +195,25 @@ pub fn check_inventory(inv: &Inventory, sources: &Sources) -> Vec<Diagnostic> {
             }
         }
         check_vm_placeholders(vm_name, vm, sources, &mut out);
+        if let Some(site) = inv.sites.get(&vm.site)
+            && site.compute.value == crate::inventory::ComputeDriver::Qemu
+            && vm.machine.is_none()
+        {
+            out.push(
+                Diagnostic::error(
+                    Rule::UnsupportedCompute,
+                    vm.site.span,
+                    format!(
+                        "VM `{vm_name}` has no `machine`: site `{}` uses the `qemu` compute driver, which runs a VM from its machine settings",
+                        vm.site.value
+                    ),
+                    "a `qemu` site",
+                )
+                .with_help(format!(
+                    "add `machine = {{ kernel = \"…\", ports = […] }}` to `[vms.{vm_name}]`"
+                )),
+            );
+        }
     }
 
     let vm_names: Vec<&str> = inv.vms.names().collect();
@@ -253,6 +272,9 @@ fn check_vm_placeholders(vm_name: &str, vm: &Vm, sources: &Sources, out: &mut Ve
     let mut strings: Vec<&Spanned<String>> = Vec::new();
     if let Some(boot) = &vm.boot {
         strings.extend(&boot.command);
+    }
+    if let Some(machine) = &vm.machine {
+        strings.extend(&machine.args);
     }
     if let Some(health) = &vm.health {
         strings.extend(health.tcp.iter());
@@ -382,24 +404,32 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
             ),
         }
     }
-    // The target's compute driver must be one this Lifeboat can drive.
+    // The target's compute driver must be able to start every plan VM there: a `qemu` site
+    // runs a VM from its `machine` settings.
     if target_ok
         && let Some(target) = inv.sites.get(&plan.target)
-        && target.compute.value != crate::inventory::ComputeDriver::Process
+        && target.compute.value == crate::inventory::ComputeDriver::Qemu
     {
-        out.push(
-            Diagnostic::error(
-                Rule::UnsupportedCompute,
-                plan.target.span,
-                format!(
-                    "site `{}` uses the `{}` compute driver, which this Lifeboat cannot drive yet; only `process` sites can be failed over to",
-                    plan.target.value,
-                    target.compute.value.as_str()
-                ),
-                "its VMs could not be started",
-            )
-            .with_note(target.compute.span, "the site's compute driver"),
-        );
+        for vm_ref in plan.groups.iter().flat_map(|g| &g.vms) {
+            if inv.vms.get(vm_ref).is_some_and(|vm| vm.machine.is_none()) {
+                out.push(
+                    Diagnostic::error(
+                        Rule::UnsupportedCompute,
+                        vm_ref.span,
+                        format!(
+                            "VM `{}` has no `machine`: site `{}` uses the `qemu` compute driver, which runs a VM from its machine settings",
+                            vm_ref.value, plan.target.value
+                        ),
+                        "could not be started at the target",
+                    )
+                    .with_note(target.compute.span, "the site's compute driver")
+                    .with_help(format!(
+                        "add `machine = {{ kernel = \"…\", ports = […] }}` to `[vms.{}]`",
+                        vm_ref.value
+                    )),
+                );
+            }
+        }
     }
 
     // Network mapping: source network name → (target network, where the mapping is written).

@@ -143,6 +143,9 @@ pub struct Vm {
     /// How the compute driver starts the VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<Boot>,
+    /// The virtual machine the `qemu` driver runs (needed at a `qemu` site).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
     /// How to tell the VM is up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
@@ -186,6 +189,36 @@ pub struct Boot {
     /// Program and arguments.
     #[schemars(length(min = 1))]
     pub command: Vec<Spanned<String>>,
+}
+
+/// A VM as the `qemu` driver runs it: its disks as virtio block devices (in name order), each NIC
+/// as user-mode networking forwarding `ports` from the NIC's address, the serial console and a
+/// QMP socket beside its first disk.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    /// Memory in MiB (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<Spanned<u32>>,
+    /// Virtual CPUs (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Spanned<u32>>,
+    /// A kernel to boot directly (relative to lifeboat.toml); without one, the firmware boots
+    /// the first disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<Spanned<String>>,
+    /// The initramfs of `kernel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<Spanned<String>>,
+    /// The kernel command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append: Option<Spanned<String>>,
+    /// The guest's TCP ports, forwarded from each NIC's address.
+    #[serde(default)]
+    pub ports: Vec<Spanned<u32>>,
+    /// More QEMU arguments, as they are.
+    #[serde(default)]
+    pub args: Vec<Spanned<String>>,
 }
 
 /// A health check: exactly one of `tcp`, `http`, `command`.
@@ -603,6 +636,34 @@ fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
         t.finish(d);
         Some(Boot { command: command? })
     });
+    let machine = t.optional("machine").map(|v| {
+        let mut t = d.table(v, &t.path("machine"))?;
+        let memory_mib = t
+            .optional("memory_mib")
+            .map(|v| d.u32(v, &t.path("memory_mib"), 16, 1 << 20));
+        let cpus = t
+            .optional("cpus")
+            .map(|v| d.u32(v, &t.path("cpus"), 1, 256));
+        let kernel = t.optional("kernel").map(|v| d.string(v, &t.path("kernel")));
+        let initrd = t.optional("initrd").map(|v| d.string(v, &t.path("initrd")));
+        let append = t.optional("append").map(|v| d.string(v, &t.path("append")));
+        let ports = t
+            .optional("ports")
+            .map(|v| d.list(v, &t.path("ports"), |d, v, what| d.u32(v, &what, 1, 65535)));
+        let args = t
+            .optional("args")
+            .map(|v| d.string_list(v, &t.path("args")));
+        t.finish(d);
+        Some(Machine {
+            memory_mib: memory_mib.unwrap_or(None),
+            cpus: cpus.unwrap_or(None),
+            kernel: kernel.unwrap_or(None),
+            initrd: initrd.unwrap_or(None),
+            append: append.unwrap_or(None),
+            ports: ports.unwrap_or(None).unwrap_or_default(),
+            args: args.unwrap_or(None).unwrap_or_default(),
+        })
+    });
     let health = t
         .optional("health")
         .map(|v| decode_health(d, v, &t.path("health")));
@@ -631,6 +692,7 @@ fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
         disks: disks?,
         nics: nics?,
         boot: boot.unwrap_or(None),
+        machine: machine.unwrap_or(None),
         health: health.unwrap_or(None),
         quiesce: quiesce.unwrap_or(None),
     })
