@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Lifeboat's test guest: a Linux kernel and an initramfs, from Debian packages only, whose
 # workload is `demo-vm` (built static) writing sequenced, checksummed records to its virtio disk
-# (/dev/vda) and serving /health and /state on port 8080. It powers off on ACPI (QEMU's
+# (/dev/vda) and serving /health and /state on port 8080 (`lifeboat.port=N` on the kernel
+# command line for another). It powers off on ACPI (QEMU's
 # `system_powerdown`). Healthy in a few seconds under TCG.
 #
 #   contrib/guest/build.sh OUT_DIR     # writes OUT_DIR/vmlinuz and OUT_DIR/initrd.gz
@@ -82,8 +83,13 @@ ip link set lo up
 ip link set eth0 up
 udhcpc -q -n -i eth0 -s /bin/udhcpc.script >/dev/null 2>&1
 acpid -d >/dev/console 2>&1 &
-echo "guest: starting the workload"
-demo-vm --disk /dev/vda --listen 0.0.0.0:8080
+# The port from the kernel command line (`lifeboat.port=N`), else 8080.
+port=8080
+for word in $(cat /proc/cmdline); do
+  case "$word" in lifeboat.port=*) port="${word#lifeboat.port=}" ;; esac
+done
+echo "guest: starting the workload on port $port"
+demo-vm --disk /dev/vda --listen "0.0.0.0:$port"
 echo "guest: the workload exited"
 poweroff -f
 INIT

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lifeboat_compute::driver::{Compute, Handle, Launch, ProcessDriver};
+use lifeboat_compute::driver::{Compute, Handle, ProcessDriver};
 use lifeboat_orchestrator::health::{Probe, wait_healthy};
 
 use crate::exit_codes;
@@ -28,59 +28,12 @@ const DISK_BYTES: u64 = 16 << 20;
 pub enum Workload {
     /// `demo-vm` processes (this program, as `lifeboat demo-vm`).
     Process(PathBuf),
-    /// Real VMs: the test guest (`contrib/guest/build.sh`) under QEMU with TCG, running the same
-    /// workload on its virtio disk.
+    /// Real VMs at `qemu` sites: the test guest (`contrib/guest/build.sh`) under QEMU with TCG,
+    /// running the same workload on its virtio disk.
     Qemu(PathBuf),
 }
 
 impl Workload {
-    /// A VM's command line, its disk at `disk` serving on `ip:port`.
-    fn argv(&self, disk: &str, ip: &str, port: u16) -> Vec<String> {
-        match self {
-            Self::Process(exe) => [
-                &exe.display().to_string(),
-                "demo-vm",
-                "--disk",
-                disk,
-                "--listen",
-                &format!("{ip}:{port}"),
-            ]
-            .map(String::from)
-            .to_vec(),
-            Self::Qemu(guest) => [
-                "qemu-system-x86_64",
-                "-accel",
-                "tcg",
-                "-m",
-                "256",
-                "-no-reboot",
-                "-display",
-                "none",
-                "-monitor",
-                "none",
-                "-kernel",
-                &guest.join("vmlinuz").display().to_string(),
-                "-initrd",
-                &guest.join("initrd.gz").display().to_string(),
-                "-append",
-                "console=ttyS0 panic=-1 quiet",
-                "-drive",
-                &format!("file={disk},if=virtio,format=raw"),
-                "-netdev",
-                &format!("user,id=n0,hostfwd=tcp:{ip}:{port}-:8080"),
-                "-device",
-                "virtio-net-pci,netdev=n0",
-                // Beside the disk: each copy of a VM has its own console log and QMP socket.
-                "-serial",
-                &format!("file:{disk}.console"),
-                "-qmp",
-                &format!("unix:{disk}.qmp,server=on,wait=off"),
-            ]
-            .map(String::from)
-            .to_vec(),
-        }
-    }
-
     /// How long a VM may take to answer its health probe.
     fn boot_timeout(&self) -> Duration {
         match self {
@@ -91,13 +44,21 @@ impl Workload {
 }
 
 fn inventory(workload: &Workload) -> String {
-    let boot = |port: u16| {
-        workload
-            .argv("{disk.data}", "{nic0.ip}", port)
-            .iter()
-            .map(|a| format!("{a:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+    // A process VM's boot command; a QEMU VM's machine settings (at `qemu` sites).
+    let boot = |port: u16| match workload {
+        Workload::Process(exe) => format!(
+            "boot = {{ command = [{:?}, \"demo-vm\", \"--disk\", \"{{disk.data}}\", \"--listen\", \"{{nic0.ip}}:{port}\"] }}",
+            exe.display().to_string()
+        ),
+        Workload::Qemu(guest) => format!(
+            "machine = {{ kernel = {:?}, initrd = {:?}, append = \"console=ttyS0 panic=-1 quiet lifeboat.port={port}\", ports = [{port}] }}",
+            guest.join("vmlinuz").display().to_string(),
+            guest.join("initrd.gz").display().to_string()
+        ),
+    };
+    let compute = match workload {
+        Workload::Process(_) => "process",
+        Workload::Qemu(_) => "qemu",
     };
     let mut out = String::from(
         r#"# Written by `lifeboat demo`.
@@ -105,13 +66,13 @@ version = 1
 
 [sites.east]
 store = "sites/east"
-compute = "process"
+compute = "COMPUTE"
 replicate_to = "west"
 networks.prod.subnets = { app = "127.41.1.0/24", db = "127.41.2.0/24" }
 
 [sites.west]
 store = "sites/west"
-compute = "process"
+compute = "COMPUTE"
 networks.prod-dr.subnets = { app = "127.42.1.0/24", db = "127.41.2.0/24" }
 networks.drill.subnets = { app = "127.49.1.0/24", db = "127.49.2.0/24" }
 
@@ -123,7 +84,8 @@ rpo_threshold = "1m"
 [consistency_groups.shop]
 vms = ["db-1", "app-1"]
 "#,
-    );
+    )
+    .replace("COMPUTE", compute);
     for (name, _, subnet, ip, port) in VMS {
         out.push_str(&format!(
             r#"
@@ -132,7 +94,7 @@ site = "east"
 policy = "default"
 disks.data = "vms/{name}/data.img"
 nics = [{{ network = "prod", subnet = "{subnet}", ip = "{ip}" }}]
-boot = {{ command = [{}] }}
+{}
 health = {{ http = "http://{{nic0.ip}}:{port}/health", timeout = "1m" }}
 "#,
             boot(*port)
@@ -433,22 +395,20 @@ fn scenario(
     }
 
     // The source site: each VM a demo-vm (a process, or a QEMU guest running it) writing 50
-    // records a second to its disk.
+    // records a second to its disk, started as the inventory says: that is how `lifeboat
+    // replicate` and a planned failover recognise the source VMs.
     demo.say("\nstarting the source VMs at site east");
-    for (name, _, _, ip, port) in VMS {
+    let inventory = lifeboat_loader::validate(&demo.config, &[])
+        .inventory
+        .ok_or("the demo's inventory does not load")?;
+    for (name, ..) in VMS {
         let disk = demo.dir.join(format!("vms/{name}/data.img"));
         std::fs::create_dir_all(disk.parent().unwrap_or(&demo.dir)).map_err(|e| e.to_string())?;
         let f = std::fs::File::create(&disk).map_err(|e| e.to_string())?;
         f.set_len(DISK_BYTES).map_err(|e| e.to_string())?;
-        let launch = Launch {
-            vm: name.to_string(),
-            // As the inventory's boot command says: that is how `lifeboat replicate` and a
-            // planned failover recognise the source VMs.
-            argv: workload.argv(&format!("vms/{name}/data.img"), ip, *port),
-            dir: demo.dir.clone(),
-            log: demo.dir.join(format!("source-logs/{name}.log")),
-            key: String::new(),
-        };
+        let mut launch = lifeboat_compute::site::source_launch(&inventory, &demo.dir, name)
+            .ok_or_else(|| format!("VM {name} has no way to start"))?;
+        launch.log = demo.dir.join(format!("source-logs/{name}.log"));
         let h = rt
             .block_on(driver.start(&launch))
             .map_err(|e| e.to_string())?;
