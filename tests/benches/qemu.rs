@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::{percentile, setting};
 use lifeboat_compute::PauseVms;
 use lifeboat_compute::driver::{Compute, Handle, Launch, ProcessDriver};
-use lifeboat_replication::groups::{DiskSpec, GroupSpec, VmSpec};
+use lifeboat_replication::groups::GroupSpec;
 use lifeboat_replication::{CycleOptions, Store};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_lifeboat-test-helper");
@@ -192,29 +192,8 @@ fn main() {
         .unwrap();
     let addr = "127.77.2.10:8080";
     let (h, _) = boot(&rt, &driver, dir, qemu(&guest, &disk, addr), addr);
-    let group = GroupSpec {
-        name: "vm".into(),
-        vms: vec![VmSpec {
-            name: "vm".into(),
-            definition: serde_json::json!({}),
-            disks: vec![DiskSpec {
-                name: "data".into(),
-                source: disk.display().to_string(),
-                path: disk.clone(),
-                chunk_size: lifeboat_replication::groups::DEFAULT_CHUNK_SIZE,
-            }],
-            quiesce: None,
-        }],
-        source_site: "east".into(),
-        target_site: "west".into(),
-        retention: Duration::from_secs(3600),
-        rpo_threshold: Duration::from_secs(60),
-        app_interval: None,
-        max_pause: Duration::from_secs(30),
-        crash_interval: Duration::from_secs(10),
-        base: dir.to_path_buf(),
-        protected: true,
-    };
+    let mut group = GroupSpec::one_disk("vm", "data", &disk, dir);
+    group.max_pause = Duration::from_secs(30);
     let cut = Arc::new(Timed {
         inner: PauseVms::new(driver.clone(), vec![h.clone()], Duration::from_secs(30)),
         since: Mutex::new(None),

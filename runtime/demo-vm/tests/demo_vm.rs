@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lifeboat_replication::groups::{DiskSpec, GroupSpec, VmSpec};
+use lifeboat_replication::groups::GroupSpec;
 use lifeboat_replication::{Cut, CycleOptions, Repository, Store};
 
 const DEMO: &str = env!("CARGO_BIN_EXE_demo-vm");
@@ -182,29 +182,7 @@ fn a_point_of_a_running_vm_restores_consistent_and_measures_its_data_loss() {
     wait_until("10 records", || {
         state(&addr)["last_record"].as_u64().unwrap() >= 10
     });
-    let group = GroupSpec {
-        name: "demo".into(),
-        vms: vec![VmSpec {
-            name: "demo".into(),
-            definition: serde_json::json!({}),
-            disks: vec![DiskSpec {
-                name: "os".into(),
-                source: "disk.img".into(),
-                path: disk.clone(),
-                chunk_size: 64 << 10,
-            }],
-            quiesce: None,
-        }],
-        source_site: "east".into(),
-        target_site: "west".into(),
-        retention: Duration::from_secs(3600),
-        rpo_threshold: Duration::from_secs(60),
-        app_interval: None,
-        max_pause: lifeboat_replication::groups::DEFAULT_MAX_PAUSE,
-        crash_interval: Duration::from_secs(300),
-        base: dir.path().to_path_buf(),
-        protected: true,
-    };
+    let group = GroupSpec::one_disk("demo", "os", &disk, dir.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let opts = CycleOptions {
         cut: Some(Arc::new(Pause(vm.id()))),

@@ -18,9 +18,9 @@
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use lifeboat_replication::groups::{DiskSpec, GroupSpec, VmSpec};
+use lifeboat_replication::groups::GroupSpec;
 use lifeboat_replication::{CycleOptions, Repository, Store};
 
 struct Rng(u64);
@@ -144,29 +144,7 @@ fn change_one_percent(path: &Path, seed: u64) -> u64 {
 }
 
 fn group(image: &Path, base: &Path) -> GroupSpec {
-    GroupSpec {
-        name: "bench".into(),
-        vms: vec![VmSpec {
-            name: "bench".into(),
-            definition: serde_json::json!({}),
-            disks: vec![DiskSpec {
-                name: "os".into(),
-                source: image.display().to_string(),
-                path: image.to_path_buf(),
-                chunk_size: lifeboat_replication::groups::DEFAULT_CHUNK_SIZE,
-            }],
-            quiesce: None,
-        }],
-        source_site: "east".into(),
-        target_site: "west".into(),
-        retention: Duration::from_secs(3600),
-        rpo_threshold: Duration::from_secs(60),
-        app_interval: None,
-        max_pause: lifeboat_replication::groups::DEFAULT_MAX_PAUSE,
-        crash_interval: Duration::from_secs(300),
-        base: base.to_path_buf(),
-        protected: true,
-    }
+    GroupSpec::one_disk("bench", "os", image, base)
 }
 
 /// One replication cycle from `dir/east` (cache) to `dir/west` (repository).

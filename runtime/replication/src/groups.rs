@@ -66,6 +66,36 @@ pub struct GroupSpec {
     pub protected: bool,
 }
 
+impl GroupSpec {
+    /// A group of one VM `name` with one disk `disk` at `image`, from site `east` to `west`
+    /// with default policies: what benchmarks and tests replicate without an inventory.
+    pub fn one_disk(name: &str, disk: &str, image: &Path, base: &Path) -> Self {
+        Self {
+            name: name.into(),
+            vms: vec![VmSpec {
+                name: name.into(),
+                definition: serde_json::json!({}),
+                disks: vec![DiskSpec {
+                    name: disk.into(),
+                    source: image.display().to_string(),
+                    path: image.to_path_buf(),
+                    chunk_size: DEFAULT_CHUNK_SIZE,
+                }],
+                quiesce: None,
+            }],
+            source_site: "east".into(),
+            target_site: "west".into(),
+            retention: Duration::from_secs(3600),
+            rpo_threshold: Duration::from_secs(60),
+            app_interval: None,
+            max_pause: DEFAULT_MAX_PAUSE,
+            crash_interval: Duration::from_secs(300),
+            base: base.to_path_buf(),
+            protected: true,
+        }
+    }
+}
+
 /// Every group of the inventory, in name order. `base` is the folder of lifeboat.toml.
 pub fn groups(inv: &Inventory, base: &Path) -> Result<Vec<GroupSpec>> {
     let mut out = Vec::new();
