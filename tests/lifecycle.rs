@@ -93,7 +93,6 @@ fn with_failback_step(k: u8) -> Sites {
 #[test]
 fn there_and_back_loses_nothing_and_ships_only_what_diverged() {
     let mut s = with_failback_step(170);
-    let k = s.k();
     s.start_source();
     s.replicate();
 
@@ -291,7 +290,6 @@ fn there_and_back_loses_nothing_and_ships_only_what_diverged() {
         "{}",
         out.stdout
     );
-    let _ = k;
 }
 
 #[test]
@@ -302,10 +300,18 @@ fn reprotect_seeds_fully_when_the_old_disks_are_gone() {
     let out = s.lifeboat(&["failover", "p", "--planned"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(s.lifeboat(&["commit", "p"]).code, 0);
-    // East lost its disks (and its VMs never came back).
+    // East lost its disks and its store (and its VMs never came back).
     for vm in ["db-1", "app-1"] {
         std::fs::remove_file(s.path().join(format!("vms/{vm}.img"))).unwrap();
     }
+    std::fs::remove_dir_all(s.path().join("east")).unwrap();
+    // Reading where groups run does not create the gone site's store again.
+    let out = s.lifeboat(&["points", "list", "db-1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        !s.path().join("east").exists(),
+        "a read recreated east's store"
+    );
     let out = s.lifeboat(&["reprotect", "p"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(

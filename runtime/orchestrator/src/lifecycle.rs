@@ -28,11 +28,12 @@ use crate::runs::{Environment, not_driven, running_vms, status_of};
 use crate::services::Observer;
 use crate::source::{groups_of, plan_vms};
 
-/// The store of every site of the inventory that opens: placements are kept in each.
+/// The store of every site of the inventory that is there: placements are kept in each. Only
+/// read here, so a site's local folder that is gone is skipped, not created again.
 pub fn site_stores(inv: &Inventory, base: &Path) -> Vec<Store> {
     inv.sites
         .iter()
-        .filter_map(|(_, s)| Store::open(&s.store.value, base).ok())
+        .filter_map(|(_, s)| Store::open_if_present(&s.store.value, base).ok().flatten())
         .collect()
 }
 
@@ -680,23 +681,7 @@ async fn old_disks(
 /// placement, so every daemon and command sees it. Returns the placement and whether it
 /// changed (`false`: the VM was so already, nothing recorded).
 pub async fn set_enabled(env: &Environment, vm: &str, enabled: bool) -> Result<(Placement, bool)> {
-    let group = env
-        .groups
-        .iter()
-        .find(|g| {
-            g.vms.iter().any(|v| v.name == vm)
-                || env
-                    .placements
-                    .get(&g.name)
-                    .is_some_and(|p| p.disabled.contains(vm))
-        })
-        .or_else(|| {
-            // A group whose every VM is disabled keeps them listed.
-            env.groups
-                .iter()
-                .find(|g| g.vms.iter().any(|v| v.name == vm))
-        })
-        .ok_or_else(|| Error::Lifecycle(format!("no VM `{vm}` in the inventory")))?;
+    let group = group_of_vm(env, vm)?;
     let mut p = placement_of(env, group);
     let changed = if enabled {
         p.disabled.remove(vm)
@@ -715,17 +700,32 @@ pub async fn set_enabled(env: &Environment, vm: &str, enabled: bool) -> Result<(
     Ok((p, true))
 }
 
+/// The consistency group of `vm`, disabled or not (a group's spec leaves its disabled VMs out of
+/// the captures; its placement lists them).
+fn group_of_vm<'a>(env: &'a Environment, vm: &str) -> Result<&'a GroupSpec> {
+    env.groups
+        .iter()
+        .find(|g| {
+            g.vms.iter().any(|v| v.name == vm)
+                || env
+                    .placements
+                    .get(&g.name)
+                    .is_some_and(|p| p.disabled.contains(vm))
+        })
+        .ok_or_else(|| Error::Lifecycle(format!("no VM `{vm}` in the inventory")))
+}
+
 /// Deletes every point of the group of `vm` from the repository it replicates to, once none of
 /// its VMs is protected: `disable --purge`. Returns the group and how many points went.
 pub async fn purge(env: &Environment, vm: &str) -> Result<(String, usize)> {
-    let group = env
-        .groups
-        .iter()
-        .find(|g| g.vms.iter().any(|v| v.name == vm))
-        .ok_or_else(|| Error::Lifecycle(format!("no VM `{vm}` in the inventory")))?;
+    let group = group_of_vm(env, vm)?;
     let p = placement_of(env, group);
-    let members: Vec<&str> = group.vms.iter().map(|v| v.name.as_str()).collect();
-    if let Some(other) = members.iter().find(|m| !p.disabled.contains(**m)) {
+    // Every member, the disabled ones included (the inventory's list).
+    let members: Vec<String> = env.home.consistency_groups.get(&group.name).map_or_else(
+        || vec![vm.to_string()],
+        |cg| cg.vms.iter().map(|v| v.value.clone()).collect(),
+    );
+    if let Some(other) = members.iter().find(|m| !p.disabled.contains(*m)) {
         return Err(Error::Lifecycle(format!(
             "VM `{vm}` shares consistency group `{}` with `{other}`, which is still protected: its points hold both; disable every VM of the group to purge them",
             group.name

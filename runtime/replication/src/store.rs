@@ -58,6 +58,21 @@ impl Store {
         Self::open_with(location, base, true)
     }
 
+    /// Opens a store only to read it: a local folder that does not exist is `None` (a site that
+    /// is gone, or never written), rather than created as `open` does.
+    pub fn open_if_present(location: &str, base: &Path) -> Result<Option<Self>> {
+        let trimmed = location.trim();
+        let folder = match trimmed.split_once("://") {
+            None => Some(base.join(trimmed)),
+            Some(("file", path)) => Some(PathBuf::from(path)),
+            Some(_) => None,
+        };
+        if folder.is_some_and(|f| !f.exists()) {
+            return Ok(None);
+        }
+        Self::open(location, base).map(Some)
+    }
+
     /// Opens a store for a source site's cache: a local folder is written without fsync. The
     /// cache is never the truth: every blob of a staged pack is checked against its id before it is
     /// shipped, so a cache torn by a power loss costs the staged point, never a wrong byte.
