@@ -1392,3 +1392,34 @@ fn restore_never_writes_over_a_protected_or_open_disk() {
         4 << 20
     );
 }
+
+/// A run whose process died after recording it but before its addresses (kill -9 between two
+/// journal appends): `retry` assigns them by the same rules and finishes it.
+#[test]
+fn a_run_killed_before_its_addresses_were_journaled_is_finished_by_retry() {
+    let mut s = Sites::new(184, "[]", "[]");
+    s.start_source();
+    s.replicate();
+    {
+        let mut j = Journal::open(&s.journal()).unwrap();
+        j.begin("p-1", "p", "test").unwrap();
+        j.append(
+            "p-1",
+            &Event::Prepared {
+                plan_path: s.path().join("plans/p.toml").display().to_string(),
+                point: None,
+                reverse: false,
+            },
+        )
+        .unwrap();
+    }
+    let out = s.lifeboat(&["retry", "p-1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let db = s.target_addr("p-1", "db-1");
+    assert!(db.starts_with(&format!("127.{}.92.", s.k())), "{db}");
+    assert!(
+        get(&db, "/health").is_some(),
+        "db-1's drill copy answers at {db}"
+    );
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+}

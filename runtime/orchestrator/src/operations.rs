@@ -112,26 +112,47 @@ async fn preflight(env: &Environment, plan: &Plan, req: &FailoverRequest) -> Res
         });
     }
     crate::lifecycle::check_direction(env, plan, req.op)?;
-    // Addresses other open runs hold at the target.
-    let mut in_use: HashSet<(String, IpAddr)> = HashSet::new();
-    for r in env.runs()?.iter().filter(|r| r.open()) {
-        for a in assignments_of(&journal, &r.id)? {
-            in_use.insert((a.network.clone(), a.ip));
-        }
-    }
+    let assignments = assignments_for(env, &journal, plan, req.op, None)?;
     let vms = plan_vms(plan);
-    let purpose = if req.op == Operation::Test {
-        Purpose::Test
-    } else {
-        Purpose::Failover
-    };
-    let assignments = assign(&env.inventory, plan, &vms, purpose, &in_use)?;
     preflight_points(env, plan, &vms, req.point.as_deref()).await?;
     let source = source::check(env, plan, req.op, req.force).await?;
     Ok(Cleared {
         assignments,
         source,
     })
+}
+
+/// Every NIC's address at the target for a run of `op` of `plan`, beside the addresses other
+/// open runs (but `run`) hold there.
+fn assignments_for(
+    env: &Environment,
+    journal: &Journal,
+    plan: &Plan,
+    op: Operation,
+    run: Option<&str>,
+) -> Result<Vec<Assignment>> {
+    let mut in_use: HashSet<(String, IpAddr)> = HashSet::new();
+    for r in env
+        .runs()?
+        .iter()
+        .filter(|r| r.open() && Some(r.id.as_str()) != run)
+    {
+        for a in assignments_of(journal, &r.id)? {
+            in_use.insert((a.network.clone(), a.ip));
+        }
+    }
+    let purpose = if op == Operation::Test {
+        Purpose::Test
+    } else {
+        Purpose::Failover
+    };
+    Ok(assign(
+        &env.inventory,
+        plan,
+        &plan_vms(plan),
+        purpose,
+        &in_use,
+    )?)
 }
 
 /// A failover recorded and ready to drive (`resume` drives it).
@@ -291,6 +312,16 @@ pub async fn resume(
     }
     let op = status.operation()?;
     let plan = &crate::lifecycle::plan_for(env, plan, status.reverse);
+    // A run whose process died while it was being recorded has no addresses yet: nothing of it
+    // ran, so they are assigned now by the same rules.
+    let journaled = journal.events(run)?;
+    if !journaled
+        .iter()
+        .any(|(_, _, e)| matches!(e, Event::Assigned { .. }))
+    {
+        let assignments = assignments_for(env, &journal, plan, op, Some(run))?;
+        journal.append(run, &Event::Assigned { assignments })?;
+    }
     drive(
         env,
         &mut journal,
