@@ -154,13 +154,18 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.vm-1.ip}:8080/
     let boot = wait_healthy("127.190.1.10:8080");
     std::thread::sleep(Duration::from_secs(1));
 
-    // A point of the running VM: QEMU is held still for the cut.
+    // A point of the running VM, cut by QEMU itself (copy-before-write) while it runs.
     let out = lifeboat(&["replicate"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(
-        out.stderr.contains("held vm-1 still for the cut"),
+        out.stderr
+            .contains("the cut: fleeced vm-1 (copy-before-write over QMP)"),
         "{}",
         out.stderr
+    );
+    assert!(
+        !base.join("vms/vm-1.img.fleece.qcow2").exists(),
+        "the fleece overlay is gone once the point is taken"
     );
 
     // A drill boots a second real VM from that point in the drill network.

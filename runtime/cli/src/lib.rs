@@ -96,6 +96,10 @@ enum Command {
         /// Take a crash-consistent point even if an app-consistent one is due.
         #[arg(long)]
         crash: bool,
+        /// Read every disk in full, even where a QEMU VM's dirty bitmap says what changed
+        /// (to check a bitmap's points against a full read: they are identical).
+        #[arg(long)]
+        full_scan: bool,
     },
     /// Protect every VM continuously: a point of each consistency group every `crash_interval`,
     /// until SIGTERM or SIGINT.
@@ -623,7 +627,12 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             Ok(l) => orchestration::runs_show(&l, &run, json, io),
             Err(code) => code,
         }),
-        Command::Replicate { vms, app, crash } => {
+        Command::Replicate {
+            vms,
+            app,
+            crash,
+            full_scan,
+        } => {
             let mode = if app {
                 lifeboat_replication::AppMode::Force
             } else if crash {
@@ -633,8 +642,23 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             };
             Ok(match context(io) {
                 Ok(ctx) => match daemon() {
+                    Some(_) if full_scan => {
+                        let _ = writeln!(
+                            io.stderr,
+                            "error: --full-scan runs a cycle here, and the daemon protects these groups: stop it first"
+                        );
+                        exit_codes::USAGE
+                    }
                     Some(d) => remote::replicate(&d, &ctx, &vms, mode, io),
-                    None => replication::replicate(&ctx, &vms, mode, io),
+                    None => replication::replicate(
+                        &ctx,
+                        &vms,
+                        lifeboat_compute::site::Ask {
+                            app: mode,
+                            full_scan,
+                        },
+                        io,
+                    ),
                 },
                 Err(code) => code,
             })

@@ -8,9 +8,7 @@ use std::time::{Duration, SystemTime};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lifeboat_plan::Inventory;
 use lifeboat_replication::gc::GcOptions;
-use lifeboat_replication::{
-    AppMode, Error, ErrorKind, GroupSpec, Progress, Repository, Store, points,
-};
+use lifeboat_replication::{Error, ErrorKind, GroupSpec, Progress, Repository, Store, points};
 
 use crate::exit_codes;
 
@@ -187,20 +185,29 @@ pub fn print_cycle(r: &lifeboat_replication::CycleReport, io: &mut crate::Io<'_>
     }
     let _ = writeln!(
         io.stdout,
-        "{}: point {} ({}) captured {} — {} scanned, {} changed, {} new, {} shipped in {:.2}s",
+        "{}: point {} ({}) captured {} — {} of {} read, {} changed, {} new, {} shipped in {:.2}s{}",
         r.group,
         r.seq,
         r.kind.as_str(),
         r.captured_at,
+        mib(r.read_bytes),
         mib(r.disk_bytes),
         mib(r.changed_bytes),
         mib(r.new_bytes),
         mib(r.shipped_bytes),
-        r.seconds
+        r.seconds,
+        r.paused_seconds
+            .map(|h| format!(", writers paused {:.1} ms", h * 1000.0))
+            .unwrap_or_default()
     );
 }
 
-pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io<'_>) -> u8 {
+pub fn replicate(
+    ctx: &Context,
+    vms: &[String],
+    ask: lifeboat_compute::site::Ask,
+    io: &mut crate::Io<'_>,
+) -> u8 {
     let chosen = match chosen_groups(ctx, vms) {
         Ok(c) => c,
         Err(e) => return fail(&e, io),
@@ -235,7 +242,7 @@ pub fn replicate(ctx: &Context, vms: &[String], app: AppMode, io: &mut crate::Io
             &ctx.base,
             driver.clone(),
             group,
-            app,
+            ask,
             bar(ctx),
             &holder,
         ));

@@ -231,7 +231,7 @@ impl Compute for ProcessDriver {
         // had not written yet.
         let deadline = Instant::now() + grace;
         if vm.is_current()
-            && let Some(socket) = qmp_socket(vm.pid)
+            && let Some((socket, _)) = qmp_socket(vm.pid)
         {
             if self.power_down(vm, &socket, deadline).await {
                 return Ok(());
@@ -312,8 +312,9 @@ impl ProcessDriver {
     }
 }
 
-/// The QMP socket of process `pid`, when it is a QEMU started with `-qmp unix:…`.
-fn qmp_socket(pid: u32) -> Option<PathBuf> {
+/// The QMP socket of process `pid`, when it is a QEMU started with `-qmp unix:…`, and its
+/// working folder.
+pub(crate) fn qmp_socket(pid: u32) -> Option<(PathBuf, PathBuf)> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     let cmdline = std::fs::read(proc_dir.join("cmdline")).ok()?;
     let argv: Vec<String> = cmdline
@@ -326,7 +327,7 @@ fn qmp_socket(pid: u32) -> Option<PathBuf> {
         return None;
     }
     let cwd = std::fs::read_link(proc_dir.join("cwd")).ok()?;
-    crate::qmp::socket_of(&argv, &cwd)
+    Some((crate::qmp::socket_of(&argv, &cwd)?, cwd))
 }
 
 /// The live process started under `key` (found by the variable in its environment).

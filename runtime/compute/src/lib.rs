@@ -2,17 +2,21 @@
 //! consistent point of a running group is taken.
 //!
 //! `driver` is the `Compute` trait and the process driver (a VM is a process in its own group,
-//! known by pid, start time and the key it was started under); `pause` holds a group's VMs still
-//! for a cut, under a guardian process and a bound; `site` recognises a site's running VMs by
+//! known by pid, start time and the key it was started under); `cut` is a group's cut: `pause`
+//! holds process VMs still under a guardian process and a bound, `fleece` cuts a running QEMU VM
+//! through QMP without stopping it (and knows what changed since the last cut); `site` recognises a site's running VMs by
 //! their boot command and runs the one replication cycle of a site (`site::cycle`); `template`
 //! fills `{…}` placeholders of boot commands and probes.
 
+pub mod cut;
 pub mod driver;
+pub mod fleece;
 pub mod pause;
 pub mod qemu;
 pub mod qmp;
 pub mod site;
 pub mod template;
 
+pub use cut::GroupCut;
 pub use driver::{Compute, ComputeError, Handle, KEY_VAR, Launch, ProcessDriver};
 pub use pause::PauseVms;

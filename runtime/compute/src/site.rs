@@ -12,8 +12,8 @@ use lifeboat_plan::Inventory;
 use lifeboat_replication::lease::{Holder, Lease};
 use lifeboat_replication::{AppMode, CycleOptions, CycleReport, GroupSpec, Progress, Store};
 
+use crate::cut::GroupCut;
 use crate::driver::{Compute, Handle, Launch};
-use crate::pause::PauseVms;
 
 /// A boot or health placeholder's value at VM `name`'s source site: its disks as the
 /// inventory writes them, its own addresses.
@@ -96,6 +96,23 @@ fn site_store(
     }
 }
 
+/// What a cycle is asked for beyond its group's policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ask {
+    pub app: AppMode,
+    /// Read every disk in full, even where the cut knows what changed.
+    pub full_scan: bool,
+}
+
+impl From<AppMode> for Ask {
+    fn from(app: AppMode) -> Self {
+        Self {
+            app,
+            full_scan: false,
+        }
+    }
+}
+
 /// Takes `group`'s writer lease in its target site's repository (see
 /// `lifeboat_replication::lease`): a daemon keeps it while it protects the group.
 pub async fn lease(
@@ -116,7 +133,7 @@ pub async fn cycle_once(
     base: &Path,
     driver: Arc<dyn Compute>,
     group: &GroupSpec,
-    app: AppMode,
+    ask: impl Into<Ask>,
     progress: Option<Arc<dyn Progress>>,
     holder: &Holder,
 ) -> lifeboat_replication::Result<CycleReport> {
@@ -128,7 +145,7 @@ pub async fn cycle_once(
         lifeboat_replication::lease::DEFAULT_TTL,
     )
     .await?;
-    let result = cycle(inventory, base, driver, group, app, progress, &lease).await;
+    let result = cycle(inventory, base, driver, group, ask, progress, &lease).await;
     if let Err(e) = lease.release().await {
         // It expires on its own; the point (or the cycle's error) is what matters here.
         tracing::warn!(group = %group.name, error = %e, "the lease was not released");
@@ -145,10 +162,11 @@ pub async fn cycle(
     base: &Path,
     driver: Arc<dyn Compute>,
     group: &GroupSpec,
-    app: AppMode,
+    ask: impl Into<Ask>,
     progress: Option<Arc<dyn Progress>>,
     lease: &Lease,
 ) -> lifeboat_replication::Result<CycleReport> {
+    let Ask { app, full_scan } = ask.into();
     if let Some(why) = lease.lost() {
         return Err(lifeboat_replication::Error::busy(format!(
             "the lease of group `{}` was lost: {why}",
@@ -159,24 +177,28 @@ pub async fn cycle(
     let target = site_store(inventory, base, &group.target_site, false)?;
     let names: Vec<&str> = group.vms.iter().map(|v| v.name.as_str()).collect();
     let held = locate_source_vms(inventory, base, driver.as_ref(), &names).await;
-    let held_names: Vec<String> = held.iter().map(|h| h.vm.clone()).collect();
-    let cut: Option<Arc<dyn lifeboat_replication::Cut>> = if held.is_empty() {
-        None
-    } else {
-        Some(Arc::new(PauseVms::new(driver, held, group.max_pause)))
-    };
+    let cut = (!held.is_empty()).then(|| {
+        let disks_of = |vm: &str| {
+            group
+                .vms
+                .iter()
+                .filter(|v| v.name == vm)
+                .flat_map(|v| v.disks.iter().map(|d| d.path.clone()))
+                .collect()
+        };
+        Arc::new(GroupCut::new(driver, held, disks_of, group.max_pause))
+    });
+    let how = cut.as_ref().map(|c| c.describe());
     let opts = CycleOptions {
         app,
-        cut,
+        cut: cut.map(|c| c as Arc<dyn lifeboat_replication::Cut>),
         max_pause: Some(group.max_pause),
         progress,
+        full_scan,
     };
     let mut report = lifeboat_replication::replicate(group, &source, &target, &opts).await?;
-    if !held_names.is_empty() {
-        report.notes.push(format!(
-            "held {} still for the cut (paused)",
-            held_names.join(", ")
-        ));
+    if let Some(how) = how {
+        report.notes.push(format!("the cut: {how}"));
     }
     Ok(report)
 }

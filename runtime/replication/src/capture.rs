@@ -1,6 +1,7 @@
-//! Scan-mode capture: read a disk image, split it into fixed chunks, hash them, and hand on only
-//! the chunks that differ from the parent point and are not already stored. Blocking code; the
-//! cycle runs it on a blocking thread and receives closed packs over a channel.
+//! Capture: read a disk (an image file, or a hypervisor's frozen view of it), split it into
+//! fixed chunks, hash them, and hand on only the chunks that differ from the parent point and
+//! are not already stored; with the extents written since the parent's cut, read only those.
+//! Blocking code; the cycle runs it on a blocking thread and receives closed packs over a channel.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -44,6 +45,8 @@ pub struct Scanned {
     pub new_bytes: u64,
     /// Bytes those chunks took once compressed.
     pub stored_bytes: u64,
+    /// Bytes read from the disk (holes and chunks kept from the parent are not read).
+    pub read_bytes: u64,
     /// Ids the map reuses from the repository that are not in the parent's map at the same place.
     pub reused: HashSet<Id>,
 }
@@ -109,11 +112,77 @@ impl PackSink {
     }
 }
 
-/// Scans one raw image. `parent` is the parent point's map of the same disk (same chunk size),
-/// `known` says whether a blob is already stored, `seen` holds ids stored earlier in this cycle.
+/// What a scan reads: an image file, or a frozen view a hypervisor serves over NBD.
+pub trait DiskReader: Send + Sync {
+    fn size(&self) -> u64;
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    /// Where data may be (the rest reads as zeros): the whole disk unless the reader knows.
+    fn data_regions(&self) -> Vec<(u64, u64)> {
+        vec![(0, self.size())]
+    }
+    /// For errors: what is read.
+    fn describe(&self) -> String;
+}
+
+/// A raw image file.
+#[derive(Debug)]
+pub struct FileReader {
+    file: File,
+    path: PathBuf,
+    size: u64,
+}
+
+impl FileReader {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path)
+            .map_err(|e| Error::io(format!("cannot open disk image {}", path.display()), e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io(format!("cannot stat disk image {}", path.display()), e))?
+            .len();
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            size,
+        })
+    }
+}
+
+impl DiskReader for FileReader {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+    fn data_regions(&self) -> Vec<(u64, u64)> {
+        data_regions(&self.file, self.size)
+    }
+    fn describe(&self) -> String {
+        format!("disk image {}", self.path.display())
+    }
+}
+
+impl DiskReader for crate::nbd::NbdExport {
+    fn size(&self) -> u64 {
+        crate::nbd::NbdExport::size(self)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        crate::nbd::NbdExport::read_at(self, buf, offset)
+    }
+    fn describe(&self) -> String {
+        format!("NBD export at {}", self.socket().display())
+    }
+}
+
+/// Scans one disk. `parent` is the parent point's map of the same disk (same chunk size),
+/// `dirty` the byte extents written since the parent's cut when the hypervisor proved them
+/// (only those chunks are read; the others keep the parent's ids), `known` says whether a blob
+/// is already stored, `seen` holds ids stored earlier in this cycle.
 #[allow(clippy::too_many_arguments)]
 pub fn scan(
-    path: &Path,
+    reader: &dyn DiskReader,
+    dirty: Option<&[(u64, u64)]>,
     chunk_size: u32,
     keys: &Keys,
     parent: Option<&[Id]>,
@@ -122,15 +191,14 @@ pub fn scan(
     sink: &mut PackSink,
     progress: ProgressFn<'_>,
 ) -> Result<Scanned> {
-    let file = File::open(path)
-        .map_err(|e| Error::io(format!("cannot open disk image {}", path.display()), e))?;
-    let size = file
-        .metadata()
-        .map_err(|e| Error::io(format!("cannot stat disk image {}", path.display()), e))?
-        .len();
+    let size = reader.size();
     let cs = chunk_size as u64;
     let chunks = size.div_ceil(cs);
-    let data = data_regions(&file, size);
+    // Dirty extents say what changed since the parent: without a parent of this very shape
+    // there is nothing to keep, so everything is read.
+    let dirty = dirty.filter(|_| parent.is_some_and(|p| p.len() as u64 == chunks));
+    let spans = spans(chunks, cs, dirty);
+    let data = reader.data_regions();
     let per_batch = (BATCH_BYTES as u64 / cs).max(1);
     let out = Scanned {
         size,
@@ -138,81 +206,132 @@ pub fn scan(
         changed_bytes: 0,
         new_bytes: 0,
         stored_bytes: 0,
+        read_bytes: 0,
         reused: HashSet::new(),
     };
     // A reader thread fills batches ahead while this one hashes and compresses: reading from the
     // page cache is a copy that would otherwise leave a core idle.
     let (batches, incoming) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
     let (recycle, spare) = std::sync::mpsc::channel::<Vec<u8>>();
-    let (file, data) = (&file, &data);
+    let (spans, data) = (&spans, &data);
     std::thread::scope(|scope| -> Result<Scanned> {
         // The reader owns the sending side: when it is done, the scan sees the end; when the
         // scan stops early, it drops the receiver and the reader's next send fails.
-        scope.spawn(move || read_batches(file, path, size, cs, per_batch, data, &batches, &spare));
+        scope.spawn(move || {
+            read_batches(reader, size, cs, per_batch, spans, data, &batches, &spare)
+        });
         scan_batches(
             incoming, &recycle, chunk_size, keys, parent, known, seen, sink, progress, out,
         )
     })
 }
 
-/// One batch read ahead: chunks `first..first + n`, `len` bytes (no bytes when all are holes).
+/// The disk's chunks in order as runs to read (`true`) or to keep from the parent (`false`).
+fn spans(chunks: u64, cs: u64, dirty: Option<&[(u64, u64)]>) -> Vec<(u64, u64, bool)> {
+    let Some(dirty) = dirty else {
+        return vec![(0, chunks, true)];
+    };
+    let mut runs: Vec<(u64, u64)> = dirty
+        .iter()
+        .filter(|(_, len)| *len > 0)
+        .map(|&(off, len)| (off / cs, (off + len).div_ceil(cs).min(chunks)))
+        .filter(|(a, b)| a < b)
+        .collect();
+    runs.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    for (start, end) in runs {
+        let start = start.max(at);
+        if end <= start {
+            continue;
+        }
+        if start > at {
+            out.push((at, start - at, false));
+        }
+        match out.last_mut() {
+            Some((first, n, true)) if *first + *n == start => *n += end - start,
+            _ => out.push((start, end - start, true)),
+        }
+        at = end;
+    }
+    if at < chunks {
+        out.push((at, chunks - at, false));
+    }
+    out
+}
+
+/// One batch read ahead: chunks `first..first + n`, `len` bytes (no bytes when all are holes,
+/// or when they are kept from the parent: `keep`).
 struct Batch {
     first: u64,
     n: u64,
     len: usize,
+    keep: bool,
     bytes: Option<Vec<u8>>,
 }
 
 #[allow(clippy::too_many_arguments)]
 fn read_batches(
-    file: &File,
-    path: &Path,
+    reader: &dyn DiskReader,
     size: u64,
     cs: u64,
     per_batch: u64,
+    spans: &[(u64, u64, bool)],
     data: &[(u64, u64)],
     batches: &std::sync::mpsc::SyncSender<Result<Batch>>,
     spare: &std::sync::mpsc::Receiver<Vec<u8>>,
 ) {
-    let chunks = size.div_ceil(cs);
-    let mut region = 0usize;
-    let mut first = 0u64;
-    while first < chunks {
-        let n = per_batch.min(chunks - first);
-        let start = first * cs;
-        let end = (start + n * cs).min(size);
-        let len = (end - start) as usize;
-        // Holes the OS reported are zeros: skip reading batches that lie wholly inside one.
-        while region < data.len() && data[region].1 <= start {
-            region += 1;
-        }
-        let any_data = region < data.len() && data[region].0 < end;
-        let bytes = if any_data {
-            let mut buf = spare.try_recv().unwrap_or_default();
-            buf.resize(len, 0);
-            if let Err(e) = file.read_exact_at(&mut buf, start) {
-                let _ = batches.send(Err(Error::io(
-                    format!("cannot read disk image {} at {start}", path.display()),
-                    e,
-                )));
+    for &(span_first, span_n, read) in spans {
+        let span_end = span_first + span_n;
+        if !read {
+            let len = ((span_end * cs).min(size) - span_first * cs) as usize;
+            let kept = Batch {
+                first: span_first,
+                n: span_n,
+                len,
+                keep: true,
+                bytes: None,
+            };
+            if batches.send(Ok(kept)).is_err() {
                 return;
             }
-            Some(buf)
-        } else {
-            None
-        };
-        if batches
-            .send(Ok(Batch {
+            continue;
+        }
+        let mut first = span_first;
+        while first < span_end {
+            let n = per_batch.min(span_end - first);
+            let start = first * cs;
+            let end = (start + n * cs).min(size);
+            let len = (end - start) as usize;
+            // Holes the reader reported are zeros: skip reading batches wholly inside one.
+            let region = data.partition_point(|r| r.1 <= start);
+            let any_data = region < data.len() && data[region].0 < end;
+            let bytes = if any_data {
+                let mut buf = spare.try_recv().unwrap_or_default();
+                buf.resize(len, 0);
+                if let Err(e) = reader.read_at(&mut buf, start) {
+                    let _ = batches.send(Err(Error::io(
+                        format!("cannot read {} at {start}", reader.describe()),
+                        e,
+                    )));
+                    return;
+                }
+                Some(buf)
+            } else {
+                None
+            };
+            let batch = Batch {
                 first,
                 n,
                 len,
+                keep: false,
                 bytes,
-            }))
-            .is_err()
-        {
-            return;
+            };
+            if batches.send(Ok(batch)).is_err() {
+                return;
+            }
+            first += n;
         }
-        first += n;
     }
 }
 
@@ -238,9 +357,23 @@ fn scan_batches(
             first,
             n,
             len,
+            keep,
             bytes,
         } = batch?;
+        if keep {
+            // Not written since the parent's cut: the parent's chunks, unread.
+            let from = first as usize..(first + n) as usize;
+            let kept = parent
+                .and_then(|p| p.get(from))
+                .ok_or_else(|| Error::failed("a kept span lies outside the parent's map"))?;
+            out.map.extend_from_slice(kept);
+            progress(len as u64);
+            continue;
+        }
         let any_data = bytes.is_some();
+        if any_data {
+            out.read_bytes += len as u64;
+        }
         let batch: &[u8] = bytes.as_deref().unwrap_or(&[]);
         let ids: Vec<Id> = if any_data {
             batch
@@ -425,4 +558,85 @@ pub fn qcow2_to_raw(view: View) -> Result<View> {
         frozen: true,
         _temps: temps,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn scan_file(path: &Path, parent: Option<&[Id]>, dirty: Option<&[(u64, u64)]>) -> Scanned {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<SealedPack>(4);
+        let drain = std::thread::spawn(move || while rx.blocking_recv().is_some() {});
+        let mut sink = PackSink::new(PackClass::Delta, tx);
+        let reader = FileReader::open(path).unwrap();
+        let keys = Keys::new([3; 32]);
+        let scanned = scan(
+            &reader,
+            dirty,
+            64 << 10,
+            &keys,
+            parent,
+            &|_| false,
+            &mut HashSet::new(),
+            &mut sink,
+            &|_| {},
+        )
+        .unwrap();
+        sink.flush().unwrap();
+        drop(sink);
+        drain.join().unwrap();
+        scanned
+    }
+
+    #[test]
+    fn reading_only_the_dirty_extents_gives_the_full_scans_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let mut data: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let first = scan_file(&path, None, None);
+        // Writes the way a guest makes them: unaligned, one across a chunk boundary.
+        let writes = [(100_000u64, 300u64), (3 * 65_536 - 10, 20), (7 << 20, 4096)];
+        for &(off, len) in &writes {
+            for b in &mut data[off as usize..(off + len) as usize] {
+                *b = b.wrapping_add(1);
+            }
+        }
+        std::fs::write(&path, &data).unwrap();
+        let full = scan_file(&path, Some(&first.map), None);
+        let incremental = scan_file(&path, Some(&first.map), Some(&writes));
+        assert_eq!(incremental.map, full.map);
+        assert_eq!(incremental.changed_bytes, full.changed_bytes);
+        assert_eq!(full.changed_bytes, 4 * 65_536);
+        assert_eq!(full.read_bytes, 8 << 20);
+        assert_eq!(incremental.read_bytes, 4 * 65_536);
+        // Without a parent of the same shape the extents cannot be trusted: all is read.
+        let unparented = scan_file(&path, None, Some(&writes));
+        assert_eq!(unparented.read_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn spans_cover_every_chunk_once() {
+        let dirty = [
+            (0u64, 1u64),
+            (10 * 64, 64 * 3),
+            (11 * 64, 64),
+            (40 * 64, 64),
+        ];
+        assert_eq!(
+            spans(42, 64, Some(&dirty)),
+            vec![
+                (0, 1, true),
+                (1, 9, false),
+                (10, 3, true),
+                (13, 27, false),
+                (40, 1, true),
+                (41, 1, false)
+            ]
+        );
+        assert_eq!(spans(5, 64, None), vec![(0, 5, true)]);
+        assert_eq!(spans(5, 64, Some(&[])), vec![(0, 5, false)]);
+    }
 }

@@ -44,6 +44,55 @@ pub trait Cut: Send + Sync {
     async fn hold(&self) -> Result<()>;
     /// Lets the writers go. An error means a writer may still be held: people must see it.
     async fn release(&self) -> Result<()>;
+    /// Called while held: freezes the disks the cut can freeze itself (a hypervisor's
+    /// copy-before-write view, as QEMU's fleece), each with the extents written since the
+    /// parent's cut when the hypervisor can prove them. Disks it leaves out are cut by the cycle.
+    async fn freeze(&self, _at: CutAt) -> Result<Vec<FrozenDisk>> {
+        Ok(Vec::new())
+    }
+    /// After the scan of what `freeze` gave (its readers are closed): ends those views.
+    /// `committed`: the point of this cut was committed, so what led to it can go.
+    async fn unfreeze(&self, _committed: bool) -> Result<()> {
+        Ok(())
+    }
+    /// The longest the last cut kept a writer from running, when the cut measures it itself
+    /// (otherwise the cycle reports how long it held the writers).
+    fn paused(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// When a cut is taken, and when its parent's was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CutAt {
+    /// The point's `captured_unix_ms`.
+    pub unix_ms: u64,
+    /// The parent point's `captured_unix_ms`: what was written since is what changed. `None`
+    /// when there is no parent or a full scan is asked for.
+    pub since_unix_ms: Option<u64>,
+}
+
+/// A disk frozen by its cut (QEMU's copy-before-write fleece, read over NBD).
+pub struct FrozenDisk {
+    /// The disk's image as the group names it (`DiskSpec::path`).
+    pub path: std::path::PathBuf,
+    pub reader: Box<dyn capture::DiskReader>,
+    /// Byte extents written since `CutAt::since_unix_ms`, proven by the hypervisor (a dirty
+    /// bitmap that recorded every write since); `None`: read it all.
+    pub dirty: Option<Vec<(u64, u64)>>,
+    /// Why the disk is read in full when there is a parent (said in the cycle's notes).
+    pub full_scan: Option<String>,
+}
+
+impl std::fmt::Debug for FrozenDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrozenDisk")
+            .field("path", &self.path)
+            .field("reader", &self.reader.describe())
+            .field("dirty", &self.dirty.as_ref().map(Vec::len))
+            .field("full_scan", &self.full_scan)
+            .finish()
+    }
 }
 
 /// Progress of a cycle, for a progress bar.
@@ -63,6 +112,8 @@ pub struct CycleOptions {
     /// `None`: as long as the scan takes.
     pub max_pause: Option<Duration>,
     pub progress: Option<Arc<dyn Progress>>,
+    /// Read every disk in full even where a cut could say what changed.
+    pub full_scan: bool,
 }
 
 impl std::fmt::Debug for CycleOptions {
@@ -70,6 +121,7 @@ impl std::fmt::Debug for CycleOptions {
         f.debug_struct("CycleOptions")
             .field("app", &self.app)
             .field("max_pause", &self.max_pause)
+            .field("full_scan", &self.full_scan)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +142,13 @@ pub struct CycleReport {
     pub new_bytes: u64,
     /// Bytes of packs written to the target repository (data and metadata).
     pub shipped_bytes: u64,
+    /// Bytes read from the disks (holes, and chunks a dirty bitmap proved unchanged, are not).
+    #[serde(default)]
+    pub read_bytes: u64,
+    /// The longest a writer was kept from running (or from writing) for the cut, when a cut
+    /// held any.
+    #[serde(default)]
+    pub paused_seconds: Option<f64>,
     pub seconds: f64,
     /// A staged point of an earlier, interrupted cycle committed first.
     pub resumed: Option<u64>,
@@ -210,10 +269,117 @@ pub async fn replicate(
         cut: opts.cut.clone(),
         frozen: frozen.iter().map(|v| (*v).clone()).collect(),
     };
-    let views = match take_views(group).await {
-        Ok(v) => v,
+    let at = CutAt {
+        unix_ms: unix_ms(captured),
+        since_unix_ms: latest
+            .as_ref()
+            .filter(|_| !opts.full_scan)
+            .map(|m| m.captured_unix_ms),
+    };
+    let fleeced = match &opts.cut {
+        Some(cut) => cut.freeze(at).await,
+        None => Ok(Vec::new()),
+    };
+    let fleeced = match fleeced {
+        Ok(f) => f,
         Err(e) => {
             return Err(match held.release(group, &mut notes).await {
+                Ok(()) => e.context(format!("cannot freeze the disks of group `{}`", group.name)),
+                Err(r) => r.context(format!("{e}; then, letting the writers go")),
+            });
+        }
+    };
+    let any_fleeced = !fleeced.is_empty();
+    let mut committed = false;
+    let result = capture_and_commit(
+        Capture {
+            group,
+            opts,
+            repo: &mut repo,
+            cache: &cache,
+            latest: latest.as_ref(),
+            parents,
+            condemned,
+            epoch,
+            kind,
+            captured,
+            held_since,
+            started,
+            resumed,
+        },
+        held,
+        fleeced,
+        &mut notes,
+        &mut committed,
+    )
+    .await;
+    if any_fleeced
+        && let Some(cut) = &opts.cut
+        && let Err(e) = cut.unfreeze(committed).await
+    {
+        // The point stands either way; what the cut left behind is cleaned at its next freeze.
+        tracing::warn!(group = %group.name, error = %e, "the cut's views were not all ended");
+        notes.push(format!("the cut's views were not all ended: {e}"));
+    }
+    let mut report = result?;
+    report.notes = notes;
+    Ok(report)
+}
+
+/// What a cycle knows once its writers are held.
+struct Capture<'a> {
+    group: &'a GroupSpec,
+    opts: &'a CycleOptions,
+    repo: &'a mut Repository,
+    cache: &'a Store,
+    latest: Option<&'a crate::format::manifest::Manifest>,
+    parents: HashMap<(String, String), Vec<Id>>,
+    condemned: HashSet<String>,
+    epoch: u64,
+    kind: PointKind,
+    captured: SystemTime,
+    held_since: tokio::time::Instant,
+    started: Instant,
+    resumed: Option<u64>,
+}
+
+/// The cut's views, the scan into the cache, the shipping and the commit. `committed` is set
+/// as soon as the point is.
+async fn capture_and_commit(
+    c: Capture<'_>,
+    held: Held,
+    fleeced: Vec<FrozenDisk>,
+    notes: &mut Vec<String>,
+    committed: &mut bool,
+) -> Result<CycleReport> {
+    let Capture {
+        group,
+        opts,
+        repo,
+        cache,
+        latest,
+        parents,
+        condemned,
+        epoch,
+        kind,
+        captured,
+        held_since,
+        started,
+        resumed,
+    } = c;
+    for f in &fleeced {
+        if let Some(why) = &f.full_scan
+            && latest.is_some()
+            && !opts.full_scan
+        {
+            notes.push(format!("full scan of {}: {why}", f.path.display()));
+        }
+    }
+    let mut held_for = None;
+    let views = match take_views(group, fleeced).await {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(match held.release(group, notes).await {
                 Ok(()) => e,
                 // Both matter: the writers may still be held, and why the cycle stopped.
                 Err(r) => r.context(format!("{e}; then, letting the writers go")),
@@ -224,11 +390,13 @@ pub async fn replicate(
     // A writer that could not be let go is reported after the point is committed (the point
     // itself is sound).
     let mut release_error = None;
-    if views.iter().all(|(_, _, v)| v.frozen)
+    if views.iter().all(|(_, _, v)| v.frozen())
         && let Some(h) = held.take()
-        && let Err(e) = h.release(group, &mut notes).await
     {
-        release_error = Some(e);
+        held_for = Some(held_since.elapsed());
+        if let Err(e) = h.release(group, notes).await {
+            release_error = Some(e);
+        }
     }
 
     // Capture into the cache, shipping each pack to the repository as it closes.
@@ -242,25 +410,11 @@ pub async fn replicate(
     ));
     let keys = repo.keys().clone();
     let index = repo.index_arc();
-    let total: u64 = views
-        .iter()
-        .map(|(_, _, v)| std::fs::metadata(&v.path).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let total: u64 = views.iter().map(|(_, _, v)| v.reader().size()).sum();
     if let Some(p) = &opts.progress {
         p.begin(&group.name, total);
     }
     let progress = opts.progress.clone();
-    let scan_views: Vec<(String, String, std::path::PathBuf, u32)> = views
-        .iter()
-        .map(|(vm, disk, v)| {
-            (
-                vm.clone(),
-                disk.name.clone(),
-                v.path.clone(),
-                disk.chunk_size,
-            )
-        })
-        .collect();
     let mut scan = tokio::task::spawn_blocking(move || -> Result<_> {
         let known = |id: &Id| {
             index
@@ -276,9 +430,10 @@ pub async fn replicate(
         let mut seen = HashSet::new();
         let mut results = Vec::new();
         let mut meta = PackSink::new(PackClass::Meta, tx.clone());
-        for (vm, disk, path, chunk_size) in scan_views {
+        // The views (and their NBD connections) end with this task.
+        for (vm, disk, view) in views {
             let parent = parents
-                .get(&(vm.clone(), disk.clone()))
+                .get(&(vm.clone(), disk.name.clone()))
                 .filter(|p| !p.is_empty());
             let class = if parent.is_some() {
                 PackClass::Delta
@@ -287,8 +442,9 @@ pub async fn replicate(
             };
             let mut sink = PackSink::new(class, tx.clone());
             let scanned = capture::scan(
-                &path,
-                chunk_size,
+                view.reader(),
+                view.dirty(),
+                disk.chunk_size,
                 &keys,
                 parent.map(Vec::as_slice),
                 &known,
@@ -296,7 +452,7 @@ pub async fn replicate(
                 &mut sink,
                 &advance,
             )
-            .map_err(|e| e.context(format!("capture of `{vm}/{disk}`")))?;
+            .map_err(|e| e.context(format!("capture of `{vm}/{}`", disk.name)))?;
             sink.flush()?;
             let (root, pages) = repo::build_tree(&keys, &scanned.map);
             let mut reused = scanned.reused.clone();
@@ -310,7 +466,7 @@ pub async fn replicate(
                     }
                 }
             }
-            results.push((vm, disk, root, scanned, reused));
+            results.push((vm, disk.name, root, scanned, reused));
         }
         meta.flush()?;
         Ok(results)
@@ -325,7 +481,8 @@ pub async fn replicate(
             () = tokio::time::sleep_until(held_since + max) => {
                 abandoned = true;
                 if let Some(h) = held.take() {
-                    h.release(group, &mut notes).await?;
+                    held_for = Some(held_since.elapsed());
+                    h.release(group, notes).await?;
                 }
                 uploader.abort();
                 (&mut scan).await
@@ -334,15 +491,15 @@ pub async fn replicate(
         None => (&mut scan).await,
     }
     .map_err(|e| Error::failed(format!("capture stopped: {e}")));
-    if let Some(h) = held.take()
-        && let Err(e) = h.release(group, &mut notes).await
-    {
-        release_error = Some(e);
+    if let Some(h) = held.take() {
+        held_for = Some(held_since.elapsed());
+        if let Err(e) = h.release(group, notes).await {
+            release_error = Some(e);
+        }
     }
     if let Some(p) = &opts.progress {
         p.end();
     }
-    drop(views);
     if abandoned {
         return Err(Error::failed(format!(
             "the cut of group `{}` held its writers past the policy's max_pause ({}): they were let go and no point was taken (raise max_pause, or use a file system with reflink copies)",
@@ -360,6 +517,7 @@ pub async fn replicate(
     let mut disk_bytes = 0;
     let mut changed = 0;
     let mut new_bytes = 0;
+    let mut read_bytes = 0;
     let mut reused: HashSet<Id> = HashSet::new();
     for spec in &group.vms {
         let mut disks = Vec::new();
@@ -373,6 +531,7 @@ pub async fn replicate(
             disk_bytes += s.size;
             changed += s.changed_bytes;
             new_bytes += s.new_bytes;
+            read_bytes += s.read_bytes;
             reused.extend(r.iter().copied());
             disks.push(DiskPoint {
                 name: disk.name.clone(),
@@ -390,7 +549,7 @@ pub async fn replicate(
         });
     }
     let staged = Staged {
-        parent: latest.as_ref().map(|m| m.seq),
+        parent: latest.map(|m| m.seq),
         seq: Some(repo.newest_seq(&group.name).await?.map_or(1, |n| n + 1)),
         epoch,
         kind,
@@ -414,16 +573,18 @@ pub async fn replicate(
         .map(|(n, e, _)| (n.clone(), e.clone()))
         .collect();
     let shipped_bytes = shipped.iter().map(|(_, _, len)| *len).sum();
-    let seq = commit(&mut repo, &group.name, &staged, packs, &reused, started).await?;
+    let seq = commit(repo, &group.name, &staged, packs, &reused, started).await?;
+    *committed = true;
     tracing::info!(
         seq,
         kind = kind.as_str(),
         changed_bytes = changed,
+        read_bytes,
         shipped_bytes,
         seconds = started.elapsed().as_secs_f64(),
         "point committed"
     );
-    drop_session(&cache, &session).await;
+    drop_session(cache, &session).await;
     if let Some(e) = release_error {
         return Err(e.context(format!(
             "point {seq} of group `{}` was committed, but its writers may still be held",
@@ -440,9 +601,16 @@ pub async fn replicate(
         changed_bytes: changed,
         new_bytes,
         shipped_bytes,
+        read_bytes,
+        paused_seconds: opts
+            .cut
+            .as_ref()
+            .and_then(|c| c.paused())
+            .or(held_for)
+            .map(|d| d.as_secs_f64()),
         seconds: started.elapsed().as_secs_f64(),
         resumed,
-        notes,
+        notes: Vec::new(),
     })
 }
 
@@ -502,26 +670,71 @@ async fn run_hook(argv: &[String], timeout: Duration, group: &GroupSpec) -> Resu
     }
 }
 
+/// A disk as the scan reads it: frozen by the cut, or cut by the cycle.
+enum DiskView {
+    Fleeced(FrozenDisk),
+    Image(capture::View, capture::FileReader),
+}
+
+impl DiskView {
+    fn frozen(&self) -> bool {
+        match self {
+            DiskView::Fleeced(_) => true,
+            DiskView::Image(v, _) => v.frozen,
+        }
+    }
+
+    fn reader(&self) -> &dyn capture::DiskReader {
+        match self {
+            DiskView::Fleeced(f) => f.reader.as_ref(),
+            DiskView::Image(_, r) => r,
+        }
+    }
+
+    fn dirty(&self) -> Option<&[(u64, u64)]> {
+        match self {
+            DiskView::Fleeced(f) => f.dirty.as_deref(),
+            DiskView::Image(..) => None,
+        }
+    }
+}
+
+/// Every disk's view: those the cut froze, and a snapshot (or the image itself) of the others.
 async fn take_views(
     group: &GroupSpec,
-) -> Result<Vec<(String, crate::groups::DiskSpec, capture::View)>> {
+    mut fleeced: Vec<FrozenDisk>,
+) -> Result<Vec<(String, crate::groups::DiskSpec, DiskView)>> {
     let mut out = Vec::new();
     for vm in &group.vms {
         for disk in &vm.disks {
+            if let Some(at) = fleeced.iter().position(|f| f.path == disk.path) {
+                let f = fleeced.swap_remove(at);
+                out.push((vm.name.clone(), disk.clone(), DiskView::Fleeced(f)));
+                continue;
+            }
             let path = disk.path.clone();
-            let view = tokio::task::spawn_blocking(move || -> Result<capture::View> {
+            let view = tokio::task::spawn_blocking(move || -> Result<DiskView> {
                 let view = capture::snapshot(&path)?;
-                if capture::is_qcow2(&view.path)? {
-                    capture::qcow2_to_raw(view)
+                let view = if capture::is_qcow2(&view.path)? {
+                    capture::qcow2_to_raw(view)?
                 } else {
-                    Ok(view)
-                }
+                    view
+                };
+                let reader = capture::FileReader::open(&view.path)?;
+                Ok(DiskView::Image(view, reader))
             })
             .await
             .map_err(|e| Error::failed(format!("snapshot stopped: {e}")))?
             .map_err(|e| e.context(format!("cut of `{}/{}`", vm.name, disk.name)))?;
             out.push((vm.name.clone(), disk.clone(), view));
         }
+    }
+    if let Some(stray) = fleeced.first() {
+        return Err(Error::failed(format!(
+            "the cut froze {}, which is no disk of group `{}`",
+            stray.path.display(),
+            group.name
+        )));
     }
     Ok(out)
 }

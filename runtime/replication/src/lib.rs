@@ -16,6 +16,7 @@ pub mod format;
 pub mod gc;
 pub mod groups;
 pub mod lease;
+pub mod nbd;
 pub mod placement;
 pub mod points;
 pub mod repo;
@@ -28,7 +29,7 @@ pub mod verify;
 #[cfg(test)]
 mod tests;
 
-pub use cycle::{AppMode, Cut, CycleOptions, CycleReport, Progress, replicate};
+pub use cycle::{AppMode, Cut, CutAt, CycleOptions, CycleReport, FrozenDisk, Progress, replicate};
 pub use error::{Error, ErrorKind, Result};
 pub use format::manifest::{Manifest, PointKind};
 pub use groups::{GroupSpec, groups};

@@ -85,8 +85,10 @@ pub async fn seed(site: &Store, images: &[(PathBuf, u32)]) -> Result<SeedReport>
         let mut out = Vec::new();
         let mut sink = PackSink::new(PackClass::Seed, tx);
         for (path, chunk_size) in present {
+            let reader = capture::FileReader::open(&path)?;
             let scanned = capture::scan(
-                &path,
+                &reader,
+                None,
                 chunk_size,
                 &keys,
                 None,
