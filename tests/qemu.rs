@@ -217,3 +217,256 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.vm-1.ip}:8080/
         boot.as_secs_f64()
     );
 }
+
+/// A QMP command to a running test VM (the test's own hand on the machine).
+fn qmp(rt: &tokio::runtime::Runtime, disk: &std::path::Path, command: &str) {
+    let socket = PathBuf::from(format!("{}.qmp", disk.display()));
+    rt.block_on(async {
+        let mut q = lifeboat_compute::qmp::Qmp::connect(&socket).await?;
+        q.execute(command, None).await
+    })
+    .unwrap_or_else(|e| panic!("QMP {command} on {}: {e}", socket.display()));
+}
+
+/// The guest's disk as it reads now, raw (a qcow2 image through qemu-img, sharing QEMU's lock).
+fn disk_bytes(path: &std::path::Path) -> Vec<u8> {
+    if path.extension().is_some_and(|e| e == "qcow2") {
+        let raw = path.with_extension("raw-now");
+        let out = std::process::Command::new("qemu-img")
+            .args(["convert", "-U", "-f", "qcow2", "-O", "raw"])
+            .arg(path)
+            .arg(&raw)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let bytes = std::fs::read(&raw).unwrap();
+        std::fs::remove_file(raw).unwrap();
+        bytes
+    } else {
+        std::fs::read(path).unwrap()
+    }
+}
+
+#[test]
+fn two_running_qemu_vms_are_cut_together_and_only_what_changed_is_read() {
+    let guest = guest();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let (kernel, initrd) = (guest.join("vmlinuz"), guest.join("initrd.gz"));
+    let machine = format!(
+        r#"machine = {{ kernel = {kernel:?}, initrd = {initrd:?}, append = "console=ttyS0 panic=-1 quiet", ports = [8080] }}
+health = {{ http = "http://{{nic0.ip}}:8080/health", timeout = "90s" }}"#
+    );
+    std::fs::write(
+        base.join("lifeboat.toml"),
+        format!(
+            r#"version = 1
+[sites.east]
+store = "east"
+compute = "qemu"
+replicate_to = "west"
+networks.prod.subnets = {{ app = "127.190.2.0/24" }}
+[sites.west]
+store = "west"
+compute = "qemu"
+networks.prod-dr.subnets = {{ app = "127.190.12.0/24" }}
+[policies.default]
+crash_interval = "10s"
+retention = "1h"
+rpo_threshold = "1m"
+[vms.vm-a]
+site = "east"
+policy = "default"
+disks.data = "vms/vm-a.img"
+nics = [{{ network = "prod", subnet = "app", ip = "127.190.2.10" }}]
+{machine}
+[vms.vm-b]
+site = "east"
+policy = "default"
+disks.data = "vms/vm-b.qcow2"
+nics = [{{ network = "prod", subnet = "app", ip = "127.190.2.11" }}]
+{machine}
+[consistency_groups.app]
+vms = ["vm-a", "vm-b"]
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(base.join("plans")).unwrap();
+    std::fs::write(
+        base.join("plans/p.toml"),
+        r#"version = 1
+name = "p"
+source = "east"
+target = "west"
+recovery_point = "latest"
+[network]
+map = [{ from = "east/prod", to = "west/prod-dr" }]
+[[group]]
+name = "app"
+vms = ["vm-a", "vm-b"]
+"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(base.join("vms")).unwrap();
+    let (disk_a, disk_b) = (base.join("vms/vm-a.img"), base.join("vms/vm-b.qcow2"));
+    std::fs::File::create(&disk_a)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk_b)
+        .arg("32M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let config = base.join("lifeboat.toml").display().to_string();
+    let lifeboat = |args: &[&str]| {
+        let mut full = vec!["--config", config.as_str()];
+        full.extend_from_slice(args);
+        crate::support::lifeboat(&full)
+    };
+    let cycle = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["--output", "json", "replicate"];
+        args.extend_from_slice(extra);
+        let out = lifeboat(&args);
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        let reports: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        reports[0].clone()
+    };
+    let restored = |seq: u64, vm: &str| -> PathBuf {
+        let out_dir = base.join(format!("restored-{seq}-{vm}"));
+        let point = seq.to_string();
+        let out = lifeboat(&[
+            "restore",
+            vm,
+            "--point",
+            &point,
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        out_dir.join("data.img")
+    };
+    let mut guard = Cleanup {
+        dir: base.to_path_buf(),
+        driver: ProcessDriver::new(),
+        rt: tokio::runtime::Runtime::new().unwrap(),
+        source: Vec::new(),
+    };
+    let inventory = lifeboat_loader::validate(&base.join("lifeboat.toml"), &[])
+        .inventory
+        .expect("the inventory is valid");
+    let mut launches = Vec::new();
+    for vm in ["vm-a", "vm-b"] {
+        let mut launch = lifeboat_compute::site::source_launch(&inventory, base, vm).unwrap();
+        launch.log = base.join(format!("{vm}.log"));
+        let h = guard.rt.block_on(guard.driver.start(&launch)).unwrap();
+        guard.source.push(h);
+        launches.push(launch);
+    }
+    wait_healthy("127.190.2.10:8080");
+    wait_healthy("127.190.2.11:8080");
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The first point reads both disks whole; the guests stop only for the two transactions.
+    let first = cycle(&[]);
+    let notes = first["notes"].to_string();
+    assert!(
+        notes.contains("stopped for the transaction and fleeced vm-a, vm-b"),
+        "{notes}"
+    );
+    assert_eq!(first["read_bytes"], first["disk_bytes"], "{first}");
+    let pause = first["paused_seconds"].as_f64().unwrap();
+    assert!(pause < 1.0, "the guests were stopped {pause} s for the cut");
+
+    // While they run, the next point reads only what they wrote since.
+    std::thread::sleep(Duration::from_secs(2));
+    let second = cycle(&[]);
+    let (read, size) = (
+        second["read_bytes"].as_u64().unwrap(),
+        second["disk_bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        read > 0 && read * 8 < size,
+        "read {read} of {size}: {second}"
+    );
+    assert!(
+        !second["notes"].to_string().contains("full scan"),
+        "{second}"
+    );
+    // Points of running guests hold consistent records, newer in the later point.
+    let mut newest = Vec::new();
+    for seq in [1, 2] {
+        for vm in ["vm-a", "vm-b"] {
+            let f = std::fs::File::open(restored(seq, vm)).unwrap();
+            let check = lifeboat_demo_vm::disk::check(&f).unwrap();
+            assert!(
+                check.consistent() && check.torn_slots.is_empty(),
+                "point {seq} of {vm}: {check:?}"
+            );
+            newest.push(check.last.map_or(0, |r| r.seq));
+        }
+    }
+    assert!(newest[2] > newest[0] && newest[3] > newest[1], "{newest:?}");
+
+    // With the guests stopped, an incremental point is the disks byte for byte, and a full
+    // read of the same disks finds nothing it did not hold.
+    qmp(&guard.rt, &disk_a, "stop");
+    qmp(&guard.rt, &disk_b, "stop");
+    let third = cycle(&[]);
+    assert!(third["read_bytes"].as_u64().unwrap() * 8 < size, "{third}");
+    let seq3 = third["seq"].as_u64().unwrap();
+    assert!(std::fs::read(restored(seq3, "vm-a")).unwrap() == disk_bytes(&disk_a));
+    assert!(std::fs::read(restored(seq3, "vm-b")).unwrap() == disk_bytes(&disk_b));
+    let full = cycle(&["--full-scan"]);
+    assert_eq!(full["read_bytes"], full["disk_bytes"], "{full}");
+    assert_eq!(full["changed_bytes"], 0, "{full}");
+    qmp(&guard.rt, &disk_a, "cont");
+    qmp(&guard.rt, &disk_b, "cont");
+
+    // kill -9 of one QEMU loses its bitmap: its next cycle reads it whole and says so; the other
+    // VM's stays incremental; and the points are still exact.
+    let a = guard.source.remove(0);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(a.pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    while guard.rt.block_on(guard.driver.running(&a)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let h = guard.rt.block_on(guard.driver.start(&launches[0])).unwrap();
+    guard.source.push(h);
+    wait_healthy("127.190.2.10:8080");
+    let after_kill = cycle(&[]);
+    let notes = after_kill["notes"].to_string();
+    assert!(
+        notes.contains(&format!("full scan of {}", disk_a.display())),
+        "{notes}"
+    );
+    assert!(!notes.contains("vm-b.qcow2"), "{notes}");
+    let read = after_kill["read_bytes"].as_u64().unwrap();
+    assert!(
+        read >= 32 << 20 && read < 40 << 20,
+        "vm-a read whole, vm-b only what changed: {after_kill}"
+    );
+    qmp(&guard.rt, &disk_a, "stop");
+    qmp(&guard.rt, &disk_b, "stop");
+    let last = cycle(&[]);
+    assert!(!last["notes"].to_string().contains("full scan"), "{last}");
+    let seq = last["seq"].as_u64().unwrap();
+    assert!(std::fs::read(restored(seq, "vm-a")).unwrap() == disk_bytes(&disk_a));
+    assert!(std::fs::read(restored(seq, "vm-b")).unwrap() == disk_bytes(&disk_b));
+    qmp(&guard.rt, &disk_a, "cont");
+    qmp(&guard.rt, &disk_b, "cont");
+    for disk in [&disk_a, &disk_b] {
+        let fleece = PathBuf::from(format!("{}.fleece.qcow2", disk.display()));
+        assert!(!fleece.exists(), "{} left behind", fleece.display());
+    }
+    eprintln!(
+        "two guests stopped {:.1} ms for the first cut; second cut read {read} of {size} bytes",
+        pause * 1000.0
+    );
+}

@@ -166,14 +166,24 @@ impl Fleeced {
         &self.vm.vm
     }
 
-    /// Stops the VM (QMP `stop`), so several VMs are cut at one instant. A marker beside the
+    /// Stops the VM (QMP `stop`) if it runs, so several VMs are cut at one instant. A marker beside the
     /// QMP socket says a cut stopped it, until `cont`: if this process dies in between, the
     /// next preparation resumes the VM.
     pub async fn stop(&mut self) -> Result<()> {
+        let vm = self.vm.clone();
+        let status = self
+            .session()
+            .await?
+            .execute("query-status", None)
+            .await
+            .map_err(|e| failed(&vm, e))?;
+        if status["running"].as_bool() != Some(true) {
+            // Paused by someone else: it is still already, and it is not ours to resume.
+            return Ok(());
+        }
         let marker = stopped_marker(&self.vm);
         std::fs::write(&marker, b"")
             .map_err(|e| Error::io(format!("cannot write {}", marker.display()), e))?;
-        let vm = self.vm.clone();
         let qmp = self.session().await?;
         if let Err(e) = qmp.execute("stop", None).await {
             let _ = std::fs::remove_file(&marker);
