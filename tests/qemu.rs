@@ -52,6 +52,20 @@ impl Drop for Cleanup {
     }
 }
 
+/// Files under `dir` (recursively) whose name ends with `suffix`.
+fn files_ending(dir: &std::path::Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_ending(&path, suffix));
+        } else if path.to_string_lossy().ends_with(suffix) {
+            out.push(path);
+        }
+    }
+    out
+}
+
 fn wait_healthy(addr: &str) -> Duration {
     let started = Instant::now();
     while get(addr, "/health").is_none() {
@@ -159,7 +173,7 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.vm-1.ip}:8080/
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(
         out.stderr
-            .contains("the cut: fleeced vm-1 (copy-before-write over QMP)"),
+            .contains("note: cut vm-1 while running (QEMU copy-before-write)"),
         "{}",
         out.stderr
     );
@@ -181,7 +195,11 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.vm-1.ip}:8080/
         serde_json::json!([]),
         "{drill}"
     );
+    // The drill's guest writes into a qcow2 overlay on the restored image; cleanup removes both.
+    let overlays = files_ending(&base.join(".lifeboat"), ".drill.qcow2");
+    assert_eq!(overlays.len(), 1, "{overlays:?}");
     assert_eq!(lifeboat(&["cleanup", "p"]).code, 0);
+    assert!(files_ending(&base.join(".lifeboat"), ".drill.qcow2").is_empty());
     let j = Journal::open(&base.join(".lifeboat/state/runs.db")).unwrap();
     assert!(
         lifeboat_orchestrator::runs::running_vms(&j)
@@ -374,7 +392,7 @@ vms = ["vm-a", "vm-b"]
     let first = cycle(&[]);
     let notes = first["notes"].to_string();
     assert!(
-        notes.contains("stopped for the transaction and fleeced vm-a, vm-b"),
+        notes.contains("cut vm-a, vm-b at one instant (QEMU copy-before-write; stopped only for the transactions)"),
         "{notes}"
     );
     assert_eq!(first["read_bytes"], first["disk_bytes"], "{first}");

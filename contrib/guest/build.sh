@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds Lifeboat's test guest: a Linux kernel and an initramfs, from Debian packages only, whose
 # workload is `demo-vm` (built static) writing sequenced, checksummed records to its virtio disk
-# (/dev/vda) and serving /health and /state on port 8080 (`lifeboat.port=N` on the kernel
-# command line for another). It powers off on ACPI (QEMU's
+# (/dev/vda) and serving /health and /state on port 8080 (`lifeboat.port=N` and
+# `lifeboat.rate=N` records/s on the kernel command line for others). It powers off on ACPI (QEMU's
 # `system_powerdown`). Healthy in a few seconds under TCG.
 #
 #   contrib/guest/build.sh OUT_DIR     # writes OUT_DIR/vmlinuz and OUT_DIR/initrd.gz
@@ -83,13 +83,18 @@ ip link set lo up
 ip link set eth0 up
 udhcpc -q -n -i eth0 -s /bin/udhcpc.script >/dev/null 2>&1
 acpid -d >/dev/console 2>&1 &
-# The port from the kernel command line (`lifeboat.port=N`), else 8080.
+# The port and the records written per second from the kernel command line
+# (`lifeboat.port=N`, `lifeboat.rate=N`), else 8080 and the workload's default.
 port=8080
+rate=50
 for word in $(cat /proc/cmdline); do
-  case "$word" in lifeboat.port=*) port="${word#lifeboat.port=}" ;; esac
+  case "$word" in
+    lifeboat.port=*) port="${word#lifeboat.port=}" ;;
+    lifeboat.rate=*) rate="${word#lifeboat.rate=}" ;;
+  esac
 done
-echo "guest: starting the workload on port $port"
-demo-vm --disk /dev/vda --listen "0.0.0.0:$port"
+echo "guest: starting the workload on port $port ($rate records/s)"
+demo-vm --disk /dev/vda --listen "0.0.0.0:$port" --rate "$rate"
 echo "guest: the workload exited"
 poweroff -f
 INIT

@@ -72,26 +72,32 @@ impl GroupCut {
         *p = Some(p.map_or(d, |q| q.max(d)));
     }
 
-    /// What the cut does, for the cycle's notes: "paused vm-1; fleeced vm-2".
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
+    /// What the cut does, for the cycle's notes: "held db-1 still for the cut (paused)", "cut
+    /// web-1 while running (QEMU copy-before-write)".
+    pub fn describe(&self) -> Vec<String> {
+        let mut notes = Vec::new();
         if let Some(p) = &self.paused {
             let names: Vec<&str> = p.vms().iter().map(|h| h.vm.as_str()).collect();
-            parts.push(format!("paused {}", names.join(", ")));
-        }
-        if !self.qemu.is_empty() {
-            let names: Vec<&str> = self.qemu.iter().map(|v| v.vm.as_str()).collect();
-            parts.push(format!(
-                "{} {} (copy-before-write over QMP)",
-                if self.stop_qemu {
-                    "stopped for the transaction and fleeced"
-                } else {
-                    "fleeced"
-                },
+            notes.push(format!(
+                "held {} still for the cut (paused)",
                 names.join(", ")
             ));
         }
-        parts.join("; ")
+        if !self.qemu.is_empty() {
+            let names: Vec<&str> = self.qemu.iter().map(|v| v.vm.as_str()).collect();
+            notes.push(if self.stop_qemu {
+                format!(
+                    "cut {} at one instant (QEMU copy-before-write; stopped only for the transactions)",
+                    names.join(", ")
+                )
+            } else {
+                format!(
+                    "cut {} while running (QEMU copy-before-write)",
+                    names.join(", ")
+                )
+            });
+        }
+        notes
     }
 }
 

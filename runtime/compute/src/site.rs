@@ -197,8 +197,6 @@ pub async fn cycle(
         full_scan,
     };
     let mut report = lifeboat_replication::replicate(group, &source, &target, &opts).await?;
-    if let Some(how) = how {
-        report.notes.push(format!("the cut: {how}"));
-    }
+    report.notes.extend(how.into_iter().flatten());
     Ok(report)
 }

@@ -345,14 +345,10 @@ fn runner(
 ) -> Result<PluginRunner> {
     let journal = env.journal()?;
     let assignments = assignments_of(&journal, run)?;
-    let services = Arc::new(RunServices::new(
-        env,
-        run,
-        plan,
-        point,
-        assignments,
-        observe,
-    )?);
+    let services = Arc::new(
+        RunServices::new(env, run, plan, point, assignments, observe)?
+            .with_drill(op == Operation::Test),
+    );
     let plan_dir = plan_path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

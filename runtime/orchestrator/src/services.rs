@@ -58,6 +58,9 @@ pub struct RunServices {
     prefetch: Mutex<HashMap<String, (u64, Prefetch)>>,
     /// How many restores run at once.
     restores: Arc<tokio::sync::Semaphore>,
+    /// A drill: at a `qemu` target its VMs write into qcow2 overlays, the restored images stay
+    /// the point.
+    drill: bool,
 }
 
 /// A restore running in the background: the restored disk paths, or why not.
@@ -119,7 +122,14 @@ impl RunServices {
             default_point: crate::compile::point_choice(plan).to_string(),
             prefetch: Mutex::new(HashMap::new()),
             restores: Arc::new(tokio::sync::Semaphore::new(RESTORES_AT_ONCE)),
+            drill: false,
         })
+    }
+
+    /// Marks the run a drill (see `drill`).
+    pub fn with_drill(mut self, drill: bool) -> Self {
+        self.drill = drill;
+        self
     }
 
     /// Appends an event to this run's journal, then shows it.
@@ -589,11 +599,18 @@ impl HostServices for RunServices {
         let argv: Vec<String> = match (&def.machine, qemu) {
             (Some(machine), true) => {
                 // The disks in the inventory's order, restored; the run's addresses.
-                let paths: Vec<String> = def
+                let mut paths: Vec<String> = def
                     .disks
                     .iter()
                     .filter_map(|(name, _)| disks.get(name).cloned())
                     .collect();
+                if self.drill {
+                    let mut overlays = Vec::new();
+                    for p in &paths {
+                        overlays.push(drill_overlay(Path::new(p)).await?);
+                    }
+                    paths = overlays;
+                }
                 let ips: Vec<String> = self
                     .addresses(vm)
                     .iter()
@@ -751,4 +768,31 @@ impl HostServices for RunServices {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// A drill's qcow2 overlay on a restored image (beside it, in the run's folder, so cleanup
+/// removes it with the run): the guest's writes go there and the restored image stays the point.
+/// Made once per run; a restarted start boots the same overlay.
+async fn drill_overlay(restored: &Path) -> Result<String, Error> {
+    let mut name = restored.file_name().unwrap_or_default().to_os_string();
+    name.push(".drill.qcow2");
+    let overlay = restored.with_file_name(name);
+    if overlay.exists() {
+        return Ok(overlay.display().to_string());
+    }
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(restored)
+        .arg(&overlay)
+        .output()
+        .await
+        .map_err(|e| other(format!("cannot run qemu-img (install qemu-utils): {e}")))?;
+    if !out.status.success() {
+        return Err(other(format!(
+            "cannot create the drill overlay {}: {}",
+            overlay.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(overlay.display().to_string())
 }
