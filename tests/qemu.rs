@@ -488,3 +488,215 @@ vms = ["vm-a", "vm-b"]
         pause * 1000.0
     );
 }
+
+#[test]
+fn a_plan_of_a_qemu_group_and_a_process_group_drills_and_fails_over_in_order() {
+    let guest = guest();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let (kernel, initrd) = (guest.join("vmlinuz"), guest.join("initrd.gz"));
+    let helper = crate::failover::HELPER;
+    std::fs::write(
+        base.join("lifeboat.toml"),
+        format!(
+            r#"version = 1
+[sites.east]
+store = "east"
+compute = "qemu"
+replicate_to = "west"
+networks.prod.subnets = {{ app = "127.190.3.0/24", db = "127.190.4.0/24" }}
+[sites.west]
+store = "west"
+compute = "qemu"
+networks.prod-dr.subnets = {{ app = "127.190.13.0/24", db = "127.190.14.0/24" }}
+networks.drill.subnets = {{ app = "127.190.93.0/24", db = "127.190.94.0/24" }}
+[policies.default]
+crash_interval = "10s"
+retention = "1h"
+rpo_threshold = "1m"
+[vms.db-1]
+site = "east"
+policy = "default"
+disks.data = "vms/db-1.img"
+nics = [{{ network = "prod", subnet = "db", ip = "127.190.4.10" }}]
+boot = {{ command = ["{helper}", "demo-vm", "--disk", "{{disk.data}}", "--listen", "{{nic0.ip}}:5432"] }}
+health = {{ http = "http://{{nic0.ip}}:5432/health", timeout = "30s" }}
+[vms.web-1]
+site = "east"
+policy = "default"
+disks.data = "vms/web-1.img"
+nics = [{{ network = "prod", subnet = "app", ip = "127.190.3.10" }}]
+machine = {{ kernel = {kernel:?}, initrd = {initrd:?}, append = "console=ttyS0 panic=-1 quiet", ports = [8080] }}
+health = {{ http = "http://{{nic0.ip}}:8080/health", timeout = "90s" }}
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(base.join("plans")).unwrap();
+    std::fs::write(
+        base.join("plans/p.toml"),
+        r#"version = 1
+name = "p"
+source = "east"
+target = "west"
+recovery_point = "latest"
+[network]
+map = [{ from = "east/prod", to = "west/prod-dr" }]
+test = "west/drill"
+[[group]]
+name = "database"
+vms = ["db-1"]
+[[group]]
+name = "web"
+vms = ["web-1"]
+post = [{ uses = "builtin:http-check", with = { url = "http://{vm.web-1.ip}:8080/health" }, allow = { http = ["http://{vm.web-1.ip}:8080/"] } }]
+"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(base.join("vms")).unwrap();
+    for vm in ["db-1", "web-1"] {
+        std::fs::File::create(base.join(format!("vms/{vm}.img")))
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+    }
+    let config = base.join("lifeboat.toml").display().to_string();
+    let lifeboat = |args: &[&str]| {
+        let mut full = vec!["--config", config.as_str()];
+        full.extend_from_slice(args);
+        crate::support::lifeboat(&full)
+    };
+    let out = lifeboat(&["plan", "validate"]);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    let mut guard = Cleanup {
+        dir: base.to_path_buf(),
+        driver: ProcessDriver::new(),
+        rt: tokio::runtime::Runtime::new().unwrap(),
+        source: Vec::new(),
+    };
+    let inventory = lifeboat_loader::validate(&base.join("lifeboat.toml"), &[])
+        .inventory
+        .expect("the inventory is valid");
+    for vm in ["db-1", "web-1"] {
+        let mut launch = lifeboat_compute::site::source_launch(&inventory, base, vm).unwrap();
+        launch.log = base.join(format!("{vm}.log"));
+        let h = guard.rt.block_on(guard.driver.start(&launch)).unwrap();
+        guard.source.push(h);
+    }
+    wait_healthy("127.190.4.10:5432");
+    wait_healthy("127.190.3.10:8080");
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The process is paused for its cut, the QEMU guest is cut while it runs.
+    let out = lifeboat(&["replicate"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("note: held db-1 still for the cut (paused)")
+            && out
+                .stderr
+                .contains("note: cut web-1 while running (QEMU copy-before-write)"),
+        "{}",
+        out.stderr
+    );
+
+    // Where a run put each VM, from its record.
+    let placed = |run: &str| -> std::collections::HashMap<String, String> {
+        let out = lifeboat(&["--output", "json", "runs", "show", run]);
+        let rec: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let mut at = std::collections::HashMap::new();
+        for v in rec["vms"].as_array().into_iter().flatten() {
+            let name = v["name"].as_str().unwrap().to_string();
+            let ip = v["addresses"][0]
+                .as_str()
+                .and_then(|a| a.split_whitespace().nth(2))
+                .unwrap()
+                .to_string();
+            let port = if name == "db-1" { 5432 } else { 8080 };
+            at.insert(name, format!("{ip}:{port}"));
+        }
+        at
+    };
+    let in_order = |run: &str| {
+        let j = Journal::open(&base.join(".lifeboat/state/runs.db")).unwrap();
+        let events: Vec<lifeboat_orchestrator::journal::Event> = j
+            .events(run)
+            .unwrap()
+            .into_iter()
+            .map(|(_, _, e)| e)
+            .collect();
+        let at = |want: &str| {
+            events
+                .iter()
+                .position(|e| matches!(e, lifeboat_orchestrator::journal::Event::VmStarted { vm, .. } if vm == want))
+                .unwrap_or_else(|| panic!("{want} was not started in {run}"))
+        };
+        let db_healthy = events
+            .iter()
+            .position(|e| matches!(e, lifeboat_orchestrator::journal::Event::GroupHealthy { group } if group == "database"))
+            .unwrap();
+        assert!(
+            at("db-1") < db_healthy && db_healthy < at("web-1"),
+            "{events:#?}"
+        );
+    };
+
+    // A drill: the database group, then the web group, in the drill network.
+    let out = lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    in_order("p-1");
+    let drill = placed("p-1");
+    for (vm, addr) in &drill {
+        assert!(addr.starts_with("127.190.9"), "{vm} at {addr}");
+        let state = get(addr, "/state").unwrap_or_else(|| panic!("{vm} answers at {addr}"));
+        assert!(
+            state["recovered"]["last"]["seq"].as_u64().unwrap_or(0) > 0,
+            "{vm}: {state}"
+        );
+    }
+    assert_eq!(files_ending(base, ".drill.qcow2").len(), 1);
+    let out = lifeboat(&["cleanup", "p"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let j = Journal::open(&base.join(".lifeboat/state/runs.db")).unwrap();
+    assert!(
+        lifeboat_orchestrator::runs::running_vms(&j)
+            .unwrap()
+            .is_empty(),
+        "cleanup left a VM running"
+    );
+    for addr in drill.values() {
+        assert!(get(addr, "/health").is_none(), "{addr} still answers");
+    }
+    assert!(files_ending(base, ".drill.qcow2").is_empty());
+    assert!(files_ending(base, ".fleece.qcow2").is_empty());
+
+    // The source site is lost: an unplanned failover boots both from the last point, in order,
+    // at their mapped addresses.
+    for h in guard.source.drain(..) {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(h.pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+    }
+    let out = lifeboat(&["failover", "p", "--unplanned"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    in_order("p-2");
+    let failed_over = placed("p-2");
+    assert!(
+        failed_over["db-1"].starts_with("127.190.14."),
+        "{failed_over:?}"
+    );
+    assert!(
+        failed_over["web-1"].starts_with("127.190.13."),
+        "{failed_over:?}"
+    );
+    for (vm, addr) in &failed_over {
+        let state = get(addr, "/state").unwrap_or_else(|| panic!("{vm} answers at {addr}"));
+        assert_eq!(
+            state["recovered"]["missing"],
+            serde_json::json!([]),
+            "{vm}: {state}"
+        );
+    }
+}

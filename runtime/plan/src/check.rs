@@ -198,13 +198,14 @@ pub fn check_inventory(inv: &Inventory, sources: &Sources) -> Vec<Diagnostic> {
         if let Some(site) = inv.sites.get(&vm.site)
             && site.compute.value == crate::inventory::ComputeDriver::Qemu
             && vm.machine.is_none()
+            && vm.boot.is_none()
         {
             out.push(
                 Diagnostic::error(
                     Rule::UnsupportedCompute,
                     vm.site.span,
                     format!(
-                        "VM `{vm_name}` has no `machine`: site `{}` uses the `qemu` compute driver, which runs a VM from its machine settings",
+                        "VM `{vm_name}` has neither `machine` nor `boot`: site `{}` uses the `qemu` compute driver, which runs a VM from its machine settings (or a process from its boot command)",
                         vm.site.value
                     ),
                     "a `qemu` site",
@@ -405,19 +406,23 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
         }
     }
     // The target's compute driver must be able to start every plan VM there: a `qemu` site
-    // runs a VM from its `machine` settings.
+    // runs a VM from its `machine` settings, or a process from its `boot` command.
     if target_ok
         && let Some(target) = inv.sites.get(&plan.target)
         && target.compute.value == crate::inventory::ComputeDriver::Qemu
     {
         for vm_ref in plan.groups.iter().flat_map(|g| &g.vms) {
-            if inv.vms.get(vm_ref).is_some_and(|vm| vm.machine.is_none()) {
+            if inv
+                .vms
+                .get(vm_ref)
+                .is_some_and(|vm| vm.machine.is_none() && vm.boot.is_none())
+            {
                 out.push(
                     Diagnostic::error(
                         Rule::UnsupportedCompute,
                         vm_ref.span,
                         format!(
-                            "VM `{}` has no `machine`: site `{}` uses the `qemu` compute driver, which runs a VM from its machine settings",
+                            "VM `{}` has neither `machine` nor `boot`: site `{}` uses the `qemu` compute driver, which runs a VM from its machine settings (or a process from its boot command)",
                             vm_ref.value, plan.target.value
                         ),
                         "could not be started at the target",
