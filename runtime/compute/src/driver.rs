@@ -236,7 +236,12 @@ impl Compute for ProcessDriver {
             if self.power_down(vm, &socket, deadline).await {
                 return Ok(());
             }
-            tracing::warn!(vm = %vm.vm, pid = vm.pid, "the guest did not power down in time; stopping QEMU");
+            tracing::warn!(vm = %vm.vm, pid = vm.pid, "the guest did not power down in time; telling QEMU to quit");
+            // `quit` still closes the disks properly (persistent dirty bitmaps are saved);
+            // signals are the last resort.
+            if self.quit(vm, &socket).await {
+                return Ok(());
+            }
         }
         self.signal(vm, Signal::TERM)?;
         let deadline = deadline.max(Instant::now() + Duration::from_secs(2));
@@ -291,6 +296,29 @@ impl Compute for ProcessDriver {
 }
 
 impl ProcessDriver {
+    /// Tells QEMU to quit over QMP and waits a few seconds for it to exit.
+    async fn quit(&self, vm: &Handle, socket: &Path) -> bool {
+        let asked = async {
+            let mut qmp = crate::qmp::Qmp::connect(socket).await?;
+            qmp.execute("quit", None).await
+        }
+        .await;
+        if let Err(e) = asked
+            && !self.exited(vm)
+        {
+            tracing::warn!(vm = %vm.vm, error = %e, "QMP quit not sent");
+            return false;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.exited(vm) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     /// Asks a QEMU VM to power down over QMP and waits until `deadline` for it to exit.
     async fn power_down(&self, vm: &Handle, socket: &Path, deadline: Instant) -> bool {
         let asked = async {
