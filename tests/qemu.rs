@@ -30,15 +30,52 @@ fn guest() -> PathBuf {
     dir
 }
 
-/// Stops whatever the test left running.
-struct Cleanup {
+/// A test's inventory folder: it starts the source VMs and stops whatever the test left running.
+struct Lab {
     dir: PathBuf,
     driver: std::sync::Arc<ProcessDriver>,
     rt: tokio::runtime::Runtime,
     source: Vec<Handle>,
 }
 
-impl Drop for Cleanup {
+impl Lab {
+    /// On `dir`, which holds (or will hold) `lifeboat.toml`, `plans/` and `vms/`.
+    fn new(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir.join("plans")).unwrap();
+        std::fs::create_dir_all(dir.join("vms")).unwrap();
+        Self {
+            dir: dir.to_path_buf(),
+            driver: ProcessDriver::new(),
+            rt: tokio::runtime::Runtime::new().unwrap(),
+            source: Vec::new(),
+        }
+    }
+
+    /// Starts source VM `vm` as the inventory describes it (so Lifeboat recognises it), its
+    /// output in `VM.log`.
+    fn start(&mut self, vm: &str) -> (Handle, lifeboat_compute::Launch) {
+        let inventory = lifeboat_loader::validate(&self.dir.join("lifeboat.toml"), &[])
+            .inventory
+            .expect("the inventory is valid");
+        let mut launch = lifeboat_compute::site::source_launch(&inventory, &self.dir, vm).unwrap();
+        launch.log = self.dir.join(format!("{vm}.log"));
+        let h = self.rt.block_on(self.driver.start(&launch)).unwrap();
+        self.source.push(h.clone());
+        (h, launch)
+    }
+}
+
+/// The CLI on the inventory in `dir`.
+fn cli(dir: &std::path::Path) -> impl Fn(&[&str]) -> crate::support::Outcome {
+    let config = dir.join("lifeboat.toml").display().to_string();
+    move |args: &[&str]| {
+        let mut full = vec!["--config", config.as_str()];
+        full.extend_from_slice(args);
+        crate::support::lifeboat(&full)
+    }
+}
+
+impl Drop for Lab {
     fn drop(&mut self) {
         let mut all = self.source.clone();
         if let Ok(j) = Journal::open(&self.dir.join(".lifeboat/state/runs.db")) {
@@ -83,6 +120,7 @@ fn a_real_qemu_vm_is_replicated_drilled_and_failed_over_with_nothing_lost() {
     let guest = guest();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
+    let mut guard = Lab::new(base);
     let (kernel, initrd) = (guest.join("vmlinuz"), guest.join("initrd.gz"));
     std::fs::write(
         base.join("lifeboat.toml"),
@@ -113,7 +151,6 @@ health = {{ http = "http://{{nic0.ip}}:8080/health", timeout = "90s" }}
         ),
     )
     .unwrap();
-    std::fs::create_dir_all(base.join("plans")).unwrap();
     std::fs::write(
         base.join("plans/p.toml"),
         r#"version = 1
@@ -131,30 +168,14 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.vm-1.ip}:8080/
 "#,
     )
     .unwrap();
-    std::fs::create_dir_all(base.join("vms")).unwrap();
     std::fs::File::create(base.join("vms/vm-1.img"))
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
-    let config = base.join("lifeboat.toml").display().to_string();
-    let lifeboat = |args: &[&str]| {
-        let mut full = vec!["--config", config.as_str()];
-        full.extend_from_slice(args);
-        crate::support::lifeboat(&full)
-    };
-    let mut guard = Cleanup {
-        dir: base.to_path_buf(),
-        driver: ProcessDriver::new(),
-        rt: tokio::runtime::Runtime::new().unwrap(),
-        source: Vec::new(),
-    };
+    let lifeboat = cli(base);
 
     // The source VM, started from its machine settings (so Lifeboat recognises it).
-    let inventory = lifeboat_loader::validate(&base.join("lifeboat.toml"), &[])
-        .inventory
-        .expect("the inventory is valid");
-    let mut launch = lifeboat_compute::site::source_launch(&inventory, base, "vm-1").unwrap();
-    launch.log = base.join("vm-1.log");
+    let (source, launch) = guard.start("vm-1");
     assert!(
         launch
             .argv
@@ -163,8 +184,6 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.vm-1.ip}:8080/
         "{:?}",
         launch.argv
     );
-    let source = guard.rt.block_on(guard.driver.start(&launch)).unwrap();
-    guard.source.push(source.clone());
     let boot = wait_healthy("127.190.1.10:8080");
     std::thread::sleep(Duration::from_secs(1));
 
@@ -270,6 +289,7 @@ fn two_running_qemu_vms_are_cut_together_and_only_what_changed_is_read() {
     let guest = guest();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
+    let mut guard = Lab::new(base);
     let (kernel, initrd) = (guest.join("vmlinuz"), guest.join("initrd.gz"));
     let machine = format!(
         r#"machine = {{ kernel = {kernel:?}, initrd = {initrd:?}, append = "console=ttyS0 panic=-1 quiet", ports = [8080] }}
@@ -310,7 +330,6 @@ vms = ["vm-a", "vm-b"]
         ),
     )
     .unwrap();
-    std::fs::create_dir_all(base.join("plans")).unwrap();
     std::fs::write(
         base.join("plans/p.toml"),
         r#"version = 1
@@ -326,7 +345,6 @@ vms = ["vm-a", "vm-b"]
 "#,
     )
     .unwrap();
-    std::fs::create_dir_all(base.join("vms")).unwrap();
     let (disk_a, disk_b) = (base.join("vms/vm-a.img"), base.join("vms/vm-b.qcow2"));
     std::fs::File::create(&disk_a)
         .unwrap()
@@ -339,12 +357,7 @@ vms = ["vm-a", "vm-b"]
         .status()
         .unwrap();
     assert!(made.success());
-    let config = base.join("lifeboat.toml").display().to_string();
-    let lifeboat = |args: &[&str]| {
-        let mut full = vec!["--config", config.as_str()];
-        full.extend_from_slice(args);
-        crate::support::lifeboat(&full)
-    };
+    let lifeboat = cli(base);
     let cycle = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec!["--output", "json", "replicate"];
         args.extend_from_slice(extra);
@@ -367,23 +380,7 @@ vms = ["vm-a", "vm-b"]
         assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
         out_dir.join("data.img")
     };
-    let mut guard = Cleanup {
-        dir: base.to_path_buf(),
-        driver: ProcessDriver::new(),
-        rt: tokio::runtime::Runtime::new().unwrap(),
-        source: Vec::new(),
-    };
-    let inventory = lifeboat_loader::validate(&base.join("lifeboat.toml"), &[])
-        .inventory
-        .expect("the inventory is valid");
-    let mut launches = Vec::new();
-    for vm in ["vm-a", "vm-b"] {
-        let mut launch = lifeboat_compute::site::source_launch(&inventory, base, vm).unwrap();
-        launch.log = base.join(format!("{vm}.log"));
-        let h = guard.rt.block_on(guard.driver.start(&launch)).unwrap();
-        guard.source.push(h);
-        launches.push(launch);
-    }
+    let launches = [guard.start("vm-a").1, guard.start("vm-b").1];
     wait_healthy("127.190.2.10:8080");
     wait_healthy("127.190.2.11:8080");
     std::thread::sleep(Duration::from_secs(1));
@@ -514,6 +511,7 @@ fn a_plan_of_a_qemu_group_and_a_process_group_drills_and_fails_over_in_order() {
     let guest = guest();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
+    let mut guard = Lab::new(base);
     let (kernel, initrd) = (guest.join("vmlinuz"), guest.join("initrd.gz"));
     let helper = crate::failover::HELPER;
     std::fs::write(
@@ -552,7 +550,6 @@ health = {{ http = "http://{{nic0.ip}}:8080/health", timeout = "90s" }}
         ),
     )
     .unwrap();
-    std::fs::create_dir_all(base.join("plans")).unwrap();
     std::fs::write(
         base.join("plans/p.toml"),
         r#"version = 1
@@ -573,36 +570,17 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.web-1.ip}:8080
 "#,
     )
     .unwrap();
-    std::fs::create_dir_all(base.join("vms")).unwrap();
     for vm in ["db-1", "web-1"] {
         std::fs::File::create(base.join(format!("vms/{vm}.img")))
             .unwrap()
             .set_len(16 << 20)
             .unwrap();
     }
-    let config = base.join("lifeboat.toml").display().to_string();
-    let lifeboat = |args: &[&str]| {
-        let mut full = vec!["--config", config.as_str()];
-        full.extend_from_slice(args);
-        crate::support::lifeboat(&full)
-    };
+    let lifeboat = cli(base);
     let out = lifeboat(&["plan", "validate"]);
     assert_eq!(out.code, 0, "{}", out.stdout);
-    let mut guard = Cleanup {
-        dir: base.to_path_buf(),
-        driver: ProcessDriver::new(),
-        rt: tokio::runtime::Runtime::new().unwrap(),
-        source: Vec::new(),
-    };
-    let inventory = lifeboat_loader::validate(&base.join("lifeboat.toml"), &[])
-        .inventory
-        .expect("the inventory is valid");
-    for vm in ["db-1", "web-1"] {
-        let mut launch = lifeboat_compute::site::source_launch(&inventory, base, vm).unwrap();
-        launch.log = base.join(format!("{vm}.log"));
-        let h = guard.rt.block_on(guard.driver.start(&launch)).unwrap();
-        guard.source.push(h);
-    }
+    guard.start("db-1");
+    guard.start("web-1");
     wait_healthy("127.190.4.10:5432");
     wait_healthy("127.190.3.10:8080");
     std::thread::sleep(Duration::from_secs(1));

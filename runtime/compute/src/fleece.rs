@@ -263,25 +263,8 @@ pub async fn thaw(f: &mut Fleeced, committed: bool) -> Result<()> {
 async fn thaw_with(qmp: &mut Qmp, f: &Fleeced, committed: bool) -> Result<()> {
     let mut errors = Vec::new();
     for d in &f.disks {
-        let export = format!("{PREFIX}export-{}", d.index);
-        if qmp
-            .execute("block-export-del", Some(json!({ "id": export })))
-            .await
-            .is_ok()
-        {
-            wait_gone(qmp, "query-block-exports", "id", &export).await;
-        }
-        let job = format!("{PREFIX}cbw-{}", d.index);
-        if qmp
-            .execute(
-                "block-job-cancel",
-                Some(json!({ "device": job, "force": true })),
-            )
-            .await
-            .is_ok()
-        {
-            wait_gone(qmp, "query-block-jobs", "device", &job).await;
-        }
+        end_export(qmp, &format!("{PREFIX}export-{}", d.index), false).await;
+        end_job(qmp, &format!("{PREFIX}cbw-{}", d.index)).await;
         if let Err(e) = qmp
             .execute(
                 "blockdev-del",
@@ -475,30 +458,12 @@ async fn clean_stale(qmp: &mut Qmp, vm: &QemuVm) {
     };
     if let Ok(exports) = qmp.execute("query-block-exports", None).await {
         for id in named(&exports, "id") {
-            if qmp
-                .execute(
-                    "block-export-del",
-                    Some(json!({ "id": id, "mode": "hard" })),
-                )
-                .await
-                .is_ok()
-            {
-                wait_gone(qmp, "query-block-exports", "id", &id).await;
-            }
+            end_export(qmp, &id, true).await;
         }
     }
     if let Ok(jobs) = qmp.execute("query-block-jobs", None).await {
         for job in named(&jobs, "device") {
-            if qmp
-                .execute(
-                    "block-job-cancel",
-                    Some(json!({ "device": job, "force": true })),
-                )
-                .await
-                .is_ok()
-            {
-                wait_gone(qmp, "query-block-jobs", "device", &job).await;
-            }
+            end_job(qmp, &job).await;
         }
     }
     if let Ok(nodes) = qmp.execute("query-named-block-nodes", None).await {
@@ -518,6 +483,25 @@ async fn clean_stale(qmp: &mut Qmp, vm: &QemuVm) {
     }
     for disk in &vm.disks {
         let _ = std::fs::remove_file(fleece_file(disk));
+    }
+}
+
+/// Deletes export `id` (`hard`: even with clients connected) and waits until it is gone.
+async fn end_export(qmp: &mut Qmp, id: &str, hard: bool) {
+    let mut args = json!({ "id": id });
+    if hard {
+        args["mode"] = json!("hard");
+    }
+    if qmp.execute("block-export-del", Some(args)).await.is_ok() {
+        wait_gone(qmp, "query-block-exports", "id", id).await;
+    }
+}
+
+/// Cancels block job `job` and waits until it is gone.
+async fn end_job(qmp: &mut Qmp, job: &str) {
+    let args = json!({ "device": job, "force": true });
+    if qmp.execute("block-job-cancel", Some(args)).await.is_ok() {
+        wait_gone(qmp, "query-block-jobs", "device", job).await;
     }
 }
 
