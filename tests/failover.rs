@@ -21,6 +21,8 @@ pub(crate) const HELPER: &str = env!("CARGO_BIN_EXE_lifeboat-test-helper");
 pub(crate) struct Sites {
     dir: tempfile::TempDir,
     k: u8,
+    /// `west`'s store (its repository): a folder unless a test puts it on a server.
+    west: String,
     pub(crate) rt: tokio::runtime::Runtime,
     pub(crate) driver: Arc<ProcessDriver>,
     pub(crate) source: Vec<Handle>,
@@ -117,10 +119,20 @@ post = {app_post}
         Self {
             dir,
             k,
+            west: "west".into(),
             rt,
             driver: ProcessDriver::new(),
             source: Vec::new(),
         }
+    }
+
+    /// Keeps `west`'s repository in `store` (a server's URL) instead of its folder.
+    pub(crate) fn with_west_store(mut self, store: String) -> Self {
+        let inv = std::fs::read_to_string(self.path().join("lifeboat.toml")).unwrap();
+        let inv = inv.replacen("store = \"west\"", &format!("store = \"{store}\""), 1);
+        std::fs::write(self.path().join("lifeboat.toml"), inv).unwrap();
+        self.west = store;
+        self
     }
 
     pub(crate) fn k(&self) -> u8 {
@@ -199,7 +211,7 @@ post = {app_post}
         let inv = v.inventory.unwrap();
         let groups = lifeboat_replication::groups(&inv, self.path()).unwrap();
         let east = lifeboat_replication::Store::open_cache("east", self.path()).unwrap();
-        let west = lifeboat_replication::Store::open("west", self.path()).unwrap();
+        let west = lifeboat_replication::Store::open(&self.west, self.path()).unwrap();
         for g in &groups {
             let cut = PauseVms::new(
                 self.driver.clone(),
@@ -641,6 +653,60 @@ fn a_planned_failover_stops_the_source_and_loses_no_record() {
         ))
         .unwrap_err();
     assert_eq!(err.kind(), lifeboat_replication::ErrorKind::Fenced, "{err}");
+}
+
+/// A drill and a planned failover with the repository on a real server: the runs read points
+/// from it alone, and nothing the source wrote is lost.
+fn drill_and_planned_failover_on(store: String, k: u8) {
+    let mut s = Sites::new(k, "[]", "[]").with_west_store(store);
+    s.start_source();
+    let out = s.lifeboat(&["replicate"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for vm in ["db-1", "app-1"] {
+        let at = s.target_addr("p-1", vm);
+        assert!(
+            get(&at, "/state").is_some(),
+            "the drill's {vm} answers at {at}"
+        );
+    }
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+    let pids = s.source.clone();
+    let out = s.lifeboat(&["failover", "p", "--planned"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for h in &pids {
+        let f = std::fs::File::open(s.path().join(format!("vms/{}.img", h.vm))).unwrap();
+        let written = lifeboat_demo_vm::disk::check(&f).unwrap().last.unwrap().seq;
+        let at = s.target_addr("p-2", &h.vm);
+        let state = get(&at, "/state").expect("the failed-over VM answers");
+        assert_eq!(
+            state["recovered"]["last"]["seq"].as_u64(),
+            Some(written),
+            "{} at {at}",
+            h.vm
+        );
+    }
+}
+
+#[test]
+fn on_s3_a_drill_and_a_planned_failover_lose_no_record() {
+    drill_and_planned_failover_on(crate::servers::s3(&format!("failover-{}", now_ns())), 122);
+}
+
+#[test]
+fn on_azure_a_drill_and_a_planned_failover_lose_no_record() {
+    drill_and_planned_failover_on(
+        crate::servers::azure(&format!("failover-{}", now_ns())),
+        123,
+    );
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 #[test]

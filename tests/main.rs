@@ -16,5 +16,6 @@ mod plugins;
 mod qemu;
 mod replication;
 mod schema;
+mod servers;
 mod support;
 mod wit;

@@ -34,19 +34,44 @@ impl Rng {
     }
 }
 
+/// Where the two sites keep their stores: folders beside the inventory, or servers.
+#[derive(Clone, Debug)]
+struct Stores {
+    /// `east`'s store: its cache.
+    east: String,
+    /// `west`'s store: the repository.
+    west: String,
+}
+
+impl Stores {
+    fn folders() -> Self {
+        Self {
+            east: "east".into(),
+            west: "west".into(),
+        }
+    }
+}
+
 /// Two sites in a temporary folder: `east` (VMs, cache) replicating to `west` (repository).
 struct Lab {
     dir: tempfile::TempDir,
+    stores: Stores,
 }
 
 impl Lab {
     /// `vms`: (name, [(disk, size)]); `groups`: consistency groups.
     fn new(vms: &[(&str, &[(&str, u64)])], groups: &[(&str, &[&str])]) -> Self {
+        Self::on(Stores::folders(), vms, groups)
+    }
+
+    /// The same, with the sites' stores where `stores` says.
+    fn on(stores: Stores, vms: &[(&str, &[(&str, u64)])], groups: &[(&str, &[&str])]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut toml = String::from(
-            "version = 1\n\n[sites.east]\nstore = \"east\"\ncompute = \"process\"\nreplicate_to = \"west\"\n\n\
-             [sites.west]\nstore = \"west\"\ncompute = \"process\"\n\n\
+        let mut toml = format!(
+            "version = 1\n\n[sites.east]\nstore = \"{}\"\ncompute = \"process\"\nreplicate_to = \"west\"\n\n\
+             [sites.west]\nstore = \"{}\"\ncompute = \"process\"\n\n\
              [policies.p]\ncrash_interval = \"10s\"\nretention = \"1h\"\nrpo_threshold = \"1m\"\n",
+            stores.east, stores.west
         );
         for (vm, disks) in vms {
             toml.push_str(&format!("\n[vms.{vm}]\nsite = \"east\"\npolicy = \"p\"\n"));
@@ -69,7 +94,7 @@ impl Lab {
             ));
         }
         std::fs::write(dir.path().join("lifeboat.toml"), toml).unwrap();
-        Self { dir }
+        Self { dir, stores }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -169,8 +194,50 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
 
 #[test]
 fn every_point_restores_to_the_image_at_its_capture() {
+    every_point_restores(Stores::folders(), 8);
+}
+
+#[test]
+fn on_s3_every_point_restores_to_the_image_at_its_capture() {
+    let west = crate::servers::s3(&format!("every-point-{}", unique()));
+    every_point_restores(
+        Stores {
+            east: "east".into(),
+            west,
+        },
+        5,
+    );
+}
+
+#[test]
+fn on_azure_every_point_restores_to_the_image_at_its_capture() {
+    let west = crate::servers::azure(&format!("every-point-{}", unique()));
+    every_point_restores(
+        Stores {
+            east: "east".into(),
+            west,
+        },
+        5,
+    );
+}
+
+/// A source cache on one kind of server and the repository on another.
+#[test]
+fn with_the_cache_on_azure_and_the_repository_on_s3_every_point_restores() {
+    let n = unique();
+    every_point_restores(
+        Stores {
+            east: crate::servers::azure(&format!("cache-{n}")),
+            west: crate::servers::s3(&format!("repo-{n}")),
+        },
+        4,
+    );
+}
+
+fn every_point_restores(stores: Stores, cycles: u64) {
     // Odd sizes on purpose: the last chunk of `a/os` is partial.
-    let lab = Lab::new(
+    let lab = Lab::on(
+        stores,
         &[
             ("a", &[("os", (8 << 20) + 12_345), ("data", 16 << 20)]),
             ("b", &[("os", 4 << 20)]),
@@ -180,7 +247,7 @@ fn every_point_restores_to_the_image_at_its_capture() {
     let mut rng = Rng::new(7);
     let disks = [("a", "os"), ("a", "data"), ("b", "os")];
     let mut expected: Vec<(u64, Vec<(String, PathBuf)>)> = Vec::new();
-    for cycle in 0..8 {
+    for cycle in 0..cycles {
         for (vm, disk) in disks {
             let n = if cycle == 0 {
                 400
@@ -200,7 +267,7 @@ fn every_point_restores_to_the_image_at_its_capture() {
         }
         expected.push((seq, copies));
     }
-    assert_eq!(lab.points("a"), (1..=8).rev().collect::<Vec<_>>());
+    assert_eq!(lab.points("a"), (1..=cycles).rev().collect::<Vec<_>>());
     for (seq, copies) in &expected {
         for vm in ["a", "b"] {
             let dir = lab.restore(vm, &seq.to_string()).unwrap();
@@ -330,7 +397,27 @@ fn qcow2_images_are_captured_through_qemu_img() {
 
 #[test]
 fn failover_restores_from_the_target_alone() {
-    let lab = Lab::new(&[("a", &[("os", 8 << 20)])], &[]);
+    failover_from_the_target_alone(Stores::folders());
+}
+
+#[test]
+fn on_s3_failover_restores_from_the_target_alone() {
+    failover_from_the_target_alone(Stores {
+        east: "east".into(),
+        west: crate::servers::s3(&format!("failover-{}", unique())),
+    });
+}
+
+#[test]
+fn on_azure_failover_restores_from_the_target_alone() {
+    failover_from_the_target_alone(Stores {
+        east: "east".into(),
+        west: crate::servers::azure(&format!("failover-{}", unique())),
+    });
+}
+
+fn failover_from_the_target_alone(stores: Stores) {
+    let lab = Lab::on(stores, &[("a", &[("os", 8 << 20)])], &[]);
     let mut rng = Rng::new(11);
     let mut copies = Vec::new();
     for i in 0..3 {
@@ -635,7 +722,27 @@ impl Cut for Rendezvous {
 
 #[test]
 fn two_writers_for_one_group_one_wins_the_other_is_fenced() {
-    let lab = Lab::new(&[("a", &[("os", 4 << 20)])], &[]);
+    two_writers_one_fenced(Stores::folders());
+}
+
+#[test]
+fn on_s3_two_writers_for_one_group_one_wins_the_other_is_fenced() {
+    two_writers_one_fenced(Stores {
+        east: "east".into(),
+        west: crate::servers::s3(&format!("fencing-{}", unique())),
+    });
+}
+
+#[test]
+fn on_azure_two_writers_for_one_group_one_wins_the_other_is_fenced() {
+    two_writers_one_fenced(Stores {
+        east: "east".into(),
+        west: crate::servers::azure(&format!("fencing-{}", unique())),
+    });
+}
+
+fn two_writers_one_fenced(stores: Stores) {
+    let lab = Lab::on(stores, &[("a", &[("os", 4 << 20)])], &[]);
     scribble(&lab.disk("a", "os"), &mut Rng::new(5), 100);
     let group = lab.inventory_groups().remove(0);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -646,8 +753,8 @@ fn two_writers_for_one_group_one_wins_the_other_is_fenced() {
             ..CycleOptions::default()
         };
         let (x, y) = rt.block_on(async {
-            let source = Store::open("east", lab.dir.path()).unwrap();
-            let target = Store::open("west", lab.dir.path()).unwrap();
+            let source = Store::open(&lab.stores.east, lab.dir.path()).unwrap();
+            let target = Store::open(&lab.stores.west, lab.dir.path()).unwrap();
             tokio::join!(
                 lifeboat_replication::replicate(&group, &source, &target, &opts),
                 lifeboat_replication::replicate(&group, &source, &target, &opts)
@@ -669,7 +776,7 @@ fn two_writers_for_one_group_one_wins_the_other_is_fenced() {
 
     // A take-over (failover commit) raises the epoch: the old source's next cycle stops.
     rt.block_on(async {
-        let target = Store::open("west", lab.dir.path()).unwrap();
+        let target = Store::open(&lab.stores.west, lab.dir.path()).unwrap();
         lifeboat_replication::fencing::fence(&target, "a")
             .await
             .unwrap()

@@ -53,7 +53,9 @@ impl Store {
     /// Opens a store from a site's `store` value: a path (relative to `base`), `file:///…`,
     /// `memory://`, `az://container/prefix` (also `azure://`, `abfs://`) or `s3://bucket/prefix`.
     /// Cloud credentials come from the environment (`AZURE_STORAGE_*`, `AWS_*`), as each SDK
-    /// documents. A local folder is created if missing and written with fsync on.
+    /// documents; options of one site's store (its endpoint, region…) from the URL's query,
+    /// `s3://bucket/prefix?endpoint=http://127.0.0.1:8333&region=us-east-1`, each an
+    /// `object_store` configuration key. A local folder is created if missing and written with fsync on.
     pub fn open(location: &str, base: &Path) -> Result<Self> {
         Self::open_with(location, base, true)
     }
@@ -81,12 +83,36 @@ impl Store {
     }
 
     fn open_with(location: &str, base: &Path, fsync: bool) -> Result<Self> {
-        let location = location.trim();
+        // Options of a cloud store ride in the URL's query (`?endpoint=…&region=…`); they are
+        // never part of the store's name in messages, where a key would leak.
+        let (location, query) = match location.trim().split_once('?') {
+            Some((l, q)) => (l, Some(q)),
+            None => (location.trim(), None),
+        };
+        let options: Vec<(&str, &str)> = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+            .collect();
+        let cloud = matches!(
+            location.split_once("://").map(|(scheme, _)| scheme),
+            Some("s3" | "az" | "azure" | "abfs")
+        );
+        if !options.is_empty() && !cloud {
+            return Err(Error::failed(format!(
+                "`{location}` takes no options: only `s3://` and `az://` stores do"
+            )));
+        }
         let folder = |p: &Path| {
             let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
             format!("file://{}", abs.display())
         };
-        let mut identity = location.to_string();
+        // The same bucket behind two endpoints is two stores.
+        let mut identity = match options.iter().find(|(k, _)| k.contains("endpoint")) {
+            Some((_, endpoint)) => format!("{location} at {endpoint}"),
+            None => location.to_string(),
+        };
         let inner: Arc<dyn ObjectStore> = match location.split_once("://") {
             None => {
                 let store = local(&base.join(location), fsync)?;
@@ -105,18 +131,26 @@ impl Store {
             Some((scheme @ ("az" | "azure" | "abfs" | "s3"), rest)) => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 let url = format!("{scheme}://{bucket}");
+                let bad_option = |k: &str, e: object_store::Error| {
+                    Error::failed(format!("`{location}`: option `{k}`: {e}"))
+                };
                 let store: Arc<dyn ObjectStore> = if scheme == "s3" {
+                    let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(&url);
+                    for (k, v) in &options {
+                        b = b.with_config(k.parse().map_err(|e| bad_option(k, e))?, *v);
+                    }
                     Arc::new(
-                        object_store::aws::AmazonS3Builder::from_env()
-                            .with_url(&url)
-                            .build()
+                        b.build()
                             .map_err(|e| Error::failed(format!("cannot open `{location}`: {e}")))?,
                     )
                 } else {
+                    let mut b =
+                        object_store::azure::MicrosoftAzureBuilder::from_env().with_url(&url);
+                    for (k, v) in &options {
+                        b = b.with_config(k.parse().map_err(|e| bad_option(k, e))?, *v);
+                    }
                     Arc::new(
-                        object_store::azure::MicrosoftAzureBuilder::from_env()
-                            .with_url(&url)
-                            .build()
+                        b.build()
                             .map_err(|e| Error::failed(format!("cannot open `{location}`: {e}")))?,
                     )
                 };
@@ -180,7 +214,11 @@ impl Store {
             .await
         {
             Ok(_) => Ok(Put::Created),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::Exists),
+            // Azure answers 409, S3 412: either way the name was taken.
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(Put::Exists),
             Err(e) => Err(self.error("write", name, e)),
         }
     }

@@ -163,3 +163,21 @@ fn sparse_files_report_their_data_regions() {
     );
     assert!(covered < 4 << 20, "holes read as data: {regions:?}");
 }
+
+#[test]
+fn store_options_ride_in_the_url_query_and_never_reach_messages() {
+    let base = tempfile::tempdir().unwrap();
+    let e = Store::open("east?region=x", base.path()).unwrap_err();
+    assert!(e.to_string().contains("takes no options"), "{e}");
+    let e = Store::open("s3://b/p?no_such_option=1", base.path()).unwrap_err();
+    assert!(e.to_string().contains("option `no_such_option`"), "{e}");
+    let s = Store::open(
+        "s3://b/p?endpoint=http://127.0.0.1:1&allow_http=true&region=us-east-1\
+         &access_key_id=KEY&secret_access_key=SECRET",
+        base.path(),
+    )
+    .unwrap();
+    assert_eq!(s.location(), "s3://b/p");
+    let s = Store::open("az://c/p?use_emulator=true", base.path()).unwrap();
+    assert_eq!(s.location(), "az://c/p");
+}
