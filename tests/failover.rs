@@ -691,14 +691,14 @@ fn drill_and_planned_failover_on(store: String, k: u8) {
 
 #[test]
 fn on_s3_a_drill_and_a_planned_failover_lose_no_record() {
-    drill_and_planned_failover_on(crate::servers::s3(&format!("failover-{}", now_ns())), 122);
+    drill_and_planned_failover_on(crate::servers::s3(&format!("failover-{}", now_ns())), 140);
 }
 
 #[test]
 fn on_azure_a_drill_and_a_planned_failover_lose_no_record() {
     drill_and_planned_failover_on(
         crate::servers::azure(&format!("failover-{}", now_ns())),
-        123,
+        141,
     );
 }
 

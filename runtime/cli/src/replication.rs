@@ -461,12 +461,8 @@ pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
     };
     let result = rt.block_on(async {
         let target = ctx.site(&group.target_site)?;
-        let repo = match Repository::open(&target).await {
-            Ok(r) => r,
-            Err(e) if e.kind() == ErrorKind::Failed => {
-                return Ok((Vec::new(), Vec::new(), Default::default()));
-            }
-            Err(e) => return Err(e),
+        let Some(repo) = Repository::open_if_any(&target).await? else {
+            return Ok((Vec::new(), Vec::new(), Default::default()));
         };
         let (points, damaged) = repo.points_and_damaged(&group.name).await?;
         let pins = repo.pins(&group.name).await?;

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use lifeboat_plan::Inventory;
 use lifeboat_replication::points::Rpo;
-use lifeboat_replication::{ErrorKind, GroupSpec, Manifest, Repository, Store};
+use lifeboat_replication::{GroupSpec, Manifest, Repository, Store};
 use serde::{Deserialize, Serialize};
 
 /// `lifeboat status --output json` (see docs/json-output.md).
@@ -278,11 +278,9 @@ pub async fn last_and_damaged(
         lifeboat_replication::Error::failed(format!("unknown site `{}`", group.target_site))
     })?;
     let target = Store::open(&site.store.value, base)?;
-    let repo = match Repository::open(&target).await {
-        Ok(r) => r,
+    let Some(repo) = Repository::open_if_any(&target).await? else {
         // Nothing replicated there yet.
-        Err(e) if e.kind() == ErrorKind::Failed => return Ok((None, Vec::new())),
-        Err(e) => return Err(e),
+        return Ok((None, Vec::new()));
     };
     let (intact, damaged) = repo.points_and_damaged(&group.name).await?;
     Ok((

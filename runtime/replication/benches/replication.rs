@@ -153,9 +153,20 @@ fn cycle(
     g: &GroupSpec,
     dir: &Path,
 ) -> lifeboat_replication::CycleReport {
+    cycle_on(rt, g, dir, "east", "west")
+}
+
+/// A cycle between the stores `east` and `west` name (folders, with a key or not).
+fn cycle_on(
+    rt: &tokio::runtime::Runtime,
+    g: &GroupSpec,
+    dir: &Path,
+    east: &str,
+    west: &str,
+) -> lifeboat_replication::CycleReport {
     rt.block_on(async {
-        let source = Store::open_cache("east", dir).unwrap();
-        let target = Store::open("west", dir).unwrap();
+        let source = Store::open_cache(east, dir).unwrap();
+        let target = Store::open(west, dir).unwrap();
         lifeboat_replication::replicate(g, &source, &target, &CycleOptions::default())
             .await
             .unwrap()
@@ -187,7 +198,9 @@ fn main() {
     // Seed: lifeboat vs cp + sync vs restic backup.
     let mut cp_t = Vec::new();
     let mut seed_t = Vec::new();
+    let mut sealed_t = Vec::new();
     let mut restic_t = Vec::new();
+    std::fs::write(dir.join("bench.key"), "7f".repeat(32)).unwrap();
     let mut repo_bytes = 0;
     let mut restic_bytes = 0;
     let restic = have("restic");
@@ -212,6 +225,18 @@ fn main() {
             cycle(&rt, &g, dir);
         }));
         repo_bytes = du(&dir.join("west/repo"));
+        // The same seed into an encrypted repository (and cache).
+        drop_dir(&dir.join("east"));
+        drop_dir(&dir.join("west"));
+        sealed_t.push(time(|| {
+            cycle_on(
+                &rt,
+                &g,
+                dir,
+                "east?key_file=bench.key",
+                "west?key_file=bench.key",
+            );
+        }));
         if restic {
             let repo = dir.join("restic");
             drop_dir(&repo);
@@ -241,6 +266,11 @@ fn main() {
         "seed            lifeboat {seed:6.2}s ({:.2} GiB/s)   cp+sync {cp:6.2}s   ratio {:.2}× cp (target ≥ 0.9)",
         gib_s(seed),
         cp / seed
+    );
+    let sealed = median(sealed_t);
+    println!(
+        "seed encrypted  lifeboat {sealed:6.2}s   unencrypted {seed:6.2}s   cost {:+.1} % (target ≤ 15 %)",
+        (sealed / seed - 1.0) * 100.0
     );
     if restic {
         let r = median(restic_t);

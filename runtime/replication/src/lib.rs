@@ -21,6 +21,7 @@ pub mod placement;
 pub mod points;
 pub mod repo;
 pub mod restore;
+pub mod seal;
 pub mod seed;
 mod session;
 pub mod store;

@@ -104,7 +104,8 @@ impl Repository {
             getrandom::fill(&mut key)
                 .map_err(|e| Error::failed(format!("no randomness for a repository key: {e}")))?;
             let config = Config {
-                format: FORMAT_VERSION,
+                // Version 2: every object sealed with the store's key.
+                format: if store.sealed() { 2 } else { FORMAT_VERSION },
                 chunk_key: hex(&key),
                 created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
                 gc_grace_secs: 3600,
@@ -115,6 +116,16 @@ impl Repository {
             store.put_new("config", Bytes::from(bytes)).await?;
         }
         Self::open_scoped(store).await
+    }
+
+    /// Opens the repository in `site`, `None` when nothing has been replicated there yet (any
+    /// other failure, such as a key it needs, is an error).
+    pub async fn open_if_any(site: &Store) -> Result<Option<Self>> {
+        let store = site.scoped(PREFIX);
+        if store.get_opt("config").await?.is_none() {
+            return Ok(None);
+        }
+        Self::open_scoped(store).await.map(Some)
     }
 
     /// Opens the repository in `site`; an error if there is none.
@@ -133,9 +144,10 @@ impl Repository {
         let bytes = store.get("config").await?;
         let config: Config = serde_json::from_slice(&bytes)
             .map_err(|e| Error::damaged(format!("{}/config", store.location()), e))?;
-        if config.format != FORMAT_VERSION {
+        // Version 2 is version 1 sealed; the store opened the config, so it has the key.
+        if config.format != FORMAT_VERSION && config.format != 2 {
             return Err(Error::failed(format!(
-                "repository format {} is not supported by this version (it reads {FORMAT_VERSION})",
+                "repository format {} is not supported by this version (it reads 1 and 2)",
                 config.format
             )));
         }

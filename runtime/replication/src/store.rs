@@ -3,8 +3,9 @@
 //! delete — and never renames or compares-and-swaps, so the same code runs on a local folder,
 //! in memory, on Azure Blob Storage and on S3.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -15,6 +16,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::error::{Error, Result};
+use crate::seal;
 
 /// An object's name and size, from a listing.
 #[derive(Clone, Debug)]
@@ -39,6 +41,12 @@ pub struct Store {
     /// What this store is, unambiguously in this process (a local folder's absolute path, a
     /// memory store's own number): `location` is as the inventory wrote it, relative to a base.
     identity: String,
+    /// The key every object is sealed with (`seal`), when the store has one.
+    key: Option<Arc<seal::Key>>,
+    /// The names `scoped` views put before an object's: a sealed object is bound to its full name.
+    scope: String,
+    /// Sealed objects read by range: their sealed size and header, read once (objects never change).
+    sealed: Arc<Mutex<HashMap<String, (u64, Bytes)>>>,
 }
 
 /// Tells in-memory stores apart.
@@ -89,12 +97,21 @@ impl Store {
             Some((l, q)) => (l, Some(q)),
             None => (location.trim(), None),
         };
-        let options: Vec<(&str, &str)> = query
+        let mut options: Vec<(&str, &str)> = query
             .into_iter()
             .flat_map(|q| q.split('&'))
             .filter(|kv| !kv.is_empty())
             .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
             .collect();
+        // The key is Lifeboat's option, for every kind of store; the rest are object_store's.
+        let key = match options
+            .iter()
+            .find(|(k, _)| *k == "key_file" || *k == "key_env")
+        {
+            Some(&(kind, value)) => Some(Arc::new(load_key(location, kind, value, base)?)),
+            None => None,
+        };
+        options.retain(|(k, _)| *k != "key_file" && *k != "key_env");
         let cloud = matches!(
             location.split_once("://").map(|(scheme, _)| scheme),
             Some("s3" | "az" | "azure" | "abfs")
@@ -171,6 +188,9 @@ impl Store {
             inner,
             location: location.to_string(),
             identity,
+            key,
+            scope: String::new(),
+            sealed: Arc::default(),
         })
     }
 
@@ -180,6 +200,9 @@ impl Store {
             inner: Arc::new(InMemory::new()),
             location: "memory://".into(),
             identity: memory_identity(),
+            key: None,
+            scope: String::new(),
+            sealed: Arc::default(),
         }
     }
 
@@ -189,6 +212,9 @@ impl Store {
             inner: Arc::new(PrefixStore::new(self.inner.clone(), prefix)),
             location: format!("{}/{prefix}", self.location.trim_end_matches('/')),
             identity: format!("{}/{prefix}", self.identity.trim_end_matches('/')),
+            key: self.key.clone(),
+            scope: format!("{}{}/", self.scope, prefix.trim_matches('/')),
+            sealed: Arc::default(),
         }
     }
 
@@ -204,6 +230,13 @@ impl Store {
 
     /// Writes `name` only if no object has that name. Never overwrites.
     pub async fn put_new(&self, name: &str, bytes: Bytes) -> Result<Put> {
+        let bytes = match &self.key {
+            Some(key) => Bytes::from(
+                seal::seal(key, &self.full_name(name), &bytes)
+                    .map_err(|e| Error::failed(format!("cannot seal `{name}`: {e}")))?,
+            ),
+            None => bytes,
+        };
         let opts = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
@@ -225,14 +258,29 @@ impl Store {
 
     /// Reads a whole object; `None` when it does not exist.
     pub async fn get_opt(&self, name: &str) -> Result<Option<Bytes>> {
-        match self.inner.get(&ObjectPath::from(name)).await {
-            Ok(r) => r
-                .bytes()
-                .await
-                .map(Some)
-                .map_err(|e| self.error("read", name, e)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.error("read", name, e)),
+        let stored = match self.inner.get(&ObjectPath::from(name)).await {
+            Ok(r) => r.bytes().await.map_err(|e| self.error("read", name, e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error("read", name, e)),
+        };
+        self.unseal(name, stored).map(Some)
+    }
+
+    /// An object as stored, opened with the store's key (or checked to need none).
+    fn unseal(&self, name: &str, stored: Bytes) -> Result<Bytes> {
+        match (&self.key, seal::is_sealed(&stored)) {
+            (Some(key), true) => seal::open(key, &self.full_name(name), &stored)
+                .map(Bytes::from)
+                .map_err(|e| self.damaged(name, &e)),
+            (Some(_), false) => Err(self.damaged(
+                name,
+                "it is not encrypted, but this store has a key: it was not written through it",
+            )),
+            (None, true) => Err(Error::failed(format!(
+                "`{name}` in store `{}` is encrypted: give the store its key (`?key_file=PATH` or `?key_env=VAR` on its URL)",
+                self.location
+            ))),
+            (None, false) => Ok(stored),
         }
     }
 
@@ -245,6 +293,9 @@ impl Store {
 
     /// Reads `range` of an object that must exist.
     pub async fn get_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+        if let Some(key) = &self.key {
+            return self.get_sealed_range(key, name, range).await;
+        }
         match self.inner.get_range(&ObjectPath::from(name), range).await {
             Ok(b) => Ok(b),
             Err(object_store::Error::NotFound { .. }) => Err(Error::damaged(name, "missing")),
@@ -252,9 +303,77 @@ impl Store {
         }
     }
 
+    /// Reads `range` of a sealed object: its header and size once, then only the segments the
+    /// range lies in.
+    async fn get_sealed_range(
+        &self,
+        key: &seal::Key,
+        name: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes> {
+        let path = ObjectPath::from(name);
+        let known = self.sealed.lock().ok().and_then(|m| m.get(name).cloned());
+        let (size, header) = match known {
+            Some(k) => k,
+            None => {
+                let opts = object_store::GetOptions {
+                    range: Some((0..seal::HEADER).into()),
+                    ..Default::default()
+                };
+                let r = match self.inner.get_opts(&path, opts).await {
+                    Ok(r) => r,
+                    Err(object_store::Error::NotFound { .. }) => {
+                        return Err(Error::damaged(name, "missing"));
+                    }
+                    Err(e) => return Err(self.error("read", name, e)),
+                };
+                let size = r.meta.size;
+                let header = r.bytes().await.map_err(|e| self.error("read", name, e))?;
+                if !seal::is_sealed_header(&header) {
+                    return Err(self.damaged(
+                        name,
+                        "it is not encrypted, but this store has a key: it was not written through it",
+                    ));
+                }
+                if let Ok(mut m) = self.sealed.lock() {
+                    m.insert(name.to_string(), (size, header.clone()));
+                }
+                (size, header)
+            }
+        };
+        let (sealed_range, _) = seal::sealed_range(&range, size);
+        let body = match self.inner.get_range(&path, sealed_range).await {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::damaged(name, "missing"));
+            }
+            Err(e) => return Err(self.error("read", name, e)),
+        };
+        seal::open_range(key, &self.full_name(name), &header, size, &range, &body)
+            .map(Bytes::from)
+            .map_err(|e| self.damaged(name, &e))
+    }
+
+    /// Whether the store seals what it holds (it has a key).
+    pub fn sealed(&self) -> bool {
+        self.key.is_some()
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        format!("{}{name}", self.scope)
+    }
+
+    fn damaged(&self, name: &str, why: &str) -> Error {
+        Error::damaged(
+            self.full_name(name),
+            format!("{why} (store `{}`)", self.location),
+        )
+    }
+
     /// The size of an object, `None` when it does not exist.
     pub async fn size(&self, name: &str) -> Result<Option<u64>> {
         match self.inner.head(&ObjectPath::from(name)).await {
+            Ok(m) if self.key.is_some() => Ok(Some(seal::plain_len(m.size).unwrap_or(m.size))),
             Ok(m) => Ok(Some(m.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error("inspect", name, e)),
@@ -269,7 +388,11 @@ impl Store {
             .list(Some(&prefix))
             .map_ok(|m| Listed {
                 name: m.location.to_string(),
-                size: m.size,
+                // What the object holds, as a store without a key would say.
+                size: match &self.key {
+                    Some(_) => seal::plain_len(m.size).unwrap_or(m.size),
+                    None => m.size,
+                },
                 modified: m.last_modified.into(),
             })
             .try_collect()
@@ -306,4 +429,25 @@ fn local(path: &Path, fsync: bool) -> Result<Arc<dyn ObjectStore>> {
         .with_fsync(fsync)
         .with_automatic_cleanup(true);
     Ok(Arc::new(fs))
+}
+
+/// A store's key, from `key_file=PATH` (relative to `base`) or `key_env=VAR` on its URL.
+fn load_key(location: &str, kind: &str, value: &str, base: &Path) -> Result<seal::Key> {
+    let text = if kind == "key_file" {
+        let path = base.join(value);
+        std::fs::read_to_string(&path).map_err(|e| {
+            Error::io(
+                format!("the key of store `{location}` ({})", path.display()),
+                e,
+            )
+        })?
+    } else {
+        std::env::var(value).map_err(|_| {
+            Error::failed(format!(
+                "the key of store `{location}`: environment variable `{value}` is not set"
+            ))
+        })?
+    };
+    seal::Key::from_hex(&text)
+        .map_err(|e| Error::failed(format!("the key of store `{location}`: {e}")))
 }
