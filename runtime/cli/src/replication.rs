@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lifeboat_plan::Inventory;
 use lifeboat_replication::gc::GcOptions;
-use lifeboat_replication::{Error, ErrorKind, GroupSpec, Progress, Repository, Store, points};
+use lifeboat_replication::{Error, GroupSpec, Progress, Repository, Store, points};
 
 use crate::exit_codes;
 
