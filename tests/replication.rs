@@ -94,6 +94,7 @@ impl Lab {
             ));
         }
         std::fs::write(dir.path().join("lifeboat.toml"), toml).unwrap();
+        std::fs::write(dir.path().join("test.key"), "c4".repeat(32)).unwrap();
         Self { dir, stores }
     }
 
@@ -234,6 +235,20 @@ fn with_the_cache_on_azure_and_the_repository_on_s3_every_point_restores() {
     );
 }
 
+/// An encrypted repository on a server: the same.
+#[test]
+fn on_s3_an_encrypted_repository_restores_every_point() {
+    let west = crate::servers::s3(&format!("sealed-{}", unique())) + "&key_file=test.key";
+    every_point_restores(
+        Stores {
+            east: "east?key_file=test.key".into(),
+            west,
+        },
+        3,
+    );
+}
+
+/// `stores` may name `test.key`, a key the lab holds.
 fn every_point_restores(stores: Stores, cycles: u64) {
     // Odd sizes on purpose: the last chunk of `a/os` is partial.
     let lab = Lab::on(
