@@ -1389,3 +1389,282 @@ fn an_encrypted_repository_holds_no_plaintext_and_refuses_changed_bytes_and_wron
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("64 hex digits"), "{}", out.stderr);
 }
+
+/// An object store that fails every `every`-th request — half of them before doing it, half after
+/// (the answer lost) — and answers each request late: what a cycle meets on a bad day.
+#[derive(Debug)]
+struct Flaky {
+    inner: Arc<dyn object_store::ObjectStore>,
+    every: u64,
+    requests: std::sync::atomic::AtomicU64,
+    faults: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Display for Flaky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Flaky({})", self.inner)
+    }
+}
+
+/// What a fault does to a request: nothing, or fail before it, or after it.
+enum Fault {
+    None,
+    Before,
+    After,
+}
+
+impl Flaky {
+    async fn fault(&self) -> Fault {
+        use std::sync::atomic::Ordering;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        if n % self.every != self.every - 1 {
+            return Fault::None;
+        }
+        let k = self.faults.fetch_add(1, Ordering::Relaxed);
+        if k.is_multiple_of(2) {
+            Fault::Before
+        } else {
+            Fault::After
+        }
+    }
+
+    fn error() -> object_store::Error {
+        object_store::Error::Generic {
+            store: "flaky",
+            source: "injected fault: connection reset".into(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for Flaky {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        match self.fault().await {
+            Fault::None => self.inner.put_opts(location, payload, opts).await,
+            Fault::Before => Err(Self::error()),
+            Fault::After => {
+                self.inner.put_opts(location, payload, opts).await?;
+                Err(Self::error())
+            }
+        }
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        match self.fault().await {
+            Fault::None => self.inner.get_opts(location, options).await,
+            _ => Err(Self::error()),
+        }
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        use std::sync::atomic::Ordering;
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        if n % self.every == self.every - 1 {
+            self.faults.fetch_add(1, Ordering::Relaxed);
+            return Box::pin(futures::stream::once(async { Err(Flaky::error()) }));
+        }
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[test]
+fn with_one_request_in_twenty_failing_cycles_converge_and_every_point_restores_exact() {
+    let lab = Lab::new(&[("a", &[("os", 16 << 20)])], &[]);
+    let group = lab.inventory_groups().remove(0);
+    std::fs::create_dir_all(lab.path("west")).unwrap();
+    let flaky = Arc::new(Flaky {
+        inner: Arc::new(
+            object_store::local::LocalFileSystem::new_with_prefix(lab.path("west")).unwrap(),
+        ),
+        every: 20,
+        requests: Default::default(),
+        faults: Default::default(),
+    });
+    let west = Store::from_object_store(flaky.clone(), "flaky west");
+    let east = Store::open_cache("east", lab.dir.path()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut rng = Rng::new(21);
+    let mut copies = Vec::new();
+    for i in 0..8 {
+        scribble(
+            &lab.disk("a", "os"),
+            &mut rng,
+            if i == 0 { 800 } else { 60 },
+        );
+        let report = rt
+            .block_on(lifeboat_replication::replicate(
+                &group,
+                &east,
+                &west,
+                &CycleOptions::default(),
+            ))
+            .unwrap_or_else(|e| panic!("cycle {i} did not converge: {e}"));
+        let copy = lab.path(&format!("copy-{}.img", report.seq));
+        std::fs::copy(lab.disk("a", "os"), &copy).unwrap();
+        copies.push((report.seq, copy));
+    }
+    let faults = flaky.faults.load(std::sync::atomic::Ordering::Relaxed);
+    // Both kinds (before and after the request), several times over.
+    assert!(faults >= 4, "only {faults} faults were injected");
+    // Every point is listed whole and restores exact, from the repository as it is on disk.
+    assert_eq!(lab.points("a"), (1..=8).rev().collect::<Vec<_>>());
+    for (seq, copy) in &copies {
+        let dir = lab.restore("a", &seq.to_string()).unwrap();
+        assert!(same_bytes(&dir.join("os.img"), copy), "point {seq}");
+    }
+    let verify = lab.run(&["verify", "--full"]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    // A restore through the faulty store itself finishes too.
+    let out = lab.path("through-faults");
+    rt.block_on(async {
+        let repo = lifeboat_replication::Repository::open(&west).await.unwrap();
+        let m = lifeboat_replication::points::select(&repo, "a", "latest")
+            .await
+            .unwrap();
+        lifeboat_replication::restore::restore(&repo, &m, "a", &out, None)
+            .await
+            .unwrap();
+    });
+    assert!(same_bytes(&out.join("os.img"), &copies.last().unwrap().1));
+}
+
+#[test]
+fn a_sites_bandwidth_is_honoured_within_ten_percent() {
+    let lab = Lab::new(&[("a", &[("os", 24 << 20)])], &[]);
+    let toml = std::fs::read_to_string(lab.path("lifeboat.toml")).unwrap();
+    std::fs::write(
+        lab.path("lifeboat.toml"),
+        toml.replacen(
+            "[sites.east]\nstore = \"east\"\n",
+            "[sites.east]\nstore = \"east\"\nbandwidth = \"4 MiB/s\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    // Incompressible: what is shipped is what was written.
+    std::fs::write(lab.disk("a", "os"), Rng::new(8).bytes(24 << 20)).unwrap();
+    let report = lab.replicate(&[]);
+    let shipped = report[0]["shipped_bytes"].as_f64().unwrap();
+    let seconds = report[0]["seconds"].as_f64().unwrap();
+    let rate = shipped / seconds / 1048576.0;
+    assert!(shipped > 20.0 * 1048576.0, "{report}");
+    assert!(
+        (3.6..=4.4).contains(&rate),
+        "shipped {:.1} MiB in {seconds:.2} s: {rate:.2} MiB/s against a 4 MiB/s limit",
+        shipped / 1048576.0
+    );
+    // A rate that is not one is refused by validation.
+    std::fs::write(
+        lab.path("lifeboat.toml"),
+        toml.replacen(
+            "[sites.east]\nstore = \"east\"\n",
+            "[sites.east]\nstore = \"east\"\nbandwidth = \"4 MiB\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let out = lab.run(&["plan", "validate"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stdout.contains("invalid rate `4 MiB`"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[test]
+fn an_s3_server_killed_and_restarted_mid_cycle_costs_no_point() {
+    let mut server = crate::servers::OwnS3::start();
+    let west = server.url(&format!("restart-{}", unique()));
+    let lab = Lab::on(
+        Stores {
+            east: "east".into(),
+            west: west.clone(),
+        },
+        &[("a", &[("os", 48 << 20)])],
+        &[],
+    );
+    // Incompressible, so the cycle ships several full packs while the server goes away.
+    std::fs::write(lab.disk("a", "os"), Rng::new(17).bytes(48 << 20)).unwrap();
+    let mut group = lab.inventory_groups().remove(0);
+    // At 16 MiB/s the cycle ships for three seconds: the outage lands in the middle of it.
+    group.bandwidth = Some(16 << 20);
+    let base = lab.dir.path().to_path_buf();
+    let cycle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let east = Store::open_cache("east", &base).unwrap();
+            let west = Store::open(&west, &base).unwrap();
+            lifeboat_replication::replicate(&group, &east, &west, &CycleOptions::default()).await
+        })
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    server.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    server.restart();
+    let in_flight = cycle.join().unwrap();
+    if let Ok(report) = &in_flight {
+        // It was still shipping when the server died (0.3 s in) and came back.
+        assert!(report.seconds > 2.5, "{report:?}");
+    }
+    // The cycle in flight either rode out the outage (retries), or failed saying so — then the
+    // next cycle converges (committing what the first staged).
+    if let Err(e) = &in_flight {
+        eprintln!("the cycle in flight failed: {e}");
+        lab.replicate(&[]);
+    }
+    let points = lab.points("a");
+    assert!(!points.is_empty());
+    let dir = lab.restore("a", "latest").unwrap();
+    assert!(same_bytes(&dir.join("os.img"), &lab.disk("a", "os")));
+    let verify = lab.run(&["verify", "--full"]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+}

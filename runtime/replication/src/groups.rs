@@ -64,6 +64,8 @@ pub struct GroupSpec {
     /// Whether it is replicated: not after a commit until a reprotect, nor when every VM of
     /// it is disabled (see `placement`).
     pub protected: bool,
+    /// The source site's `bandwidth` (bytes per second shipped, all its groups together).
+    pub bandwidth: Option<u64>,
 }
 
 impl GroupSpec {
@@ -92,6 +94,7 @@ impl GroupSpec {
             crash_interval: Duration::from_secs(300),
             base: base.to_path_buf(),
             protected: true,
+            bandwidth: None,
         }
     }
 }
@@ -208,5 +211,6 @@ fn group(inv: &Inventory, base: &Path, name: &str, members: &[String]) -> Result
         max_pause,
         base: base.to_path_buf(),
         protected: true,
+        bandwidth: site.bandwidth.as_ref().map(|b| b.value.0),
     })
 }

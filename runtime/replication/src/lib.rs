@@ -25,6 +25,7 @@ pub mod seal;
 pub mod seed;
 mod session;
 pub mod store;
+pub mod throttle;
 pub mod verify;
 
 #[cfg(test)]

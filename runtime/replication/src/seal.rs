@@ -1,18 +1,17 @@
 //! Encryption at rest: a store with a key seals every object it writes and opens every object it
-//! reads (`Store` calls this; nothing above it sees ciphertext). An object is cut into 64 KiB
-//! segments, each sealed with XChaCha20-Poly1305 under the store's key, a random 128-bit prefix
-//! per object plus the segment's number as the nonce, and the object's full name, the segment's
-//! number and whether it is the last as associated data: a changed byte, a segment moved or
-//! dropped, an object renamed or cut short, or the wrong key — each is refused. Segments let a
-//! range of a pack be read without the rest of it.
+//! reads (`Store` calls this; nothing above it sees ciphertext). Each object has its own key,
+//! derived from the store's key and a random 128-bit prefix (keyed BLAKE3), and is cut into
+//! 64 KiB segments, each sealed with AES-256-GCM under that key with the segment's number as
+//! the nonce and the object's full name, the segment's number and whether it is the last as
+//! associated data: a changed byte, a segment moved or dropped, an object renamed or cut short,
+//! or the wrong key — each is refused. Segments let a range of a pack be read without the rest.
 //!
 //! ```text
 //! object  := "LBENC" 1:u8 0:u16 prefix[16] segment*
 //! segment := ciphertext(plain[≤ 65536]) tag[16]     (every segment full but the last)
 //! ```
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 /// Plaintext bytes per segment.
 pub const SEGMENT: u64 = 64 << 10;
@@ -24,7 +23,7 @@ pub const HEADER: u64 = 8 + 16;
 /// A store's key: 32 bytes the user holds (a file or an environment variable, as 64 hex
 /// digits); never written to any store.
 #[derive(Clone)]
-pub struct Key(XChaCha20Poly1305);
+pub struct Key([u8; 32]);
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -46,7 +45,18 @@ impl Key {
         for (i, b) in bytes.iter_mut().enumerate() {
             *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
         }
-        Ok(Self(XChaCha20Poly1305::new(&bytes.into())))
+        Ok(Self(bytes))
+    }
+
+    /// The key of the object whose nonce prefix is `prefix`.
+    fn object(&self, prefix: &[u8]) -> Result<LessSafeKey, String> {
+        let mut input = Vec::with_capacity(40);
+        input.extend_from_slice(b"lifeboat-object-key/2\0");
+        input.extend_from_slice(prefix);
+        let derived = blake3::keyed_hash(&self.0, &input);
+        UnboundKey::new(&AES_256_GCM, derived.as_bytes())
+            .map(LessSafeKey::new)
+            .map_err(|_| "cannot make an object key".to_string())
     }
 }
 
@@ -77,11 +87,10 @@ fn segments(plain: u64) -> u64 {
     plain.div_ceil(SEGMENT).max(1)
 }
 
-fn nonce(prefix: &[u8], index: u64) -> XNonce {
-    let mut n = [0u8; 24];
-    n[..16].copy_from_slice(prefix);
-    n[16..].copy_from_slice(&index.to_le_bytes());
-    n.into()
+fn nonce(index: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&index.to_le_bytes());
+    Nonce::assume_unique_for_key(n)
 }
 
 fn aad(name: &str, index: u64, last: bool) -> Vec<u8> {
@@ -102,18 +111,21 @@ pub fn seal(key: &Key, name: &str, plain: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(sealed_len(plain.len() as u64) as usize);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&prefix);
+    let cipher = key.object(&prefix)?;
     for i in 0..n {
         let start = (i * SEGMENT) as usize;
         let end = (start + SEGMENT as usize).min(plain.len());
-        let payload = Payload {
-            msg: &plain[start..end],
-            aad: &aad(name, i, i + 1 == n),
-        };
-        let sealed = key
-            .0
-            .encrypt(&nonce(&prefix, i), payload)
+        // In place, in the output: one copy of the data, no buffer per segment.
+        let at = out.len();
+        out.extend_from_slice(&plain[start..end]);
+        let tag = cipher
+            .seal_in_place_separate_tag(
+                nonce(i),
+                Aad::from(aad(name, i, i + 1 == n)),
+                &mut out[at..],
+            )
             .map_err(|_| "encryption failed".to_string())?;
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(tag.as_ref());
     }
     Ok(out)
 }
@@ -123,7 +135,7 @@ pub fn open(key: &Key, name: &str, sealed: &[u8]) -> Result<Vec<u8>, String> {
     let plain = plain_len(sealed.len() as u64)
         .filter(|_| is_sealed(sealed))
         .ok_or_else(|| "not a sealed object (or cut short)".to_string())?;
-    let prefix = &sealed[8..HEADER as usize];
+    let cipher = key.object(&sealed[8..HEADER as usize])?;
     let n = segments(plain);
     let mut out = Vec::with_capacity(plain as usize);
     let mut at = HEADER as usize;
@@ -135,9 +147,8 @@ pub fn open(key: &Key, name: &str, sealed: &[u8]) -> Result<Vec<u8>, String> {
         };
         let len = (segment_plain + TAG) as usize;
         out.extend(open_segment(
-            key,
+            &cipher,
             name,
-            prefix,
             i,
             i + 1 == n,
             &sealed[at..at + len],
@@ -178,15 +189,15 @@ pub fn open_range(
     }
     let n = segments(plain);
     let (_, first) = sealed_range(range, sealed_len);
+    let cipher = key.object(&header[8..])?;
     let mut out = Vec::new();
     let mut at = 0usize;
     let mut i = first;
     while at < body.len() {
         let len = ((SEGMENT + TAG) as usize).min(body.len() - at);
         out.extend(open_segment(
-            key,
+            &cipher,
             name,
-            &header[8..],
             i,
             i + 1 == n,
             &body[at..at + len],
@@ -202,20 +213,25 @@ pub fn open_range(
 }
 
 fn open_segment(
-    key: &Key,
+    cipher: &LessSafeKey,
     name: &str,
-    prefix: &[u8],
     index: u64,
     last: bool,
     sealed: &[u8],
 ) -> Result<Vec<u8>, String> {
-    let payload = Payload {
-        msg: sealed,
-        aad: &aad(name, index, last),
-    };
-    key.0.decrypt(&nonce(prefix, index), payload).map_err(|_| {
+    let refused = || {
         "it does not open with the store's key (a wrong key, or the object was altered)".to_string()
-    })
+    };
+    if sealed.len() < TAG as usize {
+        return Err(refused());
+    }
+    let mut buf = sealed.to_vec();
+    let len = cipher
+        .open_in_place(nonce(index), Aad::from(aad(name, index, last)), &mut buf)
+        .map_err(|_| refused())?
+        .len();
+    buf.truncate(len);
+    Ok(buf)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! in memory, on Azure Blob Storage and on S3.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -194,6 +195,19 @@ impl Store {
         })
     }
 
+    /// A store over any `object_store` implementation (tests wrap a real store to inject faults;
+    /// an embedder can bring its own), named `location` in messages.
+    pub fn from_object_store(inner: Arc<dyn ObjectStore>, location: &str) -> Self {
+        Self {
+            inner,
+            location: location.to_string(),
+            identity: memory_identity(),
+            key: None,
+            scope: String::new(),
+            sealed: Arc::default(),
+        }
+    }
+
     /// A fresh in-memory store (tests, and `memory://`).
     pub fn memory() -> Self {
         Self {
@@ -230,40 +244,61 @@ impl Store {
 
     /// Writes `name` only if no object has that name. Never overwrites.
     pub async fn put_new(&self, name: &str, bytes: Bytes) -> Result<Put> {
-        let bytes = match &self.key {
+        let plain = bytes.clone();
+        let stored = match &self.key {
             Some(key) => Bytes::from(
                 seal::seal(key, &self.full_name(name), &bytes)
                     .map_err(|e| Error::failed(format!("cannot seal `{name}`: {e}")))?,
             ),
             None => bytes,
         };
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self
-            .inner
-            .put_opts(&ObjectPath::from(name), PutPayload::from_bytes(bytes), opts)
-            .await
-        {
-            Ok(_) => Ok(Put::Created),
-            // Azure answers 409, S3 412: either way the name was taken.
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => Ok(Put::Exists),
-            Err(e) => Err(self.error("write", name, e)),
+        let path = ObjectPath::from(name);
+        let mut attempt = 0;
+        loop {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            let payload = PutPayload::from_bytes(stored.clone());
+            match self.inner.put_opts(&path, payload, opts).await {
+                Ok(_) => return Ok(Put::Created),
+                // Azure answers 409, S3 412: either way the name was taken — perhaps by this
+                // very put, whose answer was lost: then the object holds these bytes.
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => {
+                    if attempt > 0 && self.get_opt(name).await.ok().flatten() == Some(plain) {
+                        return Ok(Put::Created);
+                    }
+                    return Ok(Put::Exists);
+                }
+                Err(e) if transient(&e) && attempt + 1 < ATTEMPTS => {
+                    tracing::debug!(object = name, error = %e, attempt, "write retried");
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.error("write", name, e)),
+            }
         }
     }
 
     /// Reads a whole object; `None` when it does not exist.
     pub async fn get_opt(&self, name: &str) -> Result<Option<Bytes>> {
-        let stored = match self.inner.get(&ObjectPath::from(name)).await {
-            Ok(r) => r.bytes().await.map_err(|e| self.error("read", name, e))?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.error("read", name, e)),
-        };
-        self.unseal(name, stored).map(Some)
+        let path = ObjectPath::from(name);
+        let read = retrying(|| async {
+            match self.inner.get(&path).await {
+                Ok(r) => r.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+        match read {
+            Ok(Some(stored)) => self.unseal(name, stored).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.error("read", name, e)),
+        }
     }
 
     /// An object as stored, opened with the store's key (or checked to need none).
@@ -296,7 +331,8 @@ impl Store {
         if let Some(key) = &self.key {
             return self.get_sealed_range(key, name, range).await;
         }
-        match self.inner.get_range(&ObjectPath::from(name), range).await {
+        let path = ObjectPath::from(name);
+        match retrying(|| self.inner.get_range(&path, range.clone())).await {
             Ok(b) => Ok(b),
             Err(object_store::Error::NotFound { .. }) => Err(Error::damaged(name, "missing")),
             Err(e) => Err(self.error("read", name, e)),
@@ -320,15 +356,19 @@ impl Store {
                     range: Some((0..seal::HEADER).into()),
                     ..Default::default()
                 };
-                let r = match self.inner.get_opts(&path, opts).await {
+                let read = retrying(|| async {
+                    let r = self.inner.get_opts(&path, opts.clone()).await?;
+                    let size = r.meta.size;
+                    Ok((size, r.bytes().await?))
+                })
+                .await;
+                let (size, header) = match read {
                     Ok(r) => r,
                     Err(object_store::Error::NotFound { .. }) => {
                         return Err(Error::damaged(name, "missing"));
                     }
                     Err(e) => return Err(self.error("read", name, e)),
                 };
-                let size = r.meta.size;
-                let header = r.bytes().await.map_err(|e| self.error("read", name, e))?;
                 if !seal::is_sealed_header(&header) {
                     return Err(self.damaged(
                         name,
@@ -342,7 +382,7 @@ impl Store {
             }
         };
         let (sealed_range, _) = seal::sealed_range(&range, size);
-        let body = match self.inner.get_range(&path, sealed_range).await {
+        let body = match retrying(|| self.inner.get_range(&path, sealed_range.clone())).await {
             Ok(b) => b,
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(Error::damaged(name, "missing"));
@@ -372,7 +412,8 @@ impl Store {
 
     /// The size of an object, `None` when it does not exist.
     pub async fn size(&self, name: &str) -> Result<Option<u64>> {
-        match self.inner.head(&ObjectPath::from(name)).await {
+        let path = ObjectPath::from(name);
+        match retrying(|| self.inner.head(&path)).await {
             Ok(m) if self.key.is_some() => Ok(Some(seal::plain_len(m.size).unwrap_or(m.size))),
             Ok(m) => Ok(Some(m.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -383,10 +424,13 @@ impl Store {
     /// Every object under `prefix`, sorted by name.
     pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
         let prefix = ObjectPath::from(prefix);
-        let mut out: Vec<Listed> = self
-            .inner
-            .list(Some(&prefix))
-            .map_ok(|m| Listed {
+        let listed: Vec<object_store::ObjectMeta> =
+            retrying(|| self.inner.list(Some(&prefix)).try_collect())
+                .await
+                .map_err(|e| self.error("list", prefix.as_ref(), e))?;
+        let mut out: Vec<Listed> = listed
+            .into_iter()
+            .map(|m| Listed {
                 name: m.location.to_string(),
                 // What the object holds, as a store without a key would say.
                 size: match &self.key {
@@ -395,16 +439,15 @@ impl Store {
                 },
                 modified: m.last_modified.into(),
             })
-            .try_collect()
-            .await
-            .map_err(|e| self.error("list", prefix.as_ref(), e))?;
+            .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
     /// Deletes an object; deleting one that is already gone is not an error.
     pub async fn delete(&self, name: &str) -> Result<()> {
-        match self.inner.delete(&ObjectPath::from(name)).await {
+        let path = ObjectPath::from(name);
+        match retrying(|| self.inner.delete(&path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error("delete", name, e)),
         }
@@ -450,4 +493,44 @@ fn load_key(location: &str, kind: &str, value: &str, base: &Path) -> Result<seal
     };
     seal::Key::from_hex(&text)
         .map_err(|e| Error::failed(format!("the key of store `{location}`: {e}")))
+}
+
+/// Tries of one request before it fails the operation.
+const ATTEMPTS: u32 = 5;
+
+/// Whether a store's error may pass if the request is made again (a timeout, a connection reset,
+/// a 5xx after object_store's own retries): not a missing object, a taken name or a refusal.
+fn transient(e: &object_store::Error) -> bool {
+    matches!(
+        e,
+        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
+    )
+}
+
+/// Waits before try `attempt + 1`: 50 ms doubling, with jitter, under 2 s.
+async fn backoff(attempt: u32) {
+    let base = 50u64 << attempt.min(5);
+    let mut j = [0u8; 2];
+    let jitter =
+        getrandom::fill(&mut j).map_or(0, |()| u64::from(u16::from_le_bytes(j)) % (base / 2 + 1));
+    tokio::time::sleep(std::time::Duration::from_millis((base + jitter).min(2000))).await;
+}
+
+/// Runs `request` until it succeeds, fails for good, or has been tried `ATTEMPTS` times.
+async fn retrying<T, F, Fut>(request: F) -> std::result::Result<T, object_store::Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = std::result::Result<T, object_store::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match request().await {
+            Err(e) if transient(&e) && attempt + 1 < ATTEMPTS => {
+                tracing::debug!(error = %e, attempt, "store request retried");
+                backoff(attempt).await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
 }
