@@ -1053,3 +1053,45 @@ fn a_step_built_for_api_0_1_0_runs_on_this_host() {
         );
     });
 }
+
+/// `lifeboat plugin inspect`: a step's self-description and the pin, before any plan; a
+/// component the host would refuse is refused here with the same reason.
+#[test]
+fn plugin_inspect_says_what_a_step_is_and_how_to_pin_it() {
+    let bytes = std::fs::read(artifacts::TEMPLATE).expect("template built");
+    let sha256 = runtime().block_on(async {
+        Plugin::load(engine(), &bytes, None)
+            .await
+            .expect("template loads")
+            .sha256()
+            .to_string()
+    });
+    let out =
+        crate::support::lifeboat(&["--output", "json", "plugin", "inspect", artifacts::TEMPLATE]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["sha256"], sha256.as_str());
+    assert_eq!(doc["name"], "port-open");
+    assert_eq!(doc["capabilities"], serde_json::json!(["probe-tcp"]));
+    assert!(
+        doc["grants"][0].as_str().unwrap().starts_with("allow.tcp"),
+        "{doc}"
+    );
+    let out = crate::support::lifeboat(&["plugin", "inspect", artifacts::TEMPLATE]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!("sha256 = \"{sha256}\"")),
+        "{}",
+        out.stdout
+    );
+    // Refused as a plan would refuse it: an import the sandbox does not offer.
+    let out = crate::support::lifeboat(&["plugin", "inspect", artifacts::WASI_FILESYSTEM]);
+    assert_eq!(out.code, 3, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("is not a step Lifeboat can run"),
+        "{}",
+        out.stderr
+    );
+    let out = crate::support::lifeboat(&["plugin", "inspect", "no/such/step.wasm"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+}

@@ -6,6 +6,7 @@ mod demo;
 pub mod exit_codes;
 mod load;
 mod orchestration;
+mod plugin;
 mod remote;
 mod replication;
 pub mod report;
@@ -216,6 +217,9 @@ enum Command {
     /// Runs of plans: what happened, when, with what RPO and RTO.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Work with step components before they are in a plan.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Follow a running daemon's events: cycles, RPO breaches and recoveries, runs and their
     /// steps, approvals waiting, config reloads. Until the daemon stops or Ctrl-C.
     Events {
@@ -260,6 +264,13 @@ enum RunsCommand {
     List,
     /// One run: timeline, steps with their logs, VMs, points, RPO and RTO.
     Show { run: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// What a step component says of itself (name, version, capabilities and the grants they
+    /// need, its `with` schema) and the sha256 to pin it by.
+    Inspect { component: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -674,6 +685,9 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             }
             Err(code) => code,
         }),
+        Command::Plugin(PluginCommand::Inspect { component }) => {
+            Ok(plugin::inspect(&component, json, io))
+        }
         Command::Points(PointsCommand::List { vm }) => Ok(match context(io) {
             Ok(ctx) => replication::points_list(&ctx, &vm, io),
             Err(code) => code,
