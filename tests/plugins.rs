@@ -1095,3 +1095,54 @@ fn plugin_inspect_says_what_a_step_is_and_how_to_pin_it() {
     let out = crate::support::lifeboat(&["plugin", "inspect", "no/such/step.wasm"]);
     assert_eq!(out.code, 4, "{}", out.stderr);
 }
+
+/// `lifeboat plugin test`: a team tries its step before it is in a plan. It runs for real in the
+/// sandbox; a hostile one is contained and said to be.
+#[test]
+fn plugin_test_runs_a_step_and_reports_a_hostile_one_contained() {
+    // The template probes a TCP address: grant one that answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let with = format!("address={addr}");
+    let allow = format!("tcp={addr}");
+    let out = crate::support::lifeboat(&[
+        "plugin",
+        "test",
+        artifacts::TEMPLATE,
+        "--with",
+        &with,
+        "--allow",
+        &allow,
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("port-open: ok"), "{}", out.stdout);
+    // Without the grant, the same probe is denied, and the sandbox says it contained it.
+    let out = crate::support::lifeboat(&[
+        "--output",
+        "json",
+        "plugin",
+        "test",
+        artifacts::TEMPLATE,
+        "--with",
+        &with,
+    ]);
+    assert_eq!(out.code, 4, "{}", out.stdout);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], false, "{doc}");
+    // Hostile steps: a loop past its deadline, a memory bomb, an ungranted call.
+    for (fixture, says) in [
+        (artifacts::INFINITE_LOOP, "timed out"),
+        (artifacts::MEMORY_BOMB, "memory"),
+        (artifacts::UNGRANTED_CALL, "denied"),
+    ] {
+        let out = crate::support::lifeboat(&["plugin", "test", fixture, "--timeout", "2s"]);
+        assert_eq!(out.code, 4, "{fixture}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stdout.contains("contained by the sandbox") && out.stdout.contains(says),
+            "{fixture}: {}",
+            out.stdout
+        );
+    }
+    let out = crate::support::lifeboat(&["plugin", "test", artifacts::TEMPLATE, "--with", "x"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+}

@@ -271,6 +271,34 @@ enum PluginCommand {
     /// What a step component says of itself (name, version, capabilities and the grants they
     /// need, its `with` schema) and the sha256 to pin it by.
     Inspect { component: PathBuf },
+    /// Run a step once in the sandbox, with no site behind it: its logs, outputs and outcome
+    /// (and whether the sandbox had to contain it) before it is in a plan.
+    Test {
+        component: PathBuf,
+        /// The step's `with`: KEY=VALUE (a VALUE that is JSON is that JSON). Repeatable.
+        #[arg(long = "with", value_name = "KEY=VALUE")]
+        with: Vec<String>,
+        /// What its `allow` grants: tcp=ADDR, http=URL, kv=KEY or vms=VM. Repeatable.
+        #[arg(long = "allow", value_name = "KIND=VALUE")]
+        allow: Vec<String>,
+        /// The operation the step is told it runs in.
+        #[arg(long, value_enum, default_value_t = TestOperation::Test)]
+        operation: TestOperation,
+        /// Tell the step it is a dry run (`dry-run = true` in its context).
+        #[arg(long)]
+        dry_run: bool,
+        /// The step's deadline.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TestOperation {
+    Test,
+    Planned,
+    Unplanned,
+    Failback,
 }
 
 #[derive(Debug, Subcommand)]
@@ -688,6 +716,30 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
         Command::Plugin(PluginCommand::Inspect { component }) => {
             Ok(plugin::inspect(&component, json, io))
         }
+        Command::Plugin(PluginCommand::Test {
+            component,
+            with,
+            allow,
+            operation,
+            dry_run,
+            timeout,
+        }) => Ok(plugin::test(
+            &plugin::TestRequest {
+                component,
+                with,
+                allow,
+                operation: match operation {
+                    TestOperation::Test => lifeboat_plugin_host::wit::Operation::Test,
+                    TestOperation::Planned => lifeboat_plugin_host::wit::Operation::Planned,
+                    TestOperation::Unplanned => lifeboat_plugin_host::wit::Operation::Unplanned,
+                    TestOperation::Failback => lifeboat_plugin_host::wit::Operation::Failback,
+                },
+                dry_run,
+                timeout,
+            },
+            json,
+            io,
+        )),
         Command::Points(PointsCommand::List { vm }) => Ok(match context(io) {
             Ok(ctx) => replication::points_list(&ctx, &vm, io),
             Err(code) => code,

@@ -143,3 +143,190 @@ pub fn inspect(path: &Path, json: bool, io: &mut crate::Io<'_>) -> u8 {
     let _ = io.stdout.write_all(text.as_bytes());
     exit_codes::OK
 }
+
+/// What `lifeboat plugin test` is asked to run.
+#[derive(Debug)]
+pub struct TestRequest {
+    pub component: std::path::PathBuf,
+    /// `key=value`: the step's `with` (a value that parses as JSON is that JSON, else a string).
+    pub with: Vec<String>,
+    /// `tcp=ADDR`, `http=URL`, `kv=KEY`, `vms=VM`: what the step's `allow` would grant.
+    pub allow: Vec<String>,
+    pub operation: lifeboat_plugin_host::wit::Operation,
+    pub dry_run: bool,
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Serialize)]
+struct Tested {
+    outcome: String,
+    ok: bool,
+    /// Stopped by the sandbox (deadline, memory cap, trap, an ungranted call): it harmed nothing.
+    contained: bool,
+    outputs: Option<serde_json::Value>,
+    log: Vec<(String, String)>,
+    stdout: String,
+    stderr: String,
+    seconds: f64,
+}
+
+/// `lifeboat plugin test`: runs the step's `run` once in the sandbox, with the grants given and
+/// no site behind it (inventory, restores, VMs and approvals answer that they are not there;
+/// probes reach only the granted addresses, for real), and prints everything it did.
+pub fn test(req: &TestRequest, json: bool, io: &mut crate::Io<'_>) -> u8 {
+    use lifeboat_plugin_host::wit::{Direction, Operation, StepContext};
+    use lifeboat_plugin_host::{Grants, StepLimits, StepOutcome, StepRequest};
+
+    let mut config = serde_json::Map::new();
+    for kv in &req.with {
+        let Some((k, v)) = kv.split_once('=') else {
+            let _ = writeln!(io.stderr, "error: --with `{kv}`: write KEY=VALUE");
+            return exit_codes::USAGE;
+        };
+        let value = serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.into()));
+        config.insert(k.to_string(), value);
+    }
+    let mut grants = Grants {
+        origin: "lifeboat plugin test --allow".into(),
+        ..Grants::default()
+    };
+    for a in &req.allow {
+        match a.split_once('=') {
+            Some(("tcp", v)) => grants.tcp.push(v.into()),
+            Some(("http", v)) => grants.http.push(v.into()),
+            Some(("kv", v)) => grants.kv.push(v.into()),
+            Some(("vms", v)) => grants.vms.push(v.into()),
+            _ => {
+                let _ = writeln!(
+                    io.stderr,
+                    "error: --allow `{a}`: write tcp=ADDR, http=URL, kv=KEY or vms=VM"
+                );
+                return exit_codes::USAGE;
+            }
+        }
+    }
+    let bytes = match std::fs::read(&req.component) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = writeln!(
+                io.stderr,
+                "error: cannot read {}: {e}",
+                req.component.display()
+            );
+            return exit_codes::FAILED;
+        }
+    };
+    let engine = match PluginEngine::new(EngineOptions {
+        cache_dir: lifeboat_loader::default_cache_dir(),
+        ..EngineOptions::default()
+    }) {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: the plugin engine could not start: {e}");
+            return exit_codes::INTERNAL;
+        }
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    else {
+        let _ = writeln!(io.stderr, "error: cannot start a runtime");
+        return exit_codes::INTERNAL;
+    };
+    let plugin = match rt.block_on(Plugin::load(&engine, &bytes, None)) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(
+                io.stderr,
+                "error: {} is not a step Lifeboat can run: {e}",
+                req.component.display()
+            );
+            return exit_codes::INVALID;
+        }
+    };
+    let operation = req.operation;
+    let mut request = StepRequest::offline(
+        serde_json::Value::Object(config).to_string(),
+        StepContext {
+            plan: "plugin-test".into(),
+            run_id: "plugin-test-1".into(),
+            operation,
+            direction: if operation == Operation::Failback {
+                Direction::Reverse
+            } else {
+                Direction::Forward
+            },
+            group: "test".into(),
+            step: plugin.info().name.clone(),
+            attempt: 1,
+            dry_run: req.dry_run,
+        },
+    );
+    request.grants = std::sync::Arc::new(grants);
+    request.limits = StepLimits {
+        timeout: req.timeout,
+        ..StepLimits::default()
+    };
+    let report = rt.block_on(plugin.run(&request));
+    let (ok, contained, outputs) = match &report.outcome {
+        StepOutcome::Ok { outputs } => (true, false, serde_json::from_str(outputs).ok()),
+        StepOutcome::Failed(_) => (false, false, None),
+        StepOutcome::Timeout { .. }
+        | StepOutcome::OutOfMemory { .. }
+        | StepOutcome::Trap { .. }
+        | StepOutcome::Denied { .. } => (false, true, None),
+    };
+    let out = Tested {
+        outcome: report.outcome.summary(),
+        ok,
+        contained,
+        outputs,
+        log: report
+            .log
+            .iter()
+            .map(|l| (l.level.to_string(), l.message.clone()))
+            .collect(),
+        stdout: report.stdout.clone(),
+        stderr: report.stderr.clone(),
+        seconds: report.elapsed.as_secs_f64(),
+    };
+    if json {
+        crate::print_json(io, &out);
+    } else {
+        let mut text = String::new();
+        for (level, message) in &out.log {
+            text.push_str(&format!("  {level:5} {message}\n"));
+        }
+        if report.log_dropped > 0 {
+            text.push_str(&format!(
+                "  … {} log lines dropped (over the limit)\n",
+                report.log_dropped
+            ));
+        }
+        for (name, stream) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            for line in stream.lines() {
+                text.push_str(&format!("  [{name}] {line}\n"));
+            }
+        }
+        if let Some(o) = &out.outputs {
+            text.push_str(&format!("  outputs: {o}\n"));
+        }
+        text.push_str(&format!(
+            "{}: {}{} in {:.2}s\n",
+            plugin.info().name,
+            out.outcome,
+            if contained {
+                " — contained by the sandbox"
+            } else {
+                ""
+            },
+            out.seconds
+        ));
+        let _ = io.stdout.write_all(text.as_bytes());
+    }
+    if ok {
+        exit_codes::OK
+    } else {
+        exit_codes::FAILED
+    }
+}
