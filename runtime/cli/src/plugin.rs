@@ -51,12 +51,14 @@ fn grant(c: Capability) -> Option<&'static str> {
     })
 }
 
-pub fn inspect(path: &Path, json: bool, io: &mut crate::Io<'_>) -> u8 {
+/// Loads the component at `path` as a plan's step is loaded (the engine, the checks, the
+/// sandbox), with a runtime to run it on; on failure, the exit code after saying why.
+fn load(path: &Path, io: &mut crate::Io<'_>) -> Result<(tokio::runtime::Runtime, Plugin), u8> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {
             let _ = writeln!(io.stderr, "error: cannot read {}: {e}", path.display());
-            return exit_codes::FAILED;
+            return Err(exit_codes::FAILED);
         }
     };
     let engine = match PluginEngine::new(EngineOptions {
@@ -66,29 +68,33 @@ pub fn inspect(path: &Path, json: bool, io: &mut crate::Io<'_>) -> u8 {
         Ok(e) => e,
         Err(e) => {
             let _ = writeln!(io.stderr, "error: the plugin engine could not start: {e}");
-            return exit_codes::INTERNAL;
+            return Err(exit_codes::INTERNAL);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = writeln!(io.stderr, "error: cannot start a runtime: {e}");
-            return exit_codes::INTERNAL;
-        }
+    else {
+        let _ = writeln!(io.stderr, "error: cannot start a runtime");
+        return Err(exit_codes::INTERNAL);
     };
-    let plugin = match rt.block_on(Plugin::load(&engine, &bytes, None)) {
-        Ok(p) => p,
+    match rt.block_on(Plugin::load(&engine, &bytes, None)) {
+        Ok(p) => Ok((rt, p)),
         Err(e) => {
             let _ = writeln!(
                 io.stderr,
                 "error: {} is not a step Lifeboat can run: {e}",
                 path.display()
             );
-            return exit_codes::INVALID;
+            Err(exit_codes::INVALID)
         }
+    }
+}
+
+pub fn inspect(path: &Path, json: bool, io: &mut crate::Io<'_>) -> u8 {
+    let (_rt, plugin) = match load(path, io) {
+        Ok(l) => l,
+        Err(code) => return code,
     };
     let info = plugin.info();
     let caps: Vec<Capability> = info.capabilities.clone();
@@ -205,44 +211,9 @@ pub fn test(req: &TestRequest, json: bool, io: &mut crate::Io<'_>) -> u8 {
             }
         }
     }
-    let bytes = match std::fs::read(&req.component) {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = writeln!(
-                io.stderr,
-                "error: cannot read {}: {e}",
-                req.component.display()
-            );
-            return exit_codes::FAILED;
-        }
-    };
-    let engine = match PluginEngine::new(EngineOptions {
-        cache_dir: lifeboat_loader::default_cache_dir(),
-        ..EngineOptions::default()
-    }) {
-        Ok(e) => e,
-        Err(e) => {
-            let _ = writeln!(io.stderr, "error: the plugin engine could not start: {e}");
-            return exit_codes::INTERNAL;
-        }
-    };
-    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    else {
-        let _ = writeln!(io.stderr, "error: cannot start a runtime");
-        return exit_codes::INTERNAL;
-    };
-    let plugin = match rt.block_on(Plugin::load(&engine, &bytes, None)) {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = writeln!(
-                io.stderr,
-                "error: {} is not a step Lifeboat can run: {e}",
-                req.component.display()
-            );
-            return exit_codes::INVALID;
-        }
+    let (rt, plugin) = match load(&req.component, io) {
+        Ok(l) => l,
+        Err(code) => return code,
     };
     let operation = req.operation;
     let mut request = StepRequest::offline(
