@@ -1495,3 +1495,99 @@ fn a_run_killed_before_its_addresses_were_journaled_is_finished_by_retry() {
     );
     assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
 }
+
+/// `plan simulate`: before any run, the steps, addresses and points the drill that follows
+/// uses; after one, an RTO predicted from what it measured, close to the next drill's; and a
+/// plan whose `rto_objective` the prediction exceeds exits 9.
+#[test]
+fn simulate_predicts_the_drill_that_follows_it() {
+    let mut s = Sites::new(142, "[]", "[]");
+    s.start_source();
+    s.replicate();
+    let simulate = |s: &Sites| -> serde_json::Value {
+        let out = s.lifeboat(&["--output", "json", "plan", "simulate", "p"]);
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    };
+    let before = simulate(&s);
+    assert!(
+        before["basis"].as_str().unwrap().contains("no earlier run"),
+        "{before}"
+    );
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rec = s.record("p-1");
+    let ids = |v: &serde_json::Value, key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&before, "steps"), ids(&rec, "steps"));
+    for vm in rec["vms"].as_array().unwrap() {
+        let name = vm["name"].as_str().unwrap();
+        let sim = before["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["vm"] == name)
+            .unwrap();
+        assert_eq!(sim["addresses"], vm["addresses"], "{name}");
+        let point = format!("{}/{}", vm["group"].as_str().unwrap(), vm["point"]);
+        assert!(
+            sim["point"].as_str().unwrap().starts_with(&point),
+            "{name}: {} vs {point}",
+            sim["point"]
+        );
+    }
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+
+    // Measured now: the prediction rests on drill p-1 and is close to the next drill's RTO.
+    let after = simulate(&s);
+    assert!(
+        after["basis"].as_str().unwrap().contains("run p-1"),
+        "{after}"
+    );
+    let predicted = after["rto_seconds"].as_f64().unwrap();
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let real = s.record("p-2")["duration_seconds"].as_f64().unwrap();
+    assert!(
+        (predicted - real).abs() <= 0.2 * real + 0.3,
+        "predicted {predicted:.2} s, the drill took {real:.2} s"
+    );
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+    // A profile exported from the run predicts the same, where the journal is not.
+    let out = s.lifeboat(&["runs", "profile", "p-1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let profile = s.path().join("profile.json");
+    std::fs::write(&profile, &out.stdout).unwrap();
+    let out = s.lifeboat(&[
+        "--output",
+        "json",
+        "plan",
+        "simulate",
+        "p",
+        "--profile",
+        profile.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let from_file: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(from_file["steps"], after["steps"]);
+    // An objective the prediction exceeds: exit 9, said.
+    let plan = std::fs::read_to_string(s.path().join("plans/p.toml")).unwrap();
+    std::fs::write(
+        s.path().join("plans/p.toml"),
+        plan.replacen(
+            "recovery_point = \"latest\"",
+            "recovery_point = \"latest\"\nrto_objective = \"1ms\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let out = s.lifeboat(&["plan", "simulate", "p"]);
+    assert_eq!(out.code, 9, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("EXCEEDED"), "{}", out.stdout);
+}

@@ -264,6 +264,9 @@ enum RunsCommand {
     List,
     /// One run: timeline, steps with their logs, VMs, points, RPO and RTO.
     Show { run: String },
+    /// What a finished run measured (each step's duration), as `plan simulate --profile`
+    /// reads it.
+    Profile { run: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -311,6 +314,27 @@ enum PointsCommand {
 enum PlanCommand {
     /// Check the inventory and plans offline, reporting every problem at once.
     Validate(ValidateArgs),
+    /// The run a failover would be, without running it: steps in order, VMs with their
+    /// addresses and points, and the RTO predicted from the plan's earlier runs. Exits 9 when
+    /// the prediction exceeds the plan's `rto_objective`.
+    #[command(group(clap::ArgGroup::new("kind").args(["test", "planned", "unplanned", "failback"])))]
+    Simulate {
+        /// A plan file, or the name of one in `plans/`.
+        plan: String,
+        /// A drill (the default).
+        #[arg(long)]
+        test: bool,
+        #[arg(long)]
+        planned: bool,
+        #[arg(long)]
+        unplanned: bool,
+        #[arg(long)]
+        failback: bool,
+        /// Step durations measured elsewhere (`lifeboat runs profile RUN --output json`), for
+        /// CI where the journal is not; default: the plan's most recent finished run here.
+        #[arg(long)]
+        profile: Option<PathBuf>,
+    },
     /// Print the JSON Schema of the plan file (or of the inventory).
     Schema {
         /// Print the inventory's schema instead.
@@ -662,6 +686,33 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             Ok(l) => orchestration::runs_list(&l, json, io),
             Err(code) => code,
         }),
+        Command::Runs(RunsCommand::Profile { run }) => Ok(match orchestrate(None, io) {
+            Ok(l) => orchestration::runs_profile(&l, &run, io),
+            Err(code) => code,
+        }),
+        Command::Plan(PlanCommand::Simulate {
+            plan,
+            test: _,
+            planned,
+            unplanned,
+            failback,
+            profile,
+        }) => {
+            use lifeboat_plan::plan::Operation;
+            let op = if planned {
+                Operation::Planned
+            } else if unplanned {
+                Operation::Unplanned
+            } else if failback {
+                Operation::Failback
+            } else {
+                Operation::Test
+            };
+            Ok(match orchestrate(Some(&plan), io) {
+                Ok(l) => orchestration::simulate(&l, op, profile.as_deref(), json, io),
+                Err(code) => code,
+            })
+        }
         Command::Runs(RunsCommand::Show { run }) => Ok(match orchestrate(None, io) {
             Ok(l) => orchestration::runs_show(&l, &run, json, io),
             Err(code) => code,

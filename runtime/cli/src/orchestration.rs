@@ -689,3 +689,116 @@ pub fn runs_show(loaded: &Loaded, run: &str, json: bool, io: &mut crate::Io<'_>)
     }
     exit_codes::OK
 }
+
+/// `runs profile RUN`: what the run measured, as JSON (what `plan simulate --profile` reads).
+pub fn runs_profile(loaded: &Loaded, run: &str, io: &mut crate::Io<'_>) -> u8 {
+    match lifeboat_orchestrator::simulate::profile_of(&loaded.env, run) {
+        Ok(p) => {
+            crate::print_json(io, &p);
+            exit_codes::OK
+        }
+        Err(e) => run_failed(io, &e),
+    }
+}
+
+/// `plan simulate`: the run a failover would be, and its predicted RTO.
+pub fn simulate(
+    loaded: &Loaded,
+    op: lifeboat_plan::plan::Operation,
+    profile: Option<&Path>,
+    json: bool,
+    io: &mut crate::Io<'_>,
+) -> u8 {
+    use lifeboat_orchestrator::simulate::{self, Profile};
+    let Some((plan, _)) = &loaded.plan else {
+        let _ = writeln!(io.stderr, "error: no plan to simulate");
+        return exit_codes::USAGE;
+    };
+    let profile: Option<Profile> = match profile {
+        Some(path) => {
+            let read = std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()));
+            match read {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    let _ = writeln!(
+                        io.stderr,
+                        "error: profile {}: {e} (write one with `lifeboat runs profile RUN`)",
+                        path.display()
+                    );
+                    return exit_codes::FAILED;
+                }
+            }
+        }
+        None => match simulate::profile_from_journal(&loaded.env, &plan.name.value, op) {
+            Ok(p) => p,
+            Err(e) => return run_failed(io, &e),
+        },
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        let _ = writeln!(io.stderr, "error: cannot start a runtime");
+        return exit_codes::INTERNAL;
+    };
+    let sim = match rt.block_on(simulate::simulate(&loaded.env, plan, op, profile.as_ref())) {
+        Ok(s) => s,
+        Err(e) => return run_failed(io, &e),
+    };
+    let code = if sim.exceeds_objective() {
+        exit_codes::RTO_EXCEEDED
+    } else {
+        exit_codes::OK
+    };
+    if json {
+        crate::print_json(io, &sim);
+        return code;
+    }
+    let mut text = format!(
+        "simulated {} of plan {} (nothing was started, restored or changed)\n",
+        op.name(),
+        sim.plan
+    );
+    for s in &sim.steps {
+        text.push_str(&format!(
+            "  +{:7.1}s  {:<24} {:<22} {:6.1}s{}\n",
+            s.start_seconds,
+            s.id,
+            s.uses,
+            s.seconds,
+            if s.measured { "" } else { " (default)" }
+        ));
+    }
+    for v in &sim.vms {
+        text.push_str(&format!(
+            "  {} (group {}): {}; point {}\n",
+            v.vm,
+            v.group,
+            if v.addresses.is_empty() {
+                "no NICs".to_string()
+            } else {
+                v.addresses.join(", ")
+            },
+            v.point
+        ));
+    }
+    text.push_str(&format!(
+        "predicted RTO {:.1}s — {}\n",
+        sim.rto_seconds, sim.basis
+    ));
+    if let Some(o) = sim.objective_seconds {
+        text.push_str(&format!(
+            "rto_objective {:.0}s: {}\n",
+            o,
+            if sim.exceeds_objective() {
+                "EXCEEDED"
+            } else {
+                "met"
+            }
+        ));
+    }
+    let _ = io.stdout.write_all(text.as_bytes());
+    code
+}

@@ -24,6 +24,8 @@ pub const RPO_EXCEEDED: u8 = 7;
 /// Another writer holds the group's lease (a running daemon protects it, or another
 /// `replicate`): one writer per group. Try again later, or let the daemon take the point.
 pub const BUSY: u8 = 8;
+/// `plan simulate`: the predicted RTO is longer than the plan's `rto_objective`.
+pub const RTO_EXCEEDED: u8 = 9;
 
 /// Every code with what it means, for `--help` (the README's table says the same).
 pub const TABLE: &[(u8, &str)] = &[
@@ -39,6 +41,7 @@ pub const TABLE: &[(u8, &str)] = &[
     (FENCED, "fenced by another writer"),
     (RPO_EXCEEDED, "rpo exceeded (status)"),
     (BUSY, "busy: another writer holds the group's lease"),
+    (RTO_EXCEEDED, "rto objective exceeded (plan simulate)"),
 ];
 
 /// The exit code of a replication engine error.

@@ -23,5 +23,6 @@ pub mod record;
 pub mod run;
 pub mod runs;
 pub mod services;
+pub mod simulate;
 pub mod source;
 pub mod steps;

@@ -124,7 +124,7 @@ async fn preflight(env: &Environment, plan: &Plan, req: &FailoverRequest) -> Res
 
 /// Every NIC's address at the target for a run of `op` of `plan`, beside the addresses other
 /// open runs (but `run`) hold there.
-fn assignments_for(
+pub(crate) fn assignments_for(
     env: &Environment,
     journal: &Journal,
     plan: &Plan,

@@ -34,6 +34,10 @@ pub struct Plan {
     /// The default recovery point for a failover: `latest-processed` if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_point: Option<Spanned<PointChoice>>,
+    /// How long a recovery may take: `lifeboat plan simulate` fails (exit 9) when its predicted
+    /// RTO is longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_objective: Option<Spanned<Duration>>,
     /// How source networks map to target networks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<PlanNetwork>,
@@ -370,6 +374,9 @@ fn decode_plan(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Plan> {
         };
         Some(Spanned::new(choice, s.span))
     });
+    let rto_objective = t
+        .optional("rto_objective")
+        .map(|v| d.duration(v, "rto_objective"));
     let network = t.optional("network").map(|v| decode_network(d, v));
     let groups = t.required(d, "group").and_then(|v| {
         let groups = d.list(v, "group", |d, v, what| decode_group(d, v, &what))?;
@@ -395,6 +402,7 @@ fn decode_plan(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Plan> {
         source: source.unwrap_or_else(|| blank.clone()),
         target: target.unwrap_or_else(|| blank.clone()),
         recovery_point: recovery_point.unwrap_or(None),
+        rto_objective: rto_objective.unwrap_or(None),
         network: network.unwrap_or(None),
         groups: groups.unwrap_or_default(),
     })
