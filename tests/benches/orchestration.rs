@@ -2,7 +2,8 @@
 //! moment they start (a `sleep` process, no health probe), so the run's whole time is what the
 //! orchestrator adds: validation and plugin loading, the journal, point choice, restores of 100
 //! small disks, 100 process starts, 10 boot steps in the sandbox. Baseline in the same run:
-//! starting and stopping the same 100 processes directly.
+//! starting and stopping the same 100 processes directly. Beside it, `plan simulate` of the same
+//! plan (its time against the drill's, and its predicted RTO against the measured one).
 //!
 //! A second figure: the RTO of one group of 4 VMs with 256 MiB disks of random data (restores
 //! dominate), against `cp` of the same four images one after another, each synced.
@@ -152,7 +153,17 @@ fn main() {
     let mut total = Vec::new();
     let mut rto = Vec::new();
     let mut spawn = Vec::new();
+    let mut simulated = Vec::new();
+    let mut predicted = 0.0;
     for run in 1..=runs {
+        // `plan simulate` of the same plan (from run 2 on, predicted from the drill before).
+        let started = Instant::now();
+        let (code, out) = lifeboat(&config, &["--output", "json", "plan", "simulate", "bench"]);
+        simulated.push(started.elapsed().as_secs_f64());
+        assert_eq!(code, 0, "{out}");
+        predicted = serde_json::from_str::<serde_json::Value>(&out).unwrap()["rto_seconds"]
+            .as_f64()
+            .unwrap();
         let (wall, run_rto) = drill(&config, run);
         total.push(wall);
         rto.push(run_rto);
@@ -175,6 +186,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (total, rto, spawn) = (median(total), median(rto), median(spawn));
+    let simulated = median(simulated);
     let (big_rto, big_cp) = restore_heavy(runs);
     println!("orchestration   {VMS} VMs in {GROUPS} groups, healthy at once; {runs} runs, medians");
     println!(
@@ -183,6 +195,10 @@ fn main() {
     println!(
         "baseline        {spawn:6.3}s to start the same {VMS} processes directly; overhead above it {:.3}s (target ≤ 1 s above the health waits, here 0)",
         total - spawn
+    );
+    println!(
+        "plan simulate   {simulated:6.3}s (target ≤ 2 s) vs the drill {total:6.3}s: {:.2}× its time; predicted RTO {predicted:.3}s vs measured {rto:.3}s",
+        simulated / total
     );
     println!(
         "restore-heavy   4 VMs × 256 MiB random in one group: RTO {big_rto:6.3}s   cp+sync of the 4 images {big_cp:6.3}s   ratio {:.2}× cp",
