@@ -1146,3 +1146,65 @@ fn plugin_test_runs_a_step_and_reports_a_hostile_one_contained() {
     let out = crate::support::lifeboat(&["plugin", "test", artifacts::TEMPLATE, "--with", "x"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
 }
+
+/// In a dry run the built-in steps say what they would do and touch nothing: no probe, no
+/// request, no approval waited for (a closed port and an unreachable URL still pass).
+#[test]
+fn builtins_in_a_dry_run_touch_nothing() {
+    runtime().block_on(async {
+        let cases = [
+            (
+                "tcp-check",
+                r#"{"address":"127.0.0.1:9"}"#,
+                "would check that 127.0.0.1:9",
+            ),
+            (
+                "http-check",
+                r#"{"url":"http://127.0.0.1:9/health"}"#,
+                "would check that http://127.0.0.1:9/health",
+            ),
+            (
+                "webhook",
+                r#"{"url":"http://127.0.0.1:9/hook"}"#,
+                "would send POST http://127.0.0.1:9/hook",
+            ),
+            (
+                "approval",
+                r#"{"message":"go?"}"#,
+                "would ask \"go?\"; granted",
+            ),
+        ];
+        for (name, config, says) in cases {
+            let plugin = load_builtin(name).await;
+            let mut req = request(
+                name,
+                config,
+                Grants::default(),
+                Arc::new(NoServices),
+                short(5_000),
+            );
+            req.context.dry_run = true;
+            let report = plugin.run(&req).await;
+            assert!(report.outcome.is_ok(), "{name}: {report:?}");
+            assert!(
+                report.log.iter().any(|l| l.message.contains(says)),
+                "{name}: {:?}",
+                report.log
+            );
+        }
+        // Without the dry run, the same closed port fails the check.
+        let plugin = load_builtin("tcp-check").await;
+        let mut grants = Grants::default();
+        grants.tcp.push("127.0.0.1:9".into());
+        let report = plugin
+            .run(&request(
+                "tcp-check",
+                r#"{"address":"127.0.0.1:9"}"#,
+                grants,
+                Arc::new(NoServices),
+                short(5_000),
+            ))
+            .await;
+        assert!(!report.outcome.is_ok(), "{report:?}");
+    });
+}

@@ -26,10 +26,15 @@ impl Step for HttpCheck {
         problems
     }
 
-    fn run(config: &Config, _context: &StepContext) -> Result<Outputs, Error> {
+    fn run(config: &Config, context: &StepContext) -> Result<Outputs, Error> {
         let url = config
             .str("url")
             .ok_or_else(|| Error::Invalid("`url` is required".into()))?;
+        if context.dry_run {
+            // Nothing is up to answer in a dry run: say what would be checked.
+            lifeboat_plugin_sdk::info(&format!("dry run: would check that {url} answers"));
+            return Ok(Outputs::new());
+        }
         let timeout = config
             .u64("timeout_ms")
             .unwrap_or(5_000)

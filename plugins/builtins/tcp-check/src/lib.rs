@@ -22,18 +22,25 @@ impl Step for TcpCheck {
         problems
     }
 
-    fn run(config: &Config, _context: &StepContext) -> Result<Outputs, Error> {
+    fn run(config: &Config, context: &StepContext) -> Result<Outputs, Error> {
         let address = config
             .str("address")
             .ok_or_else(|| Error::Invalid("`address` is required".into()))?;
+        let mut outputs = Outputs::new();
+        outputs.insert("address".into(), address.into());
+        if context.dry_run {
+            // Nothing is up to answer in a dry run: say what would be checked.
+            lifeboat_plugin_sdk::info(&format!(
+                "dry run: would check that {address} accepts connections"
+            ));
+            return Ok(outputs);
+        }
         let timeout = config
             .u64("timeout_ms")
             .unwrap_or(5_000)
             .min(u32::MAX as u64) as u32;
         probe::tcp(address, timeout)?;
         lifeboat_plugin_sdk::info(&format!("{address} accepts connections"));
-        let mut outputs = Outputs::new();
-        outputs.insert("address".into(), address.into());
         Ok(outputs)
     }
 }

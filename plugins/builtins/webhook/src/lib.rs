@@ -61,6 +61,10 @@ impl Step for Webhook {
             .str("url")
             .ok_or_else(|| Error::Invalid("`url` is required".into()))?;
         let method = config.str("method").unwrap_or("POST").to_ascii_uppercase();
+        if context.dry_run {
+            lifeboat_plugin_sdk::info(&format!("dry run: would send {method} {url}"));
+            return Ok(Outputs::new());
+        }
         let timeout = config
             .u64("timeout_ms")
             .unwrap_or(10_000)
