@@ -214,11 +214,21 @@ async fn points(env: &Environment, plan: &Plan) -> HashMap<String, String> {
     let vms = crate::source::plan_vms(plan);
     let default = crate::compile::point_choice(plan);
     let mut out = HashMap::new();
-    let repo = match env.site_store(&plan.target.value) {
-        Ok(store) => lifeboat_replication::Repository::open(&store)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+    // Read-only: a target folder that does not exist is not created.
+    let repo = match env.inventory.sites.get(&plan.target.value) {
+        Some(site) => {
+            match lifeboat_replication::Store::open_if_present(&site.store.value, &env.base) {
+                Ok(Some(store)) => lifeboat_replication::Repository::open(&store)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Ok(None) => Err(format!(
+                    "nothing has been replicated to `{}` yet",
+                    site.store.value
+                )),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        None => Err(format!("no site `{}` in the inventory", plan.target.value)),
     };
     for group in crate::source::groups_of(env, &vms) {
         let choice = crate::services::choice_for(None, &group.name, default);

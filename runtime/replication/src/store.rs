@@ -72,7 +72,9 @@ impl Store {
     /// Opens a store only to read it: a local folder that does not exist is `None` (a site that
     /// is gone, or never written), rather than created as `open` does.
     pub fn open_if_present(location: &str, base: &Path) -> Result<Option<Self>> {
+        // The folder is what comes before the options (`west?key_file=…`).
         let trimmed = location.trim();
+        let trimmed = trimmed.split_once('?').map_or(trimmed, |(l, _)| l);
         let folder = match trimmed.split_once("://") {
             None => Some(base.join(trimmed)),
             Some(("file", path)) => Some(PathBuf::from(path)),

@@ -180,4 +180,18 @@ fn store_options_ride_in_the_url_query_and_never_reach_messages() {
     assert_eq!(s.location(), "s3://b/p");
     let s = Store::open("az://c/p?use_emulator=true", base.path()).unwrap();
     assert_eq!(s.location(), "az://c/p");
+    // A keyed folder is the folder before its options: absent, it is not there (and not made).
+    std::fs::write(base.path().join("k"), "ab".repeat(32)).unwrap();
+    assert!(
+        Store::open_if_present("west?key_file=k", base.path())
+            .unwrap()
+            .is_none()
+    );
+    assert!(!base.path().join("west").exists());
+    std::fs::create_dir(base.path().join("west")).unwrap();
+    assert!(
+        Store::open_if_present("west?key_file=k", base.path())
+            .unwrap()
+            .is_some()
+    );
 }
