@@ -205,3 +205,20 @@ fn alert_hooks_are_typed_and_their_mistakes_reported() {
         "{messages:?}"
     );
 }
+
+#[test]
+fn rates_read_in_bytes_and_bits_and_refuse_the_rest() {
+    use crate::types::Rate;
+    assert_eq!(Rate::parse("50 MiB/s"), Ok(Rate(50 << 20)));
+    assert_eq!(Rate::parse("50MiB/s"), Ok(Rate(50 << 20)));
+    assert_eq!(Rate::parse("100 Mbit/s"), Ok(Rate(12_500_000)));
+    assert_eq!(Rate::parse("1.5 GiB/s"), Ok(Rate(3 << 29)));
+    for bad in ["4 MiB", "fast", "0 B/s", "-1 MiB/s", "", "1e3 MB/s"] {
+        assert!(Rate::parse(bad).is_err(), "{bad}");
+    }
+    assert!(
+        Rate::parse("4 MiB")
+            .unwrap_err()
+            .contains("unknown unit `MiB`")
+    );
+}
