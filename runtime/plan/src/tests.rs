@@ -216,9 +216,6 @@ fn rates_read_in_bytes_and_bits_and_refuse_the_rest() {
     for bad in ["4 MiB", "fast", "0 B/s", "-1 MiB/s", "", "1e3 MB/s"] {
         assert!(Rate::parse(bad).is_err(), "{bad}");
     }
-    assert!(
-        Rate::parse("4 MiB")
-            .unwrap_err()
-            .contains("unknown unit `MiB`")
-    );
+    let why = Rate::parse("4 MiB").err().unwrap_or_default();
+    assert!(why.contains("unknown unit `MiB`"), "{why}");
 }
