@@ -1591,3 +1591,199 @@ fn simulate_predicts_the_drill_that_follows_it() {
     assert_eq!(out.code, 9, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("EXCEEDED"), "{}", out.stdout);
 }
+
+/// `plan simulate` of a plan of three groups whose VMs take different times to boot: before any
+/// run it follows the order and addresses the drill then uses, each group starting after the
+/// one before it is healthy; after a drill, the predicted RTO is within a fifth of the next
+/// drill's, and the critical path names each group's slowest VM.
+#[test]
+fn simulate_predicts_a_three_group_drill_within_a_fifth() {
+    let s = Sites::new(143, "[]", "[]");
+    let k = s.k();
+    // Each VM boots after a delay of its own; a third group, `web`, waits for the app.
+    let inv = std::fs::read_to_string(s.path().join("lifeboat.toml")).unwrap();
+    let delayed = |inv: String, port: u16, delay: &str| {
+        inv.replace(
+            &format!(
+                r#"boot = {{ command = ["{HELPER}", "demo-vm", "--disk", "{{disk.data}}", "--listen", "{{nic0.ip}}:{port}"] }}"#
+            ),
+            &format!(
+                r#"boot = {{ command = ["sh", "-c", "sleep {delay} && exec {HELPER} demo-vm --disk {{disk.data}} --listen {{nic0.ip}}:{port}"] }}"#
+            ),
+        )
+    };
+    let mut inv = delayed(delayed(inv, 5432, "2.5"), 8080, "0.5");
+    inv.push_str(&format!(
+        r#"
+[vms.web-1]
+site = "east"
+policy = "default"
+disks.data = "vms/web-1.img"
+nics = [{{ network = "prod", subnet = "app", ip = "127.{k}.1.12" }}]
+boot = {{ command = ["sh", "-c", "sleep 1.5 && exec {HELPER} demo-vm --disk {{disk.data}} --listen {{nic0.ip}}:8081"] }}
+health = {{ http = "http://{{nic0.ip}}:8081/health", timeout = "30s" }}
+"#
+    ));
+    std::fs::write(s.path().join("lifeboat.toml"), inv).unwrap();
+    std::fs::File::create(s.path().join("vms/web-1.img"))
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let plan = std::fs::read_to_string(s.path().join("plans/p.toml")).unwrap();
+    std::fs::write(
+        s.path().join("plans/p.toml"),
+        format!(
+            "{plan}[[group]]\nname = \"web\"\nvms = [\"web-1\"]\npost = [{{ uses = \"builtin:http-check\", with = {{ url = \"http://{{vm.web-1.ip}}:8081/health\" }}, allow = {{ http = [\"http://{{vm.web-1.ip}}:8081/health\"] }} }}]\n"
+        ),
+    )
+    .unwrap();
+    s.replicate();
+    let simulate = |s: &Sites| -> serde_json::Value {
+        let out = s.lifeboat(&["--output", "json", "plan", "simulate", "p"]);
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    };
+    let before = simulate(&s);
+    // The order: each group's boot starts when the group before it is done.
+    let starts: Vec<(String, f64)> = before["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["id"].as_str().unwrap().to_string(),
+                x["start_seconds"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let ids: Vec<&str> = starts.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "database/boot",
+            "database/post/0",
+            "app/boot",
+            "web/boot",
+            "web/post/0"
+        ]
+    );
+    assert!(starts.windows(2).all(|w| w[0].1 < w[1].1), "{starts:?}");
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rec = s.record("p-1");
+    let recorded: Vec<String> = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, recorded);
+    for vm in rec["vms"].as_array().unwrap() {
+        let name = vm["name"].as_str().unwrap();
+        let sim = before["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["vm"] == name)
+            .unwrap();
+        assert_eq!(sim["addresses"], vm["addresses"], "{name}");
+    }
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+
+    let after = simulate(&s);
+    let predicted = after["rto_seconds"].as_f64().unwrap();
+    let path: Vec<String> = after["critical_path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["why"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        path[0].contains("`db-1`") && path[2].contains("`web-1`"),
+        "{path:?}"
+    );
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let real = s.record("p-2")["duration_seconds"].as_f64().unwrap();
+    assert!(
+        (predicted - real).abs() <= 0.2 * real,
+        "predicted {predicted:.2} s, the drill took {real:.2} s"
+    );
+    assert!(real > 4.5, "the boots alone take 4.5 s: {real:.2} s");
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+}
+
+/// A plan change that breaks recovery fails `simulate` with a diagnostic at the step: the
+/// app's check of its database placed in a group before the database's, and a step whose
+/// probe its `allow` does not grant. Nothing was started.
+#[test]
+fn simulate_refuses_a_plan_that_would_not_recover() {
+    let db_check = r#"[{ uses = "builtin:tcp-check", with = { address = "{vm.db-1.ip}:5432" }, allow = { tcp = ["{vm.db-1.ip}:5432"] } }]"#;
+    let s = Sites::new(144, db_check, "[]");
+    s.replicate();
+    // The app group (whose pre step checks the database) first.
+    let plan = std::fs::read_to_string(s.path().join("plans/p.toml")).unwrap();
+    let (head, groups) = plan.split_once("[[group]]").unwrap();
+    let (database, app) = groups.split_once("[[group]]").unwrap();
+    std::fs::write(
+        s.path().join("plans/p.toml"),
+        format!("{head}[[group]]{app}[[group]]{database}"),
+    )
+    .unwrap();
+    let out = s.lifeboat(&["plan", "simulate", "p"]);
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("boots-later"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("which group `database` boots later"),
+        "{}",
+        out.stdout
+    );
+    // The diagnostic points at the step's line in the plan.
+    let line = std::fs::read_to_string(s.path().join("plans/p.toml"))
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("pre = [{ uses = \"builtin:tcp-check\""))
+        .unwrap()
+        + 1;
+    let out = s.lifeboat(&["plan", "simulate", "p", "--format", "github"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with("::error ")
+            && l.contains(&format!("p.toml,line={line},"))
+            && l.contains("boots-later")),
+        "line {line}: {}",
+        out.stdout
+    );
+    let out = s.lifeboat(&["plan", "simulate", "p", "--format", "junit"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(r#"<failure type="boots-later""#)
+            && out
+                .stdout
+                .contains(r#"<skipped message="an earlier step fails"/>"#),
+        "{}",
+        out.stdout
+    );
+    assert!(!s.lifeboat(&["runs", "list"]).stdout.contains("p-1"));
+
+    // Put back in order, but the check's grant names another port: denied in the dry run.
+    std::fs::write(
+        s.path().join("plans/p.toml"),
+        plan.replace(
+            r#"pre = [{ uses = "builtin:tcp-check", with = { address = "{vm.db-1.ip}:5432" }, allow = { tcp = ["{vm.db-1.ip}:5432"] } }]"#,
+            r#"pre = [{ uses = "builtin:tcp-check", with = { address = "{vm.db-1.ip}:5432" }, allow = { tcp = ["{vm.db-1.ip}:5433"] } }]"#,
+        ),
+    )
+    .unwrap();
+    let out = s.lifeboat(&["plan", "simulate", "p"]);
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("step-fails-in-dry-run") && out.stdout.contains("not in its `allow`"),
+        "{}",
+        out.stdout
+    );
+    // As written at first, it recovers.
+    std::fs::write(s.path().join("plans/p.toml"), &plan).unwrap();
+    let out = s.lifeboat(&["plan", "simulate", "p"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+}

@@ -1147,64 +1147,134 @@ fn plugin_test_runs_a_step_and_reports_a_hostile_one_contained() {
     assert_eq!(out.code, 2, "{}", out.stderr);
 }
 
-/// In a dry run the built-in steps say what they would do and touch nothing: no probe, no
-/// request, no approval waited for (a closed port and an unreachable URL still pass).
+/// Services that write down what a step asked of the world; `simulated` says whether they
+/// stand for a simulated site.
+struct Recorder {
+    simulated: bool,
+    calls: Mutex<Vec<String>>,
+}
+
+impl Recorder {
+    fn new(simulated: bool) -> Arc<Self> {
+        Arc::new(Self {
+            simulated,
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn note(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+#[async_trait::async_trait]
+impl HostServices for Recorder {
+    fn simulated(&self) -> bool {
+        self.simulated
+    }
+    async fn tcp(&self, address: &str, _limit: Duration) -> Result<(), PluginError> {
+        self.note(format!("tcp {address}"));
+        Ok(())
+    }
+    async fn http_get(&self, url: &str, _limit: Duration) -> Result<u16, PluginError> {
+        self.note(format!("get {url}"));
+        Ok(204)
+    }
+    async fn http_send(
+        &self,
+        request: &lifeboat_plugin_host::http::Request,
+        _limit: Duration,
+    ) -> Result<lifeboat_plugin_host::http::Answer, PluginError> {
+        self.note(format!("send {}", request.url));
+        Err(PluginError::Other("not in a dry run".into()))
+    }
+    async fn approve(&self, message: &str) -> Result<String, PluginError> {
+        self.note(format!("approve {message}"));
+        Ok("the simulation".into())
+    }
+}
+
+/// In a dry run the host serves a step only from simulated services: the built-in checks probe
+/// them (a closed port on this machine is never tried), the webhook sends nothing, the approval
+/// is granted by them; a dry run against services that reach real VMs is refused before the
+/// step runs at all.
 #[test]
-fn builtins_in_a_dry_run_touch_nothing() {
+fn builtins_in_a_dry_run_reach_only_the_simulated_site() {
     runtime().block_on(async {
+        let mut grants = Grants::default();
+        grants.tcp.push("127.0.0.1:9".into());
+        grants.http.push("http://127.0.0.1:9/health".into());
         let cases = [
             (
                 "tcp-check",
                 r#"{"address":"127.0.0.1:9"}"#,
-                "would check that 127.0.0.1:9",
+                Some("tcp 127.0.0.1:9"),
             ),
             (
                 "http-check",
                 r#"{"url":"http://127.0.0.1:9/health"}"#,
-                "would check that http://127.0.0.1:9/health",
+                Some("get http://127.0.0.1:9/health"),
             ),
-            (
-                "webhook",
-                r#"{"url":"http://127.0.0.1:9/hook"}"#,
-                "would send POST http://127.0.0.1:9/hook",
-            ),
-            (
-                "approval",
-                r#"{"message":"go?"}"#,
-                "would ask \"go?\"; granted",
-            ),
+            ("webhook", r#"{"url":"http://127.0.0.1:9/hook"}"#, None),
+            ("approval", r#"{"message":"go?"}"#, Some("approve go?")),
         ];
-        for (name, config, says) in cases {
+        for (name, config, asked) in cases {
             let plugin = load_builtin(name).await;
-            let mut req = request(
-                name,
-                config,
-                Grants::default(),
-                Arc::new(NoServices),
-                short(5_000),
-            );
+            let world = Recorder::new(true);
+            let mut req = request(name, config, grants.clone(), world.clone(), short(5_000));
             req.context.dry_run = true;
             let report = plugin.run(&req).await;
             assert!(report.outcome.is_ok(), "{name}: {report:?}");
+            assert_eq!(
+                world.calls(),
+                asked.map(String::from).into_iter().collect::<Vec<_>>(),
+                "{name}"
+            );
             assert!(
-                report.log.iter().any(|l| l.message.contains(says)),
+                report.log.iter().any(|l| l.message.starts_with("dry run")),
                 "{name}: {:?}",
                 report.log
             );
         }
-        // Without the dry run, the same closed port fails the check.
+        // Services that reach real VMs: the dry run is refused and nothing is asked of them.
         let plugin = load_builtin("tcp-check").await;
-        let mut grants = Grants::default();
-        grants.tcp.push("127.0.0.1:9".into());
+        let real = Recorder::new(false);
+        let mut req = request(
+            "tcp-check",
+            r#"{"address":"127.0.0.1:9"}"#,
+            grants.clone(),
+            real.clone(),
+            short(5_000),
+        );
+        req.context.dry_run = true;
+        let report = plugin.run(&req).await;
+        assert!(
+            report
+                .outcome
+                .summary()
+                .contains("a dry run needs simulated host services"),
+            "{report:?}"
+        );
+        assert!(real.calls().is_empty(), "{:?}", real.calls());
+        // Without the dry run, the same closed port fails the check for real.
         let report = plugin
             .run(&request(
                 "tcp-check",
                 r#"{"address":"127.0.0.1:9"}"#,
                 grants,
-                Arc::new(NoServices),
+                Arc::new(RealNetwork),
                 short(5_000),
             ))
             .await;
         assert!(!report.outcome.is_ok(), "{report:?}");
     });
 }
+
+/// The host's own reach: the network, for real.
+struct RealNetwork;
+
+impl HostServices for RealNetwork {}

@@ -10,6 +10,7 @@ mod plugin;
 mod remote;
 mod replication;
 pub mod report;
+mod simulate;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -287,9 +288,6 @@ enum PluginCommand {
         /// The operation the step is told it runs in.
         #[arg(long, value_enum, default_value_t = TestOperation::Test)]
         operation: TestOperation,
-        /// Tell the step it is a dry run (`dry-run = true` in its context).
-        #[arg(long)]
-        dry_run: bool,
         /// The step's deadline.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
@@ -314,9 +312,11 @@ enum PointsCommand {
 enum PlanCommand {
     /// Check the inventory and plans offline, reporting every problem at once.
     Validate(ValidateArgs),
-    /// The run a failover would be, without running it: steps in order, VMs with their
-    /// addresses and points, and the RTO predicted from the plan's earlier runs. Exits 9 when
-    /// the prediction exceeds the plan's `rto_objective`.
+    /// The run a failover would be, without running it: every step runs in the sandbox with
+    /// `dry-run` against a simulated target site (nothing is started, restored or changed), and
+    /// the report gives the timeline, the VMs with their addresses and points, the critical path
+    /// and the RTO predicted from the plan's earlier runs. Exits 3 when a step would fail (a
+    /// diagnostic in the plan), 9 when the prediction exceeds the plan's `rto_objective`.
     #[command(group(clap::ArgGroup::new("kind").args(["test", "planned", "unplanned", "failback"])))]
     Simulate {
         /// A plan file, or the name of one in `plans/`.
@@ -334,6 +334,10 @@ enum PlanCommand {
         /// CI where the journal is not; default: the plan's most recent finished run here.
         #[arg(long)]
         profile: Option<PathBuf>,
+        /// Report format (default: `--output`): human, json, junit (a test case per step),
+        /// github (annotations), sarif (the diagnostics).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
     },
     /// Print the JSON Schema of the plan file (or of the inventory).
     Schema {
@@ -697,6 +701,7 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             unplanned,
             failback,
             profile,
+            format,
         }) => {
             use lifeboat_plan::plan::Operation;
             let op = if planned {
@@ -709,7 +714,10 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
                 Operation::Test
             };
             Ok(match orchestrate(Some(&plan), io) {
-                Ok(l) => orchestration::simulate(&l, op, profile.as_deref(), json, io),
+                Ok(l) => {
+                    let format = format.unwrap_or(if json { Format::Json } else { Format::Human });
+                    simulate::run(l, op, profile.as_deref(), format, io)
+                }
                 Err(code) => code,
             })
         }
@@ -772,7 +780,6 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             with,
             allow,
             operation,
-            dry_run,
             timeout,
         }) => Ok(plugin::test(
             &plugin::TestRequest {
@@ -785,7 +792,6 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
                     TestOperation::Unplanned => lifeboat_plugin_host::wit::Operation::Unplanned,
                     TestOperation::Failback => lifeboat_plugin_host::wit::Operation::Failback,
                 },
-                dry_run,
                 timeout,
             },
             json,

@@ -27,6 +27,9 @@ pub struct Loaded {
     pub groups: Vec<GroupSpec>,
     pub placements: BTreeMap<String, Placement>,
     pub plan: Option<(Plan, PathBuf)>,
+    /// The files read, for diagnostics that point into them (`plan simulate`'s).
+    pub sources: lifeboat_plan::Sources,
+    pub inventory_source: lifeboat_plan::SourceId,
 }
 
 /// Loads and validates `config` (and `plan`, when given); renders every problem and returns
@@ -101,5 +104,7 @@ pub fn load(
         groups,
         placements,
         plan,
+        sources: validation.sources,
+        inventory_source: validation.inventory_source,
     })
 }

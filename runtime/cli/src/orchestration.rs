@@ -48,6 +48,9 @@ pub fn plan_path(config: &Path, plan: &str) -> PathBuf {
 pub struct Loaded {
     pub env: Environment,
     pub plan: Option<(Plan, PathBuf)>,
+    /// The files read, for diagnostics that point into them.
+    pub sources: lifeboat_plan::Sources,
+    pub inventory_source: lifeboat_plan::SourceId,
     /// What it was loaded from, to load again.
     pub config: PathBuf,
     pub state: Option<PathBuf>,
@@ -67,6 +70,8 @@ pub fn load(
         groups,
         placements,
         plan,
+        sources,
+        inventory_source,
     } = crate::load::load(config, plan, json, io)?;
     let engine = match PluginEngine::new(EngineOptions {
         cache_dir: lifeboat_loader::default_cache_dir(),
@@ -98,6 +103,8 @@ pub fn load(
             placements,
         },
         plan,
+        sources,
+        inventory_source,
         config: config.to_path_buf(),
         state: state.map(Path::to_path_buf),
     })
@@ -219,7 +226,7 @@ pub(crate) fn report_run(
 }
 
 /// Prints `e` and returns its exit code.
-fn run_failed(io: &mut crate::Io<'_>, e: &Error) -> u8 {
+pub(crate) fn run_failed(io: &mut crate::Io<'_>, e: &Error) -> u8 {
     let _ = writeln!(io.stderr, "error: {e}");
     exit_codes::of_run(e)
 }
@@ -699,106 +706,4 @@ pub fn runs_profile(loaded: &Loaded, run: &str, io: &mut crate::Io<'_>) -> u8 {
         }
         Err(e) => run_failed(io, &e),
     }
-}
-
-/// `plan simulate`: the run a failover would be, and its predicted RTO.
-pub fn simulate(
-    loaded: &Loaded,
-    op: lifeboat_plan::plan::Operation,
-    profile: Option<&Path>,
-    json: bool,
-    io: &mut crate::Io<'_>,
-) -> u8 {
-    use lifeboat_orchestrator::simulate::{self, Profile};
-    let Some((plan, _)) = &loaded.plan else {
-        let _ = writeln!(io.stderr, "error: no plan to simulate");
-        return exit_codes::USAGE;
-    };
-    let profile: Option<Profile> = match profile {
-        Some(path) => {
-            let read = std::fs::read_to_string(path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()));
-            match read {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    let _ = writeln!(
-                        io.stderr,
-                        "error: profile {}: {e} (write one with `lifeboat runs profile RUN`)",
-                        path.display()
-                    );
-                    return exit_codes::FAILED;
-                }
-            }
-        }
-        None => match simulate::profile_from_journal(&loaded.env, &plan.name.value, op) {
-            Ok(p) => p,
-            Err(e) => return run_failed(io, &e),
-        },
-    };
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        let _ = writeln!(io.stderr, "error: cannot start a runtime");
-        return exit_codes::INTERNAL;
-    };
-    let sim = match rt.block_on(simulate::simulate(&loaded.env, plan, op, profile.as_ref())) {
-        Ok(s) => s,
-        Err(e) => return run_failed(io, &e),
-    };
-    let code = if sim.exceeds_objective() {
-        exit_codes::RTO_EXCEEDED
-    } else {
-        exit_codes::OK
-    };
-    if json {
-        crate::print_json(io, &sim);
-        return code;
-    }
-    let mut text = format!(
-        "simulated {} of plan {} (nothing was started, restored or changed)\n",
-        op.name(),
-        sim.plan
-    );
-    for s in &sim.steps {
-        text.push_str(&format!(
-            "  +{:7.1}s  {:<24} {:<22} {:6.1}s{}\n",
-            s.start_seconds,
-            s.id,
-            s.uses,
-            s.seconds,
-            if s.measured { "" } else { " (default)" }
-        ));
-    }
-    for v in &sim.vms {
-        text.push_str(&format!(
-            "  {} (group {}): {}; point {}\n",
-            v.vm,
-            v.group,
-            if v.addresses.is_empty() {
-                "no NICs".to_string()
-            } else {
-                v.addresses.join(", ")
-            },
-            v.point
-        ));
-    }
-    text.push_str(&format!(
-        "predicted RTO {:.1}s — {}\n",
-        sim.rto_seconds, sim.basis
-    ));
-    if let Some(o) = sim.objective_seconds {
-        text.push_str(&format!(
-            "rto_objective {:.0}s: {}\n",
-            o,
-            if sim.exceeds_objective() {
-                "EXCEEDED"
-            } else {
-                "met"
-            }
-        ));
-    }
-    let _ = io.stdout.write_all(text.as_bytes());
-    code
 }

@@ -159,7 +159,6 @@ pub struct TestRequest {
     /// `tcp=ADDR`, `http=URL`, `kv=KEY`, `vms=VM`: what the step's `allow` would grant.
     pub allow: Vec<String>,
     pub operation: lifeboat_plugin_host::wit::Operation,
-    pub dry_run: bool,
     pub timeout: std::time::Duration,
 }
 
@@ -174,11 +173,15 @@ struct Tested {
     stdout: String,
     stderr: String,
     seconds: f64,
+    /// What the step would have touched and did not (a request not sent, an address assumed
+    /// to answer, an approval granted).
+    simulated: Vec<String>,
 }
 
-/// `lifeboat plugin test`: runs the step's `run` once in the sandbox, with the grants given and
-/// no site behind it (inventory, restores, VMs and approvals answer that they are not there;
-/// probes reach only the granted addresses, for real), and prints everything it did.
+/// `lifeboat plugin test`: runs the step's `run` once in the sandbox, with the grants given, as
+/// `plan simulate` runs it: a dry run against a simulated site with no VMs (probes of granted
+/// addresses are assumed to answer, approvals are granted, requests are not sent, the clock is
+/// the simulation's), and prints everything it did. Nothing outside is touched.
 pub fn test(req: &TestRequest, json: bool, io: &mut crate::Io<'_>) -> u8 {
     use lifeboat_plugin_host::wit::{Direction, Operation, StepContext};
     use lifeboat_plugin_host::{Grants, StepLimits, StepOutcome, StepRequest};
@@ -230,9 +233,12 @@ pub fn test(req: &TestRequest, json: bool, io: &mut crate::Io<'_>) -> u8 {
             group: "test".into(),
             step: plugin.info().name.clone(),
             attempt: 1,
-            dry_run: req.dry_run,
+            dry_run: true,
         },
     );
+    let world = std::sync::Arc::new(lifeboat_orchestrator::simulate::world::SimWorld::empty());
+    world.begin_step(&plugin.info().name, "test", req.timeout);
+    request.services = world.clone();
     request.grants = std::sync::Arc::new(grants);
     request.limits = StepLimits {
         timeout: req.timeout,
@@ -260,6 +266,7 @@ pub fn test(req: &TestRequest, json: bool, io: &mut crate::Io<'_>) -> u8 {
         stdout: report.stdout.clone(),
         stderr: report.stderr.clone(),
         seconds: report.elapsed.as_secs_f64(),
+        simulated: world.notes().into_iter().map(|n| n.text).collect(),
     };
     if json {
         crate::print_json(io, &out);
@@ -281,6 +288,9 @@ pub fn test(req: &TestRequest, json: bool, io: &mut crate::Io<'_>) -> u8 {
         }
         if let Some(o) = &out.outputs {
             text.push_str(&format!("  outputs: {o}\n"));
+        }
+        for n in &out.simulated {
+            text.push_str(&format!("  simulated: {n}\n"));
         }
         text.push_str(&format!(
             "{}: {}{} in {:.2}s\n",

@@ -9,7 +9,8 @@ pub const OK: u8 = 0;
 pub const INTERNAL: u8 = 1;
 /// The command line is wrong: an unknown command or flag, a missing argument.
 pub const USAGE: u8 = 2;
-/// `plan validate` found at least one error in the inventory or a plan (or could not read one).
+/// `plan validate` found at least one error in the inventory or a plan (or could not read one);
+/// `plan simulate` found that the plan would not recover (a step fails, addresses clash).
 pub const INVALID: u8 = 3;
 /// The command could not do its work: a store was unreachable, a disk image or a quiesce
 /// command failed, the point, VM or run asked for does not exist, or a run stopped at a failed
@@ -85,6 +86,7 @@ pub fn name(code: u8) -> &'static str {
         FENCED => "fenced",
         RPO_EXCEEDED => "rpo-exceeded",
         BUSY => "busy",
+        RTO_EXCEEDED => "rto-exceeded",
         _ => "internal",
     }
 }

@@ -433,7 +433,7 @@ pub fn choice_for<'a>(over: Option<&'a str>, group: &str, plan_choice: &'a str) 
     }
 }
 
-fn wit_point(
+pub(crate) fn wit_point(
     group: &str,
     seq: u64,
     kind: PointKind,

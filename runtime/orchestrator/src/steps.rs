@@ -71,6 +71,20 @@ impl PluginRunner {
         }
     }
 
+    /// What this run's requests are filled from.
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            plan: &self.plan,
+            operation: self.operation,
+            reverse: self.reverse,
+            run: &self.services.run,
+            inventory: &self.services.inventory,
+            plan_groups: &self.services.plan_groups,
+            assignments: &self.services.assignments,
+            dry_run: false,
+        }
+    }
+
     async fn plugin(&self, step: &StepRun) -> Result<Arc<Plugin>, String> {
         if let Some(p) = self
             .loaded
@@ -80,154 +94,17 @@ impl PluginRunner {
         {
             return Ok(p);
         }
-        let (bytes, pin) = match step.uses.strip_prefix("builtin:") {
-            Some(name) => (
-                lifeboat_builtins::builtin(name)
-                    .ok_or_else(|| format!("no built-in step `{}`", step.uses))?
-                    .to_vec(),
-                None,
-            ),
-            None => {
-                let path = self.plan_dir.join(&step.uses);
-                let bytes = std::fs::read(&path)
-                    .map_err(|e| format!("cannot read plugin {}: {e}", path.display()))?;
-                // A file plugin runs only under its pin; plan validation already demands one.
-                let pin = step
-                    .sha256
-                    .clone()
-                    .ok_or_else(|| format!("plugin `{}` is not pinned with `sha256`", step.uses))?;
-                (bytes, Some(pin))
-            }
-        };
-        let plugin = Arc::new(
-            Plugin::load(&self.engine, &bytes, pin.as_deref())
-                .await
-                .map_err(|e| format!("plugin `{}`: {e}", step.uses))?,
-        );
+        let plugin = Arc::new(load_plugin(&self.engine, &self.plan_dir, step).await?);
         if let Ok(mut l) = self.loaded.lock() {
             l.insert(step.uses.clone(), plugin.clone());
         }
         Ok(plugin)
     }
 
-    /// A plan placeholder's value in this run: `{vm.NAME.ip}`, `{vm.NAME.nicN.ip}`, `{run.id}`,
-    /// `{plan.name}`, `{group.name}`, `{operation}`.
-    fn value(&self, step: &StepRun, name: &str) -> Option<String> {
-        match name {
-            "run.id" => return Some(self.services.run.clone()),
-            "plan.name" => return Some(self.plan.clone()),
-            "group.name" => return Some(step.group.clone()),
-            "operation" => return Some(self.operation.name().to_string()),
-            _ => {}
-        }
-        let rest = name.strip_prefix("vm.")?;
-        let (vm, nic) = if let Some(vm) = rest.strip_suffix(".ip") {
-            match vm.rsplit_once(".nic") {
-                Some((vm, n)) => (vm, n.parse::<usize>().ok()?),
-                None => (vm, 0),
-            }
-        } else {
-            return None;
-        };
-        self.services
-            .assignments
-            .iter()
-            .find(|a| a.vm == vm && a.nic == nic)
-            .map(|a| a.ip.to_string())
-    }
-
-    /// The longest `health.timeout` among the VMs of `step`'s group, if any VM sets one.
-    fn health_timeout_ms(&self, step: &StepRun) -> Option<u64> {
-        let inventory = &self.services.inventory;
-        self.services
-            .plan_groups
-            .get(&step.group)?
-            .iter()
-            .filter_map(|vm| inventory.vms.get(vm)?.health.as_ref()?.timeout.as_ref())
-            .map(|t| t.value.0.as_millis() as u64)
-            .max()
-    }
-
-    fn fill(&self, step: &StepRun, text: &str) -> Result<String, String> {
-        template::fill(text, &|name| self.value(step, name))
-            .map_err(|e| format!("step `{}`: {e}", step.id))
-    }
-
-    fn fill_json(
-        &self,
-        step: &StepRun,
-        v: &serde_json::Value,
-    ) -> Result<serde_json::Value, String> {
-        use serde_json::Value;
-        Ok(match v {
-            Value::String(s) => Value::String(self.fill(step, s)?),
-            Value::Array(a) => Value::Array(
-                a.iter()
-                    .map(|x| self.fill_json(step, x))
-                    .collect::<Result<_, _>>()?,
-            ),
-            Value::Object(o) => Value::Object(
-                o.iter()
-                    .map(|(k, x)| Ok((k.clone(), self.fill_json(step, x)?)))
-                    .collect::<Result<_, String>>()?,
-            ),
-            other => other.clone(),
-        })
-    }
-
     /// The request for one execution of `step`; `key` keys every effect its host calls make.
     fn request(&self, step: &StepRun, attempt: u32, key: &str) -> Result<StepRequest, String> {
-        let list = |l: &[String]| -> Result<Vec<String>, String> {
-            l.iter().map(|s| self.fill(step, s)).collect()
-        };
-        let grants = Grants {
-            vms: list(&step.allow.vms)?,
-            tcp: list(&step.allow.tcp)?,
-            http: list(&step.allow.http)?,
-            kv: list(&step.allow.kv)?,
-            origin: format!("plan `{}`, step `{}`", self.plan, step.id),
-        };
-        let mut config = self.fill_json(step, &step.config)?;
-        let boot = step.phase == Phase::Boot;
-        // A boot waits as long as its slowest VM's own health timeout (the inventory's).
-        if boot
-            && let Some(with) = config.as_object_mut()
-            && !with.contains_key("health_timeout_ms")
-            && let Some(ms) = self.health_timeout_ms(step)
-        {
-            with.insert("health_timeout_ms".into(), ms.into());
-        }
-        Ok(StepRequest {
-            config: config.to_string(),
-            context: StepContext {
-                plan: self.plan.clone(),
-                run_id: self.services.run.clone(),
-                operation: wit_operation(self.operation),
-                direction: if self.operation == Operation::Failback || self.reverse {
-                    wit::Direction::Reverse
-                } else {
-                    wit::Direction::Forward
-                },
-                group: step.group.clone(),
-                step: step.id.clone(),
-                attempt,
-                dry_run: false,
-            },
-            grants: Arc::new(grants),
-            services: self.services.clone(),
-            kv: self.kv.clone(),
-            limits: StepLimits {
-                timeout: step.timeout,
-                // A restore of a large disk, or a person's approval, takes longer than a probe.
-                host_call_timeout: if boot || step.uses == "builtin:approval" {
-                    step.timeout
-                } else {
-                    StepLimits::default().host_call_timeout
-                },
-                ..StepLimits::default()
-            },
-            effect_key: key.to_string(),
-        })
+        self.facts()
+            .request(step, attempt, key, self.services.clone(), self.kv.clone())
     }
 
     fn journal_log(&self, step: &StepRun, attempt: u32, report: &StepReport) {
@@ -265,6 +142,187 @@ impl PluginRunner {
             StepOutcome::Ok { .. } => Ok(()),
             other => Err(other.summary()),
         }
+    }
+}
+
+/// Loads `step`'s component: a built-in, or the plan's file under its pin.
+pub async fn load_plugin(
+    engine: &PluginEngine,
+    plan_dir: &std::path::Path,
+    step: &StepRun,
+) -> Result<Plugin, String> {
+    let (bytes, pin) = match step.uses.strip_prefix("builtin:") {
+        Some(name) => (
+            lifeboat_builtins::builtin(name)
+                .ok_or_else(|| format!("no built-in step `{}`", step.uses))?
+                .to_vec(),
+            None,
+        ),
+        None => {
+            let path = plan_dir.join(&step.uses);
+            let bytes = std::fs::read(&path)
+                .map_err(|e| format!("cannot read plugin {}: {e}", path.display()))?;
+            // A file plugin runs only under its pin; plan validation already demands one.
+            let pin = step
+                .sha256
+                .clone()
+                .ok_or_else(|| format!("plugin `{}` is not pinned with `sha256`", step.uses))?;
+            (bytes, Some(pin))
+        }
+    };
+    Plugin::load(engine, &bytes, pin.as_deref())
+        .await
+        .map_err(|e| format!("plugin `{}`: {e}", step.uses))
+}
+
+/// What a step's request is filled from: the run, its groups and the addresses it assigned.
+/// A real run and a simulation fill requests the same way.
+#[derive(Debug)]
+pub struct Facts<'a> {
+    pub plan: &'a str,
+    pub operation: Operation,
+    /// The run moves VMs back to the plan's source: steps see `direction = reverse`.
+    pub reverse: bool,
+    pub run: &'a str,
+    pub inventory: &'a lifeboat_plan::Inventory,
+    pub plan_groups: &'a HashMap<String, Vec<String>>,
+    pub assignments: &'a [crate::network::Assignment],
+    /// Steps see `dry-run`: the services behind them are simulated.
+    pub dry_run: bool,
+}
+
+impl Facts<'_> {
+    /// A plan placeholder's value in this run: `{vm.NAME.ip}`, `{vm.NAME.nicN.ip}`, `{run.id}`,
+    /// `{plan.name}`, `{group.name}`, `{operation}`.
+    fn value(&self, step: &StepRun, name: &str) -> Option<String> {
+        match name {
+            "run.id" => return Some(self.run.to_string()),
+            "plan.name" => return Some(self.plan.to_string()),
+            "group.name" => return Some(step.group.clone()),
+            "operation" => return Some(self.operation.name().to_string()),
+            _ => {}
+        }
+        let rest = name.strip_prefix("vm.")?;
+        let (vm, nic) = if let Some(vm) = rest.strip_suffix(".ip") {
+            match vm.rsplit_once(".nic") {
+                Some((vm, n)) => (vm, n.parse::<usize>().ok()?),
+                None => (vm, 0),
+            }
+        } else {
+            return None;
+        };
+        self.assignments
+            .iter()
+            .find(|a| a.vm == vm && a.nic == nic)
+            .map(|a| a.ip.to_string())
+    }
+
+    /// The longest `health.timeout` among the VMs of `step`'s group, if any VM sets one.
+    fn health_timeout_ms(&self, step: &StepRun) -> Option<u64> {
+        self.plan_groups
+            .get(&step.group)?
+            .iter()
+            .filter_map(|vm| {
+                self.inventory
+                    .vms
+                    .get(vm)?
+                    .health
+                    .as_ref()?
+                    .timeout
+                    .as_ref()
+            })
+            .map(|t| t.value.0.as_millis() as u64)
+            .max()
+    }
+
+    fn fill(&self, step: &StepRun, text: &str) -> Result<String, String> {
+        template::fill(text, &|name| self.value(step, name))
+            .map_err(|e| format!("step `{}`: {e}", step.id))
+    }
+
+    fn fill_json(
+        &self,
+        step: &StepRun,
+        v: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        use serde_json::Value;
+        Ok(match v {
+            Value::String(s) => Value::String(self.fill(step, s)?),
+            Value::Array(a) => Value::Array(
+                a.iter()
+                    .map(|x| self.fill_json(step, x))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, x)| Ok((k.clone(), self.fill_json(step, x)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+
+    /// The request for one execution of `step`, its host calls served by `services`; `key`
+    /// keys every effect they make.
+    pub fn request(
+        &self,
+        step: &StepRun,
+        attempt: u32,
+        key: &str,
+        services: Arc<dyn lifeboat_plugin_host::HostServices>,
+        kv: RunKv,
+    ) -> Result<StepRequest, String> {
+        let list = |l: &[String]| -> Result<Vec<String>, String> {
+            l.iter().map(|s| self.fill(step, s)).collect()
+        };
+        let grants = Grants {
+            vms: list(&step.allow.vms)?,
+            tcp: list(&step.allow.tcp)?,
+            http: list(&step.allow.http)?,
+            kv: list(&step.allow.kv)?,
+            origin: format!("plan `{}`, step `{}`", self.plan, step.id),
+        };
+        let mut config = self.fill_json(step, &step.config)?;
+        let boot = step.phase == Phase::Boot;
+        // A boot waits as long as its slowest VM's own health timeout (the inventory's).
+        if boot
+            && let Some(with) = config.as_object_mut()
+            && !with.contains_key("health_timeout_ms")
+            && let Some(ms) = self.health_timeout_ms(step)
+        {
+            with.insert("health_timeout_ms".into(), ms.into());
+        }
+        Ok(StepRequest {
+            config: config.to_string(),
+            context: StepContext {
+                plan: self.plan.to_string(),
+                run_id: self.run.to_string(),
+                operation: wit_operation(self.operation),
+                direction: if self.operation == Operation::Failback || self.reverse {
+                    wit::Direction::Reverse
+                } else {
+                    wit::Direction::Forward
+                },
+                group: step.group.clone(),
+                step: step.id.clone(),
+                attempt,
+                dry_run: self.dry_run,
+            },
+            grants: Arc::new(grants),
+            services,
+            kv,
+            limits: StepLimits {
+                timeout: step.timeout,
+                // A restore of a large disk, or a person's approval, takes longer than a probe.
+                host_call_timeout: if boot || step.uses == "builtin:approval" {
+                    step.timeout
+                } else {
+                    StepLimits::default().host_call_timeout
+                },
+                ..StepLimits::default()
+            },
+            effect_key: key.to_string(),
+        })
     }
 }
 

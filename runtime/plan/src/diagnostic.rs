@@ -85,6 +85,9 @@ rules! {
     PluginConfig = "plugin-config": "a step's `with` that its plugin's `validate` rejects",
     CapabilityNotGranted = "capability-not-granted": "a plugin that wants a capability its step's `allow` does not grant",
     PolicyInterval = "policy-interval": "replication intervals that cannot meet the policy's RPO or retention",
+    StepFailsInDryRun = "step-fails-in-dry-run": "`plan simulate`: a step that fails when the run is simulated (its plugin, its grants, a point or VM it needs)",
+    BootsLater = "boots-later": "`plan simulate`: a step that needs a VM which a later group boots (the group order is wrong)",
+    AddressClash = "address-clash": "`plan simulate`: the run's addresses cannot be assigned, or two NICs would hold one",
 }
 
 impl std::fmt::Display for Rule {

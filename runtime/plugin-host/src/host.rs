@@ -313,16 +313,7 @@ impl probe::Host for StepState {
             return Err(self.deny("connect to", &format!("`{address}`")));
         }
         let limit = Duration::from_millis(timeout_ms.into()).min(self.host_call_timeout);
-        Ok(
-            match tokio::time::timeout(limit, tokio::net::TcpStream::connect(&address)).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(Error::Other(format!("cannot connect to {address}: {e}"))),
-                Err(_) => Err(Error::Timeout(format!(
-                    "{address} did not accept within {} ms",
-                    limit.as_millis()
-                ))),
-            },
-        )
+        Ok(self.services.tcp(&address, limit).await)
     }
 
     async fn http_get(
@@ -334,24 +325,7 @@ impl probe::Host for StepState {
             return Err(self.deny("GET", &format!("`{url}`")));
         }
         let limit = Duration::from_millis(timeout_ms.into()).min(self.host_call_timeout);
-        Ok(
-            match tokio::time::timeout(limit, http_get_status(&url)).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::Timeout(format!(
-                    "{url} did not answer within {} ms",
-                    limit.as_millis()
-                ))),
-            },
-        )
-    }
-}
-
-/// The status code of `GET url`.
-async fn http_get_status(url: &str) -> Result<u16, Error> {
-    match crate::http::get(url).await {
-        Ok(response) => Ok(response.status),
-        Err(e @ crate::http::HttpError::Unsupported(_)) => Err(Error::Invalid(e.to_string())),
-        Err(e) => Err(Error::Other(e.to_string())),
+        Ok(self.services.http_get(&url, limit).await)
     }
 }
 
@@ -377,27 +351,20 @@ impl http::Host for StepState {
                 .collect(),
             body: request.body,
         };
-        Ok(
-            match tokio::time::timeout(limit, crate::http::send(&req)).await {
-                Ok(Ok(a)) => Ok(http::Response {
-                    status: a.status,
-                    headers: a
-                        .headers
-                        .into_iter()
-                        .map(|(name, value)| http::Header { name, value })
-                        .collect(),
-                    body: a.body,
-                    truncated: a.truncated,
-                }),
-                Ok(Err(crate::http::SendError::Invalid(e))) => Err(Error::Invalid(e)),
-                Ok(Err(crate::http::SendError::Failed(e))) => Err(Error::Other(e)),
-                Err(_) => Err(Error::Timeout(format!(
-                    "{} did not answer within {} ms",
-                    req.url,
-                    limit.as_millis()
-                ))),
-            },
-        )
+        Ok(self
+            .services
+            .http_send(&req, limit)
+            .await
+            .map(|a| http::Response {
+                status: a.status,
+                headers: a
+                    .headers
+                    .into_iter()
+                    .map(|(name, value)| http::Header { name, value })
+                    .collect(),
+                body: a.body,
+                truncated: a.truncated,
+            }))
     }
 }
 
@@ -423,15 +390,11 @@ impl approval::Host for StepState {
 
 impl clock::Host for StepState {
     async fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        Ok(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0))
+        Ok(self.services.now_ms())
     }
 
     /// Sleeping is bounded by the step's own deadline: the step's timeout cancels it.
     async fn sleep(&mut self, ms: u64) -> wasmtime::Result<Result<(), Error>> {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        Ok(Ok(()))
+        Ok(self.services.sleep(ms).await)
     }
 }

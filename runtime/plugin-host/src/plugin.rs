@@ -44,6 +44,21 @@ impl Default for StepLimits {
     }
 }
 
+/// A dry run promises that nothing real is touched: the host keeps that promise by running one
+/// only against simulated services, whatever the step does with the flag.
+fn unsimulated_dry_run(request: &StepRequest) -> Option<StepReport> {
+    (request.context.dry_run && !request.services.simulated()).then(|| StepReport {
+        outcome: StepOutcome::Failed(crate::wit::Error::Invalid(
+            "a dry run needs simulated host services; these reach real VMs".into(),
+        )),
+        log: Vec::new(),
+        log_dropped: 0,
+        stdout: String::new(),
+        stderr: String::new(),
+        elapsed: Duration::ZERO,
+    })
+}
+
 /// One execution's inputs.
 #[derive(Clone)]
 pub struct StepRequest {
@@ -308,11 +323,17 @@ impl Plugin {
 
     /// Call `run`.
     pub async fn run(&self, request: &StepRequest) -> StepReport {
+        if let Some(refused) = unsimulated_dry_run(request) {
+            return refused;
+        }
         self.execute(request, Call::Run).await.1
     }
 
     /// Call `undo` with the outputs of a previous `run`.
     pub async fn undo(&self, request: &StepRequest, outputs: &str) -> StepReport {
+        if let Some(refused) = unsimulated_dry_run(request) {
+            return refused;
+        }
         self.execute(request, Call::Undo(outputs.to_string()))
             .await
             .1

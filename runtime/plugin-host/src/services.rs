@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::wit::Error;
 use crate::wit::lifeboat::plan::{
@@ -13,8 +14,17 @@ use crate::wit::lifeboat::plan::{
 /// The authority behind the host interfaces. Each method is called only after the step's grant
 /// was checked, and under the host-call timeout. A method a context cannot serve (validation
 /// has no compute driver) answers `Error::Other` saying so.
+///
+/// The world a step reaches — probes, HTTP requests, the clock — comes through here too: a real
+/// run's services reach the network and sleep; a simulation's answer from its model and move a
+/// clock of their own, so the same step runs unchanged against either.
 #[async_trait::async_trait]
 pub trait HostServices: Send + Sync {
+    /// Whether nothing these services do reaches a real VM, store or network: a dry run
+    /// (`context.dry-run`) is only ever run against such services.
+    fn simulated(&self) -> bool {
+        false
+    }
     /// The VMs of a group of the running plan.
     async fn group_vms(&self, _group: &str) -> Vec<Vm> {
         Vec::new()
@@ -49,6 +59,55 @@ pub trait HostServices: Send + Sync {
             "approvals are not available in this context".into(),
         ))
     }
+    /// `probe.tcp`: whether `address` accepts a connection within `limit`.
+    async fn tcp(&self, address: &str, limit: Duration) -> Result<(), Error> {
+        match tokio::time::timeout(limit, tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::Other(format!("cannot connect to {address}: {e}"))),
+            Err(_) => Err(Error::Timeout(format!(
+                "{address} did not accept within {} ms",
+                limit.as_millis()
+            ))),
+        }
+    }
+    /// `probe.http-get`: the status code of `GET url`, within `limit`.
+    async fn http_get(&self, url: &str, limit: Duration) -> Result<u16, Error> {
+        match crate::http::get_within(url, limit).await {
+            Ok(response) => Ok(response.status),
+            Err(e @ crate::http::HttpError::Unsupported(_)) => Err(Error::Invalid(e.to_string())),
+            Err(e @ crate::http::HttpError::Timeout(..)) => Err(Error::Timeout(e.to_string())),
+            Err(e) => Err(Error::Other(e.to_string())),
+        }
+    }
+    /// `http.send`: sends `request`, within `limit`.
+    async fn http_send(
+        &self,
+        request: &crate::http::Request,
+        limit: Duration,
+    ) -> Result<crate::http::Answer, Error> {
+        match tokio::time::timeout(limit, crate::http::send(request)).await {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(crate::http::SendError::Invalid(e))) => Err(Error::Invalid(e)),
+            Ok(Err(crate::http::SendError::Failed(e))) => Err(Error::Other(e)),
+            Err(_) => Err(Error::Timeout(format!(
+                "{} did not answer within {} ms",
+                request.url,
+                limit.as_millis()
+            ))),
+        }
+    }
+    /// `clock.now-ms`: milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+    /// `clock.sleep`.
+    async fn sleep(&self, ms: u64) -> Result<(), Error> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(())
+    }
 }
 
 fn unavailable(what: &str, vm: &str) -> Error {
@@ -57,11 +116,30 @@ fn unavailable(what: &str, vm: &str) -> Error {
     ))
 }
 
-/// Services for contexts with no sites, such as `plan validate`: every call says so.
+/// Services for contexts with no sites, such as `plan validate`: every call says so, and
+/// nothing reaches the network.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoServices;
 
-impl HostServices for NoServices {}
+#[async_trait::async_trait]
+impl HostServices for NoServices {
+    fn simulated(&self) -> bool {
+        true
+    }
+    async fn tcp(&self, address: &str, _limit: Duration) -> Result<(), Error> {
+        Err(unavailable("the network", address))
+    }
+    async fn http_get(&self, url: &str, _limit: Duration) -> Result<u16, Error> {
+        Err(unavailable("the network", url))
+    }
+    async fn http_send(
+        &self,
+        request: &crate::http::Request,
+        _limit: Duration,
+    ) -> Result<crate::http::Answer, Error> {
+        Err(unavailable("the network", &request.url))
+    }
+}
 
 /// The run-scoped key-value store steps share.
 #[derive(Debug, Default, Clone)]

@@ -47,26 +47,29 @@ fn key(context: &StepContext, action: &str, vm: &str) -> String {
     )
 }
 
+/// How a log line starts: a dry run's restores and starts are the host's simulation, and the
+/// log says so.
+fn said(context: &StepContext) -> &'static str {
+    if context.dry_run {
+        "dry run (simulated): "
+    } else {
+        ""
+    }
+}
+
 fn prepare_and_start(vm: &str, s: &Settings, context: &StepContext) -> Result<Value, Error> {
     let point = recovery::pick_point(vm, &s.point)?;
     let addresses: Vec<Value> = network::assignments(vm)?
         .into_iter()
         .map(|a| json!({ "nic": a.nic, "network": a.network, "subnet": a.subnet, "ip": a.ip, "kept": a.kept_source_ip }))
         .collect();
-    if context.dry_run {
-        // What the boot would do, read-only: the point and the addresses; nothing restored
-        // or started.
-        lifeboat_plugin_sdk::info(&format!(
-            "dry run: {vm} would be restored from point {} and started",
-            point.id
-        ));
-        return Ok(
-            json!({ "point": point.id, "captured_at_ms": point.captured_at_ms, "addresses": addresses, "dry_run": true }),
-        );
-    }
     let disks = recovery::restore(vm, &point.id, &key(context, "restore", vm))?;
     compute::start(vm, &key(context, "start", vm))?;
-    lifeboat_plugin_sdk::info(&format!("{vm}: started from point {}", point.id));
+    lifeboat_plugin_sdk::info(&format!(
+        "{}{vm}: started from point {}",
+        said(context),
+        point.id
+    ));
     Ok(
         json!({ "point": point.id, "captured_at_ms": point.captured_at_ms, "disks": disks, "addresses": addresses }),
     )
@@ -96,15 +99,6 @@ impl Step for BootGroup {
     fn run(config: &Config, context: &StepContext) -> Result<Outputs, Error> {
         let s = settings(config);
         let vms = inventory::group_vms();
-        if context.dry_run {
-            let mut planned = lifeboat_plugin_sdk::serde_json::Map::new();
-            for vm in &vms {
-                planned.insert(vm.name.clone(), prepare_and_start(&vm.name, &s, context)?);
-            }
-            let mut outputs = Outputs::new();
-            outputs.insert("vms".into(), Value::Object(planned));
-            return Ok(outputs);
-        }
         let deadline = clock::now_ms() + s.health_timeout_ms;
         let mut pending: Vec<String> = vms.iter().map(|v| v.name.clone()).collect();
         pending.reverse();
@@ -127,7 +121,11 @@ impl Step for BootGroup {
                 boot.state = compute::status(&boot.name)?;
                 match boot.state {
                     VmState::Running => {
-                        lifeboat_plugin_sdk::info(&format!("{}: healthy", boot.name));
+                        lifeboat_plugin_sdk::info(&format!(
+                            "{}{}: healthy",
+                            said(context),
+                            boot.name
+                        ));
                         healthy.push(boot);
                     }
                     VmState::Failed | VmState::Stopped | VmState::Absent => {
@@ -168,7 +166,7 @@ impl Step for BootGroup {
         };
         for vm in vms.keys() {
             compute::stop(vm, &key(context, "stop", vm))?;
-            lifeboat_plugin_sdk::info(&format!("{vm}: stopped"));
+            lifeboat_plugin_sdk::info(&format!("{}{vm}: stopped", said(context)));
         }
         Ok(())
     }

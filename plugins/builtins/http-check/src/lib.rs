@@ -30,11 +30,6 @@ impl Step for HttpCheck {
         let url = config
             .str("url")
             .ok_or_else(|| Error::Invalid("`url` is required".into()))?;
-        if context.dry_run {
-            // Nothing is up to answer in a dry run: say what would be checked.
-            lifeboat_plugin_sdk::info(&format!("dry run: would check that {url} answers"));
-            return Ok(Outputs::new());
-        }
         let timeout = config
             .u64("timeout_ms")
             .unwrap_or(5_000)
@@ -47,7 +42,13 @@ impl Step for HttpCheck {
         if !ok {
             return Err(Error::Other(format!("{url} answered {status}")));
         }
-        lifeboat_plugin_sdk::info(&format!("{url} answered {status}"));
+        // In a dry run the host answered for the simulated VMs.
+        let said = if context.dry_run {
+            "dry run (simulated): "
+        } else {
+            ""
+        };
+        lifeboat_plugin_sdk::info(&format!("{said}{url} answered {status}"));
         let mut outputs = Outputs::new();
         outputs.insert("status".into(), status.into());
         Ok(outputs)

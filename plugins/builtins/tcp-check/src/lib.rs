@@ -28,19 +28,18 @@ impl Step for TcpCheck {
             .ok_or_else(|| Error::Invalid("`address` is required".into()))?;
         let mut outputs = Outputs::new();
         outputs.insert("address".into(), address.into());
-        if context.dry_run {
-            // Nothing is up to answer in a dry run: say what would be checked.
-            lifeboat_plugin_sdk::info(&format!(
-                "dry run: would check that {address} accepts connections"
-            ));
-            return Ok(outputs);
-        }
         let timeout = config
             .u64("timeout_ms")
             .unwrap_or(5_000)
             .min(u32::MAX as u64) as u32;
         probe::tcp(address, timeout)?;
-        lifeboat_plugin_sdk::info(&format!("{address} accepts connections"));
+        // In a dry run the host answered for the simulated VMs.
+        let said = if context.dry_run {
+            "dry run (simulated): "
+        } else {
+            ""
+        };
+        lifeboat_plugin_sdk::info(&format!("{said}{address} accepts connections"));
         Ok(outputs)
     }
 }
