@@ -1266,15 +1266,10 @@ fn builtins_in_a_dry_run_reach_only_the_simulated_site() {
                 "tcp-check",
                 r#"{"address":"127.0.0.1:9"}"#,
                 grants,
-                Arc::new(RealNetwork),
+                Arc::new(NoServices),
                 short(5_000),
             ))
             .await;
         assert!(!report.outcome.is_ok(), "{report:?}");
     });
 }
-
-/// The host's own reach: the network, for real.
-struct RealNetwork;
-
-impl HostServices for RealNetwork {}

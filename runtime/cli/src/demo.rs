@@ -471,8 +471,44 @@ fn scenario(
 
     // 1. A drill: clones of the latest point in the drill network, the source untouched. With
     // the daemon running, the CLI asks it to run the drill.
+    // First, the drill before it runs: its steps in the sandbox against a simulated site.
+    demo.lifeboat(&["plan", "simulate", "shop"]);
+    let (code, sim) = demo.lifeboat_json(&["plan", "simulate", "shop"]);
+    demo.check(
+        code == 0 && sim["recovers"] == true,
+        &format!(
+            "plan simulate: every step passes against a simulated site, nothing started (predicted RTO {:.1}s)",
+            sim["rto_seconds"].as_f64().unwrap_or_default()
+        ),
+    );
     let code = demo.lifeboat(&["failover", "shop", "--test"]);
     demo.check(code == 0, "test failover succeeded");
+    let (_, rec) = demo.lifeboat_json(&["runs", "show", "shop-1"]);
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["id"].as_str().map(String::from))
+            .collect()
+    };
+    let simulated_at = |vm: &serde_json::Value| {
+        sim["vms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["vm"] == vm["name"] && s["addresses"] == vm["addresses"])
+    };
+    demo.check(
+        !ids(&rec).is_empty()
+            && ids(&sim) == ids(&rec)
+            && rec["vms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(simulated_at),
+        "the drill ran the steps plan simulate showed, in its order, at its addresses",
+    );
     let seen = rt.block_on(async {
         let mut seen = Vec::new();
         let Some(feed) = feed.as_mut() else {

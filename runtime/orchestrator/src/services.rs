@@ -79,7 +79,7 @@ fn other(e: impl std::fmt::Display) -> Error {
 }
 
 /// Restores a run makes at once (each is CPU-bound: decompress and re-hash every chunk).
-const RESTORES_AT_ONCE: usize = 4;
+pub(crate) const RESTORES_AT_ONCE: usize = 4;
 
 impl RunServices {
     /// The services of run `run` of `plan` in `env`: `point` is the command line's `--point`,

@@ -116,30 +116,12 @@ fn unavailable(what: &str, vm: &str) -> Error {
     ))
 }
 
-/// Services for contexts with no sites, such as `plan validate`: every call says so, and
-/// nothing reaches the network.
+/// Services for contexts with no sites, such as `plan validate` and alert hooks: every site
+/// call says so; probes, HTTP and the clock are the real ones.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoServices;
 
-#[async_trait::async_trait]
-impl HostServices for NoServices {
-    fn simulated(&self) -> bool {
-        true
-    }
-    async fn tcp(&self, address: &str, _limit: Duration) -> Result<(), Error> {
-        Err(unavailable("the network", address))
-    }
-    async fn http_get(&self, url: &str, _limit: Duration) -> Result<u16, Error> {
-        Err(unavailable("the network", url))
-    }
-    async fn http_send(
-        &self,
-        request: &crate::http::Request,
-        _limit: Duration,
-    ) -> Result<crate::http::Answer, Error> {
-        Err(unavailable("the network", &request.url))
-    }
-}
+impl HostServices for NoServices {}
 
 /// The run-scoped key-value store steps share.
 #[derive(Debug, Default, Clone)]

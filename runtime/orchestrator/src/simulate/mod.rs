@@ -260,11 +260,17 @@ pub async fn simulate(
     let assignments = match crate::operations::assignments_for(env, &journal, plan, op, None) {
         Ok(a) => a,
         Err(e) => {
+            // The assignment names the VM it could not place: the diagnostic points there.
+            let text = e.to_string();
+            let vm = text
+                .split_once("VM `")
+                .and_then(|(_, rest)| rest.split_once('`'))
+                .map(|(vm, _)| vm.to_string());
             problems.push(Problem {
                     rule: "address-clash",
                     step: None,
-                    vm: None,
-                    message: format!("the run's addresses cannot be assigned: {e}"),
+                    vm,
+                    message: format!("the run's addresses cannot be assigned: {text}"),
                     help: Some(
                         "an open run holds addresses at the target, or a kept or static address is taken: clean up the run, or map the network to a subnet with room"
                             .into(),

@@ -69,6 +69,9 @@ struct State {
     group: String,
     deadline_ms: u64,
     vms: HashMap<String, VmTimeline>,
+    /// Restores begun when a group's boot asked for its VMs (as the real run's services begin
+    /// them, a few at once): VM → (start, end), in simulated milliseconds.
+    begun: HashMap<String, (u64, u64)>,
     notes: Vec<Note>,
     early: Vec<Early>,
 }
@@ -303,6 +306,22 @@ impl HostServices for SimWorld {
             .find(|(g, _)| g == group)
             .map(|(_, vms)| vms.clone())
             .unwrap_or_default();
+        // The real services begin the group's restores here, `RESTORES_AT_ONCE` at a time, so
+        // a group's restores overlap; the simulation lays them out the same way.
+        if let Ok(mut s) = self.state.lock() {
+            let mut lanes = [s.now_ms; crate::services::RESTORES_AT_ONCE];
+            for vm in &names {
+                if s.begun.contains_key(vm) || matches!(self.points.get(vm), Some(Err(_)) | None) {
+                    continue;
+                }
+                let seconds = self.timing.restore_seconds.get(vm).copied().unwrap_or(0.0);
+                if let Some(lane) = lanes.iter_mut().min() {
+                    let from = *lane;
+                    *lane += (seconds * 1000.0).round() as u64;
+                    s.begun.insert(vm.clone(), (from, *lane));
+                }
+            }
+        }
         let mut out = Vec::new();
         for name in names {
             if let Ok(vm) = self.get_vm(&name).await {
@@ -356,9 +375,14 @@ impl HostServices for SimWorld {
         }
         let seconds = self.timing.restore_seconds.get(vm).copied().unwrap_or(0.0);
         let mut s = self.state()?;
-        let from = secs(s.now_ms);
-        s.now_ms += (seconds * 1000.0).round() as u64;
-        let to = secs(s.now_ms);
+        // Begun with the group's others, or now.
+        let (from, end) = s
+            .begun
+            .get(vm)
+            .copied()
+            .unwrap_or((s.now_ms, s.now_ms + (seconds * 1000.0).round() as u64));
+        s.now_ms = s.now_ms.max(end);
+        let (from, to) = (secs(from), secs(end));
         let line = s.vms.entry(vm.to_string()).or_default();
         line.restored_from = Some(from);
         line.restored_at = Some(to);
