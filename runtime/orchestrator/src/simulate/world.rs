@@ -514,6 +514,8 @@ impl HostServices for SimWorld {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
     use super::*;
 
     #[test]
@@ -525,5 +527,128 @@ mod tests {
             "10.0.0.7".parse().ok()
         );
         assert_eq!(url_host("https://hooks.example.com/x"), None);
+    }
+
+    /// The example inventory's ERP VMs in two groups (`db` then `app`), each VM at an address
+    /// of its own, restores of 10 s and boots of 20 s (app-2: 40 s).
+    fn world() -> SimWorld {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let v =
+            lifeboat_loader::validate(&root.join("lifeboat.toml"), &[root.join("plans/erp.toml")]);
+        let inventory = v.inventory.unwrap();
+        let names = ["db-1", "app-1", "app-2"];
+        let vms = names
+            .iter()
+            .map(|n| (n.to_string(), inventory.vms.get(n).unwrap().clone()))
+            .collect();
+        let assignments = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Assignment {
+                vm: n.to_string(),
+                nic: 0,
+                network: "west/drill".into(),
+                subnet: "app".into(),
+                cidr: "10.9.0.0/24".parse().unwrap(),
+                ip: format!("10.9.0.{}", i + 10).parse().unwrap(),
+                why: crate::network::Why::NextFree,
+            })
+            .collect();
+        let point = |id: &str| {
+            Ok(SimPoint {
+                point: recovery::Point {
+                    id: id.into(),
+                    kind: recovery::PointKind::CrashConsistent,
+                    captured_at_ms: 1,
+                    committed_at_ms: 2,
+                },
+                vm_bytes: HashMap::new(),
+            })
+        };
+        let mut timing = Timing::default();
+        for n in names {
+            timing.restore_seconds.insert(n.into(), 10.0);
+            timing
+                .boot_seconds
+                .insert(n.into(), if n == "app-2" { 40.0 } else { 20.0 });
+        }
+        SimWorld::new(
+            "west".into(),
+            vms,
+            vec![
+                ("db".into(), vec!["db-1".into()]),
+                ("app".into(), vec!["app-1".into(), "app-2".into()]),
+            ],
+            assignments,
+            names
+                .iter()
+                .map(|n| (n.to_string(), point(&format!("erp/{n}"))))
+                .collect(),
+            timing,
+        )
+    }
+
+    fn block<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// A probe of a VM is answered as that VM would answer at that moment of the run: not
+    /// there before its group (an order problem when its group comes later), refused while it
+    /// boots, accepted once healthy; the simulated clock moves only by what the steps spend.
+    #[test]
+    fn probes_answer_as_the_simulated_vms_would() {
+        let w = world();
+        block(async {
+            let limit = Duration::from_secs(1);
+            w.begin_step("db/pre/0", "db", Duration::from_secs(300));
+            let e = w.tcp("10.9.0.11:8080", limit).await.unwrap_err();
+            assert!(format!("{e:?}").contains("boots after group `db`"), "{e:?}");
+            assert_eq!(w.early()[0].vm, "app-1");
+            w.begin_step("db/boot", "db", Duration::from_secs(300));
+            w.group_vms("db").await;
+            w.restore("db-1", "erp/db-1", "k").await.unwrap();
+            w.start("db-1", "k").await.unwrap();
+            assert_eq!(w.now_seconds(), 10.0);
+            let e = w.tcp("10.9.0.10:5432", limit).await.unwrap_err();
+            assert!(format!("{e:?}").contains("still booting"), "{e:?}");
+            assert_eq!(w.status("db-1").await.unwrap(), VmState::Starting);
+            w.sleep(20_000).await.unwrap();
+            assert_eq!(w.status("db-1").await.unwrap(), VmState::Running);
+            w.tcp("10.9.0.10:5432", limit).await.unwrap();
+            assert_eq!(w.now_seconds(), 30.0);
+            // An address outside the plan: assumed to answer, and said.
+            w.tcp("192.0.2.1:443", limit).await.unwrap();
+            assert!(
+                w.notes()[0].text.contains("192.0.2.1:443"),
+                "{:?}",
+                w.notes()
+            );
+        });
+    }
+
+    /// A group's restores begin together (as the real run's prefetch does), so two VMs of one
+    /// group are restored in the time of one; a sleep past the step's timeout fails the step.
+    #[test]
+    fn a_groups_restores_overlap_and_a_step_cannot_outwait_its_timeout() {
+        let w = world();
+        block(async {
+            w.begin_step("app/boot", "app", Duration::from_secs(45));
+            w.group_vms("app").await;
+            w.restore("app-1", "erp/app-1", "k").await.unwrap();
+            w.start("app-1", "k").await.unwrap();
+            w.restore("app-2", "erp/app-2", "k").await.unwrap();
+            w.start("app-2", "k").await.unwrap();
+            assert_eq!(w.now_seconds(), 10.0);
+            let lines = w.timelines();
+            assert_eq!(lines["app-2"].healthy_at, Some(50.0));
+            let e = w.sleep(40_000).await.unwrap_err();
+            assert!(format!("{e:?}").contains("timeout"), "{e:?}");
+            // A point the simulation does not know is refused, as a real restore would be.
+            assert!(w.restore("db-1", "erp/9", "k").await.is_err());
+        });
     }
 }
