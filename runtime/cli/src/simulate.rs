@@ -292,22 +292,8 @@ fn json(sim: &Simulation, diagnostics: &Validation, out: &mut dyn Write) -> std:
     writeln!(out)
 }
 
-fn xml(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\n' => out.push_str("&#10;"),
-            c if (c as u32) < 0x20 && c != '\t' => out.push('\u{FFFD}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// XML text and attribute escaping, as `plan validate`'s JUnit report does it.
+use report::junit::escape as xml;
 
 /// A test case per step (its predicted time as the case's time), one for the RTO objective, one
 /// per problem that is no step's.
@@ -428,11 +414,7 @@ fn github(sim: &Simulation, diagnostics: &Validation, out: &mut dyn Write) -> st
         sim.plan,
         sim.basis
     );
-    let escape = |s: &str| {
-        s.replace('%', "%25")
-            .replace('\r', "%0D")
-            .replace('\n', "%0A")
-    };
+    let escape = report::github::escape_data;
     match sim.objective_seconds {
         Some(o) if sim.exceeds_objective() => writeln!(
             out,

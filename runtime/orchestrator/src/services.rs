@@ -433,6 +433,36 @@ pub fn choice_for<'a>(over: Option<&'a str>, group: &str, plan_choice: &'a str) 
     }
 }
 
+/// A VM as a step sees it: at the target site, each NIC with the address the run gave it (the
+/// inventory's network and subnet where it has none). The run's services and the simulation
+/// answer `get-vm` alike.
+pub(crate) fn wit_vm<'a>(
+    name: &str,
+    site: &str,
+    vm: &lifeboat_plan::inventory::Vm,
+    addresses: impl IntoIterator<Item = &'a Assignment>,
+) -> inventory::Vm {
+    let addresses: Vec<&Assignment> = addresses.into_iter().collect();
+    inventory::Vm {
+        name: name.to_string(),
+        site: site.to_string(),
+        disks: vm.disks.names().map(str::to_string).collect(),
+        nics: vm
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, nic)| {
+                let at = addresses.iter().find(|a| a.vm == name && a.nic == i);
+                inventory::Nic {
+                    network: at.map_or_else(|| nic.network.value.clone(), |a| a.network.clone()),
+                    subnet: at.map_or_else(|| nic.subnet.value.clone(), |a| a.subnet.clone()),
+                    ip: at.map(|a| a.ip.to_string()),
+                }
+            })
+            .collect(),
+    }
+}
+
 pub(crate) fn wit_point(
     group: &str,
     seq: u64,
@@ -467,26 +497,7 @@ impl HostServices for RunServices {
 
     async fn get_vm(&self, name: &str) -> Result<inventory::Vm, Error> {
         let vm = self.vm(name)?;
-        let addresses = self.addresses(name);
-        Ok(inventory::Vm {
-            name: name.to_string(),
-            site: self.target_site.clone(),
-            disks: vm.disks.names().map(str::to_string).collect(),
-            nics: vm
-                .nics
-                .iter()
-                .enumerate()
-                .map(|(i, nic)| {
-                    let at = addresses.iter().find(|a| a.nic == i);
-                    inventory::Nic {
-                        network: at
-                            .map_or_else(|| nic.network.value.clone(), |a| a.network.clone()),
-                        subnet: at.map_or_else(|| nic.subnet.value.clone(), |a| a.subnet.clone()),
-                        ip: at.map(|a| a.ip.to_string()),
-                    }
-                })
-                .collect(),
-        })
+        Ok(wit_vm(name, &self.target_site, vm, self.addresses(name)))
     }
 
     async fn list_points(&self, vm: &str) -> Result<Vec<recovery::Point>, Error> {

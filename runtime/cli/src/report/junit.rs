@@ -8,7 +8,7 @@ use lifeboat_plan::Severity;
 use super::{files, full_message, primary_region};
 
 /// Escape text for XML content and attribute values.
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -1,9 +1,9 @@
 //! Renderers of a validation: one module per output format. Each writes the whole report.
 
-mod github;
+pub(crate) mod github;
 mod human;
 mod json;
-mod junit;
+pub(crate) mod junit;
 mod sarif;
 
 use std::io::{self, Write};

@@ -333,25 +333,12 @@ impl HostServices for SimWorld {
 
     async fn get_vm(&self, name: &str) -> Result<inventory::Vm, Error> {
         let vm = self.known(name)?;
-        Ok(inventory::Vm {
-            name: name.to_string(),
-            site: self.target_site.clone(),
-            disks: vm.disks.names().map(str::to_string).collect(),
-            nics: vm
-                .nics
-                .iter()
-                .enumerate()
-                .map(|(i, nic)| {
-                    let at = self.assignments.iter().find(|a| a.vm == name && a.nic == i);
-                    inventory::Nic {
-                        network: at
-                            .map_or_else(|| nic.network.value.clone(), |a| a.network.clone()),
-                        subnet: at.map_or_else(|| nic.subnet.value.clone(), |a| a.subnet.clone()),
-                        ip: at.map(|a| a.ip.to_string()),
-                    }
-                })
-                .collect(),
-        })
+        Ok(crate::services::wit_vm(
+            name,
+            &self.target_site,
+            vm,
+            &self.assignments,
+        ))
     }
 
     async fn list_points(&self, vm: &str) -> Result<Vec<recovery::Point>, Error> {
