@@ -147,7 +147,7 @@ post = {app_post}
         self.path().join("lifeboat.toml").display().to_string()
     }
 
-    fn journal(&self) -> PathBuf {
+    pub(crate) fn journal(&self) -> PathBuf {
         self.path().join(".lifeboat/state/runs.db")
     }
 
@@ -173,7 +173,7 @@ post = {app_post}
 
     /// Starts the source VMs; `as_booted`: exactly as the inventory's boot command says (so
     /// Lifeboat recognises them), else with absolute disk paths (so it cannot).
-    fn start_source_as(&mut self, as_booted: bool) {
+    pub(crate) fn start_source_as(&mut self, as_booted: bool) {
         for vm in ["db-1", "app-1"] {
             let launch = Launch {
                 vm: vm.into(),
@@ -195,6 +195,7 @@ post = {app_post}
                 dir: self.path().to_path_buf(),
                 log: self.path().join(format!("{vm}.log")),
                 key: String::new(),
+                netns: None,
             };
             let h = self.rt.block_on(self.driver.start(&launch)).unwrap();
             self.source.push(h);
@@ -249,7 +250,7 @@ post = {app_post}
     }
 
     /// Where run `run` put `vm`: `ip:port`.
-    fn target_addr(&self, run: &str, vm: &str) -> String {
+    pub(crate) fn target_addr(&self, run: &str, vm: &str) -> String {
         let rec = self.record(run);
         let v = rec["vms"]
             .as_array()
@@ -258,16 +259,47 @@ post = {app_post}
             .find(|v| v["name"] == vm)
             .unwrap()
             .clone();
-        let ip = v["addresses"][0]
-            .as_str()
-            .unwrap()
-            .split_whitespace()
-            .nth(2)
-            .unwrap()
-            .to_string();
+        let ip = v["addresses"][0]["ip"].as_str().unwrap().to_string();
         let port = if vm == "db-1" { 5432 } else { 8080 };
         format!("{ip}:{port}")
     }
+}
+
+impl Sites {
+    /// The network namespace drill `run` runs its copies in, if it made one.
+    pub(crate) fn netns(&self, run: &str) -> Option<String> {
+        self.events(run).into_iter().find_map(|e| match e {
+            Event::Isolated { netns } => Some(netns),
+            _ => None,
+        })
+    }
+
+    /// `GET path` from `addr` where run `run`'s copies are: inside its network namespace (a
+    /// drill's), else from the host.
+    pub(crate) fn get_at(&self, run: &str, addr: &str, path: &str) -> Option<serde_json::Value> {
+        match self.netns(run) {
+            Some(ns) => get_in(&ns, addr, path),
+            None => get(addr, path),
+        }
+    }
+}
+
+/// `GET path` from `addr` inside network namespace `ns`.
+pub(crate) fn get_in(ns: &str, addr: &str, path: &str) -> Option<serde_json::Value> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let url = format!("http://{addr}{path}");
+    let response = rt
+        .block_on(
+            lifeboat_compute::netns::Netns::named(ns).within(move || async move {
+                lifeboat_plugin_host::http::get_within(&url, Duration::from_secs(2)).await
+            }),
+        )
+        .ok()?
+        .ok()?;
+    Some(response.json().unwrap_or(serde_json::Value::Null))
 }
 
 pub(crate) fn wait_for(mut ok: impl FnMut() -> bool, what: &str) {
@@ -409,7 +441,9 @@ fn a_drill_boots_groups_in_order_honours_on_filters_and_cleans_up() {
     // The drill VMs run in the drill network, from consistent disks, behind the source.
     let drill = s.target_addr("p-1", "db-1");
     assert!(drill.starts_with(&format!("127.{}.92.", s.k)), "{drill}");
-    let state = get(&drill, "/state").expect("the drill VM answers");
+    let state = s
+        .get_at("p-1", &drill, "/state")
+        .expect("the drill VM answers");
     let recovered = state["recovered"]["last"]["seq"].as_u64().unwrap();
     let source = get(&s.source_addr("db-1"), "/state").unwrap()["last_record"]
         .as_u64()
@@ -667,7 +701,7 @@ fn drill_and_planned_failover_on(store: String, k: u8) {
     for vm in ["db-1", "app-1"] {
         let at = s.target_addr("p-1", vm);
         assert!(
-            get(&at, "/state").is_some(),
+            s.get_at("p-1", &at, "/state").is_some(),
             "the drill's {vm} answers at {at}"
         );
     }
@@ -732,7 +766,10 @@ fn an_orchestrator_killed_mid_run_resumes_without_booting_a_vm_twice() {
         .filter(|e| matches!(e, Event::Restored { vm, .. } if vm == "db-1"))
         .count();
     assert_eq!(restored, 1, "db-1 was restored twice");
-    assert!(get(&s.target_addr("p-1", "db-1"), "/health").is_some());
+    assert!(
+        s.get_at("p-1", &s.target_addr("p-1", "db-1"), "/health")
+            .is_some()
+    );
     assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
 }
 
@@ -971,10 +1008,16 @@ fn killed_at_each_journal_point_a_real_run_resumes_and_does_nothing_twice() {
             "killed at event {n}"
         );
         let addrs = [s.target_addr(&run, "db-1"), s.target_addr(&run, "app-1")];
-        assert!(get(&addrs[1], "/health").is_some());
+        assert!(s.get_at(&run, &addrs[1], "/health").is_some());
+        let netns = s.netns(&run).expect("the drill's network namespace");
         let out = s.lifeboat(&["cleanup", "p"]);
         assert_eq!(out.code, 0, "killed at event {n}: {}", out.stderr);
-        // Nothing is left running: no VM the killed process started behind the journal's back.
+        // Nothing is left running: no VM the killed process started behind the journal's back,
+        // and no namespace.
+        assert!(
+            !Path::new("/run/netns").join(&netns).exists(),
+            "killed at event {n}: namespace {netns} is left"
+        );
         for addr in &addrs {
             assert!(
                 get(addr, "/health").is_none(),
@@ -1064,7 +1107,7 @@ fn a_failover_without_points_or_with_an_unknown_one_is_refused_before_it_starts(
 }
 
 /// Rewrites app-1's `boot` and `health` lines in the fixture's inventory.
-fn replace_app_vm(s: &Sites, boot: &str, health: &str) {
+pub(crate) fn replace_app_vm(s: &Sites, boot: &str, health: &str) {
     let path = s.path().join("lifeboat.toml");
     let inv = std::fs::read_to_string(&path).unwrap();
     let inv: Vec<String> = inv
@@ -1490,7 +1533,7 @@ fn a_run_killed_before_its_addresses_were_journaled_is_finished_by_retry() {
     let db = s.target_addr("p-1", "db-1");
     assert!(db.starts_with(&format!("127.{}.92.", s.k())), "{db}");
     assert!(
-        get(&db, "/health").is_some(),
+        s.get_at("p-1", &db, "/health").is_some(),
         "db-1's drill copy answers at {db}"
     );
     assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);

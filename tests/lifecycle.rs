@@ -347,6 +347,32 @@ fn reprotect_refuses_before_a_commit_and_a_live_old_copy() {
     let out = s.lifeboat(&["reprotect", "p"]);
     assert_eq!(out.code, 4, "{}", out.stderr);
     assert!(out.stderr.contains("has not failed over"), "{}", out.stderr);
+    // Forced past the live source, the failover still refuses to boot a copy at the address
+    // the source serves: the copy could not listen there, and its probe would be the source's.
+    let out = s.lifeboat(&["failover", "p", "--unplanned", "--force"]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    let db = s.source_addr("db-1");
+    let ip = db.split(':').next().unwrap();
+    assert!(
+        out.stderr.contains(&format!(
+            "address {ip} is in use: something answers on :5432 (process {}",
+            s.source[0].pid
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(s.lifeboat(&["runs", "list"]).stdout.contains("no runs yet"));
+    // With another address for db-1 at the target, it goes ahead.
+    let plan = s.path().join("plans/p.toml");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    std::fs::write(
+        &plan,
+        format!(
+            "{text}\n[[network.override]]\nvm = \"db-1\"\nip = \"127.{}.2.20\"\n",
+            s.k()
+        ),
+    )
+    .unwrap();
     let out = s.lifeboat(&["failover", "p", "--unplanned", "--force"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     // Not committed yet.
@@ -726,12 +752,13 @@ fn a_drill_of_the_failback_boots_at_home_in_its_test_network_and_leaves_the_copi
             .iter()
             .find(|v| v["name"] == vm)
             .unwrap();
-        let addr = v["addresses"][0].as_str().unwrap();
-        assert!(addr.contains("east/home-drill"), "{vm}: {addr}");
-        let ip = addr.split_whitespace().nth(2).unwrap();
+        let addr = &v["addresses"][0];
+        assert_eq!(addr["network"], "east/home-drill", "{vm}: {addr}");
+        let ip = addr["ip"].as_str().unwrap();
         let port = if vm == "db-1" { 5432 } else { 8080 };
         assert!(
-            get(&format!("{ip}:{port}"), "/health").is_some(),
+            s.get_at("p-3", &format!("{ip}:{port}"), "/health")
+                .is_some(),
             "{vm}'s drill copy answers at {ip}"
         );
     }

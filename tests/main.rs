@@ -19,3 +19,4 @@ mod schema;
 mod servers;
 mod support;
 mod wit;
+mod world;

@@ -204,7 +204,20 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.vm-1.ip}:8080/
     // A drill boots a second real VM from that point in the drill network.
     let out = lifeboat(&["failover", "p", "--test"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let drill = get("127.190.91.254:8080", "/state").expect("the drill copy answers");
+    // In the drill's own network namespace, with user networking restricted to the guest.
+    let netns = drill_netns(base, "p-1");
+    let drill = crate::failover::get_in(&netns, "127.190.91.254:8080", "/state")
+        .expect("the drill copy answers");
+    assert!(
+        get("127.190.91.254:8080", "/health").is_none(),
+        "the drill copy answers outside its namespace"
+    );
+    let argv = drill_argv(base, "p-1", "vm-1");
+    assert!(
+        argv.iter()
+            .any(|a| a.starts_with("user,id=n0,") && a.ends_with(",restrict=on")),
+        "{argv:?}"
+    );
     assert!(
         drill["recovered"]["last"]["seq"].as_u64().unwrap_or(0) > 0,
         "{drill}"
@@ -605,11 +618,7 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.web-1.ip}:8080
         let mut at = std::collections::HashMap::new();
         for v in rec["vms"].as_array().into_iter().flatten() {
             let name = v["name"].as_str().unwrap().to_string();
-            let ip = v["addresses"][0]
-                .as_str()
-                .and_then(|a| a.split_whitespace().nth(2))
-                .unwrap()
-                .to_string();
+            let ip = v["addresses"][0]["ip"].as_str().unwrap().to_string();
             let port = if name == "db-1" { 5432 } else { 8080 };
             at.insert(name, format!("{ip}:{port}"));
         }
@@ -644,9 +653,11 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.web-1.ip}:8080
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     in_order("p-1");
     let drill = placed("p-1");
+    let netns = drill_netns(base, "p-1");
     for (vm, addr) in &drill {
         assert!(addr.starts_with("127.190.9"), "{vm} at {addr}");
-        let state = get(addr, "/state").unwrap_or_else(|| panic!("{vm} answers at {addr}"));
+        let state = crate::failover::get_in(&netns, addr, "/state")
+            .unwrap_or_else(|| panic!("{vm} answers at {addr}"));
         assert!(
             state["recovered"]["last"]["seq"].as_u64().unwrap_or(0) > 0,
             "{vm}: {state}"
@@ -662,9 +673,10 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.web-1.ip}:8080
             .is_empty(),
         "cleanup left a VM running"
     );
-    for addr in drill.values() {
-        assert!(get(addr, "/health").is_none(), "{addr} still answers");
-    }
+    assert!(
+        !std::path::Path::new("/run/netns").join(&netns).exists(),
+        "cleanup left namespace {netns}"
+    );
     assert!(files_ending(base, ".drill.qcow2").is_empty());
     assert!(files_ending(base, ".fleece.qcow2").is_empty());
 
@@ -697,4 +709,34 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.web-1.ip}:8080
             "{vm}: {state}"
         );
     }
+}
+
+/// The network namespace drill `run` of the lab in `base` runs its copies in.
+fn drill_netns(base: &std::path::Path, run: &str) -> String {
+    Journal::open(&base.join(".lifeboat/state/runs.db"))
+        .unwrap()
+        .events(run)
+        .unwrap()
+        .into_iter()
+        .find_map(|(_, _, e)| match e {
+            lifeboat_orchestrator::journal::Event::Isolated { netns } => Some(netns),
+            _ => None,
+        })
+        .expect("the drill made a network namespace")
+}
+
+/// The command line run `run` started `vm` with.
+fn drill_argv(base: &std::path::Path, run: &str, vm: &str) -> Vec<String> {
+    Journal::open(&base.join(".lifeboat/state/runs.db"))
+        .unwrap()
+        .events(run)
+        .unwrap()
+        .into_iter()
+        .find_map(|(_, _, e)| match e {
+            lifeboat_orchestrator::journal::Event::VmStarted { vm: v, argv, .. } if v == vm => {
+                Some(argv)
+            }
+            _ => None,
+        })
+        .expect("the VM was started")
 }

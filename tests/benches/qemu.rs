@@ -99,6 +99,7 @@ fn boot(
             dir: dir.to_path_buf(),
             log: dir.join("vm.log"),
             key: String::new(),
+            netns: None,
         }))
         .unwrap();
     while !healthy(addr) {

@@ -201,6 +201,36 @@ fn get_json(rt: &tokio::runtime::Runtime, addr: &str, path: &str) -> Option<serd
     .json()
 }
 
+/// `GET path` from `addr` inside network namespace `netns` (a drill's), or from the host.
+fn get_json_in(
+    rt: &tokio::runtime::Runtime,
+    netns: Option<&str>,
+    addr: &str,
+    path: &str,
+) -> Option<serde_json::Value> {
+    let Some(ns) = netns else {
+        return get_json(rt, addr, path);
+    };
+    let url = format!("http://{addr}{path}");
+    rt.block_on(
+        lifeboat_compute::netns::Netns::named(ns).within(move || async move {
+            lifeboat_plugin_host::http::get_within(&url, Duration::from_secs(2)).await
+        }),
+    )
+    .ok()?
+    .ok()?
+    .json()
+}
+
+/// The network namespace run `run` made for its copies, from its timeline.
+fn netns_of(demo: &mut Demo<'_, '_>, run: &str) -> Option<String> {
+    let (_, rec) = demo.lifeboat_json(&["runs", "show", run]);
+    rec["timeline"].as_array()?.iter().find_map(|pair| {
+        let e = pair.get(1)?;
+        (e["kind"] == "isolated").then(|| e["netns"].as_str().map(str::to_string))?
+    })
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -347,11 +377,7 @@ fn addresses(demo: &mut Demo<'_, '_>, run: &str) -> std::collections::HashMap<St
     for v in rec["vms"].as_array().into_iter().flatten() {
         let name = v["name"].as_str().unwrap_or_default();
         let port = VMS.iter().find(|x| x.0 == name).map_or(0, |x| x.4);
-        // "nic0 west/drill 127.49.2.254 (nextfree)"
-        if let Some(ip) = v["addresses"][0]
-            .as_str()
-            .and_then(|a| a.split_whitespace().nth(2))
-        {
+        if let Some(ip) = v["addresses"][0]["ip"].as_str() {
             out.insert(name.to_string(), format!("{ip}:{port}"));
         }
     }
@@ -372,7 +398,19 @@ fn scenario(
         std::fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))
     };
     write(&demo.config, &inventory(workload))?;
-    write(&demo.dir.join("plans/shop.toml"), PLAN)?;
+    // Drills run in a network namespace of their own, which takes root; elsewhere the demo's
+    // drill shares the host's network, and says so.
+    let isolated = rustix::process::geteuid().is_root();
+    let plan = if isolated {
+        PLAN.to_string()
+    } else {
+        demo.say("not root: the drill runs in the host's network (`network.test_isolation = \"none\"`); as root it runs in a network namespace of its own");
+        PLAN.replace(
+            "test = \"west/drill\"",
+            "test = \"west/drill\"\ntest_isolation = \"none\"",
+        )
+    };
+    write(&demo.dir.join("plans/shop.toml"), &plan)?;
     demo.say(&format!(
         "Lifeboat demo in {}: sites east (source) and west (target), VMs db-1, app-1, app-2;\nconsistency group shop = db-1 + app-1; plan shop boots group database, then app.",
         demo.dir.display()
@@ -546,9 +584,28 @@ fn scenario(
         drill_at.values().all(|a| a.starts_with("127.49.")),
         "every drill VM got an address in the drill network (west/drill)",
     );
+    // The drill's copies run in a network namespace of the run's (as root): they answer there,
+    // and only there.
+    let netns = netns_of(demo, "shop-1");
+    if isolated {
+        demo.check(
+            netns.is_some(),
+            &format!(
+                "the drill runs in a network namespace of its own ({})",
+                netns.as_deref().unwrap_or("none")
+            ),
+        );
+        let from_host = drill_at
+            .values()
+            .any(|at| get_json(rt, at, "/health").is_some());
+        demo.check(
+            !from_host,
+            "the drill's copies cannot be reached from the host's network (nor reach production)",
+        );
+    }
     for (name, _, _, ip, port) in VMS {
         let at = drill_at.get(*name).cloned().unwrap_or_default();
-        let drill = get_json(rt, &at, "/state");
+        let drill = get_json_in(rt, netns.as_deref(), &at, "/state");
         let rec = drill.as_ref().and_then(recovered);
         demo.check(
             rec.is_some_and(|(seq, _)| seq > 0),
@@ -600,10 +657,20 @@ fn scenario(
     // 2. Cleanup: undo every step, stop the drill VMs, delete their disks, unpin.
     let code = demo.lifeboat(&["cleanup", "shop"]);
     demo.check(code == 0, "cleanup succeeded");
-    let gone = drill_at
-        .values()
-        .all(|at| get_json(rt, at, "/state").is_none());
-    demo.check(gone, "the drill VMs are stopped");
+    let gone = match &netns {
+        Some(ns) => !lifeboat_compute::netns::Netns::named(ns).exists(),
+        None => drill_at
+            .values()
+            .all(|at| get_json(rt, at, "/state").is_none()),
+    };
+    demo.check(
+        gone,
+        if netns.is_some() {
+            "the drill VMs are stopped and their network namespace is removed"
+        } else {
+            "the drill VMs are stopped"
+        },
+    );
     let runs = demo.dir.join(".lifeboat/state/runs/shop-1/disks");
     demo.check(!runs.exists(), "the drill's disks are deleted");
     let (_, list) = demo.lifeboat_json(&["points", "list", "db-1"]);

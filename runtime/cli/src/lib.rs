@@ -218,6 +218,9 @@ enum Command {
     /// Runs of plans: what happened, when, with what RPO and RTO.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Reach a drill's copies, which run in a network namespace of their own.
+    #[command(subcommand)]
+    Drill(DrillCommand),
     /// Work with step components before they are in a plan.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -256,6 +259,17 @@ enum Command {
     DemoVm {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DrillCommand {
+    /// Run a command inside the drill's network namespace (e.g. `lifeboat drill exec erp-3 --
+    /// curl http://127.90.1.254:8080/health`); exits with the command's code.
+    Exec {
+        run: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
     },
 }
 
@@ -684,6 +698,10 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
         )),
         Command::Cancel { run } => Ok(match orchestrate(None, io) {
             Ok(l) => orchestration::cancel(&l, &run, io),
+            Err(code) => code,
+        }),
+        Command::Drill(DrillCommand::Exec { run, command }) => Ok(match orchestrate(None, io) {
+            Ok(l) => orchestration::drill_exec(&l, &run, &command, io),
             Err(code) => code,
         }),
         Command::Runs(RunsCommand::List) => Ok(match orchestrate(None, io) {

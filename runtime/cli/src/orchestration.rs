@@ -255,7 +255,11 @@ fn summary(r: &RunRecord, io: &mut crate::Io<'_>) {
                 |p| format!("{}/{p}", v.group.clone().unwrap_or_default())
             ),
             secs(v.rpo_seconds),
-            v.addresses.join(", ")
+            v.addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
 }
@@ -535,6 +539,44 @@ pub fn cancel(loaded: &Loaded, run: &str, io: &mut crate::Io<'_>) -> u8 {
             exit_codes::OK
         }
         Err(e) => run_failed(io, &e),
+    }
+}
+
+/// `lifeboat drill exec RUN -- COMMAND…`: runs a command inside a drill's network namespace,
+/// where its copies answer at their test addresses (and production does not). Its output goes
+/// where this command's goes; the exit code is the command's.
+pub fn drill_exec(loaded: &Loaded, run: &str, command: &[String], io: &mut crate::Io<'_>) -> u8 {
+    let ns = match operations::run_netns(&loaded.env, run) {
+        Ok(Some(ns)) if ns.exists() => ns,
+        Ok(_) => {
+            let _ = writeln!(
+                io.stderr,
+                "error: run {run} has no network namespace: only a drill isolated in one (`network.test_isolation = \"namespace\"`, the default) has, from its first VM's start until its cleanup"
+            );
+            return exit_codes::FAILED;
+        }
+        Err(e) => return run_failed(io, &e),
+    };
+    let argv = ns.wrap(command);
+    let output = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::inherit())
+        .output();
+    match output {
+        Ok(out) => {
+            let _ = io.stdout.write_all(&out.stdout);
+            let _ = io.stderr.write_all(&out.stderr);
+            // A command killed by a signal has no code: 128 + the signal, as shells say.
+            use std::os::unix::process::ExitStatusExt;
+            out.status
+                .code()
+                .or_else(|| out.status.signal().map(|s| 128 + s))
+                .map_or(exit_codes::FAILED, |c| c.clamp(0, 255) as u8)
+        }
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: cannot run `ip netns exec`: {e}");
+            exit_codes::FAILED
+        }
     }
 }
 

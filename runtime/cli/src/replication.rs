@@ -432,6 +432,9 @@ struct PointLine<'a> {
     epoch: u64,
     pinned: Vec<String>,
     disks: Vec<DiskLine<'a>>,
+    /// What the point itself records (`unsafe-live-read: …`).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    notes: &'a [String],
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -509,6 +512,7 @@ pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
                             changed_bytes: d.changed_bytes,
                         })
                         .collect(),
+                    notes: &m.notes,
                 })
                 .collect(),
             damaged: &damaged,
@@ -573,6 +577,9 @@ pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
             mib(changed),
             pinned
         );
+        for note in &m.notes {
+            let _ = writeln!(io.stdout, "        note: {note}");
+        }
     }
     exit_codes::OK
 }
@@ -647,27 +654,15 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// A process that holds `path` open, if any (found through `/proc/*/fd`).
 fn open_by(path: &Path) -> Option<u32> {
     let own = std::process::id();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == own {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).is_ok_and(|target| same_file(&target, path)) {
-                return Some(pid);
-            }
-        }
-    }
-    None
+    lifeboat_compute::procfs::processes()
+        .filter(|(pid, _)| *pid != own)
+        .find(|(_, dir)| {
+            std::fs::read_dir(dir.join("fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| same_file(&t, path)))
+            })
+        })
+        .map(|(pid, _)| pid)
 }
 
 /// `lifeboat restore VM --point ID --out DIR [--force]`.

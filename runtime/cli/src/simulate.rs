@@ -140,11 +140,13 @@ fn diagnostic(plan: &Plan, p: &Problem) -> Diagnostic {
     let rule = match p.rule {
         "boots-later" => Rule::BootsLater,
         "address-clash" => Rule::AddressClash,
+        "address-in-use" => Rule::AddressInUse,
         _ => Rule::StepFailsInDryRun,
     };
     let label = match rule {
         Rule::BootsLater => "this step runs before that VM boots",
         Rule::AddressClash => "these addresses",
+        Rule::AddressInUse => "this VM's address is in use",
         _ => "fails when simulated",
     };
     let mut d = Diagnostic::error(rule, span_of(plan, p), p.message.clone(), label);
@@ -211,7 +213,11 @@ fn human(sim: &Simulation, diagnostics: &Validation, out: &mut dyn Write) -> std
             if v.addresses.is_empty() {
                 "no NICs".to_string()
             } else {
-                v.addresses.join(", ")
+                v.addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             },
             v.point
         )?;

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
 
+use crate::procfs::processes;
+
 /// Why a driver could not do what was asked, with the VM it was asked of.
 #[derive(Debug, thiserror::Error)]
 pub enum ComputeError {
@@ -41,6 +43,9 @@ pub enum ComputeError {
     },
     #[error("VM `{vm}` (pid {pid}) did not exit after SIGKILL")]
     Unkillable { vm: String, pid: u32 },
+    /// A drill's network namespace could not be made, entered or removed.
+    #[error("network isolation: {0}")]
+    Isolation(String),
 }
 
 /// What the driver needs to start one VM.
@@ -56,6 +61,8 @@ pub struct Launch {
     /// The idempotency key of the start, which the driver marks the VM with so that a runtime
     /// that died between starting a VM and journaling it can find the VM again.
     pub key: String,
+    /// The network namespace the VM runs in (a drill's); `None`: the host's network.
+    pub netns: Option<String>,
 }
 
 /// The environment variable a process-driver VM carries its start's key in.
@@ -178,7 +185,16 @@ impl ProcessDriver {
 #[async_trait::async_trait]
 impl Compute for ProcessDriver {
     async fn start(&self, launch: &Launch) -> Result<Handle, ComputeError> {
-        let Some((program, args)) = launch.argv.split_first() else {
+        if launch.argv.is_empty() {
+            return Err(ComputeError::EmptyCommand {
+                vm: launch.vm.clone(),
+            });
+        }
+        let argv = match &launch.netns {
+            Some(ns) => crate::netns::Netns::named(ns).wrap(&launch.argv),
+            None => launch.argv.clone(),
+        };
+        let Some((program, args)) = argv.split_first() else {
             return Err(ComputeError::EmptyCommand {
                 vm: launch.vm.clone(),
             });
@@ -431,18 +447,6 @@ fn locate_launches(launches: &[Launch]) -> Vec<Handle> {
         }
     }
     found
-}
-
-/// Every process on the machine: its pid and its `/proc` folder.
-fn processes() -> impl Iterator<Item = (u32, PathBuf)> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            Some((pid, entry.path()))
-        })
 }
 
 /// When process `pid` started, in clock ticks since boot; `None` if there is no such process.

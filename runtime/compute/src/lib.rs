@@ -11,7 +11,9 @@
 pub mod cut;
 pub mod driver;
 pub mod fleece;
+pub mod netns;
 pub mod pause;
+pub mod procfs;
 pub mod qemu;
 pub mod qmp;
 pub mod site;

@@ -93,6 +93,16 @@ pub fn command_line(
     argv
 }
 
+/// A drill copy's command line: its user-mode NICs get `restrict=on`, so the guest reaches
+/// nothing outside QEMU (its forwarded ports still reach it, from the namespace it runs in).
+pub fn restrict_networking(argv: &mut [String]) {
+    for a in argv.iter_mut() {
+        if a.starts_with("user,id=n") && !a.contains(",restrict=") {
+            a.push_str(",restrict=on");
+        }
+    }
+}
+
 /// How long a probe waits for the kernel's banner under KVM (TCG prints it in half a second
 /// here; a KVM that cannot run the kernel never does).
 const PROBE: Duration = Duration::from_secs(3);

@@ -62,6 +62,7 @@ pub fn source_launch(inventory: &Inventory, base: &Path, name: &str) -> Option<L
         dir: base.to_path_buf(),
         log: PathBuf::new(),
         key: String::new(),
+        netns: None,
     })
 }
 
@@ -177,6 +178,7 @@ pub async fn cycle(
     let target = site_store(inventory, base, &group.target_site, false)?;
     let names: Vec<&str> = group.vms.iter().map(|v| v.name.as_str()).collect();
     let held = locate_source_vms(inventory, base, driver.as_ref(), &names).await;
+    let point_notes = check_writers(inventory, group, &held).await?;
     let cut = (!held.is_empty()).then(|| {
         let disks_of = |vm: &str| {
             group
@@ -195,8 +197,73 @@ pub async fn cycle(
         max_pause: Some(group.max_pause),
         progress,
         full_scan,
+        point_notes: point_notes.clone(),
     };
     let mut report = lifeboat_replication::replicate(group, &source, &target, &opts).await?;
     report.notes.extend(how.into_iter().flatten());
+    report.notes.extend(point_notes);
     Ok(report)
+}
+
+/// The note an `unsafe_live_read` point carries (in its manifest, `points list` and JSON).
+pub const UNSAFE_LIVE_READ: &str = "unsafe-live-read";
+
+/// Before a cut: every process that holds one of `group`'s disks open for writing must be one
+/// the cut holds still — a VM recognised by its boot command (`held`), the very process, not a
+/// child or a stranger. Anyone else is an error naming the process, unless the VM opted into
+/// `unsafe_live_read`; then the point is taken and marked, with the writer named in its notes.
+async fn check_writers(
+    inventory: &Inventory,
+    group: &GroupSpec,
+    held: &[Handle],
+) -> lifeboat_replication::Result<Vec<String>> {
+    let paths: Vec<PathBuf> = group
+        .vms
+        .iter()
+        .flat_map(|v| v.disks.iter().map(|d| d.path.clone()))
+        .collect();
+    let writers = tokio::task::spawn_blocking(move || crate::procfs::writers(&paths))
+        .await
+        .map_err(|e| {
+            lifeboat_replication::Error::failed(format!("cannot look for writers: {e}"))
+        })?;
+    let mut notes = Vec::new();
+    for w in writers {
+        let Some(vm) = group
+            .vms
+            .iter()
+            .find(|v| v.disks.iter().any(|d| d.path == w.path))
+        else {
+            continue;
+        };
+        if held
+            .iter()
+            .any(|h| h.vm == vm.name && h.pid == w.process.pid)
+        {
+            continue;
+        }
+        let opted_in = inventory
+            .vms
+            .get(&vm.name)
+            .and_then(|v| v.unsafe_live_read.as_ref())
+            .is_some_and(|b| b.value);
+        if opted_in {
+            notes.push(format!(
+                "{UNSAFE_LIVE_READ}: {} of VM `{}` was read while {} wrote it; this point may be torn",
+                w.path.display(),
+                vm.name,
+                w.process
+            ));
+            continue;
+        }
+        return Err(lifeboat_replication::Error::failed(format!(
+            "cannot take a consistent point of group `{}`: {} (disk of VM `{}`) is open for writing by {}, which Lifeboat cannot hold still (it is not the VM as its boot command starts it, from the inventory's folder); stop it and start the VM as its boot command says, or set `unsafe_live_read = true` on VM `{}` to take points that may be torn",
+            group.name,
+            w.path.display(),
+            vm.name,
+            w.process,
+            vm.name
+        )));
+    }
+    Ok(notes)
 }

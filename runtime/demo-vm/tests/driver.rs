@@ -69,6 +69,7 @@ fn the_process_driver_boots_probes_pauses_and_stops_a_vm() {
         dir: dir.path().to_path_buf(),
         log: dir.path().join("logs/db-1.log"),
         key: String::new(),
+        netns: None,
     };
     let vm = rt.block_on(driver.start(&launch)).unwrap();
     let probe = Probe::Http(format!("http://{ip}:{port}/health"));

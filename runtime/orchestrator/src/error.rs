@@ -56,6 +56,18 @@ pub enum Error {
     /// The plugin sandbox could not load or run a step.
     #[error("{0}")]
     Sandbox(String),
+    /// Something answers at an address the run must use as it is (kept or overridden).
+    #[error(
+        "address {ip} is in use: {occupant}; VM `{vm}` nic{nic} must have it ({}): stop what answers there, or give the NIC another address in the plan's `network.override`",
+        match why { crate::network::Why::Kept => "its source address, kept", _ => "the plan's override" }
+    )]
+    AddressInUse {
+        vm: String,
+        nic: usize,
+        ip: std::net::IpAddr,
+        why: crate::network::Why,
+        occupant: String,
+    },
     /// Anything else: the message says what.
     #[error("{0}")]
     Failed(String),

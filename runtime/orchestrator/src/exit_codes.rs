@@ -71,6 +71,7 @@ pub fn of_run(e: &crate::error::Error) -> u8 {
         | Error::Journal(_)
         | Error::Compute(_)
         | Error::Sandbox(_)
+        | Error::AddressInUse { .. }
         | Error::Failed(_) => FAILED,
     }
 }

@@ -12,6 +12,34 @@ pub enum Probe {
     Command(Vec<String>),
 }
 
+impl Probe {
+    /// The TCP address the probe connects to (`None` for a command, or a URL without an IP
+    /// literal): where the kernel can tell who answers.
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Probe::Tcp(a) => a.parse().ok(),
+            Probe::Http(url) => {
+                let rest = url.strip_prefix("http://")?;
+                let authority = rest.split('/').next()?;
+                authority
+                    .parse()
+                    .ok()
+                    .or_else(|| Some(std::net::SocketAddr::new(authority.parse().ok()?, 80)))
+            }
+            Probe::Command(_) => None,
+        }
+    }
+
+    /// The probe as people read it: `tcp 127.0.0.1:5432`, `http http://…`, the command.
+    pub fn describe(&self) -> String {
+        match self {
+            Probe::Tcp(a) => format!("tcp {a}"),
+            Probe::Http(u) => format!("http {u}"),
+            Probe::Command(c) => c.join(" "),
+        }
+    }
+}
+
 /// Tries `probe` every 100 ms until it passes (returns how long that took) or `timeout` ends
 /// (returns the last failure).
 pub async fn wait_healthy(

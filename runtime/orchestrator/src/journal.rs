@@ -161,6 +161,15 @@ pub enum Event {
     VmStopped {
         vm: String,
     },
+    /// A drill's network namespace, journaled before it is made: its VMs run there and its
+    /// probes and steps reach them there; cleanup removes it.
+    Isolated {
+        netns: String,
+    },
+    /// Cleanup removed the run's network namespace.
+    NamespaceRemoved {
+        netns: String,
+    },
     /// The run-scoped kv after a step changed it: what a resumed run starts from.
     Kv {
         entries: std::collections::BTreeMap<String, String>,
@@ -530,6 +539,8 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
             | Event::VmStarting { .. }
             | Event::VmStarted { .. }
             | Event::VmStopped { .. }
+            | Event::Isolated { .. }
+            | Event::NamespaceRemoved { .. }
             | Event::StepLog { .. }
             | Event::Kv { .. }
             | Event::ApprovalRequested { .. }

@@ -18,6 +18,7 @@ pub mod health;
 pub mod journal;
 pub mod lifecycle;
 pub mod network;
+pub mod occupied;
 pub mod operations;
 pub mod record;
 pub mod run;

@@ -23,6 +23,7 @@ use crate::services::{Observer, RunServices};
 use crate::source::{self, groups_of, plan_vms};
 use crate::steps::PluginRunner;
 use lifeboat_compute::driver::{Compute, Handle};
+use lifeboat_compute::netns::Netns;
 
 /// A new run id: `PLAN-N`, N one more than the plan's runs so far.
 pub(crate) fn new_run_id(journal: &Journal, plan: &str) -> Result<String> {
@@ -112,10 +113,21 @@ async fn preflight(env: &Environment, plan: &Plan, req: &FailoverRequest) -> Res
         });
     }
     crate::lifecycle::check_direction(env, plan, req.op)?;
-    let assignments = assignments_for(env, &journal, plan, req.op, None)?;
+    if req.op == Operation::Test && isolated(plan) {
+        Netns::available().await?;
+    }
     let vms = plan_vms(plan);
     preflight_points(env, plan, &vms, req.point.as_deref()).await?;
+    // The source first: a source VM Lifeboat cannot stop is the better message than the address
+    // it holds.
     let source = source::check(env, plan, req.op, req.force).await?;
+    let assignments = match assignments_for(env, &journal, plan, req.op, None).await {
+        Ok(a) => a,
+        Err(e) => {
+            source.release().await;
+            return Err(e);
+        }
+    };
     Ok(Cleared {
         assignments,
         source,
@@ -123,14 +135,29 @@ async fn preflight(env: &Environment, plan: &Plan, req: &FailoverRequest) -> Res
 }
 
 /// Every NIC's address at the target for a run of `op` of `plan`, beside the addresses other
-/// open runs (but `run`) hold there.
-pub(crate) fn assignments_for(
-    env: &Environment,
+/// open runs (but `run`) hold there, and checked against what answers at them
+/// (`occupied::assign_checked`): for a planned failover, the source VMs it stops first do not
+/// count; a drill isolated in a namespace of its own is not probed (its addresses exist only
+/// there).
+/// (The journal is read before the future starts: a `&Journal` held across the probes would
+/// keep the future from being `Send`.)
+pub(crate) fn assignments_for<'a>(
+    env: &'a Environment,
     journal: &Journal,
-    plan: &Plan,
+    plan: &'a Plan,
     op: Operation,
     run: Option<&str>,
-) -> Result<Vec<Assignment>> {
+) -> impl Future<Output = Result<Vec<Assignment>>> + Send + 'a {
+    let in_use = held_by_open_runs(env, journal, run);
+    async move { assign_for(env, plan, op, in_use?).await }
+}
+
+/// The addresses open runs (but `run`) hold, as (`site/network`, address).
+fn held_by_open_runs(
+    env: &Environment,
+    journal: &Journal,
+    run: Option<&str>,
+) -> Result<HashSet<(String, IpAddr)>> {
     let mut in_use: HashSet<(String, IpAddr)> = HashSet::new();
     for r in env
         .runs()?
@@ -141,18 +168,61 @@ pub(crate) fn assignments_for(
             in_use.insert((a.network.clone(), a.ip));
         }
     }
+    Ok(in_use)
+}
+
+async fn assign_for(
+    env: &Environment,
+    plan: &Plan,
+    op: Operation,
+    in_use: HashSet<(String, IpAddr)>,
+) -> Result<Vec<Assignment>> {
     let purpose = if op == Operation::Test {
         Purpose::Test
     } else {
         Purpose::Failover
     };
-    Ok(assign(
+    let vms = plan_vms(plan);
+    if op == Operation::Test && isolated(plan) {
+        return assign(&env.inventory, plan, &vms, purpose, &in_use).map_err(Error::Failed);
+    }
+    let freed = if matches!(op, Operation::Planned | Operation::Failback) {
+        freed_by_hand_over(env, &vms).await
+    } else {
+        crate::occupied::Freed::default()
+    };
+    crate::occupied::assign_checked(&env.inventory, plan, &vms, purpose, &in_use, &freed).await
+}
+
+/// Whether `plan`'s drills run in a network namespace of their own.
+pub(crate) fn isolated(plan: &Plan) -> bool {
+    plan.network
+        .as_ref()
+        .is_none_or(|n| n.isolation() == lifeboat_plan::plan::TestIsolation::Namespace)
+}
+
+/// What a planned failover's hand-over frees before the boot: the source VMs it will stop
+/// (their processes and their children) and their source addresses.
+async fn freed_by_hand_over(env: &Environment, vms: &[&str]) -> crate::occupied::Freed {
+    let located = lifeboat_compute::site::locate_source_vms(
         &env.inventory,
-        plan,
-        &plan_vms(plan),
-        purpose,
-        &in_use,
-    )?)
+        &env.base,
+        env.driver.as_ref(),
+        vms,
+    )
+    .await;
+    let mut freed = crate::occupied::Freed::default();
+    for h in &located {
+        freed.pids.extend(lifeboat_compute::procfs::family(h.pid));
+        if let Some(vm) = env.inventory.vms.get(&h.vm) {
+            freed.ips.extend(
+                vm.nics
+                    .iter()
+                    .filter_map(|n| n.ip.as_ref().map(|ip| ip.value)),
+            );
+        }
+    }
+    freed
 }
 
 /// A failover recorded and ready to drive (`resume` drives it).
@@ -319,7 +389,7 @@ pub async fn resume(
         .iter()
         .any(|(_, _, e)| matches!(e, Event::Assigned { .. }))
     {
-        let assignments = assignments_for(env, &journal, plan, op, Some(run))?;
+        let assignments = assignments_for(env, &journal, plan, op, Some(run)).await?;
         journal.append(run, &Event::Assigned { assignments })?;
     }
     drive(
@@ -345,9 +415,11 @@ fn runner(
 ) -> Result<PluginRunner> {
     let journal = env.journal()?;
     let assignments = assignments_of(&journal, run)?;
+    let netns = (op == Operation::Test && isolated(plan)).then(|| netns_of(env, &journal, run));
     let services = Arc::new(
         RunServices::new(env, run, plan, point, assignments, observe)?
-            .with_drill(op == Operation::Test),
+            .with_drill(op == Operation::Test)
+            .with_netns(netns.transpose()?),
     );
     let plan_dir = plan_path
         .parent()
@@ -375,6 +447,39 @@ fn runner(
         runner.kv = lifeboat_plugin_host::RunKv::with_entries(entries);
     }
     Ok(runner)
+}
+
+/// The network namespace of drill `run`: the one its journal names, else the name it gets.
+fn netns_of(env: &Environment, journal: &Journal, run: &str) -> Result<Netns> {
+    let recorded = journal
+        .events(run)?
+        .into_iter()
+        .find_map(|(_, _, e)| match e {
+            Event::Isolated { netns } => Some(netns),
+            _ => None,
+        });
+    Ok(Netns::named(
+        &recorded.unwrap_or_else(|| Netns::name_for(&env.state_dir, run)),
+    ))
+}
+
+/// The network namespace run `run` made, if it made one (`lifeboat drill exec` enters it).
+pub fn run_netns(env: &Environment, run: &str) -> Result<Option<Netns>> {
+    let journal = env.journal()?;
+    if !journal.exists(run)? {
+        return Err(Error::NoRun {
+            run: run.to_string(),
+        });
+    }
+    let mut found = None;
+    for (_, _, e) in journal.events(run)? {
+        match e {
+            Event::Isolated { netns } => found = Some(Netns::named(&netns)),
+            Event::NamespaceRemoved { .. } => found = None,
+            _ => {}
+        }
+    }
+    Ok(found)
 }
 
 #[expect(clippy::too_many_arguments)]
@@ -433,6 +538,9 @@ pub struct CleanupReport {
     pub vms_stopped: Vec<String>,
     /// Points unpinned, as `GROUP/SEQ`.
     pub unpinned: Vec<String>,
+    /// The drill's network namespace, removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_namespace: Option<String>,
 }
 
 /// One step's undo.
@@ -554,6 +662,19 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
             .await
             .map_err(|e| Error::Failed(format!("cannot delete {}: {e}", disks.display())))?
             .map_err(|e| Error::Failed(format!("cannot delete {}: {e}", disks.display())))?;
+    }
+    // Nothing of the run runs any more: its network namespace goes too.
+    for (_, _, e) in &events {
+        if let Event::Isolated { netns } = e {
+            let ns = Netns::named(netns);
+            ns.delete().await.map_err(Error::Compute)?;
+            services
+                .record(Event::NamespaceRemoved {
+                    netns: netns.clone(),
+                })
+                .map_err(journal_error)?;
+            report.network_namespace = Some(netns.clone());
+        }
     }
     report.unpinned = unpin(env, plan, &events, &services.pin_reason()).await?;
     for (_, _, e) in journal.events_after(&open.id, before)? {

@@ -97,11 +97,48 @@ pub struct VmRecord {
     pub point: Option<u64>,
     /// The run's start minus the capture instant of the VM's point.
     pub rpo_seconds: Option<f64>,
-    pub addresses: Vec<String>,
+    pub addresses: Vec<AddressRecord>,
     pub pid: Option<u32>,
     pub started_at_seconds: Option<f64>,
     pub stopped_at_seconds: Option<f64>,
     pub log: Option<String>,
+}
+
+/// Where one NIC of a VM landed in the run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AddressRecord {
+    pub nic: usize,
+    /// `site/network` at the target.
+    pub network: String,
+    pub subnet: String,
+    #[schema(value_type = String)]
+    pub ip: std::net::IpAddr,
+    /// `kept` (the source address), `override` (the plan's) or `next-free`.
+    #[schema(value_type = String)]
+    pub why: crate::network::Why,
+}
+
+impl From<&crate::network::Assignment> for AddressRecord {
+    fn from(a: &crate::network::Assignment) -> Self {
+        Self {
+            nic: a.nic,
+            network: a.network.clone(),
+            subnet: a.subnet.clone(),
+            ip: a.ip,
+            why: a.why,
+        }
+    }
+}
+
+impl std::fmt::Display for AddressRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = match self.why {
+            crate::network::Why::Kept => "kept",
+            crate::network::Why::Override => "override",
+            crate::network::Why::NextFree => "next free",
+        };
+        write!(f, "nic{} {} {} ({why})", self.nic, self.network, self.ip)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -218,9 +255,7 @@ pub fn record(
                 for a in assignments {
                     let v = vms.entry(a.vm.clone()).or_default();
                     v.name = a.vm.clone();
-                    v.addresses.push(
-                        format!("nic{} {} {} ({:?})", a.nic, a.network, a.ip, a.why).to_lowercase(),
-                    );
+                    v.addresses.push(AddressRecord::from(a));
                 }
             }
             Event::VmStarted { vm, pid, log, .. } => {
@@ -297,6 +332,10 @@ pub fn describe(run: &str, e: &Event) -> Option<String> {
         Event::Restored { vm, disks, .. } => format!("{vm}: {} disk(s) restored", disks.len()),
         Event::VmStarted { vm, pid, .. } => format!("{vm}: started (pid {pid})"),
         Event::VmStopped { vm } => format!("{vm}: stopped"),
+        Event::Isolated { netns } => format!(
+            "network namespace {netns}: the drill's copies run there (`lifeboat drill exec {run} -- COMMAND` reaches them)"
+        ),
+        Event::NamespaceRemoved { netns } => format!("network namespace {netns}: removed"),
         Event::ApprovalRequested { message } => {
             format!("waiting for approval: {message} — run `lifeboat approve {run}`")
         }

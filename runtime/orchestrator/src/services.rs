@@ -18,6 +18,7 @@ use crate::health::{self, Probe};
 use crate::journal::{Event, Journal};
 use crate::network::Assignment;
 use lifeboat_compute::driver::{Compute, Handle, Launch};
+use lifeboat_compute::netns::Netns;
 use lifeboat_compute::template;
 
 /// Called with every event of a run once it is journaled (progress on a terminal): the run's
@@ -61,6 +62,11 @@ pub struct RunServices {
     /// A drill: at a `qemu` target its VMs write into qcow2 overlays, the restored images stay
     /// the point.
     drill: bool,
+    /// An isolated drill's network namespace: its VMs run there, and its probes and steps reach
+    /// them there. Made (after it is journaled) before the first VM starts.
+    netns: Option<Netns>,
+    /// Whether this process has made sure the namespace exists.
+    netns_ready: tokio::sync::Mutex<bool>,
 }
 
 /// A restore running in the background: the restored disk paths, or why not.
@@ -123,6 +129,8 @@ impl RunServices {
             prefetch: Mutex::new(HashMap::new()),
             restores: Arc::new(tokio::sync::Semaphore::new(RESTORES_AT_ONCE)),
             drill: false,
+            netns: None,
+            netns_ready: tokio::sync::Mutex::new(false),
         })
     }
 
@@ -130,6 +138,67 @@ impl RunServices {
     pub fn with_drill(mut self, drill: bool) -> Self {
         self.drill = drill;
         self
+    }
+
+    /// Runs the run's VMs, probes and steps' network calls in `netns` (an isolated drill).
+    pub fn with_netns(mut self, netns: Option<Netns>) -> Self {
+        self.netns = netns;
+        self
+    }
+
+    /// The namespace of an isolated drill, made if it is not there yet (journaled first, so
+    /// cleanup finds it whatever happens next).
+    async fn ensure_netns(&self) -> Result<Option<&Netns>, Error> {
+        let Some(ns) = &self.netns else {
+            return Ok(None);
+        };
+        let mut ready = self.netns_ready.lock().await;
+        if !*ready {
+            let recorded = self.with_events(|events| {
+                events
+                    .iter()
+                    .any(|(_, e)| matches!(e, Event::Isolated { netns } if netns == ns.name()))
+            })?;
+            if !recorded {
+                self.record(Event::Isolated {
+                    netns: ns.name().to_string(),
+                })?;
+            }
+            Netns::create(ns.name()).await.map_err(other)?;
+            *ready = true;
+        }
+        Ok(Some(ns))
+    }
+
+    /// The namespace a step's connection to `host` goes through: an isolated drill's, when the
+    /// host is an address of the run's test network (where its copies are); anything else is
+    /// reached from the host's network, as outside a drill.
+    fn netns_for(&self, host: &str) -> Option<&Netns> {
+        let ns = self.netns.as_ref()?;
+        let ip: std::net::IpAddr = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()?;
+        self.assignments
+            .iter()
+            .any(|a| a.cidr.contains(&ip))
+            .then_some(ns)
+    }
+
+    /// One try of a health probe, where the run's VMs are (inside an isolated drill's
+    /// namespace: a command probe runs there too).
+    async fn check_once(&self, probe: &Probe) -> Result<(), String> {
+        let Some(ns) = &self.netns else {
+            return health::check(probe, &self.base).await;
+        };
+        let (probe, base) = match probe {
+            Probe::Command(argv) => (Probe::Command(ns.wrap(argv)), self.base.clone()),
+            p => (p.clone(), self.base.clone()),
+        };
+        ns.within(move || async move { health::check(&probe, &base).await })
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// Appends an event to this run's journal, then shows it.
@@ -627,14 +696,18 @@ impl HostServices for RunServices {
                     .iter()
                     .map(|a| a.ip.to_string())
                     .collect();
-                lifeboat_compute::qemu::command_line(
+                let mut argv = lifeboat_compute::qemu::command_line(
                     vm,
                     machine,
                     &self.base,
                     &paths,
                     &ips,
                     &fill(&machine.args)?,
-                )
+                );
+                if self.netns.is_some() {
+                    lifeboat_compute::qemu::restrict_networking(&mut argv);
+                }
+                argv
             }
             _ => fill(
                 &def.boot
@@ -659,6 +732,17 @@ impl HostServices for RunServices {
         let handle = match found {
             Some(handle) => handle,
             None => {
+                let netns = self.ensure_netns().await?;
+                // The world, not the journal: nothing may answer at the VM's addresses yet.
+                for a in self.addresses(vm) {
+                    let ports = crate::occupied::known_ports(def, a.nic);
+                    if let Some(o) = crate::occupied::occupant(a.ip, &ports, netns).await {
+                        return Err(Error::Invalid(format!(
+                            "VM `{vm}` not started: address {} is in use: {o}",
+                            a.ip
+                        )));
+                    }
+                }
                 self.record(Event::VmStarting {
                     vm: vm.to_string(),
                     key: key.to_string(),
@@ -669,6 +753,7 @@ impl HostServices for RunServices {
                     dir: self.base.clone(),
                     log: log.clone(),
                     key: key.to_string(),
+                    netns: netns.map(|n| n.name().to_string()),
                 };
                 self.driver.start(&launch).await.map_err(other)?
             }
@@ -718,22 +803,31 @@ impl HostServices for RunServices {
                 }
             )));
         }
-        // Running means healthy: the VM's own probe passed.
-        Ok(match self.probe(vm)? {
-            None => compute::VmState::Running,
-            Some(probe) => {
-                let once =
-                    tokio::time::timeout(Duration::from_secs(2), health::check(&probe, &self.base))
-                        .await;
-                // A probe answered by someone else (a VM that just died, its address taken)
-                // is no health of ours: the process must still be there after it.
-                if matches!(once, Ok(Ok(()))) && self.driver.running(&handle).await {
-                    compute::VmState::Running
-                } else {
-                    compute::VmState::Starting
-                }
-            }
-        })
+        // Running means healthy: the VM's own probe passed, the VM is still there after it, and
+        // (where the kernel tells) the VM's own processes hold the socket that answered.
+        let Some(probe) = self.probe(vm)? else {
+            return Ok(compute::VmState::Running);
+        };
+        let once = tokio::time::timeout(Duration::from_secs(2), self.check_once(&probe)).await;
+        if !matches!(once, Ok(Ok(()))) || !self.driver.running(&handle).await {
+            return Ok(compute::VmState::Starting);
+        }
+        let Some(addr) = probe.socket_addr() else {
+            return Ok(compute::VmState::Running);
+        };
+        let pid = handle.pid;
+        let answerer =
+            tokio::task::spawn_blocking(move || lifeboat_compute::procfs::answerer(pid, addr))
+                .await
+                .map_err(other)?;
+        match answerer {
+            lifeboat_compute::procfs::Answerer::Other(p) => Err(Error::Other(format!(
+                "VM `{vm}` (pid {pid}) is not the one answering its health probe: {} is held by {p}; the VM cannot serve its address",
+                probe.describe()
+            ))),
+            lifeboat_compute::procfs::Answerer::Vm
+            | lifeboat_compute::procfs::Answerer::Unknown => Ok(compute::VmState::Running),
+        }
     }
 
     async fn assignments(&self, vm: &str) -> Result<Vec<network::Assignment>, Error> {
@@ -749,6 +843,56 @@ impl HostServices for RunServices {
                 kept_source_ip: a.why == crate::network::Why::Kept,
             })
             .collect())
+    }
+
+    async fn tcp(&self, address: &str, limit: Duration) -> Result<(), Error> {
+        let services = lifeboat_plugin_host::NoServices;
+        let Some(ns) = self.netns_for(address.rsplit_once(':').map_or(address, |(h, _)| h)) else {
+            return services.tcp(address, limit).await;
+        };
+        let address = address.to_string();
+        ns.within(move || async move { services.tcp(&address, limit).await })
+            .await
+            .map_err(other)?
+    }
+
+    async fn http_get(&self, url: &str, limit: Duration) -> Result<u16, Error> {
+        let services = lifeboat_plugin_host::NoServices;
+        let Some(ns) = self.netns_for(url_host(url)) else {
+            return services.http_get(url, limit).await;
+        };
+        let url = url.to_string();
+        ns.within(move || async move { services.http_get(&url, limit).await })
+            .await
+            .map_err(other)?
+    }
+
+    async fn http_send(
+        &self,
+        request: &lifeboat_plugin_host::http::Request,
+        limit: Duration,
+    ) -> Result<lifeboat_plugin_host::http::Answer, Error> {
+        let services = lifeboat_plugin_host::NoServices;
+        let Some(ns) = self.netns_for(url_host(&request.url)) else {
+            return services.http_send(request, limit).await;
+        };
+        let request = request.clone();
+        let answer = ns
+            .within(move || async move {
+                tokio::time::timeout(limit, lifeboat_plugin_host::http::send_unpooled(&request))
+                    .await
+            })
+            .await
+            .map_err(other)?;
+        match answer {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(lifeboat_plugin_host::http::SendError::Invalid(e))) => Err(Error::Invalid(e)),
+            Ok(Err(lifeboat_plugin_host::http::SendError::Failed(e))) => Err(Error::Other(e)),
+            Err(_) => Err(Error::Timeout(format!(
+                "the request did not answer within {} ms",
+                limit.as_millis()
+            ))),
+        }
     }
 
     async fn approve(&self, message: &str) -> Result<String, Error> {
@@ -779,6 +923,17 @@ impl HostServices for RunServices {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The host of an `http://` or `https://` URL (an IPv6 literal with its brackets).
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    if authority.starts_with('[') {
+        return authority.split_once(']').map_or(authority, |(h, _)| h);
+    }
+    authority.split(':').next().unwrap_or(authority)
 }
 
 /// A drill's qcow2 overlay on a restored image (beside it, in the run's folder, so cleanup

@@ -81,6 +81,18 @@ pub struct HandOver {
     pub leases: Vec<Lease>,
 }
 
+impl HandOver {
+    /// Gives the leases back: the failover was refused after `check` (they also expire).
+    pub async fn release(self) {
+        for l in self.leases {
+            let group = l.group().to_string();
+            if let Err(e) = l.release().await {
+                tracing::warn!(group, error = %e, "a lease was not released; it expires on its own");
+            }
+        }
+    }
+}
+
 /// A planned failover's hand-over, once every check passed: stop the source VMs it located
 /// (gracefully, then by force), make sure none still answers, and take the last point of
 /// every group so the failover loses nothing. Returns the VMs it stopped.
@@ -136,12 +148,7 @@ pub async fn source_answering(
         let Some(probe) = probe else { continue };
         let answered = tokio::time::timeout(Duration::from_secs(2), check(&probe, &env.base)).await;
         if matches!(answered, Ok(Ok(()))) {
-            let what = match &probe {
-                Probe::Tcp(a) => format!("tcp {a}"),
-                Probe::Http(u) => format!("http {u}"),
-                Probe::Command(c) => c.join(" "),
-            };
-            return Some((name.to_string(), what));
+            return Some((name.to_string(), probe.describe()));
         }
     }
     None

@@ -197,6 +197,16 @@ impl<'s> Decoder<'s> {
         }
     }
 
+    pub fn boolean(&mut self, value: &Value<'_>, what: &str) -> Option<Spanned<bool>> {
+        match value.get_ref() {
+            DeValue::Boolean(b) => Some(Spanned::new(*b, self.span(value))),
+            _ => {
+                self.wrong_type(value, what, "true or false");
+                None
+            }
+        }
+    }
+
     /// An integer in `min..=max`.
     pub fn integer(
         &mut self,

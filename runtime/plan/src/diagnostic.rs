@@ -88,6 +88,7 @@ rules! {
     StepFailsInDryRun = "step-fails-in-dry-run": "`plan simulate`: a step that fails when the run is simulated (its plugin, its grants, a point or VM it needs)",
     BootsLater = "boots-later": "`plan simulate`: a step that needs a VM which a later group boots (the group order is wrong)",
     AddressClash = "address-clash": "`plan simulate`: the run's addresses cannot be assigned, or two NICs would hold one",
+    AddressInUse = "address-in-use": "`plan simulate`: something already answers at an address the run must keep (a kept source address or an override)",
 }
 
 impl std::fmt::Display for Rule {

@@ -157,6 +157,11 @@ pub struct Vm {
     /// release it (`thaw`). When `freeze` succeeds the point is app-consistent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiesce: Option<Quiesce>,
+    /// Take points while a process Lifeboat cannot hold still writes the VM's disks (a VM
+    /// started some other way than its boot command). Such points may be torn — crash-unsafe —
+    /// and are marked `unsafe-live-read`. Without it, such a cycle fails naming the writer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsafe_live_read: Option<Spanned<bool>>,
 }
 
 /// The quiesce hook of a VM: two commands, run in the directory of lifeboat.toml.
@@ -706,6 +711,9 @@ fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
             timeout: timeout.unwrap_or(None),
         })
     });
+    let unsafe_live_read = t
+        .optional("unsafe_live_read")
+        .map(|v| d.boolean(v, &t.path("unsafe_live_read")));
     t.finish(d);
     Some(Vm {
         site: site?,
@@ -716,6 +724,7 @@ fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
         machine: machine.unwrap_or(None),
         health: health.unwrap_or(None),
         quiesce: quiesce.unwrap_or(None),
+        unsafe_live_read: unsafe_live_read.unwrap_or(None),
     })
 }
 

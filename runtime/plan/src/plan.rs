@@ -64,6 +64,27 @@ impl PointChoice {
         &["latest", "latest-processed", "latest-app-consistent"];
 }
 
+/// How a drill's copies are kept from production.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TestIsolation {
+    /// A network namespace of the run's own.
+    #[default]
+    Namespace,
+    /// The host's network: drill copies can reach production addresses.
+    None,
+}
+
+impl PlanNetwork {
+    /// How this plan's drills are isolated.
+    pub fn isolation(&self) -> TestIsolation {
+        self.test_isolation
+            .as_ref()
+            .map(|t| t.value)
+            .unwrap_or_default()
+    }
+}
+
 /// The network section of a plan.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +106,11 @@ pub struct PlanNetwork {
     /// PLAN --test`) use, as `site/network`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failback_test: Option<Spanned<NetworkRef>>,
+    /// How a drill's copies are kept from production: `namespace` (the default: a network
+    /// namespace of the run, where only the test network's addresses exist) or `none` (the
+    /// host's network; for hosts that cannot make namespaces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_isolation: Option<Spanned<TestIsolation>>,
     /// False when part of this section had errors: checks that depend on the whole mapping
     /// (unmapped networks) are skipped rather than reported a second time.
     #[serde(skip)]
@@ -478,6 +504,23 @@ fn decode_network(d: &mut Decoder<'_>, v: &Value<'_>) -> Option<PlanNetwork> {
     let test = t
         .optional("test")
         .map(|v| network_ref(d, v, "network.test"));
+    let test_isolation = t.optional("test_isolation").map(|v| {
+        let s = d.string(v, "network.test_isolation")?;
+        let value = match s.value.as_str() {
+            "namespace" => TestIsolation::Namespace,
+            "none" => TestIsolation::None,
+            other => {
+                d.error(
+                    Rule::InvalidValue,
+                    s.span,
+                    format!("unknown `network.test_isolation` `{other}`: `namespace` or `none`"),
+                    "unknown isolation",
+                );
+                return None;
+            }
+        };
+        Some(Spanned::new(value, s.span))
+    });
     let overrides = match t.optional("override") {
         Some(v) => d.list(v, "network.override", |d, v, what| {
             let mut t = d.table(v, &what)?;
@@ -506,6 +549,7 @@ fn decode_network(d: &mut Decoder<'_>, v: &Value<'_>) -> Option<PlanNetwork> {
         overrides: overrides.unwrap_or_default(),
         failback_map: failback_map.unwrap_or_default(),
         failback_test: failback_test.unwrap_or(None),
+        test_isolation: test_isolation.unwrap_or(None),
         complete,
     })
 }

@@ -125,24 +125,38 @@ pub enum SendError {
     Failed(String),
 }
 
+fn new_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("lifeboat/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("the HTTP client could not start: {e}"))
+}
+
 /// One client per process: its connection pool and the system's roots, loaded once.
 fn client() -> Result<&'static reqwest::Client, SendError> {
     static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
         std::sync::OnceLock::new();
     CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("lifeboat/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| format!("the HTTP client could not start: {e}"))
-        })
+        .get_or_init(new_client)
         .as_ref()
         .map_err(|e| SendError::Failed(e.clone()))
 }
 
 /// Sends `req` (the caller has checked its grant and bounds its time).
 pub async fn send(req: &Request) -> Result<Answer, SendError> {
+    send_via(client()?, req).await
+}
+
+/// Sends `req` through a client of its own, which shares no connection with any other request:
+/// what a request made inside a network namespace needs (a pooled connection would lead out of
+/// it).
+pub async fn send_unpooled(req: &Request) -> Result<Answer, SendError> {
+    let client = new_client().map_err(SendError::Failed)?;
+    send_via(&client, req).await
+}
+
+async fn send_via(client: &reqwest::Client, req: &Request) -> Result<Answer, SendError> {
     let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| SendError::Invalid(format!("`{}` is not an HTTP method", req.method)))?;
     let url = reqwest::Url::parse(&req.url)
@@ -153,7 +167,7 @@ pub async fn send(req: &Request) -> Result<Answer, SendError> {
             req.url
         )));
     }
-    let mut builder = client()?.request(method, url);
+    let mut builder = client.request(method, url);
     for (name, value) in &req.headers {
         builder = builder.header(name.as_str(), value.as_str());
     }

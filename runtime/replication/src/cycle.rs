@@ -114,6 +114,8 @@ pub struct CycleOptions {
     pub progress: Option<Arc<dyn Progress>>,
     /// Read every disk in full even where a cut could say what changed.
     pub full_scan: bool,
+    /// What the point itself must carry (in its manifest's `notes`), such as `unsafe-live-read`.
+    pub point_notes: Vec<String>,
 }
 
 impl std::fmt::Debug for CycleOptions {
@@ -563,6 +565,7 @@ async fn capture_and_commit(
         captured_unix_ms: unix_ms(captured),
         vms,
         packs: shipped.iter().map(|(n, _, _)| n.clone()).collect(),
+        notes: opts.point_notes.clone(),
     };
     let record = serde_json::to_vec(&staged)
         .map_err(|e| Error::failed(format!("cannot encode the staged session: {e}")))?;

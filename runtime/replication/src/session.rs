@@ -30,6 +30,9 @@ pub(crate) struct Staged {
     pub captured_unix_ms: u64,
     pub vms: Vec<VmPoint>,
     pub packs: Vec<String>,
+    /// The point's notes (`Manifest::notes`).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// Writes the index file and the manifest. The manifest is put-if-absent: if another writer
@@ -91,6 +94,7 @@ pub(crate) async fn commit(
         epoch: staged.epoch,
         writer: writer_name(),
         vms: staged.vms.clone(),
+        notes: staged.notes.clone(),
     };
     let name = manifest::object_name(group, seq);
     match repo

@@ -131,6 +131,7 @@ fn manifests_detect_any_change() {
         epoch: 1,
         writer: "test".into(),
         vms: Vec::new(),
+        notes: vec!["unsafe-live-read: a note".into()],
     };
     let bytes = m.encode(&keys);
     assert_eq!(Manifest::decode(&keys, &bytes).unwrap(), m);

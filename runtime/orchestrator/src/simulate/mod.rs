@@ -106,8 +106,8 @@ pub struct SimStep {
 pub struct SimVm {
     pub vm: String,
     pub group: String,
-    /// `nicN network address (why)`, as `runs show` prints a run's.
-    pub addresses: Vec<String>,
+    /// Where each NIC lands, as a run records it.
+    pub addresses: Vec<crate::record::AddressRecord>,
     /// The point it would boot (`erp/12, captured …`), or why it is not known.
     pub point: String,
     /// What the simulated run did with it.
@@ -119,7 +119,8 @@ pub struct SimVm {
 /// Something that would stop the recovery, found by the simulation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Problem {
-    /// The diagnostic rule (`step-fails-in-dry-run`, `boots-later`, `address-clash`).
+    /// The diagnostic rule (`step-fails-in-dry-run`, `boots-later`, `address-clash`,
+    /// `address-in-use`).
     pub rule: &'static str,
     /// The step it concerns (`GROUP/post/0`), if one.
     pub step: Option<String>,
@@ -257,8 +258,35 @@ pub async fn simulate(
     let compiled = compile(plan, op);
     let journal = env.journal()?;
     let mut problems = Vec::new();
-    let assignments = match crate::operations::assignments_for(env, &journal, plan, op, None) {
+    let assignments = match crate::operations::assignments_for(env, &journal, plan, op, None).await
+    {
         Ok(a) => a,
+        Err(crate::error::Error::AddressInUse {
+            vm,
+            nic,
+            ip,
+            why,
+            occupant,
+        }) => {
+            let e = crate::error::Error::AddressInUse {
+                vm: vm.clone(),
+                nic,
+                ip,
+                why,
+                occupant,
+            };
+            problems.push(Problem {
+                rule: "address-in-use",
+                step: None,
+                vm: Some(vm),
+                message: format!("the run would refuse: {e}"),
+                help: Some(
+                    "a failover probes every address it assigns: stop what answers there, or override the NIC's address"
+                        .into(),
+                ),
+            });
+            Vec::new()
+        }
         Err(e) => {
             // The assignment names the VM it could not place: the diagnostic points there.
             let text = e.to_string();
@@ -374,9 +402,7 @@ pub async fn simulate(
             let addresses = assignments
                 .iter()
                 .filter(|a| &a.vm == vm)
-                .map(|a| {
-                    format!("nic{} {} {} ({:?})", a.nic, a.network, a.ip, a.why).to_lowercase()
-                })
+                .map(crate::record::AddressRecord::from)
                 .collect();
             let point = points
                 .get(vm)

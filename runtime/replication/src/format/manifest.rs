@@ -80,6 +80,11 @@ pub struct Manifest {
     /// Who wrote it (host and process), for messages.
     pub writer: String,
     pub vms: Vec<VmPoint>,
+    /// What a user must know of this point, such as `unsafe-live-read: …` (a disk read while a
+    /// process Lifeboat could not hold still wrote it). Absent from points without notes, so
+    /// their bytes are what earlier versions wrote.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Manifest {

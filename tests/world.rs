@@ -1,0 +1,384 @@
+//! Check the world, not Lifeboat's own notes: addresses something else answers at, VMs that are
+//! not the ones answering, disks written by processes a cut cannot hold still, and drills that
+//! cannot touch production. Real runs of the real commands, as in `failover`.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lifeboat_orchestrator::journal::Event;
+
+use crate::failover::{HELPER, Sites, get, replace_app_vm, wait_for};
+
+/// A process that is none of Lifeboat's: the demo workload on its own disk, at `addr`.
+struct Stranger(Child);
+
+impl Stranger {
+    fn at(dir: &Path, name: &str, addr: &str) -> Self {
+        let disk = dir.join(format!("{name}.img"));
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        let child = Command::new(HELPER)
+            .args([
+                "demo-vm",
+                "--disk",
+                disk.to_str().unwrap(),
+                "--listen",
+                addr,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(|| get(addr, "/health").is_some(), "the stranger answers");
+        Self(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The address record of `vm`'s first NIC in run `run`.
+fn address(s: &Sites, run: &str, vm: &str) -> serde_json::Value {
+    s.record(run)["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == vm)
+        .unwrap()["addresses"][0]
+        .clone()
+}
+
+fn with_plan_lines(s: &Sites, after: &str, lines: &str) {
+    let path = s.path().join("plans/p.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(after), "{text}");
+    std::fs::write(&path, text.replacen(after, &format!("{after}\n{lines}"), 1)).unwrap();
+}
+
+#[test]
+fn a_drill_runs_apart_from_production_reaches_its_own_copies_and_leaves_no_namespace() {
+    let mut s = Sites::new(230, "[]", "[]");
+    let k = s.k();
+    let production_db = s.source_addr("db-1");
+    let drill_db = format!("127.{k}.92.254:5432");
+    // app-1's copy first tries production's database and the drill's own copy of it, and says
+    // in its log what it reached; then it runs as usual.
+    std::fs::write(
+        s.path().join("probe.sh"),
+        r#"for t in "$1" "$2"; do
+  if timeout 2 bash -c 'exec 3<>"/dev/tcp/${0%:*}/${0##*:}"' "$t" 2>/dev/null; then echo "reached $t"; else echo "unreachable $t"; fi
+done
+shift 2
+exec "$@"
+"#,
+    )
+    .unwrap();
+    replace_app_vm(
+        &s,
+        &format!(
+            r#"boot = {{ command = ["bash", "probe.sh", "{production_db}", "{drill_db}", "{HELPER}", "demo-vm", "--disk", "{{disk.data}}", "--listen", "{{nic0.ip}}:8080"] }}"#
+        ),
+        r#"health = { http = "http://{nic0.ip}:8080/health", timeout = "30s" }"#,
+    );
+    s.start_source();
+    s.replicate();
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+
+    // The copy could not reach production, and reached its own group's database.
+    let log = s
+        .events("p-1")
+        .into_iter()
+        .find_map(|e| match e {
+            Event::VmStarted { vm, log, .. } if vm == "app-1" => Some(log),
+            _ => None,
+        })
+        .unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains(&format!("unreachable {production_db}")),
+        "{said}"
+    );
+    assert!(said.contains(&format!("reached {drill_db}")), "{said}");
+
+    // The drill's check step reached the copy (through the namespace); the host cannot.
+    assert_eq!(
+        address(&s, "p-1", "db-1"),
+        serde_json::json!({ "nic": 0, "network": "west/drill", "subnet": "db", "ip": format!("127.{k}.92.254"), "why": "next-free" })
+    );
+    let steps = s.record("p-1")["steps"].clone();
+    assert!(
+        steps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|st| st["id"] == "database/post/0" && st["status"] == "finished"),
+        "{steps}"
+    );
+    assert!(
+        get(&drill_db, "/health").is_none(),
+        "the drill copy answers in the host's network"
+    );
+    let netns = s.netns("p-1").expect("the run's namespace");
+    assert!(Path::new("/run/netns").join(&netns).exists());
+
+    // A person reaches the copies with `lifeboat drill exec`; production stays out of reach.
+    let reach = |addr: &str| {
+        let (ip, port) = addr.split_once(':').unwrap();
+        s.lifeboat(&[
+            "drill",
+            "exec",
+            "p-1",
+            "--",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{ip}/{port}"),
+        ])
+        .code
+    };
+    assert_eq!(reach(&drill_db), 0);
+    assert_ne!(reach(&production_db), 0);
+
+    let out = s.lifeboat(&["--output", "json", "cleanup", "p"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["network_namespace"], netns.as_str());
+    assert!(!Path::new("/run/netns").join(&netns).exists());
+    let out = s.lifeboat(&["drill", "exec", "p-1", "--", "true"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("has no network namespace"),
+        "{}",
+        out.stderr
+    );
+    // The source never noticed.
+    assert!(get(&production_db, "/health").is_some());
+}
+
+#[test]
+fn addresses_something_else_answers_at_are_passed_over_or_refused_before_anything_stops() {
+    let mut s = Sites::new(231, "[]", "[]");
+    let k = s.k();
+    // Drills in the host's network here, where the test network's addresses can be taken.
+    with_plan_lines(&s, r#"test = "west/drill""#, r#"test_isolation = "none""#);
+    s.start_source();
+    s.replicate();
+
+    // A drill whose address (the top of the test subnet) something else serves: the next one.
+    let top = format!("127.{k}.92.254:5432");
+    let stranger = Stranger::at(s.path(), "stranger", &top);
+    let out = s.lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let db = address(&s, "p-1", "db-1");
+    assert_eq!(db["ip"], format!("127.{k}.92.253"), "{db}");
+    assert_eq!(db["why"], "next-free");
+    let copy = get(&format!("127.{k}.92.253:5432"), "/state").expect("the copy answers");
+    assert!(copy["recovered"]["last"]["seq"].as_u64().unwrap() > 0);
+    assert!(get(&top, "/health").is_some(), "the stranger was disturbed");
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+    drop(stranger);
+
+    // A planned failover whose overridden address a copy left over from earlier serves: refused
+    // before the source is stopped, naming the process; plan simulate says the same.
+    with_plan_lines(
+        &s,
+        r#"test_isolation = "none""#,
+        &format!("override = [{{ vm = \"app-1\", ip = \"127.{k}.11.12\" }}]"),
+    );
+    let leftover = Stranger::at(s.path(), "leftover", &format!("127.{k}.11.12:8080"));
+    let expected = format!(
+        "address 127.{k}.11.12 is in use: something answers on :8080 (process {}",
+        leftover.pid()
+    );
+    let out = s.lifeboat(&["plan", "simulate", "p", "--planned"]);
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("address-in-use") && said.contains(&expected),
+        "{said}"
+    );
+    let out = s.lifeboat(&["failover", "p", "--planned"]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains(&expected), "{}", out.stderr);
+    for h in &s.source {
+        assert!(
+            s.rt.block_on(lifeboat_compute::Compute::running(s.driver.as_ref(), h)),
+            "{} was stopped",
+            h.vm
+        );
+    }
+    assert!(!s.lifeboat(&["runs", "list"]).stdout.contains("p-2"));
+
+    // Gone, the same failover goes ahead: db-1 keeps the address its own source served.
+    drop(leftover);
+    let out = s.lifeboat(&["failover", "p", "--planned"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(address(&s, "p-2", "app-1")["why"], "override");
+    assert_eq!(address(&s, "p-2", "db-1")["why"], "kept");
+    for vm in ["db-1", "app-1"] {
+        let at = s.target_addr("p-2", vm);
+        assert!(get(&at, "/health").is_some(), "{vm} at {at}");
+    }
+}
+
+#[test]
+fn a_vm_is_healthy_only_while_it_is_the_one_answering() {
+    let mut s = Sites::new(232, "[]", "[]");
+    let k = s.k();
+    s.start_source();
+    s.replicate();
+    for h in std::mem::take(&mut s.source) {
+        s.rt.block_on(lifeboat_compute::Compute::stop(
+            s.driver.as_ref(),
+            &h,
+            Duration::from_secs(5),
+        ))
+        .unwrap();
+    }
+
+    // A VM that exits during its boot fails its step at once, in its own words.
+    replace_app_vm(
+        &s,
+        r#"boot = { command = ["sh", "-c", "echo cannot listen on {nic0.ip}:8080: Address already in use >&2; sleep 0.3; exit 1"] }"#,
+        r#"health = { http = "http://{nic0.ip}:8080/health", timeout = "2m" }"#,
+    );
+    let out = s.lifeboat(&["failover", "p", "--unplanned"]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("VM `app-1` exited") && out.stderr.contains("Address already in use"),
+        "{}",
+        out.stderr
+    );
+    let rec = s.record("p-1");
+    let at = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        rec["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|pair| pred(&pair[1]))
+            .unwrap_or_else(|| panic!("{rec}"))[0]
+            .as_f64()
+            .unwrap()
+    };
+    let started = at(&|e| e["kind"] == "vm-started" && e["vm"] == "app-1");
+    let failed = at(&|e| e["kind"] == "step-failed" && e["step"] == "app/boot");
+    assert!(
+        failed - started < 2.0,
+        "failed {:.2}s after its start",
+        failed - started
+    );
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+
+    // A probe that something else answers is no health of the VM's: the step fails naming it.
+    let stranger = Stranger::at(s.path(), "stranger", &format!("127.{k}.99.1:7000"));
+    let inv = std::fs::read_to_string(s.path().join("lifeboat.toml")).unwrap();
+    let inv = inv.replace(
+        r#"boot = { command = ["sh", "-c", "echo cannot listen on {nic0.ip}:8080: Address already in use >&2; sleep 0.3; exit 1"] }"#,
+        r#"boot = { command = ["sleep", "60"] }"#,
+    ).replace(
+        r#"health = { http = "http://{nic0.ip}:8080/health", timeout = "2m" }"#,
+        &format!(r#"health = {{ tcp = "127.{k}.99.1:7000", timeout = "2m" }}"#),
+    );
+    std::fs::write(s.path().join("lifeboat.toml"), inv).unwrap();
+    // (The stranger answers app-1's probe at the source too: forced past that check.)
+    let out = s.lifeboat(&["failover", "p", "--unplanned", "--force"]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("is not the one answering its health probe")
+            && out.stderr.contains(&format!("process {}", stranger.pid())),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
+}
+
+#[test]
+fn a_disk_written_by_a_process_a_cut_cannot_hold_fails_the_cycle_unless_the_vm_opts_in() {
+    let mut s = Sites::new(233, "[]", "[]");
+    // The source VMs started otherwise than their boot command (absolute disk paths).
+    s.start_source_as(false);
+    let db_pid = s.source[0].pid;
+    let out = s.lifeboat(&["replicate", "db-1"]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "is open for writing by process {db_pid} (`{HELPER} demo-vm --disk"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("unsafe_live_read = true"),
+        "{}",
+        out.stderr
+    );
+    let out = s.lifeboat(&["--output", "json", "points", "list", "db-1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("\"points\": []"), "{}", out.stdout);
+
+    // With the opt-in, the point is taken, and marked.
+    let path = s.path().join("lifeboat.toml");
+    let inv = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        inv.replace(
+            "policy = \"default\"\n",
+            "policy = \"default\"\nunsafe_live_read = true\n",
+        ),
+    )
+    .unwrap();
+    let out = s.lifeboat(&["replicate", "db-1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("note: unsafe-live-read:"),
+        "{}",
+        out.stderr
+    );
+    let out = s.lifeboat(&["--output", "json", "points", "list", "db-1"]);
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let notes = &list["points"][0]["notes"];
+    assert!(
+        notes[0].as_str().unwrap().starts_with("unsafe-live-read: ")
+            && notes[0]
+                .as_str()
+                .unwrap()
+                .contains(&format!("process {db_pid}")),
+        "{list}"
+    );
+    let out = s.lifeboat(&["points", "list", "db-1"]);
+    assert!(
+        out.stdout.contains("note: unsafe-live-read"),
+        "{}",
+        out.stdout
+    );
+
+    // A VM running as its boot command says is held for its cut: no note.
+    for h in std::mem::take(&mut s.source) {
+        s.rt.block_on(lifeboat_compute::Compute::stop(
+            s.driver.as_ref(),
+            &h,
+            Duration::from_secs(5),
+        ))
+        .unwrap();
+    }
+    s.start_source();
+    let out = s.lifeboat(&["replicate", "db-1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stderr.contains("unsafe-live-read"), "{}", out.stderr);
+    let out = s.lifeboat(&["--output", "json", "points", "list", "db-1"]);
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(list["points"][0].get("notes").is_none(), "{list}");
+    assert_eq!(list["points"][1]["notes"].as_array().map(Vec::len), Some(1));
+}
