@@ -350,6 +350,19 @@ pub(crate) fn print_cleanup(r: &CleanupReport, json: bool, io: &mut crate::Io<'_
                 r.unpinned.join(", ")
             }
         );
+        if !r.source_restarted.is_empty() {
+            let _ = writeln!(
+                io.stdout,
+                "source VMs the failover had stopped are running again: {}",
+                r.source_restarted.join(", ")
+            );
+        }
+        if let Some(ns) = &r.network_namespace {
+            let _ = writeln!(io.stdout, "network namespace {ns} removed");
+        }
+    }
+    for left in &r.source_left_stopped {
+        let _ = writeln!(io.stderr, "warning: source VM not started again: {left}");
     }
     if r.undone.iter().any(|u| u.error.is_some()) {
         let _ = writeln!(

@@ -166,6 +166,16 @@ pub enum Event {
     Isolated {
         netns: String,
     },
+    /// The source VMs a planned failover (or a failback) stopped before it began: cleanup
+    /// starts them again.
+    SourceStopped {
+        vms: Vec<String>,
+    },
+    /// Cleanup started a source VM the run had stopped, as its boot command says.
+    SourceRestarted {
+        vm: String,
+        pid: u32,
+    },
     /// Cleanup removed the run's network namespace.
     NamespaceRemoved {
         netns: String,
@@ -541,6 +551,8 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
             | Event::VmStopped { .. }
             | Event::Isolated { .. }
             | Event::NamespaceRemoved { .. }
+            | Event::SourceStopped { .. }
+            | Event::SourceRestarted { .. }
             | Event::StepLog { .. }
             | Event::Kv { .. }
             | Event::ApprovalRequested { .. }

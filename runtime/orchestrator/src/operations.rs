@@ -304,6 +304,14 @@ pub async fn begin(
             assignments: cleared.assignments,
         },
     )?;
+    if !stopped.is_empty() {
+        journal.append(
+            &id,
+            &Event::SourceStopped {
+                vms: stopped.iter().map(|h| h.vm.clone()).collect(),
+            },
+        )?;
+    }
     Ok(Begun {
         id,
         source_stopped: stopped,
@@ -541,6 +549,13 @@ pub struct CleanupReport {
     /// The drill's network namespace, removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_namespace: Option<String>,
+    /// Source VMs a planned failover (or failback) had stopped, started again as their boot
+    /// commands say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_restarted: Vec<String>,
+    /// Source VMs it had stopped that could not be started again, with why and what to do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_left_stopped: Vec<String>,
 }
 
 /// One step's undo.
@@ -663,6 +678,8 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
             .map_err(|e| Error::Failed(format!("cannot delete {}: {e}", disks.display())))?
             .map_err(|e| Error::Failed(format!("cannot delete {}: {e}", disks.display())))?;
     }
+    // The source VMs a planned failover stopped run again, now that its copies are gone.
+    restart_source(env, &events, &services, &mut report).await?;
     // Nothing of the run runs any more: its network namespace goes too.
     for (_, _, e) in &events {
         if let Event::Isolated { netns } = e {
@@ -690,6 +707,69 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
         })
         .map_err(journal_error)?;
     Ok(report)
+}
+
+/// Starts again the source VMs run `events` stopped before it began (a planned failover's, or
+/// a failback's), each as its boot command says so that Lifeboat recognises it; one that cannot
+/// start is reported with what to do. A cleanup that ran before started them already.
+async fn restart_source(
+    env: &Environment,
+    events: &[(i64, i64, Event)],
+    services: &RunServices,
+    report: &mut CleanupReport,
+) -> Result<()> {
+    let stopped: Vec<String> = events
+        .iter()
+        .filter_map(|(_, _, e)| match e {
+            Event::SourceStopped { vms } => Some(vms.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let restarted: HashSet<&str> = events
+        .iter()
+        .filter_map(|(_, _, e)| match e {
+            Event::SourceRestarted { vm, .. } => Some(vm.as_str()),
+            _ => None,
+        })
+        .collect();
+    for vm in stopped.iter().filter(|v| !restarted.contains(v.as_str())) {
+        let Some(mut launch) = lifeboat_compute::site::source_launch(&env.inventory, &env.base, vm)
+        else {
+            report.source_left_stopped.push(format!(
+                "{vm}: its boot command cannot be filled in; start it yourself"
+            ));
+            continue;
+        };
+        // Already up (someone started it since): nothing to do.
+        if !env
+            .driver
+            .locate(std::slice::from_ref(&launch))
+            .await
+            .is_empty()
+        {
+            report.source_restarted.push(vm.clone());
+            continue;
+        }
+        launch.log = env.state_dir.join("source-logs").join(format!("{vm}.log"));
+        match env.driver.start(&launch).await {
+            Ok(h) => {
+                services
+                    .record(Event::SourceRestarted {
+                        vm: vm.clone(),
+                        pid: h.pid,
+                    })
+                    .map_err(journal_error)?;
+                report.source_restarted.push(vm.clone());
+            }
+            Err(e) => report.source_left_stopped.push(format!(
+                "{vm}: {e}; start it as its boot command says (`{}`, from {})",
+                launch.argv.join(" "),
+                launch.dir.display()
+            )),
+        }
+    }
+    Ok(())
 }
 
 /// A journal write the run's services failed (they speak the plugin host's error type).

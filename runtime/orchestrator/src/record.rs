@@ -336,6 +336,8 @@ pub fn describe(run: &str, e: &Event) -> Option<String> {
             "network namespace {netns}: the drill's copies run there (`lifeboat drill exec {run} -- COMMAND` reaches them)"
         ),
         Event::NamespaceRemoved { netns } => format!("network namespace {netns}: removed"),
+        Event::SourceStopped { vms } => format!("source VMs stopped: {}", vms.join(", ")),
+        Event::SourceRestarted { vm, pid } => format!("source {vm}: started again (pid {pid})"),
         Event::ApprovalRequested { message } => {
             format!("waiting for approval: {message} — run `lifeboat approve {run}`")
         }

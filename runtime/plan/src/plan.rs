@@ -51,9 +51,10 @@ pub struct Plan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PointChoice {
-    /// The newest committed point; the lowest RPO.
+    /// The newest intact point; the lowest RPO.
     Latest,
-    /// The newest point already restored-ready at the target; the lowest RTO.
+    /// The newest point whose every page and chunk is present at the target (a restore of it
+    /// cannot stop on a missing object); the lowest RTO.
     LatestProcessed,
     /// The newest app-consistent point.
     LatestAppConsistent,
