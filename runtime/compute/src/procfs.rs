@@ -325,11 +325,11 @@ mod tests {
         let disk = dir.path().join("disk.img");
         std::fs::write(&disk, b"x").unwrap();
         let mut reader = std::process::Command::new("sh")
-            .args(["-c", "exec 3<\"$0\"; sleep 5", disk.to_str().unwrap()])
+            .args(["-c", "exec 3<\"$0\"; exec sleep 5", disk.to_str().unwrap()])
             .spawn()
             .unwrap();
         let mut writer = std::process::Command::new("sh")
-            .args(["-c", "exec 3<>\"$0\"; sleep 5", disk.to_str().unwrap()])
+            .args(["-c", "exec 3<>\"$0\"; exec sleep 5", disk.to_str().unwrap()])
             .spawn()
             .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -347,6 +347,6 @@ mod tests {
         }
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].process.pid, writer.id());
-        assert!(found[0].process.command.contains("sh -c"), "{found:?}");
+        assert_eq!(found[0].process.command, "sleep 5", "{found:?}");
     }
 }
