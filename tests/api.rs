@@ -68,13 +68,13 @@ fn dechunk(mut rest: &str) -> String {
 }
 
 /// `lifeboat events --output json` with the sites' state, writing to a file.
-struct Events {
+pub(crate) struct Events {
     child: Child,
     file: std::path::PathBuf,
 }
 
 impl Events {
-    fn start(s: &Sites, name: &str, after: Option<u64>) -> Self {
+    pub(crate) fn start(s: &Sites, name: &str, after: Option<u64>) -> Self {
         let file = s.path().join(format!("{name}.jsonl"));
         let mut args = vec![
             "cli".to_string(),
@@ -104,7 +104,7 @@ impl Events {
             .collect()
     }
 
-    fn wait_for(&self, what: &str, test: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait_for(&self, what: &str, test: impl Fn(&Value) -> bool) -> Value {
         let mut found = None;
         wait_for(
             || {
@@ -448,18 +448,13 @@ fn a_run_started_through_the_api_survives_a_killed_daemon_and_finishes_once() {
             .count();
         assert_eq!(starts, 1, "{vm} started {starts} times");
     }
-    // The drill's VMs answer at their drill addresses.
+    // The drill's VMs answer at their drill addresses, in the drill's network namespace.
     for vm in rec["vms"].as_array().unwrap() {
-        // `nic0 west/drill 127.k.92.250 (why)`
-        let addr = vm["addresses"][0]
-            .as_str()
-            .unwrap()
-            .split(' ')
-            .nth(2)
-            .unwrap();
+        let addr = vm["addresses"][0]["ip"].as_str().unwrap();
         let port = if vm["name"] == "db-1" { 5432 } else { 8080 };
         assert!(
-            crate::failover::get(&format!("{addr}:{port}"), "/health").is_some(),
+            s.get_at(&id, &format!("{addr}:{port}"), "/health")
+                .is_some(),
             "{vm:#}"
         );
     }

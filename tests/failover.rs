@@ -35,12 +35,27 @@ impl Drop for Sites {
                 .rt
                 .block_on(self.driver.stop(h, Duration::from_secs(1)));
         }
-        // Every VM a run started and did not stop.
+        // Every VM a run started and did not stop, and every source VM a cleanup started again.
         if let Ok(j) = Journal::open(&self.journal()) {
             for h in lifeboat_orchestrator::runs::running_vms(&j).unwrap_or_default() {
                 let _ = self
                     .rt
                     .block_on(self.driver.stop(&h, Duration::from_secs(1)));
+            }
+            for (id, ..) in j.runs().unwrap_or_default() {
+                for (_, _, e) in j.events(&id).unwrap_or_default() {
+                    if let Event::SourceRestarted { vm, pid, started } = e {
+                        let h = Handle {
+                            vm,
+                            pid,
+                            started,
+                            key: String::new(),
+                        };
+                        let _ = self
+                            .rt
+                            .block_on(self.driver.stop(&h, Duration::from_secs(1)));
+                    }
+                }
             }
         }
     }

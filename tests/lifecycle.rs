@@ -569,7 +569,8 @@ fn the_daemon_protects_whichever_direction_is_active() {
 
 /// Kill -9 of `lifeboat failback` at each journal point of its run, then `retry`: it finishes,
 /// each VM booted once, every record the copies at west wrote is home, and nothing runs at
-/// west. Each round is cleaned up (the copies at west stay stopped) for the next.
+/// west. Each round is cleaned up for the next (which starts the copies at west again: the
+/// next failback stops them and takes its own last point).
 #[test]
 fn a_failback_killed_at_each_journal_point_finishes_with_retry_and_loses_nothing() {
     let mut s = Sites::new(181, "[]", "[]");
@@ -583,14 +584,11 @@ fn a_failback_killed_at_each_journal_point_finishes_with_retry_and_loses_nothing
     // A whole failback first, to count its journal points.
     let out = s.lifeboat(&["failback", "p"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let last: HashMap<String, u64> = west
-        .iter()
-        .map(|(vm, d)| (vm.clone(), last_seq(d)))
-        .collect();
     let points = s.events("p-3").len();
     assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0);
     let journal = s.path().join(".lifeboat/state/runs.db");
     let mut killed = 0;
+    let mut restarted: Vec<Handle> = Vec::new();
     for n in 2..points {
         let run = format!("p-{}", n + 2);
         let mut child = std::process::Command::new(crate::failover::HELPER)
@@ -630,6 +628,11 @@ fn a_failback_killed_at_each_journal_point_finishes_with_retry_and_loses_nothing
             );
         }
         let events = s.events(&run);
+        // The copies at west are stopped: their disks hold their last records.
+        let last: HashMap<String, u64> = west
+            .iter()
+            .map(|(vm, d)| (vm.clone(), last_seq(d)))
+            .collect();
         for vm in ["db-1", "app-1"] {
             let starts = events
                 .iter()
@@ -651,6 +654,23 @@ fn a_failback_killed_at_each_journal_point_finishes_with_retry_and_loses_nothing
             "killed at event {n}: west still runs"
         );
         assert_eq!(s.lifeboat(&["cleanup", "p"]).code, 0, "killed at event {n}");
+        // The copies at west the cleanup started again, for the test to stop at its end.
+        restarted = s
+            .events(&run)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::SourceRestarted { vm, pid, started } => Some(Handle {
+                    vm,
+                    pid,
+                    started,
+                    key: String::new(),
+                }),
+                _ => None,
+            })
+            .collect();
+    }
+    for h in &restarted {
+        let _ = s.rt.block_on(s.driver.stop(h, Duration::from_secs(5)));
     }
     assert!(
         killed >= 10,

@@ -528,9 +528,13 @@ fn cleanup_of_a_planned_failover_starts_the_source_vms_it_stopped_again() {
     );
     // Started as their boot commands say: healthy at home, and recognised (held for a cut).
     for e in s.events("p-1") {
-        if let Event::SourceRestarted { vm, pid } = e {
-            s.source
-                .push(lifeboat_compute::Handle::of_process(&vm, pid));
+        if let Event::SourceRestarted { vm, pid, started } = e {
+            s.source.push(lifeboat_compute::Handle {
+                vm,
+                pid,
+                started,
+                key: String::new(),
+            });
         }
     }
     assert_eq!(s.source.len(), 2);
@@ -548,4 +552,35 @@ fn cleanup_of_a_planned_failover_starts_the_source_vms_it_stopped_again() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn the_daemon_names_a_writer_it_cannot_hold_in_status_and_on_cycle_failed() {
+    let mut s = crate::daemon::fast_sites(236);
+    s.start_source_as(false);
+    let db_pid = s.source[0].pid;
+    let d = crate::daemon::Daemon::start(&s, None, 9236);
+    let events = crate::api::Events::start(&s, "events", Some(0));
+    let wanted = format!("is open for writing by process {db_pid}");
+    let failed = events.wait_for("cycle.failed naming the writer", |n| {
+        n["kind"] == "cycle.failed" && n["message"].as_str().is_some_and(|m| m.contains(&wanted))
+    });
+    assert_eq!(failed["group"], "db-1", "{failed}");
+    let mut last_error = String::new();
+    wait_for(
+        || {
+            let (_, doc) = d.status(&s);
+            last_error = doc["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|g| g["name"] == "db-1")
+                .and_then(|g| g["last_error"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            last_error.contains(&wanted)
+        },
+        "status naming the writer",
+    );
+    assert!(last_error.contains("unsafe_live_read"), "{last_error}");
 }

@@ -261,6 +261,13 @@ pub enum Answerer {
 /// VM process `vm_pid`: the VM's own process family, another process, or unknown.
 pub fn answerer(vm_pid: u32, addr: SocketAddr) -> Answerer {
     let inodes = listeners(Some(vm_pid), addr);
+    if inodes.is_empty() {
+        return Answerer::Unknown;
+    }
+    // The common case first, without a walk of every process: the VM's own process listens.
+    if holds(vm_pid, &inodes) {
+        return Answerer::Vm;
+    }
     let holders = socket_holders(&inodes);
     if holders.is_empty() {
         return Answerer::Unknown;
@@ -270,6 +277,17 @@ pub fn answerer(vm_pid: u32, addr: SocketAddr) -> Answerer {
         return Answerer::Vm;
     }
     Answerer::Other(Process::of(holders[0]))
+}
+
+/// Whether process `pid` holds any of the sockets `inodes`.
+fn holds(pid: u32, inodes: &[u64]) -> bool {
+    let wanted: HashSet<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|t| wanted.contains(t.to_string_lossy().as_ref()))
+        })
+    })
 }
 
 #[cfg(test)]

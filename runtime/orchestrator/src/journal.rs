@@ -175,6 +175,10 @@ pub enum Event {
     SourceRestarted {
         vm: String,
         pid: u32,
+        /// When the process started (clock ticks since boot): what tells it from a process
+        /// that reuses its pid.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started: Option<u64>,
     },
     /// Cleanup removed the run's network namespace.
     NamespaceRemoved {

@@ -758,6 +758,7 @@ async fn restart_source(
                     .record(Event::SourceRestarted {
                         vm: vm.clone(),
                         pid: h.pid,
+                        started: h.started,
                     })
                     .map_err(journal_error)?;
                 report.source_restarted.push(vm.clone());

@@ -337,7 +337,7 @@ pub fn describe(run: &str, e: &Event) -> Option<String> {
         ),
         Event::NamespaceRemoved { netns } => format!("network namespace {netns}: removed"),
         Event::SourceStopped { vms } => format!("source VMs stopped: {}", vms.join(", ")),
-        Event::SourceRestarted { vm, pid } => format!("source {vm}: started again (pid {pid})"),
+        Event::SourceRestarted { vm, pid, .. } => format!("source {vm}: started again (pid {pid})"),
         Event::ApprovalRequested { message } => {
             format!("waiting for approval: {message} — run `lifeboat approve {run}`")
         }
