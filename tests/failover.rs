@@ -44,6 +44,12 @@ impl Drop for Sites {
             }
             for (id, ..) in j.runs().unwrap_or_default() {
                 for (_, _, e) in j.events(&id).unwrap_or_default() {
+                    // A drill left open: its namespace goes with the test.
+                    if let Event::Isolated { netns } = &e {
+                        let _ = self
+                            .rt
+                            .block_on(lifeboat_compute::netns::Netns::named(netns).delete());
+                    }
                     if let Event::SourceRestarted { vm, pid, started } = e {
                         let h = Handle {
                             vm,
@@ -221,6 +227,15 @@ post = {app_post}
         }
     }
 
+    /// Stops the source VMs the test started (the disaster, or a site shut down by hand).
+    pub(crate) fn stop_source(&mut self) {
+        for h in std::mem::take(&mut self.source) {
+            self.rt
+                .block_on(self.driver.stop(&h, Duration::from_secs(5)))
+                .unwrap();
+        }
+    }
+
     /// One cycle of every group, the source VMs paused for the cut.
     pub(crate) fn replicate(&self) {
         let v = lifeboat_loader::validate(&self.path().join("lifeboat.toml"), &[]);
@@ -299,22 +314,16 @@ impl Sites {
     }
 }
 
-/// `GET path` from `addr` inside network namespace `ns`.
+/// `GET path` from `addr` inside network namespace `ns` (as [`get`] does from the host).
 pub(crate) fn get_in(ns: &str, addr: &str, path: &str) -> Option<serde_json::Value> {
+    let ns = lifeboat_compute::netns::Netns::named(ns);
+    let (addr, path) = (addr.to_string(), path.to_string());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .ok()?;
-    let url = format!("http://{addr}{path}");
-    let response = rt
-        .block_on(
-            lifeboat_compute::netns::Netns::named(ns).within(move || async move {
-                lifeboat_plugin_host::http::get_within(&url, Duration::from_secs(2)).await
-            }),
-        )
+    rt.block_on(ns.within(move || async move { get_async(&addr, &path).await }))
         .ok()?
-        .ok()?;
-    Some(response.json().unwrap_or(serde_json::Value::Null))
 }
 
 pub(crate) fn wait_for(mut ok: impl FnMut() -> bool, what: &str) {
@@ -356,12 +365,13 @@ pub(crate) fn get(addr: &str, path: &str) -> Option<serde_json::Value> {
         .enable_all()
         .build()
         .ok()?;
+    rt.block_on(get_async(addr, path))
+}
+
+async fn get_async(addr: &str, path: &str) -> Option<serde_json::Value> {
     let url = format!("http://{addr}{path}");
-    let response = rt
-        .block_on(lifeboat_plugin_host::http::get_within(
-            &url,
-            Duration::from_secs(2),
-        ))
+    let response = lifeboat_plugin_host::http::get_within(&url, Duration::from_secs(2))
+        .await
         .ok()?;
     Some(response.json().unwrap_or(serde_json::Value::Null))
 }

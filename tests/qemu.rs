@@ -711,14 +711,22 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.web-1.ip}:8080
     }
 }
 
-/// The network namespace drill `run` of the lab in `base` runs its copies in.
-fn drill_netns(base: &std::path::Path, run: &str) -> String {
+/// The events of run `run` of the lab in `base`.
+fn run_events(base: &std::path::Path, run: &str) -> Vec<lifeboat_orchestrator::journal::Event> {
     Journal::open(&base.join(".lifeboat/state/runs.db"))
         .unwrap()
         .events(run)
         .unwrap()
         .into_iter()
-        .find_map(|(_, _, e)| match e {
+        .map(|(_, _, e)| e)
+        .collect()
+}
+
+/// The network namespace drill `run` of the lab in `base` runs its copies in.
+fn drill_netns(base: &std::path::Path, run: &str) -> String {
+    run_events(base, run)
+        .into_iter()
+        .find_map(|e| match e {
             lifeboat_orchestrator::journal::Event::Isolated { netns } => Some(netns),
             _ => None,
         })
@@ -727,12 +735,9 @@ fn drill_netns(base: &std::path::Path, run: &str) -> String {
 
 /// The command line run `run` started `vm` with.
 fn drill_argv(base: &std::path::Path, run: &str, vm: &str) -> Vec<String> {
-    Journal::open(&base.join(".lifeboat/state/runs.db"))
-        .unwrap()
-        .events(run)
-        .unwrap()
+    run_events(base, run)
         .into_iter()
-        .find_map(|(_, _, e)| match e {
+        .find_map(|e| match e {
             lifeboat_orchestrator::journal::Event::VmStarted { vm: v, argv, .. } if v == vm => {
                 Some(argv)
             }

@@ -238,14 +238,7 @@ fn a_vm_is_healthy_only_while_it_is_the_one_answering() {
     let k = s.k();
     s.start_source();
     s.replicate();
-    for h in std::mem::take(&mut s.source) {
-        s.rt.block_on(lifeboat_compute::Compute::stop(
-            s.driver.as_ref(),
-            &h,
-            Duration::from_secs(5),
-        ))
-        .unwrap();
-    }
+    s.stop_source();
 
     // A VM that exits during its boot fails its step at once, in its own words.
     replace_app_vm(
@@ -365,14 +358,7 @@ fn a_disk_written_by_a_process_a_cut_cannot_hold_fails_the_cycle_unless_the_vm_o
     );
 
     // A VM running as its boot command says is held for its cut: no note.
-    for h in std::mem::take(&mut s.source) {
-        s.rt.block_on(lifeboat_compute::Compute::stop(
-            s.driver.as_ref(),
-            &h,
-            Duration::from_secs(5),
-        ))
-        .unwrap();
-    }
+    s.stop_source();
     s.start_source();
     let out = s.lifeboat(&["replicate", "db-1"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
@@ -455,14 +441,7 @@ fn failovers_boot_the_point_asked_for_and_latest_processed_skips_one_that_is_not
             }
         }
     }
-    for h in std::mem::take(&mut s.source) {
-        s.rt.block_on(lifeboat_compute::Compute::stop(
-            s.driver.as_ref(),
-            &h,
-            Duration::from_secs(5),
-        ))
-        .unwrap();
-    }
+    s.stop_source();
 
     // The app-consistent point.
     let out = s.lifeboat(&[

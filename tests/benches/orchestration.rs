@@ -8,6 +8,11 @@
 //! A second figure: the RTO of one group of 4 VMs with 256 MiB disks of random data (restores
 //! dominate), against `cp` of the same four images one after another, each synced.
 //!
+//! Checking the world: the same drill with `test_isolation = "none"` (the host's network) beside
+//! the isolated one (a network namespace of the run's, every VM entered through `ip netns
+//! exec`), run by run; and the writer check a cycle makes before its cut (a walk of every
+//! process's descriptors for one group's disks) beside the cycle itself.
+//!
 //! `cargo bench -p lifeboat-tests --bench orchestration` (`LIFEBOAT_BENCH_RUNS`, default 5).
 
 #![allow(clippy::unwrap_used, clippy::panic)]
@@ -147,8 +152,38 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     write_sites(dir.path());
     let config = dir.path().join("lifeboat.toml");
+    let started = Instant::now();
     let (code, out) = lifeboat(&config, &["replicate"]);
     assert_eq!(code, 0, "{out}");
+    let cycle_per_group = started.elapsed().as_secs_f64() / VMS as f64;
+    // The writer check of one group (one disk), as each cycle makes it.
+    let disk = vec![dir.path().join("vms/vm-000.img")];
+    let mut scan = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let found = lifeboat_compute::procfs::writers(&disk);
+        scan.push(started.elapsed().as_secs_f64());
+        assert!(found.is_empty(), "{found:?}");
+    }
+    let scan = median(scan);
+    let processes = lifeboat_compute::procfs::processes().count();
+    // The same sites, drilled in the host's network.
+    let shared = tempfile::tempdir().unwrap();
+    write_sites(shared.path());
+    let plan = shared.path().join("plans/bench.toml");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    std::fs::write(
+        &plan,
+        text.replace(
+            "test = \"west/drill\"",
+            "test = \"west/drill\"\ntest_isolation = \"none\"",
+        ),
+    )
+    .unwrap();
+    let shared_config = shared.path().join("lifeboat.toml");
+    let (code, out) = lifeboat(&shared_config, &["replicate"]);
+    assert_eq!(code, 0, "{out}");
+    let mut host_network = Vec::new();
 
     let mut total = Vec::new();
     let mut rto = Vec::new();
@@ -167,6 +202,7 @@ fn main() {
         let (wall, run_rto) = drill(&config, run);
         total.push(wall);
         rto.push(run_rto);
+        host_network.push(drill(&shared_config, run).0);
 
         // Baseline: the same 100 processes, started and stopped directly.
         let started = Instant::now();
@@ -187,6 +223,7 @@ fn main() {
     }
     let (total, rto, spawn) = (median(total), median(rto), median(spawn));
     let simulated = median(simulated);
+    let host_network = median(host_network);
     let (big_rto, big_cp) = restore_heavy(runs);
     println!("orchestration   {VMS} VMs in {GROUPS} groups, healthy at once; {runs} runs, medians");
     println!(
@@ -203,6 +240,17 @@ fn main() {
     println!(
         "restore-heavy   4 VMs × 256 MiB random in one group: RTO {big_rto:6.3}s   cp+sync of the 4 images {big_cp:6.3}s   ratio {:.2}× cp",
         big_cp / big_rto
+    );
+    println!(
+        "isolated drill  {total:6.3}s in a network namespace   vs {host_network:6.3}s in the host's network (test_isolation = \"none\"): {:+.3}s, {:.2}×",
+        total - host_network,
+        total / host_network
+    );
+    println!(
+        "writer check    {:6.3} ms per group ({processes} processes' descriptors walked)   vs a cycle of that group {:6.3} ms: {:.1} %",
+        scan * 1e3,
+        cycle_per_group * 1e3,
+        scan / cycle_per_group * 100.0
     );
 }
 
