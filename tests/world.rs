@@ -93,6 +93,9 @@ exec "$@"
     );
     s.start_source();
     s.replicate();
+    // Something of the host's serves the drill's address there: no matter, the drill's own
+    // address is in its namespace.
+    let host_side = Stranger::at(s.path(), "host-side", &drill_db);
     let out = s.lifeboat(&["failover", "p", "--test"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 
@@ -126,10 +129,17 @@ exec "$@"
             .any(|st| st["id"] == "database/post/0" && st["status"] == "finished"),
         "{steps}"
     );
+    // In the namespace, db-1's copy answers, with the records of its point; in the host's
+    // network, the stranger, with none.
+    let copy = s
+        .get_at("p-1", &drill_db, "/state")
+        .expect("the copy answers");
     assert!(
-        get(&drill_db, "/health").is_none(),
-        "the drill copy answers in the host's network"
+        copy["recovered"]["last"]["seq"].as_u64().unwrap_or(0) > 0,
+        "{copy}"
     );
+    let host = get(&drill_db, "/state").expect("the stranger answers");
+    assert!(host["recovered"]["last"].is_null(), "{host}");
     let netns = s.netns("p-1").expect("the run's namespace");
     assert!(Path::new("/run/netns").join(&netns).exists());
 
@@ -162,8 +172,10 @@ exec "$@"
         "{}",
         out.stderr
     );
-    // The source never noticed.
+    // The source never noticed, nor did the host's process at the drill's address.
     assert!(get(&production_db, "/health").is_some());
+    assert!(get(&drill_db, "/health").is_some());
+    drop(host_side);
 }
 
 #[test]

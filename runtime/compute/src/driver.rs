@@ -44,8 +44,8 @@ pub enum ComputeError {
     #[error("VM `{vm}` (pid {pid}) did not exit after SIGKILL")]
     Unkillable { vm: String, pid: u32 },
     /// A drill's network namespace could not be made, entered or removed.
-    #[error("network isolation: {0}")]
-    Isolation(String),
+    #[error(transparent)]
+    Isolation(#[from] crate::netns::NetnsError),
 }
 
 /// What the driver needs to start one VM.

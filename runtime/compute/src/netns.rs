@@ -10,7 +10,10 @@ use std::future::Future;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::driver::ComputeError;
+/// Why a network namespace could not be made, entered or removed.
+#[derive(Debug, thiserror::Error)]
+#[error("network isolation: {0}")]
+pub struct NetnsError(pub String);
 
 /// A named network namespace (`/run/netns/NAME`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,9 +65,9 @@ impl Netns {
 
     /// Whether this process can make network namespaces (root, and iproute2 installed): asked
     /// before a drill is recorded, so one that cannot be isolated is refused, not half-run.
-    pub async fn available() -> Result<(), ComputeError> {
+    pub async fn available() -> Result<(), NetnsError> {
         if !rustix::process::geteuid().is_root() {
-            return Err(ComputeError::Isolation(
+            return Err(NetnsError(
                 "a drill runs in a network namespace of its own, which needs root (or CAP_SYS_ADMIN); run as root, or set `network.test_isolation = \"none\"` in the plan to drill in the host's network".into(),
             ));
         }
@@ -72,7 +75,7 @@ impl Netns {
     }
 
     /// Makes the namespace (with its loopback up), or finds the one a killed run made.
-    pub async fn create(name: &str) -> Result<Self, ComputeError> {
+    pub async fn create(name: &str) -> Result<Self, NetnsError> {
         let ns = Self::named(name);
         if !ns.exists() {
             ip(&["netns", "add", name]).await?;
@@ -83,7 +86,7 @@ impl Netns {
 
     /// Removes the namespace (nothing may run in it any more: the caller stopped its VMs).
     /// Removing one that is not there is not an error.
-    pub async fn delete(&self) -> Result<(), ComputeError> {
+    pub async fn delete(&self) -> Result<(), NetnsError> {
         if !self.exists() {
             return Ok(());
         }
@@ -106,7 +109,7 @@ impl Netns {
     /// Runs `work` on a thread inside the namespace (its own single-threaded runtime), so every
     /// socket it makes belongs there; the sockets' traffic stays in the namespace wherever they
     /// are used afterwards.
-    pub async fn within<F, Fut, T>(&self, work: F) -> Result<T, ComputeError>
+    pub async fn within<F, Fut, T>(&self, work: F) -> Result<T, NetnsError>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T>,
@@ -136,19 +139,19 @@ impl Netns {
                 let result = entered.map(|rt| rt.block_on(work()));
                 let _ = tx.send(result);
             })
-            .map_err(|e| ComputeError::Isolation(format!("cannot start a thread: {e}")))?;
+            .map_err(|e| NetnsError(format!("cannot start a thread: {e}")))?;
         rx.await
-            .map_err(|_| ComputeError::Isolation("the namespace's thread died".into()))?
-            .map_err(ComputeError::Isolation)
+            .map_err(|_| NetnsError("the namespace's thread died".into()))?
+            .map_err(NetnsError)
     }
 }
 
-async fn ip(args: &[&str]) -> Result<(), ComputeError> {
+async fn ip(args: &[&str]) -> Result<(), NetnsError> {
     let out = tokio::process::Command::new("ip")
         .args(args)
         .output()
         .await
-        .map_err(|e| ComputeError::Isolation(format!("cannot run `ip` (install iproute2): {e}")))?;
+        .map_err(|e| NetnsError(format!("cannot run `ip` (install iproute2): {e}")))?;
     if out.status.success() {
         return Ok(());
     }
@@ -158,7 +161,7 @@ async fn ip(args: &[&str]) -> Result<(), ComputeError> {
     } else {
         ""
     };
-    Err(ComputeError::Isolation(format!(
+    Err(NetnsError(format!(
         "`ip {}` failed: {said}{hint}",
         args.join(" ")
     )))

@@ -114,7 +114,9 @@ async fn preflight(env: &Environment, plan: &Plan, req: &FailoverRequest) -> Res
     }
     crate::lifecycle::check_direction(env, plan, req.op)?;
     if req.op == Operation::Test && isolated(plan) {
-        Netns::available().await?;
+        Netns::available()
+            .await
+            .map_err(|e| Error::Compute(e.into()))?;
     }
     let vms = plan_vms(plan);
     preflight_points(env, plan, &vms, req.point.as_deref()).await?;
@@ -684,7 +686,7 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
     for (_, _, e) in &events {
         if let Event::Isolated { netns } = e {
             let ns = Netns::named(netns);
-            ns.delete().await.map_err(Error::Compute)?;
+            ns.delete().await.map_err(|e| Error::Compute(e.into()))?;
             services
                 .record(Event::NamespaceRemoved {
                     netns: netns.clone(),
