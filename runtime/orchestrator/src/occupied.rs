@@ -160,25 +160,23 @@ pub async fn assign_checked(
     let mut seen: HashMap<(IpAddr, Vec<u16>), Option<Occupant>> = HashMap::new();
     loop {
         let assigned = assign(inventory, plan, vms, purpose, &taken).map_err(Error::Failed)?;
+        // Each NIC's address with the ports to try there (none known: nothing to probe).
+        let checks: Vec<(&Assignment, (IpAddr, Vec<u16>))> = assigned
+            .iter()
+            .filter_map(|a| {
+                let ports = known_ports(inventory.vms.get(&a.vm)?, a.nic);
+                (!ports.is_empty()).then_some((a, (a.ip, ports)))
+            })
+            .collect();
+        probe_all(checks.iter().map(|(_, key)| key), &mut seen).await;
         let mut passed_over = false;
-        for a in &assigned {
-            let Some(vm) = inventory.vms.get(&a.vm) else {
-                continue;
-            };
-            let ports = known_ports(vm, a.nic);
-            if ports.is_empty() {
-                continue;
-            }
-            let key = (a.ip, ports);
-            let found = match seen.get(&key) {
-                Some(found) => found.clone(),
-                None => {
-                    let found = occupant(a.ip, &key.1, None).await;
-                    seen.insert(key, found.clone());
-                    found
-                }
-            };
-            let Some(found) = found.filter(|o| !freed.covers(o, a.ip)) else {
+        for (a, key) in &checks {
+            let Some(found) = seen
+                .get(key)
+                .cloned()
+                .flatten()
+                .filter(|o| !freed.covers(o, a.ip))
+            else {
                 continue;
             };
             match a.why {
@@ -201,6 +199,31 @@ pub async fn assign_checked(
         // Each pass takes at least one more address, so a full subnet ends it with an error.
         if !passed_over {
             return Ok(assigned);
+        }
+    }
+}
+
+/// Probes every address of `probes` not in `seen` yet, all at once (an address nothing routes
+/// to costs its [`CONNECT_LIMIT`] once, not once per NIC), and records what answered.
+async fn probe_all<'a>(
+    probes: impl Iterator<Item = &'a (IpAddr, Vec<u16>)>,
+    seen: &mut HashMap<(IpAddr, Vec<u16>), Option<Occupant>>,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for key in probes {
+        if seen.contains_key(key) {
+            continue;
+        }
+        seen.insert(key.clone(), None);
+        let key = key.clone();
+        set.spawn(async move {
+            let found = occupant(key.0, &key.1, None).await;
+            (key, found)
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        if let Ok((key, found)) = done {
+            seen.insert(key, found);
         }
     }
 }
