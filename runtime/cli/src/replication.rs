@@ -614,6 +614,8 @@ fn check_restore_target(
                 .map(move |(disk, path)| (format!("{name}/{disk}"), ctx.base.join(&path.value)))
         })
         .collect();
+    // One walk of every process's open files, once an image the restore would write exists.
+    let mut open_files = None;
     for name in names {
         let path = out.join(format!("{name}.img"));
         if !path.exists() {
@@ -626,7 +628,8 @@ fn check_restore_target(
                 path.display()
             )));
         }
-        if let Some(pid) = open_by(&path) {
+        let open_files = open_files.get_or_insert_with(lifeboat_compute::procfs::OpenFiles::walk);
+        if let Some(pid) = open_files.holders(&path).first() {
             return Err(Error::failed(format!(
                 "{} is open in process {pid} (a running VM's disk?): a restore never writes over a disk in use",
                 path.display()
@@ -649,20 +652,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
         (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
     }
-}
-
-/// A process that holds `path` open, if any (found through `/proc/*/fd`).
-fn open_by(path: &Path) -> Option<u32> {
-    let own = std::process::id();
-    lifeboat_compute::procfs::processes()
-        .filter(|(pid, _)| *pid != own)
-        .find(|(_, dir)| {
-            std::fs::read_dir(dir.join("fd")).is_ok_and(|fds| {
-                fds.flatten()
-                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| same_file(&t, path)))
-            })
-        })
-        .map(|(pid, _)| pid)
 }
 
 /// `lifeboat restore VM --point ID --out DIR [--force]`.

@@ -67,55 +67,92 @@ pub fn command_line(pid: u32) -> Option<String> {
     Some(args.join(" "))
 }
 
+/// Every file the processes on the machine (but this one) hold open, by device and inode: one
+/// walk of `/proc/*/fd`, read by as many lookups as need it. Descriptors that are not files
+/// (sockets, pipes, anonymous inodes) are left out.
+#[derive(Debug, Default)]
+pub struct OpenFiles {
+    by_file: HashMap<(u64, u64), Vec<(u32, std::ffi::OsString)>>,
+}
+
+impl OpenFiles {
+    /// Walks every process's descriptors now.
+    pub fn walk() -> Self {
+        let own = std::process::id();
+        let mut by_file: HashMap<(u64, u64), Vec<(u32, std::ffi::OsString)>> = HashMap::new();
+        for (pid, dir) in processes() {
+            if pid == own {
+                continue;
+            }
+            let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                // Sockets, pipes and anonymous inodes are never a disk: skip the stat.
+                if !std::fs::read_link(fd.path()).is_ok_and(|t| t.is_absolute()) {
+                    continue;
+                }
+                if let Ok(m) = std::fs::metadata(fd.path()) {
+                    by_file
+                        .entry((m.dev(), m.ino()))
+                        .or_default()
+                        .push((pid, fd.file_name()));
+                }
+            }
+        }
+        Self { by_file }
+    }
+
+    /// The processes holding `path` open, in any mode.
+    pub fn holders(&self, path: &Path) -> Vec<u32> {
+        let Some(key) = file_key(path) else {
+            return Vec::new();
+        };
+        let mut pids: Vec<u32> = self
+            .by_file
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .map(|(pid, _)| *pid)
+            .collect();
+        pids.dedup();
+        pids
+    }
+
+    /// The processes holding any of `paths` open for writing (the access mode their `fdinfo`
+    /// records), one entry per process and file.
+    pub fn writers(&self, paths: &[PathBuf]) -> Vec<Writer> {
+        let mut out: Vec<Writer> = Vec::new();
+        for path in paths {
+            let Some(key) = file_key(path) else { continue };
+            for (pid, fd) in self.by_file.get(&key).into_iter().flatten() {
+                let dir = PathBuf::from(format!("/proc/{pid}"));
+                if !opened_for_writing(&dir, &fd.to_string_lossy()) {
+                    continue;
+                }
+                if !out.iter().any(|w| w.process.pid == *pid && &w.path == path) {
+                    out.push(Writer {
+                        process: Process::of(*pid),
+                        path: path.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A file's device and inode (what every name and descriptor of it share).
+fn file_key(path: &Path) -> Option<(u64, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
 /// The processes (other than this one) that hold any of `paths` open for writing: found by the
 /// device and inode each descriptor leads to (so a relative path, a symlink or a hard link is
 /// the same file), with the access mode its `fdinfo` records.
 pub fn writers(paths: &[PathBuf]) -> Vec<Writer> {
-    let wanted: HashMap<(u64, u64), &PathBuf> = paths
-        .iter()
-        .filter_map(|p| {
-            let m = std::fs::metadata(p).ok()?;
-            Some(((m.dev(), m.ino()), p))
-        })
-        .collect();
-    if wanted.is_empty() {
-        return Vec::new();
-    }
-    let own = std::process::id();
-    let mut out: Vec<Writer> = Vec::new();
-    for (pid, dir) in processes() {
-        if pid == own {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            // Sockets, pipes and anonymous inodes are never a disk: skip the stat.
-            let Ok(target) = std::fs::read_link(fd.path()) else {
-                continue;
-            };
-            if !target.is_absolute() {
-                continue;
-            }
-            let Ok(m) = std::fs::metadata(fd.path()) else {
-                continue;
-            };
-            let Some(path) = wanted.get(&(m.dev(), m.ino())) else {
-                continue;
-            };
-            if !opened_for_writing(&dir, &fd.file_name().to_string_lossy()) {
-                continue;
-            }
-            if !out.iter().any(|w| w.process.pid == pid && &w.path == *path) {
-                out.push(Writer {
-                    process: Process::of(pid),
-                    path: (*path).clone(),
-                });
-            }
-        }
-    }
-    out
+    OpenFiles::walk().writers(paths)
 }
 
 /// Whether descriptor `fd` of the process at `/proc/PID` was opened for writing (`O_WRONLY` or
@@ -229,20 +266,10 @@ pub fn socket_holders(inodes: &[u64]) -> Vec<u32> {
     if inodes.is_empty() {
         return Vec::new();
     }
-    let wanted: HashSet<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
-    let mut out = Vec::new();
-    for (pid, dir) in processes() {
-        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
-            continue;
-        };
-        if fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|t| wanted.contains(t.to_string_lossy().as_ref()))
-        }) {
-            out.push(pid);
-        }
-    }
-    out
+    processes()
+        .map(|(pid, _)| pid)
+        .filter(|pid| holds(*pid, inodes))
+        .collect()
 }
 
 /// Who answers a TCP connection to an address, as far as the kernel tells.
@@ -281,11 +308,13 @@ pub fn answerer(vm_pid: u32, addr: SocketAddr) -> Answerer {
 
 /// Whether process `pid` holds any of the sockets `inodes`.
 fn holds(pid: u32, inodes: &[u64]) -> bool {
-    let wanted: HashSet<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
     std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
         fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|t| wanted.contains(t.to_string_lossy().as_ref()))
+            std::fs::read_link(fd.path()).is_ok_and(|t| {
+                t.to_str()
+                    .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+                    .is_some_and(|inode: u64| inodes.contains(&inode))
+            })
         })
     })
 }

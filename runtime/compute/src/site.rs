@@ -205,6 +205,35 @@ pub async fn cycle(
     Ok(report)
 }
 
+/// A walk of every process's open files that began after this call did: the groups of a daemon
+/// that cut at the same moment share one walk (a hundred groups on a one-second interval would
+/// otherwise walk `/proc` a hundred times a second), and none reads a walk older than its own
+/// request.
+async fn open_files() -> lifeboat_replication::Result<Arc<crate::procfs::OpenFiles>> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    /// How many walks have begun.
+    static BEGUN: AtomicU64 = AtomicU64::new(0);
+    /// The newest finished walk and its number; held while a walk runs.
+    static LAST: tokio::sync::Mutex<Option<(u64, Arc<crate::procfs::OpenFiles>)>> =
+        tokio::sync::Mutex::const_new(None);
+    let asked_after = BEGUN.load(Ordering::SeqCst);
+    let mut last = LAST.lock().await;
+    if let Some((n, walk)) = last.as_ref()
+        && *n > asked_after
+    {
+        return Ok(walk.clone());
+    }
+    let n = BEGUN.fetch_add(1, Ordering::SeqCst) + 1;
+    let walk = tokio::task::spawn_blocking(crate::procfs::OpenFiles::walk)
+        .await
+        .map(Arc::new)
+        .map_err(|e| {
+            lifeboat_replication::Error::failed(format!("cannot look for writers: {e}"))
+        })?;
+    *last = Some((n, walk.clone()));
+    Ok(walk)
+}
+
 /// The note an `unsafe_live_read` point carries (in its manifest, `points list` and JSON).
 pub const UNSAFE_LIVE_READ: &str = "unsafe-live-read";
 
@@ -222,11 +251,7 @@ async fn check_writers(
         .iter()
         .flat_map(|v| v.disks.iter().map(|d| d.path.clone()))
         .collect();
-    let writers = tokio::task::spawn_blocking(move || crate::procfs::writers(&paths))
-        .await
-        .map_err(|e| {
-            lifeboat_replication::Error::failed(format!("cannot look for writers: {e}"))
-        })?;
+    let writers = open_files().await?.writers(&paths);
     let mut notes = Vec::new();
     for w in writers {
         let Some(vm) = group

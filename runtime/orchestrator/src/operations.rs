@@ -123,13 +123,14 @@ async fn preflight(env: &Environment, plan: &Plan, req: &FailoverRequest) -> Res
     // The source first: a source VM Lifeboat cannot stop is the better message than the address
     // it holds.
     let source = source::check(env, plan, req.op, req.force).await?;
-    let assignments = match assignments_for(env, &journal, plan, req.op, None).await {
-        Ok(a) => a,
-        Err(e) => {
-            source.release().await;
-            return Err(e);
-        }
-    };
+    let assignments =
+        match assignments_for(env, &journal, plan, req.op, None, Some(&source.located)).await {
+            Ok(a) => a,
+            Err(e) => {
+                source.release().await;
+                return Err(e);
+            }
+        };
     Ok(Cleared {
         assignments,
         source,
@@ -141,6 +142,8 @@ async fn preflight(env: &Environment, plan: &Plan, req: &FailoverRequest) -> Res
 /// (`occupied::assign_checked`): for a planned failover, the source VMs it stops first do not
 /// count; a drill isolated in a namespace of its own is not probed (its addresses exist only
 /// there).
+/// `stopping`: the source VMs a planned failover will stop, when its preflight located them
+/// already (else they are located here).
 /// (The journal is read before the future starts: a `&Journal` held across the probes would
 /// keep the future from being `Send`.)
 pub(crate) fn assignments_for<'a>(
@@ -149,9 +152,10 @@ pub(crate) fn assignments_for<'a>(
     plan: &'a Plan,
     op: Operation,
     run: Option<&str>,
+    stopping: Option<&'a [Handle]>,
 ) -> impl Future<Output = Result<Vec<Assignment>>> + Send + 'a {
     let in_use = held_by_open_runs(env, journal, run);
-    async move { assign_for(env, plan, op, in_use?).await }
+    async move { assign_for(env, plan, op, in_use?, stopping).await }
 }
 
 /// The addresses open runs (but `run`) hold, as (`site/network`, address).
@@ -178,6 +182,7 @@ async fn assign_for(
     plan: &Plan,
     op: Operation,
     in_use: HashSet<(String, IpAddr)>,
+    stopping: Option<&[Handle]>,
 ) -> Result<Vec<Assignment>> {
     let purpose = if op == Operation::Test {
         Purpose::Test
@@ -188,10 +193,19 @@ async fn assign_for(
     if op == Operation::Test && isolated(plan) {
         return assign(&env.inventory, plan, &vms, purpose, &in_use).map_err(Error::Failed);
     }
-    let freed = if matches!(op, Operation::Planned | Operation::Failback) {
-        freed_by_hand_over(env, &vms).await
-    } else {
-        crate::occupied::Freed::default()
+    let freed = match (op, stopping) {
+        (Operation::Planned | Operation::Failback, Some(located)) => freed_by(env, located),
+        (Operation::Planned | Operation::Failback, None) => {
+            let located = lifeboat_compute::site::locate_source_vms(
+                &env.inventory,
+                &env.base,
+                env.driver.as_ref(),
+                &vms,
+            )
+            .await;
+            freed_by(env, &located)
+        }
+        _ => crate::occupied::Freed::default(),
     };
     crate::occupied::assign_checked(&env.inventory, plan, &vms, purpose, &in_use, &freed).await
 }
@@ -204,17 +218,10 @@ pub(crate) fn isolated(plan: &Plan) -> bool {
 }
 
 /// What a planned failover's hand-over frees before the boot: the source VMs it will stop
-/// (their processes and their children) and their source addresses.
-async fn freed_by_hand_over(env: &Environment, vms: &[&str]) -> crate::occupied::Freed {
-    let located = lifeboat_compute::site::locate_source_vms(
-        &env.inventory,
-        &env.base,
-        env.driver.as_ref(),
-        vms,
-    )
-    .await;
+/// (`located`: their processes and their children) and their source addresses.
+fn freed_by(env: &Environment, located: &[Handle]) -> crate::occupied::Freed {
     let mut freed = crate::occupied::Freed::default();
-    for h in &located {
+    for h in located {
         freed.pids.extend(lifeboat_compute::procfs::family(h.pid));
         if let Some(vm) = env.inventory.vms.get(&h.vm) {
             freed.ips.extend(
@@ -399,7 +406,7 @@ pub async fn resume(
         .iter()
         .any(|(_, _, e)| matches!(e, Event::Assigned { .. }))
     {
-        let assignments = assignments_for(env, &journal, plan, op, Some(run)).await?;
+        let assignments = assignments_for(env, &journal, plan, op, Some(run), None).await?;
         journal.append(run, &Event::Assigned { assignments })?;
     }
     drive(

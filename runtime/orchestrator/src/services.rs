@@ -872,27 +872,15 @@ impl HostServices for RunServices {
         request: &lifeboat_plugin_host::http::Request,
         limit: Duration,
     ) -> Result<lifeboat_plugin_host::http::Answer, Error> {
-        let services = lifeboat_plugin_host::NoServices;
         let Some(ns) = self.netns_for(url_host(&request.url)) else {
-            return services.http_send(request, limit).await;
+            return lifeboat_plugin_host::send_within(request, limit, true).await;
         };
         let request = request.clone();
-        let answer = ns
-            .within(move || async move {
-                tokio::time::timeout(limit, lifeboat_plugin_host::http::send_unpooled(&request))
-                    .await
-            })
-            .await
-            .map_err(other)?;
-        match answer {
-            Ok(Ok(a)) => Ok(a),
-            Ok(Err(lifeboat_plugin_host::http::SendError::Invalid(e))) => Err(Error::Invalid(e)),
-            Ok(Err(lifeboat_plugin_host::http::SendError::Failed(e))) => Err(Error::Other(e)),
-            Err(_) => Err(Error::Timeout(format!(
-                "the request did not answer within {} ms",
-                limit.as_millis()
-            ))),
-        }
+        ns.within(
+            move || async move { lifeboat_plugin_host::send_within(&request, limit, false).await },
+        )
+        .await
+        .map_err(other)?
     }
 
     async fn approve(&self, message: &str) -> Result<String, Error> {

@@ -82,7 +82,8 @@ pub struct HandOver {
 }
 
 impl HandOver {
-    /// Gives the leases back: the failover was refused after `check` (they also expire).
+    /// Gives the leases back (the last point is taken, or the failover was refused after
+    /// `check`); a lease that will not go back expires on its own.
     pub async fn release(self) {
         for l in self.leases {
             let group = l.group().to_string();
@@ -96,7 +97,7 @@ impl HandOver {
 /// A planned failover's hand-over, once every check passed: stop the source VMs it located
 /// (gracefully, then by force), make sure none still answers, and take the last point of
 /// every group so the failover loses nothing. Returns the VMs it stopped.
-pub async fn hand_over(env: &Environment, plan: &Plan, hand: HandOver) -> Result<Vec<Handle>> {
+pub async fn hand_over(env: &Environment, plan: &Plan, mut hand: HandOver) -> Result<Vec<Handle>> {
     for h in &hand.located {
         env.driver
             .stop(h, STOP_GRACE)
@@ -109,13 +110,9 @@ pub async fn hand_over(env: &Environment, plan: &Plan, hand: HandOver) -> Result
         )));
     }
     let result = last_cycle(env, plan, &hand.leases).await;
-    for l in hand.leases {
-        let group = l.group().to_string();
-        if let Err(e) = l.release().await {
-            tracing::warn!(group, error = %e, "a lease was not released; it expires on its own");
-        }
-    }
-    result.map(|()| hand.located)
+    let located = std::mem::take(&mut hand.located);
+    hand.release().await;
+    result.map(|()| located)
 }
 
 /// How long a source VM may take to shut down before it is killed.

@@ -34,7 +34,7 @@ pub use engine::{Allocation, EngineOptions, PluginEngine};
 pub use grants::Grants;
 pub use outcome::{LoadError, LogLine, StepOutcome, StepReport, plugin_error_text};
 pub use plugin::{Plugin, StepLimits, StepRequest};
-pub use services::{HostServices, NoServices, RunKv};
+pub use services::{HostServices, NoServices, RunKv, send_within};
 
 /// The WIT package version this host implements; plugins built for `0.1.x` load.
 pub const API_VERSION: &str = "0.1.1";

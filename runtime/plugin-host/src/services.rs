@@ -85,16 +85,7 @@ pub trait HostServices: Send + Sync {
         request: &crate::http::Request,
         limit: Duration,
     ) -> Result<crate::http::Answer, Error> {
-        match tokio::time::timeout(limit, crate::http::send(request)).await {
-            Ok(Ok(a)) => Ok(a),
-            Ok(Err(crate::http::SendError::Invalid(e))) => Err(Error::Invalid(e)),
-            Ok(Err(crate::http::SendError::Failed(e))) => Err(Error::Other(e)),
-            Err(_) => Err(Error::Timeout(format!(
-                "{} did not answer within {} ms",
-                request.url,
-                limit.as_millis()
-            ))),
-        }
+        send_within(request, limit, true).await
     }
     /// `clock.now-ms`: milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64 {
@@ -107,6 +98,31 @@ pub trait HostServices: Send + Sync {
     async fn sleep(&self, ms: u64) -> Result<(), Error> {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok(())
+    }
+}
+
+/// `http.send` of `request` within `limit`, as a step sees it: through the process's pooled
+/// client, or (`pooled: false`) a client of its own, as a request made inside a network
+/// namespace needs.
+pub async fn send_within(
+    request: &crate::http::Request,
+    limit: Duration,
+    pooled: bool,
+) -> Result<crate::http::Answer, Error> {
+    let sent = if pooled {
+        tokio::time::timeout(limit, crate::http::send(request)).await
+    } else {
+        tokio::time::timeout(limit, crate::http::send_unpooled(request)).await
+    };
+    match sent {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(crate::http::SendError::Invalid(e))) => Err(Error::Invalid(e)),
+        Ok(Err(crate::http::SendError::Failed(e))) => Err(Error::Other(e)),
+        Err(_) => Err(Error::Timeout(format!(
+            "{} did not answer within {} ms",
+            request.url,
+            limit.as_millis()
+        ))),
     }
 }
 

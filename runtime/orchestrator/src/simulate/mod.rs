@@ -258,7 +258,8 @@ pub async fn simulate(
     let compiled = compile(plan, op);
     let journal = env.journal()?;
     let mut problems = Vec::new();
-    let assignments = match crate::operations::assignments_for(env, &journal, plan, op, None).await
+    let assignments = match crate::operations::assignments_for(env, &journal, plan, op, None, None)
+        .await
     {
         Ok(a) => a,
         Err(crate::error::Error::AddressInUse {
