@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use lifeboat_orchestrator::journal::Event;
 
+use crate::daemon::edit;
 use crate::failover::{HELPER, Sites, get, replace_app_vm, wait_for};
 
 /// A process that is none of Lifeboat's: the demo workload on its own disk, at `addr`.
@@ -59,11 +60,22 @@ fn address(s: &Sites, run: &str, vm: &str) -> serde_json::Value {
         .clone()
 }
 
+/// Adds `lines` to the plan after its line `after`.
 fn with_plan_lines(s: &Sites, after: &str, lines: &str) {
-    let path = s.path().join("plans/p.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(after), "{text}");
-    std::fs::write(&path, text.replacen(after, &format!("{after}\n{lines}"), 1)).unwrap();
+    edit(s, "plans/p.toml", |text| {
+        assert!(text.contains(after), "{text}");
+        text.replacen(after, &format!("{after}\n{lines}"), 1)
+    });
+}
+
+/// Adds `line` to every VM of the inventory.
+fn every_vm_gets(s: &Sites, line: &str) {
+    edit(s, "lifeboat.toml", |inv| {
+        inv.replace(
+            "policy = \"default\"\n",
+            &format!("policy = \"default\"\n{line}\n"),
+        )
+    });
 }
 
 #[test]
@@ -287,15 +299,15 @@ fn a_vm_is_healthy_only_while_it_is_the_one_answering() {
 
     // A probe that something else answers is no health of the VM's: the step fails naming it.
     let stranger = Stranger::at(s.path(), "stranger", &format!("127.{k}.99.1:7000"));
-    let inv = std::fs::read_to_string(s.path().join("lifeboat.toml")).unwrap();
-    let inv = inv.replace(
+    edit(&s, "lifeboat.toml", |inv| {
+        inv.replace(
         r#"boot = { command = ["sh", "-c", "echo cannot listen on {nic0.ip}:8080: Address already in use >&2; sleep 0.3; exit 1"] }"#,
         r#"boot = { command = ["sleep", "60"] }"#,
     ).replace(
         r#"health = { http = "http://{nic0.ip}:8080/health", timeout = "2m" }"#,
         &format!(r#"health = {{ tcp = "127.{k}.99.1:7000", timeout = "2m" }}"#),
-    );
-    std::fs::write(s.path().join("lifeboat.toml"), inv).unwrap();
+    )
+    });
     // (The stranger answers app-1's probe at the source too: forced past that check.)
     let out = s.lifeboat(&["failover", "p", "--unplanned", "--force"]);
     assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
@@ -334,16 +346,7 @@ fn a_disk_written_by_a_process_a_cut_cannot_hold_fails_the_cycle_unless_the_vm_o
     assert!(out.stdout.contains("\"points\": []"), "{}", out.stdout);
 
     // With the opt-in, the point is taken, and marked.
-    let path = s.path().join("lifeboat.toml");
-    let inv = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        inv.replace(
-            "policy = \"default\"\n",
-            "policy = \"default\"\nunsafe_live_read = true\n",
-        ),
-    )
-    .unwrap();
+    every_vm_gets(&s, "unsafe_live_read = true");
     let out = s.lifeboat(&["replicate", "db-1"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(
@@ -422,16 +425,7 @@ fn recovered(s: &Sites, run: &str) -> u64 {
 fn failovers_boot_the_point_asked_for_and_latest_processed_skips_one_that_is_not_complete() {
     let mut s = Sites::new(234, "[]", "[]");
     // Quiesce hooks on both VMs, so a point can be app-consistent.
-    let path = s.path().join("lifeboat.toml");
-    let inv = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        inv.replace(
-            "policy = \"default\"\n",
-            "policy = \"default\"\nquiesce = { freeze = [\"true\"], thaw = [\"true\"] }\n",
-        ),
-    )
-    .unwrap();
+    every_vm_gets(&s, r#"quiesce = { freeze = ["true"], thaw = ["true"] }"#);
     s.start_source();
     // Points 1 (crash), 2 (app), 3 (crash) of each group, the VMs writing all along.
     let packs = s.path().join("west");
