@@ -30,6 +30,7 @@ const OTHERS: &[(&str, &str)] = &[
     ("WASI_FILESYSTEM", "lifeboat_fixture_wasi_filesystem"),
     ("NEWER_API", "lifeboat_fixture_newer_api"),
     ("API_0_1_0", "lifeboat_fixture_api_0_1_0"),
+    ("NOOP", "lifeboat_fixture_noop"),
 ];
 
 fn main() {

@@ -25,7 +25,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-const VMS: usize = 1000;
+/// 1000 VMs (quick mode: 50).
+fn vms() -> usize {
+    common::sized(1000, 50)
+}
 const GROUP: usize = 10;
 const TOKEN: &str = "bench-token-0123456789abcdef";
 const HELPER: &str = env!("CARGO_BIN_EXE_lifeboat-test-helper");
@@ -47,7 +50,7 @@ retention = "10m"
 rpo_threshold = "1m"
 "#,
     );
-    for i in 0..VMS {
+    for i in 0..vms() {
         let mut f = std::fs::File::create(dir.join(format!("vms/vm-{i:04}.img"))).unwrap();
         f.set_len(1 << 20).unwrap();
         f.write_all(&[(i % 251) as u8 + 1; 4096]).unwrap();
@@ -57,7 +60,7 @@ rpo_threshold = "1m"
         )
         .unwrap();
     }
-    for g in 0..VMS / GROUP {
+    for g in 0..vms() / GROUP {
         let members: Vec<String> = (g * GROUP..(g + 1) * GROUP)
             .map(|i| format!("\"vm-{i:04}\""))
             .collect();
@@ -171,8 +174,8 @@ fn fan_out(addr: &str, subscribers: usize, seconds: u64) -> (f64, f64, usize, us
 }
 
 fn main() {
-    let seconds: u64 = setting("LIFEBOAT_BENCH_SECONDS", 30);
-    let requests: usize = setting("LIFEBOAT_BENCH_REQUESTS", 500);
+    let seconds: u64 = setting("LIFEBOAT_BENCH_SECONDS", common::sized(30, 5));
+    let requests: usize = setting("LIFEBOAT_BENCH_REQUESTS", common::sized(500, 50));
     let dir = tempfile::tempdir().unwrap();
     write_sites(dir.path());
     let config = dir.path().join("lifeboat.toml");
@@ -216,7 +219,7 @@ fn main() {
         let with_points = doc["vms"].as_array().map_or(0, |v| {
             v.iter().filter(|v| !v["last_point"].is_null()).count()
         });
-        if with_points == VMS {
+        if with_points == vms() {
             break;
         }
         assert!(
@@ -229,8 +232,9 @@ fn main() {
     let (h50, h99, _) = latency(addr, "/healthz", requests);
     let (s50, s99, size) = latency(addr, "/v1/status", requests);
     println!(
-        "status with {VMS} VMs in {} groups ({size} bytes), {requests} requests, fresh connections:",
-        VMS / GROUP
+        "status with {} VMs in {} groups ({size} bytes), {requests} requests, fresh connections:",
+        vms(),
+        vms() / GROUP
     );
     println!("  /v1/status  p50 {s50:.2} ms  p99 {s99:.2} ms");
     println!("  /healthz    p50 {h50:.2} ms  p99 {h99:.2} ms   (baseline)");
@@ -240,7 +244,7 @@ fn main() {
     let (f50, f99, f_events, f_lost) = fan_out(addr, 50, seconds);
     println!(
         "event fan-out while {} groups replicate every second:",
-        VMS / GROUP
+        vms() / GROUP
     );
     println!(
         "  50 subscribers  lag p50 {f50:.1} ms  p99 {f99:.1} ms  events {f_events}  lost {f_lost}"

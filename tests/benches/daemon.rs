@@ -24,7 +24,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const VMS: usize = 100;
+/// 100 VMs (quick mode: 10).
+fn vms() -> usize {
+    common::sized(100, 10)
+}
 const DISK: u64 = 1 << 30;
 const DATA: usize = 4 << 20;
 const HELPER: &str = env!("CARGO_BIN_EXE_lifeboat-test-helper");
@@ -59,7 +62,7 @@ rpo_threshold = "{threshold}"
     );
     // The disks' writer is this benchmark's own thread, not a VM a cut could hold still: the
     // VMs say so (a cycle that catches it mid-write takes the point and marks it).
-    for i in 0..VMS {
+    for i in 0..vms() {
         writeln!(
             inv,
             "[vms.vm-{i:03}]\nsite = \"east\"\npolicy = \"default\"\ndisks.os = \"vms/vm-{i:03}.img\"\nunsafe_live_read = true"
@@ -71,7 +74,7 @@ rpo_threshold = "{threshold}"
 
 fn write_sites(dir: &Path) {
     std::fs::create_dir_all(dir.join("vms")).unwrap();
-    for i in 0..VMS {
+    for i in 0..vms() {
         let mut f = std::fs::File::create(dir.join(format!("vms/vm-{i:03}.img"))).unwrap();
         f.set_len(DISK).unwrap();
         let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
@@ -91,7 +94,7 @@ fn write_sites(dir: &Path) {
 fn writer(dir: std::path::PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     let mut n: u64 = 1;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let i = (n as usize) % VMS;
+        let i = (n as usize) % vms();
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .open(dir.join(format!("vms/vm-{i:03}.img")))
@@ -127,7 +130,7 @@ fn status(config: &Path) -> serde_json::Value {
 }
 
 fn main() {
-    let seconds: u64 = setting("LIFEBOAT_BENCH_SECONDS", 300);
+    let seconds: u64 = setting("LIFEBOAT_BENCH_SECONDS", common::sized(300, 15));
     let dir = tempfile::tempdir().unwrap();
     write_sites(dir.path());
     let config = dir.path().join("lifeboat.toml");
@@ -224,7 +227,10 @@ fn main() {
     let p99 = percentile(&mut rpos, 0.99);
     let target = 10.0 + one_cycle;
     let validate = percentile(&mut validate, 0.5);
-    println!("daemon: {VMS} VMs, 1 GiB disks with 4 MiB of data, crash_interval 10s, {seconds}s");
+    println!(
+        "daemon: {} VMs, 1 GiB disks with 4 MiB of data, crash_interval 10s, {seconds}s",
+        vms()
+    );
     println!(
         "  RPO per VM: p50 {p50:.2}s, p99 {p99:.2}s ({} samples); interval + one cycle of every group ({one_cycle:.2}s by `replicate`) = {target:.2}s → p99 {:.2}× that (target ≤ 1)",
         rpos.len(),

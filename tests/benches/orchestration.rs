@@ -13,7 +13,8 @@
 //! exec`), run by run; and the writer check a cycle makes before its cut (a walk of every
 //! process's descriptors for one group's disks) beside the cycle itself.
 //!
-//! `cargo bench -p lifeboat-tests --bench orchestration` (`LIFEBOAT_BENCH_RUNS`, default 5).
+//! `cargo bench -p lifeboat-tests --bench orchestration` (`LIFEBOAT_BENCH_RUNS`, default 5;
+//! `LIFEBOAT_BENCH_QUICK=1`: one run of 10 VMs and 8 MiB disks).
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
@@ -21,8 +22,16 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const VMS: usize = 100;
-const GROUPS: usize = 10;
+mod common;
+
+/// 100 VMs in 10 groups (quick mode: 10 in 2).
+fn vms() -> usize {
+    common::sized(100, 10)
+}
+
+fn groups() -> usize {
+    common::sized(10, 2)
+}
 
 #[path = "../support.rs"]
 #[allow(dead_code)]
@@ -59,7 +68,7 @@ fn ip(net: u8, i: usize) -> String {
 }
 
 fn write_sites(dir: &Path) {
-    write_sites_sized(dir, VMS, GROUPS, 256 << 10, false);
+    write_sites_sized(dir, vms(), groups(), 256 << 10, false);
 }
 
 /// `vms` VMs in `groups` groups, each with a disk of `bytes` (random data when `random`).
@@ -148,14 +157,14 @@ fn main() {
     let runs: usize = std::env::var("LIFEBOAT_BENCH_RUNS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(common::sized(5, 1));
     let dir = tempfile::tempdir().unwrap();
     write_sites(dir.path());
     let config = dir.path().join("lifeboat.toml");
     let started = Instant::now();
     let (code, out) = lifeboat(&config, &["replicate"]);
     assert_eq!(code, 0, "{out}");
-    let cycle_per_group = started.elapsed().as_secs_f64() / VMS as f64;
+    let cycle_per_group = started.elapsed().as_secs_f64() / vms() as f64;
     // The writer check of one group (one disk), as each cycle makes it.
     let disk = vec![dir.path().join("vms/vm-000.img")];
     let mut scan = Vec::new();
@@ -206,7 +215,7 @@ fn main() {
 
         // Baseline: the same 100 processes, started and stopped directly.
         let started = Instant::now();
-        let mut children: Vec<std::process::Child> = (0..VMS)
+        let mut children: Vec<std::process::Child> = (0..vms())
             .map(|_| {
                 std::process::Command::new("sleep")
                     .arg("600")
@@ -225,12 +234,17 @@ fn main() {
     let simulated = median(simulated);
     let host_network = median(host_network);
     let (big_rto, big_cp) = restore_heavy(runs);
-    println!("orchestration   {VMS} VMs in {GROUPS} groups, healthy at once; {runs} runs, medians");
+    println!(
+        "orchestration   {} VMs in {} groups, healthy at once; {runs} runs, medians",
+        vms(),
+        groups()
+    );
     println!(
         "failover --test {total:6.3}s end to end (validation, plugin loading, run)   run alone (RTO) {rto:6.3}s"
     );
     println!(
-        "baseline        {spawn:6.3}s to start the same {VMS} processes directly; overhead above it {:.3}s (target ≤ 1 s above the health waits, here 0)",
+        "baseline        {spawn:6.3}s to start the same {} processes directly; overhead above it {:.3}s (target ≤ 1 s above the health waits, here 0)",
+        vms(),
         total - spawn
     );
     println!(
@@ -258,7 +272,7 @@ fn main() {
 /// images.
 fn restore_heavy(runs: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
-    write_sites_sized(dir.path(), 4, 1, 256 << 20, true);
+    write_sites_sized(dir.path(), 4, 1, common::sized(256 << 20, 8 << 20), true);
     let config = dir.path().join("lifeboat.toml");
     let (code, out) = lifeboat(&config, &["replicate"]);
     assert_eq!(code, 0, "{out}");

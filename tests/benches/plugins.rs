@@ -3,13 +3,19 @@
 //!   step, p50/p99, against running a step as a process (`true`: fork + exec + wait);
 //! - loading a component from the compile cache, against compiling it cold.
 //!
-//! `cargo bench -p lifeboat-tests --bench plugins`
+//! The Rust step does nothing (`plugins/fixtures/noop`), so its figure is the host's own cost;
+//! the Python step writes one key.
+//!
+//! `cargo bench -p lifeboat-tests --bench plugins` (`LIFEBOAT_BENCH_QUICK=1`: a few iterations)
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+mod common;
 #[path = "../support.rs"]
 #[allow(dead_code)]
 mod support;
+
+use common::sized;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +45,7 @@ fn request(config: &str, grants: Grants) -> StepRequest {
             group: "g".into(),
             step: "s".into(),
             attempt: 1,
-            dry_run: true,
+            dry_run: false,
         },
         grants: Arc::new(grants),
         services: Arc::new(NoServices),
@@ -110,21 +116,23 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let engine = PluginEngine::new(EngineOptions::default()).unwrap();
-        let wait = Plugin::load(&engine, lifeboat_builtins::builtin("wait").unwrap(), None).await.unwrap();
+        let noop_bytes = std::fs::read(lifeboat_builtins::artifacts::NOOP).unwrap();
+        let noop = Plugin::load(&engine, &noop_bytes, None).await.unwrap();
         let python_bytes = support::python_kv_note();
         let python = Plugin::load(&engine, &python_bytes, None).await.unwrap();
 
-        let (process_p50, process_p99) = process_step(2_000);
-        let (rust_p50, rust_p99) = per_step(&wait, &request(r#"{"duration":"0ms"}"#, Grants::default()), 20_000).await;
+        let (process_p50, process_p99) = process_step(sized(2_000, 50));
+        let (rust_p50, rust_p99) = per_step(&noop, &request("{}", Grants::default()), sized(20_000, 200)).await;
         let kv = Grants {
             kv: vec!["bench.*".into()],
             ..Grants::default()
         };
-        let (py_p50, py_p99) = per_step(&python, &request(r#"{"key":"bench.k","value":"v"}"#, kv), 2_000).await;
+        let (py_p50, py_p99) = per_step(&python, &request(r#"{"key":"bench.k","value":"v"}"#, kv), sized(2_000, 20)).await;
         println!("per-step overhead (new store + instantiate + run + drop), 2 cores:");
         println!("  baseline, a step as a process (`true`): p50 {:8.1} µs  p99 {:8.1} µs", us(process_p50), us(process_p99));
         println!(
-            "  Rust step (builtin:wait, 90 KB):       p50 {:8.1} µs  p99 {:8.1} µs  ({:.3}x the process p50; target p50 <= 50 µs)",
+            "  Rust step (noop, {:.0} KB):             p50 {:8.1} µs  p99 {:8.1} µs  ({:.3}x the process p50; target p50 <= 50 µs)",
+            noop_bytes.len() as f64 / 1e3,
             us(rust_p50),
             us(rust_p99),
             rust_p50.as_secs_f64() / process_p50.as_secs_f64()
@@ -137,8 +145,8 @@ fn main() {
             py_p50.as_secs_f64() / process_p50.as_secs_f64()
         );
 
-        let (rust_cold, rust_cached) = load_times(lifeboat_builtins::builtin("wait").unwrap(), 7).await;
-        let (py_cold, py_cached) = load_times(&python_bytes, 3).await;
+        let (rust_cold, rust_cached) = load_times(&noop_bytes, sized(7, 1)).await;
+        let (py_cold, py_cached) = load_times(&python_bytes, sized(3, 1)).await;
         let mut hashing = Vec::new();
         for _ in 0..5 {
             use sha2::Digest;

@@ -5,7 +5,7 @@
 //!
 //! `cargo bench -p lifeboat-tests --bench qemu`. Needs QEMU and the test guest (see README.md,
 //! `LIFEBOAT_TEST_GUEST`). `LIFEBOAT_BENCH_MIB` sets the disk (default 4096), `LIFEBOAT_BENCH_RUNS`
-//! the boots and cycles (default 5 and 4× that).
+//! the boots and cycles (default 5 and 4× that); `LIFEBOAT_BENCH_QUICK=1`: 64 MiB, one boot.
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
@@ -160,8 +160,8 @@ fn state(addr: &str) -> serde_json::Value {
 
 fn main() {
     let guest = guest();
-    let mib: u64 = setting("LIFEBOAT_BENCH_MIB", 4096);
-    let runs: usize = setting("LIFEBOAT_BENCH_RUNS", 5);
+    let mib: u64 = setting("LIFEBOAT_BENCH_MIB", common::sized(4096, 64));
+    let runs: usize = setting("LIFEBOAT_BENCH_RUNS", common::sized(5, 1));
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path();
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -1,14 +1,26 @@
 //! Validate 100 plans of 100 VMs each against one inventory of 10 000 VMs, and compare with
-//! merely parsing the same files as TOML, in the same run. `cargo bench -p lifeboat-loader`.
+//! merely parsing the same files as TOML, in the same run. `cargo bench -p lifeboat-loader`
+//! (`LIFEBOAT_BENCH_QUICK=1`: 10 plans, 3 runs).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const PLANS: usize = 100;
 const VMS_PER_PLAN: usize = 100;
 const GROUPS_PER_PLAN: usize = 10;
-const RUNS: usize = 11;
+
+/// Quick mode (`LIFEBOAT_BENCH_QUICK=1`, what `.ci/run` sets): proves the benchmark runs.
+fn quick() -> bool {
+    std::env::var_os("LIFEBOAT_BENCH_QUICK").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+fn plan_count() -> usize {
+    if quick() { 10 } else { 100 }
+}
+
+fn runs() -> usize {
+    if quick() { 3 } else { 11 }
+}
 
 fn write_inventory(dir: &Path) -> PathBuf {
     let mut s = String::from(
@@ -16,6 +28,7 @@ fn write_inventory(dir: &Path) -> PathBuf {
 [sites.east]
 store = "/srv/lifeboat/east"
 compute = "process"
+replicate_to = "west"
 networks.prod.subnets = { app = "10.10.0.0/16" }
 [sites.west]
 store = "/srv/lifeboat/west"
@@ -28,7 +41,7 @@ retention = "24h"
 rpo_threshold = "2m"
 "#,
     );
-    for i in 0..PLANS * VMS_PER_PLAN {
+    for i in 0..plan_count() * VMS_PER_PLAN {
         let ip = format!("10.10.{}.{}", i / 250, i % 250 + 1);
         let _ = write!(
             s,
@@ -50,7 +63,7 @@ health = {{ http = "http://{{nic0.ip}}:8080/health" }}
 
 fn write_plans(dir: &Path) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir.join("plans")).expect("plans dir");
-    (0..PLANS)
+    (0..plan_count())
         .map(|p| {
             let mut s = format!(
                 "version = 1\nname = \"plan-{p}\"\nsource = \"east\"\ntarget = \"west\"\n\
@@ -97,7 +110,7 @@ fn main() {
 
     let mut validate = Vec::new();
     let mut parse_only = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs() {
         let start = Instant::now();
         let v = lifeboat_loader::validate(&config, &plans);
         validate.push(start.elapsed());
@@ -113,9 +126,11 @@ fn main() {
     }
     let (v, p) = (median(validate), median(parse_only));
     println!(
-        "validate {PLANS} plans x {VMS_PER_PLAN} VMs (inventory of {} VMs): median {:.1} ms over {RUNS} runs",
-        PLANS * VMS_PER_PLAN,
-        v.as_secs_f64() * 1e3
+        "validate {} plans x {VMS_PER_PLAN} VMs (inventory of {} VMs): median {:.1} ms over {} runs",
+        plan_count(),
+        plan_count() * VMS_PER_PLAN,
+        v.as_secs_f64() * 1e3,
+        runs()
     );
     println!(
         "baseline, toml::from_str of the same files: median {:.1} ms",

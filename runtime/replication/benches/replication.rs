@@ -4,7 +4,7 @@
 //! a missing baseline is reported, not faked. `LIFEBOAT_BENCH_MIB` sets the image size (default
 //! 2048), `LIFEBOAT_BENCH_RUNS` the repetitions (default 3; medians are reported),
 //! `LIFEBOAT_BENCH_DIR` the scratch folder (default: the system temp folder; use the same file
-//! system as production stores).
+//! system as production stores). `LIFEBOAT_BENCH_QUICK=1`: 64 MiB, one run (CI's check that it runs).
 //!
 //! Then reprotect after a failover (1 % of the disk rewritten at the target): the local seed and
 //! first reverse cycle, against a full seed and `rsync --no-whole-file`. The last section seeds
@@ -39,6 +39,11 @@ impl Rng {
             c.copy_from_slice(&v[..c.len()]);
         }
     }
+}
+
+/// Quick mode (`LIFEBOAT_BENCH_QUICK=1`, what `.ci/run` sets): a small image, one run.
+fn quick() -> bool {
+    std::env::var_os("LIFEBOAT_BENCH_QUICK").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -176,8 +181,8 @@ fn cycle_on(
 }
 
 fn main() {
-    let mib = env_u64("LIFEBOAT_BENCH_MIB", 2048);
-    let runs = env_u64("LIFEBOAT_BENCH_RUNS", 3).max(1) as usize;
+    let mib = env_u64("LIFEBOAT_BENCH_MIB", if quick() { 64 } else { 2048 });
+    let runs = env_u64("LIFEBOAT_BENCH_RUNS", if quick() { 1 } else { 3 }).max(1) as usize;
     let scratch = tempfile::Builder::new()
         .prefix("lifeboat-bench-")
         .tempdir_in(

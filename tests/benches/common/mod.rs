@@ -26,3 +26,14 @@ pub fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
 }
+
+/// Quick mode (`LIFEBOAT_BENCH_QUICK=1`, what `.ci/run` sets): few iterations and small sizes,
+/// so CI proves every benchmark still runs; its figures are not comparable with a full run.
+pub fn quick() -> bool {
+    std::env::var_os("LIFEBOAT_BENCH_QUICK").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `full` in a full run, `small` in quick mode.
+pub fn sized<T>(full: T, small: T) -> T {
+    if quick() { small } else { full }
+}
