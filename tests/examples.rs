@@ -1,6 +1,6 @@
 //! The example inventory and plans in the repository are valid, as the README promises.
 
-use lifeboat::exit_codes;
+use lifeboat_cli::exit_codes;
 
 use crate::support::{lifeboat, path, root};
 
@@ -93,8 +93,9 @@ fn usage_errors_have_their_own_exit_code() {
 }
 
 #[test]
-fn exit_codes_are_documented_in_the_readme() {
-    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+fn exit_codes_are_documented_in_the_cli_reference() {
+    let readme = std::fs::read_to_string(root().join("docs/reference/cli.md"))
+        .expect("docs/reference/cli.md");
     // Every code of the one table, by the first word of its meaning.
     for &(code, meaning) in exit_codes::TABLE {
         let meaning = meaning.split_whitespace().next().unwrap_or(meaning);
@@ -102,19 +103,19 @@ fn exit_codes_are_documented_in_the_readme() {
         let line = readme.lines().find(|l| l.starts_with(&row));
         assert!(
             line.is_some_and(|l| l.to_lowercase().contains(meaning)),
-            "README.md must document exit code {code} ({meaning}) as a table row"
+            "docs/reference/cli.md must document exit code {code} ({meaning}) as a table row"
         );
     }
 }
 
 #[test]
 fn every_rule_is_documented() {
-    let doc =
-        std::fs::read_to_string(root().join("docs/diagnostics.md")).expect("docs/diagnostics.md");
+    let doc = std::fs::read_to_string(root().join("docs/reference/diagnostics.md"))
+        .expect("docs/reference/diagnostics.md");
     for rule in lifeboat_plan::Rule::ALL {
         assert!(
             doc.contains(&format!("### `{}`", rule.name())),
-            "docs/diagnostics.md lacks `{}`",
+            "docs/reference/diagnostics.md lacks `{}`",
             rule.name()
         );
     }

@@ -1394,7 +1394,8 @@ fn cleanup_never_signals_a_process_that_reuses_a_vms_pid() {
     let started = lifeboat_compute::driver::process_start_time(pid).unwrap();
     {
         let mut j = Journal::open(&s.journal()).unwrap();
-        j.begin("p-1", "p", "test").unwrap();
+        j.begin("p-1", "p", lifeboat_orchestrator::journal::RunKind::Test)
+            .unwrap();
         for e in [
             Event::Prepared {
                 plan_path: s.path().join("plans/p.toml").display().to_string(),
@@ -1542,7 +1543,8 @@ fn a_run_killed_before_its_addresses_were_journaled_is_finished_by_retry() {
     s.replicate();
     {
         let mut j = Journal::open(&s.journal()).unwrap();
-        j.begin("p-1", "p", "test").unwrap();
+        j.begin("p-1", "p", lifeboat_orchestrator::journal::RunKind::Test)
+            .unwrap();
         j.append(
             "p-1",
             &Event::Prepared {

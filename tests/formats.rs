@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use lifeboat::exit_codes;
+use lifeboat_cli::exit_codes;
 
 use crate::support::{lifeboat, path};
 

@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use lifeboat::exit_codes;
+use lifeboat_cli::exit_codes;
 
 use crate::support::{bless, lifeboat, path, root};
 

@@ -26,13 +26,14 @@ fn main() -> ExitCode {
             let mut stdout = std::io::stdout().lock();
             // Unlocked: log lines come from every thread.
             let mut stderr = std::io::stderr();
-            let mut io = lifeboat::Io {
+            let mut io = lifeboat_cli::Io {
                 stdout: &mut stdout,
                 stderr: &mut stderr,
                 stderr_is_terminal: std::io::stderr().is_terminal(),
                 stdout_is_color_terminal: false,
+                server: &lifeboat_daemon::Daemon,
             };
-            let code = lifeboat::run(
+            let code = lifeboat_cli::run(
                 std::iter::once("lifeboat".to_string()).chain(args[2..].iter().cloned()),
                 &mut io,
             );
@@ -92,7 +93,11 @@ fn journal_writer(db: &str, run: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if journal.replay(run).ok().flatten().is_none() && journal.begin(run, "p", "test").is_err() {
+    if journal.replay(run).ok().flatten().is_none()
+        && journal
+            .begin(run, "p", lifeboat_orchestrator::journal::RunKind::Test)
+            .is_err()
+    {
         return ExitCode::from(1);
     }
     let mut out = std::io::stdout().lock();
@@ -163,7 +168,7 @@ fn run_plan(db: &str, run: &str, effects: &str, die_after: Option<i64>) -> ExitC
         group: id.split('/').next().unwrap_or_default().to_string(),
         id,
         phase,
-        uses: "builtin:wait".into(),
+        uses: lifeboat_plan::plan::PluginRef::Builtin("wait".into()),
         config: serde_json::json!({}),
         timeout: std::time::Duration::from_secs(5),
         retries,

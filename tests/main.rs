@@ -5,11 +5,13 @@
 
 mod api;
 mod daemon;
+mod docs;
 mod examples;
 mod failover;
 mod formats;
 mod fuzz;
 mod golden;
+mod layers;
 mod lifecycle;
 mod orchestrator;
 mod plugins;

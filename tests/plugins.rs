@@ -836,13 +836,13 @@ fn a_step_from_the_template_is_pinned_in_a_plan_and_validated() {
         r#"{{ uses = "plugins/port-open.wasm", sha256 = "{sha256}", with = {{ address = "{{vm.web-1.ip}}:8081" }}, allow = {{ tcp = ["{{vm.web-1.ip}}:8081"] }} }}"#
     ));
     let out = validate();
-    assert_eq!(out.code, lifeboat::exit_codes::OK, "{}", out.stdout);
+    assert_eq!(out.code, lifeboat_cli::exit_codes::OK, "{}", out.stdout);
 
     write_plan(&format!(
         r#"{{ uses = "plugins/port-open.wasm", sha256 = "{sha256}", with = {{ adress = "x" }} }}"#
     ));
     let out = validate();
-    assert_eq!(out.code, lifeboat::exit_codes::INVALID);
+    assert_eq!(out.code, lifeboat_cli::exit_codes::INVALID);
     assert_eq!(
         rules(&out),
         ["capability-not-granted", "plugin-config", "plugin-config"],

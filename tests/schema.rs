@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use lifeboat::exit_codes;
+use lifeboat_cli::exit_codes;
 
 use crate::support::{bless, lifeboat, root};
 

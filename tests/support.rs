@@ -23,13 +23,14 @@ pub struct Outcome {
 pub fn lifeboat(args: &[&str]) -> Outcome {
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
-    let mut io = lifeboat::Io {
+    let mut io = lifeboat_cli::Io {
         stdout: &mut stdout,
         stderr: &mut stderr,
         stderr_is_terminal: false,
         stdout_is_color_terminal: false,
+        server: &lifeboat_daemon::Daemon,
     };
-    let code = lifeboat::run(
+    let code = lifeboat_cli::run(
         std::iter::once("lifeboat").chain(args.iter().copied()),
         &mut io,
     );

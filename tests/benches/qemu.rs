@@ -3,7 +3,7 @@
 //! between them, reading the dirty bitmap's extents against reading the whole disk (time, bytes
 //! read), and the guest's pause per cut; the RPO achieved with the guest writing flat out.
 //!
-//! `cargo bench -p lifeboat-tests --bench qemu`. Needs QEMU and the test guest (see README.md,
+//! `cargo bench -p lifeboat-tests --bench qemu`. Needs QEMU and the test guest (see CONTRIBUTING.md,
 //! `LIFEBOAT_TEST_GUEST`). `LIFEBOAT_BENCH_MIB` sets the disk (default 4096), `LIFEBOAT_BENCH_RUNS`
 //! the boots and cycles (default 5 and 4× that); `LIFEBOAT_BENCH_QUICK=1`: 64 MiB, one boot.
 

@@ -1,7 +1,8 @@
 //! `lifeboat daemon`: validates the inventory and every plan first (invalid: every diagnostic,
-//! exit 3), then hands over to `lifeboat_daemon`, which protects every group until SIGTERM or
+//! exit 3), then hands over to the daemon the binary links (`lifeboat_daemon`), which protects every group until SIGTERM or
 //! SIGINT and exits 0 after draining.
 
+use lifeboat_api::server::ServeError;
 use std::path::Path;
 use std::time::Duration;
 
@@ -78,7 +79,7 @@ pub fn run(
             return exit_codes::USAGE;
         }
     };
-    let options = lifeboat_daemon::Options {
+    let options = lifeboat_api::server::DaemonOptions {
         config: config.to_path_buf(),
         state,
         max_cycles: opts.max_cycles,
@@ -89,12 +90,12 @@ pub fn run(
         verify_every: opts.verify_every,
         token,
     };
-    match rt.block_on(lifeboat_daemon::run(options)) {
+    match rt.block_on(io.server.serve(options, None)) {
         Ok(()) => {
             let _ = writeln!(io.stderr, "lifeboat daemon: stopped");
             exit_codes::OK
         }
-        Err(lifeboat_daemon::Error::Config(problems)) => {
+        Err(ServeError::Config(problems)) => {
             for p in problems {
                 let _ = writeln!(io.stderr, "{p}");
             }

@@ -182,6 +182,7 @@ impl Demo<'_, '_> {
                 stderr: &mut err,
                 stderr_is_terminal: false,
                 stdout_is_color_terminal: false,
+                server: self.io.server,
             };
             crate::run(full, &mut io)
         };
@@ -471,8 +472,8 @@ fn scenario(
     // From here the daemon protects the site (in the background, in this process).
     demo.say("\n$ lifeboat daemon &");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = rt.spawn(lifeboat_daemon::run_until(
-        lifeboat_daemon::Options {
+    let daemon = rt.spawn(demo.io.server.serve(
+        lifeboat_api::server::DaemonOptions {
             config: demo.config.clone(),
             state: demo.dir.join(".lifeboat/state"),
             max_cycles: 2,
@@ -483,11 +484,10 @@ fn scenario(
             verify_every: Duration::from_secs(6 * 3600),
             token: None,
         },
-        async move {
+        Some(Box::pin(async move {
             let _ = stopped.await;
             "the demo"
-        },
-        None,
+        })),
     ));
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut answering = false;
@@ -502,9 +502,9 @@ fn scenario(
 
     // The daemon's event stream, as `lifeboat events` follows it.
     demo.say("\n$ lifeboat events &");
-    let socket = lifeboat_daemon::client::socket_path(&demo.dir.join(".lifeboat/state"));
+    let socket = lifeboat_api::client::socket_path(&demo.dir.join(".lifeboat/state"));
     let mut feed = rt
-        .block_on(lifeboat_daemon::client::follow(&socket, "/v1/events"))
+        .block_on(lifeboat_api::client::follow(&socket, "/v1/events"))
         .and_then(Result::ok);
 
     // 1. A drill: clones of the latest point in the drill network, the source untouched. With
@@ -720,7 +720,8 @@ fn scenario(
 
     // 4. Unplanned failover to the latest point; an operator approves the app tier.
     let config = demo.config.clone();
-    let approver = std::thread::spawn(move || approve_when_asked(&config, "shop-2"));
+    let server = demo.io.server;
+    let approver = std::thread::spawn(move || approve_when_asked(&config, "shop-2", server));
     let code = demo.lifeboat(&["failover", "shop", "--unplanned", "--point", "latest"]);
     let approved = approver.join().unwrap_or(false);
     demo.check(
@@ -905,7 +906,11 @@ fn rustix_kill(pid: u32) -> Result<(), String> {
 }
 
 /// The operator: runs `lifeboat approve RUN` until the run waits for an approval and takes it.
-fn approve_when_asked(config: &Path, run: &str) -> bool {
+fn approve_when_asked(
+    config: &Path,
+    run: &str,
+    server: &'static dyn lifeboat_api::server::Server,
+) -> bool {
     let config = config.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
@@ -915,6 +920,7 @@ fn approve_when_asked(config: &Path, run: &str) -> bool {
             stderr: &mut err,
             stderr_is_terminal: false,
             stdout_is_color_terminal: false,
+            server,
         };
         let args = [
             "lifeboat",

@@ -3,7 +3,7 @@
 
 mod daemon;
 mod demo;
-pub mod exit_codes;
+pub use lifeboat_api::exit_codes;
 mod load;
 mod orchestration;
 mod plugin;
@@ -379,6 +379,8 @@ pub struct Io<'a> {
     pub stderr_is_terminal: bool,
     /// Whether stdout is a terminal that takes colour (consulted for `--color auto`).
     pub stdout_is_color_terminal: bool,
+    /// The daemon `lifeboat daemon` and the demo run in this process (the binary links it).
+    pub server: &'static dyn lifeboat_api::server::Server,
 }
 
 impl std::fmt::Debug for Io<'_> {
@@ -445,6 +447,16 @@ pub(crate) fn print_json(io: &mut Io<'_>, value: &impl serde::Serialize) {
 pub(crate) fn internal(io: &mut Io<'_>, e: &dyn std::fmt::Display) -> u8 {
     let _ = writeln!(io.stderr, "error: {e}");
     exit_codes::INTERNAL
+}
+
+/// Whether `lifeboat` accepts `args` (the first is the program name) as a command line, without
+/// running it: what the docs' examples are checked against.
+pub fn accepts<I, T>(args: I) -> Result<(), clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    Cli::try_parse_from(args).map(drop)
 }
 
 /// Run `lifeboat` with `args` (the first is the program name) and return its exit code.
@@ -546,11 +558,7 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             Ok(exit_codes::OK)
         }
         Command::Openapi => {
-            writeln!(
-                io.stdout,
-                "{}",
-                lifeboat_daemon::api::openapi().to_pretty_json()?
-            )?;
+            writeln!(io.stdout, "{}", io.server.openapi()?)?;
             Ok(exit_codes::OK)
         }
         Command::Man => {

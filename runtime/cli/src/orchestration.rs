@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lifeboat_compute::driver::ProcessDriver;
+use lifeboat_loader::ResolvedPlan;
 use lifeboat_orchestrator::error::Error;
 use lifeboat_orchestrator::journal::Event;
 use lifeboat_orchestrator::lifecycle::ReprotectReport;
@@ -16,8 +17,6 @@ use lifeboat_orchestrator::record::{self, RunRecord};
 use lifeboat_orchestrator::run::{Control, Controls, Outcome};
 use lifeboat_orchestrator::runs::Environment;
 use lifeboat_orchestrator::services::Observer;
-use lifeboat_plan::Plan;
-use lifeboat_plugin_host::{EngineOptions, PluginEngine};
 
 use crate::exit_codes;
 
@@ -46,11 +45,9 @@ pub fn plan_path(config: &Path, plan: &str) -> PathBuf {
 /// The inventory, a plan (when asked for) and the environment, or the exit code after printing
 /// why not.
 pub struct Loaded {
+    /// The configuration is `env.config`.
     pub env: Environment,
-    pub plan: Option<(Plan, PathBuf)>,
-    /// The files read, for diagnostics that point into them.
-    pub sources: lifeboat_plan::Sources,
-    pub inventory_source: lifeboat_plan::SourceId,
+    pub plan: Option<ResolvedPlan>,
     /// What it was loaded from, to load again.
     pub config: PathBuf,
     pub state: Option<PathBuf>,
@@ -64,23 +61,13 @@ pub fn load(
     io: &mut crate::Io<'_>,
 ) -> Result<Loaded, u8> {
     let crate::load::Loaded {
-        inventory,
-        home,
-        base,
-        groups,
-        placements,
+        config: resolved,
         plan,
-        sources,
-        inventory_source,
     } = crate::load::load(config, plan, json, io)?;
-    let engine = match PluginEngine::new(EngineOptions {
-        cache_dir: lifeboat_loader::default_cache_dir(),
-        max_concurrent_steps: 8,
-        ..EngineOptions::default()
-    }) {
+    let engine = match lifeboat_loader::engine() {
         Ok(e) => e,
         Err(e) => {
-            let _ = writeln!(io.stderr, "error: the plugin engine could not start: {e}");
+            let _ = writeln!(io.stderr, "error: {e}");
             return Err(exit_codes::INTERNAL);
         }
     };
@@ -92,19 +79,15 @@ pub fn load(
     }
     Ok(Loaded {
         env: Environment {
-            inventory: inventory.clone(),
-            state_dir: absolute(&state.map_or_else(|| default_state_dir(&base), Path::to_path_buf)),
-            base,
-            groups,
+            state_dir: absolute(
+                &state.map_or_else(|| default_state_dir(&resolved.base), Path::to_path_buf),
+            ),
+            config: resolved,
             engine,
             driver: ProcessDriver::new(),
             daemon: false,
-            home,
-            placements,
         },
         plan,
-        sources,
-        inventory_source,
         config: config.to_path_buf(),
         state: state.map(Path::to_path_buf),
     })
@@ -159,7 +142,8 @@ fn with_progress<T>(
 
 fn group_of(env: &Environment) -> impl Fn(&str) -> Option<String> + '_ {
     move |vm| {
-        env.groups
+        env.config
+            .groups
             .iter()
             .find(|g| g.vms.iter().any(|v| v.name == vm))
             .map(|g| g.name.clone())
@@ -228,7 +212,7 @@ pub(crate) fn report_run(
 /// Prints `e` and returns its exit code.
 pub(crate) fn run_failed(io: &mut crate::Io<'_>, e: &Error) -> u8 {
     let _ = writeln!(io.stderr, "error: {e}");
-    exit_codes::of_run(e)
+    e.exit_code()
 }
 
 fn secs(s: Option<f64>) -> String {
@@ -266,7 +250,7 @@ fn summary(r: &RunRecord, io: &mut crate::Io<'_>) {
 
 /// `lifeboat failover PLAN --test|--planned|--unplanned [--point P]`.
 pub fn failover(loaded: &Loaded, req: FailoverRequest, json: bool, io: &mut crate::Io<'_>) -> u8 {
-    let Some((plan, path)) = &loaded.plan else {
+    let Some(ResolvedPlan { plan, path }) = &loaded.plan else {
         return exit_codes::INVALID;
     };
     let env = &loaded.env;
@@ -300,7 +284,7 @@ pub fn retry(
         Ok(l) => l,
         Err(code) => return code,
     };
-    let Some((plan, _)) = &loaded.plan else {
+    let Some(ResolvedPlan { plan, .. }) = &loaded.plan else {
         return exit_codes::INVALID;
     };
     if skip {
@@ -320,7 +304,7 @@ pub fn retry(
 
 /// `lifeboat cleanup PLAN`.
 pub fn cleanup(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
-    let Some((plan, _)) = &loaded.plan else {
+    let Some(ResolvedPlan { plan, .. }) = &loaded.plan else {
         return exit_codes::INVALID;
     };
     let env = &loaded.env;
@@ -377,7 +361,7 @@ pub(crate) fn print_cleanup(r: &CleanupReport, json: bool, io: &mut crate::Io<'_
 
 /// `lifeboat commit PLAN`.
 pub fn commit(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
-    let Some((plan, _)) = &loaded.plan else {
+    let Some(ResolvedPlan { plan, .. }) = &loaded.plan else {
         return exit_codes::INVALID;
     };
     let env = &loaded.env;
@@ -409,7 +393,7 @@ pub(crate) fn print_committed(groups: &[Committed], json: bool, io: &mut crate::
 
 /// `lifeboat reprotect PLAN`: the committed groups replicate back to the plan's other site.
 pub fn reprotect(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
-    let Some((plan, path)) = &loaded.plan else {
+    let Some(ResolvedPlan { plan, path }) = &loaded.plan else {
         return exit_codes::INVALID;
     };
     let env = &loaded.env;
@@ -623,7 +607,7 @@ pub fn runs_list(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
             .map(|r| RunLine {
                 id: &r.id,
                 plan: &r.plan,
-                operation: &r.operation,
+                operation: r.operation.as_str(),
                 status: &r.status,
                 started_unix_ms: r.started_unix_ms,
                 rto_seconds: r.rto_seconds,
@@ -672,7 +656,7 @@ pub fn runs_show(loaded: &Loaded, run: &str, json: bool, io: &mut crate::Io<'_>)
             .and_then(|j| record::record(&j, run, &group_of(env)))
     });
     let r = match rec {
-        Ok(r) => r.with_placements(env.placements.values()),
+        Ok(r) => r.with_placements(env.config.placements.values()),
         Err(e) => return run_failed(io, &e),
     };
     if json {

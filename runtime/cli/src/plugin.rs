@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use lifeboat_orchestrator::exit_codes;
+use lifeboat_api::exit_codes;
+use lifeboat_plugin_host::Plugin;
 use lifeboat_plugin_host::wit::Capability;
-use lifeboat_plugin_host::{EngineOptions, Plugin, PluginEngine};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -61,13 +61,10 @@ fn load(path: &Path, io: &mut crate::Io<'_>) -> Result<(tokio::runtime::Runtime,
             return Err(exit_codes::FAILED);
         }
     };
-    let engine = match PluginEngine::new(EngineOptions {
-        cache_dir: lifeboat_loader::default_cache_dir(),
-        ..EngineOptions::default()
-    }) {
+    let engine = match lifeboat_loader::engine() {
         Ok(e) => e,
         Err(e) => {
-            let _ = writeln!(io.stderr, "error: the plugin engine could not start: {e}");
+            let _ = writeln!(io.stderr, "error: {e}");
             return Err(exit_codes::INTERNAL);
         }
     };

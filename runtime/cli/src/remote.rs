@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lifeboat_daemon::api::error::ErrorBody;
-use lifeboat_daemon::api::{Approval, Retried, Started};
-use lifeboat_daemon::client;
-use lifeboat_daemon::events::Notice;
+use lifeboat_api::Notice;
+use lifeboat_api::client;
+use lifeboat_api::error::ErrorBody;
+use lifeboat_api::requests::{Approval, Retried, Started};
 use lifeboat_orchestrator::journal::Event;
 use lifeboat_orchestrator::operations::{CleanupReport, Committed};
 use lifeboat_orchestrator::record::{RunRecord, describe};
@@ -405,13 +405,13 @@ pub fn replicate(
         Ok(g) => g,
         Err(e) => {
             let _ = writeln!(io.stderr, "error: {e}");
-            return exit_codes::of_replication(&e);
+            return lifeboat_orchestrator::error::replication_exit_code(&e);
         }
     };
     let mut reports = Vec::new();
     let mut code = exit_codes::OK;
     for group in groups {
-        let answer: Result<lifeboat_daemon::api::Replicated, u8> = d.call(
+        let answer: Result<lifeboat_api::requests::Replicated, u8> = d.call(
             "POST",
             &format!("/v1/groups/{}/replicate?wait=true", encode(&group.name)),
             None,

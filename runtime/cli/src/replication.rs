@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lifeboat_plan::Inventory;
+
 use lifeboat_replication::gc::GcOptions;
 use lifeboat_replication::{Error, GroupSpec, Progress, Repository, Store, points};
 
@@ -14,10 +14,7 @@ use crate::exit_codes;
 
 /// A loaded inventory: its groups and how to open its sites.
 pub struct Context {
-    inventory: Arc<Inventory>,
-    base: PathBuf,
-    groups: Vec<GroupSpec>,
-    placements: std::collections::BTreeMap<String, lifeboat_replication::placement::Placement>,
+    config: Arc<lifeboat_loader::Resolved>,
     pub json: bool,
     pub progress: bool,
 }
@@ -31,10 +28,7 @@ pub fn load(
 ) -> Result<Context, u8> {
     let loaded = crate::load::load(config, None, json, io)?;
     Ok(Context {
-        inventory: loaded.inventory,
-        base: loaded.base,
-        groups: loaded.groups,
-        placements: loaded.placements,
+        config: loaded.config,
         json,
         progress,
     })
@@ -45,14 +39,15 @@ impl Context {
     /// `Store::open_cache`).
     fn store(&self, name: &str, cache: bool) -> Result<Store, Error> {
         let site = self
+            .config
             .inventory
             .sites
             .get(name)
             .ok_or_else(|| Error::failed(format!("unknown site `{name}`")))?;
         if cache {
-            Store::open_cache(&site.store.value, &self.base)
+            Store::open_cache(&site.store.value, &self.config.base)
         } else {
-            Store::open(&site.store.value, &self.base)
+            Store::open(&site.store.value, &self.config.base)
         }
     }
 
@@ -62,11 +57,12 @@ impl Context {
 
     /// The group that holds `vm`.
     fn group_of(&self, vm: &str) -> Result<&GroupSpec, Error> {
-        self.groups
+        self.config
+            .groups
             .iter()
             .find(|g| g.vms.iter().any(|v| v.name == vm))
             .ok_or_else(|| {
-                let known: Vec<&str> = self.inventory.vms.names().collect();
+                let known: Vec<&str> = self.config.inventory.vms.names().collect();
                 Error::failed(format!(
                     "no VM `{vm}` in the inventory (VMs: {})",
                     known.join(", ")
@@ -76,7 +72,7 @@ impl Context {
 
     /// Where `group` runs now and which way it replicates, for people.
     fn placement_line(&self, group: &GroupSpec) -> String {
-        match self.placements.get(&group.name) {
+        match self.config.placements.get(&group.name) {
             None => format!(
                 "runs at {} (home), replicating to {}",
                 group.source_site, group.target_site
@@ -97,7 +93,12 @@ impl Context {
 
     /// Sites that hold a repository: every `replicate_to`.
     fn target_sites(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.groups.iter().map(|g| g.target_site.clone()).collect();
+        let mut out: Vec<String> = self
+            .config
+            .groups
+            .iter()
+            .map(|g| g.target_site.clone())
+            .collect();
         out.sort();
         out.dedup();
         out
@@ -107,7 +108,7 @@ impl Context {
 /// Prints an engine error and returns its exit code.
 pub fn fail(e: &Error, io: &mut crate::Io<'_>) -> u8 {
     let _ = writeln!(io.stderr, "error: {e}");
-    exit_codes::of_replication(e)
+    lifeboat_orchestrator::error::replication_exit_code(e)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
@@ -173,7 +174,7 @@ pub fn chosen_groups<'a>(ctx: &'a Context, vms: &[String]) -> Result<Vec<&'a Gro
         }
     }
     if vms.is_empty() {
-        chosen = ctx.groups.iter().collect();
+        chosen = ctx.config.groups.iter().collect();
     }
     Ok(chosen)
 }
@@ -238,8 +239,8 @@ pub fn replicate(
         // (paused under a guardian, at most the policy's max_pause), so the point is consistent.
         // One writer per group: refused (exit 8) while a daemon holds the group's lease.
         let result = rt.block_on(lifeboat_compute::site::cycle_once(
-            &ctx.inventory,
-            &ctx.base,
+            &ctx.config.inventory,
+            &ctx.config.base,
             driver.clone(),
             group,
             ask,
@@ -275,17 +276,17 @@ pub fn status(ctx: &Context, state: &Path, io: &mut crate::Io<'_>) -> u8 {
         Ok(rt) => rt,
         Err(e) => return fail(&e, io),
     };
-    let socket = lifeboat_daemon::client::socket_path(state);
-    let doc = match rt.block_on(lifeboat_daemon::client::status(&socket)) {
+    let socket = lifeboat_api::client::socket_path(state);
+    let doc = match rt.block_on(lifeboat_api::client::status(&socket)) {
         Some(Ok(doc)) => doc,
         answered => {
             if let Some(Err(e)) = answered {
                 let _ = writeln!(io.stderr, "warning: {e}; computing from the repositories");
             }
-            rt.block_on(lifeboat_daemon::status::from_repositories(
-                &ctx.inventory,
-                &ctx.base,
-                &ctx.groups,
+            rt.block_on(lifeboat_orchestrator::status::from_repositories(
+                &ctx.config.inventory,
+                &ctx.config.base,
+                &ctx.config.groups,
             ))
         }
     };
@@ -407,7 +408,7 @@ pub fn status(ctx: &Context, state: &Path, io: &mut crate::Io<'_>) -> u8 {
     code
 }
 
-/// `lifeboat points list VM --output json` (see docs/json-output.md).
+/// `lifeboat points list VM --output json` (see docs/reference/json.md).
 #[derive(Debug, serde::Serialize)]
 struct PointsDoc<'a> {
     vm: &'a str,
@@ -478,10 +479,11 @@ pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
     let now = SystemTime::now();
     // The VM's own policy sets its threshold; the group's is the strictest of its VMs'.
     let threshold = ctx
+        .config
         .inventory
         .vms
         .get(vm)
-        .and_then(|v| ctx.inventory.policies.get(&v.policy))
+        .and_then(|v| ctx.config.inventory.policies.get(&v.policy))
         .map_or(group.rpo_threshold, |p| p.rpo_threshold.value.0);
     let rpo = points::rpo(points.first(), threshold, now);
     if ctx.json {
@@ -489,7 +491,7 @@ pub fn points_list(ctx: &Context, vm: &str, io: &mut crate::Io<'_>) -> u8 {
             vm,
             group: &group.name,
             target_site: &group.target_site,
-            placement: ctx.placements.get(&group.name),
+            placement: ctx.config.placements.get(&group.name),
             rpo: &rpo,
             points: points
                 .iter()
@@ -605,13 +607,14 @@ fn check_restore_target(
         .flat_map(|v| v.disks.iter().map(|d| d.name.as_str()))
         .collect();
     let inventory_disks: Vec<(String, PathBuf)> = ctx
+        .config
         .inventory
         .vms
         .iter()
         .flat_map(|(name, v)| {
-            v.disks
-                .iter()
-                .map(move |(disk, path)| (format!("{name}/{disk}"), ctx.base.join(&path.value)))
+            v.disks.iter().map(move |(disk, path)| {
+                (format!("{name}/{disk}"), ctx.config.base.join(&path.value))
+            })
         })
         .collect();
     // One walk of every process's open files, once an image the restore would write exists.
@@ -787,6 +790,7 @@ pub fn gc(ctx: &Context, grace: Option<Duration>, io: &mut crate::Io<'_>) -> u8 
     };
     let op = async |site: &str, target: Store| {
         let groups: Vec<GroupSpec> = ctx
+            .config
             .groups
             .iter()
             .filter(|g| g.target_site == site)

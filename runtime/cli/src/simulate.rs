@@ -6,8 +6,8 @@
 use std::io::Write;
 use std::path::Path;
 
+use lifeboat_api::exit_codes;
 use lifeboat_loader::Validation;
-use lifeboat_orchestrator::exit_codes;
 use lifeboat_orchestrator::simulate::{self, Basis, Problem, Profile, SimOutcome, Simulation};
 use lifeboat_plan::plan::Operation;
 use lifeboat_plan::{Diagnostic, Plan, Rule, Span};
@@ -23,7 +23,11 @@ pub fn run(
     format: Format,
     io: &mut crate::Io<'_>,
 ) -> u8 {
-    let Some((plan, plan_path)) = &loaded.plan else {
+    let Some(lifeboat_loader::ResolvedPlan {
+        plan,
+        path: plan_path,
+    }) = &loaded.plan
+    else {
         let _ = writeln!(io.stderr, "error: no plan to simulate");
         return exit_codes::USAGE;
     };
@@ -79,10 +83,11 @@ pub fn run(
     };
     let diagnostics = Validation {
         diagnostics: sim.problems.iter().map(|p| diagnostic(plan, p)).collect(),
-        sources: loaded.sources,
-        inventory_source: loaded.inventory_source,
+        sources: (*loaded.env.config.sources).clone(),
+        inventory_source: loaded.env.config.inventory_source,
         inventory: None,
         plans: Vec::new(),
+        components: Default::default(),
     };
     let written = match format {
         Format::Human => human(&sim, &diagnostics, io.stdout),

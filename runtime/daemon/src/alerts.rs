@@ -12,16 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lifeboat_plan::inventory::Alert;
-use lifeboat_plan::plan::PluginRef;
 use lifeboat_plugin_host::wit::{Direction, Operation, StepContext};
 use lifeboat_plugin_host::{
     Grants, NoServices, Plugin, RunKv, StepLimits, StepOutcome, StepRequest,
 };
 use tokio::sync::{Mutex, Semaphore, broadcast, watch};
 
+use crate::engine::LazyEngine;
 use crate::events::{Bus, Notice};
-use crate::host::LazyEngine;
-use crate::supervisor::Snapshot;
+use crate::messages::Snapshot;
 
 /// Deliveries of one hook running at once: a hook that hangs holds only its own.
 const AT_ONCE: usize = 2;
@@ -240,33 +239,16 @@ impl Firing {
         plugins: &Mutex<HashMap<String, Arc<Plugin>>>,
     ) -> Result<Arc<Plugin>, String> {
         let step = &self.alert.step;
-        let (key, bytes, pin) = match &step.uses.value {
-            PluginRef::Builtin(name) => (
-                format!("builtin:{name}"),
-                lifeboat_builtins::builtin(name)
-                    .ok_or_else(|| format!("no built-in step `{name}`"))?
-                    .to_vec(),
-                None,
-            ),
-            PluginRef::Path(relative) => {
-                let path = self.base.join(relative);
-                let bytes = tokio::fs::read(&path)
-                    .await
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                let pin = step.sha256.as_ref().map(|s| s.value.clone());
-                (
-                    format!("{}#{}", path.display(), pin.clone().unwrap_or_default()),
-                    bytes,
-                    pin,
-                )
-            }
-        };
+        let component = lifeboat_loader::Component::read(&step.uses.value, &self.base)
+            .map_err(|e| format!("plugin `{}`: {e}", step.uses.value_text()))?;
+        let pin = step.sha256.as_ref().map(|s| s.value.clone());
+        let key = format!("{}#{}", step.uses.value_text(), component.sha256);
         let mut loaded = plugins.lock().await;
         if let Some(p) = loaded.get(&key) {
             return Ok(p.clone());
         }
         let plugin = Arc::new(
-            Plugin::load(&engine.get()?, &bytes, pin.as_deref())
+            Plugin::load(&engine.get()?, &component.bytes, pin.as_deref())
                 .await
                 .map_err(|e| format!("plugin `{}` cannot be used: {e}", step.uses.value_text()))?,
         );

@@ -4,31 +4,12 @@
 //! good one.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::SystemTime;
 
-use lifeboat_plan::{Inventory, Severity};
-use lifeboat_replication::GroupSpec;
-use lifeboat_replication::placement::Placement;
-use std::collections::BTreeMap;
+use lifeboat_loader::Resolved;
+use lifeboat_plan::Severity;
 
-/// A validated config.
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub file: PathBuf,
-    pub inventory: Arc<Inventory>,
-    /// The folder of the inventory (relative paths start there).
-    pub base: PathBuf,
-    /// The groups as they replicate now (placements applied, see `placed`).
-    pub groups: Vec<GroupSpec>,
-    /// The inventory as written (`inventory` is as the groups run now).
-    pub home: Arc<Inventory>,
-    /// Where each group that moved runs now, from the sites' stores.
-    pub placements: BTreeMap<String, Placement>,
-    /// The plans validated with it, by file name.
-    pub plans: Vec<String>,
-    pub loaded_at: SystemTime,
-}
+/// The config the daemon runs: the resolved configuration (see `lifeboat_loader::Resolved`).
+pub type Config = Resolved;
 
 /// Loads and validates the inventory at `file` with every plan of `plans/` beside it. `Err`:
 /// every problem, one line each (`file:line:column: error[rule]: message`).
@@ -38,53 +19,23 @@ pub fn load(file: &Path) -> Result<Config, Vec<String>> {
     if !validation.is_valid() {
         return Err(problems(file, &validation));
     }
-    let Some(inventory) = validation.inventory else {
-        return Err(vec![format!("{}: no inventory", file.display())]);
-    };
-    let base = lifeboat_loader::base_dir(file);
-    let groups =
-        lifeboat_replication::groups(&inventory, &base).map_err(|e| vec![e.to_string()])?;
-    let inventory = Arc::new(inventory);
-    Ok(Config {
-        file: file.to_path_buf(),
-        inventory: inventory.clone(),
-        home: inventory,
-        base,
-        groups,
-        placements: BTreeMap::new(),
-        plans: plans
-            .iter()
-            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .collect(),
-        loaded_at: SystemTime::now(),
-    })
+    Resolved::new(file, validation).map_err(|e| vec![e.to_string()])
 }
 
 /// Loads `file` (see [`load`]) and applies where each group runs now, read from the sites'
-/// stores (see `lifeboat_orchestrator::lifecycle`).
+/// stores.
 pub async fn load_placed(file: &Path) -> Result<Config, Vec<String>> {
     let path = file.to_path_buf();
-    let mut config = tokio::task::spawn_blocking(move || load(&path))
+    let config = tokio::task::spawn_blocking(move || load(&path))
         .await
         .map_err(|e| vec![format!("loading stopped: {e}")])??;
-    let placements = lifeboat_orchestrator::lifecycle::read_placements(&config.home, &config.base)
+    let placements = config
+        .read_placements()
         .await
         .map_err(|e| vec![format!("cannot read where groups run: {e}")])?;
-    place(&mut config, placements).map_err(|e| vec![e])?;
-    Ok(config)
-}
-
-/// Applies `placements` to a config loaded from the files.
-pub fn place(config: &mut Config, placements: BTreeMap<String, Placement>) -> Result<(), String> {
-    let home_groups =
-        lifeboat_replication::groups(&config.home, &config.base).map_err(|e| e.to_string())?;
-    let (inventory, groups) =
-        lifeboat_orchestrator::lifecycle::apply(&config.home, &home_groups, &placements)
-            .map_err(|e| e.to_string())?;
-    config.inventory = Arc::new(inventory);
-    config.groups = groups;
-    config.placements = placements;
-    Ok(())
+    config
+        .with_placements(placements)
+        .map_err(|e| vec![e.to_string()])
 }
 
 /// Every error of `validation`, one line each (`file:line:column: error[rule]: message`).

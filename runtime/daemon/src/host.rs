@@ -19,46 +19,12 @@ use lifeboat_orchestrator::runs::Environment;
 use lifeboat_orchestrator::services::Observer;
 use lifeboat_plan::Plan;
 use lifeboat_plan::plan::Operation;
-use lifeboat_plugin_host::PluginEngine;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::api::error::ApiError;
+use crate::api_error::ApiError;
+use crate::engine::LazyEngine;
 use crate::events::{Bus, Notice};
-use crate::supervisor::{Command, Snapshot};
-
-/// The plugin engine, started on first use: a daemon that runs no step (no run, no alert hook)
-/// pays neither its memory nor its epoch ticker (measured at 100 groups: peak RSS 106 → 95 MiB,
-/// idle CPU 1.3 → 0.8 % of a core).
-#[derive(Default)]
-pub(crate) struct LazyEngine(std::sync::OnceLock<Result<PluginEngine, String>>);
-
-impl std::fmt::Debug for LazyEngine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LazyEngine")
-            .field("started", &self.0.get().is_some())
-            .finish()
-    }
-}
-
-impl LazyEngine {
-    pub fn get(&self) -> Result<PluginEngine, String> {
-        self.0
-            .get_or_init(|| {
-                let engine =
-                    PluginEngine::new(lifeboat_plugin_host::EngineOptions {
-                        cache_dir: lifeboat_loader::default_cache_dir(),
-                        max_concurrent_steps: 8,
-                        ..lifeboat_plugin_host::EngineOptions::default()
-                    })
-                    .map_err(|e| format!("the plugin engine could not start: {e}"))?;
-                if let lifeboat_plugin_host::Allocation::OnDemand { reason } = engine.allocation() {
-                    tracing::warn!(%reason, "the plugin sandbox allocates instances on demand (slower; every limit still holds)");
-                }
-                Ok(engine)
-            })
-            .clone()
-    }
-}
+use crate::messages::{Command, Snapshot};
 
 pub(crate) struct Host {
     state: PathBuf,
@@ -116,15 +82,11 @@ impl Host {
     pub fn env(&self) -> Result<Environment, ApiError> {
         let config = self.snapshots.borrow().config.clone();
         Ok(Environment {
-            inventory: config.inventory.clone(),
-            base: config.base.clone(),
-            groups: config.groups.clone(),
+            config,
             state_dir: self.state.clone(),
             engine: self.engine.get().map_err(ApiError::internal)?,
             driver: self.driver.clone(),
             daemon: true,
-            home: config.home.clone(),
-            placements: config.placements.clone(),
         })
     }
 
@@ -384,7 +346,7 @@ impl Host {
             Err(e) => (
                 "failed",
                 format!("run {id}: {e}"),
-                serde_json::json!({ "error": e.to_string(), "exit_code": lifeboat_orchestrator::exit_codes::of_run(e) }),
+                serde_json::json!({ "error": e.to_string(), "exit_code": e.exit_code() }),
             ),
         };
         match status {

@@ -18,16 +18,50 @@
 
 mod alerts;
 pub mod api;
-pub mod client;
+mod api_error;
+
 pub mod config;
+mod counters;
+mod engine;
 pub mod events;
 mod host;
 mod maintenance;
+mod messages;
 mod metrics;
 mod protect;
 mod server;
-pub mod status;
+
 mod supervisor;
 mod watch;
 
-pub use supervisor::{Error, Options, run, run_until};
+pub use messages::Error;
+pub use supervisor::{Options, run, run_until};
+
+use lifeboat_api::server::{DaemonOptions, ServeError, Server, Stop};
+
+/// The daemon, as the `lifeboat` binary hands it to the CLI.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Daemon;
+
+impl Server for Daemon {
+    fn serve(
+        &self,
+        options: DaemonOptions,
+        stop: Option<Stop>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send + 'static>> {
+        Box::pin(async move {
+            let ran = match stop {
+                Some(stop) => run_until(options, stop, None).await,
+                None => run(options).await,
+            };
+            ran.map_err(|e| match e {
+                Error::Config(problems) => ServeError::Config(problems),
+                e => ServeError::Failed(Box::new(e)),
+            })
+        })
+    }
+
+    fn openapi(&self) -> serde_json::Result<String> {
+        api::openapi().to_pretty_json()
+    }
+}

@@ -12,7 +12,7 @@ use lifeboat_plan::Inventory;
 use lifeboat_replication::gc::GcOptions;
 use lifeboat_replication::{GroupSpec, Store};
 
-use crate::status::Maintenance;
+use lifeboat_api::status::Maintenance;
 
 /// What one pass does.
 #[derive(Debug)]

@@ -5,6 +5,7 @@
 //! for through the API starts at once (or right after the one in flight). It reports
 //! every change of state to the supervisor, which owns the status.
 
+use lifeboat_api::status::LastPoint;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,8 +16,6 @@ use lifeboat_replication::lease::{Holder, Lease};
 use lifeboat_replication::{AppMode, ErrorKind, GroupSpec, Store};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
-
-use crate::status::LastPoint;
 
 /// What a group's task protects: its spec, with the inventory and folder it came from.
 #[derive(Debug)]
@@ -127,9 +126,9 @@ pub(crate) async fn protect(
             update,
         });
     };
-    match crate::status::last_and_damaged(&a.inventory, &a.base, &a.spec).await {
+    match lifeboat_orchestrator::status::last_and_damaged(&a.inventory, &a.base, &a.spec).await {
         Ok((last, damaged)) => send(Update::Known {
-            last: last.as_ref().map(LastPoint::of),
+            last: last.as_ref().map(lifeboat_orchestrator::status::last_point),
             damaged,
         }),
         Err(e) => tracing::warn!(error = %e, "cannot read the group's points yet"),

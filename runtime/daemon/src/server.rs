@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::api::Api;
-use crate::supervisor::Error;
+use crate::messages::Error;
 
 /// The running listeners.
 #[derive(Debug)]

@@ -6,98 +6,26 @@
 //! and tells the event bus what changed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lifeboat_compute::driver::ProcessDriver;
 use lifeboat_replication::GroupSpec;
 use lifeboat_replication::placement::Placement;
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::{self, Config};
+use crate::counters::{GroupCounters, ReloadCounters};
 use crate::events::{Bus, Notice};
 use crate::maintenance::{self, Done as MaintenanceDone};
-use crate::metrics::{GroupCounters, ReloadCounters};
+use crate::messages::{Command, CommandError, Error, Snapshot};
 use crate::protect::{self, Assignment, Event, Shared, Update};
-use crate::status::{ConfigState, DaemonInfo, GroupRuntime, Maintenance, Reload, Status};
+use lifeboat_api::status::{ConfigState, DaemonInfo, Maintenance, Reload};
+use lifeboat_orchestrator::status::GroupRuntime;
 
-/// How the daemon runs.
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// The inventory file; the plans are the `plans/` folder beside it.
-    pub config: PathBuf,
-    /// The state folder: the daemon's socket lives there.
-    pub state: PathBuf,
-    /// Cycles that may run at once, over all groups.
-    pub max_cycles: usize,
-    /// How long cycles in flight may take to finish after SIGTERM.
-    pub grace: Duration,
-    /// How long a group's writer lease lasts unless renewed (a standby daemon takes over
-    /// within about this long after the holder dies).
-    pub lease_ttl: Duration,
-    /// Also serve `/metrics`, `/healthz` and `/readyz` on this TCP address.
-    pub listen: Option<SocketAddr>,
-    /// How often GC runs on each repository.
-    pub gc_every: Duration,
-    /// How often a quick verify runs on each repository.
-    pub verify_every: Duration,
-    /// The bearer token every request over TCP must carry (required with `listen`).
-    pub token: Option<String>,
-}
-
-/// Why the daemon could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("the config is not valid")]
-    Config(Vec<String>),
-    #[error("a daemon already runs with state {0} (its socket answers); stop it first")]
-    AlreadyRunning(PathBuf),
-    #[error("cannot listen on {what}: {source}")]
-    Bind {
-        what: String,
-        source: std::io::Error,
-    },
-    #[error("cannot listen for signals: {0}")]
-    Signals(std::io::Error),
-    #[error(
-        "the API on TCP needs a bearer token: give --token-file FILE or set LIFEBOAT_API_TOKEN"
-    )]
-    NoToken,
-}
-
-/// What the HTTP server reads: the supervisor's state as of its last event.
-#[derive(Debug)]
-pub(crate) struct Snapshot {
-    pub daemon: DaemonInfo,
-    pub inventory: Arc<lifeboat_plan::Inventory>,
-    /// The running config (the host builds runs' environments from it).
-    pub config: Arc<Config>,
-    pub groups: Vec<(GroupSpec, GroupRuntime, GroupCounters)>,
-    pub reloads: ReloadCounters,
-    /// When the supervisor last went round its loop: `/healthz` fails when it stops.
-    pub heartbeat: Instant,
-}
-
-impl Snapshot {
-    /// The status document as of `now` (RPOs keep counting between events).
-    pub fn status(&self, now: SystemTime) -> Status {
-        let rows: Vec<(GroupSpec, GroupRuntime)> = self
-            .groups
-            .iter()
-            .map(|(s, r, _)| (s.clone(), r.clone()))
-            .collect();
-        let (vms, groups) = crate::status::rows(&self.inventory, &rows, now);
-        Status {
-            source: "daemon".into(),
-            daemon: Some(self.daemon.clone()),
-            vms,
-            groups,
-        }
-    }
-}
+/// What the daemon runs with (the CLI builds it from `lifeboat daemon`'s flags).
+pub use lifeboat_api::server::DaemonOptions as Options;
 
 /// A protected group, and its task unless a failover holds it.
 struct Running {
@@ -116,39 +44,6 @@ struct Task {
     now: Arc<Notify>,
     /// True (or closed) once it has ended and released its lease.
     done: watch::Receiver<bool>,
-}
-
-/// What the API asks of the supervisor.
-#[derive(Debug)]
-pub(crate) enum Command {
-    /// Start a cycle of `group` now; the answer says whether it was asked.
-    ReplicateNow {
-        group: String,
-        reply: oneshot::Sender<Result<(), CommandError>>,
-    },
-    /// Stop protecting `groups` (a failover is about to take them); the answer comes once their
-    /// tasks have ended and released their leases.
-    Hold {
-        groups: Vec<String>,
-        why: String,
-        reply: oneshot::Sender<()>,
-    },
-    /// Forget the holds of `groups` and look again at which groups failovers hold.
-    Release { groups: Vec<String> },
-    /// Look again at which groups failovers hold (a run ended, was cleaned up or committed).
-    Refresh,
-}
-
-/// Why a command was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum CommandError {
-    NoGroup(String),
-    /// Another writer holds the group's lease: this daemon stands by.
-    Busy(String),
-    Held {
-        group: String,
-        by: String,
-    },
 }
 
 struct Supervisor {
@@ -221,7 +116,7 @@ pub async fn run_until(
         )
     };
     // Started when a run or an alert hook first needs it.
-    let engine = Arc::new(crate::host::LazyEngine::default());
+    let engine = Arc::new(crate::engine::LazyEngine::default());
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let driver = ProcessDriver::new();
     let bus = Arc::new(Bus::new());
@@ -297,7 +192,7 @@ pub async fn run_until(
 
     // Listen before protecting anything: a second daemon on the same state stops here.
     let server = crate::server::start(
-        &crate::client::socket_path(&opts.state),
+        &lifeboat_api::client::socket_path(&opts.state),
         opts.listen,
         crate::api::Api::new(
             sup.published.subscribe(),
@@ -346,9 +241,9 @@ pub async fn run_until(
                 command => sup.command(command),
             },
             _ = placement_poll.tick() => {
-                let (home, base, tx) = (sup.config.home.clone(), sup.config.base.clone(), placed_tx.clone());
+                let (config, tx) = (sup.config.clone(), placed_tx.clone());
                 tokio::spawn(async move {
-                    if let Ok(p) = lifeboat_orchestrator::lifecycle::read_placements(&home, &base).await {
+                    if let Ok(p) = config.read_placements().await {
                         let _ = tx.send(p);
                     }
                 });
@@ -589,7 +484,11 @@ impl Supervisor {
             .as_secs_f64();
         let mut changed = Vec::new();
         for (name, g) in &self.groups {
-            let rpo = crate::status::rpo_of(g.live.last_point.as_ref(), g.spec.rpo_threshold, now);
+            let rpo = lifeboat_orchestrator::status::rpo_of(
+                g.live.last_point.as_ref(),
+                g.spec.rpo_threshold,
+                now,
+            );
             // A group that is not protected (committed elsewhere, every VM disabled) has no
             // RPO to keep: `status` says `unprotected` instead.
             let over = !rpo.ok
@@ -754,12 +653,7 @@ impl Supervisor {
 
     /// Reads where groups run and the runs that hold them again, and applies both.
     async fn refresh(&mut self) {
-        match lifeboat_orchestrator::lifecycle::read_placements(
-            &self.config.home,
-            &self.config.base,
-        )
-        .await
-        {
+        match self.config.read_placements().await {
             Ok(p) => self.take_placements(p),
             Err(e) => tracing::warn!(error = %e, "placements not read; the last ones stand"),
         }
@@ -772,9 +666,8 @@ impl Supervisor {
         if placements == self.config.placements {
             return;
         }
-        let mut next = (*self.config).clone();
-        match config::place(&mut next, placements) {
-            Ok(()) => {
+        match self.config.with_placements(placements) {
+            Ok(next) => {
                 tracing::info!("where groups run changed");
                 self.apply_config(next);
             }
@@ -983,7 +876,7 @@ impl Supervisor {
                     file: self.config.file.display().to_string(),
                     generation: self.generation,
                     loaded_at: humantime::format_rfc3339_seconds(self.config.loaded_at).to_string(),
-                    plans: self.config.plans.clone(),
+                    plans: self.config.plan_files(),
                     last_reload: self.last_reload.clone(),
                 },
                 maintenance: self.maintenance.values().cloned().collect(),

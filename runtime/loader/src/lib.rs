@@ -2,7 +2,6 @@
 //! validates everything together. The only layer of validation that touches the file system; it
 //! never touches a site or a store, so it runs offline in CI.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -12,11 +11,14 @@ use lifeboat_plan::{
     Diagnostic, Inventory, MAX_FILE_BYTES, Plan, Rule, SourceId, Sources, check_inventory,
     check_plan, parse_inventory, parse_plan,
 };
-use sha2::{Digest, Sha256};
 
+pub mod components;
 mod plugins;
+pub mod resolved;
 
-pub use plugins::default_cache_dir;
+pub use components::{Component, ComponentError, Components};
+pub use plugins::{EngineError, default_cache_dir, engine};
+pub use resolved::{ResolveError, Resolved, ResolvedPlan};
 
 /// One plan file and, when it parsed, its typed plan.
 #[derive(Debug)]
@@ -35,6 +37,8 @@ pub struct Validation {
     pub inventory: Option<Inventory>,
     pub plans: Vec<LoadedPlan>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Every component the files name, as validation read it.
+    pub components: Components,
 }
 
 impl Validation {
@@ -94,10 +98,10 @@ pub fn validate(config: &Path, plans: &[PathBuf]) -> Validation {
         diagnostics.extend(check_inventory(inventory, &sources));
     }
 
-    let mut plugins = PluginDigests::default();
+    let mut components = Components::default();
     let mut checker = plugins::PluginChecker::new();
     if let Some(inventory) = &inventory {
-        diagnostics.extend(checker.check_alerts(config, inventory));
+        diagnostics.extend(checker.check_alerts(config, inventory, &mut components));
     }
     let mut loaded = Vec::new();
     for path in plans {
@@ -113,14 +117,14 @@ pub fn validate(config: &Path, plans: &[PathBuf]) -> Validation {
             if let Some(inventory) = &inventory {
                 diagnostics.extend(check_plan(inventory, plan, &sources));
             }
-            let found = plugins.check(path, plan);
+            let found = check_plugin_files(&mut components, path, plan);
             // Run only plugins whose file was found and matched its pin.
             let bad: Vec<_> = found
                 .iter()
                 .filter_map(|d| d.primary.as_ref().map(|l| l.span))
                 .collect();
             diagnostics.extend(found);
-            diagnostics.extend(checker.check(path, plan, |step| {
+            diagnostics.extend(checker.check(path, plan, &mut components, |step| {
                 !bad.contains(&step.uses.span)
                     && step.sha256.as_ref().is_none_or(|s| !bad.contains(&s.span))
             }));
@@ -140,6 +144,7 @@ pub fn validate(config: &Path, plans: &[PathBuf]) -> Validation {
         inventory,
         plans: loaded,
         diagnostics,
+        components,
     }
 }
 
@@ -178,81 +183,47 @@ fn read_or_report(
     }
 }
 
-/// SHA-256 of plugin files, computed once per path for a whole validation.
-#[derive(Debug, Default)]
-struct PluginDigests {
-    digests: HashMap<PathBuf, Result<String, String>>,
-}
-
-impl PluginDigests {
-    fn digest(&mut self, path: &Path) -> &Result<String, String> {
-        self.digests
-            .entry(path.to_path_buf())
-            .or_insert_with(|| sha256_file(path))
-    }
-
-    /// Every file plugin of `plan` exists and matches its pin. Paths are relative to the plan.
-    fn check(&mut self, plan_path: &Path, plan: &Plan) -> Vec<Diagnostic> {
-        let dir = plan_path.parent().unwrap_or(Path::new(""));
-        let mut out = Vec::new();
-        for step in plan.groups.iter().flat_map(|g| g.pre.iter().chain(&g.post)) {
-            let PluginRef::Path(relative) = &step.uses.value else {
-                continue;
-            };
-            let path = dir.join(relative);
-            match self.digest(&path) {
-                Err(reason) => out.push(
-                    Diagnostic::error(
-                        Rule::PluginNotFound,
-                        step.uses.span,
-                        format!("plugin `{relative}` cannot be read: {reason}"),
-                        format!("looked for {}", path.display()),
-                    )
-                    .with_help("plugin paths are relative to the plan file"),
-                ),
-                Ok(actual) => {
-                    let Some(pinned) = &step.sha256 else { continue };
-                    if !pinned.eq_ignore_ascii_case(actual) {
-                        out.push(
-                            Diagnostic::error(
-                                Rule::PluginHashMismatch,
-                                pinned.span,
-                                format!("plugin `{relative}` does not match its pinned sha256"),
-                                "pinned digest",
-                            )
-                            .with_note(step.uses.span, "this file")
-                            .with_help(format!(
-                                "the file's sha256 is {actual}; if the new build is intended, pin that"
-                            )),
-                        );
-                    }
+/// Every file plugin of `plan` can be read and matches its pin. Paths are relative to the plan.
+fn check_plugin_files(
+    components: &mut Components,
+    plan_path: &Path,
+    plan: &Plan,
+) -> Vec<Diagnostic> {
+    let dir = plan_path.parent().unwrap_or(Path::new(""));
+    let mut out = Vec::new();
+    for step in plan.groups.iter().flat_map(|g| g.pre.iter().chain(&g.post)) {
+        let PluginRef::Path(relative) = &step.uses.value else {
+            continue;
+        };
+        match components.resolve(&step.uses.value, dir) {
+            Err(e) => out.push(
+                Diagnostic::error(
+                    Rule::PluginNotFound,
+                    step.uses.span,
+                    format!("plugin `{relative}` cannot be read: {e}"),
+                    format!("looked for {}", dir.join(relative).display()),
+                )
+                .with_help("plugin paths are relative to the plan file"),
+            ),
+            Ok(component) => {
+                let Some(pinned) = &step.sha256 else { continue };
+                if !pinned.eq_ignore_ascii_case(&component.sha256) {
+                    out.push(
+                        Diagnostic::error(
+                            Rule::PluginHashMismatch,
+                            pinned.span,
+                            format!("plugin `{relative}` does not match its pinned sha256"),
+                            "pinned digest",
+                        )
+                        .with_note(step.uses.span, "this file")
+                        .with_help(format!(
+                            "the file's sha256 is {}; if the new build is intended, pin that",
+                            component.sha256
+                        )),
+                    );
                 }
             }
         }
-        out
     }
-}
-
-fn sha256_file(path: &Path) -> Result<String, String> {
-    let mut file = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".to_string(),
-        _ => e.to_string(),
-    })?;
-    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        return Err("it is a directory".into());
-    }
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    out
 }

@@ -11,6 +11,8 @@ use lifeboat_plan::{Diagnostic, Plan, Rule};
 use lifeboat_plugin_host::wit::{self, Capability};
 use lifeboat_plugin_host::{EngineOptions, LoadError, Plugin, PluginEngine, StepRequest};
 
+use crate::components::{ComponentError, Components};
+
 /// Where compiled components are cached between runs: `$LIFEBOAT_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/lifeboat/components`, else `~/.cache/lifeboat/components`.
 pub fn default_cache_dir() -> Option<PathBuf> {
@@ -21,6 +23,29 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("lifeboat/components"))
+}
+
+/// The plugin engine could not start (the reason is the sandbox's).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("the plugin engine could not start: {0}")]
+pub struct EngineError(String);
+
+/// The process's one plugin engine: validation, runs and alert hooks share it (its compiled
+/// components, its pool of instances and its epoch ticker), started on first use, so a command
+/// that runs no step pays for none of it.
+pub fn engine() -> Result<PluginEngine, EngineError> {
+    static ENGINE: std::sync::OnceLock<Result<PluginEngine, EngineError>> =
+        std::sync::OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            PluginEngine::new(EngineOptions {
+                cache_dir: default_cache_dir(),
+                max_concurrent_steps: 8,
+                ..EngineOptions::default()
+            })
+            .map_err(EngineError)
+        })
+        .clone()
 }
 
 /// Loads each distinct component once per validation.
@@ -41,11 +66,7 @@ impl PluginChecker {
 
     fn start(&mut self) -> Result<(), String> {
         if self.engine.is_none() {
-            let engine = PluginEngine::new(EngineOptions {
-                cache_dir: default_cache_dir(),
-                max_concurrent_steps: 4,
-                ..EngineOptions::default()
-            })?;
+            let engine = engine().map_err(|e| e.to_string())?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -93,6 +114,7 @@ impl PluginChecker {
         &mut self,
         plan_path: &Path,
         plan: &Plan,
+        components: &mut Components,
         usable: impl Fn(&Step) -> bool,
     ) -> Vec<Diagnostic> {
         let dir = plan_path.parent().unwrap_or(Path::new(""));
@@ -105,19 +127,11 @@ impl PluginChecker {
                 if !pinned || !usable(step) {
                     continue;
                 }
-                let loaded = match &step.uses.value {
-                    PluginRef::Builtin(name) => match lifeboat_builtins::builtin(name) {
-                        Some(bytes) => self.load(format!("builtin:{name}"), bytes),
-                        None => continue, // unknown built-ins are reported by the plan checks
-                    },
-                    PluginRef::Path(relative) => {
-                        let path = dir.join(relative);
-                        let Ok(bytes) = std::fs::read(&path) else {
-                            continue;
-                        };
-                        self.load(path.display().to_string(), &bytes)
-                    }
+                // Unknown built-ins and unreadable files are reported by the plan checks.
+                let Ok(component) = components.resolve(&step.uses.value, dir) else {
+                    continue;
                 };
+                let loaded = self.load(component.sha256.clone(), &component.bytes);
                 let plugin = match loaded {
                     Ok(plugin) => plugin,
                     Err(e) => {
@@ -148,50 +162,44 @@ impl PluginChecker {
         &mut self,
         inventory_path: &Path,
         inventory: &lifeboat_plan::Inventory,
+        components: &mut Components,
     ) -> Vec<Diagnostic> {
         let dir = crate::base_dir(inventory_path);
         let mut out = Vec::new();
         for (name, alert) in inventory.alerts.iter() {
             let step = &alert.step;
-            let loaded = match &step.uses.value {
-                PluginRef::Builtin(builtin) => match lifeboat_builtins::builtin(builtin) {
-                    Some(bytes) => self.load(format!("builtin:{builtin}"), bytes),
-                    None => continue, // reported by the inventory's decoding
-                },
-                PluginRef::Path(relative) => {
-                    let Some(pin) = &step.sha256 else {
-                        continue; // unpinned: reported by the decoding
-                    };
-                    let path = dir.join(relative);
-                    match std::fs::read(&path) {
-                        Ok(bytes) if sha256_hex(&bytes).eq_ignore_ascii_case(&pin.value) => {
-                            self.load(path.display().to_string(), &bytes)
-                        }
-                        Ok(bytes) => {
-                            out.push(Diagnostic::error(
-                                Rule::PluginHashMismatch,
-                                pin.span,
-                                format!(
-                                    "alert `{name}`: {} has sha256 {}, not its pin",
-                                    path.display(),
-                                    sha256_hex(&bytes)
-                                ),
-                                "does not match the file",
-                            ));
-                            continue;
-                        }
-                        Err(e) => {
-                            out.push(Diagnostic::error(
-                                Rule::PluginNotFound,
-                                step.uses.span,
-                                format!("alert `{name}`: cannot read {}: {e}", path.display()),
-                                "no such component",
-                            ));
-                            continue;
-                        }
-                    }
+            if matches!(step.uses.value, PluginRef::Path(_)) && step.sha256.is_none() {
+                continue; // unpinned: reported by the decoding
+            }
+            let component = match components.resolve(&step.uses.value, &dir) {
+                Ok(component) => component,
+                Err(ComponentError::NoBuiltin(_)) => continue, // reported by the decoding
+                Err(ComponentError::Unreadable { path, reason }) => {
+                    out.push(Diagnostic::error(
+                        Rule::PluginNotFound,
+                        step.uses.span,
+                        format!("alert `{name}`: cannot read {path}: {reason}"),
+                        "no such component",
+                    ));
+                    continue;
                 }
             };
+            if let Some(pin) = &step.sha256
+                && !component.sha256.eq_ignore_ascii_case(&pin.value)
+            {
+                out.push(Diagnostic::error(
+                    Rule::PluginHashMismatch,
+                    pin.span,
+                    format!(
+                        "alert `{name}`: {} has sha256 {}, not its pin",
+                        dir.join(step.uses.value_text()).display(),
+                        component.sha256
+                    ),
+                    "does not match the file",
+                ));
+                continue;
+            }
+            let loaded = self.load(component.sha256.clone(), &component.bytes);
             match loaded {
                 Ok(plugin) => {
                     out.extend(capability_checks(step, &plugin));
@@ -353,12 +361,4 @@ fn capability_checks(step: &Step, plugin: &Plugin) -> Vec<Diagnostic> {
         );
     }
     out
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use lifeboat_plan::Plan;
-use lifeboat_plan::plan::{Operation, PointChoice, Step};
+use lifeboat_plan::plan::{Operation, PluginRef, PointChoice, Step};
 use serde::Serialize;
 
 /// Where a step sits in its group.
@@ -28,7 +28,7 @@ pub struct StepRun {
     pub group: String,
     pub phase: Phase,
     pub name: String,
-    pub uses: String,
+    pub uses: PluginRef,
     pub config: serde_json::Value,
     pub timeout: Duration,
     pub retries: u32,
@@ -108,7 +108,7 @@ pub fn compile(plan: &Plan, operation: Operation) -> RunPlan {
                                 .name
                                 .as_ref()
                                 .map_or_else(|| s.uses.value_text(), |n| n.value.clone()),
-                            uses: s.uses.value_text(),
+                            uses: s.uses.value.clone(),
                             config: s
                                 .config
                                 .as_ref()
@@ -135,7 +135,7 @@ pub fn compile(plan: &Plan, operation: Operation) -> RunPlan {
                     group: g.name.value.clone(),
                     phase: Phase::Boot,
                     name: format!("boot {}", g.name.value),
-                    uses: "builtin:boot-group".into(),
+                    uses: PluginRef::Builtin("boot-group".into()),
                     config: serde_json::json!({
                         "point": point,
                         "parallelism": g.parallelism.as_ref().map_or(8, |p| p.value),
@@ -204,7 +204,7 @@ mod tests {
             ["database/pre/0", "database/boot", "database/post/0"]
         );
         let boot = &planned.groups[0].steps[1];
-        assert_eq!(boot.uses, "builtin:boot-group");
+        assert!(boot.uses.is_builtin("boot-group"));
         assert_eq!(boot.allow.vms, ["db-1"]);
         assert_eq!(boot.config["point"], "latest-processed");
         let post = &planned.groups[0].steps[2];

@@ -1,6 +1,8 @@
 //! The orchestrator's errors. Each variant says what kind of thing went wrong with the fields a
 //! caller needs to act on it (which run, in what state); variants map to exit codes in one place
-//! (`exit_codes::of_run`). Messages read well after "error: ".
+//! (`Error::exit_code`). Messages read well after "error: ".
+
+use lifeboat_api::exit_codes;
 
 use crate::journal::RunStatus;
 
@@ -17,7 +19,7 @@ pub enum Error {
     OpenRun {
         plan: String,
         run: String,
-        operation: String,
+        operation: crate::journal::RunKind,
         status: RunStatus,
         next: String,
     },
@@ -68,6 +70,9 @@ pub enum Error {
         why: crate::network::Why,
         occupant: String,
     },
+    /// The configuration could not be resolved (its groups, placements applied).
+    #[error(transparent)]
+    Resolve(#[from] lifeboat_loader::ResolveError),
     /// Anything else: the message says what.
     #[error("{0}")]
     Failed(String),
@@ -85,11 +90,60 @@ impl Error {
     }
 }
 
-/// Lower layers still speak in messages; they count as plain failures.
-impl From<String> for Error {
-    fn from(message: String) -> Self {
-        Self::Failed(message)
+impl Error {
+    /// The exit code of this error (the CLI exits with it, the daemon's API answers with it):
+    /// by its variant, never by its message.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Replication { source, .. } => replication_exit_code(source),
+            Error::NoRun { .. }
+            | Error::NoOpenRun { .. }
+            | Error::OpenRun { .. }
+            | Error::InvalidState { .. }
+            | Error::Driven { .. }
+            | Error::Source(_)
+            | Error::Lifecycle(_)
+            | Error::Journal(_)
+            | Error::Compute(_)
+            | Error::Sandbox(_)
+            | Error::AddressInUse { .. }
+            | Error::Resolve(_)
+            | Error::Failed(_) => exit_codes::FAILED,
+        }
+    }
+}
+
+/// The exit code of a replication engine error, by its kind.
+pub fn replication_exit_code(e: &lifeboat_replication::Error) -> u8 {
+    use lifeboat_replication::ErrorKind;
+    match e.kind() {
+        ErrorKind::Failed => exit_codes::FAILED,
+        ErrorKind::Damaged => exit_codes::DAMAGED,
+        ErrorKind::Fenced => exit_codes::FENCED,
+        ErrorKind::Busy => exit_codes::BUSY,
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `commit` of a failover that has not finished said "finish it first" and
+    /// exited 6 (fenced), because the code was chosen by searching the message for "first".
+    #[test]
+    fn a_run_in_the_wrong_state_is_a_failure_not_a_fence() {
+        let e = Error::InvalidState {
+            run: "p-1".into(),
+            status: RunStatus::Failed,
+            why: "finish it first (`lifeboat retry p-1`) or clean it up".into(),
+        };
+        assert_eq!(e.exit_code(), exit_codes::FAILED);
+        let fenced = Error::replication(
+            "group `g`",
+            lifeboat_replication::Error::fenced("site east is fenced"),
+        );
+        assert_eq!(fenced.exit_code(), exit_codes::FENCED);
+    }
+}

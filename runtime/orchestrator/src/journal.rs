@@ -72,13 +72,107 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
+/// What a run does: one of a plan's operations, or a reprotect (which runs no plan steps).
+/// Journaled by name, so a journal written before this type reads the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunKind {
+    Test,
+    Planned,
+    Unplanned,
+    Failback,
+    Reprotect,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Test => "test",
+            RunKind::Planned => "planned",
+            RunKind::Unplanned => "unplanned",
+            RunKind::Failback => "failback",
+            RunKind::Reprotect => "reprotect",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "test" => RunKind::Test,
+            "planned" => RunKind::Planned,
+            "unplanned" => RunKind::Unplanned,
+            "failback" => RunKind::Failback,
+            "reprotect" => RunKind::Reprotect,
+            _ => return None,
+        })
+    }
+
+    /// The run of a plan operation (`cleanup` is not a run of its own).
+    pub fn of(operation: lifeboat_plan::plan::Operation) -> Option<Self> {
+        use lifeboat_plan::plan::Operation;
+        Some(match operation {
+            Operation::Test => RunKind::Test,
+            Operation::Planned => RunKind::Planned,
+            Operation::Unplanned => RunKind::Unplanned,
+            Operation::Failback => RunKind::Failback,
+            Operation::Cleanup => return None,
+        })
+    }
+
+    /// The plan operation whose steps this run runs; a reprotect runs none.
+    pub fn operation(self) -> Option<lifeboat_plan::plan::Operation> {
+        use lifeboat_plan::plan::Operation;
+        Some(match self {
+            RunKind::Test => Operation::Test,
+            RunKind::Planned => Operation::Planned,
+            RunKind::Unplanned => Operation::Unplanned,
+            RunKind::Failback => Operation::Failback,
+            RunKind::Reprotect => return None,
+        })
+    }
+
+    /// A failover: it moves groups to the other site (a drill does not).
+    pub fn moves_groups(self) -> bool {
+        matches!(
+            self,
+            RunKind::Planned | RunKind::Unplanned | RunKind::Failback
+        )
+    }
+}
+
+impl std::fmt::Display for RunKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One group a reprotect turned round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Reprotected {
+    pub group: String,
+    /// Where it runs (the new source).
+    pub site: String,
+    /// Where its points go now (the old source).
+    pub replicate_to: String,
+    /// What the receiving site already held, hashed there (nothing crosses for it).
+    #[schema(value_type = Object)]
+    pub seed: lifeboat_replication::seed::SeedReport,
+    /// The receiving site had none of the group's old disks: the first cycle is a full seed.
+    pub full_seed: bool,
+    /// The first point in the new direction.
+    pub point: u64,
+    /// Bytes of its disks, bytes that differ from what the receiving site held, bytes shipped.
+    pub disk_bytes: u64,
+    pub new_bytes: u64,
+    pub shipped_bytes: u64,
+}
+
 /// One transition of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Event {
     RunStarted {
         plan: String,
-        operation: String,
+        operation: RunKind,
     },
     StepStarted {
         step: String,
@@ -219,7 +313,7 @@ pub enum Event {
     /// A reprotect's seed and first cycle of a group in the new direction.
     Reprotected {
         group: String,
-        report: crate::lifecycle::Reprotected,
+        report: Reprotected,
     },
     /// Where a group runs now, as recorded in the sites' stores.
     Placed {
@@ -234,7 +328,8 @@ pub enum Event {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Replayed {
     pub plan: String,
-    pub operation: String,
+    /// `None` only for a run whose start was never journaled.
+    pub operation: Option<RunKind>,
     /// Steps that finished, with their output: never run again.
     pub finished: HashMap<String, serde_json::Value>,
     /// A step that started and did not finish (the runtime died in it): the next attempt.
@@ -299,20 +394,20 @@ impl Journal {
     }
 
     /// Starts a run: records it and its first event, in one transaction.
-    pub fn begin(&mut self, run: &str, plan: &str, operation: &str) -> Result<(), JournalError> {
+    pub fn begin(&mut self, run: &str, plan: &str, operation: RunKind) -> Result<(), JournalError> {
         off_async_workers(|| self.begin_now(run, plan, operation))
     }
 
-    fn begin_now(&mut self, run: &str, plan: &str, operation: &str) -> Result<(), JournalError> {
+    fn begin_now(&mut self, run: &str, plan: &str, operation: RunKind) -> Result<(), JournalError> {
         let first = Event::RunStarted {
             plan: plan.into(),
-            operation: operation.into(),
+            operation,
         };
         let text = serde_json::to_string(&first).map_err(jerr)?;
         let tx = self.db.transaction().map_err(jerr)?;
         tx.execute(
             "INSERT INTO runs (id, plan, operation, created_unix_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![run, plan, operation, now_ms()],
+            params![run, plan, operation.as_str(), now_ms()],
         )
         .and_then(|_| {
             tx.execute(
@@ -415,15 +510,44 @@ impl Journal {
     }
 
     /// Run ids, newest first.
-    pub fn runs(&self) -> Result<Vec<(String, String, String, i64)>, JournalError> {
+    pub fn runs(&self) -> Result<Vec<(String, String, RunKind, i64)>, JournalError> {
         let mut stmt = self
             .db
             .prepare("SELECT id, plan, operation, created_unix_ms FROM runs ORDER BY created_unix_ms DESC, id DESC")
             .map_err(jerr)?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get(3)?,
+                ))
+            })
             .map_err(jerr)?;
-        rows.collect::<Result<_, _>>().map_err(jerr)
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, plan, operation, created) = row.map_err(jerr)?;
+            let kind = RunKind::parse(&operation).ok_or_else(|| {
+                JournalError(format!(
+                    "run {id} has an unknown operation `{operation}` in the journal"
+                ))
+            })?;
+            out.push((id, plan, kind, created));
+        }
+        Ok(out)
+    }
+
+    /// A new run id: `PLAN-N`, N one more than the plan's runs so far.
+    pub fn new_run_id(&self, plan: &str) -> Result<String, JournalError> {
+        let mut n = self.runs()?.iter().filter(|r| r.1 == plan).count() + 1;
+        loop {
+            let id = format!("{plan}-{n}");
+            if !self.exists(&id)? {
+                return Ok(id);
+            }
+            n += 1;
+        }
     }
 
     /// Replays a run's events into its state; `None` for an unknown run.
@@ -487,7 +611,7 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
         match event {
             Event::RunStarted { plan, operation } => {
                 r.plan.clone_from(plan);
-                r.operation.clone_from(operation);
+                r.operation = Some(*operation);
             }
             Event::Prepared {
                 plan_path,
@@ -588,7 +712,7 @@ mod tests {
         let path = dir.path().join("runs.db");
         {
             let mut j = Journal::open(&path).unwrap();
-            j.begin("r1", "erp", "test").unwrap();
+            j.begin("r1", "erp", RunKind::Test).unwrap();
             j.append(
                 "r1",
                 &Event::StepStarted {
@@ -626,7 +750,7 @@ mod tests {
         }
         let j = Journal::open(&path).unwrap();
         let r = j.replay("r1").unwrap().unwrap();
-        assert_eq!((r.plan.as_str(), r.operation.as_str()), ("erp", "test"));
+        assert_eq!((r.plan.as_str(), r.operation), ("erp", Some(RunKind::Test)));
         assert!(r.finished.contains_key("database/boot"));
         assert_eq!(r.interrupted.get("app/boot"), Some(&1));
         assert!(r.healthy_groups.contains("database"));
@@ -643,7 +767,7 @@ mod tests {
         let path = dir.path().join("runs.db");
         Journal::open(&path)
             .unwrap()
-            .begin("r1", "erp", "test")
+            .begin("r1", "erp", RunKind::Test)
             .unwrap();
         let db = Connection::open(&path).unwrap();
         db.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'", [])

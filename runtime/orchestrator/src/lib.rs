@@ -7,13 +7,12 @@
 //! addresses, approvals) for one run; `operations` are the commands users run (failover, cleanup,
 //! commit, approve, skip, cancel, resume); `runs` says which runs exist and how they stand;
 //! `source` is the source site as a failover sees it; `record` rebuilds a run for people. Below them:
-//! `network` (ASR's address rules) and `health` (probes); `exit_codes` is the one table of exit
-//! codes and which error gives which (the CLI exits with them, the daemon's API answers with them). VMs are driven through
-//! `lifeboat-compute`.
+//! `network` (ASR's address rules) and `health` (probes); `status` computes the status document.
+//! Each error gives its exit code (`Error::exit_code`, from `lifeboat_api::exit_codes`). VMs are
+//! driven through `lifeboat-compute`.
 
 pub mod compile;
 pub mod error;
-pub mod exit_codes;
 pub mod health;
 pub mod journal;
 pub mod lifecycle;
@@ -26,4 +25,5 @@ pub mod runs;
 pub mod services;
 pub mod simulate;
 pub mod source;
+pub mod status;
 pub mod steps;

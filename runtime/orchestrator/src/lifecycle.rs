@@ -4,125 +4,44 @@
 //! failback's plan (the plan reversed), and `disable`/`enable`.
 //!
 //! The inventory file is never rewritten: a group that failed over and was committed runs from
-//! its run's disks at its addresses there, and every command sees it so through `apply`. A
+//! its run's disks at its addresses there, and every command sees it so through the resolved
+//! configuration (`lifeboat_loader::Resolved`), which applies the placements once. A
 //! failback is then a planned failover of the reversed plan over that view: the same checks,
 //! hand-over, restore, boot and commit as the forward direction.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lifeboat_plan::inventory::Inventory;
+pub use crate::journal::Reprotected;
 use lifeboat_plan::plan::{NetworkMapping, NicOverride, Operation};
 use lifeboat_plan::{Plan, Spanned};
+use lifeboat_replication::GroupSpec;
 use lifeboat_replication::placement::{self, NicPlace, Placement, VmPlace};
-use lifeboat_replication::seed::SeedReport;
-use lifeboat_replication::{GroupSpec, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::journal::{Event, RunStatus};
+use crate::journal::{Event, RunKind, RunStatus};
 use crate::network::Assignment;
 use crate::runs::{Environment, not_driven, running_vms, status_of};
 use crate::services::Observer;
 use crate::source::{groups_of, plan_vms};
 
-/// The store of every site of the inventory that is there: placements are kept in each. Only
-/// read here, so a site's local folder that is gone is skipped, not created again.
-pub fn site_stores(inv: &Inventory, base: &Path) -> Vec<Store> {
-    inv.sites
-        .iter()
-        .filter_map(|(_, s)| Store::open_if_present(&s.store.value, base).ok().flatten())
-        .collect()
-}
-
-/// Every group's recorded placement (groups with none are where the inventory says).
-pub async fn read_placements(
-    inv: &Inventory,
-    base: &Path,
-) -> lifeboat_replication::Result<BTreeMap<String, Placement>> {
-    placement::all(&site_stores(inv, base)).await
-}
-
-/// The inventory and groups as they stand now, with `placements` applied: a moved group's VMs
-/// at the site they run at, with their run's disks and addresses; a group's source and target
-/// sites as it replicates now (`protected` false when it does not); disabled VMs left out of
-/// the group's captures.
-pub fn apply(
-    home: &Inventory,
-    home_groups: &[GroupSpec],
-    placements: &BTreeMap<String, Placement>,
-) -> Result<(Inventory, Vec<GroupSpec>)> {
-    let mut inv = home.clone();
-    let mut groups = Vec::new();
-    for g in home_groups {
-        let Some(p) = placements.get(&g.name) else {
-            groups.push(g.clone());
-            continue;
-        };
-        let mut spec = g.clone();
-        spec.source_site = p.site.clone();
-        if let Some(to) = &p.replicate_to {
-            spec.target_site = to.clone();
-        }
-        for vm in &mut spec.vms {
-            let Some(v) = inv.vms.get_mut(&vm.name) else {
-                continue;
-            };
-            v.site.value = p.site.clone();
-            if let Some(place) = p.vms.get(&vm.name) {
-                for (disk, path) in &place.disks {
-                    if let Some(d) = v.disks.get_mut(disk) {
-                        d.value = path.clone();
-                    }
-                }
-                for (nic, now) in v.nics.iter_mut().zip(&place.nics) {
-                    nic.network.value = now.network.clone();
-                    nic.subnet.value = now.subnet.clone();
-                    nic.ip = now
-                        .ip
-                        .parse::<IpAddr>()
-                        .ok()
-                        .map(|ip| Spanned::new(ip, nic.network.span));
-                }
-                for disk in &mut vm.disks {
-                    if let Some(path) = place.disks.get(&disk.name) {
-                        disk.source = path.clone();
-                        disk.path = PathBuf::from(path);
-                    }
-                }
-            }
-            vm.definition = serde_json::to_value(&*v).map_err(|e| {
-                Error::Failed(format!("cannot record VM `{}`'s definition: {e}", vm.name))
-            })?;
-        }
-        let enabled: Vec<_> = spec
-            .vms
-            .iter()
-            .filter(|v| !p.disabled.contains(&v.name))
-            .cloned()
-            .collect();
-        spec.protected = p.replicate_to.is_some() && !enabled.is_empty();
-        if !enabled.is_empty() {
-            spec.vms = enabled;
-        }
-        groups.push(spec);
-    }
-    Ok((inv, groups))
-}
-
 /// The placement of `group` now: the recorded one, or where the inventory puts it.
 pub fn placement_of(env: &Environment, group: &GroupSpec) -> Placement {
-    env.placements.get(&group.name).cloned().unwrap_or_else(|| {
-        let home = env.home.sites.get(&group.source_site);
-        Placement::home(
-            &group.name,
-            &group.source_site,
-            home.and_then(|s| s.replicate_to.as_ref())
-                .map(|t| t.value.as_str()),
-        )
-    })
+    env.config
+        .placements
+        .get(&group.name)
+        .cloned()
+        .unwrap_or_else(|| {
+            let home = env.config.home.sites.get(&group.source_site);
+            Placement::home(
+                &group.name,
+                &group.source_site,
+                home.and_then(|s| s.replicate_to.as_ref())
+                    .map(|t| t.value.as_str()),
+            )
+        })
 }
 
 /// Where the plan's groups must run for operation `op` of `plan` to make sense: at the plan's
@@ -208,9 +127,10 @@ pub fn reversed(env: &Environment, plan: &Plan) -> Plan {
         let span = plan.name.span;
         let mut overrides = Vec::new();
         for vm_name in plan_vms(plan) {
-            let (Some(home), Some(now)) =
-                (env.home.vms.get(vm_name), env.inventory.vms.get(vm_name))
-            else {
+            let (Some(home), Some(now)) = (
+                env.config.home.vms.get(vm_name),
+                env.config.inventory.vms.get(vm_name),
+            ) else {
                 continue;
             };
             for (i, (h, n)) in home.nics.iter().zip(&now.nics).enumerate() {
@@ -268,11 +188,11 @@ pub async fn record_commit(
             _ => {}
         }
     }
-    let stores = site_stores(&env.home, &env.base);
-    let required = env.site_store(site).map_err(Error::Failed)?;
+    let stores = lifeboat_loader::resolved::site_stores(&env.config.home, &env.config.base);
+    let required = env.site_store(site)?;
     let mut out = Vec::new();
     for group in groups {
-        let Some(spec) = env.groups.iter().find(|g| g.name == *group) else {
+        let Some(spec) = env.config.groups.iter().find(|g| g.name == *group) else {
             continue;
         };
         let before = placement_of(env, spec);
@@ -318,27 +238,6 @@ fn nic_place(a: &Assignment) -> NicPlace {
     }
 }
 
-/// One group a reprotect turned round.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Reprotected {
-    pub group: String,
-    /// Where it runs (the new source).
-    pub site: String,
-    /// Where its points go now (the old source).
-    pub replicate_to: String,
-    /// What the receiving site already held, hashed there (nothing crosses for it).
-    #[schema(value_type = Object)]
-    pub seed: SeedReport,
-    /// The receiving site had none of the group's old disks: the first cycle is a full seed.
-    pub full_seed: bool,
-    /// The first point in the new direction.
-    pub point: u64,
-    /// Bytes of its disks, bytes that differ from what the receiving site held, bytes shipped.
-    pub disk_bytes: u64,
-    pub new_bytes: u64,
-    pub shipped_bytes: u64,
-}
-
 /// What `reprotect` did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReprotectReport {
@@ -374,7 +273,7 @@ pub async fn reprotect(
     let run = match resume {
         Some(run) => {
             let status = status_of(&journal, run)?;
-            if status.operation != "reprotect" || !status.status.is_resumable() {
+            if status.operation != RunKind::Reprotect || !status.status.is_resumable() {
                 return Err(Error::InvalidState {
                     run: run.to_string(),
                     status: status.status,
@@ -389,9 +288,9 @@ pub async fn reprotect(
                 return Err(Error::OpenRun {
                     plan: name.clone(),
                     run: open.id.clone(),
-                    operation: open.operation.clone(),
+                    operation: open.operation,
                     status: open.status,
-                    next: if open.operation == "reprotect" {
+                    next: if open.operation == RunKind::Reprotect {
                         format!("`lifeboat retry {}` finishes it", open.id)
                     } else {
                         format!("`lifeboat commit {name}` (or cleanup) first")
@@ -421,8 +320,8 @@ pub async fn reprotect(
                 )));
             }
             check_receiving_idle(env, plan).await?;
-            let id = crate::operations::new_run_id(&journal, name)?;
-            journal.begin(&id, name, "reprotect")?;
+            let id = journal.new_run_id(name)?;
+            journal.begin(&id, name, RunKind::Reprotect)?;
             journal.append(
                 &id,
                 &Event::Prepared {
@@ -462,15 +361,20 @@ async fn check_receiving_idle(env: &Environment, plan: &Plan) -> Result<()> {
     for h in running_vms(&journal)? {
         if vms.contains(h.vm.as_str()) && env.driver.running(&h).await {
             let here = env
+                .config
                 .inventory
                 .vms
                 .get(&h.vm)
                 .map(|v| v.site.value.clone())
                 .unwrap_or_default();
             // The copy a run booted where the group runs now is the one being protected.
-            let current = env.groups.iter().any(|g| {
+            let current = env.config.groups.iter().any(|g| {
                 g.vms.iter().any(|v| v.name == h.vm)
-                    && env.placements.get(&g.name).and_then(|p| p.run.as_deref())
+                    && env
+                        .config
+                        .placements
+                        .get(&g.name)
+                        .and_then(|p| p.run.as_deref())
                         == run_of_pid(&journal, &h).as_deref()
             });
             if !current {
@@ -483,8 +387,8 @@ async fn check_receiving_idle(env: &Environment, plan: &Plan) -> Result<()> {
     }
     let home_vms: Vec<&str> = plan_vms(plan);
     let located = lifeboat_compute::site::locate_source_vms(
-        &env.home,
-        &env.base,
+        &env.config.home,
+        &env.config.base,
         env.driver.as_ref(),
         &home_vms,
     )
@@ -527,7 +431,7 @@ async fn reprotect_groups(
         run: run.to_string(),
         ..ReprotectReport::default()
     };
-    let stores = site_stores(&env.home, &env.base);
+    let stores = lifeboat_loader::resolved::site_stores(&env.config.home, &env.config.base);
     for group in groups_of(env, &plan_vms(plan)) {
         let p = placement_of(env, group);
         let done = events.iter().find_map(|(_, _, e)| match e {
@@ -559,7 +463,7 @@ async fn reprotect_groups(
                 r
             }
         };
-        let required = env.site_store(&p.site).map_err(Error::Failed)?;
+        let required = env.site_store(&p.site)?;
         let next = Placement {
             replicate_to: Some(to.clone()),
             reason: "reprotect".into(),
@@ -592,8 +496,8 @@ async fn turn_round(
     p: &Placement,
     to: &str,
 ) -> Result<Reprotected> {
-    let receiving = env.site_store(to).map_err(Error::Failed)?;
-    let sending = env.site_store(&p.site).map_err(Error::Failed)?;
+    let receiving = env.site_store(to)?;
+    let sending = env.site_store(&p.site)?;
     let images = old_disks(env, group, to).await?;
     let seed = lifeboat_replication::seed::seed(&receiving, &images)
         .await
@@ -608,8 +512,8 @@ async fn turn_round(
     spec.protected = true;
     let holder = lifeboat_replication::lease::Holder::new("reprotect");
     let cycle = lifeboat_compute::site::cycle_once(
-        &env.inventory,
-        &env.base,
+        &env.config.inventory,
+        &env.config.base,
         env.driver.clone(),
         &spec,
         lifeboat_replication::AppMode::Never,
@@ -647,7 +551,7 @@ async fn old_disks(
     group: &GroupSpec,
     site: &str,
 ) -> Result<Vec<(PathBuf, u32)>> {
-    let stores = site_stores(&env.home, &env.base);
+    let stores = lifeboat_loader::resolved::site_stores(&env.config.home, &env.config.base);
     let there = placement::history(&stores, &group.name)
         .await
         .map_err(|e| Error::replication(format!("where group `{}` ran", group.name), e))?
@@ -656,7 +560,7 @@ async fn old_disks(
         .find(|p| p.site == site);
     let mut out = Vec::new();
     for vm in &group.vms {
-        let home = env.home.vms.get(&vm.name);
+        let home = env.config.home.vms.get(&vm.name);
         for disk in &vm.disks {
             let path = match &there {
                 Some(p) if p.moved() => p
@@ -667,7 +571,7 @@ async fn old_disks(
                 _ => home
                     .filter(|h| h.site.value == site)
                     .and_then(|h| h.disks.get(&disk.name))
-                    .map(|d| env.base.join(&d.value)),
+                    .map(|d| env.config.base.join(&d.value)),
             };
             if let Some(path) = path {
                 out.push((path, disk.chunk_size));
@@ -692,8 +596,8 @@ pub async fn set_enabled(env: &Environment, vm: &str, enabled: bool) -> Result<(
         return Ok((p, false));
     }
     p.reason = if enabled { "enable" } else { "disable" }.into();
-    let stores = site_stores(&env.home, &env.base);
-    let required = env.site_store(&p.site).map_err(Error::Failed)?;
+    let stores = lifeboat_loader::resolved::site_stores(&env.config.home, &env.config.base);
+    let required = env.site_store(&p.site)?;
     let (p, _) = placement::record(&stores, &required, p)
         .await
         .map_err(|e| Error::replication(format!("where group `{}` runs", group.name), e))?;
@@ -703,11 +607,13 @@ pub async fn set_enabled(env: &Environment, vm: &str, enabled: bool) -> Result<(
 /// The consistency group of `vm`, disabled or not (a group's spec leaves its disabled VMs out of
 /// the captures; its placement lists them).
 fn group_of_vm<'a>(env: &'a Environment, vm: &str) -> Result<&'a GroupSpec> {
-    env.groups
+    env.config
+        .groups
         .iter()
         .find(|g| {
             g.vms.iter().any(|v| v.name == vm)
                 || env
+                    .config
                     .placements
                     .get(&g.name)
                     .is_some_and(|p| p.disabled.contains(vm))
@@ -721,33 +627,39 @@ pub async fn purge(env: &Environment, vm: &str) -> Result<(String, usize)> {
     let group = group_of_vm(env, vm)?;
     let p = placement_of(env, group);
     // Every member, the disabled ones included (the inventory's list).
-    let members: Vec<String> = env.home.consistency_groups.get(&group.name).map_or_else(
-        || vec![vm.to_string()],
-        |cg| cg.vms.iter().map(|v| v.value.clone()).collect(),
-    );
+    let members: Vec<String> = env
+        .config
+        .home
+        .consistency_groups
+        .get(&group.name)
+        .map_or_else(
+            || vec![vm.to_string()],
+            |cg| cg.vms.iter().map(|v| v.value.clone()).collect(),
+        );
     if let Some(other) = members.iter().find(|m| !p.disabled.contains(*m)) {
         return Err(Error::Lifecycle(format!(
             "VM `{vm}` shares consistency group `{}` with `{other}`, which is still protected: its points hold both; disable every VM of the group to purge them",
             group.name
         )));
     }
-    let target = env.site_store(&group.target_site).map_err(Error::Failed)?;
+    let target = env.site_store(&group.target_site)?;
     let n = lifeboat_replication::points::purge(&target, &group.name)
         .await
         .map_err(|e| Error::replication(format!("purge of group `{}`", group.name), e))?;
     Ok((group.name.clone(), n))
 }
 
-/// Applies the stores' placements to an environment built from the inventory as written.
+/// Applies the stores' placements, read again, to an environment's configuration.
 pub async fn place(env: &mut Environment) -> Result<()> {
-    let placements = read_placements(&env.home, &env.base)
+    let placements = env
+        .config
+        .read_placements()
         .await
         .map_err(|e| Error::replication("cannot read where groups run", e))?;
-    let home_groups = lifeboat_replication::groups(&env.home, &env.base)
-        .map_err(|e| Error::replication("the inventory's groups", e))?;
-    let (inv, groups) = apply(&env.home, &home_groups, &placements)?;
-    env.inventory = Arc::new(inv);
-    env.groups = groups;
-    env.placements = placements;
+    env.config = Arc::new(
+        env.config
+            .with_placements(placements)
+            .map_err(Error::Resolve)?,
+    );
     Ok(())
 }

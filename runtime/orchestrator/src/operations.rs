@@ -15,7 +15,7 @@ use lifeboat_replication::Repository;
 
 use crate::compile::{RunPlan, StepRun, compile};
 use crate::error::{Error, Result};
-use crate::journal::{Event, Journal, RunStatus};
+use crate::journal::{Event, Journal, JournalError, RunKind, RunStatus};
 use crate::network::{Assignment, Purpose, assign};
 use crate::run::{Controls, Outcome, execute};
 use crate::runs::{Environment, not_driven, running_in, status_of};
@@ -24,19 +24,6 @@ use crate::source::{self, groups_of, plan_vms};
 use crate::steps::PluginRunner;
 use lifeboat_compute::driver::{Compute, Handle};
 use lifeboat_compute::netns::Netns;
-
-/// A new run id: `PLAN-N`, N one more than the plan's runs so far.
-pub(crate) fn new_run_id(journal: &Journal, plan: &str) -> Result<String> {
-    let n = journal.runs()?.iter().filter(|r| r.1 == plan).count() + 1;
-    let mut n = n;
-    loop {
-        let id = format!("{plan}-{n}");
-        if !journal.exists(&id)? {
-            return Ok(id);
-        }
-        n += 1;
-    }
-}
 
 fn assignments_of(journal: &Journal, run: &str) -> Result<Vec<Assignment>> {
     Ok(journal
@@ -99,7 +86,7 @@ async fn preflight(env: &Environment, plan: &Plan, req: &FailoverRequest) -> Res
             (RunStatus::Running | RunStatus::Failed, None) => {
                 format!("`lifeboat retry {id}` finishes it, `lifeboat cleanup {name}` undoes it")
             }
-            (RunStatus::Succeeded, _) if open.operation != "test" => {
+            (RunStatus::Succeeded, _) if open.operation != RunKind::Test => {
                 format!("`lifeboat commit {name}` or `lifeboat cleanup {name}` first")
             }
             _ => format!("`lifeboat cleanup {name}` first"),
@@ -107,7 +94,7 @@ async fn preflight(env: &Environment, plan: &Plan, req: &FailoverRequest) -> Res
         return Err(Error::OpenRun {
             plan: name.clone(),
             run: open.id.clone(),
-            operation: open.operation.clone(),
+            operation: open.operation,
             status: open.status,
             next,
         });
@@ -191,14 +178,14 @@ async fn assign_for(
     };
     let vms = plan_vms(plan);
     if op == Operation::Test && isolated(plan) {
-        return assign(&env.inventory, plan, &vms, purpose, &in_use).map_err(Error::Failed);
+        return assign(&env.config.inventory, plan, &vms, purpose, &in_use).map_err(Error::Failed);
     }
     let freed = match (op, stopping) {
         (Operation::Planned | Operation::Failback, Some(located)) => freed_by(env, located),
         (Operation::Planned | Operation::Failback, None) => {
             let located = lifeboat_compute::site::locate_source_vms(
-                &env.inventory,
-                &env.base,
+                &env.config.inventory,
+                &env.config.base,
                 env.driver.as_ref(),
                 &vms,
             )
@@ -207,7 +194,8 @@ async fn assign_for(
         }
         _ => crate::occupied::Freed::default(),
     };
-    crate::occupied::assign_checked(&env.inventory, plan, &vms, purpose, &in_use, &freed).await
+    crate::occupied::assign_checked(&env.config.inventory, plan, &vms, purpose, &in_use, &freed)
+        .await
 }
 
 /// Whether `plan`'s drills run in a network namespace of their own.
@@ -223,7 +211,7 @@ fn freed_by(env: &Environment, located: &[Handle]) -> crate::occupied::Freed {
     let mut freed = crate::occupied::Freed::default();
     for h in located {
         freed.pids.extend(lifeboat_compute::procfs::family(h.pid));
-        if let Some(vm) = env.inventory.vms.get(&h.vm) {
+        if let Some(vm) = env.config.inventory.vms.get(&h.vm) {
             freed.ips.extend(
                 vm.nics
                     .iter()
@@ -297,8 +285,12 @@ pub async fn begin(
         stopped_in_runs(&mut journal, &stopped)?;
     }
     let name = &plan.name.value;
-    let id = new_run_id(&journal, name)?;
-    journal.begin(&id, name, req.op.name())?;
+    let id = journal.new_run_id(name)?;
+    journal.begin(
+        &id,
+        name,
+        RunKind::of(req.op).ok_or_else(|| Error::Failed("cleanup is not a failover".into()))?,
+    )?;
     journal.append(
         &id,
         &Event::Prepared {
@@ -388,7 +380,7 @@ pub async fn resume(
         });
     }
     not_driven(&status)?;
-    if status.operation == "reprotect" {
+    if status.operation == RunKind::Reprotect {
         let path = std::path::PathBuf::from(&status.plan_path);
         crate::lifecycle::reprotect(env, plan, &path, Some(run), observe).await?;
         return Ok(RunResult {
@@ -445,6 +437,7 @@ fn runner(
         .to_path_buf();
     let mut runner = PluginRunner::new(
         env.engine.clone(),
+        env.config.components.clone(),
         plan_dir,
         plan.name.value.clone(),
         op,
@@ -585,7 +578,7 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
         what: "open run to clean up",
     })?;
     not_driven(&open)?;
-    if open.operation == "reprotect" {
+    if open.operation == RunKind::Reprotect {
         return Err(Error::InvalidState {
             run: open.id.clone(),
             status: open.status,
@@ -743,7 +736,8 @@ async fn restart_source(
         })
         .collect();
     for vm in stopped.iter().filter(|v| !restarted.contains(v.as_str())) {
-        let Some(mut launch) = lifeboat_compute::site::source_launch(&env.inventory, &env.base, vm)
+        let Some(mut launch) =
+            lifeboat_compute::site::source_launch(&env.config.inventory, &env.config.base, vm)
         else {
             report.source_left_stopped.push(format!(
                 "{vm}: its boot command cannot be filled in; start it yourself"
@@ -784,7 +778,7 @@ async fn restart_source(
 
 /// A journal write the run's services failed (they speak the plugin host's error type).
 fn journal_error(e: lifeboat_plugin_host::wit::Error) -> Error {
-    Error::Journal(crate::journal::JournalError(plugin_error_text(&e)))
+    Error::Journal(JournalError(plugin_error_text(&e)))
 }
 
 async fn stop_vm(driver: &dyn Compute, handle: &Handle) -> Result<()> {
@@ -836,7 +830,7 @@ pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<Committed>> {
         plan: name.clone(),
         what: "failover to commit",
     })?;
-    if open.operation == "reprotect" {
+    if open.operation == RunKind::Reprotect {
         return Err(Error::InvalidState {
             run: open.id.clone(),
             status: open.status,
@@ -847,7 +841,7 @@ pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<Committed>> {
         });
     }
     let plan = &crate::lifecycle::plan_for(env, plan, open.reverse);
-    if open.operation == "test" {
+    if open.operation == RunKind::Test {
         return Err(Error::InvalidState {
             run: open.id.clone(),
             status: open.status,

@@ -15,7 +15,7 @@ use crate::runs::status_of;
 pub struct RunRecord {
     pub id: String,
     pub plan: String,
-    pub operation: String,
+    pub operation: crate::journal::RunKind,
     pub status: String,
     pub started_unix_ms: i64,
     /// Seconds from the start to the last event.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::compile::{RunPlan, StepRun};
 use crate::error::{Error, Result};
-use crate::journal::{Event, Journal, RunStatus, idempotency_key};
+use crate::journal::{Event, Journal, RunKind, RunStatus, idempotency_key};
 
 /// Runs one step; the orchestrator's real runner calls the plugin host.
 #[async_trait::async_trait]
@@ -67,15 +67,17 @@ pub async fn execute(
     observe: &(dyn Fn(&Event, i64) + Sync),
     mut controls: Controls,
 ) -> Result<Outcome> {
-    let operation = plan.operation.name().to_string();
+    let operation = RunKind::of(plan.operation).ok_or_else(|| {
+        Error::Failed(format!("{} is not a run of its own", plan.operation.name()))
+    })?;
     let state = match journal.replay(id)? {
         Some(state) => state,
         None => {
-            journal.begin(id, &plan.plan, &operation)?;
+            journal.begin(id, &plan.plan, operation)?;
             observe(
                 &Event::RunStarted {
                     plan: plan.plan.clone(),
-                    operation: operation.clone(),
+                    operation,
                 },
                 1,
             );
@@ -85,10 +87,12 @@ pub async fn execute(
     if state.status == RunStatus::Succeeded {
         return Ok(Outcome::Succeeded);
     }
-    if state.plan != plan.plan || state.operation != operation {
+    if state.plan != plan.plan || state.operation != Some(operation) {
         return Err(Error::Failed(format!(
             "run {id} is a {} of plan `{}`, not a {operation} of `{}`",
-            state.operation, state.plan, plan.plan
+            state.operation.map_or("run", RunKind::as_str),
+            state.plan,
+            plan.plan
         )));
     }
     // Where the watch for a cancel from another process starts reading.

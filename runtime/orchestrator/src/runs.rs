@@ -4,31 +4,25 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use lifeboat_plan::Inventory;
+use lifeboat_loader::Resolved;
 use lifeboat_plugin_host::PluginEngine;
 use lifeboat_replication::{GroupSpec, Store};
 
 use crate::error::{Error, Result};
-use crate::journal::{Event, Journal, JournalError, RunStatus};
+use crate::journal::{Event, Journal, JournalError, RunKind, RunStatus};
 use lifeboat_compute::driver::{Compute, Handle};
 
-/// What every operation works with: the inventory, its groups, where runs are kept, the plugin
+/// What every operation works with: the resolved configuration (the inventory as written and as
+/// the groups run now, the groups, the plans' components), where runs are kept, the plugin
 /// engine and the target's compute driver.
 pub struct Environment {
-    pub inventory: Arc<Inventory>,
-    /// The folder of lifeboat.toml.
-    pub base: PathBuf,
-    pub groups: Vec<GroupSpec>,
+    pub config: Arc<Resolved>,
     /// The run journal (`runs.db`) and each run's disks and logs.
     pub state_dir: PathBuf,
     pub engine: PluginEngine,
     pub driver: Arc<dyn Compute>,
     /// Runs here are driven by the daemon (journaled, so a daemon that restarts resumes them).
     pub daemon: bool,
-    /// The inventory as written; `inventory` and `groups` are as the groups run now, with
-    /// `placements` applied (see `lifecycle`).
-    pub home: Arc<Inventory>,
-    pub placements: std::collections::BTreeMap<String, lifeboat_replication::placement::Placement>,
 }
 
 impl std::fmt::Debug for Environment {
@@ -44,7 +38,7 @@ impl std::fmt::Debug for Environment {
 pub struct RunInfo {
     pub id: String,
     pub plan: String,
-    pub operation: String,
+    pub operation: RunKind,
     pub status: RunStatus,
     pub plan_path: String,
     pub point: Option<String>,
@@ -58,19 +52,20 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
-    /// The run's operation, as journaled.
-    pub fn operation(&self) -> Result<lifeboat_plan::plan::Operation, String> {
-        lifeboat_plan::plan::Operation::parse(&self.operation).ok_or_else(|| {
-            format!(
-                "run {} has an unknown operation `{}` in the journal",
-                self.id, self.operation
-            )
-        })
+    /// The plan operation whose steps the run runs.
+    pub fn operation(&self) -> Result<lifeboat_plan::plan::Operation> {
+        self.operation
+            .operation()
+            .ok_or_else(|| Error::InvalidState {
+                run: self.id.clone(),
+                status: self.status,
+                why: format!("a {} runs no plan steps", self.operation),
+            })
     }
 
     /// A run still holds VMs, pins or an uncommitted failover (a reprotect: until it ends).
     pub fn open(&self) -> bool {
-        if self.operation == "reprotect" {
+        if self.operation == RunKind::Reprotect {
             return self.status.is_resumable();
         }
         self.status.is_open()
@@ -86,13 +81,15 @@ impl Environment {
         Journal::open(&self.journal_path())
     }
 
-    pub fn site_store(&self, site: &str) -> Result<Store, String> {
+    pub fn site_store(&self, site: &str) -> Result<Store> {
         let s = self
+            .config
             .inventory
             .sites
             .get(site)
-            .ok_or_else(|| format!("no site `{site}` in the inventory"))?;
-        Store::open(&s.store.value, &self.base).map_err(|e| e.to_string())
+            .ok_or_else(|| Error::Failed(format!("no site `{site}` in the inventory")))?;
+        Store::open(&s.store.value, &self.config.base)
+            .map_err(|e| Error::replication(format_args!("site `{site}`'s store"), e))
     }
 
     pub fn run_dir(&self, run: &str) -> PathBuf {
@@ -134,11 +131,16 @@ pub fn status_of(journal: &Journal, run: &str) -> Result<RunInfo> {
         }
         _ => None,
     };
-    let reverse = r.reverse || r.operation == "failback";
+    let operation = r.operation.ok_or_else(|| {
+        Error::Journal(JournalError(format!(
+            "run {run} has events but no start in the journal"
+        )))
+    })?;
+    let reverse = r.reverse || operation == RunKind::Failback;
     Ok(RunInfo {
         id: run.to_string(),
         plan: r.plan,
-        operation: r.operation,
+        operation,
         status: r.status,
         plan_path: r.plan_path,
         point: r.point,
@@ -210,7 +212,7 @@ pub fn failed_over(
     let mut runs = journal.runs()?;
     runs.reverse();
     for (id, _, operation, _) in runs {
-        if !matches!(operation.as_str(), "planned" | "unplanned" | "failback") {
+        if !operation.moves_groups() {
             continue;
         }
         let events = journal.events(&id)?;

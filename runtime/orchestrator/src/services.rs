@@ -101,12 +101,12 @@ impl RunServices {
         let target_site = plan.target.value.clone();
         Ok(Self {
             run: run.to_string(),
-            inventory: env.inventory.clone(),
-            base: env.base.clone(),
+            inventory: env.config.inventory.clone(),
+            base: env.config.base.clone(),
             run_dir: env.run_dir(run),
             target: env.site_store(&target_site)?,
             target_site,
-            groups: env.groups.clone(),
+            groups: env.config.groups.clone(),
             plan_groups: plan
                 .groups
                 .iter()

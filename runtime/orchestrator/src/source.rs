@@ -27,8 +27,8 @@ pub async fn check(env: &Environment, plan: &Plan, op: Operation, force: bool) -
         // A failback is a planned failover of the reversed plan.
         Operation::Planned | Operation::Failback => {
             let located = locate_source_vms(
-                &env.inventory,
-                &env.base,
+                &env.config.inventory,
+                &env.config.base,
                 env.driver.as_ref(),
                 &plan_vms(plan),
             )
@@ -43,17 +43,23 @@ pub async fn check(env: &Environment, plan: &Plan, op: Operation, force: bool) -
             let holder = Holder::new("planned failover");
             let mut leases = Vec::new();
             for group in groups_of(env, &plan_vms(plan)) {
-                let l = lease(&env.inventory, &env.base, group, &holder, DEFAULT_TTL)
-                    .await
-                    .map_err(|e| {
-                        Error::replication(
-                            format!(
-                                "a planned failover takes the last point of group `{}` itself",
-                                group.name
-                            ),
-                            e,
-                        )
-                    })?;
+                let l = lease(
+                    &env.config.inventory,
+                    &env.config.base,
+                    group,
+                    &holder,
+                    DEFAULT_TTL,
+                )
+                .await
+                .map_err(|e| {
+                    Error::replication(
+                        format!(
+                            "a planned failover takes the last point of group `{}` itself",
+                            group.name
+                        ),
+                        e,
+                    )
+                })?;
                 leases.push(l);
             }
             Ok(HandOver { located, leases })
@@ -127,7 +133,7 @@ pub async fn source_answering(
 ) -> Option<(String, String)> {
     use crate::health::{Probe, check};
     for name in plan_vms(plan).into_iter().filter(|n| !except.contains(n)) {
-        let Some(vm) = env.inventory.vms.get(name) else {
+        let Some(vm) = env.config.inventory.vms.get(name) else {
             continue;
         };
         let Some(health) = &vm.health else { continue };
@@ -143,7 +149,8 @@ pub async fn source_answering(
             (None, None) => None,
         };
         let Some(probe) = probe else { continue };
-        let answered = tokio::time::timeout(Duration::from_secs(2), check(&probe, &env.base)).await;
+        let answered =
+            tokio::time::timeout(Duration::from_secs(2), check(&probe, &env.config.base)).await;
         if matches!(answered, Ok(Ok(()))) {
             return Some((name.to_string(), probe.describe()));
         }
@@ -160,7 +167,8 @@ pub fn plan_vms(plan: &Plan) -> Vec<&str> {
 
 /// The consistency groups that hold any of `vms`.
 pub fn groups_of<'a>(env: &'a Environment, vms: &[&str]) -> Vec<&'a GroupSpec> {
-    env.groups
+    env.config
+        .groups
         .iter()
         .filter(|g| g.vms.iter().any(|v| vms.contains(&v.name.as_str())))
         .collect()
@@ -177,8 +185,8 @@ async fn last_cycle(env: &Environment, plan: &Plan, leases: &[Lease]) -> Result<
             )));
         };
         cycle(
-            &env.inventory,
-            &env.base,
+            &env.config.inventory,
+            &env.config.base,
             env.driver.clone(),
             group,
             AppMode::Never,

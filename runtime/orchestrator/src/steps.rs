@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use lifeboat_plan::plan::Operation;
+use lifeboat_loader::Components;
+use lifeboat_plan::plan::{Operation, PluginRef};
 use lifeboat_plugin_host::wit::{self, StepContext};
 use lifeboat_plugin_host::{
     Grants, Plugin, PluginEngine, RunKv, StepLimits, StepOutcome, StepReport, StepRequest,
@@ -30,7 +31,9 @@ pub struct PluginRunner {
     /// The run moves VMs back to the plan's source (a failback, or a drill of one): steps see
     /// `direction = reverse`.
     pub reverse: bool,
-    loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// The configuration's components (what validation read).
+    components: Components,
+    loaded: Mutex<HashMap<PluginRef, Arc<Plugin>>>,
 }
 
 impl std::fmt::Debug for PluginRunner {
@@ -54,6 +57,7 @@ pub fn wit_operation(op: Operation) -> wit::Operation {
 impl PluginRunner {
     pub fn new(
         engine: PluginEngine,
+        components: Components,
         plan_dir: PathBuf,
         plan: String,
         operation: Operation,
@@ -61,6 +65,7 @@ impl PluginRunner {
     ) -> Self {
         Self {
             engine,
+            components,
             plan_dir,
             plan,
             operation,
@@ -94,7 +99,8 @@ impl PluginRunner {
         {
             return Ok(p);
         }
-        let plugin = Arc::new(load_plugin(&self.engine, &self.plan_dir, step).await?);
+        let plugin =
+            Arc::new(load_plugin(&self.engine, &self.components, &self.plan_dir, step).await?);
         if let Ok(mut l) = self.loaded.lock() {
             l.insert(step.uses.clone(), plugin.clone());
         }
@@ -145,32 +151,27 @@ impl PluginRunner {
     }
 }
 
-/// Loads `step`'s component: a built-in, or the plan's file under its pin.
+/// Loads `step`'s component as the configuration resolved it (`components`): a built-in, or the
+/// plan's file under its pin.
 pub async fn load_plugin(
     engine: &PluginEngine,
+    components: &Components,
     plan_dir: &std::path::Path,
     step: &StepRun,
 ) -> Result<Plugin, String> {
-    let (bytes, pin) = match step.uses.strip_prefix("builtin:") {
-        Some(name) => (
-            lifeboat_builtins::builtin(name)
-                .ok_or_else(|| format!("no built-in step `{}`", step.uses))?
-                .to_vec(),
-            None,
+    let component = components
+        .get(&step.uses, plan_dir)
+        .map_err(|e| format!("plugin `{}`: {e}", step.uses))?;
+    // A file plugin runs only under its pin; plan validation already demands one.
+    let pin = match &step.uses {
+        PluginRef::Builtin(_) => None,
+        PluginRef::Path(_) => Some(
+            step.sha256
+                .as_deref()
+                .ok_or_else(|| format!("plugin `{}` is not pinned with `sha256`", step.uses))?,
         ),
-        None => {
-            let path = plan_dir.join(&step.uses);
-            let bytes = std::fs::read(&path)
-                .map_err(|e| format!("cannot read plugin {}: {e}", path.display()))?;
-            // A file plugin runs only under its pin; plan validation already demands one.
-            let pin = step
-                .sha256
-                .clone()
-                .ok_or_else(|| format!("plugin `{}` is not pinned with `sha256`", step.uses))?;
-            (bytes, Some(pin))
-        }
     };
-    Plugin::load(engine, &bytes, pin.as_deref())
+    Plugin::load(engine, &component.bytes, pin)
         .await
         .map_err(|e| format!("plugin `{}`: {e}", step.uses))
 }
@@ -314,7 +315,7 @@ impl Facts<'_> {
             limits: StepLimits {
                 timeout: step.timeout,
                 // A restore of a large disk, or a person's approval, takes longer than a probe.
-                host_call_timeout: if boot || step.uses == "builtin:approval" {
+                host_call_timeout: if boot || step.uses.is_builtin("approval") {
                     step.timeout
                 } else {
                     StepLimits::default().host_call_timeout

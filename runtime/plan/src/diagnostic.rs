@@ -24,7 +24,7 @@ impl Severity {
 macro_rules! rules {
     ($($variant:ident = $name:literal: $summary:literal,)*) => {
         /// Every check validation makes. The names are stable: CI filters, SARIF rule ids and
-        /// the diagnostics reference (`docs/diagnostics.md`) use them.
+        /// the diagnostics reference (`docs/reference/diagnostics.md`) use them.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Rule { $($variant,)* }
 

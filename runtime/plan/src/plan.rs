@@ -254,8 +254,8 @@ pub const BUILTIN_STEPS: &[&str] = &[
     "webhook",
 ];
 
-/// What a step runs: a built-in step or a component file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a step runs: a built-in step or a component file. Shown (and serialized) as written.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PluginRef {
     /// `builtin:NAME`.
     Builtin(String),
@@ -270,6 +270,22 @@ impl PluginRef {
             PluginRef::Builtin(name) => format!("builtin:{name}"),
             PluginRef::Path(path) => path.clone(),
         }
+    }
+}
+
+impl std::fmt::Display for PluginRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginRef::Builtin(name) => write!(f, "builtin:{name}"),
+            PluginRef::Path(path) => f.write_str(path),
+        }
+    }
+}
+
+impl PluginRef {
+    /// Whether this is `builtin:NAME`.
+    pub fn is_builtin(&self, name: &str) -> bool {
+        matches!(self, PluginRef::Builtin(n) if n == name)
     }
 }
 

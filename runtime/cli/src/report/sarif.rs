@@ -50,7 +50,7 @@ pub fn write(validation: &Validation, out: &mut dyn Write) -> io::Result<()> {
             json!({
                 "id": r.name(),
                 "shortDescription": { "text": r.summary() },
-                "help": { "text": format!("See docs/diagnostics.md, section `{}`.", r.name()) },
+                "help": { "text": format!("See docs/reference/diagnostics.md, section `{}`.", r.name()) },
             })
         })
         .collect();

@@ -4,7 +4,6 @@
 //! only the daemon's user reaches it, no token) and, when configured, on TCP, where every route
 //! needs the bearer token.
 
-pub mod error;
 mod routes;
 
 use std::sync::Arc;
@@ -21,12 +20,7 @@ use utoipa::OpenApi;
 
 use crate::events::Bus;
 use crate::host::Host;
-use crate::supervisor::Snapshot;
-
-pub use routes::{
-    Approval, ApproveBody, FailoverBody, PlanInfo, Replicated, Retried, RetryBody, RunSummary,
-    Started,
-};
+use crate::messages::Snapshot;
 
 /// What every handler reads.
 #[derive(Clone, Debug)]
@@ -99,7 +93,7 @@ async fn require_token(State(api): State<Api>, req: Request, next: Next) -> Resp
     if given.is_some_and(|t| api.token_matches(t)) {
         next.run(req).await
     } else {
-        error::ApiError::unauthorized().into_response()
+        crate::api_error::ApiError::unauthorized().into_response()
     }
 }
 

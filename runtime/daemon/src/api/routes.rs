@@ -17,16 +17,21 @@ use futures::Stream;
 use lifeboat_orchestrator::operations::{CleanupReport, Committed, FailoverRequest};
 use lifeboat_orchestrator::record::RunRecord;
 use lifeboat_plan::plan::Operation;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio::sync::oneshot;
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use super::Api;
-use super::error::{ApiError, ErrorBody};
-use crate::events::Notice;
-use crate::status::Status;
-use crate::supervisor::{Command, CommandError};
+use crate::api_error::ApiError;
+use crate::messages::{Command, CommandError};
+use lifeboat_api::Notice;
+use lifeboat_api::Status;
+use lifeboat_api::error::ErrorBody;
+use lifeboat_api::requests::{
+    Approval, ApproveBody, EventsQuery, FailoverBody, PlanInfo, ReplicateQuery, Replicated,
+    Retried, RetryBody, RunSummary, Started,
+};
 
 /// A supervisor that has not gone round its loop for this long is not healthy.
 const STALLED: Duration = Duration::from_secs(10);
@@ -111,27 +116,12 @@ async fn status(State(api): State<Api>) -> axum::Json<Status> {
     axum::Json(snap.status(SystemTime::now()))
 }
 
-/// A plan in the plans folder, validated with the inventory as the files are now.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct PlanInfo {
-    /// What the API and the CLI call it: the file name without `.toml`.
-    pub name: String,
-    pub file: String,
-    pub valid: bool,
-    /// Every problem, `file:line:column: error[rule]: message`.
-    pub problems: Vec<String>,
-    /// Part of the config the daemon runs (the last reload that applied).
-    pub loaded: bool,
-    /// The plan's open run (a drill, or a failover not yet committed or cleaned up).
-    pub open_run: Option<String>,
-}
-
 #[utoipa::path(get, path = "/v1/plans", tag = "plans",
     responses((status = 200, description = "Every plan of the plans folder with its validation.", body = Vec<PlanInfo>)))]
 async fn plans(State(api): State<Api>) -> Result<axum::Json<Vec<PlanInfo>>, ApiError> {
     let config = api.snapshots.borrow().config.clone();
     let file = config.file.clone();
-    let loaded = config.plans.clone();
+    let loaded = config.plan_files();
     let mut out = tokio::task::spawn_blocking(move || {
         lifeboat_loader::default_plans(&file)
             .into_iter()
@@ -175,36 +165,6 @@ async fn plans(State(api): State<Api>) -> Result<axum::Json<Vec<PlanInfo>>, ApiE
         }
     }
     Ok(axum::Json(out))
-}
-
-/// `POST /v1/plans/{plan}/failover`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FailoverBody {
-    /// `test` (a drill in the test network), `planned` (stop the source, replicate once more,
-    /// zero loss), `unplanned` (the source is gone) or `failback` (a planned failover of the
-    /// plan reversed, once reprotected).
-    pub operation: String,
-    /// A point kind (`latest`, `latest-app-consistent`), a number, or `GROUP/NUMBER`.
-    #[serde(default)]
-    pub point: Option<String>,
-    /// An unplanned failover although a source VM still answers.
-    #[serde(default)]
-    pub force: bool,
-    /// With `test`: a drill of the failback (the plan reversed, in its `failback_test`
-    /// network), once the plan's groups are reprotected.
-    #[serde(default)]
-    pub reverse: bool,
-}
-
-/// A run the daemon started and drives.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct Started {
-    pub run: String,
-    pub plan: String,
-    pub operation: String,
-    /// The source VMs a planned failover stopped before it started.
-    pub source_stopped: Vec<String>,
 }
 
 #[utoipa::path(post, path = "/v1/plans/{plan}/failover", tag = "runs",
@@ -283,19 +243,6 @@ async fn commit(
     Ok(axum::Json(api.host.commit(&plan).await?))
 }
 
-/// One run, as `lifeboat runs list --output json` prints it.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct RunSummary {
-    pub id: String,
-    pub plan: String,
-    pub operation: String,
-    pub status: String,
-    pub started_unix_ms: i64,
-    pub rto_seconds: Option<f64>,
-    /// The process driving it now, if one does.
-    pub driver_pid: Option<u32>,
-}
-
 fn group_of(groups: &[lifeboat_replication::GroupSpec]) -> impl Fn(&str) -> Option<String> + '_ {
     move |vm| {
         groups
@@ -320,7 +267,7 @@ async fn runs(State(api): State<Api>) -> Result<axum::Json<Vec<RunSummary>>, Api
             out.push(RunSummary {
                 id: r.id,
                 plan: r.plan,
-                operation: r.operation,
+                operation: r.operation.to_string(),
                 status: r.status,
                 started_unix_ms: r.started_unix_ms,
                 rto_seconds: r.rto_seconds,
@@ -360,23 +307,6 @@ async fn run(
         .map_err(|e| ApiError::of_run(&e))
 }
 
-/// `POST /v1/runs/{run}/approve`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ApproveBody {
-    /// Who approves (recorded in the journal); `api` when not given.
-    #[serde(default)]
-    pub by: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct Approval {
-    pub run: String,
-    /// What the step asked.
-    pub message: String,
-    pub by: String,
-}
-
 #[utoipa::path(post, path = "/v1/runs/{run}/approve", tag = "runs",
     params(("run" = String, Path, description = "The run's id.")),
     request_body(content = ApproveBody, description = "Optional."),
@@ -401,22 +331,6 @@ async fn approve(
         message,
         by,
     }))
-}
-
-/// `POST /v1/runs/{run}/retry`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetryBody {
-    /// Skip the failed step instead of running it again.
-    #[serde(default)]
-    pub skip: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct Retried {
-    pub run: String,
-    /// The step marked skipped, for a skip.
-    pub skipped: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/runs/{run}/retry", tag = "runs",
@@ -472,23 +386,6 @@ async fn cancel(
         run: id,
         skipped: None,
     }))
-}
-
-#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ReplicateQuery {
-    /// Answer when the cycle has committed (or failed), not when it was asked for.
-    #[serde(default)]
-    pub wait: bool,
-}
-
-/// A cycle asked for, and with `wait`, how it went.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct Replicated {
-    pub group: String,
-    /// With `wait`: the `cycle.committed` event (its `data.report` is the cycle's report, as
-    /// `lifeboat replicate --output json` prints it).
-    pub cycle: Option<Notice>,
 }
 
 #[utoipa::path(post, path = "/v1/groups/{group}/replicate", tag = "replication",
@@ -561,18 +458,6 @@ async fn replicate(
             "no cycle of group {group} ended within {REPLICATE_WAIT:?}"
         ))),
     }
-}
-
-#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct EventsQuery {
-    /// Send the kept events after this id first (as the `Last-Event-ID` header does); `0`: every
-    /// kept event.
-    pub after: Option<u64>,
-    /// Only the events of this run.
-    pub run: Option<String>,
-    /// Only the events of this group.
-    pub group: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events",

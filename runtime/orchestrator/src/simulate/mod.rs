@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::compile::{Phase, compile};
 use crate::error::Result;
 use crate::journal::Event;
+use crate::journal::RunKind;
 use crate::runs::Environment;
 use crate::steps::{Facts, load_plugin};
 use world::{SimPoint, SimWorld, Timing, VmTimeline};
@@ -189,7 +190,7 @@ pub fn profile_from_journal(
     let chosen = runs
         .iter()
         .filter(finished)
-        .find(|r| r.operation == op.name())
+        .find(|r| RunKind::of(op) == Some(r.operation))
         .or_else(|| runs.iter().find(finished));
     let Some(run) = chosen else {
         return Ok(None);
@@ -323,7 +324,7 @@ pub async fn simulate(
     let plan_vms: HashMap<String, lifeboat_plan::inventory::Vm> = plan_groups
         .iter()
         .flat_map(|(_, vms)| vms)
-        .filter_map(|vm| Some((vm.clone(), env.inventory.vms.get(vm)?.clone())))
+        .filter_map(|vm| Some((vm.clone(), env.config.inventory.vms.get(vm)?.clone())))
         .collect();
     let world = Arc::new(SimWorld::new(
         target_site,
@@ -343,13 +344,13 @@ pub async fn simulate(
         operation: op,
         reverse,
         run: &run_id,
-        inventory: &env.inventory,
+        inventory: &env.config.inventory,
         plan_groups: &groups_map,
         assignments: &assignments,
         dry_run: true,
     };
     let kv = RunKv::default();
-    let mut loaded: HashMap<String, Arc<lifeboat_plugin_host::Plugin>> = HashMap::new();
+    let mut loaded = HashMap::new();
     let mut steps = Vec::new();
     let mut failed = !problems.is_empty();
     for group in &compiled.groups {
@@ -360,7 +361,7 @@ pub async fn simulate(
                 group: s.group.clone(),
                 phase: s.phase,
                 name: s.name.clone(),
-                uses: s.uses.clone(),
+                uses: s.uses.to_string(),
                 start_seconds: start,
                 seconds: 0.0,
                 basis: Basis::Simulated,
@@ -373,8 +374,7 @@ pub async fn simulate(
                 continue;
             }
             world.begin_step(&s.id, &s.group, s.timeout);
-            let outcome =
-                run_step(&facts, &world, &kv, &mut loaded, &env.engine, plan_dir, s).await;
+            let outcome = run_step(&facts, &world, &kv, &mut loaded, env, plan_dir, s).await;
             let (outcome, log, outputs) = outcome;
             let spent = world.now_seconds() - start;
             if spent <= 0.0 {
@@ -472,14 +472,14 @@ async fn run_step(
     facts: &Facts<'_>,
     world: &Arc<SimWorld>,
     kv: &RunKv,
-    loaded: &mut HashMap<String, Arc<lifeboat_plugin_host::Plugin>>,
-    engine: &lifeboat_plugin_host::PluginEngine,
+    loaded: &mut HashMap<lifeboat_plan::plan::PluginRef, Arc<lifeboat_plugin_host::Plugin>>,
+    env: &Environment,
     plan_dir: &Path,
     s: &crate::compile::StepRun,
 ) -> (SimOutcome, Vec<String>, serde_json::Value) {
     let plugin = match loaded.get(&s.uses) {
         Some(p) => p.clone(),
-        None => match load_plugin(engine, plan_dir, s).await {
+        None => match load_plugin(&env.engine, &env.config.components, plan_dir, s).await {
             Ok(p) => {
                 let p = Arc::new(p);
                 loaded.insert(s.uses.clone(), p.clone());
@@ -609,6 +609,7 @@ fn timing(
             Some(s) => ((s - poll / 2.0).max(0.0), Basis::Measured),
             None => {
                 let health = env
+                    .config
                     .inventory
                     .vms
                     .get(vm)
@@ -681,9 +682,10 @@ async fn points(
     let default = crate::compile::point_choice(plan);
     let mut out = HashMap::new();
     // Read-only: a target folder that does not exist is not created.
-    let repo = match env.inventory.sites.get(&plan.target.value) {
+    let repo = match env.config.inventory.sites.get(&plan.target.value) {
         Some(site) => {
-            match lifeboat_replication::Store::open_if_present(&site.store.value, &env.base) {
+            match lifeboat_replication::Store::open_if_present(&site.store.value, &env.config.base)
+            {
                 Ok(Some(store)) => lifeboat_replication::Repository::open(&store)
                     .await
                     .map_err(|e| e.to_string()),

@@ -1,4 +1,4 @@
-//! The repository's byte layouts, pure: encode and decode, no I/O. `docs/repository-format.md`
+//! The repository's byte layouts, pure: encode and decode, no I/O. `docs/reference/repository-format.md`
 //! describes the same layouts for people; keep the two in step.
 
 pub mod index;

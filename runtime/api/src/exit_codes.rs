@@ -1,6 +1,7 @@
-//! Every exit code of `lifeboat`, in one place, and which one each engine error gives. They are
-//! stable: scripts and CI depend on them, and the daemon's API answers errors with the same codes.
-//! README.md lists them for users; keep the two in step.
+//! Every exit code of `lifeboat`, in one place. They are stable: scripts and CI depend on them,
+//! and the daemon's API answers errors with the same codes. Which engine error gives which code is
+//! the engines' to say (`lifeboat_orchestrator::Error::exit_code`), by variant, never by message.
+//! docs/reference/cli.md lists them for users; a test keeps the two in step.
 
 /// The command did what was asked; for `plan validate`, every file is valid.
 pub const OK: u8 = 0;
@@ -28,7 +29,7 @@ pub const BUSY: u8 = 8;
 /// `plan simulate`: the predicted RTO is longer than the plan's `rto_objective`.
 pub const RTO_EXCEEDED: u8 = 9;
 
-/// Every code with what it means, for `--help` (the README's table says the same).
+/// Every code with what it means, for `--help` (docs/reference/cli.md says the same).
 pub const TABLE: &[(u8, &str)] = &[
     (OK, "ok"),
     (INTERNAL, "unexpected failure"),
@@ -45,37 +46,6 @@ pub const TABLE: &[(u8, &str)] = &[
     (RTO_EXCEEDED, "rto objective exceeded (plan simulate)"),
 ];
 
-/// The exit code of a replication engine error.
-pub fn of_replication(e: &lifeboat_replication::Error) -> u8 {
-    use lifeboat_replication::ErrorKind;
-    match e.kind() {
-        ErrorKind::Failed => FAILED,
-        ErrorKind::Damaged => DAMAGED,
-        ErrorKind::Fenced => FENCED,
-        ErrorKind::Busy => BUSY,
-    }
-}
-
-/// The exit code of an orchestrator error: by its variant, never by its message.
-pub fn of_run(e: &crate::error::Error) -> u8 {
-    use crate::error::Error;
-    match e {
-        Error::Replication { source, .. } => of_replication(source),
-        Error::NoRun { .. }
-        | Error::NoOpenRun { .. }
-        | Error::OpenRun { .. }
-        | Error::InvalidState { .. }
-        | Error::Driven { .. }
-        | Error::Source(_)
-        | Error::Lifecycle(_)
-        | Error::Journal(_)
-        | Error::Compute(_)
-        | Error::Sandbox(_)
-        | Error::AddressInUse { .. }
-        | Error::Failed(_) => FAILED,
-    }
-}
-
 /// A code's stable name: what the daemon's API puts beside the number in an error.
 pub fn name(code: u8) -> &'static str {
     match code {
@@ -89,5 +59,32 @@ pub fn name(code: u8) -> &'static str {
         BUSY => "busy",
         RTO_EXCEEDED => "rto-exceeded",
         _ => "internal",
+    }
+}
+
+/// The `Exit codes:` paragraph of `lifeboat --help`, from [`TABLE`].
+pub fn after_help() -> String {
+    let codes: Vec<String> = TABLE.iter().map(|(c, m)| format!("{c} {m}")).collect();
+    format!("Exit codes: {}.", codes.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_every_code() {
+        let help = after_help();
+        for (code, meaning) in TABLE {
+            assert!(help.contains(&format!("{code} {meaning}")), "{help}");
+        }
+    }
+
+    #[test]
+    fn every_code_but_internal_has_its_own_name() {
+        let mut names: Vec<&str> = TABLE.iter().map(|(c, _)| name(*c)).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), TABLE.len(), "{names:?}");
     }
 }

@@ -13,11 +13,12 @@ fn main() -> ExitCode {
     // Not locked for the whole run: log lines come from every thread (a lock held here would
     // block them forever).
     let mut stderr = std::io::stderr();
-    let mut io = lifeboat::Io {
+    let mut io = lifeboat_cli::Io {
         stdout: &mut stdout,
         stderr: &mut stderr,
         stderr_is_terminal: std::io::stderr().is_terminal(),
         stdout_is_color_terminal: color,
+        server: &lifeboat_daemon::Daemon,
     };
-    ExitCode::from(lifeboat::run(std::env::args_os(), &mut io))
+    ExitCode::from(lifeboat_cli::run(std::env::args_os(), &mut io))
 }

@@ -3,29 +3,8 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use lifeboat_orchestrator::exit_codes;
-use serde::{Deserialize, Serialize};
-
-/// The body of every error response.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable: `usage` (a bad request: bad JSON, an unknown field or value), `unauthorized`,
-    /// `not-found`, `invalid` (the plan does not validate), `failed` (refused or failed: an open
-    /// run, a run in the wrong state, a missing point), `damaged`, `fenced`, `busy` (another
-    /// writer holds a group's lease), `internal`.
-    pub code: String,
-    /// What `lifeboat` exits with for the same failure.
-    pub exit_code: u8,
-    pub message: String,
-    /// Every problem, for `invalid`: `file:line:column: error[rule]: message`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub details: Vec<String>,
-}
+use lifeboat_api::error::{ErrorBody, ErrorDetail};
+use lifeboat_api::exit_codes;
 
 /// An error answered to an API client.
 #[derive(Clone, Debug)]
@@ -129,7 +108,7 @@ impl ApiError {
     /// for a journal that cannot be read, 409 for every refusal and failure.
     pub fn of_run(e: &lifeboat_orchestrator::error::Error) -> Self {
         use lifeboat_orchestrator::error::Error;
-        let exit_code = exit_codes::of_run(e);
+        let exit_code = e.exit_code();
         let status = match e {
             Error::NoRun { .. } => StatusCode::NOT_FOUND,
             Error::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -4,13 +4,45 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::body::Bytes;
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
-use crate::events::Notice;
+use crate::notice::Notice;
 use crate::status::Status;
+
+/// Why a daemon that is there did not give a usable answer. (No daemon at all is `None`, not
+/// an error: the commands then work on their own.)
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot reach the daemon at {}: {source}", socket.display())]
+    Unreachable {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the daemon at {} did not answer: {source}", socket.display())]
+    NoAnswer {
+        socket: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the daemon at {} did not answer within {timeout:?}", socket.display())]
+    Timeout { socket: PathBuf, timeout: Duration },
+    #[error("the daemon answered {code}: {body}")]
+    Refused { code: u16, body: String },
+    #[error("the daemon's {what} is not readable: {source}")]
+    Unreadable {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+fn no_answer(socket: &Path, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+    Error::NoAnswer {
+        socket: socket.to_path_buf(),
+        source: e.into(),
+    }
+}
 
 /// The daemon's socket in a state folder.
 pub fn socket_path(state: &Path) -> PathBuf {
@@ -21,7 +53,7 @@ pub fn socket_path(state: &Path) -> PathBuf {
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects to the daemon on `socket`: `None` when none listens there.
-async fn connect(socket: &Path) -> Option<Result<tokio::net::UnixStream, String>> {
+async fn connect(socket: &Path) -> Option<Result<tokio::net::UnixStream, Error>> {
     match tokio::net::UnixStream::connect(socket).await {
         Ok(s) => Some(Ok(s)),
         Err(e)
@@ -32,10 +64,10 @@ async fn connect(socket: &Path) -> Option<Result<tokio::net::UnixStream, String>
         {
             None
         }
-        Err(e) => Some(Err(format!(
-            "cannot reach the daemon at {}: {e}",
-            socket.display()
-        ))),
+        Err(source) => Some(Err(Error::Unreachable {
+            socket: socket.to_path_buf(),
+            source,
+        })),
     }
 }
 
@@ -50,7 +82,7 @@ async fn send(
     method: &str,
     path: &str,
     body: Option<Vec<u8>>,
-) -> Option<Result<hyper::Response<hyper::body::Incoming>, String>> {
+) -> Option<Result<hyper::Response<hyper::body::Incoming>, Error>> {
     let stream = match connect(socket).await? {
         Ok(s) => s,
         Err(e) => return Some(Err(e)),
@@ -58,7 +90,7 @@ async fn send(
     let ask = async {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| no_answer(socket, e))?;
         tokio::spawn(conn);
         let mut request = hyper::Request::builder()
             .method(method)
@@ -69,21 +101,18 @@ async fn send(
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| no_answer(socket, e))?;
         sender
             .send_request(request)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| no_answer(socket, e))
     };
-    Some(
-        ask.await
-            .map_err(|e| format!("the daemon at {} did not answer: {e}", socket.display())),
-    )
+    Some(ask.await)
 }
 
 /// `GET path` from the daemon listening on `socket`: `None` when no daemon listens there, the
 /// status code and body when one answered, an error when one is there but failed to answer.
-pub async fn get(socket: &Path, path: &str) -> Option<Result<(u16, Bytes), String>> {
+pub async fn get(socket: &Path, path: &str) -> Option<Result<(u16, Bytes), Error>> {
     request(socket, "GET", path, None, TIMEOUT).await
 }
 
@@ -95,7 +124,7 @@ pub async fn request(
     path: &str,
     body: Option<Vec<u8>>,
     timeout: Duration,
-) -> Option<Result<(u16, Bytes), String>> {
+) -> Option<Result<(u16, Bytes), Error>> {
     let answered = async {
         let response = send(socket, method, path, body).await?;
         Some(match response {
@@ -105,17 +134,17 @@ pub async fn request(
                     .collect()
                     .await
                     .map(|b| (code, b.to_bytes()))
-                    .map_err(|e| format!("the daemon at {} did not answer: {e}", socket.display()))
+                    .map_err(|e| no_answer(socket, e))
             }
             Err(e) => Err(e),
         })
     };
     match tokio::time::timeout(timeout, answered).await {
         Ok(r) => r,
-        Err(_) => Some(Err(format!(
-            "the daemon at {} did not answer within {timeout:?}",
-            socket.display()
-        ))),
+        Err(_) => Some(Err(Error::Timeout {
+            socket: socket.to_path_buf(),
+            timeout,
+        })),
     }
 }
 
@@ -125,7 +154,7 @@ pub async fn request(
 pub async fn follow(
     socket: &Path,
     path: &str,
-) -> Option<Result<mpsc::UnboundedReceiver<Notice>, String>> {
+) -> Option<Result<mpsc::UnboundedReceiver<Notice>, Error>> {
     let response = match send(socket, "GET", path, None).await? {
         Ok(r) => r,
         Err(e) => return Some(Err(e)),
@@ -138,10 +167,10 @@ pub async fn follow(
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        return Some(Err(format!(
-            "the daemon answered {code}: {}",
-            String::from_utf8_lossy(&body)
-        )));
+        return Some(Err(Error::Refused {
+            code,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }));
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let mut body = response.into_body();
@@ -179,15 +208,17 @@ fn parse_event(block: &str) -> Option<Notice> {
 }
 
 /// The status from the daemon on `socket`, if one runs there.
-pub async fn status(socket: &Path) -> Option<Result<Status, String>> {
+pub async fn status(socket: &Path) -> Option<Result<Status, Error>> {
     Some(get(socket, "/v1/status").await?.and_then(|(code, body)| {
         if code != 200 {
-            return Err(format!(
-                "the daemon answered {code}: {}",
-                String::from_utf8_lossy(&body)
-            ));
+            return Err(Error::Refused {
+                code,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| format!("the daemon's status is not readable: {e}"))
+        serde_json::from_slice(&body).map_err(|source| Error::Unreadable {
+            what: "status",
+            source,
+        })
     }))
 }
