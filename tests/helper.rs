@@ -127,7 +127,7 @@ fn journal_writer(db: &str, run: &str) -> ExitCode {
 fn run_plan(db: &str, run: &str, effects: &str, die_after: Option<i64>) -> ExitCode {
     use lifeboat_orchestrator::compile::{GroupRun, Phase, RunPlan, StepRun};
     use lifeboat_orchestrator::journal::Journal;
-    use lifeboat_orchestrator::run::{Outcome, StepRunner, execute};
+    use lifeboat_orchestrator::run::{Outcome, StepError, StepRunner, execute};
 
     struct Effects(std::path::PathBuf);
     #[async_trait::async_trait]
@@ -137,17 +137,19 @@ fn run_plan(db: &str, run: &str, effects: &str, die_after: Option<i64>) -> ExitC
             step: &StepRun,
             _attempt: u32,
             key: &str,
-        ) -> Result<serde_json::Value, String> {
+        ) -> Result<serde_json::Value, StepError> {
             // Every call, deduplicated or not, so a test sees a step run twice.
             let mut calls = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(self.0.with_extension("calls"))
-                .map_err(|e| e.to_string())?;
-            writeln!(calls, "{key}").map_err(|e| e.to_string())?;
-            calls.sync_all().map_err(|e| e.to_string())?;
+                .map_err(|e| StepError::Failed(e.to_string()))?;
+            writeln!(calls, "{key}").map_err(|e| StepError::Failed(e.to_string()))?;
+            calls
+                .sync_all()
+                .map_err(|e| StepError::Failed(e.to_string()))?;
             if step.id == "g2/post/0" && key.ends_with("/1") {
-                return Err("first attempt fails".into());
+                return Err(StepError::Failed("first attempt fails".into()));
             }
             // An idempotent host call: applied once per key.
             let done = std::fs::read_to_string(&self.0).unwrap_or_default();
@@ -156,9 +158,9 @@ fn run_plan(db: &str, run: &str, effects: &str, die_after: Option<i64>) -> ExitC
                     .create(true)
                     .append(true)
                     .open(&self.0)
-                    .map_err(|e| e.to_string())?;
-                writeln!(f, "{key}").map_err(|e| e.to_string())?;
-                f.sync_all().map_err(|e| e.to_string())?;
+                    .map_err(|e| StepError::Failed(e.to_string()))?;
+                writeln!(f, "{key}").map_err(|e| StepError::Failed(e.to_string()))?;
+                f.sync_all().map_err(|e| StepError::Failed(e.to_string()))?;
             }
             Ok(serde_json::json!({ "key": key }))
         }

@@ -34,7 +34,7 @@ fn last_seq(image: &Path) -> u64 {
 /// The VMs run `run` started and did not stop.
 fn running(s: &Sites, run: &str) -> Vec<Handle> {
     let j = Journal::open(&s.path().join(".lifeboat/state/runs.db")).unwrap();
-    lifeboat_orchestrator::runs::running_in(&j.events(run).unwrap())
+    j.replay(run).unwrap().unwrap().running
 }
 
 /// Each VM's disk image as run `run` restored it.

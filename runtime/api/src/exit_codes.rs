@@ -29,6 +29,10 @@ pub const BUSY: u8 = 8;
 /// `plan simulate`: the predicted RTO is longer than the plan's `rto_objective`.
 pub const RTO_EXCEEDED: u8 = 9;
 
+/// A second Ctrl-C: the command stopped at once, as shells report a SIGINT (128 + 2). The run it
+/// drove is left for `lifeboat retry` (the first Ctrl-C cancels it cleanly instead).
+pub const INTERRUPTED: u8 = 130;
+
 /// Every code with what it means, for `--help` (docs/reference/cli.md says the same).
 pub const TABLE: &[(u8, &str)] = &[
     (OK, "ok"),
@@ -44,6 +48,7 @@ pub const TABLE: &[(u8, &str)] = &[
     (RPO_EXCEEDED, "rpo exceeded (status)"),
     (BUSY, "busy: another writer holds the group's lease"),
     (RTO_EXCEEDED, "rto objective exceeded (plan simulate)"),
+    (INTERRUPTED, "interrupted (a second Ctrl-C)"),
 ];
 
 /// A code's stable name: what the daemon's API puts beside the number in an error.
@@ -58,6 +63,7 @@ pub fn name(code: u8) -> &'static str {
         RPO_EXCEEDED => "rpo-exceeded",
         BUSY => "busy",
         RTO_EXCEEDED => "rto-exceeded",
+        INTERRUPTED => "interrupted",
         _ => "internal",
     }
 }

@@ -12,5 +12,5 @@ pub mod requests;
 pub mod server;
 pub mod status;
 
-pub use notice::Notice;
+pub use notice::{Notice, NoticeKind};
 pub use status::Status;

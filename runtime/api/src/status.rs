@@ -109,11 +109,7 @@ pub struct GroupStatus {
     /// Against the strictest threshold of its VMs' policies.
     pub rpo: Rpo,
     pub last_point: Option<LastPoint>,
-    /// `idle` (waiting for its next cycle), `cycling`, `standby` (another writer holds the
-    /// group's lease), `backoff` (after a failure), `starting`, `failed-over` (a failover took
-    /// it to its target), `unprotected` (committed at `site`, not reprotected yet, or every VM
-    /// disabled); `-` from the repositories.
-    pub state: String,
+    pub state: GroupState,
     /// When the next cycle starts (daemon only).
     pub next_cycle_at: Option<String>,
     /// The writer holding the lease while this daemon stands by.
@@ -126,6 +122,51 @@ pub struct GroupStatus {
     /// it from its source until that run is cleaned up (state `failed-over`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_over_by: Option<String>,
+}
+
+/// What a group's protection is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupState {
+    /// Its task is starting (or has not started yet).
+    Starting,
+    /// Waiting for its next cycle.
+    Idle,
+    Cycling,
+    /// Another writer holds the group's lease; this daemon stands by.
+    Standby,
+    /// Waiting after a failed cycle.
+    Backoff,
+    /// A failover took it to its target: not replicated from its source until that run is
+    /// cleaned up.
+    FailedOver,
+    /// Committed at `site`, not reprotected yet, or every VM disabled.
+    Unprotected,
+    /// Not known: the status was read from the repositories, with no daemon running.
+    #[default]
+    #[serde(rename = "-")]
+    Unknown,
+}
+
+impl GroupState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupState::Starting => "starting",
+            GroupState::Idle => "idle",
+            GroupState::Cycling => "cycling",
+            GroupState::Standby => "standby",
+            GroupState::Backoff => "backoff",
+            GroupState::FailedOver => "failed-over",
+            GroupState::Unprotected => "unprotected",
+            GroupState::Unknown => "-",
+        }
+    }
+}
+
+impl std::fmt::Display for GroupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// A point, as status shows it.

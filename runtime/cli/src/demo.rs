@@ -13,6 +13,7 @@ use lifeboat_compute::driver::{Compute, Handle, ProcessDriver};
 use lifeboat_orchestrator::health::{Probe, wait_healthy};
 
 use crate::exit_codes;
+use lifeboat_api::NoticeKind;
 
 /// The demo's VMs: name, consistency group, subnet, source address, port.
 const VMS: &[(&str, &str, &str, &str, u16)] = &[
@@ -554,7 +555,7 @@ fn scenario(
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while let Some(n) = feed.recv().await {
-                let end = n.kind == "run.finished" && n.run.as_deref() == Some("shop-1");
+                let end = n.kind == NoticeKind::RunFinished && n.run.as_deref() == Some("shop-1");
                 seen.push(n);
                 if end {
                     break;
@@ -566,10 +567,10 @@ fn scenario(
     });
     let steps = seen
         .iter()
-        .filter(|n| n.kind == "step.finished" && n.run.as_deref() == Some("shop-1"))
+        .filter(|n| n.kind == NoticeKind::StepFinished && n.run.as_deref() == Some("shop-1"))
         .count();
     let ended = seen.iter().any(|n| {
-        n.kind == "run.finished"
+        n.kind == NoticeKind::RunFinished
             && n.run.as_deref() == Some("shop-1")
             && n.data["status"] == "succeeded"
     });

@@ -109,7 +109,7 @@ fn with_progress<T>(
         if tokio::signal::ctrl_c().await.is_ok() {
             let _ = control.send(Control::Cancel("interrupted (Ctrl-C)".into()));
             if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
+                std::process::exit(exit_codes::INTERRUPTED.into());
             }
         }
     });

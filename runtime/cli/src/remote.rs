@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lifeboat_api::Notice;
 use lifeboat_api::client;
 use lifeboat_api::error::ErrorBody;
 use lifeboat_api::requests::{Approval, Retried, Started};
+use lifeboat_api::{Notice, NoticeKind};
 use lifeboat_orchestrator::journal::Event;
 use lifeboat_orchestrator::operations::{CleanupReport, Committed};
 use lifeboat_orchestrator::record::{RunRecord, describe};
@@ -150,7 +150,7 @@ impl Daemon {
                         if n.run.as_deref() != Some(run.as_str()) {
                             continue;
                         }
-                        if n.kind == "run.finished" {
+                        if n.kind == NoticeKind::RunFinished {
                             return Some(n);
                         }
                         // The run's own events, as they come, in the words the CLI uses alone.
@@ -165,7 +165,7 @@ impl Daemon {
                     }
                     _ = tokio::signal::ctrl_c() => {
                         if interrupted {
-                            std::process::exit(130);
+                            std::process::exit(exit_codes::INTERRUPTED.into());
                         }
                         interrupted = true;
                         let _ = client::request(

@@ -294,7 +294,7 @@ pub fn status(ctx: &Context, state: &Path, io: &mut crate::Io<'_>) -> u8 {
     if doc
         .groups
         .iter()
-        .any(|g| g.state == "-" && g.last_error.is_some())
+        .any(|g| g.state == lifeboat_api::status::GroupState::Unknown && g.last_error.is_some())
     {
         code = exit_codes::FAILED;
     }

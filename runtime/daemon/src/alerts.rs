@@ -19,8 +19,25 @@ use lifeboat_plugin_host::{
 use tokio::sync::{Mutex, Semaphore, broadcast, watch};
 
 use crate::engine::LazyEngine;
-use crate::events::{Bus, Notice};
+use crate::events::{Bus, Notice, NoticeKind};
 use crate::messages::Snapshot;
+
+/// Why an alert hook's component cannot run.
+#[derive(Debug, thiserror::Error)]
+enum HookError {
+    #[error("plugin `{uses}`: {source}")]
+    Component {
+        uses: lifeboat_plan::plan::PluginRef,
+        source: lifeboat_loader::ComponentError,
+    },
+    #[error(transparent)]
+    Engine(#[from] lifeboat_loader::EngineError),
+    #[error("plugin `{uses}` cannot be used: {source}")]
+    Load {
+        uses: lifeboat_plan::plan::PluginRef,
+        source: lifeboat_plugin_host::LoadError,
+    },
+}
 
 /// Deliveries of one hook running at once: a hook that hangs holds only its own.
 const AT_ONCE: usize = 2;
@@ -62,7 +79,7 @@ pub(crate) async fn run(
         while firing.try_join_next().is_some() {}
         let config = snapshots.borrow().config.clone();
         for (name, alert) in config.inventory.alerts.iter() {
-            if !alert.events.iter().any(|e| e.value == notice.kind) {
+            if !alert.events.iter().any(|e| e.value == notice.kind.as_str()) {
                 continue;
             }
             let job = Firing {
@@ -79,7 +96,7 @@ pub(crate) async fn run(
             if turns.waiting.load(std::sync::atomic::Ordering::Relaxed) >= QUEUED {
                 job.tell(
                     &bus,
-                    "alert.failed",
+                    NoticeKind::AlertFailed,
                     format!(
                         "alert {name} for `{}` dropped: {QUEUED} deliveries of it are already waiting behind ones that have not finished",
                         notice.kind
@@ -140,7 +157,12 @@ impl Firing {
         let plugin = match self.plugin(engine, plugins).await {
             Ok(p) => p,
             Err(e) => {
-                self.tell(bus, "alert.failed", format!("alert {}: {e}", self.name), 0);
+                self.tell(
+                    bus,
+                    NoticeKind::AlertFailed,
+                    format!("alert {}: {e}", self.name),
+                    0,
+                );
                 return;
             }
         };
@@ -199,7 +221,7 @@ impl Firing {
                 StepOutcome::Ok { .. } => {
                     self.tell(
                         bus,
-                        "alert.sent",
+                        NoticeKind::AlertSent,
                         format!(
                             "alert {}: `{}` ran for {} (attempt {attempt})",
                             self.name, self.notice.kind, self.notice.message
@@ -223,7 +245,7 @@ impl Firing {
         }
         self.tell(
             bus,
-            "alert.failed",
+            NoticeKind::AlertFailed,
             format!(
                 "alert {} for `{}` failed: {last}",
                 self.name, self.notice.kind
@@ -237,10 +259,16 @@ impl Firing {
         &self,
         engine: &LazyEngine,
         plugins: &Mutex<HashMap<String, Arc<Plugin>>>,
-    ) -> Result<Arc<Plugin>, String> {
+    ) -> Result<Arc<Plugin>, HookError> {
         let step = &self.alert.step;
-        let component = lifeboat_loader::Component::read(&step.uses.value, &self.base)
-            .map_err(|e| format!("plugin `{}`: {e}", step.uses.value_text()))?;
+        let uses = || step.uses.value.clone();
+        let component =
+            lifeboat_loader::Component::read(&step.uses.value, &self.base).map_err(|source| {
+                HookError::Component {
+                    uses: uses(),
+                    source,
+                }
+            })?;
         let pin = step.sha256.as_ref().map(|s| s.value.clone());
         let key = format!("{}#{}", step.uses.value_text(), component.sha256);
         let mut loaded = plugins.lock().await;
@@ -250,14 +278,17 @@ impl Firing {
         let plugin = Arc::new(
             Plugin::load(&engine.get()?, &component.bytes, pin.as_deref())
                 .await
-                .map_err(|e| format!("plugin `{}` cannot be used: {e}", step.uses.value_text()))?,
+                .map_err(|source| HookError::Load {
+                    uses: uses(),
+                    source,
+                })?,
         );
         loaded.insert(key, plugin.clone());
         Ok(plugin)
     }
 
-    fn tell(&self, bus: &Bus, kind: &str, message: String, attempts: u32) {
-        if kind == "alert.failed" {
+    fn tell(&self, bus: &Bus, kind: NoticeKind, message: String, attempts: u32) {
+        if kind == NoticeKind::AlertFailed {
             tracing::error!(alert = %self.name, "{message}");
         } else {
             tracing::info!(alert = %self.name, "{message}");
@@ -272,5 +303,22 @@ impl Firing {
         notice.run.clone_from(&self.notice.run);
         notice.plan.clone_from(&self.notice.plan);
         bus.publish(notice);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inventory accepts `on = [...]` names from the plan crate's list; each must be a kind
+    /// the daemon sends, or a hook on it would never fire.
+    #[test]
+    fn every_alertable_event_is_a_notice_the_daemon_sends() {
+        for name in lifeboat_plan::inventory::ALERT_EVENTS {
+            assert!(
+                NoticeKind::parse(name).is_some(),
+                "`{name}` is no notice kind"
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! What the daemon counts per group and per reload, for `/metrics`: kept by the supervisor,
 //! published in its snapshot, rendered by `metrics`.
 
+/// Upper bounds of the cycle duration histogram, in seconds.
 pub(crate) const BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-pub use lifeboat_api::Notice;
+pub use lifeboat_api::{Notice, NoticeKind};
 use tokio::sync::broadcast;
 
 /// How many recent notices a reconnecting client can catch up on.
@@ -99,8 +99,8 @@ mod tests {
     #[tokio::test]
     async fn a_subscriber_catches_up_from_an_id_then_follows_without_gaps_or_repeats() {
         let bus = Bus::new();
-        let first = bus.publish(Notice::new("cycle.committed", "a"));
-        let second = bus.publish(Notice::new("cycle.committed", "b"));
+        let first = bus.publish(Notice::new(NoticeKind::CycleCommitted, "a"));
+        let second = bus.publish(Notice::new(NoticeKind::CycleCommitted, "b"));
         assert!(second > first);
         let (missed, mut live) = bus.subscribe(Some(first));
         assert_eq!(
@@ -110,7 +110,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["b"]
         );
-        bus.publish(Notice::new("cycle.failed", "c"));
+        bus.publish(Notice::new(NoticeKind::CycleFailed, "c"));
         let next = live.recv().await.expect("live notice");
         assert_eq!(next.message, "c");
         assert_eq!(next.id, second + 1);
@@ -121,9 +121,9 @@ mod tests {
     #[test]
     fn ids_of_a_later_bus_are_greater() {
         let a = Bus::new();
-        let last = a.publish(Notice::new("x", "x"));
+        let last = a.publish(Notice::new(NoticeKind::RunProgress, "x"));
         std::thread::sleep(std::time::Duration::from_millis(2));
         let b = Bus::new();
-        assert!(b.publish(Notice::new("x", "x")) > last);
+        assert!(b.publish(Notice::new(NoticeKind::RunProgress, "x")) > last);
     }
 }

@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api_error::ApiError;
 use crate::engine::LazyEngine;
-use crate::events::{Bus, Notice};
-use crate::messages::{Command, Snapshot};
+use crate::events::{Bus, Notice, NoticeKind};
+use crate::messages::{Command, Snapshot, Stopping};
 
 pub(crate) struct Host {
     state: PathBuf,
@@ -72,10 +72,8 @@ impl Host {
     }
 
     /// Sends `command` to the supervisor.
-    pub fn command(&self, command: Command) -> Result<(), String> {
-        self.commands
-            .send(command)
-            .map_err(|_| "the daemon is stopping".to_string())
+    pub fn command(&self, command: Command) -> Result<(), Stopping> {
+        self.commands.send(command).map_err(|_| Stopping)
     }
 
     /// The environment of a run, from the config running now (starting the plugin engine).
@@ -84,7 +82,10 @@ impl Host {
         Ok(Environment {
             config,
             state_dir: self.state.clone(),
-            engine: self.engine.get().map_err(ApiError::internal)?,
+            engine: self
+                .engine
+                .get()
+                .map_err(|e| ApiError::internal(e.to_string()))?,
             driver: self.driver.clone(),
             daemon: true,
         })
@@ -174,7 +175,7 @@ impl Host {
         let stopped: Vec<&str> = begun.source_stopped.iter().map(|h| h.vm.as_str()).collect();
         self.bus.publish(
             Notice::new(
-                "run.started",
+                NoticeKind::RunStarted,
                 format!(
                     "run {}: {} failover of plan {name} started",
                     begun.id,
@@ -227,7 +228,7 @@ impl Host {
         };
         self.bus.publish(
             Notice::new(
-                "run.started",
+                NoticeKind::RunStarted,
                 match &skipped {
                     Some(step) => format!("run {id}: step `{step}` skipped, going on"),
                     None => format!("run {id}: retried"),
@@ -302,12 +303,12 @@ impl Host {
                 return;
             };
             let kind = match e {
-                Event::StepStarted { .. } => "step.started",
-                Event::StepFinished { .. } => "step.finished",
-                Event::StepFailed { .. } => "step.failed",
-                Event::ApprovalRequested { .. } => "approval.waiting",
-                Event::Approved { .. } => "approval.given",
-                _ => "run.progress",
+                Event::StepStarted { .. } => NoticeKind::StepStarted,
+                Event::StepFinished { .. } => NoticeKind::StepFinished,
+                Event::StepFailed { .. } => NoticeKind::StepFailed,
+                Event::ApprovalRequested { .. } => NoticeKind::ApprovalWaiting,
+                Event::Approved { .. } => NoticeKind::ApprovalGiven,
+                _ => NoticeKind::RunProgress,
             };
             bus.publish(
                 Notice::new(kind, format!("run {run}: {message}"))
@@ -358,14 +359,14 @@ impl Host {
         if status != "succeeded" {
             // The transition alerts want, without every finished run.
             self.bus.publish(
-                Notice::new("run.failed", message.clone())
+                Notice::new(NoticeKind::RunFailed, message.clone())
                     .run(id)
                     .plan(plan)
                     .data(data.clone()),
             );
         }
         self.bus.publish(
-            Notice::new("run.finished", message)
+            Notice::new(NoticeKind::RunFinished, message)
                 .run(id)
                 .plan(plan)
                 .data(data),
@@ -382,7 +383,7 @@ impl Host {
         let report = report.map_err(|e| ApiError::of_run(&e))?;
         self.bus.publish(
             Notice::new(
-                "run.cleaned-up",
+                NoticeKind::RunCleanedUp,
                 format!(
                     "run {}: cleaned up ({} step(s) undone, {} VM(s) stopped)",
                     report.run,
@@ -407,7 +408,7 @@ impl Host {
         let _ = self.commands.send(Command::Refresh);
         let committed = committed.map_err(|e| ApiError::of_run(&e))?;
         let mut notice = Notice::new(
-            "run.committed",
+            NoticeKind::RunCommitted,
             format!(
                 "plan {name}: {} group(s) taken over at site {}; the old source is fenced",
                 committed.len(),
@@ -428,9 +429,12 @@ impl Host {
         let env = self.env()?;
         let message = operations::approve(&env, id, by).map_err(|e| ApiError::of_run(&e))?;
         self.bus.publish(
-            Notice::new("approval.given", format!("run {id}: approved by {by}"))
-                .run(id)
-                .data(serde_json::json!({ "by": by, "message": message })),
+            Notice::new(
+                NoticeKind::ApprovalGiven,
+                format!("run {id}: approved by {by}"),
+            )
+            .run(id)
+            .data(serde_json::json!({ "by": by, "message": message })),
         );
         Ok(message)
     }
@@ -440,7 +444,7 @@ impl Host {
         let env = self.env()?;
         operations::cancel(&env, id).map_err(|e| ApiError::of_run(&e))?;
         self.bus.publish(
-            Notice::new("run.progress", format!("run {id}: cancel asked"))
+            Notice::new(NoticeKind::RunProgress, format!("run {id}: cancel asked"))
                 .run(id)
                 .data(serde_json::json!({ "status": RunStatus::Cancelled.as_str() })),
         );
@@ -482,7 +486,7 @@ impl Host {
                 Ok((plan, path)) => {
                     tracing::info!(run = %r.id, "resuming a run the daemon drove");
                     self.bus.publish(
-                        Notice::new("run.started", format!("run {}: resumed", r.id))
+                        Notice::new(NoticeKind::RunStarted, format!("run {}: resumed", r.id))
                             .run(&r.id)
                             .plan(&r.plan)
                             .data(serde_json::json!({ "operation": r.operation, "resumed": true })),

@@ -88,6 +88,11 @@ pub(crate) enum Command {
     Refresh,
 }
 
+/// The supervisor no longer takes commands.
+#[derive(Debug, thiserror::Error)]
+#[error("the daemon is stopping")]
+pub(crate) struct Stopping;
+
 /// Why a command was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CommandError {

@@ -6,10 +6,12 @@
 use std::fmt::Write;
 use std::time::SystemTime;
 
+use lifeboat_api::status::{GroupState, GroupStatus, Maintenance, VmStatus};
+
 use crate::counters::{BUCKETS, GroupCounters};
 use crate::messages::Snapshot;
 
-/// Upper bounds of the cycle duration histogram, in seconds.
+/// The exposition being written.
 struct Out(String);
 
 impl Out {
@@ -36,109 +38,198 @@ impl Out {
     }
 }
 
+/// A family of samples, one per row of what it is about: its name, type, help, and the value
+/// of a row (none: no sample for it, e.g. an RPO before the first point).
+struct Family<T> {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&T) -> Option<f64>,
+}
+
+const fn gauge<T>(
+    name: &'static str,
+    help: &'static str,
+    value: fn(&T) -> Option<f64>,
+) -> Family<T> {
+    Family {
+        name,
+        kind: "gauge",
+        help,
+        value,
+    }
+}
+
+const fn counter<T>(
+    name: &'static str,
+    help: &'static str,
+    value: fn(&T) -> Option<f64>,
+) -> Family<T> {
+    Family {
+        name,
+        kind: "counter",
+        help,
+        value,
+    }
+}
+
+fn flag(b: bool) -> Option<f64> {
+    Some(f64::from(u8::from(b)))
+}
+
+/// Per VM, labelled `vm` and `group`.
+const VM: &[Family<VmStatus>] = &[
+    gauge(
+        "lifeboat_vm_rpo_seconds",
+        "Age of the VM's newest recovery point (absent before the first).",
+        |v| v.rpo.seconds,
+    ),
+    gauge(
+        "lifeboat_vm_rpo_threshold_seconds",
+        "The RPO threshold of the VM's policy.",
+        |v| Some(v.rpo.threshold_seconds),
+    ),
+    gauge(
+        "lifeboat_vm_rpo_ok",
+        "1 when the VM has a point within its RPO threshold, else 0.",
+        |v| flag(v.rpo.ok),
+    ),
+];
+
+/// Per group, labelled `group`.
+const GROUP: &[Family<GroupStatus>] = &[
+    gauge(
+        "lifeboat_group_rpo_seconds",
+        "Age of the group's newest recovery point (absent before the first).",
+        |g| g.rpo.seconds,
+    ),
+    gauge(
+        "lifeboat_group_rpo_threshold_seconds",
+        "The strictest RPO threshold of the group's VMs.",
+        |g| Some(g.rpo.threshold_seconds),
+    ),
+    gauge(
+        "lifeboat_group_last_point_timestamp_seconds",
+        "When the group's newest point was captured (Unix seconds).",
+        |g| {
+            g.last_point
+                .as_ref()
+                .map(|p| p.captured_unix_ms as f64 / 1000.0)
+        },
+    ),
+    gauge(
+        "lifeboat_group_standby",
+        "1 while another writer holds the group's lease and this daemon stands by.",
+        |g| flag(g.state == GroupState::Standby),
+    ),
+    gauge(
+        "lifeboat_group_failures",
+        "Failed cycles of the group in a row.",
+        |g| Some(f64::from(g.failures)),
+    ),
+];
+
+/// Per group, from what the daemon counted, labelled `group` (after the histogram and the
+/// cycles by result).
+const COUNTED: &[Family<GroupCounters>] = &[
+    counter(
+        "lifeboat_bytes_scanned_total",
+        "Bytes of disks scanned by committed cycles.",
+        |c| Some(c.scanned as f64),
+    ),
+    counter(
+        "lifeboat_bytes_changed_total",
+        "Bytes of chunks changed since their parent point.",
+        |c| Some(c.changed as f64),
+    ),
+    counter(
+        "lifeboat_bytes_shipped_total",
+        "Bytes of packs written to the target repository.",
+        |c| Some(c.shipped as f64),
+    ),
+    counter(
+        "lifeboat_points_expired_total",
+        "Points removed by retention after commits.",
+        |c| Some(c.expired as f64),
+    ),
+    gauge(
+        "lifeboat_points",
+        "Recovery points of the group kept in its repository (after retention).",
+        |c| c.points_kept.map(|n| n as f64),
+    ),
+];
+
+/// Per site's repository, labelled `site`.
+const SITE: &[Family<Maintenance>] = &[
+    gauge(
+        "lifeboat_repository_bytes",
+        "Bytes of every object of the site's repository.",
+        |m| m.repository_bytes.map(|b| b as f64),
+    ),
+    gauge(
+        "lifeboat_verify_problems",
+        "Problems the last quick verify found in the site's repository.",
+        |m| m.last_verify_at.as_ref().map(|_| m.verify_problems as f64),
+    ),
+];
+
+/// The daemon's config, unlabelled (after the reloads by result).
+const CONFIG: &[Family<Snapshot>] = &[
+    gauge(
+        "lifeboat_config_last_reload_success",
+        "1 when the last reload was applied (or none happened), 0 when it was rejected.",
+        |s| flag(s.reloads.last_ok),
+    ),
+    gauge(
+        "lifeboat_config_last_reload_seconds",
+        "How long the last reload took to validate and apply.",
+        |s| Some(s.reloads.last_seconds),
+    ),
+    gauge(
+        "lifeboat_config_generation",
+        "The running config's generation: 1 at start, one more per applied reload.",
+        |s| Some(s.daemon.config.generation as f64),
+    ),
+];
+
+impl Out {
+    /// Every family of `table`, each with a sample per row that has a value.
+    fn table<'a, T: 'a>(
+        &mut self,
+        table: &[Family<T>],
+        rows: impl Iterator<Item = (Vec<(&'a str, &'a str)>, &'a T)> + Clone,
+    ) {
+        for f in table {
+            self.family(f.name, f.kind, f.help);
+            for (labels, row) in rows.clone() {
+                if let Some(v) = (f.value)(row) {
+                    self.sample(f.name, &labels, v);
+                }
+            }
+        }
+    }
+}
+
 /// The exposition of `snap` as of `now`.
 pub(crate) fn render(snap: &Snapshot, now: SystemTime) -> String {
     let status = snap.status(now);
     let mut o = Out(String::new());
-
-    o.family(
-        "lifeboat_vm_rpo_seconds",
-        "gauge",
-        "Age of the VM's newest recovery point (absent before the first).",
+    o.table(
+        VM,
+        status.vms.iter().map(|v| {
+            (
+                vec![("vm", v.name.as_str()), ("group", v.group.as_str())],
+                v,
+            )
+        }),
     );
-    for v in &status.vms {
-        if let Some(s) = v.rpo.seconds {
-            o.sample(
-                "lifeboat_vm_rpo_seconds",
-                &[("vm", &v.name), ("group", &v.group)],
-                s,
-            );
-        }
-    }
-    o.family(
-        "lifeboat_vm_rpo_threshold_seconds",
-        "gauge",
-        "The RPO threshold of the VM's policy.",
+    o.table(
+        GROUP,
+        status
+            .groups
+            .iter()
+            .map(|g| (vec![("group", g.name.as_str())], g)),
     );
-    for v in &status.vms {
-        o.sample(
-            "lifeboat_vm_rpo_threshold_seconds",
-            &[("vm", &v.name), ("group", &v.group)],
-            v.rpo.threshold_seconds,
-        );
-    }
-    o.family(
-        "lifeboat_vm_rpo_ok",
-        "gauge",
-        "1 when the VM has a point within its RPO threshold, else 0.",
-    );
-    for v in &status.vms {
-        o.sample(
-            "lifeboat_vm_rpo_ok",
-            &[("vm", &v.name), ("group", &v.group)],
-            f64::from(u8::from(v.rpo.ok)),
-        );
-    }
-    o.family(
-        "lifeboat_group_rpo_seconds",
-        "gauge",
-        "Age of the group's newest recovery point (absent before the first).",
-    );
-    for g in &status.groups {
-        if let Some(s) = g.rpo.seconds {
-            o.sample("lifeboat_group_rpo_seconds", &[("group", &g.name)], s);
-        }
-    }
-    o.family(
-        "lifeboat_group_rpo_threshold_seconds",
-        "gauge",
-        "The strictest RPO threshold of the group's VMs.",
-    );
-    for g in &status.groups {
-        o.sample(
-            "lifeboat_group_rpo_threshold_seconds",
-            &[("group", &g.name)],
-            g.rpo.threshold_seconds,
-        );
-    }
-    o.family(
-        "lifeboat_group_last_point_timestamp_seconds",
-        "gauge",
-        "When the group's newest point was captured (Unix seconds).",
-    );
-    for g in &status.groups {
-        if let Some(p) = &g.last_point {
-            o.sample(
-                "lifeboat_group_last_point_timestamp_seconds",
-                &[("group", &g.name)],
-                p.captured_unix_ms as f64 / 1000.0,
-            );
-        }
-    }
-    o.family(
-        "lifeboat_group_standby",
-        "gauge",
-        "1 while another writer holds the group's lease and this daemon stands by.",
-    );
-    for g in &status.groups {
-        o.sample(
-            "lifeboat_group_standby",
-            &[("group", &g.name)],
-            f64::from(u8::from(g.state == "standby")),
-        );
-    }
-    o.family(
-        "lifeboat_group_failures",
-        "gauge",
-        "Failed cycles of the group in a row.",
-    );
-    for g in &status.groups {
-        o.sample(
-            "lifeboat_group_failures",
-            &[("group", &g.name)],
-            f64::from(g.failures),
-        );
-    }
 
     o.family(
         "lifeboat_cycle_duration_seconds",
@@ -177,134 +268,44 @@ pub(crate) fn render(snap: &Snapshot, now: SystemTime) -> String {
         "Replication cycles by result.",
     );
     for (spec, _, c) in &snap.groups {
-        o.sample(
-            "lifeboat_cycles_total",
-            &[("group", &spec.name), ("result", "committed")],
-            c.cycles_ok as f64,
-        );
-        o.sample(
-            "lifeboat_cycles_total",
-            &[("group", &spec.name), ("result", "failed")],
-            c.cycles_failed as f64,
-        );
-    }
-    type Counter = fn(&GroupCounters) -> u64;
-    let bytes: [(&str, &str, Counter); 3] = [
-        (
-            "lifeboat_bytes_scanned_total",
-            "Bytes of disks scanned by committed cycles.",
-            |c| c.scanned,
-        ),
-        (
-            "lifeboat_bytes_changed_total",
-            "Bytes of chunks changed since their parent point.",
-            |c| c.changed,
-        ),
-        (
-            "lifeboat_bytes_shipped_total",
-            "Bytes of packs written to the target repository.",
-            |c| c.shipped,
-        ),
-    ];
-    for (name, help, get) in bytes {
-        o.family(name, "counter", help);
-        for (spec, _, c) in &snap.groups {
-            o.sample(name, &[("group", &spec.name)], get(c) as f64);
-        }
-    }
-    o.family(
-        "lifeboat_points_expired_total",
-        "counter",
-        "Points removed by retention after commits.",
-    );
-    for (spec, _, c) in &snap.groups {
-        o.sample(
-            "lifeboat_points_expired_total",
-            &[("group", &spec.name)],
-            c.expired as f64,
-        );
-    }
-    o.family(
-        "lifeboat_points",
-        "gauge",
-        "Recovery points of the group kept in its repository (after retention).",
-    );
-    for (spec, _, c) in &snap.groups {
-        if let Some(n) = c.points_kept {
-            o.sample("lifeboat_points", &[("group", &spec.name)], n as f64);
-        }
-    }
-
-    o.family(
-        "lifeboat_repository_bytes",
-        "gauge",
-        "Bytes of every object of the site's repository.",
-    );
-    for m in &snap.daemon.maintenance {
-        if let Some(b) = m.repository_bytes {
-            o.sample("lifeboat_repository_bytes", &[("site", &m.site)], b as f64);
-        }
-    }
-    o.family(
-        "lifeboat_verify_problems",
-        "gauge",
-        "Problems the last quick verify found in the site's repository.",
-    );
-    for m in &snap.daemon.maintenance {
-        if m.last_verify_at.is_some() {
+        for (result, n) in [("committed", c.cycles_ok), ("failed", c.cycles_failed)] {
             o.sample(
-                "lifeboat_verify_problems",
-                &[("site", &m.site)],
-                m.verify_problems as f64,
+                "lifeboat_cycles_total",
+                &[("group", &spec.name), ("result", result)],
+                n as f64,
             );
         }
     }
+    o.table(
+        COUNTED,
+        snap.groups
+            .iter()
+            .map(|(spec, _, c)| (vec![("group", spec.name.as_str())], c)),
+    );
+    o.table(
+        SITE,
+        snap.daemon
+            .maintenance
+            .iter()
+            .map(|m| (vec![("site", m.site.as_str())], m)),
+    );
 
     o.family(
         "lifeboat_config_reloads_total",
         "counter",
         "Config reloads by result.",
     );
-    o.sample(
-        "lifeboat_config_reloads_total",
-        &[("result", "applied")],
-        snap.reloads.applied as f64,
-    );
-    o.sample(
-        "lifeboat_config_reloads_total",
-        &[("result", "rejected")],
-        snap.reloads.rejected as f64,
-    );
-    o.family(
-        "lifeboat_config_last_reload_success",
-        "gauge",
-        "1 when the last reload was applied (or none happened), 0 when it was rejected.",
-    );
-    o.sample(
-        "lifeboat_config_last_reload_success",
-        &[],
-        f64::from(u8::from(snap.reloads.last_ok)),
-    );
-    o.family(
-        "lifeboat_config_last_reload_seconds",
-        "gauge",
-        "How long the last reload took to validate and apply.",
-    );
-    o.sample(
-        "lifeboat_config_last_reload_seconds",
-        &[],
-        snap.reloads.last_seconds,
-    );
-    o.family(
-        "lifeboat_config_generation",
-        "gauge",
-        "The running config's generation: 1 at start, one more per applied reload.",
-    );
-    o.sample(
-        "lifeboat_config_generation",
-        &[],
-        snap.daemon.config.generation as f64,
-    );
+    for (result, n) in [
+        ("applied", snap.reloads.applied),
+        ("rejected", snap.reloads.rejected),
+    ] {
+        o.sample(
+            "lifeboat_config_reloads_total",
+            &[("result", result)],
+            n as f64,
+        );
+    }
+    o.table(CONFIG, std::iter::once((Vec::new(), snap)));
     o.0
 }
 

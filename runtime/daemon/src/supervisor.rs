@@ -17,11 +17,11 @@ use tokio::time::Instant;
 
 use crate::config::{self, Config};
 use crate::counters::{GroupCounters, ReloadCounters};
-use crate::events::{Bus, Notice};
+use crate::events::{Bus, Notice, NoticeKind};
 use crate::maintenance::{self, Done as MaintenanceDone};
 use crate::messages::{Command, CommandError, Error, Snapshot};
 use crate::protect::{self, Assignment, Event, Shared, Update};
-use lifeboat_api::status::{ConfigState, DaemonInfo, Maintenance, Reload};
+use lifeboat_api::status::{ConfigState, DaemonInfo, GroupState, Maintenance, Reload};
 use lifeboat_orchestrator::status::GroupRuntime;
 
 /// What the daemon runs with (the CLI builds it from `lifeboat daemon`'s flags).
@@ -275,7 +275,7 @@ impl Supervisor {
                 task: None,
                 spec,
                 live: GroupRuntime {
-                    state: "starting".into(),
+                    state: GroupState::Starting,
                     ..GroupRuntime::default()
                 },
                 counters: GroupCounters::default(),
@@ -302,11 +302,10 @@ impl Supervisor {
     fn mark_held(&mut self, name: &str, by: String) {
         if let Some(g) = self.groups.get_mut(name) {
             g.live.state = if by == UNPROTECTED {
-                "unprotected"
+                GroupState::Unprotected
             } else {
-                "failed-over"
-            }
-            .into();
+                GroupState::FailedOver
+            };
             g.live.next_cycle = None;
             g.live.writer = None;
             g.live.failed_over_by = (by != UNPROTECTED).then_some(by);
@@ -339,7 +338,7 @@ impl Supervisor {
             },
             span,
         ));
-        g.live.state = "starting".into();
+        g.live.state = GroupState::Starting;
         g.live.failed_over_by = None;
         g.task = Some(Task {
             id,
@@ -390,7 +389,7 @@ impl Supervisor {
                     self.stop_task(&name);
                     self.bus.publish(
                         Notice::new(
-                            "protection.paused",
+                            NoticeKind::ProtectionPaused,
                             format!("group {name}: not replicated while {by} holds it"),
                         )
                         .group(&name),
@@ -402,7 +401,7 @@ impl Supervisor {
                     self.start_task(&name);
                     self.bus.publish(
                         Notice::new(
-                            "protection.resumed",
+                            NoticeKind::ProtectionResumed,
                             format!("group {name}: protected again"),
                         )
                         .group(&name),
@@ -419,7 +418,7 @@ impl Supervisor {
                 let answer = match self.groups.get(&group) {
                     None => Err(CommandError::NoGroup(group)),
                     Some(g) => match &g.task {
-                        Some(_) if g.live.state == "standby" => {
+                        Some(_) if g.live.state == GroupState::Standby => {
                             Err(CommandError::Busy(g.live.writer.clone().unwrap_or_else(
                                 || format!("another writer holds group {group}'s lease"),
                             )))
@@ -444,7 +443,7 @@ impl Supervisor {
                         ending.push(done);
                         self.bus.publish(
                             Notice::new(
-                                "protection.paused",
+                                NoticeKind::ProtectionPaused,
                                 format!("group {name}: not replicated while {why}"),
                             )
                             .group(&name),
@@ -511,10 +510,10 @@ impl Supervisor {
                 .map_or_else(|| "no point yet".to_string(), |s| format!("RPO {s:.1}s"));
             let (kind, against) = if over {
                 self.breached.insert(name.clone());
-                ("rpo.breached", "over")
+                (NoticeKind::RpoBreached, "over")
             } else {
                 self.breached.remove(&name);
-                ("rpo.recovered", "within")
+                (NoticeKind::RpoRecovered, "within")
             };
             self.bus.publish(
                 Notice::new(
@@ -548,17 +547,17 @@ impl Supervisor {
                 live.damaged_points = damaged;
             }
             Update::Standby { writer, retry_at } => {
-                live.state = "standby".into();
+                live.state = GroupState::Standby;
                 live.writer = Some(writer);
                 live.next_cycle = Some(retry_at);
             }
             Update::Idle { next } => {
-                live.state = "idle".into();
+                live.state = GroupState::Idle;
                 live.writer = None;
                 live.next_cycle = Some(next);
             }
             Update::Cycling => {
-                live.state = "cycling".into();
+                live.state = GroupState::Cycling;
                 live.writer = None;
             }
             Update::Committed {
@@ -574,13 +573,13 @@ impl Supervisor {
                 live.last_point = Some(last.clone());
                 live.last_error = None;
                 let failed_before = std::mem::take(&mut live.failures);
-                live.state = "idle".into();
+                live.state = GroupState::Idle;
                 g.counters
                     .committed(seconds, scanned, changed, shipped, points_kept);
                 g.counters.expired += expired.len() as u64;
                 self.bus.publish(
                     Notice::new(
-                        "cycle.committed",
+                        NoticeKind::CycleCommitted,
                         format!(
                             "group {}: point {} committed in {seconds:.1}s ({shipped} bytes shipped)",
                             event.group, last.id
@@ -600,7 +599,7 @@ impl Supervisor {
                 if failed_before > 0 {
                     self.bus.publish(
                         Notice::new(
-                            "cycle.recovered",
+                            NoticeKind::CycleRecovered,
                             format!(
                                 "group {}: cycles commit again (point {}) after {failed_before} failure(s)",
                                 event.group, last.id
@@ -616,14 +615,14 @@ impl Supervisor {
                 failures,
                 retry_at,
             } => {
-                live.state = "backoff".into();
+                live.state = GroupState::Backoff;
                 live.last_error = Some(error.clone());
                 live.failures = failures;
                 live.next_cycle = Some(retry_at);
                 g.counters.failed();
                 self.bus.publish(
                     Notice::new(
-                        "cycle.failed",
+                        NoticeKind::CycleFailed,
                         format!(
                             "group {}: cycle failed ({failures} in a row): {error}",
                             event.group
@@ -640,7 +639,7 @@ impl Supervisor {
                 if failures == 1 {
                     self.bus.publish(
                         Notice::new(
-                            "cycle.failing",
+                            NoticeKind::CycleFailing,
                             format!("group {}: cycles fail: {error}", event.group),
                         )
                         .group(&event.group)
@@ -704,7 +703,7 @@ impl Supervisor {
                 });
                 self.bus.publish(
                     Notice::new(
-                        "config.reloaded",
+                        NoticeKind::ConfigReloaded,
                         format!(
                             "config generation {} applied ({trigger}): {} group(s)",
                             self.generation,
@@ -732,7 +731,7 @@ impl Supervisor {
                 self.reloads.last_seconds = seconds;
                 self.bus.publish(
                     Notice::new(
-                        "config.rejected",
+                        NoticeKind::ConfigRejected,
                         format!(
                             "config rejected ({trigger}): {} problem(s); the last good config keeps running",
                             diagnostics.len()
@@ -871,7 +870,11 @@ impl Supervisor {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").into(),
                 started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
-                ready: !self.draining && self.groups.values().all(|g| g.live.state != "starting"),
+                ready: !self.draining
+                    && self
+                        .groups
+                        .values()
+                        .all(|g| g.live.state != GroupState::Starting),
                 config: ConfigState {
                     file: self.config.file.display().to_string(),
                     generation: self.generation,

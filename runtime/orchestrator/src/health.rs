@@ -4,6 +4,43 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// Why a VM is not healthy (yet): what the last try of its probe found.
+#[derive(Debug, thiserror::Error)]
+pub enum Unhealthy {
+    #[error("tcp {addr}: {source}")]
+    Tcp {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("http {url}: {why}")]
+    Http { url: String, why: String },
+    #[error("http {url}: status {status}")]
+    Status { url: String, status: u16 },
+    #[error("empty health command")]
+    EmptyCommand,
+    #[error("cannot run `{program}`: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("`{program}` exited with {status}")]
+    Exited {
+        program: String,
+        status: std::process::ExitStatus,
+    },
+    #[error("the probe did not answer")]
+    NoAnswer,
+    /// The timeout ended; the last try's reason.
+    #[error("not healthy after {timeout:?}: {last}")]
+    TimedOut {
+        timeout: Duration,
+        last: Box<Unhealthy>,
+    },
+    /// The probe could not be run where the VM is (its network namespace).
+    #[error(transparent)]
+    Isolation(#[from] lifeboat_compute::netns::NetnsError),
+}
+
 /// One health check, placeholders already substituted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Probe {
@@ -46,7 +83,7 @@ pub async fn wait_healthy(
     probe: &Probe,
     timeout: Duration,
     dir: &Path,
-) -> Result<Duration, String> {
+) -> Result<Duration, Unhealthy> {
     let start = Instant::now();
     loop {
         let left = timeout.saturating_sub(start.elapsed());
@@ -55,10 +92,13 @@ pub async fn wait_healthy(
         let why = match attempt {
             Ok(Ok(())) => return Ok(start.elapsed()),
             Ok(Err(why)) => why,
-            Err(_) => "the probe did not answer".to_string(),
+            Err(_) => Unhealthy::NoAnswer,
         };
         if start.elapsed() >= timeout {
-            return Err(format!("not healthy after {timeout:?}: {why}"));
+            return Err(Unhealthy::TimedOut {
+                timeout,
+                last: Box::new(why),
+            });
         }
         tokio::time::sleep(Duration::from_millis(100).min(timeout.saturating_sub(start.elapsed())))
             .await;
@@ -66,39 +106,54 @@ pub async fn wait_healthy(
 }
 
 /// One try of `probe`.
-pub async fn check(probe: &Probe, dir: &Path) -> Result<(), String> {
+pub async fn check(probe: &Probe, dir: &Path) -> Result<(), Unhealthy> {
     match probe {
         Probe::Tcp(addr) => tokio::net::TcpStream::connect(addr)
             .await
             .map(drop)
-            .map_err(|e| format!("tcp {addr}: {e}")),
+            .map_err(|source| Unhealthy::Tcp {
+                addr: addr.clone(),
+                source,
+            }),
         Probe::Http(url) => http_ok(url).await,
         Probe::Command(argv) => {
-            let (program, args) = argv.split_first().ok_or("empty health command")?;
+            let (program, args) = argv.split_first().ok_or(Unhealthy::EmptyCommand)?;
             let status = tokio::process::Command::new(program)
                 .args(args)
                 .current_dir(dir)
                 .kill_on_drop(true)
                 .status()
                 .await
-                .map_err(|e| format!("cannot run `{program}`: {e}"))?;
+                .map_err(|source| Unhealthy::Spawn {
+                    program: program.clone(),
+                    source,
+                })?;
             if status.success() {
                 Ok(())
             } else {
-                Err(format!("`{program}` exited with {status}"))
+                Err(Unhealthy::Exited {
+                    program: program.clone(),
+                    status,
+                })
             }
         }
     }
 }
 
 /// A plain-HTTP GET that answers 2xx (the process driver's VMs listen on loopback addresses).
-async fn http_ok(url: &str) -> Result<(), String> {
+async fn http_ok(url: &str) -> Result<(), Unhealthy> {
     let response = lifeboat_plugin_host::http::get(url)
         .await
-        .map_err(|e| format!("http {url}: {e}"))?;
+        .map_err(|e| Unhealthy::Http {
+            url: url.to_string(),
+            why: e.to_string(),
+        })?;
     if (200..300).contains(&response.status) {
         Ok(())
     } else {
-        Err(format!("http {url}: status {}", response.status))
+        Err(Unhealthy::Status {
+            url: url.to_string(),
+            status: response.status,
+        })
     }
 }

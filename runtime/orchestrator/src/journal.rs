@@ -141,7 +141,7 @@ impl RunKind {
 
 impl std::fmt::Display for RunKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -350,6 +350,34 @@ pub struct Replayed {
     /// The last process to drive it was a daemon.
     pub daemon: bool,
     pub events: usize,
+    /// The addresses the run assigned (its first `Assigned`).
+    pub assignments: Option<Vec<crate::network::Assignment>>,
+    /// The run-scoped key-value entries its steps wrote (the last `Kv`).
+    pub kv: Option<std::collections::BTreeMap<String, String>>,
+    /// The network namespace the run was isolated in, as recorded, and whether it is still
+    /// there (not removed by a cleanup).
+    pub isolated: Option<String>,
+    pub namespace_removed: bool,
+    /// The VM processes it started and did not stop, in start order.
+    pub running: Vec<lifeboat_compute::driver::Handle>,
+    /// VM starts it began and never saw end (the runtime died in them): (VM, key).
+    pub starting: Vec<(String, String)>,
+    /// Steps whose effects a cleanup undid.
+    pub undone: HashSet<String>,
+    /// Groups a commit took over.
+    pub committed: HashSet<String>,
+    /// Groups a reprotect turned round, and groups whose placement it recorded.
+    pub reprotected: HashMap<String, Reprotected>,
+    pub placed: HashSet<String>,
+    /// What a step asks approval for, while nobody has given it.
+    pub pending_approval: Option<String>,
+}
+
+impl Replayed {
+    /// The namespace the run's VMs run in now, if any.
+    pub fn netns(&self) -> Option<&str> {
+        self.isolated.as_deref().filter(|_| !self.namespace_removed)
+    }
 }
 
 /// An open journal.
@@ -671,24 +699,53 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
                     r.status = RunStatus::Running;
                 }
             }
-            Event::Assigned { .. }
-            | Event::PointChosen { .. }
+            Event::Assigned { assignments } => {
+                if r.assignments.is_none() {
+                    r.assignments = Some(assignments.clone());
+                }
+            }
+            Event::Kv { entries } => r.kv = Some(entries.clone()),
+            Event::Isolated { netns } => {
+                r.isolated = Some(netns.clone());
+                r.namespace_removed = false;
+            }
+            Event::NamespaceRemoved { .. } => r.namespace_removed = true,
+            Event::VmStarting { vm, key } => r.starting.push((vm.clone(), key.clone())),
+            Event::VmStarted {
+                vm,
+                pid,
+                key,
+                started,
+                ..
+            } => {
+                r.starting.retain(|(_, k)| k != key);
+                r.running.push(lifeboat_compute::driver::Handle {
+                    vm: vm.clone(),
+                    pid: *pid,
+                    started: *started,
+                    key: key.clone(),
+                });
+            }
+            Event::VmStopped { vm } => r.running.retain(|h| h.vm != *vm),
+            Event::StepUndone { step, .. } => {
+                r.undone.insert(step.clone());
+            }
+            Event::Committed { group, .. } => {
+                r.committed.insert(group.clone());
+            }
+            Event::Reprotected { group, report } => {
+                r.reprotected.insert(group.clone(), report.clone());
+            }
+            Event::Placed { group, .. } => {
+                r.placed.insert(group.clone());
+            }
+            Event::ApprovalRequested { message } => r.pending_approval = Some(message.clone()),
+            Event::Approved { .. } => r.pending_approval = None,
+            Event::PointChosen { .. }
             | Event::Restored { .. }
-            | Event::VmStarting { .. }
-            | Event::VmStarted { .. }
-            | Event::VmStopped { .. }
-            | Event::Isolated { .. }
-            | Event::NamespaceRemoved { .. }
             | Event::SourceStopped { .. }
             | Event::SourceRestarted { .. }
-            | Event::StepLog { .. }
-            | Event::Kv { .. }
-            | Event::ApprovalRequested { .. }
-            | Event::Approved { .. }
-            | Event::StepUndone { .. }
-            | Event::Committed { .. }
-            | Event::Reprotected { .. }
-            | Event::Placed { .. } => {}
+            | Event::StepLog { .. } => {}
         }
     }
     r

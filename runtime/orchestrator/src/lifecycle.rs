@@ -408,11 +408,8 @@ fn run_of_pid(
     h: &lifeboat_compute::driver::Handle,
 ) -> Option<String> {
     for (id, ..) in journal.runs().ok()? {
-        let events = journal.events(&id).ok()?;
-        if crate::runs::running_in(&events)
-            .iter()
-            .any(|r| r.pid == h.pid && r.vm == h.vm)
-        {
+        let running = journal.replay(&id).ok()??.running;
+        if running.iter().any(|r| r.pid == h.pid && r.vm == h.vm) {
             return Some(id);
         }
     }
@@ -426,7 +423,7 @@ async fn reprotect_groups(
     observe: Observer,
 ) -> Result<ReprotectReport> {
     let mut journal = env.journal()?;
-    let events = journal.events(run)?;
+    let replayed = journal.replay(run)?.unwrap_or_default();
     let mut report = ReprotectReport {
         run: run.to_string(),
         ..ReprotectReport::default()
@@ -434,13 +431,8 @@ async fn reprotect_groups(
     let stores = lifeboat_loader::resolved::site_stores(&env.config.home, &env.config.base);
     for group in groups_of(env, &plan_vms(plan)) {
         let p = placement_of(env, group);
-        let done = events.iter().find_map(|(_, _, e)| match e {
-            Event::Reprotected { group: g, report } if *g == group.name => Some(report.clone()),
-            _ => None,
-        });
-        let placed = events
-            .iter()
-            .any(|(_, _, e)| matches!(e, Event::Placed { group: g, .. } if *g == group.name));
+        let done = replayed.reprotected.get(&group.name).cloned();
+        let placed = replayed.placed.contains(&group.name);
         if placed || (done.is_none() && p.replicate_to.is_some()) {
             if done.is_none() {
                 report.already.push(group.name.clone());

@@ -15,10 +15,10 @@ use lifeboat_replication::Repository;
 
 use crate::compile::{RunPlan, StepRun, compile};
 use crate::error::{Error, Result};
-use crate::journal::{Event, Journal, JournalError, RunKind, RunStatus};
+use crate::journal::{Event, Journal, JournalError, RunKind, RunStatus, fold};
 use crate::network::{Assignment, Purpose, assign};
 use crate::run::{Controls, Outcome, execute};
-use crate::runs::{Environment, not_driven, running_in, status_of};
+use crate::runs::{Environment, not_driven, status_of};
 use crate::services::{Observer, RunServices};
 use crate::source::{self, groups_of, plan_vms};
 use crate::steps::PluginRunner;
@@ -27,12 +27,8 @@ use lifeboat_compute::netns::Netns;
 
 fn assignments_of(journal: &Journal, run: &str) -> Result<Vec<Assignment>> {
     Ok(journal
-        .events(run)?
-        .into_iter()
-        .find_map(|(_, _, e)| match e {
-            Event::Assigned { assignments } => Some(assignments),
-            _ => None,
-        })
+        .replay(run)?
+        .and_then(|r| r.assignments)
         .unwrap_or_default())
 }
 
@@ -322,8 +318,8 @@ pub async fn begin(
 /// Journals, in the run that started each of `stopped`, that it was stopped.
 fn stopped_in_runs(journal: &mut Journal, stopped: &[Handle]) -> Result<()> {
     for (id, ..) in journal.runs()? {
-        let events = journal.events(&id)?;
-        for h in running_in(&events) {
+        let running = journal.replay(&id)?.map(|r| r.running).unwrap_or_default();
+        for h in running {
             if stopped.iter().any(|s| s.vm == h.vm && s.pid == h.pid) {
                 journal.append(&id, &Event::VmStopped { vm: h.vm.clone() })?;
             }
@@ -393,11 +389,7 @@ pub async fn resume(
     let plan = &crate::lifecycle::plan_for(env, plan, status.reverse);
     // A run whose process died while it was being recorded has no addresses yet: nothing of it
     // ran, so they are assigned now by the same rules.
-    let journaled = journal.events(run)?;
-    if !journaled
-        .iter()
-        .any(|(_, _, e)| matches!(e, Event::Assigned { .. }))
-    {
+    if journal.replay(run)?.is_none_or(|r| r.assignments.is_none()) {
         let assignments = assignments_for(env, &journal, plan, op, Some(run), None).await?;
         journal.append(run, &Event::Assigned { assignments })?;
     }
@@ -445,15 +437,7 @@ fn runner(
     );
     runner.reverse = reverse;
     // A resumed run's steps see what its finished steps wrote.
-    if let Some(entries) = journal
-        .events(run)?
-        .into_iter()
-        .rev()
-        .find_map(|(_, _, e)| match e {
-            Event::Kv { entries } => Some(entries),
-            _ => None,
-        })
-    {
+    if let Some(entries) = journal.replay(run)?.and_then(|r| r.kv) {
         runner.kv = lifeboat_plugin_host::RunKv::with_entries(entries);
     }
     Ok(runner)
@@ -461,13 +445,7 @@ fn runner(
 
 /// The network namespace of drill `run`: the one its journal names, else the name it gets.
 fn netns_of(env: &Environment, journal: &Journal, run: &str) -> Result<Netns> {
-    let recorded = journal
-        .events(run)?
-        .into_iter()
-        .find_map(|(_, _, e)| match e {
-            Event::Isolated { netns } => Some(netns),
-            _ => None,
-        });
+    let recorded = journal.replay(run)?.and_then(|r| r.isolated);
     Ok(Netns::named(
         &recorded.unwrap_or_else(|| Netns::name_for(&env.state_dir, run)),
     ))
@@ -481,15 +459,9 @@ pub fn run_netns(env: &Environment, run: &str) -> Result<Option<Netns>> {
             run: run.to_string(),
         });
     }
-    let mut found = None;
-    for (_, _, e) in journal.events(run)? {
-        match e {
-            Event::Isolated { netns } => found = Some(Netns::named(&netns)),
-            Event::NamespaceRemoved { .. } => found = None,
-            _ => {}
-        }
-    }
-    Ok(found)
+    Ok(journal
+        .replay(run)?
+        .and_then(|r| r.netns().map(Netns::named)))
 }
 
 #[expect(clippy::too_many_arguments)]
@@ -600,13 +572,7 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
     let events = journal.events(&open.id)?;
     // What this cleanup does starts after here (an undo stops VMs too: they are counted).
     let before = journal.last_seq(&open.id)?;
-    let undone_before: HashSet<String> = events
-        .iter()
-        .filter_map(|(_, _, e)| match e {
-            Event::StepUndone { step, .. } => Some(step.clone()),
-            _ => None,
-        })
-        .collect();
+    let undone_before = fold(events.iter().map(|(_, _, e)| e)).undone;
     let finished: Vec<(String, serde_json::Value)> = events
         .iter()
         .filter_map(|(_, _, e)| match e {
@@ -634,7 +600,8 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
         let Some(step) = steps.get(id.as_str()) else {
             continue;
         };
-        let error = runner.undo(step, output).await.err();
+        // Journaled and reported as its message.
+        let error = runner.undo(step, output).await.err().map(|e| e.to_string());
         services
             .record(Event::StepUndone {
                 step: id.clone(),
@@ -647,8 +614,9 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
         });
     }
     // Whatever a step left running (a boot that failed half-way has no outputs to undo).
-    for handle in running_in(&journal.events(&open.id)?) {
-        stop_vm(env.driver.as_ref(), &handle).await?;
+    let now = journal.replay(&open.id)?.unwrap_or_default();
+    for handle in &now.running {
+        stop_vm(env.driver.as_ref(), handle).await?;
         services
             .record(Event::VmStopped {
                 vm: handle.vm.clone(),
@@ -656,18 +624,8 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
             .map_err(journal_error)?;
     }
     // A VM whose start the journal saw begin but not end (the runtime died in it).
-    let started: HashSet<&str> = events
-        .iter()
-        .filter_map(|(_, _, e)| match e {
-            Event::VmStarted { key, .. } => Some(key.as_str()),
-            _ => None,
-        })
-        .collect();
-    for (_, _, e) in &events {
-        if let Event::VmStarting { vm, key } = e
-            && !started.contains(key.as_str())
-            && let Some(handle) = env.driver.find(vm, key).await
-        {
+    for (vm, key) in &now.starting {
+        if let Some(handle) = env.driver.find(vm, key).await {
             stop_vm(env.driver.as_ref(), &handle).await?;
             report.vms_stopped.push(vm.clone());
         }
@@ -864,13 +822,7 @@ pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<Committed>> {
     let events = journal.events(&open.id)?;
     let target = env.site_store(&plan.target.value)?;
     // A commit cut short is finished by the next one: groups already taken over stay as they are.
-    let committed: HashSet<&str> = events
-        .iter()
-        .filter_map(|(_, _, e)| match e {
-            Event::Committed { group, .. } => Some(group.as_str()),
-            _ => None,
-        })
-        .collect();
+    let committed = fold(events.iter().map(|(_, _, e)| e)).committed;
     let mut out = Vec::new();
     for (_, _, e) in &events {
         if let Event::PointChosen { group, .. } = e
@@ -921,15 +873,9 @@ pub fn approve(env: &Environment, run: &str, by: &str) -> Result<String> {
             run: run.to_string(),
         });
     }
-    let mut pending = None;
-    for (_, _, e) in journal.events(run)? {
-        match e {
-            Event::ApprovalRequested { message } => pending = Some(message),
-            Event::Approved { .. } => pending = None,
-            _ => {}
-        }
-    }
-    let message = pending
+    let message = journal
+        .replay(run)?
+        .and_then(|r| r.pending_approval)
         .ok_or_else(|| Error::Failed(format!("run {run} is not waiting for an approval")))?;
     journal.append(run, &Event::Approved { by: by.to_string() })?;
     Ok(message)

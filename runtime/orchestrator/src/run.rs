@@ -15,6 +15,39 @@ use crate::compile::{RunPlan, StepRun};
 use crate::error::{Error, Result};
 use crate::journal::{Event, Journal, RunKind, RunStatus, idempotency_key};
 
+/// Why a step could not run, or how it failed. Journaled as its message.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("plugin `{uses}`: {source}")]
+    Component {
+        uses: lifeboat_plan::plan::PluginRef,
+        source: lifeboat_loader::ComponentError,
+    },
+    #[error("plugin `{uses}` is not pinned with `sha256`")]
+    Unpinned {
+        uses: lifeboat_plan::plan::PluginRef,
+    },
+    #[error("plugin `{uses}`: {source}")]
+    Load {
+        uses: lifeboat_plan::plan::PluginRef,
+        source: lifeboat_plugin_host::LoadError,
+    },
+    #[error("step `{step}`: {source}")]
+    Placeholder {
+        step: String,
+        source: lifeboat_compute::template::TemplateError,
+    },
+    /// What the step wrote could not be journaled.
+    #[error("{0}")]
+    Journal(String),
+    /// The step ran and did not succeed (failed, trapped, timed out, was refused).
+    #[error("{}", .0.summary())]
+    Outcome(lifeboat_plugin_host::StepOutcome),
+    /// A runner other than the sandbox's says why (tests drive runs with their own).
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Runs one step; the orchestrator's real runner calls the plugin host.
 #[async_trait::async_trait]
 pub trait StepRunner: Send + Sync {
@@ -25,7 +58,7 @@ pub trait StepRunner: Send + Sync {
         step: &StepRun,
         attempt: u32,
         key: &str,
-    ) -> Result<serde_json::Value, String>;
+    ) -> Result<serde_json::Value, StepError>;
 }
 
 /// A message to a running run.
@@ -188,6 +221,8 @@ pub async fn execute(
                         break;
                     }
                     Err(error) => {
+                        // The journal keeps the message.
+                        let error = error.to_string();
                         append(
                             journal,
                             Event::StepFailed {

@@ -9,7 +9,7 @@ use lifeboat_plugin_host::PluginEngine;
 use lifeboat_replication::{GroupSpec, Store};
 
 use crate::error::{Error, Result};
-use crate::journal::{Event, Journal, JournalError, RunKind, RunStatus};
+use crate::journal::{Journal, JournalError, RunKind, RunStatus};
 use lifeboat_compute::driver::{Compute, Handle};
 
 /// What every operation works with: the resolved configuration (the inventory as written and as
@@ -167,35 +167,11 @@ pub(crate) fn not_driven(status: &RunInfo) -> Result<()> {
     }
 }
 
-/// The VM processes a run started and did not stop, from its events.
-pub fn running_in(events: &[(i64, i64, Event)]) -> Vec<Handle> {
-    let mut up: Vec<Handle> = Vec::new();
-    for (_, _, e) in events {
-        match e {
-            Event::VmStarted {
-                vm,
-                pid,
-                key,
-                started,
-                ..
-            } => up.push(Handle {
-                vm: vm.clone(),
-                pid: *pid,
-                started: *started,
-                key: key.clone(),
-            }),
-            Event::VmStopped { vm } => up.retain(|h| h.vm != *vm),
-            _ => {}
-        }
-    }
-    up
-}
-
 /// The VM processes runs started and did not stop, over every run in the journal.
 pub fn running_vms(journal: &Journal) -> Result<Vec<Handle>, JournalError> {
     let mut out = Vec::new();
     for (id, ..) in journal.runs()? {
-        out.extend(running_in(&journal.events(&id)?));
+        out.extend(journal.replay(&id)?.map(|r| r.running).unwrap_or_default());
     }
     Ok(out)
 }
@@ -215,19 +191,15 @@ pub fn failed_over(
         if !operation.moves_groups() {
             continue;
         }
-        let events = journal.events(&id)?;
         let Some(replayed) = journal.replay(&id)? else {
             continue;
         };
-        let vms: Vec<String> = events
+        let vms: Vec<String> = replayed
+            .assignments
             .iter()
-            .find_map(|(_, _, e)| match e {
-                Event::Assigned { assignments } => {
-                    Some(assignments.iter().map(|a| a.vm.clone()).collect())
-                }
-                _ => None,
-            })
-            .unwrap_or_default();
+            .flatten()
+            .map(|a| a.vm.clone())
+            .collect();
         for g in groups
             .iter()
             .filter(|g| g.vms.iter().any(|v| vms.contains(&v.name)))

@@ -188,7 +188,7 @@ impl RunServices {
 
     /// One try of a health probe, where the run's VMs are (inside an isolated drill's
     /// namespace: a command probe runs there too).
-    async fn check_once(&self, probe: &Probe) -> Result<(), String> {
+    async fn check_once(&self, probe: &Probe) -> Result<(), health::Unhealthy> {
         let Some(ns) = &self.netns else {
             return health::check(probe, &self.base).await;
         };
@@ -197,8 +197,7 @@ impl RunServices {
             p => (p.clone(), self.base.clone()),
         };
         ns.within(move || async move { health::check(&probe, &base).await })
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
     }
 
     /// Appends an event to this run's journal, then shows it.

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use lifeboat_api::status::{GroupStatus, LastPoint, Rpo, Status, VmStatus};
+use lifeboat_api::status::{GroupState, GroupStatus, LastPoint, Rpo, Status, VmStatus};
 use lifeboat_plan::Inventory;
 use lifeboat_replication::{GroupSpec, Manifest, Repository, Store};
 
@@ -74,7 +74,7 @@ pub fn rows(
             crash_interval_seconds: group.crash_interval.as_secs_f64(),
             rpo: rpo_of(live.last_point.as_ref(), group.rpo_threshold, now),
             last_point: live.last_point.clone(),
-            state: live.state.clone(),
+            state: live.state,
             next_cycle_at: live
                 .next_cycle
                 .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
@@ -94,7 +94,7 @@ pub fn rows(
 pub struct GroupRuntime {
     pub last_point: Option<LastPoint>,
     pub damaged_points: Vec<u64>,
-    pub state: String,
+    pub state: GroupState,
     pub next_cycle: Option<SystemTime>,
     pub writer: Option<String>,
     pub last_error: Option<String>,
@@ -108,7 +108,7 @@ pub async fn from_repositories(inventory: &Inventory, base: &Path, groups: &[Gro
     let mut rows_in = Vec::new();
     for group in groups {
         let mut live = GroupRuntime {
-            state: "-".into(),
+            state: GroupState::Unknown,
             ..GroupRuntime::default()
         };
         match last_and_damaged(inventory, base, group).await {

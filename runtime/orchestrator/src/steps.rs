@@ -15,7 +15,7 @@ use lifeboat_plugin_host::{
 
 use crate::compile::{Phase, StepRun};
 use crate::journal::Event;
-use crate::run::StepRunner;
+use crate::run::{StepError, StepRunner};
 use crate::services::RunServices;
 use lifeboat_compute::template;
 
@@ -90,7 +90,7 @@ impl PluginRunner {
         }
     }
 
-    async fn plugin(&self, step: &StepRun) -> Result<Arc<Plugin>, String> {
+    async fn plugin(&self, step: &StepRun) -> Result<Arc<Plugin>, StepError> {
         if let Some(p) = self
             .loaded
             .lock()
@@ -108,7 +108,7 @@ impl PluginRunner {
     }
 
     /// The request for one execution of `step`; `key` keys every effect its host calls make.
-    fn request(&self, step: &StepRun, attempt: u32, key: &str) -> Result<StepRequest, String> {
+    fn request(&self, step: &StepRun, attempt: u32, key: &str) -> Result<StepRequest, StepError> {
         self.facts()
             .request(step, attempt, key, self.services.clone(), self.kv.clone())
     }
@@ -137,7 +137,7 @@ impl PluginRunner {
     }
 
     /// Calls the step's `undo` with what its `run` returned.
-    pub async fn undo(&self, step: &StepRun, outputs: &serde_json::Value) -> Result<(), String> {
+    pub async fn undo(&self, step: &StepRun, outputs: &serde_json::Value) -> Result<(), StepError> {
         let plugin = self.plugin(step).await?;
         // An undo's effects are its own, whichever attempt of the step it undoes.
         let key = format!("{}/{}/undo", self.services.run, step.id);
@@ -146,7 +146,7 @@ impl PluginRunner {
         self.journal_log(step, 0, &report);
         match report.outcome {
             StepOutcome::Ok { .. } => Ok(()),
-            other => Err(other.summary()),
+            other => Err(StepError::Outcome(other)),
         }
     }
 }
@@ -158,22 +158,30 @@ pub async fn load_plugin(
     components: &Components,
     plan_dir: &std::path::Path,
     step: &StepRun,
-) -> Result<Plugin, String> {
-    let component = components
-        .get(&step.uses, plan_dir)
-        .map_err(|e| format!("plugin `{}`: {e}", step.uses))?;
+) -> Result<Plugin, StepError> {
+    let uses = || step.uses.clone();
+    let component =
+        components
+            .get(&step.uses, plan_dir)
+            .map_err(|source| StepError::Component {
+                uses: uses(),
+                source,
+            })?;
     // A file plugin runs only under its pin; plan validation already demands one.
     let pin = match &step.uses {
         PluginRef::Builtin(_) => None,
         PluginRef::Path(_) => Some(
             step.sha256
                 .as_deref()
-                .ok_or_else(|| format!("plugin `{}` is not pinned with `sha256`", step.uses))?,
+                .ok_or_else(|| StepError::Unpinned { uses: uses() })?,
         ),
     };
     Plugin::load(engine, &component.bytes, pin)
         .await
-        .map_err(|e| format!("plugin `{}`: {e}", step.uses))
+        .map_err(|source| StepError::Load {
+            uses: uses(),
+            source,
+        })
 }
 
 /// What a step's request is filled from: the run, its groups and the addresses it assigned.
@@ -236,16 +244,20 @@ impl Facts<'_> {
             .max()
     }
 
-    fn fill(&self, step: &StepRun, text: &str) -> Result<String, String> {
-        template::fill(text, &|name| self.value(step, name))
-            .map_err(|e| format!("step `{}`: {e}", step.id))
+    fn fill(&self, step: &StepRun, text: &str) -> Result<String, StepError> {
+        template::fill(text, &|name| self.value(step, name)).map_err(|source| {
+            StepError::Placeholder {
+                step: step.id.clone(),
+                source,
+            }
+        })
     }
 
     fn fill_json(
         &self,
         step: &StepRun,
         v: &serde_json::Value,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<serde_json::Value, StepError> {
         use serde_json::Value;
         Ok(match v {
             Value::String(s) => Value::String(self.fill(step, s)?),
@@ -257,7 +269,7 @@ impl Facts<'_> {
             Value::Object(o) => Value::Object(
                 o.iter()
                     .map(|(k, x)| Ok((k.clone(), self.fill_json(step, x)?)))
-                    .collect::<Result<_, String>>()?,
+                    .collect::<Result<_, StepError>>()?,
             ),
             other => other.clone(),
         })
@@ -272,8 +284,8 @@ impl Facts<'_> {
         key: &str,
         services: Arc<dyn lifeboat_plugin_host::HostServices>,
         kv: RunKv,
-    ) -> Result<StepRequest, String> {
-        let list = |l: &[String]| -> Result<Vec<String>, String> {
+    ) -> Result<StepRequest, StepError> {
+        let list = |l: &[String]| -> Result<Vec<String>, StepError> {
             l.iter().map(|s| self.fill(step, s)).collect()
         };
         let grants = Grants {
@@ -334,7 +346,7 @@ impl StepRunner for PluginRunner {
         step: &StepRun,
         attempt: u32,
         key: &str,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<serde_json::Value, StepError> {
         let plugin = self.plugin(step).await?;
         let request = self.request(step, attempt, key)?;
         let before = self.kv.entries();
@@ -345,13 +357,13 @@ impl StepRunner for PluginRunner {
         if after != before {
             self.services
                 .record(Event::Kv { entries: after })
-                .map_err(|e| lifeboat_plugin_host::plugin_error_text(&e))?;
+                .map_err(|e| StepError::Journal(lifeboat_plugin_host::plugin_error_text(&e)))?;
         }
         match report.outcome {
             StepOutcome::Ok { outputs } => {
                 Ok(serde_json::from_str(&outputs).unwrap_or(serde_json::Value::String(outputs)))
             }
-            other => Err(other.summary()),
+            other => Err(StepError::Outcome(other)),
         }
     }
 }

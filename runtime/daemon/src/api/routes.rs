@@ -25,13 +25,13 @@ use utoipa::{Modify, OpenApi};
 use super::Api;
 use crate::api_error::ApiError;
 use crate::messages::{Command, CommandError};
-use lifeboat_api::Notice;
 use lifeboat_api::Status;
 use lifeboat_api::error::ErrorBody;
 use lifeboat_api::requests::{
     Approval, ApproveBody, EventsQuery, FailoverBody, PlanInfo, ReplicateQuery, Replicated,
     Retried, RetryBody, RunSummary, Started,
 };
+use lifeboat_api::{Notice, NoticeKind};
 
 /// A supervisor that has not gone round its loop for this long is not healthy.
 const STALLED: Duration = Duration::from_secs(10);
@@ -408,7 +408,7 @@ async fn replicate(
             group: group.clone(),
             reply,
         })
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     match answer.await {
         Ok(Ok(())) => {}
         Ok(Err(CommandError::NoGroup(g))) => {
@@ -436,7 +436,8 @@ async fn replicate(
             match feed.recv().await {
                 Ok(n)
                     if n.group.as_deref() == Some(group.as_str())
-                        && (n.kind == "cycle.committed" || n.kind == "cycle.failed") =>
+                        && (n.kind == NoticeKind::CycleCommitted
+                            || n.kind == NoticeKind::CycleFailed) =>
                 {
                     return Some(n);
                 }
@@ -447,7 +448,7 @@ async fn replicate(
     })
     .await;
     match ended {
-        Ok(Some(n)) if n.kind == "cycle.committed" => Ok(axum::Json(Replicated {
+        Ok(Some(n)) if n.kind == NoticeKind::CycleCommitted => Ok(axum::Json(Replicated {
             group,
             cycle: Some((*n).clone()),
         })
@@ -487,7 +488,7 @@ async fn events(
         let n = f.next().await?;
         let sse = SseEvent::default()
             .id(n.id.to_string())
-            .event(n.kind.clone())
+            .event(n.kind.as_str())
             .data(serde_json::to_string(&*n).unwrap_or_default());
         Some((Ok(sse), f))
     });

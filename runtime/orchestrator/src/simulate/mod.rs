@@ -485,13 +485,25 @@ async fn run_step(
                 loaded.insert(s.uses.clone(), p.clone());
                 p
             }
-            Err(e) => return (SimOutcome::Failed(e), Vec::new(), serde_json::Value::Null),
+            Err(e) => {
+                return (
+                    SimOutcome::Failed(e.to_string()),
+                    Vec::new(),
+                    serde_json::Value::Null,
+                );
+            }
         },
     };
     let key = crate::journal::idempotency_key(facts.run, &s.id, 1);
     let mut request = match facts.request(s, 1, &key, world.clone(), kv.clone()) {
         Ok(r) => r,
-        Err(e) => return (SimOutcome::Failed(e), Vec::new(), serde_json::Value::Null),
+        Err(e) => {
+            return (
+                SimOutcome::Failed(e.to_string()),
+                Vec::new(),
+                serde_json::Value::Null,
+            );
+        }
     };
     request.limits.timeout = request.limits.timeout.min(REAL_STEP_LIMIT);
     let report = plugin.run(&request).await;
