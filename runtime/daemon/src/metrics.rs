@@ -66,10 +66,8 @@ const fn counter<T>(
     value: fn(&T) -> Option<f64>,
 ) -> Family<T> {
     Family {
-        name,
         kind: "counter",
-        help,
-        value,
+        ..gauge(name, help, value)
     }
 }
 
