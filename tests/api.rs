@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::daemon::{Daemon, assert_no_vm_paused, edit, fast_sites, last_id};
+use crate::daemon::{CUT_GRACE, Daemon, assert_no_vm_paused, edit, fast_sites, last_id};
 use crate::failover::{HELPER, Sites, wait_for};
 
 /// One HTTP/1.1 request to `addr`: (status, body), `None` when nothing answers.
@@ -345,7 +345,7 @@ fn every_route_needs_the_token_over_tcp_and_answers_as_documented() {
         2,
         "{report:#}"
     );
-    assert_no_vm_paused(&s);
+    assert_no_vm_paused(&s, CUT_GRACE);
     let (status, log) = d.term(Duration::from_secs(15));
     assert!(status.success(), "{status:?}: {log}");
 }
