@@ -383,7 +383,11 @@ mod tests {
         let found = loop {
             let found = writers(std::slice::from_ref(&disk));
             let reader_open = Path::new(&format!("/proc/{}/fd/3", reader.id())).exists();
-            if (!found.is_empty() && reader_open) || std::time::Instant::now() > deadline {
+            // The shell opens the file before it becomes `sleep`: wait for both.
+            let settled = found
+                .first()
+                .is_some_and(|w| w.process.command == "sleep 5");
+            if (settled && reader_open) || std::time::Instant::now() > deadline {
                 break found;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
