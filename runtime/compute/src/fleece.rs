@@ -392,46 +392,19 @@ async fn open_views(f: &Fleeced) -> Result<Vec<FrozenDisk>> {
     Ok(out)
 }
 
-/// The extents bitmap `bitmap` marks dirty in export `name`: `qemu-img map` reports them as
-/// `"data": false` when the bitmap stands in for the allocation status.
+/// The extents bitmap `bitmap` marks dirty in export `name`, by the NBD client's block status.
 async fn dirty_extents(nbd: &Path, name: &str, bitmap: &str) -> Result<Vec<(u64, u64)>> {
-    let opts = format!(
-        "driver=nbd,server.type=unix,server.path={},export={name},x-dirty-bitmap=qemu:dirty-bitmap:{bitmap}",
-        nbd.display()
+    let (socket, name, context) = (
+        nbd.to_path_buf(),
+        name.to_string(),
+        format!("qemu:dirty-bitmap:{bitmap}"),
     );
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["map", "--output=json", "--image-opts", &opts])
-        .output()
-        .await
-        .map_err(|e| Error::io("cannot run qemu-img (install qemu-utils)", e))?;
-    if !out.status.success() {
-        return Err(Error::failed(format!(
-            "qemu-img map: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    parse_map(&out.stdout)
-}
-
-fn parse_map(json: &[u8]) -> Result<Vec<(u64, u64)>> {
-    let extents: Vec<Value> = serde_json::from_slice(json)
-        .map_err(|e| Error::failed(format!("qemu-img map said something unexpected: {e}")))?;
-    let mut out = Vec::new();
-    for e in extents {
-        let (Some(start), Some(length), Some(data)) = (
-            e["start"].as_u64(),
-            e["length"].as_u64(),
-            e["data"].as_bool(),
-        ) else {
-            return Err(Error::failed(format!(
-                "qemu-img map: an extent without start, length or data: {e}"
-            )));
-        };
-        if !data {
-            out.push((start, length));
-        }
-    }
-    Ok(out)
+    tokio::task::spawn_blocking(move || {
+        lifeboat_replication::nbd::block_status(&socket, &name, &context)
+    })
+    .await
+    .map_err(|e| Error::failed(format!("NBD block status stopped: {e}")))?
+    .map_err(|e| Error::failed(e.to_string()))
 }
 
 /// The `query-block` entry whose image is `path` (QEMU reports the path it was given).
@@ -571,16 +544,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    #[test]
-    fn dirty_extents_are_what_the_bitmap_marks() {
-        let map = br#"[{ "start": 0, "length": 1966080, "depth": 0, "present": true, "zero": false, "data": true},
-{ "start": 1966080, "length": 1114112, "depth": 0, "present": false, "zero": false, "data": false},
-{ "start": 3080192, "length": 64028672, "depth": 0, "present": true, "zero": false, "data": true}]"#;
-        assert_eq!(parse_map(map).unwrap(), vec![(1966080, 1114112)]);
-        assert!(parse_map(b"[{\"start\": 0}]").is_err());
-        assert!(parse_map(b"not json").is_err());
-    }
 
     #[test]
     fn only_the_parent_cuts_recording_consistent_bitmap_is_trusted() {

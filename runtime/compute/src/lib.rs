@@ -11,6 +11,7 @@
 pub mod cut;
 pub mod driver;
 pub mod fleece;
+pub mod libvirt;
 pub mod netns;
 pub mod pause;
 pub mod procfs;

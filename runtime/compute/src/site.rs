@@ -176,6 +176,27 @@ pub async fn cycle(
     }
     let source = site_store(inventory, base, &group.source_site, true)?;
     let target = site_store(inventory, base, &group.target_site, false)?;
+    let libvirt = inventory
+        .sites
+        .get(&group.source_site)
+        .is_some_and(|s| s.compute.value == lifeboat_plan::inventory::ComputeDriver::Libvirt);
+    if libvirt {
+        // libvirt's QEMU writes the disks; its pull backup is the cut, so no writer check.
+        let dir = base.join(".lifeboat/libvirt");
+        let (group, cut) = crate::libvirt::resolve_group(inventory, group, &dir).await?;
+        let how = cut.as_ref().map(|c| c.describe());
+        let opts = CycleOptions {
+            app,
+            cut: cut.map(|c| Arc::new(c) as Arc<dyn lifeboat_replication::Cut>),
+            max_pause: Some(group.max_pause),
+            progress,
+            full_scan,
+            point_notes: Vec::new(),
+        };
+        let mut report = lifeboat_replication::replicate(&group, &source, &target, &opts).await?;
+        report.notes.extend(how.into_iter().flatten());
+        return Ok(report);
+    }
     let names: Vec<&str> = group.vms.iter().map(|v| v.name.as_str()).collect();
     let held = locate_source_vms(inventory, base, driver.as_ref(), &names).await;
     let point_notes = check_writers(inventory, group, &held).await?;

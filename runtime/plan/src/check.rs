@@ -195,6 +195,9 @@ pub fn check_inventory(inv: &Inventory, sources: &Sources) -> Vec<Diagnostic> {
             }
         }
         check_vm_placeholders(vm_name, vm, sources, &mut out);
+        if let Some(site) = inv.sites.get(&vm.site) {
+            check_vm_disks(vm_name, vm, site, &mut out);
+        }
         if let Some(site) = inv.sites.get(&vm.site)
             && site.compute.value == crate::inventory::ComputeDriver::Qemu
             && vm.machine.is_none()
@@ -1020,5 +1023,57 @@ fn check_step(
                 out.push(d);
             }
         }
+    }
+}
+
+/// A VM's disks are written in the inventory, except at a `libvirt` site, where they are the
+/// domain's (read from libvirt, never written twice); `domain` is only for libvirt VMs.
+fn check_vm_disks(
+    vm_name: &str,
+    vm: &Vm,
+    site: &crate::inventory::Site,
+    out: &mut Vec<Diagnostic>,
+) {
+    let libvirt = site.compute.value == crate::inventory::ComputeDriver::Libvirt;
+    if libvirt && let Some((name, path)) = vm.disks.iter().next() {
+        out.push(
+            Diagnostic::error(
+                Rule::InvalidValue,
+                path.span,
+                format!(
+                    "VM `{vm_name}` is at `libvirt` site `{}`: its disks are its domain's, read from libvirt (`{name}` is not needed)",
+                    vm.site.value
+                ),
+                "read from libvirt",
+            )
+            .with_help(format!("remove `disks` from `[vms.{vm_name}]`")),
+        );
+    }
+    if !libvirt && vm.disks.is_empty() {
+        out.push(
+            Diagnostic::error(
+                Rule::MissingKey,
+                vm.site.span,
+                format!(
+                    "VM `{vm_name}` has no `disks`: site `{}` uses the `{}` compute driver, which reads disks from the inventory",
+                    vm.site.value,
+                    site.compute.value.as_str()
+                ),
+                "no disks",
+            )
+            .with_help(format!("add `disks = {{ data = \"vms/{vm_name}.img\" }}` to `[vms.{vm_name}]`")),
+        );
+    }
+    if !libvirt && let Some(domain) = &vm.domain {
+        out.push(Diagnostic::error(
+            Rule::InvalidValue,
+            domain.span,
+            format!(
+                "`domain` names a libvirt domain; VM `{vm_name}`'s site `{}` uses the `{}` driver",
+                vm.site.value,
+                site.compute.value.as_str()
+            ),
+            "not a libvirt site",
+        ));
     }
 }

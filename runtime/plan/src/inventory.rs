@@ -62,6 +62,10 @@ pub struct Site {
     pub store: Spanned<String>,
     /// How VMs are started here.
     pub compute: Spanned<ComputeDriver>,
+    /// The libvirt daemons of a `libvirt` site, one per hypervisor host
+    /// (`qemu:///system`, `qemu+unix:///system?socket=PATH`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<Spanned<String>>,
     /// The site whose repository receives this site's VMs' recovery points. A site without it
     /// protects nothing (it is a target, or not replicated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,15 +91,19 @@ pub enum ComputeDriver {
     Process,
     /// A VM is a QEMU virtual machine.
     Qemu,
+    /// A VM is a libvirt domain on one of the site's `hosts`; its disks, NICs, memory and
+    /// CPUs are read from libvirt.
+    Libvirt,
 }
 
 impl ComputeDriver {
-    pub const NAMES: &'static [&'static str] = &["process", "qemu"];
+    pub const NAMES: &'static [&'static str] = &["process", "qemu", "libvirt"];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Process => "process",
             Self::Qemu => "qemu",
+            Self::Libvirt => "libvirt",
         }
     }
 }
@@ -139,8 +147,13 @@ pub struct Vm {
     pub site: Spanned<String>,
     /// The replication policy.
     pub policy: Spanned<String>,
-    /// Disk images by name (paths relative to lifeboat.toml).
+    /// Disk images by name (paths relative to lifeboat.toml). Not at a `libvirt` site: there
+    /// the domain's disks are read from libvirt.
+    #[serde(default)]
     pub disks: NameMap<Spanned<String>>,
+    /// The libvirt domain of a VM at a `libvirt` site (default: the VM's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<Spanned<String>>,
     /// Network interfaces, in order (`nic0`, `nic1`, …).
     #[serde(default)]
     pub nics: Vec<Nic>,
@@ -432,6 +445,7 @@ fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
         match s.as_str() {
             "process" => Some(Spanned::new(ComputeDriver::Process, s.span)),
             "qemu" => Some(Spanned::new(ComputeDriver::Qemu, s.span)),
+            "libvirt" => Some(Spanned::new(ComputeDriver::Libvirt, s.span)),
             other => {
                 let mut diag = Diagnostic::error(
                     Rule::InvalidValue,
@@ -447,6 +461,48 @@ fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
             }
         }
     });
+    let hosts = t
+        .optional("hosts")
+        .map(|v| d.string_list(v, &t.path("hosts")));
+    let hosts = hosts.unwrap_or(None).unwrap_or_default();
+    match &compute {
+        Some(c) if c.value == ComputeDriver::Libvirt && hosts.is_empty() => d.push(
+            Diagnostic::error(
+                Rule::MissingKey,
+                c.span,
+                format!("a `libvirt` site needs `hosts` (in `{what}`)"),
+                "no hosts",
+            )
+            .with_help(
+                "add `hosts = [\"qemu:///system\"]`: the libvirt daemon of each hypervisor host",
+            ),
+        ),
+        Some(c) if c.value != ComputeDriver::Libvirt && !hosts.is_empty() => d.error(
+            Rule::InvalidValue,
+            hosts[0].span,
+            format!(
+                "`hosts` is for `libvirt` sites; this site uses the `{}` driver",
+                c.value.as_str()
+            ),
+            "not a libvirt site",
+        ),
+        _ => {}
+    }
+    for h in &hosts {
+        if !h.value.starts_with("qemu") || !h.value.contains("://") {
+            d.push(
+                Diagnostic::error(
+                    Rule::InvalidValue,
+                    h.span,
+                    format!("`{}` is not a libvirt URI of QEMU domains", h.value),
+                    "not a qemu:// URI",
+                )
+                .with_help(
+                    "write `qemu:///system` or `qemu+unix:///system?socket=/path/libvirt-sock`",
+                ),
+            );
+        }
+    }
     let replicate_to = t
         .optional("replicate_to")
         .map(|v| d.string(v, &t.path("replicate_to")));
@@ -496,6 +552,7 @@ fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
     Some(Site {
         store: store?,
         compute: compute?,
+        hosts,
         replicate_to: replicate_to.unwrap_or(None),
         bandwidth: bandwidth.unwrap_or(None),
         networks: networks?,
@@ -608,7 +665,9 @@ fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
     let policy = t
         .required(d, "policy")
         .and_then(|v| d.string(v, &t.path("policy")));
-    let disks = t.required(d, "disks").and_then(|v| {
+    let domain = t.optional("domain").map(|v| d.string(v, &t.path("domain")));
+    // Required everywhere but at a `libvirt` site: the check that knows the site says so.
+    let disks = t.optional("disks").map(|v| {
         d.name_map(v, &t.path("disks"), &mut Vec::new(), |d, v, what| {
             let path = d.string(v, what)?;
             if path.trim().is_empty() {
@@ -623,6 +682,7 @@ fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
             Some(path)
         })
     });
+    let disks = disks.unwrap_or(Some(NameMap::default()));
     if let Some(disks) = &disks
         && disks.is_empty()
         && let Some(v) = t.optional("disks")
@@ -719,6 +779,7 @@ fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
         site: site?,
         policy: policy?,
         disks: disks?,
+        domain: domain.unwrap_or(None),
         nics: nics?,
         boot: boot.unwrap_or(None),
         machine: machine.unwrap_or(None),
