@@ -12,6 +12,7 @@ mod formats;
 mod fuzz;
 mod golden;
 mod layers;
+mod libvirt;
 mod lifecycle;
 mod orchestrator;
 mod plugins;

@@ -15,7 +15,7 @@ use crate::failover::get;
 
 /// The test guest: `.ci/run` builds it into the cache (`LIFEBOAT_TEST_GUEST` names another
 /// folder). Not built here: the build runs cargo, which the running `cargo test` holds locked.
-fn guest() -> PathBuf {
+pub(crate) fn guest() -> PathBuf {
     let dir = std::env::var_os("LIFEBOAT_TEST_GUEST")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -66,7 +66,7 @@ impl Lab {
 }
 
 /// The CLI on the inventory in `dir`.
-fn cli(dir: &std::path::Path) -> impl Fn(&[&str]) -> crate::support::Outcome {
+pub(crate) fn cli(dir: &std::path::Path) -> impl Fn(&[&str]) -> crate::support::Outcome {
     let config = dir.join("lifeboat.toml").display().to_string();
     move |args: &[&str]| {
         let mut full = vec!["--config", config.as_str()];

@@ -3,6 +3,7 @@
 
 mod daemon;
 mod demo;
+mod discover;
 pub use lifeboat_api::exit_codes;
 mod load;
 mod orchestration;
@@ -106,6 +107,22 @@ enum Command {
     /// Protect every VM continuously: a point of each consistency group every `crash_interval`,
     /// until SIGTERM or SIGINT.
     Daemon(daemon::DaemonOptions),
+    /// The domains on a `libvirt` site's hosts: disks, NICs, and which VM protects each.
+    /// With --write, appends inventory stanzas for the domains named by --vm.
+    Discover {
+        /// A site whose compute driver is `libvirt`.
+        site: String,
+        /// Append a `[vms.NAME]` stanza for each domain named by --vm (NAME: the domain's name
+        /// made a valid VM name), then validate the inventory (left as it was if it fails).
+        #[arg(long, requires = "vm")]
+        write: bool,
+        /// A domain to protect (repeatable), with --write.
+        #[arg(long = "vm", value_name = "DOMAIN")]
+        vm: Vec<String>,
+        /// The policy of the new VMs (default: the inventory's only policy).
+        #[arg(long)]
+        policy: Option<String>,
+    },
     /// Every protected VM: where it runs, its policy, RPO against the threshold, the last point.
     /// Exits 7 when any RPO is over its threshold.
     Status,
@@ -788,6 +805,22 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             })
         }
         Command::Daemon(opts) => Ok(daemon::run(&config, state.as_deref(), opts, json, io)),
+        Command::Discover {
+            site,
+            write,
+            vm,
+            policy,
+        } => Ok(discover::run(
+            &config,
+            &discover::Discover {
+                site: &site,
+                write,
+                vms: &vm,
+                policy: policy.as_deref(),
+            },
+            json,
+            io,
+        )),
         Command::Status => Ok(match context(io) {
             Ok(ctx) => {
                 let base = lifeboat_loader::base_dir(&config);

@@ -285,6 +285,10 @@ impl Cut for LibvirtCut {
             let mut failure = None;
             if suspend {
                 for (job, _, _) in &begins {
+                    // Paused by someone else: it is still already, and not ours to resume.
+                    if job.host.state(&job.dom).ok() != Some(super::DomainState::Running) {
+                        continue;
+                    }
                     match job.host.suspend(&job.dom) {
                         Ok(()) => suspended.push(job),
                         Err(e) => {

@@ -357,3 +357,41 @@ pub async fn resolve_group(
         .then(|| backup::LibvirtCut::new(running, hosts, dir.to_path_buf(), group.max_pause));
     Ok((resolved, cut))
 }
+
+/// A domain found on a host of a site.
+#[derive(Clone, Debug)]
+pub struct Discovered {
+    pub host: String,
+    pub spec: DomainSpec,
+    pub state: DomainState,
+}
+
+/// Every domain on `hosts`, in host order, then by name.
+pub async fn discover(uris: &[String]) -> lifeboat_replication::Result<Vec<Discovered>> {
+    let hosts = connect_all(uris).await?;
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for host in &hosts {
+            let fail = |e: RpcError| {
+                lifeboat_replication::Error::failed(format!("libvirt host `{}`: {e}", host.uri))
+            };
+            let mut doms = host.domains().map_err(fail)?;
+            doms.sort_by(|a, b| a.name.cmp(&b.name));
+            for d in doms {
+                let xml = host.xml(&d, 0).map_err(fail)?;
+                let spec = domain::parse(&xml).map_err(|e| {
+                    lifeboat_replication::Error::failed(format!("domain `{}`: {e}", d.name))
+                })?;
+                let state = host.state(&d).map_err(fail)?;
+                out.push(Discovered {
+                    host: host.uri.clone(),
+                    spec,
+                    state,
+                });
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| lifeboat_replication::Error::failed(format!("a libvirt call stopped: {e}")))?
+}
