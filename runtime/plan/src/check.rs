@@ -1049,7 +1049,7 @@ fn check_vm_disks(
             .with_help(format!("remove `disks` from `[vms.{vm_name}]`")),
         );
     }
-    if !libvirt && vm.disks.is_empty() {
+    if !libvirt && !vm.disks_written {
         out.push(
             Diagnostic::error(
                 Rule::MissingKey,

@@ -154,6 +154,10 @@ pub struct Vm {
     /// The libvirt domain of a VM at a `libvirt` site (default: the VM's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<Spanned<String>>,
+    /// Whether the file has a `disks` key (an empty one is reported where it is written).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub disks_written: bool,
     /// Network interfaces, in order (`nic0`, `nic1`, …).
     #[serde(default)]
     pub nics: Vec<Nic>,
@@ -666,6 +670,7 @@ fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
         .required(d, "policy")
         .and_then(|v| d.string(v, &t.path("policy")));
     let domain = t.optional("domain").map(|v| d.string(v, &t.path("domain")));
+    let disks_written = t.optional("disks").is_some();
     // Required everywhere but at a `libvirt` site: the check that knows the site says so.
     let disks = t.optional("disks").map(|v| {
         d.name_map(v, &t.path("disks"), &mut Vec::new(), |d, v, what| {
@@ -780,6 +785,7 @@ fn decode_vm(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Vm> {
         policy: policy?,
         disks: disks?,
         domain: domain.unwrap_or(None),
+        disks_written,
         nics: nics?,
         boot: boot.unwrap_or(None),
         machine: machine.unwrap_or(None),
