@@ -203,6 +203,8 @@ rpo_threshold = "1m"
         "{}",
         listed.stdout
     );
+    let online = lifeboat(&["plan", "validate", "--online"]);
+    assert_eq!(online.code, 0, "{}{}", online.stdout, online.stderr);
 
     // The guests write; the first point is full, cut at one instant.
     wait_for("the guests to write", Duration::from_secs(60), || {
@@ -356,4 +358,109 @@ compute = "process"
     ));
     let out = lifeboat(&["plan", "validate"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    // Online, the world is asked: the domain is not there, nor is the second host.
+    write(&format!(
+        "{head}[sites.east]\nstore = \"east\"\ncompute = \"libvirt\"\nhosts = [\"{URI}\", \"qemu+unix:///system?socket=/nonexistent/libvirt-sock\"]\nreplicate_to = \"west\"\n[vms.a]\nsite = \"east\"\npolicy = \"default\"\ndomain = \"lb-no-such-domain\"\n"
+    ));
+    assert_eq!(lifeboat(&["plan", "validate"]).code, 0);
+    let out = lifeboat(&["plan", "validate", "--online"]);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 3, "{text}");
+    assert!(text.contains("error[host-unreachable]: libvirt host `qemu+unix:///system?socket=/nonexistent/libvirt-sock` of site `east`"), "{text}");
+    assert!(
+        text.contains(
+            "error[not-found-online]: VM `a`: no host of site `east` has domain `lb-no-such-domain`"
+        ),
+        "{text}"
+    );
+}
+
+/// The daemon protects a discovered domain on its interval; once the domain is shut down
+/// through libvirt, the daemon's newest point is its disk byte for byte.
+#[test]
+fn the_daemon_protects_a_libvirt_domain_and_its_last_point_is_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let name = format!("lb-{}-daemon", std::process::id());
+    let disk = base.join("d.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("32M")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(
+        base.join("lifeboat.toml"),
+        format!(
+            r#"version = 1
+[sites.east]
+store = "east"
+compute = "libvirt"
+hosts = ["{URI}"]
+replicate_to = "west"
+[sites.west]
+store = "west"
+compute = "process"
+[policies.fast]
+crash_interval = "2s"
+retention = "1h"
+rpo_threshold = "1m"
+"#
+        ),
+    )
+    .unwrap();
+    let mut doms = Domains::new();
+    doms.start(&name, &disk, "qcow2", &base.join("d.console"));
+    let lifeboat = cli(base);
+    let wrote = lifeboat(&["discover", "east", "--write", "--vm", &name]);
+    assert_eq!(wrote.code, 0, "{}", wrote.stderr);
+    wait_for("the guest to write", Duration::from_secs(60), || {
+        std::fs::read_to_string(base.join("d.console"))
+            .is_ok_and(|c| c.contains("guest: starting the workload"))
+    });
+    let log = std::fs::File::create(base.join("daemon.log")).unwrap();
+    let config = base.join("lifeboat.toml").display().to_string();
+    let mut daemon = std::process::Command::new(crate::failover::HELPER)
+        .args(["cli", "--config", &config, "daemon", "--grace", "10s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let points = || -> Vec<serde_json::Value> {
+        let out = lifeboat(&["--output", "json", "points", "list", &name]);
+        serde_json::from_str::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["points"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    wait_for(
+        "three points from the daemon",
+        Duration::from_secs(60),
+        || points().len() >= 3,
+    );
+    let domain = doms.host.lookup(&name).unwrap();
+    doms.host.shutdown(&domain).unwrap();
+    wait_for("the domain to shut off", Duration::from_secs(60), || {
+        doms.state(&name) == DomainState::ShutOff
+    });
+    let off = points().len();
+    wait_for(
+        "a point of the shut-off domain",
+        Duration::from_secs(30),
+        || points().len() > off,
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(daemon.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = daemon.wait().unwrap();
+    let log = std::fs::read_to_string(base.join("daemon.log")).unwrap_or_default();
+    assert!(status.success(), "{status:?}: {log}");
+    let img = restore(&lifeboat, &name, "latest", &base.join("last"));
+    identical(&img, &disk, "qcow2");
+    assert!(consistent(&img) > 0, "the guest wrote records");
+    // Only the newest point's checkpoint is left on the domain.
+    assert!(doms.host.checkpoints(&domain).unwrap().len() <= 1);
 }

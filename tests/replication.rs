@@ -1668,3 +1668,52 @@ fn an_s3_server_killed_and_restarted_mid_cycle_costs_no_point() {
     let verify = lab.run(&["verify", "--full"]);
     assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
 }
+
+/// `lifeboat store check` races eight creates of one object: on a folder exactly one wins and
+/// the clock is this host's; on the SeaweedFS S3 server and on Azurite too (printed, and
+/// asserted: a server that starts letting several through is noticed here).
+#[test]
+fn store_check_races_creates_of_one_object_and_reads_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("repo").display().to_string();
+    let out = lifeboat(&["store", "check", &folder]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("put-if-absent holds (1 of 8 concurrent creates of one object won)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("clock: +0.0 s") || out.stdout.contains("clock: -0.0 s"),
+        "{}",
+        out.stdout
+    );
+    let s3 = crate::servers::s3(&format!("probe-{}", unique()));
+    let out = lifeboat(&["--output", "json", "store", "check", &s3]);
+    eprintln!("SeaweedFS: {}{}", out.stdout, out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["racers"], 8);
+    // What docs/guide/stores.md says of SeaweedFS: its conditional create holds.
+    assert_eq!(
+        doc["winners"], 1,
+        "SeaweedFS let several creates through: {doc}"
+    );
+    assert_eq!(doc["conditional_create_holds"], true);
+    assert_eq!(out.code, 0, "{doc}");
+    assert!(
+        doc["clock_skew_ms"]
+            .as_i64()
+            .is_some_and(|ms| ms.abs() < 5_000),
+        "{doc}"
+    );
+    let azure = crate::servers::azure(&format!("probe-{}", unique()));
+    let out = lifeboat(&["--output", "json", "store", "check", &azure]);
+    eprintln!("Azurite: {}{}", out.stdout, out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        doc["winners"], 1,
+        "Azurite let several creates through: {doc}"
+    );
+    assert_eq!(out.code, 0, "{doc}");
+}

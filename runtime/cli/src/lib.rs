@@ -129,6 +129,9 @@ enum Command {
     /// Work with recovery points.
     #[command(subcommand)]
     Points(PointsCommand),
+    /// Check a store before trusting it with leases and repositories.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Write a VM's disks, as a point holds them, to raw images in a folder.
     Restore {
         vm: String,
@@ -340,6 +343,18 @@ enum PointsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Race concurrent creates of one object (exactly one must win, or leases cannot keep one
+    /// writer per group) and read the store's clock against this host's. Exits 4 when more
+    /// than one create wins.
+    Check {
+        /// A store as a site's `store` setting writes it (a path, `file:///…`, `s3://…`,
+        /// `az://…`).
+        url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum PlanCommand {
     /// Check the inventory and plans offline, reporting every problem at once.
     Validate(ValidateArgs),
@@ -386,6 +401,11 @@ struct ValidateArgs {
     /// Report format (default: `--output`).
     #[arg(long, value_enum)]
     format: Option<Format>,
+
+    /// Also check the world: every host of a `libvirt` site answers, every VM's domain is on
+    /// one of them with its disks there, every NIC's libvirt network exists.
+    #[arg(long)]
+    online: bool,
 }
 
 /// Where a command writes, and whether the terminal takes colour.
@@ -856,6 +876,7 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             json,
             io,
         )),
+        Command::Store(StoreCommand::Check { url }) => Ok(replication::store_check(&url, json, io)),
         Command::Points(PointsCommand::List { vm }) => Ok(match context(io) {
             Ok(ctx) => replication::points_list(&ctx, &vm, io),
             Err(code) => code,
@@ -887,7 +908,13 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             } else {
                 args.plans
             };
-            let validation = lifeboat_loader::validate(&cli.config, &plans);
+            let mut validation = lifeboat_loader::validate(&cli.config, &plans);
+            if args.online
+                && let Some(inventory) = &validation.inventory
+            {
+                let findings = lifeboat_compute::libvirt::online::check(inventory);
+                validation.diagnostics.extend(findings);
+            }
             let written = report::write(format, &validation, color, io.stdout)
                 .and_then(|()| io.stdout.flush());
             match written {

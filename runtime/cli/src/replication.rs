@@ -782,6 +782,59 @@ pub fn verify(ctx: &Context, full: bool, io: &mut crate::Io<'_>) -> u8 {
     })
 }
 
+/// `lifeboat store check URL`: whether the store's put-if-absent keeps one writer per group, and
+/// its clock against this host's.
+pub fn store_check(url: &str, json: bool, io: &mut crate::Io<'_>) -> u8 {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let probed = Store::open(url, &cwd)
+        .and_then(|store| runtime()?.block_on(lifeboat_replication::probe::probe(&store)));
+    let p = match probed {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: store `{url}`: {e}");
+            return lifeboat_orchestrator::error::replication_exit_code(&e);
+        }
+    };
+    if json {
+        let doc = serde_json::json!({
+            "store": url,
+            "racers": p.racers,
+            "winners": p.winners,
+            "conditional_create_holds": p.conditional_create_holds(),
+            "clock_skew_ms": p.skew_ms,
+        });
+        let _ = writeln!(io.stdout, "{doc}");
+    } else {
+        let verdict = if p.conditional_create_holds() {
+            "holds"
+        } else {
+            "does NOT hold"
+        };
+        let _ = writeln!(
+            io.stdout,
+            "store {url}: put-if-absent {verdict} ({} of {} concurrent creates of one object won)",
+            p.winners, p.racers
+        );
+        match p.skew_ms {
+            Some(ms) => {
+                let _ = writeln!(
+                    io.stdout,
+                    "clock: {:+.1} s against this host (leases expire by wall clock: keep it well under their TTL)",
+                    ms as f64 / 1000.0
+                );
+            }
+            None => {
+                let _ = writeln!(io.stdout, "clock: the store reports no modification times");
+            }
+        }
+    }
+    if p.conditional_create_holds() {
+        exit_codes::OK
+    } else {
+        exit_codes::FAILED
+    }
+}
+
 /// `lifeboat gc`: retention, then garbage collection, in every repository.
 pub fn gc(ctx: &Context, grace: Option<Duration>, io: &mut crate::Io<'_>) -> u8 {
     let opts = GcOptions {

@@ -114,6 +114,33 @@ impl From<AppMode> for Ask {
     }
 }
 
+/// Whether `group`'s target store keeps one writer per group: its put-if-absent is probed once
+/// per store and process (`lifeboat_replication::probe`). A daemon asks before it takes a
+/// lease and refuses to hold leases on a store that lets several concurrent creates through.
+pub async fn check_target_store(
+    inventory: &Inventory,
+    base: &Path,
+    group: &GroupSpec,
+) -> lifeboat_replication::Result<()> {
+    static PROBED: tokio::sync::Mutex<Vec<(String, lifeboat_replication::probe::Probe)>> =
+        tokio::sync::Mutex::const_new(Vec::new());
+    let target = site_store(inventory, base, &group.target_site, false)?;
+    let mut probed = PROBED.lock().await;
+    let probe = match probed.iter().find(|(l, _)| l == target.location()) {
+        Some((_, p)) => p.clone(),
+        None => {
+            let p = lifeboat_replication::probe::probe(&target).await?;
+            tracing::info!(store = target.location(), winners = p.winners, racers = p.racers, skew_ms = ?p.skew_ms, "store probed");
+            probed.push((target.location().to_string(), p.clone()));
+            p
+        }
+    };
+    match probe.refusal(target.location()) {
+        Some(why) => Err(lifeboat_replication::Error::failed(why)),
+        None => Ok(()),
+    }
+}
+
 /// Takes `group`'s writer lease in its target site's repository (see
 /// `lifeboat_replication::lease`): a daemon keeps it while it protects the group.
 pub async fn lease(

@@ -144,15 +144,23 @@ pub(crate) async fn protect(
             lease = None;
         }
         if lease.is_none() {
-            match lifeboat_compute::site::lease(
-                &a.inventory,
-                &a.base,
-                &a.spec,
-                &holder,
-                shared.lease_ttl,
-            )
-            .await
-            {
+            let taken =
+                match lifeboat_compute::site::check_target_store(&a.inventory, &a.base, &a.spec)
+                    .await
+                {
+                    Ok(()) => {
+                        lifeboat_compute::site::lease(
+                            &a.inventory,
+                            &a.base,
+                            &a.spec,
+                            &holder,
+                            shared.lease_ttl,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+            match taken {
                 Ok(l) => {
                     tracing::info!("writer lease taken");
                     lease = Some(l);

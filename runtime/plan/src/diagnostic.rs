@@ -89,6 +89,8 @@ rules! {
     BootsLater = "boots-later": "`plan simulate`: a step that needs a VM which a later group boots (the group order is wrong)",
     AddressClash = "address-clash": "`plan simulate`: the run's addresses cannot be assigned, or two NICs would hold one",
     AddressInUse = "address-in-use": "`plan simulate`: something already answers at an address the run must keep (a kept source address or an override)",
+    HostUnreachable = "host-unreachable": "`plan validate --online`: a libvirt host of a site that does not answer",
+    NotFoundOnline = "not-found-online": "`plan validate --online`: a domain, a disk of it or a network the inventory relies on that libvirt does not have",
 }
 
 impl std::fmt::Display for Rule {

@@ -19,6 +19,7 @@ pub mod lease;
 pub mod nbd;
 pub mod placement;
 pub mod points;
+pub mod probe;
 pub mod repo;
 pub mod restore;
 pub mod seal;

@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod domain;
+pub mod online;
 pub mod rpc;
 
 use rpc::{Connection, DomainRef, NetworkRef, Proc, RpcError, Xdr};
