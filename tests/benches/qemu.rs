@@ -11,106 +11,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::guest::{boot, guest, qemu};
 use common::{percentile, setting};
 use lifeboat_compute::GroupCut;
-use lifeboat_compute::driver::{Compute, Handle, Launch, ProcessDriver};
+use lifeboat_compute::driver::{Compute, Handle, ProcessDriver};
 use lifeboat_replication::groups::GroupSpec;
 use lifeboat_replication::{CycleOptions, Store};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_lifeboat-test-helper");
-
-fn guest() -> PathBuf {
-    let dir = std::env::var_os("LIFEBOAT_TEST_GUEST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/lifeboat-ci/guest")
-        });
-    assert!(
-        dir.join("vmlinuz").is_file(),
-        "no test guest in {}: run contrib/guest/build.sh {}",
-        dir.display(),
-        dir.display()
-    );
-    dir
-}
-
-fn qemu(guest: &Path, disk: &Path, addr: &str) -> Vec<String> {
-    [
-        "qemu-system-x86_64",
-        "-accel",
-        "tcg",
-        "-m",
-        "256",
-        "-no-reboot",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-serial",
-        "null",
-        "-kernel",
-        &guest.join("vmlinuz").display().to_string(),
-        "-initrd",
-        &guest.join("initrd.gz").display().to_string(),
-        "-append",
-        "console=ttyS0 panic=-1 quiet",
-        "-drive",
-        &format!("file={},if=virtio,format=raw", disk.display()),
-        "-netdev",
-        &format!("user,id=n0,hostfwd=tcp:{addr}-:8080"),
-        "-device",
-        "virtio-net-pci,netdev=n0",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn healthy(addr: &str) -> bool {
-    std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200))
-        .ok()
-        .and_then(|mut s| {
-            use std::io::{Read, Write};
-            s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-            s.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;
-            let mut b = String::new();
-            s.read_to_string(&mut b).ok()?;
-            Some(b.starts_with("HTTP/1.1 200") || b.starts_with("HTTP/1.0 200"))
-        })
-        .unwrap_or(false)
-}
-
-/// Starts `argv` and returns the handle and the time until `addr` answers /health.
-fn boot(
-    rt: &tokio::runtime::Runtime,
-    driver: &Arc<ProcessDriver>,
-    dir: &Path,
-    argv: Vec<String>,
-    addr: &str,
-) -> (Handle, f64) {
-    let started = Instant::now();
-    let h = rt
-        .block_on(driver.start(&Launch {
-            vm: "vm".into(),
-            argv,
-            dir: dir.to_path_buf(),
-            log: dir.join("vm.log"),
-            key: String::new(),
-            netns: None,
-        }))
-        .unwrap();
-    while !healthy(addr) {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "{addr} never healthy"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (h, started.elapsed().as_secs_f64())
-}
 
 /// Writes `bytes` through the running VM's own block layer (HMP `qemu-io` on its disk), in
 /// 64 KiB blocks at pseudo-random places: what a guest writing would leave to capture.
@@ -181,7 +93,7 @@ fn main() {
             .set_len(16 << 20)
             .unwrap();
         let addr = format!("127.77.0.{}:8080", 10 + i);
-        let (h, t) = boot(&rt, &driver, dir, qemu(&guest, &disk, &addr), &addr);
+        let (h, t) = boot(&rt, &driver, dir, qemu(&guest, &disk, "raw", &addr), &addr);
         vm_t.push(t);
         rt.block_on(driver.stop(&h, Duration::from_secs(5)))
             .unwrap();
@@ -229,7 +141,7 @@ fn main() {
         &rt,
         &driver,
         dir,
-        with_qmp(qemu(&guest, &disk, addr), ""),
+        with_qmp(qemu(&guest, &disk, "raw", addr), ""),
         addr,
     );
     let mut group = GroupSpec::one_disk("vm", "data", &disk, dir);
@@ -306,7 +218,7 @@ fn main() {
         &rt,
         &driver,
         dir,
-        with_qmp(qemu(&guest, &disk, addr), " lifeboat.rate=100000"),
+        with_qmp(qemu(&guest, &disk, "raw", addr), " lifeboat.rate=100000"),
         addr,
     );
     let mut group2 = GroupSpec::one_disk("vm", "data", &disk, dir);

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod guest;
+
 /// A process (a daemon) killed if the benchmark stops early: its folder is about to be deleted.
 pub struct Killed(pub std::process::Child);
 

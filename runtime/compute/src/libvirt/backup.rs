@@ -332,7 +332,9 @@ impl Cut for LibvirtCut {
             (jobs, window, failure)
         })
         .await?;
-        if suspend && let Ok(mut p) = self.paused_for.lock() {
+        // A group was suspended for the window; a lone domain ran on, its I/O held at most for
+        // the backup's start (QEMU drains it for the transaction): either way, the bound.
+        if let Ok(mut p) = self.paused_for.lock() {
             *p = Some(window);
         }
         if let Some(e) = failure {
