@@ -26,9 +26,9 @@ impl Domains {
         }
     }
 
-    /// Defines and starts a domain booting the test guest from `disk` (`format`: qcow2 or
-    /// raw), its console in `console`.
-    fn start(&mut self, name: &str, disk: &Path, format: &str, console: &Path) {
+    /// Defines a domain booting the test guest from `disk` (`format`: qcow2 or raw), its
+    /// console in `console`.
+    fn define(&mut self, name: &str, disk: &Path, format: &str, console: &Path) {
         let guest = guest();
         let xml = format!(
             "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
@@ -48,9 +48,14 @@ impl Domains {
             let _ = self.host.destroy(&old);
             let _ = self.host.undefine(&old, UNDEFINE_CHECKPOINTS_METADATA);
         }
-        let dom = self.host.define(&xml).unwrap();
+        self.host.define(&xml).unwrap();
         self.names.push(name.to_string());
-        self.host.start(&dom).unwrap();
+    }
+
+    /// Defines the domain (`define`) and starts it.
+    fn start(&mut self, name: &str, disk: &Path, format: &str, console: &Path) {
+        self.define(name, disk, format, console);
+        self.host.start(&self.host.lookup(name).unwrap()).unwrap();
     }
 
     fn state(&self, name: &str) -> DomainState {
@@ -175,6 +180,17 @@ rpo_threshold = "1m"
                 .contains(&format!("disk vda: {}", disk.display())),
             "{}",
             listed.stdout
+        );
+    }
+    // `status` (from the repositories: no daemon) names the domains nothing protects.
+    let st = lifeboat(&["status"]);
+    for name in [&a, &b] {
+        assert!(
+            st.stdout.contains(&format!(
+                "not protected: domain {name} on {URI} (site east, running)"
+            )),
+            "{}",
+            st.stdout
         );
     }
     let wrote = lifeboat(&["discover", "east", "--write", "--vm", &a, "--vm", &b]);
@@ -373,6 +389,18 @@ compute = "process"
         ),
         "{text}"
     );
+    // A plan cannot fail a libvirt domain over to a driver that cannot start it, nor (yet) to
+    // a libvirt site: refused offline, before any run.
+    std::fs::create_dir_all(base.join("plans")).unwrap();
+    std::fs::write(
+        base.join("plans/p.toml"),
+        "version = 1\nname = \"p\"\nsource = \"east\"\ntarget = \"west\"\nrecovery_point = \"latest\"\n[[group]]\nname = \"g\"\nvms = [\"a\"]\n",
+    )
+    .unwrap();
+    let out = lifeboat(&["plan", "validate"]);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 3, "{text}");
+    assert!(text.contains("error[unsupported-compute]: VM `a` is a libvirt domain with neither `machine` nor `boot`: site `west` uses the `process` driver"), "{text}");
 }
 
 /// The daemon protects a discovered domain on its interval; once the domain is shut down
@@ -419,6 +447,14 @@ rpo_threshold = "1m"
         std::fs::read_to_string(base.join("d.console"))
             .is_ok_and(|c| c.contains("guest: starting the workload"))
     });
+    // A domain nothing protects, defined and never started.
+    let stray = format!("lb-{}-stray", std::process::id());
+    let stray_disk = base.join("stray.img");
+    std::fs::File::create(&stray_disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    doms.define(&stray, &stray_disk, "raw", &base.join("stray.console"));
     let log = std::fs::File::create(base.join("daemon.log")).unwrap();
     let config = base.join("lifeboat.toml").display().to_string();
     let mut daemon = std::process::Command::new(crate::failover::HELPER)
@@ -439,6 +475,19 @@ rpo_threshold = "1m"
         Duration::from_secs(60),
         || points().len() >= 3,
     );
+    // The daemon's status (through its socket) lists the stray domain, not the protected one
+    // (other tests' domains on this libvirtd are unprotected here too).
+    let st = lifeboat(&["--output", "json", "status"]);
+    let doc: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(doc["source"], "daemon", "{doc:#}");
+    let listed: Vec<&str> = doc["unprotected_domains"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["domain"].as_str())
+        .collect();
+    assert!(listed.contains(&stray.as_str()), "{doc:#}");
+    assert!(!listed.contains(&name.as_str()), "{doc:#}");
     let domain = doms.host.lookup(&name).unwrap();
     doms.host.shutdown(&domain).unwrap();
     wait_for("the domain to shut off", Duration::from_secs(60), || {

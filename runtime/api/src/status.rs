@@ -16,6 +16,20 @@ pub struct Status {
     pub daemon: Option<DaemonInfo>,
     pub vms: Vec<VmStatus>,
     pub groups: Vec<GroupStatus>,
+    /// Domains on the hosts of `libvirt` sites that no VM of the inventory protects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unprotected_domains: Vec<UnprotectedDomain>,
+}
+
+/// A domain nothing protects, found on a host of a `libvirt` site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UnprotectedDomain {
+    pub site: String,
+    /// The host's libvirt URI.
+    pub host: String,
+    pub domain: String,
+    /// `running`, `paused`, `shut off` or `other`.
+    pub state: String,
 }
 
 impl Status {

@@ -339,6 +339,13 @@ pub fn status(ctx: &Context, state: &Path, io: &mut crate::Io<'_>) -> u8 {
             last
         );
     }
+    for d in &doc.unprotected_domains {
+        let _ = writeln!(
+            io.stdout,
+            "not protected: domain {} on {} (site {}, {}); `lifeboat discover {} --write --vm {}` protects it",
+            d.domain, d.host, d.site, d.state, d.site, d.domain
+        );
+    }
     for v in doc.vms.iter().filter(|v| !v.damaged_points.is_empty()) {
         let _ = writeln!(
             io.stderr,

@@ -32,6 +32,7 @@ mod protect;
 mod server;
 
 mod supervisor;
+mod unprotected;
 mod watch;
 
 pub use messages::Error;

@@ -47,6 +47,8 @@ pub(crate) struct Snapshot {
     pub reloads: ReloadCounters,
     /// When the supervisor last went round its loop: `/healthz` fails when it stops.
     pub heartbeat: Instant,
+    /// Domains of `libvirt` sites nothing protects, as last looked up (the daemon's `unprotected::watch`).
+    pub unprotected: Unprotected,
 }
 
 impl Snapshot {
@@ -63,6 +65,23 @@ impl Snapshot {
             daemon: Some(self.daemon.clone()),
             vms,
             groups,
+            unprotected_domains: self.unprotected.get(),
+        }
+    }
+}
+
+/// The last answer, shared by the looking task and the snapshot.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Unprotected(Arc<std::sync::Mutex<Vec<lifeboat_api::status::UnprotectedDomain>>>);
+
+impl Unprotected {
+    pub fn get(&self) -> Vec<lifeboat_api::status::UnprotectedDomain> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    pub fn set(&self, found: Vec<lifeboat_api::status::UnprotectedDomain>) {
+        if let Ok(mut v) = self.0.lock() {
+            *v = found;
         }
     }
 }

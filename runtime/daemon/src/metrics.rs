@@ -304,6 +304,25 @@ pub(crate) fn render(snap: &Snapshot, now: SystemTime) -> String {
         );
     }
     o.table(CONFIG, std::iter::once((Vec::new(), snap)));
+
+    o.family(
+        "lifeboat_unprotected_domains",
+        "gauge",
+        "Domains on the hosts of a libvirt site that no VM of the inventory protects.",
+    );
+    let libvirt_sites = snap
+        .inventory
+        .sites
+        .iter()
+        .filter(|(_, s)| s.compute.value == lifeboat_plan::inventory::ComputeDriver::Libvirt);
+    for (site, _) in libvirt_sites {
+        let n = status
+            .unprotected_domains
+            .iter()
+            .filter(|d| d.site == site)
+            .count();
+        o.sample("lifeboat_unprotected_domains", &[("site", site)], n as f64);
+    }
     o.0
 }
 

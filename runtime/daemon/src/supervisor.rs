@@ -48,6 +48,8 @@ struct Task {
 
 struct Supervisor {
     opts: Options,
+    /// Domains of `libvirt` sites nothing protects (looked up by `unprotected::watch`).
+    unprotected: crate::messages::Unprotected,
     config: Arc<Config>,
     generation: u64,
     last_reload: Option<Reload>,
@@ -163,8 +165,10 @@ pub async fn run_until(
             groups: Vec::new(),
             reloads: ReloadCounters::default(),
             heartbeat: now,
+            unprotected: crate::messages::Unprotected::default(),
         }))
         .0,
+        unprotected: crate::messages::Unprotected::default(),
         config,
         bus: bus.clone(),
         failed_over: BTreeMap::new(),
@@ -173,6 +177,10 @@ pub async fn run_until(
     };
     sup.failed_over = sup.read_failed_over();
     sup.publish();
+    let unprotected = tokio::spawn(crate::unprotected::watch(
+        sup.unprotected.clone(),
+        sup.published.subscribe(),
+    ));
     let (commands_tx, mut commands) = mpsc::unbounded_channel();
     let (alerts_stop, alerts_stopped) = watch::channel(false);
     let alerts = tokio::spawn(crate::alerts::run(
@@ -262,6 +270,7 @@ pub async fn run_until(
     host.stop().await;
     let _ = alerts_stop.send(true);
     let _ = alerts.await;
+    unprotected.abort();
     Ok(())
 }
 
@@ -893,6 +902,7 @@ impl Supervisor {
                 .collect(),
             reloads: self.reloads.clone(),
             heartbeat: Instant::now(),
+            unprotected: self.unprotected.clone(),
         };
         self.published.send_replace(Arc::new(snapshot));
     }

@@ -126,7 +126,48 @@ pub async fn from_repositories(inventory: &Inventory, base: &Path, groups: &[Gro
         daemon: None,
         vms,
         groups,
+        unprotected_domains: unprotected_domains(inventory).await,
     }
+}
+
+/// The domains on the hosts of every `libvirt` site that no VM of the inventory protects (a VM
+/// protects the domain its `domain` names, or the one named as the VM). A host that cannot be
+/// reached is logged and skipped: the status of what is protected does not wait on it.
+pub async fn unprotected_domains(
+    inventory: &Inventory,
+) -> Vec<lifeboat_api::status::UnprotectedDomain> {
+    let mut out = Vec::new();
+    for (site_name, site) in inventory.sites.iter() {
+        if site.compute.value != lifeboat_plan::inventory::ComputeDriver::Libvirt {
+            continue;
+        }
+        let uris: Vec<String> = site.hosts.iter().map(|h| h.value.clone()).collect();
+        let found = match lifeboat_compute::libvirt::discover(&uris).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(site = site_name, error = %e, "cannot list the site's domains");
+                continue;
+            }
+        };
+        for d in found {
+            let protected = inventory.vms.iter().any(|(name, vm)| {
+                vm.site.value == site_name
+                    && vm
+                        .domain
+                        .as_ref()
+                        .map_or(name == d.spec.name, |x| x.value == d.spec.name)
+            });
+            if !protected {
+                out.push(lifeboat_api::status::UnprotectedDomain {
+                    site: site_name.to_string(),
+                    host: d.host,
+                    domain: d.spec.name,
+                    state: d.state.as_str().into(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The newest intact point of `group` and the numbers of its damaged ones.

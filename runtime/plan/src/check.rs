@@ -440,6 +440,50 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
         }
     }
 
+    // Failing over to a `libvirt` site (defining domains from a point's XML) is not built yet,
+    // and a libvirt VM carries neither `machine` nor `boot` for another driver to start it: say
+    // so here rather than in the middle of a run.
+    if target_ok && let Some(target) = inv.sites.get(&plan.target) {
+        let libvirt_target = target.compute.value == crate::inventory::ComputeDriver::Libvirt;
+        for vm_ref in plan.groups.iter().flat_map(|g| &g.vms) {
+            let Some(vm) = inv.vms.get(vm_ref) else {
+                continue;
+            };
+            let libvirt_vm = inv
+                .sites
+                .get(&vm.site)
+                .is_some_and(|s| s.compute.value == crate::inventory::ComputeDriver::Libvirt);
+            // (At a `qemu` target, the check above has said it already.)
+            let unstartable = libvirt_vm
+                && vm.machine.is_none()
+                && vm.boot.is_none()
+                && target.compute.value != crate::inventory::ComputeDriver::Qemu;
+            if libvirt_target || unstartable {
+                out.push(
+                    Diagnostic::error(
+                        Rule::UnsupportedCompute,
+                        vm_ref.span,
+                        if libvirt_target {
+                            format!(
+                                "VM `{}` cannot be started at site `{}` yet: failover, drills and failback to a `libvirt` site are not built",
+                                vm_ref.value, plan.target.value
+                            )
+                        } else {
+                            format!(
+                                "VM `{}` is a libvirt domain with neither `machine` nor `boot`: site `{}` uses the `{}` driver, which cannot start it",
+                                vm_ref.value,
+                                plan.target.value,
+                                target.compute.value.as_str()
+                            )
+                        },
+                        "could not be started at the target",
+                    )
+                    .with_note(target.compute.span, "the site's compute driver"),
+                );
+            }
+        }
+    }
+
     // Network mapping: source network name → (target network, where the mapping is written).
     let mut mapping: HashMap<&str, (&NetworkRef, Span)> = HashMap::new();
     let mut mapping_spans: Vec<Span> = Vec::new();
