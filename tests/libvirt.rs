@@ -74,6 +74,37 @@ impl Drop for Domains {
     }
 }
 
+fn qcow2(path: &Path, size: &str) {
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(size)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// An inventory of a libvirt site `east` on this machine's libvirtd replicating to a process
+/// site `west`, with one policy taking a point every `interval`; no VMs yet.
+fn east_to_west(interval: &str) -> String {
+    format!(
+        r#"version = 1
+[sites.east]
+store = "east"
+compute = "libvirt"
+hosts = ["{URI}"]
+replicate_to = "west"
+[sites.west]
+store = "west"
+compute = "process"
+[policies.default]
+crash_interval = "{interval}"
+retention = "1h"
+rpo_threshold = "1m"
+"#
+    )
+}
+
 fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     let started = Instant::now();
     while !ok() {
@@ -127,37 +158,12 @@ fn libvirt_domains_are_discovered_cut_together_incrementally_and_restore_byte_fo
     let tag = std::process::id();
     let (a, b) = (format!("lb-{tag}-db"), format!("lb-{tag}-logs"));
     let (disk_a, disk_b) = (base.join("db.qcow2"), base.join("logs.img"));
-    let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&disk_a)
-        .arg("32M")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    qcow2(&disk_a, "32M");
     std::fs::File::create(&disk_b)
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
-    std::fs::write(
-        base.join("lifeboat.toml"),
-        format!(
-            r#"version = 1
-[sites.east]
-store = "east"
-compute = "libvirt"
-hosts = ["{URI}"]
-replicate_to = "west"
-[sites.west]
-store = "west"
-compute = "process"
-[policies.default]
-crash_interval = "10s"
-retention = "1h"
-rpo_threshold = "1m"
-"#
-        ),
-    )
-    .unwrap();
+    std::fs::write(base.join("lifeboat.toml"), east_to_west("10s")).unwrap();
     let mut doms = Domains::new();
     doms.start(&a, &disk_a, "qcow2", &base.join("db.console"));
     doms.start(&b, &disk_b, "raw", &base.join("logs.console"));
@@ -411,33 +417,8 @@ fn the_daemon_protects_a_libvirt_domain_and_its_last_point_is_the_disk() {
     let base = dir.path();
     let name = format!("lb-{}-daemon", std::process::id());
     let disk = base.join("d.qcow2");
-    let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&disk)
-        .arg("32M")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    std::fs::write(
-        base.join("lifeboat.toml"),
-        format!(
-            r#"version = 1
-[sites.east]
-store = "east"
-compute = "libvirt"
-hosts = ["{URI}"]
-replicate_to = "west"
-[sites.west]
-store = "west"
-compute = "process"
-[policies.fast]
-crash_interval = "2s"
-retention = "1h"
-rpo_threshold = "1m"
-"#
-        ),
-    )
-    .unwrap();
+    qcow2(&disk, "32M");
+    std::fs::write(base.join("lifeboat.toml"), east_to_west("2s")).unwrap();
     let mut doms = Domains::new();
     doms.start(&name, &disk, "qcow2", &base.join("d.console"));
     let lifeboat = cli(base);

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::guest::{boot, guest, healthy_at, qemu};
+use common::guest::{boot, guest, healthy_at, qemu, scattered};
 use common::{percentile, setting};
 use lifeboat_compute::GroupCut;
 use lifeboat_compute::driver::{Compute, Handle, ProcessDriver};
@@ -51,16 +51,10 @@ fn domain_xml(name: &str, guest: &Path, disk: &Path, addr: &str) -> String {
 /// (HMP `qemu-io` on the virtio device's backend, through `virsh`; the format node itself is
 /// locked by the device): what a guest writing would leave to capture.
 fn write_through_libvirt(name: &str, disk_bytes: u64, bytes: u64, round: u64) {
-    let blocks = disk_bytes >> 20;
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ round;
-    for _ in 0..(bytes >> 20).max(1) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+    for at in scattered(disk_bytes, bytes, 1 << 20, round) {
         let command = format!(
-            "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend \"write -P {} {} 1M\"",
-            (round % 250) + 1,
-            (x % blocks) << 20
+            "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend \"write -P {} {at} 1M\"",
+            (round % 250) + 1
         );
         let out = std::process::Command::new("virsh")
             .args(["-c", URI, "qemu-monitor-command", name, "--hmp", &command])
@@ -293,19 +287,9 @@ fn main() {
 /// The same writes as `write_through_libvirt`, through the QMP socket of a QEMU the qemu driver
 /// started.
 fn write_qmp(rt: &tokio::runtime::Runtime, socket: &Path, disk_bytes: u64, bytes: u64, round: u64) {
-    let blocks = disk_bytes >> 20;
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ round;
-    let commands: Vec<String> = (0..(bytes >> 20).max(1))
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            format!(
-                "qemu-io virtio0 \"write -P {} {} 1M\"",
-                (round % 250) + 1,
-                (x % blocks) << 20
-            )
-        })
+    let commands: Vec<String> = scattered(disk_bytes, bytes, 1 << 20, round)
+        .into_iter()
+        .map(|at| format!("qemu-io virtio0 \"write -P {} {at} 1M\"", (round % 250) + 1))
         .collect();
     rt.block_on(async {
         let mut q = lifeboat_compute::qmp::Qmp::connect(socket).await?;

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::guest::{boot, guest, qemu};
+use common::guest::{boot, guest, qemu, scattered};
 use common::{percentile, setting};
 use lifeboat_compute::GroupCut;
 use lifeboat_compute::driver::{Compute, Handle, ProcessDriver};
@@ -33,17 +33,12 @@ fn write_through_qemu(
     bytes: u64,
     round: u64,
 ) {
-    let blocks = disk_bytes / 65536;
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ round;
-    let commands: Vec<String> = (0..bytes / 65536)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+    let commands: Vec<String> = scattered(disk_bytes, bytes, 65536, round)
+        .into_iter()
+        .map(|at| {
             format!(
-                "qemu-io virtio0 \"write -P {} {} 65536\"",
-                (round % 250) + 1,
-                (x % blocks) * 65536
+                "qemu-io virtio0 \"write -P {} {at} 65536\"",
+                (round % 250) + 1
             )
         })
         .collect();

@@ -52,29 +52,8 @@ pub struct NbdExport {
 impl NbdExport {
     /// Connects to the server at `socket` and opens export `name`.
     pub fn connect(socket: &Path, name: &str) -> std::io::Result<Self> {
-        let mut stream = UnixStream::connect(socket)?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        stream.set_write_timeout(Some(TIMEOUT))?;
-        let mut hello = [0u8; 18];
-        stream.read_exact(&mut hello)?;
-        let magic = u64::from_be_bytes(hello[0..8].try_into().unwrap_or_default());
-        let opt = u64::from_be_bytes(hello[8..16].try_into().unwrap_or_default());
-        if magic != NBDMAGIC || opt != IHAVEOPT {
-            return Err(protocol("not a newstyle NBD server"));
-        }
-        let flags = u16::from_be_bytes([hello[16], hello[17]]);
-        if flags & FLAG_FIXED_NEWSTYLE == 0 {
-            return Err(protocol("the NBD server does not speak fixed newstyle"));
-        }
-        let no_zeroes = flags & FLAG_NO_ZEROES != 0;
-        let client_flags = u32::from(FLAG_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES));
-        let mut out = Vec::with_capacity(20 + name.len());
-        out.extend_from_slice(&client_flags.to_be_bytes());
-        out.extend_from_slice(&IHAVEOPT.to_be_bytes());
-        out.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
-        out.extend_from_slice(&(name.len() as u32).to_be_bytes());
-        out.extend_from_slice(name.as_bytes());
-        stream.write_all(&out)?;
+        let (mut stream, no_zeroes) = greet(socket)?;
+        option(&mut stream, OPT_EXPORT_NAME, name.as_bytes())?;
         // An unknown export makes the server hang up here.
         let mut info = [0u8; 10];
         stream.read_exact(&mut info).map_err(|e| {
@@ -116,13 +95,7 @@ impl NbdExport {
         while at < buf.len() {
             let len = (buf.len() - at).min(MAX_READ);
             let handle = offset + at as u64;
-            let mut req = [0u8; 28];
-            req[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
-            req[6..8].copy_from_slice(&CMD_READ.to_be_bytes());
-            req[8..16].copy_from_slice(&handle.to_be_bytes());
-            req[16..24].copy_from_slice(&(offset + at as u64).to_be_bytes());
-            req[24..28].copy_from_slice(&(len as u32).to_be_bytes());
-            stream.write_all(&req)?;
+            stream.write_all(&request(CMD_READ, handle, offset + at as u64, len as u32))?;
             let mut reply = [0u8; 16];
             stream.read_exact(&mut reply)?;
             let magic = u32::from_be_bytes(reply[0..4].try_into().unwrap_or_default());
@@ -148,19 +121,7 @@ impl NbdExport {
 /// The extents of export `name` at `socket` whose flags in metadata context `context` have
 /// bit 0 set (for `qemu:dirty-bitmap:NAME`, the dirty ones), merged where they touch.
 pub fn block_status(socket: &Path, name: &str, context: &str) -> std::io::Result<Vec<(u64, u64)>> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    let mut hello = [0u8; 18];
-    stream.read_exact(&mut hello)?;
-    if be64(&hello[0..8]) != NBDMAGIC || be64(&hello[8..16]) != IHAVEOPT {
-        return Err(protocol("not a newstyle NBD server"));
-    }
-    let flags = u16::from_be_bytes([hello[16], hello[17]]);
-    if flags & FLAG_FIXED_NEWSTYLE == 0 {
-        return Err(protocol("the NBD server does not speak fixed newstyle"));
-    }
-    stream.write_all(&u32::from(FLAG_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES)).to_be_bytes())?;
+    let (mut stream, _) = greet(socket)?;
     option(&mut stream, OPT_STRUCTURED_REPLY, &[])?;
     let replies = option_replies(&mut stream, OPT_STRUCTURED_REPLY)?;
     if replies.iter().all(|(t, _)| *t != REP_ACK) {
@@ -198,13 +159,7 @@ pub fn block_status(socket: &Path, name: &str, context: &str) -> std::io::Result
     while at < size {
         handle += 1;
         let len = (size - at).min(MAX_STATUS);
-        let mut req = [0u8; 28];
-        req[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        req[6..8].copy_from_slice(&CMD_BLOCK_STATUS.to_be_bytes());
-        req[8..16].copy_from_slice(&handle.to_be_bytes());
-        req[16..24].copy_from_slice(&at.to_be_bytes());
-        req[24..28].copy_from_slice(&(len as u32).to_be_bytes());
-        stream.write_all(&req)?;
+        stream.write_all(&request(CMD_BLOCK_STATUS, handle, at, len as u32))?;
         let mut covered = at;
         loop {
             let mut head = [0u8; 20];
@@ -258,14 +213,29 @@ pub fn block_status(socket: &Path, name: &str, context: &str) -> std::io::Result
         }
         at = covered.min(size);
     }
-    let mut end = [0u8; 28];
-    end[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
-    end[6..8].copy_from_slice(&CMD_DISC.to_be_bytes());
-    let _ = stream.write_all(&end);
+    let _ = stream.write_all(&request(CMD_DISC, 0, 0, 0));
     if let Some(last) = out.last_mut() {
         last.1 = last.1.min(size - last.0);
     }
     Ok(out)
+}
+
+/// Connects and does the fixed newstyle greeting; whether the server skips the zero padding.
+fn greet(socket: &Path) -> std::io::Result<(UnixStream, bool)> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    let mut hello = [0u8; 18];
+    stream.read_exact(&mut hello)?;
+    if be64(&hello[0..8]) != NBDMAGIC || be64(&hello[8..16]) != IHAVEOPT {
+        return Err(protocol("not a newstyle NBD server"));
+    }
+    let flags = u16::from_be_bytes([hello[16], hello[17]]);
+    if flags & FLAG_FIXED_NEWSTYLE == 0 {
+        return Err(protocol("the NBD server does not speak fixed newstyle"));
+    }
+    stream.write_all(&u32::from(FLAG_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES)).to_be_bytes())?;
+    Ok((stream, flags & FLAG_NO_ZEROES != 0))
 }
 
 fn option(stream: &mut UnixStream, opt: u32, data: &[u8]) -> std::io::Result<()> {
@@ -307,6 +277,17 @@ fn option_replies(stream: &mut UnixStream, opt: u32) -> std::io::Result<Vec<(u32
     }
 }
 
+/// A transmission-phase request.
+fn request(cmd: u16, handle: u64, offset: u64, len: u32) -> [u8; 28] {
+    let mut req = [0u8; 28];
+    req[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    req[6..8].copy_from_slice(&cmd.to_be_bytes());
+    req[8..16].copy_from_slice(&handle.to_be_bytes());
+    req[16..24].copy_from_slice(&offset.to_be_bytes());
+    req[24..28].copy_from_slice(&len.to_be_bytes());
+    req
+}
+
 fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes(b[0..4].try_into().unwrap_or_default())
 }
@@ -318,10 +299,7 @@ fn be64(b: &[u8]) -> u64 {
 impl Drop for NbdExport {
     fn drop(&mut self) {
         if let Ok(mut s) = self.stream.lock() {
-            let mut req = [0u8; 28];
-            req[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
-            req[6..8].copy_from_slice(&CMD_DISC.to_be_bytes());
-            let _ = s.write_all(&req);
+            let _ = s.write_all(&request(CMD_DISC, 0, 0, 0));
         }
     }
 }

@@ -95,3 +95,18 @@ pub fn boot(
     }
     (h, started.elapsed().as_secs_f64())
 }
+
+/// Where `bytes` worth of `block`-sized writes land on a disk of `disk_bytes`: pseudo-random
+/// block-aligned offsets, the same for the same `round` (at least one write).
+pub fn scattered(disk_bytes: u64, bytes: u64, block: u64, round: u64) -> Vec<u64> {
+    let blocks = disk_bytes / block;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ round;
+    (0..(bytes / block).max(1))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % blocks) * block
+        })
+        .collect()
+}
