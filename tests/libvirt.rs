@@ -146,8 +146,8 @@ fn identical(raw: &Path, source: &Path, format: &str) {
 }
 
 /// Two running domains (one qcow2, one raw) found by `discover`, written into the inventory by
-/// `discover --write` as one consistency group, cut together through libvirt: the first point
-/// in full, the next incremental for the qcow2 disk and in full (said why) for the raw one; a
+/// `discover --write` as one consistency group, cut together through libvirt (a backup job left
+/// behind aborted first): the first point in full, the next incremental for the qcow2 disk and in full (said why) for the raw one; a
 /// checkpoint deleted behind Lifeboat's back makes the next cycle full, saying why; an
 /// incremental and a full point of a still domain are identical; every point restores
 /// consistent; after the domains shut down, the newest point is their disks byte for byte.
@@ -236,6 +236,19 @@ fn libvirt_domains_are_discovered_cut_together_incrementally_and_restore_byte_fo
                 .is_ok_and(|c| c.contains("guest: starting the workload"))
     });
     std::thread::sleep(Duration::from_secs(2));
+    // A backup job left behind (as by a cycle killed mid-way): the next cycle aborts it.
+    let stale = base.join("stale.nbd");
+    doms.host
+        .backup_begin(
+            &doms.host.lookup(&a).unwrap(),
+            &format!(
+                "<domainbackup mode='pull'><server transport='unix' socket='{}'/><disks><disk name='vda' backup='yes' type='file'><scratch file='{}'/></disk></disks></domainbackup>",
+                stale.display(),
+                base.join("stale.scratch").display()
+            ),
+            None,
+        )
+        .unwrap();
     let first = lifeboat(&["replicate"]);
     assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
     assert!(
