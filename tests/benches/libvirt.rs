@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::guest::{boot, guest, healthy_at, qemu, scattered};
+use common::guest::{boot, guest, healthy_at, hmp, qemu, scattered};
 use common::{percentile, setting};
 use lifeboat_compute::GroupCut;
 use lifeboat_compute::driver::{Compute, Handle, ProcessDriver};
@@ -291,16 +291,5 @@ fn write_qmp(rt: &tokio::runtime::Runtime, socket: &Path, disk_bytes: u64, bytes
         .into_iter()
         .map(|at| format!("qemu-io virtio0 \"write -P {} {at} 1M\"", (round % 250) + 1))
         .collect();
-    rt.block_on(async {
-        let mut q = lifeboat_compute::qmp::Qmp::connect(socket).await?;
-        for c in commands {
-            q.execute(
-                "human-monitor-command",
-                Some(serde_json::json!({ "command-line": c })),
-            )
-            .await?;
-        }
-        Ok::<_, String>(())
-    })
-    .unwrap();
+    hmp(rt, socket, commands);
 }

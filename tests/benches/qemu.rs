@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::guest::{boot, guest, qemu, scattered};
+use common::guest::{boot, guest, hmp, qemu, scattered};
 use common::{percentile, setting};
 use lifeboat_compute::GroupCut;
 use lifeboat_compute::driver::{Compute, Handle, ProcessDriver};
@@ -42,18 +42,7 @@ fn write_through_qemu(
             )
         })
         .collect();
-    rt.block_on(async {
-        let mut q = lifeboat_compute::qmp::Qmp::connect(socket).await?;
-        for c in commands {
-            q.execute(
-                "human-monitor-command",
-                Some(serde_json::json!({ "command-line": c })),
-            )
-            .await?;
-        }
-        Ok::<_, String>(())
-    })
-    .unwrap();
+    hmp(rt, socket, commands);
 }
 
 fn state(addr: &str) -> serde_json::Value {

@@ -110,3 +110,19 @@ pub fn scattered(disk_bytes: u64, bytes: u64, block: u64, round: u64) -> Vec<u64
         })
         .collect()
 }
+
+/// Runs HMP `commands` (`qemu-io …`) through the QMP socket of a QEMU the qemu driver started.
+pub fn hmp(rt: &tokio::runtime::Runtime, socket: &Path, commands: Vec<String>) {
+    rt.block_on(async {
+        let mut q = lifeboat_compute::qmp::Qmp::connect(socket).await?;
+        for c in commands {
+            q.execute(
+                "human-monitor-command",
+                Some(serde_json::json!({ "command-line": c })),
+            )
+            .await?;
+        }
+        Ok::<_, String>(())
+    })
+    .unwrap();
+}
