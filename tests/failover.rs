@@ -56,6 +56,7 @@ impl Drop for Sites {
                             pid,
                             started,
                             key: String::new(),
+                            domain: None,
                         };
                         let _ = self
                             .rt
@@ -217,6 +218,7 @@ post = {app_post}
                 log: self.path().join(format!("{vm}.log")),
                 key: String::new(),
                 netns: None,
+                domain: None,
             };
             let h = self.rt.block_on(self.driver.start(&launch)).unwrap();
             self.source.push(h);
@@ -1419,6 +1421,7 @@ fn cleanup_never_signals_a_process_that_reuses_a_vms_pid() {
                 started: Some(started + 1),
                 argv: vec!["demo-vm".into()],
                 log: "db-1.log".into(),
+                domain: None,
             },
             Event::RunFinished {
                 status: lifeboat_orchestrator::journal::RunStatus::Failed,

@@ -15,7 +15,10 @@ const URI: &str = "qemu:///system";
 /// The test's domains, destroyed and undefined however the test ends.
 struct Domains {
     host: Arc<Host>,
+    /// Domains and networks removed at the end (a run's copies and networks too, should the
+    /// run's own cleanup not have come).
     names: Vec<String>,
+    networks: Vec<String>,
 }
 
 impl Domains {
@@ -23,6 +26,7 @@ impl Domains {
         Self {
             host: Arc::new(Host::open(URI).expect("libvirtd runs (.ci/run starts it)")),
             names: Vec::new(),
+            networks: Vec::new(),
         }
     }
 
@@ -37,6 +41,40 @@ impl Domains {
              <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>\
              <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
              <disk type='file' device='disk'><driver name='qemu' type='{format}'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+             <serial type='file'><source path='{}'/><target port='0'/></serial>\
+             <memballoon model='none'/></devices></domain>",
+            guest.join("vmlinuz").display(),
+            guest.join("initrd.gz").display(),
+            disk.display(),
+            console.display(),
+        );
+        if let Ok(old) = self.host.lookup(name) {
+            let _ = self.host.destroy(&old);
+            let _ = self.host.undefine(&old, UNDEFINE_CHECKPOINTS_METADATA);
+        }
+        self.host.define(&xml).unwrap();
+        self.names.push(name.to_string());
+    }
+
+    /// Defines a domain as `define` does, with a NIC (`mac`) on libvirt network `network` and
+    /// `memory_mib` of memory.
+    fn define_on(
+        &mut self,
+        name: &str,
+        disk: &Path,
+        console: &Path,
+        (network, mac): (&str, &str),
+        memory_mib: u64,
+    ) {
+        let guest = guest();
+        let xml = format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>\
+             <cmdline>console=ttyS0 panic=-1 quiet lifeboat.rate=200</cmdline></os><features><acpi/></features>\
+             <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>\
+             <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
+             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+             <interface type='network'><mac address='{mac}'/><source network='{network}'/><model type='virtio'/></interface>\
              <serial type='file'><source path='{}'/><target port='0'/></serial>\
              <memballoon model='none'/></devices></domain>",
             guest.join("vmlinuz").display(),
@@ -69,6 +107,11 @@ impl Drop for Domains {
             if let Ok(d) = self.host.lookup(name) {
                 let _ = self.host.destroy(&d);
                 let _ = self.host.undefine(&d, UNDEFINE_CHECKPOINTS_METADATA);
+            }
+        }
+        for name in &self.networks {
+            if let Ok(n) = self.host.network(name) {
+                let _ = self.host.remove_network(&n);
             }
         }
     }
@@ -408,8 +451,8 @@ compute = "process"
         ),
         "{text}"
     );
-    // A plan cannot fail a libvirt domain over to a driver that cannot start it, nor (yet) to
-    // a libvirt site: refused offline, before any run.
+    // A plan cannot fail a libvirt domain over to a driver that cannot start it: refused
+    // offline, before any run.
     std::fs::create_dir_all(base.join("plans")).unwrap();
     std::fs::write(
         base.join("plans/p.toml"),
@@ -420,6 +463,17 @@ compute = "process"
     let text = format!("{}{}", out.stdout, out.stderr);
     assert_eq!(out.code, 3, "{text}");
     assert!(text.contains("error[unsupported-compute]: VM `a` is a libvirt domain with neither `machine` nor `boot`: site `west` uses the `process` driver"), "{text}");
+    // Nor a VM that is no domain over to a libvirt site: there is no XML to define its copy from.
+    write(&format!(
+        "version = 1\n[policies.default]\ncrash_interval = \"10s\"\nretention = \"1h\"\nrpo_threshold = \"1m\"\n\
+         [sites.west]\nstore = \"west\"\ncompute = \"libvirt\"\nhosts = [\"{URI}\"]\n\
+         [sites.east]\nstore = \"east\"\ncompute = \"process\"\nreplicate_to = \"west\"\n\
+         [vms.a]\nsite = \"east\"\npolicy = \"default\"\ndisks.data = \"a.img\"\nboot = {{ command = [\"sleep\", \"60\"] }}\n"
+    ));
+    let out = lifeboat(&["plan", "validate"]);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 3, "{text}");
+    assert!(text.contains("error[unsupported-compute]: VM `a` is not a libvirt domain: site `west` defines each copy from the domain XML its points keep"), "{text}");
 }
 
 /// The daemon protects a discovered domain on its interval; once the domain is shut down
@@ -506,4 +560,250 @@ fn the_daemon_protects_a_libvirt_domain_and_its_last_point_is_the_disk() {
     assert!(consistent(&img) > 0, "the guest wrote records");
     // Only the newest point's checkpoint is left on the domain.
     assert!(doms.host.checkpoints(&domain).unwrap().len() <= 1);
+}
+
+/// `GET http://ADDR/health` answered 200, from this host.
+fn healthy(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+        return false;
+    };
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: vm\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+}
+
+/// A libvirt network on this host with a DHCP range, and `reserved` (MAC, address) fixed.
+fn network(doms: &mut Domains, name: &str, bridge: &str, net: &str, reserved: &[(&str, &str)]) {
+    if let Ok(old) = doms.host.network(name) {
+        let _ = doms.host.remove_network(&old);
+    }
+    let hosts: String = reserved
+        .iter()
+        .map(|(mac, ip)| format!("<host mac='{mac}' ip='{ip}'/>"))
+        .collect();
+    let xml = format!(
+        "<network><name>{name}</name><bridge name='{bridge}' stp='off' delay='0'/>\
+         <ip address='{net}.1' netmask='255.255.255.0'><dhcp><range start='{net}.100' end='{net}.200'/>{hosts}</dhcp></ip></network>"
+    );
+    doms.host.define_network(&xml).unwrap();
+    doms.networks.push(name.to_string());
+}
+
+/// A running domain on a network of the source site, protected, drilled and failed over to a
+/// `libvirt` site on this same libvirtd. The drill's copy boots on an isolated network the
+/// drill defines (no `<forward>`), with a new MAC and the test address the run reserved for it,
+/// and answers there; cleanup leaves no domain, network or overlay. A planned failover shuts
+/// the source down through libvirt (still defined), takes the last point (the source's disk
+/// byte for byte: nothing lost) and boots the copy by the naming rule with the source's MAC on
+/// the mapped network, at its assigned address; commit fences the source. A VM no host has
+/// room for is refused before anything stops, naming the shortfall.
+#[test]
+fn a_libvirt_target_drills_on_an_isolated_network_and_fails_over_with_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let tag = std::process::id();
+    let k = 20 + tag % 200;
+    let (prod, dr) = (format!("lbt{tag}-prod"), format!("lbt{tag}-dr"));
+    let (src_net, dr_net, test_net) = (
+        format!("10.77.{k}"),
+        format!("10.78.{k}"),
+        format!("10.79.{k}"),
+    );
+    let mac = format!("52:54:00:77:{:02x}:10", k);
+    let mut doms = Domains::new();
+    let src_ip = format!("{src_net}.10");
+    network(
+        &mut doms,
+        &prod,
+        &format!("lbp{tag}"),
+        &src_net,
+        &[(&mac, &src_ip)],
+    );
+    network(&mut doms, &dr, &format!("lbd{tag}"), &dr_net, &[]);
+    let name = format!("lb-{tag}-app");
+    let disk = base.join("app.qcow2");
+    qcow2(&disk, "32M");
+    doms.define_on(&name, &disk, &base.join("app.console"), (&prod, &mac), 256);
+    doms.host.start(&doms.host.lookup(&name).unwrap()).unwrap();
+    // A VM no host could hold: 64 TiB of memory (defined, never started; read from its file).
+    let big = format!("lb-{tag}-big");
+    let big_disk = base.join("big.qcow2");
+    qcow2(&big_disk, "1M");
+    doms.define_on(
+        &big,
+        &big_disk,
+        &base.join("big.console"),
+        (&prod, "52:54:00:77:00:99"),
+        64 << 20,
+    );
+    let (copy, drill_copy) = (format!("{name}-dr"), format!("{name}-drill"));
+    doms.names
+        .extend([copy.clone(), drill_copy.clone(), format!("{big}-dr")]);
+    std::fs::write(
+        base.join("lifeboat.toml"),
+        format!(
+            r#"version = 1
+[sites.east]
+store = "east"
+compute = "libvirt"
+hosts = ["{URI}"]
+replicate_to = "west"
+networks.{prod}.subnets = {{ lan = "{src_net}.0/24" }}
+[sites.west]
+store = "west"
+compute = "libvirt"
+hosts = ["{URI}"]
+networks.{dr}.subnets = {{ lan = "{dr_net}.0/24" }}
+networks.drill.subnets = {{ lan = "{test_net}.0/24" }}
+[policies.default]
+crash_interval = "1m"
+retention = "1h"
+rpo_threshold = "5m"
+[vms.app]
+site = "east"
+policy = "default"
+domain = "{name}"
+nics = [{{ network = "{prod}", subnet = "lan", ip = "{src_ip}" }}]
+health = {{ http = "http://{{nic0.ip}}:8080/health", timeout = "2m" }}
+[vms.big]
+site = "east"
+policy = "default"
+domain = "{big}"
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(base.join("plans")).unwrap();
+    let plan = |plan: &str, vm: &str| {
+        format!(
+            r#"version = 1
+name = "{plan}"
+source = "east"
+target = "west"
+recovery_point = "latest"
+[network]
+map = [{{ from = "east/{prod}", to = "west/{dr}" }}]
+test = "west/drill"
+[[network.override]]
+vm = "app"
+ip = "{dr_net}.10"
+test_ip = "{test_net}.10"
+[[group]]
+name = "g"
+vms = ["{vm}"]
+"#
+        )
+    };
+    std::fs::write(base.join("plans/app.toml"), plan("app", "app")).unwrap();
+    std::fs::write(
+        base.join("plans/big.toml"),
+        plan("big", "big").replace(
+            &format!("[[network.override]]\nvm = \"app\"\nip = \"{dr_net}.10\"\ntest_ip = \"{test_net}.10\"\n"),
+            "",
+        ),
+    )
+    .unwrap();
+    let lifeboat = cli(base);
+    let v = lifeboat(&["plan", "validate"]);
+    assert_eq!(v.code, 0, "{}{}", v.stdout, v.stderr);
+    wait_for("the guest to write", Duration::from_secs(60), || {
+        std::fs::read_to_string(base.join("app.console"))
+            .is_ok_and(|c| c.contains("guest: starting the workload"))
+    });
+    wait_for("the source to answer", Duration::from_secs(30), || {
+        healthy(&format!("{src_ip}:8080"))
+    });
+    let r = lifeboat(&["replicate"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+
+    // The VM that fits nowhere: refused before anything, naming what it needs and what there is.
+    let out = lifeboat(&["failover", "big", "--planned"]);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert_ne!(out.code, 0, "{text}");
+    assert!(
+        text.contains("VM `big` needs 67108864 MiB of memory and 1 CPU(s); no host of the site has them (qemu:///system: "),
+        "{text}"
+    );
+    assert!(doms.host.lookup(&format!("{big}-dr")).is_err());
+    assert_eq!(doms.state(&name), DomainState::Running, "nothing stopped");
+
+    // The drill.
+    let out = lifeboat(&["failover", "app", "--test"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let copy_dom = doms.host.lookup(&drill_copy).unwrap();
+    let xml = doms.host.xml(&copy_dom, 0).unwrap();
+    let spec = lifeboat_compute::libvirt::domain::parse(&xml).unwrap();
+    let drill_net = spec.nics[0].network.clone().unwrap();
+    assert!(drill_net.starts_with("lifeboat-"), "{xml}");
+    assert_ne!(
+        spec.nics[0].mac.as_deref(),
+        Some(mac.as_str()),
+        "a drill's copy gets a new MAC"
+    );
+    assert!(
+        spec.disks[0]
+            .source
+            .to_string_lossy()
+            .ends_with(".drill.qcow2"),
+        "{xml}"
+    );
+    let net_xml = {
+        let n = doms.host.network(&drill_net).unwrap();
+        doms.host.network_xml(&n).unwrap()
+    };
+    assert!(!net_xml.contains("<forward"), "isolated: {net_xml}");
+    assert!(
+        healthy(&format!("{test_net}.10:8080")),
+        "the drill copy answers on its network"
+    );
+    assert!(healthy(&format!("{src_ip}:8080")), "the source runs on");
+    let overlay = spec.disks[0].source.clone();
+    let out = lifeboat(&["cleanup", "app"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        doms.host.lookup(&drill_copy).is_err(),
+        "the drill's copy is undefined"
+    );
+    assert!(
+        doms.host.network(&drill_net).is_err(),
+        "the drill's network is gone"
+    );
+    assert!(!overlay.exists(), "{} is gone", overlay.display());
+
+    // The planned failover.
+    let out = lifeboat(&["failover", "app", "--planned"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        doms.state(&name),
+        DomainState::ShutOff,
+        "the source was shut down through libvirt (and is still defined)"
+    );
+    let img = restore(&lifeboat, "app", "latest", &base.join("last"));
+    identical(&img, &disk, "qcow2");
+    assert!(consistent(&img) > 0, "the guest wrote records");
+    let copy_dom = doms.host.lookup(&copy).unwrap();
+    let spec =
+        lifeboat_compute::libvirt::domain::parse(&doms.host.xml(&copy_dom, 0).unwrap()).unwrap();
+    assert_eq!(spec.nics[0].network.as_deref(), Some(dr.as_str()));
+    assert_eq!(
+        spec.nics[0].mac.as_deref(),
+        Some(mac.as_str()),
+        "a failover keeps the MAC"
+    );
+    assert!(
+        healthy(&format!("{dr_net}.10:8080")),
+        "the copy answers at its address"
+    );
+    let out = lifeboat(&["commit", "app"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
 }

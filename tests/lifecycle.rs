@@ -664,6 +664,7 @@ fn a_failback_killed_at_each_journal_point_finishes_with_retry_and_loses_nothing
                     pid,
                     started,
                     key: String::new(),
+                    domain: None,
                 }),
                 _ => None,
             })

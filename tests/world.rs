@@ -519,6 +519,7 @@ fn cleanup_of_a_planned_failover_starts_the_source_vms_it_stopped_again() {
                 pid,
                 started,
                 key: String::new(),
+                domain: None,
             });
         }
     }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lifeboat_compute::driver::ProcessDriver;
+use lifeboat_compute::driver::Driver;
 use lifeboat_loader::ResolvedPlan;
 use lifeboat_orchestrator::error::Error;
 use lifeboat_orchestrator::journal::Event;
@@ -84,7 +84,7 @@ pub fn load(
             ),
             config: resolved,
             engine,
-            driver: ProcessDriver::new(),
+            driver: Driver::new(),
             daemon: false,
         },
         plan,

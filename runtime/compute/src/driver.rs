@@ -43,6 +43,11 @@ pub enum ComputeError {
     },
     #[error("VM `{vm}` (pid {pid}) did not exit after SIGKILL")]
     Unkillable { vm: String, pid: u32 },
+    #[error("VM `{vm}`: libvirt: {why}")]
+    Libvirt { vm: String, why: String },
+    /// No host of the site has room for the VM.
+    #[error("{why}")]
+    Capacity { why: String },
     /// A drill's network namespace could not be made, entered or removed.
     #[error(transparent)]
     Isolation(#[from] crate::netns::NetnsError),
@@ -63,6 +68,29 @@ pub struct Launch {
     pub key: String,
     /// The network namespace the VM runs in (a drill's); `None`: the host's network.
     pub netns: Option<String>,
+    /// A libvirt domain instead of a process: `argv` is then empty.
+    pub domain: Option<DomainLaunch>,
+}
+
+/// A VM that is a libvirt domain, as a launch describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainLaunch {
+    /// The site's hosts (libvirt URIs): the domain is on one of them, or is placed on one.
+    pub hosts: Vec<String>,
+    /// The domain's name.
+    pub name: String,
+    /// The copy to define, when the launch starts one (`None`: a source domain, only located).
+    pub xml: Option<String>,
+}
+
+/// A libvirt domain a handle stands for.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Domain {
+    /// The host's libvirt URI.
+    pub host: String,
+    pub name: String,
+    /// Defined by a run: undefined when it stops. A source domain is only shut down.
+    pub owned: bool,
 }
 
 /// The environment variable a process-driver VM carries its start's key in.
@@ -80,6 +108,9 @@ pub struct Handle {
     /// The start's idempotency key, carried in the VM's environment (`LIFEBOAT_VM_KEY`); empty
     /// for a VM Lifeboat did not start.
     pub key: String,
+    /// The libvirt domain, when the VM is one (`pid` is then its QEMU's, where the host is this
+    /// machine, else 0).
+    pub domain: Option<Domain>,
 }
 
 impl Handle {
@@ -90,6 +121,7 @@ impl Handle {
             pid,
             started: process_start_time(pid),
             key: String::new(),
+            domain: None,
         }
     }
 
@@ -124,6 +156,78 @@ pub trait Compute: Send + Sync {
     /// The running VMs `launches` describe, started by anyone (the source site's VMs, which no
     /// run started): what a planned failover stops and a replication cut holds still.
     async fn locate(&self, launches: &[Launch]) -> Vec<Handle>;
+}
+
+/// The driver a command uses: VMs that are libvirt domains are libvirt's, every other VM is a
+/// process of this machine (`ProcessDriver`, QEMU included).
+#[derive(Debug, Default)]
+pub struct Driver {
+    process: ProcessDriver,
+    libvirt: crate::libvirt::driver::LibvirtDriver,
+}
+
+impl Driver {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+}
+
+#[async_trait::async_trait]
+impl Compute for Driver {
+    async fn start(&self, launch: &Launch) -> Result<Handle, ComputeError> {
+        match &launch.domain {
+            Some(d) => self.libvirt.start(launch, d).await,
+            None => self.process.start(launch).await,
+        }
+    }
+
+    async fn stop(&self, vm: &Handle, grace: Duration) -> Result<(), ComputeError> {
+        match &vm.domain {
+            Some(d) => self.libvirt.stop(vm, d, grace).await,
+            None => self.process.stop(vm, grace).await,
+        }
+    }
+
+    async fn pause(&self, vm: &Handle) -> Result<(), ComputeError> {
+        match &vm.domain {
+            Some(d) => self.libvirt.pause(vm, d).await,
+            None => self.process.pause(vm).await,
+        }
+    }
+
+    async fn resume(&self, vm: &Handle) -> Result<(), ComputeError> {
+        match &vm.domain {
+            Some(d) => self.libvirt.resume(vm, d).await,
+            None => self.process.resume(vm).await,
+        }
+    }
+
+    async fn running(&self, vm: &Handle) -> bool {
+        match &vm.domain {
+            Some(d) => self.libvirt.running(vm, d).await,
+            None => self.process.running(vm).await,
+        }
+    }
+
+    async fn find(&self, vm: &str, key: &str) -> Option<Handle> {
+        // A libvirt copy is found by its start itself (its description carries the key).
+        self.process.find(vm, key).await
+    }
+
+    async fn locate(&self, launches: &[Launch]) -> Vec<Handle> {
+        let (domains, processes): (Vec<&Launch>, Vec<&Launch>) =
+            launches.iter().partition(|l| l.domain.is_some());
+        let domains: Vec<(&Launch, &DomainLaunch)> = domains
+            .into_iter()
+            .filter_map(|l| Some((l, l.domain.as_ref()?)))
+            .collect();
+        let processes: Vec<Launch> = processes.into_iter().cloned().collect();
+        let mut found = self.libvirt.locate(&domains).await;
+        if !processes.is_empty() {
+            found.extend(self.process.locate(&processes).await);
+        }
+        found
+    }
 }
 
 /// The embedded driver: VMs are local processes.
@@ -232,6 +336,7 @@ impl Compute for ProcessDriver {
             pid,
             started: process_start_time(pid),
             key: launch.key.clone(),
+            domain: None,
         })
     }
 
@@ -282,7 +387,18 @@ impl Compute for ProcessDriver {
     }
 
     async fn pause(&self, vm: &Handle) -> Result<(), ComputeError> {
-        self.signal(vm, Signal::STOP)
+        self.signal(vm, Signal::STOP)?;
+        // SIGSTOP is delivered asynchronously: a VM running on another CPU can write on for a
+        // moment after `kill` returns. The cut's instant is when it has stopped.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !process_paused(vm.pid) && !self.exited(vm) {
+            if Instant::now() >= deadline {
+                tracing::warn!(vm = %vm.vm, pid = vm.pid, "SIGSTOP sent, but the process is not seen stopped");
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        Ok(())
     }
 
     async fn resume(&self, vm: &Handle) -> Result<(), ComputeError> {
@@ -394,6 +510,7 @@ fn find_by_key(vm: &str, key: &str) -> Option<Handle> {
                 pid,
                 started: process_start_time(pid),
                 key: key.to_string(),
+                domain: None,
             });
         }
     }

@@ -21,5 +21,5 @@ pub mod site;
 pub mod template;
 
 pub use cut::GroupCut;
-pub use driver::{Compute, ComputeError, Handle, KEY_VAR, Launch, ProcessDriver};
+pub use driver::{Compute, ComputeError, Driver, Handle, KEY_VAR, Launch, ProcessDriver};
 pub use pause::PauseVms;

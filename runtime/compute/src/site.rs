@@ -40,10 +40,27 @@ pub fn source_launch(inventory: &Inventory, base: &Path, name: &str) -> Option<L
             .map(|c| crate::template::fill(&c.value, &value).ok())
             .collect::<Option<Vec<String>>>()
     };
-    let qemu = inventory
-        .sites
-        .get(&vm.site.value)
-        .is_some_and(|s| s.compute.value == lifeboat_plan::inventory::ComputeDriver::Qemu);
+    let site = inventory.sites.get(&vm.site.value)?;
+    if site.compute.value == lifeboat_plan::inventory::ComputeDriver::Libvirt {
+        // A domain, on one of the site's hosts: libvirt knows how it runs.
+        return Some(Launch {
+            vm: name.to_string(),
+            argv: Vec::new(),
+            dir: base.to_path_buf(),
+            log: PathBuf::new(),
+            key: String::new(),
+            netns: None,
+            domain: Some(crate::driver::DomainLaunch {
+                hosts: site.hosts.iter().map(|h| h.value.clone()).collect(),
+                name: vm
+                    .domain
+                    .as_ref()
+                    .map_or_else(|| name.to_string(), |d| d.value.clone()),
+                xml: None,
+            }),
+        });
+    }
+    let qemu = site.compute.value == lifeboat_plan::inventory::ComputeDriver::Qemu;
     let argv = match (&vm.machine, qemu) {
         (Some(machine), true) => {
             let disks: Vec<String> = vm.disks.iter().map(|(_, p)| p.value.clone()).collect();
@@ -63,6 +80,7 @@ pub fn source_launch(inventory: &Inventory, base: &Path, name: &str) -> Option<L
         log: PathBuf::new(),
         key: String::new(),
         netns: None,
+        domain: None,
     })
 }
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use lifeboat_compute::driver::ProcessDriver;
+use lifeboat_compute::driver::Driver;
 use lifeboat_replication::GroupSpec;
 use lifeboat_replication::placement::Placement;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
@@ -120,7 +120,7 @@ pub async fn run_until(
     // Started when a run or an alert hook first needs it.
     let engine = Arc::new(crate::engine::LazyEngine::default());
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let driver = ProcessDriver::new();
+    let driver = Driver::new();
     let bus = Arc::new(Bus::new());
     let shared = Arc::new(Shared {
         driver: driver.clone(),

@@ -155,11 +155,18 @@ impl Cut for Pause {
             .args(["-c", &format!("kill -STOP {}", self.0)])
             .status()
             .is_ok_and(|s| s.success());
-        if ok {
-            Ok(())
-        } else {
-            Err(lifeboat_replication::Error::failed("cannot pause the VM"))
+        if !ok {
+            return Err(lifeboat_replication::Error::failed("cannot pause the VM"));
         }
+        // The signal lands asynchronously: the cut is when the VM has stopped.
+        let started = std::time::Instant::now();
+        while !lifeboat_compute::driver::process_paused(self.0) {
+            if started.elapsed() > Duration::from_secs(5) {
+                return Err(lifeboat_replication::Error::failed("the VM did not stop"));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
     }
     async fn release(&self) -> lifeboat_replication::Result<()> {
         let ok = Command::new("sh")

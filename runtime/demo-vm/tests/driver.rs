@@ -70,6 +70,7 @@ fn the_process_driver_boots_probes_pauses_and_stops_a_vm() {
         log: dir.path().join("logs/db-1.log"),
         key: String::new(),
         netns: None,
+        domain: None,
     };
     let vm = rt.block_on(driver.start(&launch)).unwrap();
     let probe = Probe::Http(format!("http://{ip}:{port}/health"));

@@ -169,6 +169,9 @@ fn apply(
             };
             v.site.value = p.site.clone();
             if let Some(place) = p.vms.get(&vm.name) {
+                if let Some(domain) = &place.domain {
+                    v.domain = Some(Spanned::new(domain.clone(), v.site.span));
+                }
                 for (disk, path) in &place.disks {
                     if let Some(d) = v.disks.get_mut(disk) {
                         d.value = path.clone();

@@ -251,6 +251,9 @@ pub enum Event {
         started: Option<u64>,
         argv: Vec<String>,
         log: String,
+        /// The libvirt domain, when the VM is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain: Option<lifeboat_compute::driver::Domain>,
     },
     VmStopped {
         vm: String,
@@ -273,6 +276,25 @@ pub enum Event {
         /// that reuses its pid.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         started: Option<u64>,
+    },
+    /// A drill's isolated libvirt network, journaled before it is defined on `host`: cleanup
+    /// removes it.
+    NetworkDefined {
+        host: String,
+        network: String,
+    },
+    /// A DHCP reservation in a libvirt network the run's copy joins (so it gets the address
+    /// the run assigned), journaled before it is made: cleanup drops it; a commit keeps it.
+    AddressReserved {
+        host: String,
+        network: String,
+        mac: String,
+        ip: String,
+    },
+    /// Cleanup removed a drill's libvirt network, or dropped a reservation.
+    NetworkReleased {
+        host: String,
+        network: String,
     },
     /// Cleanup removed the run's network namespace.
     NamespaceRemoved {
@@ -716,6 +738,7 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
                 pid,
                 key,
                 started,
+                domain,
                 ..
             } => {
                 r.starting.retain(|(_, k)| k != key);
@@ -724,6 +747,7 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
                     pid: *pid,
                     started: *started,
                     key: key.clone(),
+                    domain: domain.clone(),
                 });
             }
             Event::VmStopped { vm } => r.running.retain(|h| h.vm != *vm),
@@ -745,6 +769,9 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
             | Event::Restored { .. }
             | Event::SourceStopped { .. }
             | Event::SourceRestarted { .. }
+            | Event::NetworkDefined { .. }
+            | Event::AddressReserved { .. }
+            | Event::NetworkReleased { .. }
             | Event::StepLog { .. } => {}
         }
     }

@@ -185,6 +185,13 @@ pub async fn record_commit(
                     place.nics.push(nic_place(a));
                 }
             }
+            Event::VmStarted {
+                vm,
+                domain: Some(d),
+                ..
+            } => {
+                vms.entry(vm.clone()).or_default().domain = Some(d.name.clone());
+            }
             _ => {}
         }
     }

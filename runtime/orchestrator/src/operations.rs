@@ -96,7 +96,7 @@ async fn preflight(env: &Environment, plan: &Plan, req: &FailoverRequest) -> Res
         });
     }
     crate::lifecycle::check_direction(env, plan, req.op)?;
-    if req.op == Operation::Test && isolated(plan) {
+    if req.op == Operation::Test && in_namespace(env, plan) {
         Netns::available()
             .await
             .map_err(|e| Error::Compute(e.into()))?;
@@ -201,12 +201,27 @@ pub(crate) fn isolated(plan: &Plan) -> bool {
         .is_none_or(|n| n.isolation() == lifeboat_plan::plan::TestIsolation::Namespace)
 }
 
+/// Whether `plan`'s drills run in a network namespace: isolated drills do, but at a `libvirt`
+/// target, where the copies boot on isolated libvirt networks the drill defines.
+fn in_namespace(env: &Environment, plan: &Plan) -> bool {
+    isolated(plan)
+        && env
+            .config
+            .inventory
+            .sites
+            .get(&plan.target.value)
+            .is_none_or(|s| s.compute.value != lifeboat_plan::inventory::ComputeDriver::Libvirt)
+}
+
 /// What a planned failover's hand-over frees before the boot: the source VMs it will stop
 /// (`located`: their processes and their children) and their source addresses.
 fn freed_by(env: &Environment, located: &[Handle]) -> crate::occupied::Freed {
     let mut freed = crate::occupied::Freed::default();
     for h in located {
-        freed.pids.extend(lifeboat_compute::procfs::family(h.pid));
+        // (A domain on another host has no process here.)
+        if h.pid != 0 {
+            freed.pids.extend(lifeboat_compute::procfs::family(h.pid));
+        }
         if let Some(vm) = env.config.inventory.vms.get(&h.vm) {
             freed.ips.extend(
                 vm.nics
@@ -341,11 +356,58 @@ async fn preflight_points(
         .await
         .map_err(|e| Error::replication("cannot fail over: run `lifeboat replicate` first", e))?;
     let default = crate::compile::point_choice(plan);
+    let mut chosen = Vec::new();
     for group in groups_of(env, vms) {
         let choice = crate::services::choice_for(point, &group.name, default);
-        lifeboat_replication::points::select(&repo, &group.name, choice)
-            .await
-            .map_err(|e| Error::replication("cannot fail over", e))?;
+        chosen.push(
+            lifeboat_replication::points::select(&repo, &group.name, choice)
+                .await
+                .map_err(|e| Error::replication("cannot fail over", e))?,
+        );
+    }
+    preflight_capacity(env, plan, vms, &chosen).await
+}
+
+/// At a `libvirt` target, every copy fits on a host of the site (memory and CPUs, each VM
+/// placed as its start will place it: where the most memory is free), before anything stops:
+/// a failover that does not fit is refused naming the shortfall.
+async fn preflight_capacity(
+    env: &Environment,
+    plan: &Plan,
+    vms: &[&str],
+    points: &[lifeboat_replication::Manifest],
+) -> Result<()> {
+    use lifeboat_compute::libvirt::{connect_all, domain, driver};
+    let Some(site) = env.config.inventory.sites.get(&plan.target.value) else {
+        return Ok(());
+    };
+    if site.compute.value != lifeboat_plan::inventory::ComputeDriver::Libvirt {
+        return Ok(());
+    }
+    let uris: Vec<String> = site.hosts.iter().map(|h| h.value.clone()).collect();
+    let hosts = connect_all(&uris)
+        .await
+        .map_err(|e| Error::replication("cannot fail over", e))?;
+    let mut room = tokio::task::spawn_blocking(move || driver::capacity(&hosts))
+        .await
+        .map_err(|e| Error::Failed(e.to_string()))?
+        .map_err(|e| Error::Failed(format!("cannot fail over: libvirt: {e}")))?;
+    for vm in points.iter().flat_map(|m| &m.vms) {
+        if !vms.contains(&vm.name.as_str()) {
+            continue;
+        }
+        let Some((_, xml)) = crate::services::domain_of_point(&vm.definition) else {
+            continue;
+        };
+        let spec = domain::parse(&xml)
+            .map_err(|e| Error::Failed(format!("VM `{}`: its point's domain XML: {e}", vm.name)))?;
+        let at = driver::place(&room, &vm.name, spec.memory_kib, spec.vcpus).map_err(|why| {
+            Error::Failed(format!(
+                "cannot fail over to site `{}`: {why}; nothing was stopped",
+                plan.target.value
+            ))
+        })?;
+        room[at].1 -= spec.memory_kib * 1024;
     }
     Ok(())
 }
@@ -416,7 +478,8 @@ fn runner(
 ) -> Result<PluginRunner> {
     let journal = env.journal()?;
     let assignments = assignments_of(&journal, run)?;
-    let netns = (op == Operation::Test && isolated(plan)).then(|| netns_of(env, &journal, run));
+    let netns =
+        (op == Operation::Test && in_namespace(env, plan)).then(|| netns_of(env, &journal, run));
     let services = Arc::new(
         RunServices::new(env, run, plan, point, assignments, observe)?
             .with_drill(op == Operation::Test)
@@ -523,6 +586,10 @@ pub struct CleanupReport {
     /// The drill's network namespace, removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_namespace: Option<String>,
+    /// The libvirt networks a drill defined, removed, and those the run reserved addresses
+    /// in, released (`NETWORK on HOST`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub libvirt_networks: Vec<String>,
     /// Source VMs a planned failover (or failback) had stopped, started again as their boot
     /// commands say.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -638,6 +705,21 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
             .map_err(|e| Error::Failed(format!("cannot delete {}: {e}", disks.display())))?
             .map_err(|e| Error::Failed(format!("cannot delete {}: {e}", disks.display())))?;
     }
+    // Its copies gone, a libvirt drill's networks and the run's reservations go too.
+    let recorded: Vec<Event> = events.iter().map(|(_, _, e)| e.clone()).collect();
+    let released = crate::services::release_networks(&recorded)
+        .await
+        .map_err(Error::Failed)?;
+    for r in &released {
+        let (network, host) = r.split_once(" on ").unwrap_or((r.as_str(), ""));
+        services
+            .record(Event::NetworkReleased {
+                host: host.to_string(),
+                network: network.to_string(),
+            })
+            .map_err(journal_error)?;
+    }
+    report.libvirt_networks = released;
     // The source VMs a planned failover stopped run again, now that its copies are gone.
     restart_source(env, &events, &services, &mut report).await?;
     // Nothing of the run runs any more: its network namespace goes too.

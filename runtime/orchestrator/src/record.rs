@@ -330,12 +330,29 @@ pub fn describe(run: &str, e: &Event) -> Option<String> {
             ..
         } => format!("group {group}: point {seq} ({point_kind})"),
         Event::Restored { vm, disks, .. } => format!("{vm}: {} disk(s) restored", disks.len()),
+        Event::VmStarted {
+            vm,
+            domain: Some(d),
+            ..
+        } => format!("{vm}: started (domain {} on {})", d.name, d.host),
         Event::VmStarted { vm, pid, .. } => format!("{vm}: started (pid {pid})"),
         Event::VmStopped { vm } => format!("{vm}: stopped"),
         Event::Isolated { netns } => format!(
             "network namespace {netns}: the drill's copies run there (`lifeboat drill exec {run} -- COMMAND` reaches them)"
         ),
         Event::NamespaceRemoved { netns } => format!("network namespace {netns}: removed"),
+        Event::NetworkDefined { host, network } => {
+            format!("libvirt network {network} on {host}: the drill's copies boot there, isolated")
+        }
+        Event::AddressReserved {
+            host,
+            network,
+            mac,
+            ip,
+        } => format!("libvirt network {network} on {host}: {ip} reserved for {mac}"),
+        Event::NetworkReleased { host, network } => {
+            format!("libvirt network {network} on {host}: released")
+        }
         Event::SourceStopped { vms } => format!("source VMs stopped: {}", vms.join(", ")),
         Event::SourceRestarted { vm, pid, .. } => format!("source {vm}: started again (pid {pid})"),
         Event::ApprovalRequested { message } => {

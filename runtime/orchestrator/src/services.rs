@@ -21,6 +21,10 @@ use lifeboat_compute::driver::{Compute, Handle, Launch};
 use lifeboat_compute::netns::Netns;
 use lifeboat_compute::template;
 
+mod domains;
+
+pub(crate) use domains::{domain_of_point, release_networks};
+
 /// Called with every event of a run once it is journaled (progress on a terminal): the run's
 /// id and the event.
 pub type Observer = Arc<dyn Fn(&str, &Event) + Send + Sync>;
@@ -67,6 +71,11 @@ pub struct RunServices {
     netns: Option<Netns>,
     /// Whether this process has made sure the namespace exists.
     netns_ready: tokio::sync::Mutex<bool>,
+    /// The plan's network map, `site/network` → the target network's name: where a libvirt
+    /// copy's NICs go.
+    network_map: HashMap<String, String>,
+    /// Whether this process has made sure a libvirt drill's isolated networks exist.
+    drill_networks_ready: tokio::sync::Mutex<bool>,
 }
 
 /// A restore running in the background: the restored disk paths, or why not.
@@ -131,6 +140,13 @@ impl RunServices {
             drill: false,
             netns: None,
             netns_ready: tokio::sync::Mutex::new(false),
+            network_map: plan
+                .network
+                .iter()
+                .flat_map(|n| &n.map)
+                .map(|m| (m.from.value.to_string(), m.to.value.network.clone()))
+                .collect(),
+            drill_networks_ready: tokio::sync::Mutex::new(false),
         })
     }
 
@@ -285,6 +301,7 @@ impl RunServices {
                         pid,
                         key,
                         started,
+                        domain,
                         ..
                     } if v == vm => {
                         current = Some((
@@ -293,6 +310,7 @@ impl RunServices {
                                 pid: *pid,
                                 started: *started,
                                 key: key.clone(),
+                                domain: domain.clone(),
                             },
                             key.clone(),
                         ));
@@ -663,6 +681,9 @@ impl HostServices for RunServices {
                 handle.pid
             )));
         }
+        if self.libvirt_target() {
+            return self.start_domain(vm, key).await;
+        }
         let def = self.vm(vm)?;
         let disks = self.disk_paths(vm)?;
         let fill = |args: &[lifeboat_plan::Spanned<String>]| -> Result<Vec<String>, Error> {
@@ -753,6 +774,7 @@ impl HostServices for RunServices {
                     log: log.clone(),
                     key: key.to_string(),
                     netns: netns.map(|n| n.name().to_string()),
+                    domain: None,
                 };
                 self.driver.start(&launch).await.map_err(other)?
             }
@@ -764,6 +786,7 @@ impl HostServices for RunServices {
             started: handle.started,
             argv,
             log: log.display().to_string(),
+            domain: None,
         })?;
         tracing::info!(pid = handle.pid, "started");
         Ok(())
@@ -814,6 +837,11 @@ impl HostServices for RunServices {
         let Some(addr) = probe.socket_addr() else {
             return Ok(compute::VmState::Running);
         };
+        // A libvirt guest's sockets are inside the guest, behind a bridge: no process here
+        // holds them.
+        if handle.domain.is_some() {
+            return Ok(compute::VmState::Running);
+        }
         let pid = handle.pid;
         let answerer =
             tokio::task::spawn_blocking(move || lifeboat_compute::procfs::answerer(pid, addr))

@@ -440,9 +440,9 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
         }
     }
 
-    // Failing over to a `libvirt` site (defining domains from a point's XML) is not built yet,
-    // and a libvirt VM carries neither `machine` nor `boot` for another driver to start it: say
-    // so here rather than in the middle of a run.
+    // A `libvirt` target defines each copy from the domain XML its point keeps, which only a
+    // VM of a libvirt site has; and a libvirt VM carries neither `machine` nor `boot` for another
+    // driver to start it: say so here rather than in the middle of a run.
     if target_ok && let Some(target) = inv.sites.get(&plan.target) {
         let libvirt_target = target.compute.value == crate::inventory::ComputeDriver::Libvirt;
         for vm_ref in plan.groups.iter().flat_map(|g| &g.vms) {
@@ -457,15 +457,17 @@ pub fn check_plan(inv: &Inventory, plan: &Plan, sources: &Sources) -> Vec<Diagno
             let unstartable = libvirt_vm
                 && vm.machine.is_none()
                 && vm.boot.is_none()
+                && !libvirt_target
                 && target.compute.value != crate::inventory::ComputeDriver::Qemu;
-            if libvirt_target || unstartable {
+            let not_a_domain = libvirt_target && !libvirt_vm;
+            if not_a_domain || unstartable {
                 out.push(
                     Diagnostic::error(
                         Rule::UnsupportedCompute,
                         vm_ref.span,
-                        if libvirt_target {
+                        if not_a_domain {
                             format!(
-                                "VM `{}` cannot be started at site `{}` yet: failover, drills and failback to a `libvirt` site are not built",
+                                "VM `{}` is not a libvirt domain: site `{}` defines each copy from the domain XML its points keep, which only VMs of a `libvirt` site have",
                                 vm_ref.value, plan.target.value
                             )
                         } else {

@@ -64,7 +64,7 @@ rules! {
     UnknownPlaceholder = "unknown-placeholder": "a `{…}` placeholder that names nothing Lifeboat can substitute",
     SameSourceTarget = "same-source-target": "a plan whose source and target are the same site",
     TargetNotReplicated = "target-not-replicated": "a plan whose target is not where its source site keeps recovery points (`replicate_to`)",
-    UnsupportedCompute = "unsupported-compute": "a VM the compute driver of its site (or of a plan's target) cannot start: a `qemu` site needs the VM's `machine` (or a `boot` command, run as a process); a libvirt domain is started by no other driver, and a `libvirt` target is not built yet",
+    UnsupportedCompute = "unsupported-compute": "a VM the compute driver of its site (or of a plan's target) cannot start: a `qemu` site needs the VM's `machine` (or a `boot` command, run as a process); a libvirt domain is started by no other driver, and a `libvirt` target starts only libvirt domains (from the XML their points keep)",
     VmInTwoGroups = "vm-in-two-groups": "a VM listed in more than one group of a plan",
     VmNotInSource = "vm-not-in-source": "a plan VM that is not protected at the plan's source site",
     EmptyGroup = "empty-group": "a group with no VMs",

@@ -31,6 +31,9 @@ pub struct NicPlace {
 pub struct VmPlace {
     pub disks: BTreeMap<String, String>,
     pub nics: Vec<NicPlace>,
+    /// The libvirt domain the VM is now (a run's copy), when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }
 
 /// A group's placement, as recorded.

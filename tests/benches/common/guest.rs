@@ -84,6 +84,7 @@ pub fn boot(
             log: dir.join("vm.log"),
             key: String::new(),
             netns: None,
+            domain: None,
         }))
         .unwrap();
     while !healthy_at(addr) {

@@ -50,6 +50,12 @@ impl DomainNic {
 #[error("{0}")]
 pub struct XmlError(String);
 
+impl XmlError {
+    pub(crate) fn new(why: String) -> Self {
+        Self(why)
+    }
+}
+
 /// Reads `xml` (from `virDomainGetXMLDesc`).
 pub fn parse(xml: &str) -> Result<DomainSpec, XmlError> {
     read(xml).map_err(XmlError)

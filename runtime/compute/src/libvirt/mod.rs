@@ -3,7 +3,9 @@
 //! reached through its own remote protocol (`rpc`), not its C library.
 
 pub mod backup;
+pub mod copy;
 pub mod domain;
+pub mod driver;
 pub mod online;
 pub mod rpc;
 
@@ -221,6 +223,48 @@ impl Host {
         args.network(&net);
         self.conn.call(Proc::NetworkCreate, args)?;
         Ok(net)
+    }
+
+    /// A network's XML.
+    pub fn network_xml(&self, net: &NetworkRef) -> Result<String, RpcError> {
+        let mut args = Xdr::default();
+        args.network(net).u32(0);
+        self.conn.call(Proc::NetworkGetXmlDesc, args)?.string()
+    }
+
+    /// Adds a DHCP reservation (`mac` gets `ip`) to a running network, now and in its
+    /// definition.
+    pub fn reserve(&self, net: &NetworkRef, mac: &str, ip: &str) -> Result<(), RpcError> {
+        // VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, VIR_NETWORK_SECTION_IP_DHCP_HOST, the first
+        // <ip>, VIR_NETWORK_UPDATE_AFFECT_LIVE | _CONFIG.
+        let mut args = Xdr::default();
+        args.network(net)
+            .u32(3)
+            .u32(4)
+            .i32(-1)
+            .string(&format!(
+                "<host mac='{}' ip='{}'/>",
+                copy::escape(mac),
+                copy::escape(ip)
+            ))
+            .u32(3);
+        self.conn.call(Proc::NetworkUpdate, args).map(|_| ())
+    }
+
+    /// Drops a DHCP reservation `reserve` made.
+    pub fn unreserve(&self, net: &NetworkRef, mac: &str, ip: &str) -> Result<(), RpcError> {
+        let mut args = Xdr::default();
+        args.network(net)
+            .u32(2)
+            .u32(4)
+            .i32(-1)
+            .string(&format!(
+                "<host mac='{}' ip='{}'/>",
+                copy::escape(mac),
+                copy::escape(ip)
+            ))
+            .u32(3);
+        self.conn.call(Proc::NetworkUpdate, args).map(|_| ())
     }
 
     /// Stops and undefines a network.

@@ -53,7 +53,9 @@ pub enum Proc {
     NetworkDefineXml = 41,
     NetworkCreate = 39,
     NetworkDestroy = 42,
+    NetworkGetXmlDesc = 43,
     NetworkUndefine = 49,
+    NetworkUpdate = 291,
 }
 
 /// What went wrong talking to libvirt.
@@ -79,6 +81,11 @@ impl RpcError {
     /// libvirt's `VIR_ERR_NO_DOMAIN`.
     pub fn is_no_domain(&self) -> bool {
         matches!(self, Self::Libvirt { code: 42, .. })
+    }
+
+    /// libvirt's `VIR_ERR_NO_NETWORK`.
+    pub fn is_no_network(&self) -> bool {
+        matches!(self, Self::Libvirt { code: 43, .. })
     }
 }
 
