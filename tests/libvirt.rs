@@ -605,10 +605,11 @@ fn network(doms: &mut Domains, name: &str, bridge: &str, net: &str, reserved: &[
 /// and answers there; cleanup leaves no domain, network or overlay. A planned failover shuts
 /// the source down through libvirt (still defined), takes the last point (the source's disk
 /// byte for byte: nothing lost) and boots the copy by the naming rule with the source's MAC on
-/// the mapped network, at its assigned address; commit fences the source. A VM no host has
-/// room for is refused before anything stops, naming the shortfall.
+/// the mapped network, at its assigned address; commit fences the source; reprotect and
+/// failback bring the VM home under its own domain with nothing lost. A VM no host has room for
+/// is refused before anything stops, naming the shortfall.
 #[test]
-fn a_libvirt_target_drills_on_an_isolated_network_and_fails_over_with_nothing_lost() {
+fn a_libvirt_target_drills_on_an_isolated_network_fails_over_and_back_with_nothing_lost() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     let tag = std::process::id();
@@ -804,6 +805,47 @@ vms = ["{vm}"]
         healthy(&format!("{dr_net}.10:8080")),
         "the copy answers at its address"
     );
+    let out = lifeboat(&["commit", "app"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+
+    // And back: the copy is protected where it runs (cut through libvirt at `west`), then a
+    // failback shuts it down, takes its last point and brings the VM home under its own
+    // domain's name, on its own network, MAC and address.
+    let out = lifeboat(&["reprotect", "app"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let out = lifeboat(&["failback", "app"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        doms.state(&copy),
+        DomainState::ShutOff,
+        "the copy was shut down"
+    );
+    assert_eq!(
+        doms.state(&name),
+        DomainState::Running,
+        "the VM runs at home again"
+    );
+    let home = doms.host.lookup(&name).unwrap();
+    let spec = lifeboat_compute::libvirt::domain::parse(&doms.host.xml(&home, 0).unwrap()).unwrap();
+    assert_eq!(spec.nics[0].network.as_deref(), Some(prod.as_str()));
+    assert_eq!(spec.nics[0].mac.as_deref(), Some(mac.as_str()));
+    let copy_disk = {
+        let c = doms.host.lookup(&copy).unwrap();
+        lifeboat_compute::libvirt::domain::parse(&doms.host.xml(&c, 0).unwrap())
+            .unwrap()
+            .disks[0]
+            .source
+            .clone()
+    };
+    let back = restore(&lifeboat, "app", "latest", &base.join("back"));
+    identical(&back, &copy_disk, "raw");
+    assert!(
+        consistent(&back) >= consistent(&img),
+        "the copy's records came home"
+    );
+    wait_for("the VM to answer at home", Duration::from_secs(60), || {
+        healthy(&format!("{src_ip}:8080"))
+    });
     let out = lifeboat(&["commit", "app"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
 }

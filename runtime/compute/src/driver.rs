@@ -81,6 +81,9 @@ pub struct DomainLaunch {
     pub name: String,
     /// The copy to define, when the launch starts one (`None`: a source domain, only located).
     pub xml: Option<String>,
+    /// A shut-off domain of that name may be replaced by the copy (a failback brings a VM home
+    /// under its own domain's name; the old definition's disk files are left as they are).
+    pub replaces: bool,
 }
 
 /// A libvirt domain a handle stands for.

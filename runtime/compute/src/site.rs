@@ -57,6 +57,7 @@ pub fn source_launch(inventory: &Inventory, base: &Path, name: &str) -> Option<L
                     .as_ref()
                     .map_or_else(|| name.to_string(), |d| d.value.clone()),
                 xml: None,
+                replaces: false,
             }),
         });
     }

@@ -76,6 +76,8 @@ pub struct RunServices {
     network_map: HashMap<String, String>,
     /// Whether this process has made sure a libvirt drill's isolated networks exist.
     drill_networks_ready: tokio::sync::Mutex<bool>,
+    /// Each VM of a `libvirt` site in the inventory as written: its home site and domain.
+    home_domains: HashMap<String, (String, String)>,
 }
 
 /// A restore running in the background: the restored disk paths, or why not.
@@ -147,6 +149,24 @@ impl RunServices {
                 .map(|m| (m.from.value.to_string(), m.to.value.network.clone()))
                 .collect(),
             drill_networks_ready: tokio::sync::Mutex::new(false),
+            home_domains: env
+                .config
+                .home
+                .vms
+                .iter()
+                .filter(|(_, v)| {
+                    env.config.home.sites.get(&v.site.value).is_some_and(|s| {
+                        s.compute.value == lifeboat_plan::inventory::ComputeDriver::Libvirt
+                    })
+                })
+                .map(|(name, v)| {
+                    let domain = v
+                        .domain
+                        .as_ref()
+                        .map_or(name.to_string(), |d| d.value.clone());
+                    (name.to_string(), (v.site.value.clone(), domain))
+                })
+                .collect(),
         })
     }
 

@@ -40,7 +40,14 @@ pub struct CopyNic {
 
 /// The description that marks a copy as started under `key`.
 pub fn key_mark(key: &str) -> String {
-    format!("lifeboat copy, start key {key}")
+    format!("{COPY_MARK}{key}")
+}
+
+const COPY_MARK: &str = "lifeboat copy, start key ";
+
+/// Whether domain XML `xml` is a copy some run of Lifeboat defined.
+pub fn is_copy(xml: &str) -> bool {
+    xml.contains(COPY_MARK)
 }
 
 /// The copy of the domain `source_xml` describes, as `spec` says.

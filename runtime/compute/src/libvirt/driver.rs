@@ -14,6 +14,9 @@ use crate::driver::{ComputeError, Domain, DomainLaunch, Handle, Launch};
 /// `VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | _SNAPSHOTS_METADATA | _NVRAM`, with checkpoints: a copy
 /// leaves nothing of itself behind.
 const UNDEFINE_ALL: u32 = 1 | 2 | 4 | UNDEFINE_CHECKPOINTS_METADATA;
+/// The same for a home domain a failback's copy replaces, its UEFI variables kept
+/// (`VIR_DOMAIN_UNDEFINE_KEEP_NVRAM`).
+const UNDEFINE_REPLACED: u32 = 1 | 2 | 8 | UNDEFINE_CHECKPOINTS_METADATA;
 
 /// The libvirt side of the compute driver: one connection per host, opened when first needed.
 #[derive(Debug, Default)]
@@ -111,30 +114,33 @@ impl LibvirtDriver {
         };
         let (host, dom) = match found {
             Some((host, dom, existing)) => {
-                if !existing.contains(&super::copy::key_mark(&key)) {
-                    return Err(fail(
-                        vm,
-                        format!(
-                            "a domain named `{}` is already defined on {} and is not this run's copy: rename or remove it",
-                            d.name, host.uri
-                        ),
-                    ));
+                if existing.contains(&super::copy::key_mark(&key)) {
+                    (host, dom)
+                } else {
+                    let (h, d2) = (host.clone(), dom.clone());
+                    let state = blocking(vm, move || h.state(&d2)).await?;
+                    // An older run's copy, or the VM's home domain a failback returns to, may
+                    // make way once it is shut off; nothing else.
+                    let replaceable = d.replaces || super::copy::is_copy(&existing);
+                    if !replaceable || state != DomainState::ShutOff {
+                        return Err(fail(
+                            vm,
+                            format!(
+                                "a domain named `{}` is already defined on {} ({}) and is not this run's copy: rename or remove it",
+                                d.name,
+                                host.uri,
+                                state.as_str()
+                            ),
+                        ));
+                    }
+                    // Its disk files stay where they are.
+                    tracing::info!(vm, domain = %d.name, host = %host.uri, "replacing a shut-off domain of that name");
+                    let h = host.clone();
+                    blocking(vm, move || h.undefine(&dom, UNDEFINE_REPLACED)).await?;
+                    self.define_placed(vm, &hosts, &spec, xml).await?
                 }
-                (host, dom)
             }
-            None => {
-                let (memory, vcpus) = (spec.memory_kib, spec.vcpus);
-                let candidates = {
-                    let hosts = hosts.clone();
-                    blocking(vm, move || capacity(&hosts)).await?
-                };
-                let at = place(&candidates, vm, memory, vcpus)
-                    .map_err(|why| ComputeError::Capacity { why })?;
-                let host = hosts[at].clone();
-                let h = host.clone();
-                let dom = blocking(vm, move || h.define(&xml)).await?;
-                (host, dom)
-            }
+            None => self.define_placed(vm, &hosts, &spec, xml).await?,
         };
         let h = host.clone();
         let d2 = dom.clone();
@@ -145,6 +151,27 @@ impl LibvirtDriver {
             blocking(vm, move || h.start(&d2)).await?;
         }
         Ok(handle(vm, &launch.key, &host.uri, &d.name, true))
+    }
+
+    /// Defines `xml` on the host with the most free memory that fits it.
+    async fn define_placed(
+        &self,
+        vm: &str,
+        hosts: &[Arc<Host>],
+        spec: &super::DomainSpec,
+        xml: String,
+    ) -> Result<(Arc<Host>, DomainRef), ComputeError> {
+        let (memory, vcpus) = (spec.memory_kib, spec.vcpus);
+        let candidates = {
+            let hosts = hosts.to_vec();
+            blocking(vm, move || capacity(&hosts)).await?
+        };
+        let at =
+            place(&candidates, vm, memory, vcpus).map_err(|why| ComputeError::Capacity { why })?;
+        let host = hosts[at].clone();
+        let h = host.clone();
+        let dom = blocking(vm, move || h.define(&xml)).await?;
+        Ok((host, dom))
     }
 
     /// Starts a source domain again where it is defined (a cleanup undoing a planned

@@ -3,7 +3,8 @@
 //! qcow2 overlays), with its NICs on the mapped libvirt networks and its addresses reserved
 //! there. A drill's copies boot on isolated networks the run defines, with new MACs; a
 //! failover's keep their MACs. Copies are named by one rule: the source domain's name and
-//! `-dr` (`-drill` in a drill).
+//! `-dr` (`-drill` in a drill); at the VM's home site (a failback) its own domain's name, whose
+//! shut-off definition the copy replaces.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -84,7 +85,15 @@ impl RunServices {
             disks.insert(name, PathBuf::from(image));
         }
         let nics = self.copy_nics(vm, &source_site, &spec).await?;
-        let name = copy_name(&domain, self.drill);
+        // Home again (a failback), the VM takes its own domain's name back.
+        let home = self
+            .home_domains
+            .get(vm)
+            .filter(|(site, _)| *site == self.target_site && !self.drill);
+        let (name, replaces) = match home {
+            Some((_, home)) => (home.clone(), true),
+            None => (copy_name(&domain, self.drill), false),
+        };
         let log = self.run_dir.join("logs").join(format!("{vm}.log"));
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir)
@@ -130,6 +139,7 @@ impl RunServices {
                 hosts: self.target_hosts(),
                 name,
                 xml: Some(xml),
+                replaces,
             }),
         };
         let handle = self.driver.start(&launch).await.map_err(other)?;
