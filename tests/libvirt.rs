@@ -606,8 +606,9 @@ fn network(doms: &mut Domains, name: &str, bridge: &str, net: &str, reserved: &[
 /// the source down through libvirt (still defined), takes the last point (the source's disk
 /// byte for byte: nothing lost) and boots the copy by the naming rule with the source's MAC on
 /// the mapped network, at its assigned address; commit fences the source; reprotect and
-/// failback bring the VM home under its own domain with nothing lost. A VM no host has room for
-/// is refused before anything stops, naming the shortfall.
+/// failback bring the VM home under its own domain with nothing lost. A VM no host has room for,
+/// and disks that would not fit where runs keep them, are refused before anything stops, naming
+/// the shortfall.
 #[test]
 fn a_libvirt_target_drills_on_an_isolated_network_fails_over_and_back_with_nothing_lost() {
     let dir = tempfile::tempdir().unwrap();
@@ -737,6 +738,25 @@ vms = ["{vm}"]
     );
     assert!(doms.host.lookup(&format!("{big}-dr")).is_err());
     assert_eq!(doms.state(&name), DomainState::Running, "nothing stopped");
+
+    // Nor one whose restored disks would not fit where runs keep them (a 1 MiB file system).
+    let small = base.join("small-state");
+    std::fs::create_dir_all(&small).unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mount.success());
+    let small_arg = small.display().to_string();
+    let out = lifeboat(&["--state", &small_arg, "failover", "app", "--test"]);
+    let _ = std::process::Command::new("umount").arg(&small).status();
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert_ne!(out.code, 0, "{text}");
+    assert!(
+        text.contains("cannot fail over: the restored disks need 32 MiB at"),
+        "{text}"
+    );
 
     // The drill.
     let out = lifeboat(&["failover", "app", "--test"]);

@@ -85,6 +85,12 @@ pub fn source_launch(inventory: &Inventory, base: &Path, name: &str) -> Option<L
     })
 }
 
+/// The space free for an unprivileged writer in the file system holding `path`, in bytes.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let s = rustix::fs::statvfs(path)?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
 /// The source VMs of `vms` that are running as their boot command describes.
 pub async fn locate_source_vms(
     inventory: &Inventory,

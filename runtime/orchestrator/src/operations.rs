@@ -365,7 +365,47 @@ async fn preflight_points(
                 .map_err(|e| Error::replication("cannot fail over", e))?,
         );
     }
+    preflight_space(env, vms, &chosen)?;
     preflight_capacity(env, plan, vms, &chosen).await
+}
+
+/// The run's restored disks fit where runs keep them (each disk at its full size: that is
+/// what it may hold once the VM writes), before anything stops.
+fn preflight_space(
+    env: &Environment,
+    vms: &[&str],
+    points: &[lifeboat_replication::Manifest],
+) -> Result<()> {
+    let need: u64 = points
+        .iter()
+        .flat_map(|m| &m.vms)
+        .filter(|v| vms.contains(&v.name.as_str()))
+        .flat_map(|v| &v.disks)
+        .map(|d| d.size)
+        .sum();
+    // The nearest folder that exists: the runs' folder is made by the first run.
+    let mut at = env.state_dir.join("runs");
+    while !at.exists() {
+        match at.parent() {
+            Some(p) => at = p.to_path_buf(),
+            None => return Ok(()),
+        }
+    }
+    let free = lifeboat_compute::site::free_bytes(&at).map_err(|e| {
+        Error::Failed(format!(
+            "cannot tell the free space at {}: {e}",
+            at.display()
+        ))
+    })?;
+    if free < need {
+        return Err(Error::Failed(format!(
+            "cannot fail over: the restored disks need {} MiB at {}, which has {} MiB free; nothing was stopped",
+            need.div_ceil(1 << 20),
+            at.display(),
+            free / (1 << 20)
+        )));
+    }
+    Ok(())
 }
 
 /// At a `libvirt` target, every copy fits on a host of the site (memory and CPUs, each VM
