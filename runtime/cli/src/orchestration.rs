@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lifeboat_compute::driver::Driver;
+use lifeboat_compute::Driver;
 use lifeboat_loader::ResolvedPlan;
 use lifeboat_orchestrator::error::Error;
 use lifeboat_orchestrator::journal::Event;

@@ -219,8 +219,7 @@ pub fn replicate(
     };
     let mut reports = Vec::new();
     let mut code = exit_codes::OK;
-    let driver: Arc<dyn lifeboat_compute::driver::Compute> =
-        lifeboat_compute::driver::Driver::new();
+    let driver: Arc<dyn lifeboat_compute::driver::Compute> = lifeboat_compute::Driver::new();
     let holder = lifeboat_replication::lease::Holder::new("replicate");
     for group in chosen {
         if !group.protected {

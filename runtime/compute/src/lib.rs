@@ -12,6 +12,7 @@ pub mod cut;
 pub mod driver;
 pub mod fleece;
 pub mod libvirt;
+pub mod machines;
 pub mod netns;
 pub mod pause;
 pub mod procfs;
@@ -21,5 +22,6 @@ pub mod site;
 pub mod template;
 
 pub use cut::GroupCut;
-pub use driver::{Compute, ComputeError, Driver, Handle, KEY_VAR, Launch, ProcessDriver};
+pub use driver::{Compute, ComputeError, Handle, KEY_VAR, Launch, ProcessDriver};
+pub use machines::Driver;
 pub use pause::PauseVms;

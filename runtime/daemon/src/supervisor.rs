@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use lifeboat_compute::driver::Driver;
+use lifeboat_compute::Driver;
 use lifeboat_replication::GroupSpec;
 use lifeboat_replication::placement::Placement;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
