@@ -23,8 +23,13 @@ struct Domains {
 
 impl Domains {
     fn new() -> Self {
+        Self::on(URI)
+    }
+
+    /// The domains of the libvirt daemon at `uri`.
+    fn on(uri: &str) -> Self {
         Self {
-            host: Arc::new(Host::open(URI).expect("libvirtd runs (.ci/run starts it)")),
+            host: Arc::new(Host::open(uri).expect("libvirtd runs (.ci/run starts it)")),
             names: Vec::new(),
             networks: Vec::new(),
         }
@@ -868,4 +873,285 @@ vms = ["{vm}"]
     });
     let out = lifeboat(&["commit", "app"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+}
+
+/// A second libvirt "host" on this machine: a libvirtd (and its virtlogd) in a mount and a
+/// network namespace of its own (its own /run/libvirt, domain and state folders, bridges),
+/// answering on a socket in `dir`.
+/// Stopped by pid when dropped (after the domains on it: drop those first).
+struct SecondHost {
+    uri: String,
+    pids: Vec<u32>,
+}
+
+impl SecondHost {
+    fn start(dir: &Path) -> Self {
+        for d in ["sock", "lib", "etc", "cache"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::write(
+            dir.join("libvirtd.conf"),
+            format!(
+                "unix_sock_dir = \"{}\"\nauth_unix_rw = \"none\"\nauth_unix_ro = \"none\"\n",
+                dir.join("sock").display()
+            ),
+        )
+        .unwrap();
+        let d = dir.display();
+        let script = format!(
+            "set -e; mount -t tmpfs tmpfs /run/libvirt; mount --bind {d}/lib /var/lib/libvirt; \
+             mount --bind {d}/etc /etc/libvirt/qemu; mount --bind {d}/cache /var/cache/libvirt; \
+             virtlogd -d -p {d}/virtlogd.pid; libvirtd -d -f {d}/libvirtd.conf -p {d}/libvirtd.pid"
+        );
+        // A network namespace too: its bridges are its own, as another machine's would be.
+        let status = std::process::Command::new("unshare")
+            .args(["-m", "-n", "--propagation", "private", "sh", "-c", &script])
+            .status()
+            .unwrap();
+        assert!(status.success(), "the second libvirtd did not start");
+        let uri = format!(
+            "qemu+unix:///system?socket={}",
+            dir.join("sock/libvirt-sock").display()
+        );
+        wait_for("the second libvirtd", Duration::from_secs(30), || {
+            Host::open(&uri).is_ok()
+        });
+        let pids = ["libvirtd.pid", "virtlogd.pid"]
+            .iter()
+            .filter_map(|f| {
+                std::fs::read_to_string(dir.join(f))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        Self { uri, pids }
+    }
+}
+
+impl Drop for SecondHost {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            if let Some(p) = rustix::process::Pid::from_raw(*pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+            }
+        }
+    }
+}
+
+/// Two libvirt daemons on this machine as two hosts of one site: `discover` lists each domain
+/// on its host, both are protected and cut where they run; a drill at a two-host site defines
+/// each copy on a host with room and answers; cleanup leaves no copy on either host. Then two
+/// Lifeboat daemons, one per host, each protecting its own domain, share one repository: both
+/// take points, and a daemon whose inventory also lists the other's VM stands by for that
+/// group (the writer lease), taking none of its points.
+#[test]
+fn two_libvirt_hosts_of_one_site_and_a_daemon_on_each_sharing_one_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let tag = std::process::id();
+    let host2 = SecondHost::start(&base.join("host2"));
+    let mut one = Domains::new();
+    let mut two = Domains::on(&host2.uri);
+    let (a, b) = (format!("lb-{tag}-h1"), format!("lb-{tag}-h2"));
+    let (disk_a, disk_b) = (base.join("a.qcow2"), base.join("b.qcow2"));
+    qcow2(&disk_a, "32M");
+    qcow2(&disk_b, "32M");
+    one.start(&a, &disk_a, "qcow2", &base.join("a.console"));
+    two.start(&b, &disk_b, "qcow2", &base.join("b.console"));
+    for drill in [format!("{a}-drill"), format!("{b}-drill")] {
+        one.names.push(drill.clone());
+        two.names.push(drill);
+    }
+    let hosts = format!("[\"{URI}\", \"{}\"]", host2.uri);
+    let inventory = |store: &str, vms: &[&str]| {
+        let mut t = format!(
+            "version = 1\n[sites.east]\nstore = \"{store}\"\ncompute = \"libvirt\"\nhosts = {hosts}\nreplicate_to = \"west\"\n\
+             [sites.west]\nstore = \"{}\"\ncompute = \"libvirt\"\nhosts = {hosts}\nnetworks.drill.subnets = {{ lan = \"10.80.{}.0/24\" }}\n\
+             [policies.default]\ncrash_interval = \"2s\"\nretention = \"1h\"\nrpo_threshold = \"1m\"\n",
+            base.join("west").display(),
+            20 + tag % 200
+        );
+        for vm in vms {
+            t.push_str(&format!(
+                "[vms.{vm}]\nsite = \"east\"\npolicy = \"default\"\n"
+            ));
+        }
+        t
+    };
+    std::fs::write(base.join("lifeboat.toml"), inventory("east", &[&a, &b])).unwrap();
+    let lifeboat = cli(base);
+    let listed = lifeboat(&["discover", "east"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert!(
+        listed.stdout.contains(&format!("{a} on {URI} (running")),
+        "{}",
+        listed.stdout
+    );
+    assert!(
+        listed
+            .stdout
+            .contains(&format!("{b} on {} (running", host2.uri)),
+        "{}",
+        listed.stdout
+    );
+    wait_for("both guests to write", Duration::from_secs(60), || {
+        ["a.console", "b.console"].iter().all(|c| {
+            std::fs::read_to_string(base.join(c))
+                .is_ok_and(|t| t.contains("guest: starting the workload"))
+        })
+    });
+    let r = lifeboat(&["replicate"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let r = lifeboat(&["replicate"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        one.host
+            .checkpoints(&one.host.lookup(&a).unwrap())
+            .unwrap()
+            .len()
+            == 1
+            && two
+                .host
+                .checkpoints(&two.host.lookup(&b).unwrap())
+                .unwrap()
+                .len()
+                == 1,
+        "each domain was cut through its own host"
+    );
+
+    // A drill at the two-host site: each copy on one of the hosts, running.
+    std::fs::create_dir_all(base.join("plans")).unwrap();
+    std::fs::write(
+        base.join("plans/both.toml"),
+        format!(
+            "version = 1\nname = \"both\"\nsource = \"east\"\ntarget = \"west\"\nrecovery_point = \"latest\"\n\
+             [network]\ntest = \"west/drill\"\n[[group]]\nname = \"g\"\nvms = [\"{a}\", \"{b}\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = lifeboat(&["failover", "both", "--test"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    for vm in [&a, &b] {
+        let copy = format!("{vm}-drill");
+        let on_one = one
+            .host
+            .lookup(&copy)
+            .is_ok_and(|d| one.host.state(&d).ok() == Some(DomainState::Running));
+        let on_two = two
+            .host
+            .lookup(&copy)
+            .is_ok_and(|d| two.host.state(&d).ok() == Some(DomainState::Running));
+        assert!(
+            on_one != on_two,
+            "{copy} runs on exactly one host ({on_one}, {on_two})"
+        );
+    }
+    let out = lifeboat(&["cleanup", "both"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    for vm in [&a, &b] {
+        let copy = format!("{vm}-drill");
+        assert!(one.host.lookup(&copy).is_err() && two.host.lookup(&copy).is_err());
+    }
+
+    // A Lifeboat daemon per host, one repository (`west`): each protects its own domain; the
+    // second also lists the first's VM, and stands by for it.
+    let mut daemons = Vec::new();
+    for (folder, store, vms) in [
+        ("d1", "east1", vec![a.as_str()]),
+        ("d2", "east2", vec![b.as_str(), a.as_str()]),
+    ] {
+        let d = base.join(folder);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut text = inventory(store, &vms);
+        // Each daemon's site is its own host.
+        let own = if folder == "d1" {
+            URI.to_string()
+        } else {
+            host2.uri.clone()
+        };
+        text = text.replacen(
+            &format!("hosts = {hosts}"),
+            &format!("hosts = [\"{own}\"]"),
+            1,
+        );
+        if folder == "d2" {
+            // The first's domain is on the other host: this daemon cannot cut it, and must not try
+            // while the other holds its group.
+            text = text.replacen(
+                &format!("hosts = [\"{own}\"]"),
+                &format!("hosts = {hosts}"),
+                1,
+            );
+        }
+        std::fs::write(d.join("lifeboat.toml"), text).unwrap();
+        let config = d.join("lifeboat.toml").display().to_string();
+        let log = std::fs::File::create(d.join("daemon.log")).unwrap();
+        let child = std::process::Command::new(crate::failover::HELPER)
+            .args(["cli", "--config", &config, "daemon", "--grace", "10s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        daemons.push((d, child));
+        if folder == "d1" {
+            // The first takes the lease of `a` before the second starts.
+            let d1 = base.join("d1");
+            let first = cli(&d1);
+            let points = || {
+                let out = first(&["--output", "json", "points", "list", &a]);
+                serde_json::from_str::<serde_json::Value>(&out.stdout)
+                    .ok()
+                    .and_then(|v| v["points"].as_array().map(Vec::len))
+                    .unwrap_or(0)
+            };
+            let before = points();
+            wait_for(
+                "the first daemon's point of a",
+                Duration::from_secs(60),
+                || points() > before,
+            );
+        }
+    }
+    let d2 = base.join("d2");
+    let second = cli(&d2);
+    let count = |vm: &str| {
+        let out = second(&["--output", "json", "points", "list", vm]);
+        serde_json::from_str::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["points"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    let (a0, b0) = (count(&a), count(&b));
+    wait_for(
+        "points of both from their own daemons",
+        Duration::from_secs(60),
+        || count(&a) >= a0 + 2 && count(&b) >= b0 + 2,
+    );
+    let st = second(&["--output", "json", "status"]);
+    let doc: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    let group = |name: &str| {
+        doc["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|g| g["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(group(&a)["state"], "standby", "{doc:#}");
+    assert_ne!(group(&b)["state"], "standby", "{doc:#}");
+    for (d, mut child) in daemons {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        );
+        let status = child.wait().unwrap();
+        let log = std::fs::read_to_string(d.join("daemon.log")).unwrap_or_default();
+        assert!(status.success(), "{status:?}: {log}");
+    }
+    drop(one);
+    drop(two);
+    drop(host2);
 }
