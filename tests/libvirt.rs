@@ -838,6 +838,22 @@ vms = ["{vm}"]
     // domain's name, on its own network, MAC and address.
     let out = lifeboat(&["reprotect", "app"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    // The copy runs on qcow2 overlays: once reprotected it is cut through checkpoints like any
+    // domain, reading only what changed.
+    let again = lifeboat(&["replicate", "app"]);
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    assert!(
+        !again.stderr.contains("full scan of"),
+        "a reprotected copy is cut incrementally: {}",
+        again.stderr
+    );
+    assert_eq!(
+        doms.host
+            .checkpoints(&doms.host.lookup(&copy).unwrap())
+            .unwrap()
+            .len(),
+        1
+    );
     let out = lifeboat(&["failback", "app"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert_eq!(
@@ -862,8 +878,13 @@ vms = ["{vm}"]
             .source
             .clone()
     };
+    assert!(
+        copy_disk.to_string_lossy().ends_with(".run.qcow2"),
+        "a failover's copy runs on an overlay: {}",
+        copy_disk.display()
+    );
     let back = restore(&lifeboat, "app", "latest", &base.join("back"));
-    identical(&back, &copy_disk, "raw");
+    identical(&back, &copy_disk, "qcow2");
     assert!(
         consistent(&back) >= consistent(&img),
         "the copy's records came home"

@@ -975,8 +975,13 @@ fn url_host(url: &str) -> &str {
 /// removes it with the run): the guest's writes go there and the restored image stays the point.
 /// Made once per run; a restarted start boots the same overlay.
 async fn drill_overlay(restored: &Path) -> Result<String, Error> {
+    overlay(restored, "drill").await
+}
+
+/// A qcow2 overlay `kind` on a restored image, beside it (see `drill_overlay`).
+async fn overlay(restored: &Path, kind: &str) -> Result<String, Error> {
     let mut name = restored.file_name().unwrap_or_default().to_os_string();
-    name.push(".drill.qcow2");
+    name.push(format!(".{kind}.qcow2"));
     let overlay = restored.with_file_name(name);
     if overlay.exists() {
         return Ok(overlay.display().to_string());
@@ -990,7 +995,7 @@ async fn drill_overlay(restored: &Path) -> Result<String, Error> {
         .map_err(|e| other(format!("cannot run qemu-img (install qemu-utils): {e}")))?;
     if !out.status.success() {
         return Err(other(format!(
-            "cannot create the drill overlay {}: {}",
+            "cannot create the overlay {}: {}",
             overlay.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         )));

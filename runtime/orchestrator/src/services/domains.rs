@@ -1,6 +1,6 @@
 //! A run's VMs at a `libvirt` target: each a copy of its source domain, defined from the XML
-//! its point keeps (the repository alone describes the VM), on the restored images (a drill's
-//! qcow2 overlays), with its NICs on the mapped libvirt networks and its addresses reserved
+//! its point keeps (the repository alone describes the VM), on qcow2 overlays over the restored
+//! images, with its NICs on the mapped libvirt networks and its addresses reserved
 //! there. A drill's copies boot on isolated networks the run defines, with new MACs; a
 //! failover's keep their MACs. Copies are named by one rule: the source domain's name and
 //! `-dr` (`-drill` in a drill); at the VM's home site (a failback) its own domain's name, whose
@@ -17,7 +17,7 @@ use lifeboat_compute::libvirt::{DomainSpec, Host};
 use lifeboat_plan::inventory::ComputeDriver;
 use lifeboat_plugin_host::wit::Error;
 
-use super::{RunServices, drill_overlay, other};
+use super::{RunServices, drill_overlay, other, overlay};
 use crate::journal::Event;
 
 /// The name of a run's copy of source domain `domain`.
@@ -75,12 +75,16 @@ impl RunServices {
             })?;
         let spec = lifeboat_compute::libvirt::domain::parse(&source_xml)
             .map_err(|e| other(format!("VM `{vm}`: the point's domain XML: {e}")))?;
+        // A drill's copy writes into overlays (the restored images stay the point); so does a
+        // failover's, for another reason: libvirt keeps checkpoints only in qcow2 images, and
+        // the copy, once reprotected, is cut incrementally through them like any domain.
         let mut disks: HashMap<String, PathBuf> = HashMap::new();
         for (name, path) in self.disk_paths(vm)? {
+            let restored = std::path::Path::new(&path);
             let image = if self.drill {
-                drill_overlay(std::path::Path::new(&path)).await?
+                drill_overlay(restored).await?
             } else {
-                path
+                overlay(restored, "run").await?
             };
             disks.insert(name, PathBuf::from(image));
         }
