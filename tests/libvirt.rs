@@ -441,6 +441,22 @@ compute = "process"
     ));
     let out = lifeboat(&["plan", "validate"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    // A copy's name rule: only at libvirt sites, naming each copy apart, with known placeholders.
+    for (site, rule, says) in [
+        ("west", "{domain}-dr", "this site is not a `libvirt` site"),
+        ("east", "{host}-dr", "`target_name` has `{host}`"),
+        ("east", "copy", "would give every copy the same name"),
+    ] {
+        let text = format!(
+            "{head}[sites.east]\nstore = \"east\"\ncompute = \"libvirt\"\nhosts = [\"qemu:///system\"]\nreplicate_to = \"west\"\n[vms.a]\nsite = \"east\"\npolicy = \"default\"\n"
+        );
+        let marker = format!("[sites.{site}]\nstore = \"{site}\"\n");
+        write(&text.replacen(&marker, &format!("{marker}target_name = \"{rule}\"\n"), 1));
+        let out = lifeboat(&["plan", "validate"]);
+        let text = format!("{}{}", out.stdout, out.stderr);
+        assert_eq!(out.code, 3, "{text}");
+        assert!(text.contains(says), "{rule}: {text}");
+    }
     // Online, the world is asked: the domain is not there, nor is the second host.
     write(&format!(
         "{head}[sites.east]\nstore = \"east\"\ncompute = \"libvirt\"\nhosts = [\"{URI}\", \"qemu+unix:///system?socket=/nonexistent/libvirt-sock\"]\nreplicate_to = \"west\"\n[vms.a]\nsite = \"east\"\npolicy = \"default\"\ndomain = \"lb-no-such-domain\"\n"
@@ -653,9 +669,10 @@ fn a_libvirt_target_drills_on_an_isolated_network_fails_over_and_back_with_nothi
         (&prod, "52:54:00:77:00:99"),
         64 << 20,
     );
-    let (copy, drill_copy) = (format!("{name}-dr"), format!("{name}-drill"));
+    // Copies at `west` named by the source site's rule.
+    let (copy, drill_copy) = (format!("{name}-west"), format!("{name}-drill"));
     doms.names
-        .extend([copy.clone(), drill_copy.clone(), format!("{big}-dr")]);
+        .extend([copy.clone(), drill_copy.clone(), format!("{big}-west")]);
     std::fs::write(
         base.join("lifeboat.toml"),
         format!(
@@ -665,6 +682,7 @@ store = "east"
 compute = "libvirt"
 hosts = ["{URI}"]
 replicate_to = "west"
+target_name = "{{domain}}-west"
 networks.{prod}.subnets = {{ lan = "{src_net}.0/24" }}
 [sites.west]
 store = "west"
@@ -741,7 +759,7 @@ vms = ["{vm}"]
         text.contains("VM `big` needs 67108864 MiB of memory and 1 CPU(s); no host of the site has them (qemu:///system: "),
         "{text}"
     );
-    assert!(doms.host.lookup(&format!("{big}-dr")).is_err());
+    assert!(doms.host.lookup(&format!("{big}-west")).is_err());
     assert_eq!(doms.state(&name), DomainState::Running, "nothing stopped");
 
     // Nor one whose restored disks would not fit where runs keep them (a 1 MiB file system).

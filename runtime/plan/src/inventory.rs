@@ -66,6 +66,11 @@ pub struct Site {
     /// (`qemu:///system`, `qemu+unix:///system?socket=PATH`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<Spanned<String>>,
+    /// How a failover names the copy of one of this `libvirt` site's domains at the site it
+    /// replicates to: `{domain}` (the source domain's name) and `{vm}` (the VM's) filled in.
+    /// Default `{domain}-dr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_name: Option<Spanned<String>>,
     /// The site whose repository receives this site's VMs' recovery points. A site without it
     /// protects nothing (it is a target, or not replicated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -433,6 +438,62 @@ fn decode_inventory(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Inventory> 
     })
 }
 
+/// The name a failover gives the copy of domain `domain` (VM `vm`) by template `rule`
+/// (`{domain}`, `{vm}`); the default rule is `{domain}-dr`.
+pub fn copy_name(rule: Option<&str>, vm: &str, domain: &str) -> String {
+    rule.unwrap_or("{domain}-dr")
+        .replace("{domain}", domain)
+        .replace("{vm}", vm)
+}
+
+/// `target_name` is for `libvirt` sites, names each copy apart (it has `{domain}` or `{vm}`) and
+/// knows no other placeholder.
+fn check_target_name(d: &mut Decoder<'_>, n: &Spanned<String>, compute: Option<ComputeDriver>) {
+    if compute.is_some_and(|c| c != ComputeDriver::Libvirt) {
+        d.error(
+            Rule::InvalidValue,
+            n.span,
+            "`target_name` names the copies of libvirt domains; this site is not a `libvirt` site"
+                .to_string(),
+            "not a libvirt site",
+        );
+        return;
+    }
+    let mut rest = n.value.as_str();
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        let name = &rest[open + 1..open + close];
+        if name != "domain" && name != "vm" {
+            d.error(
+                Rule::InvalidValue,
+                n.span,
+                format!(
+                    "`target_name` has `{{{name}}}`: only `{{domain}}` and `{{vm}}` are filled in"
+                ),
+                "unknown placeholder",
+            );
+            return;
+        }
+        rest = &rest[open + close + 1..];
+    }
+    if !n.value.contains("{domain}") && !n.value.contains("{vm}") {
+        d.push(
+            Diagnostic::error(
+                Rule::InvalidValue,
+                n.span,
+                format!(
+                    "`target_name = \"{}\"` would give every copy the same name",
+                    n.value
+                ),
+                "no placeholder",
+            )
+            .with_help("use `{domain}` or `{vm}`, e.g. `target_name = \"{domain}-dr\"`"),
+        );
+    }
+}
+
 /// Store locations Lifeboat can open.
 pub const STORE_SCHEMES: &[&str] = &["file", "memory", "az", "azure", "abfs", "s3"];
 
@@ -507,6 +568,12 @@ fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
             );
         }
     }
+    let target_name = t
+        .optional("target_name")
+        .and_then(|v| d.string(v, &t.path("target_name")));
+    if let Some(n) = &target_name {
+        check_target_name(d, n, compute.as_ref().map(|c| c.value));
+    }
     let replicate_to = t
         .optional("replicate_to")
         .map(|v| d.string(v, &t.path("replicate_to")));
@@ -557,6 +624,7 @@ fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
         store: store?,
         compute: compute?,
         hosts,
+        target_name,
         replicate_to: replicate_to.unwrap_or(None),
         bandwidth: bandwidth.unwrap_or(None),
         networks: networks?,

@@ -2,9 +2,9 @@
 //! its point keeps (the repository alone describes the VM), on qcow2 overlays over the restored
 //! images, with its NICs on the mapped libvirt networks and its addresses reserved
 //! there. A drill's copies boot on isolated networks the run defines, with new MACs; a
-//! failover's keep their MACs. Copies are named by one rule: the source domain's name and
-//! `-dr` (`-drill` in a drill); at the VM's home site (a failback) its own domain's name, whose
-//! shut-off definition the copy replaces.
+//! failover's keep their MACs. A failover's copy is named by its source site's `target_name`
+//! (`{domain}-dr` by default), a drill's `{domain}-drill`; at the VM's home site (a failback) it
+//! takes its own domain's name back, replacing the shut-off definition.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -19,15 +19,6 @@ use lifeboat_plugin_host::wit::Error;
 
 use super::{RunServices, drill_overlay, other, overlay};
 use crate::journal::Event;
-
-/// The name of a run's copy of source domain `domain`.
-pub fn copy_name(domain: &str, drill: bool) -> String {
-    if drill {
-        format!("{domain}-drill")
-    } else {
-        format!("{domain}-dr")
-    }
-}
 
 /// The source domain a point keeps for a VM: its name and its XML.
 pub fn domain_of_point(definition: &serde_json::Value) -> Option<(String, String)> {
@@ -94,9 +85,19 @@ impl RunServices {
             .home_domains
             .get(vm)
             .filter(|(site, _)| *site == self.target_site && !self.drill);
+        let rule = self
+            .inventory
+            .sites
+            .get(&source_site)
+            .and_then(|s| s.target_name.as_ref())
+            .map(|r| r.value.as_str());
         let (name, replaces) = match home {
             Some((_, home)) => (home.clone(), true),
-            None => (copy_name(&domain, self.drill), false),
+            None if self.drill => (format!("{domain}-drill"), false),
+            None => (
+                lifeboat_plan::inventory::copy_name(rule, vm, &domain),
+                false,
+            ),
         };
         let log = self.run_dir.join("logs").join(format!("{vm}.log"));
         if let Some(dir) = log.parent() {
