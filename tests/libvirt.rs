@@ -979,6 +979,64 @@ impl Drop for SecondHost {
     }
 }
 
+/// An ssh server on 127.0.0.1 (a port of its own) that lets in root with a key made here: how
+/// a libvirt daemon on "another host" is reached (`qemu+ssh://`). Stopped when dropped.
+struct Sshd {
+    child: std::process::Child,
+    /// `qemu+ssh://` to this machine's own libvirtd, through this server.
+    uri: String,
+}
+
+impl Sshd {
+    fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        for key in ["host_key", "client_key"] {
+            let out = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(key))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+        let port = 20_000 + std::process::id() % 20_000;
+        let d = dir.display();
+        std::fs::write(
+            dir.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+                 PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 UsePAM no\nStrictModes no\nPidFile {d}/sshd.pid\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
+        let child = std::process::Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stderr(log)
+            .spawn()
+            .expect("sshd (openssh-server; .ci/run installs it)");
+        wait_for("sshd to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port as u16)).is_ok()
+        });
+        Self {
+            child,
+            uri: format!(
+                "qemu+ssh://root@127.0.0.1:{port}/system?keyfile={d}/client_key&no_verify=1"
+            ),
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Two libvirt daemons on this machine as two hosts of one site: `discover` lists each domain
 /// on its host, both are protected and cut where they run; a drill at a two-host site defines
 /// each copy on a host with room and answers; cleanup leaves no copy on either host. Then two
@@ -1003,11 +1061,14 @@ fn two_libvirt_hosts_of_one_site_and_a_daemon_on_each_sharing_one_repository() {
         one.names.push(drill.clone());
         two.names.push(drill);
     }
+    // The target site reaches its first host through ssh, as it would another machine's.
+    let sshd = Sshd::start(&base.join("sshd"));
     let hosts = format!("[\"{URI}\", \"{}\"]", host2.uri);
+    let target_hosts = format!("[\"{}\", \"{}\"]", sshd.uri, host2.uri);
     let inventory = |store: &str, vms: &[&str]| {
         let mut t = format!(
             "version = 1\n[sites.east]\nstore = \"{store}\"\ncompute = \"libvirt\"\nhosts = {hosts}\nreplicate_to = \"west\"\n\
-             [sites.west]\nstore = \"{}\"\ncompute = \"libvirt\"\nhosts = {hosts}\nnetworks.drill.subnets = {{ lan = \"10.80.{}.0/24\" }}\n\
+             [sites.west]\nstore = \"{}\"\ncompute = \"libvirt\"\nhosts = {target_hosts}\nnetworks.drill.subnets = {{ lan = \"10.80.{}.0/24\" }}\n\
              [policies.default]\ncrash_interval = \"2s\"\nretention = \"1h\"\nrpo_threshold = \"1m\"\n",
             base.join("west").display(),
             20 + tag % 200
@@ -1034,6 +1095,39 @@ fn two_libvirt_hosts_of_one_site_and_a_daemon_on_each_sharing_one_repository() {
             .contains(&format!("{b} on {} (running", host2.uri)),
         "{}",
         listed.stdout
+    );
+    // Through ssh, the same daemon lists the same domain.
+    let far = lifeboat(&["discover", "west"]);
+    assert_eq!(far.code, 0, "{}", far.stderr);
+    assert!(
+        far.stdout
+            .contains(&format!("{a} on {} (running", sshd.uri)),
+        "{}",
+        far.stdout
+    );
+    // A domain of another host is cut by a Lifeboat there: refused here, saying so.
+    let elsewhere = base.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(
+        elsewhere.join("lifeboat.toml"),
+        format!(
+            "version = 1\n[sites.far]\nstore = \"far\"\ncompute = \"libvirt\"\nhosts = [\"{}\"]\nreplicate_to = \"west\"\n\
+             [sites.west]\nstore = \"west\"\ncompute = \"process\"\n\
+             [policies.default]\ncrash_interval = \"1m\"\nretention = \"1h\"\nrpo_threshold = \"5m\"\n\
+             [vms.c]\nsite = \"far\"\npolicy = \"default\"\ndomain = \"{a}\"\n",
+            sshd.uri
+        ),
+    )
+    .unwrap();
+    let refused = cli(&elsewhere)(&["replicate"]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains(&format!(
+            "domain `{a}` runs on {}, another host: its disks are read where it runs",
+            sshd.uri
+        )),
+        "{}",
+        refused.stderr
     );
     wait_for("both guests to write", Duration::from_secs(60), || {
         ["a.console", "b.console"].iter().all(|c| {

@@ -63,7 +63,7 @@ pub struct Site {
     /// How VMs are started here.
     pub compute: Spanned<ComputeDriver>,
     /// The libvirt daemons of a `libvirt` site, one per hypervisor host
-    /// (`qemu:///system`, `qemu+unix:///system?socket=PATH`).
+    /// (`qemu:///system`, `qemu+unix:///system?socket=PATH`, `qemu+ssh://[USER@]HOST[:PORT]/system`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<Spanned<String>>,
     /// How a failover names the copy of one of this `libvirt` site's domains at the site it
@@ -563,7 +563,7 @@ fn decode_site(d: &mut Decoder<'_>, v: &Value<'_>, what: &str) -> Option<Site> {
                     "not a qemu:// URI",
                 )
                 .with_help(
-                    "write `qemu:///system` or `qemu+unix:///system?socket=/path/libvirt-sock`",
+                    "write `qemu:///system`, `qemu+unix:///system?socket=/path/libvirt-sock` or `qemu+ssh://root@hv2/system`",
                 ),
             );
         }

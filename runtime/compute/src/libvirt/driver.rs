@@ -353,7 +353,9 @@ fn handle(vm: &str, key: &str, uri: &str, name: &str, owned: bool) -> Handle {
 /// The pid of the QEMU running domain `name` for the libvirt daemon at `uri`, from the pid file
 /// beside the daemon's socket, when that daemon runs on this machine.
 fn local_pid(uri: &str, name: &str) -> Option<u32> {
-    let (socket, _) = super::rpc::endpoint(uri).ok()?;
+    let (super::rpc::Endpoint::Local(socket), _) = super::rpc::endpoint(uri).ok()? else {
+        return None;
+    };
     let file = socket.parent()?.join("qemu").join(format!("{name}.pid"));
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }

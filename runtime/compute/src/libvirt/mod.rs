@@ -366,6 +366,14 @@ pub async fn resolve_group(
                     uris.join(", ")
                 ))
             })?;
+        // A cut reads the disks where they are: the backup's NBD export (a socket of that host)
+        // or, shut off, the files.
+        if rpc::is_remote(&found.host.uri) {
+            return Err(Error::failed(format!(
+                "VM `{}`: domain `{domain}` runs on {}, another host: its disks are read where it runs; run a Lifeboat daemon there (`hosts = [\"qemu:///system\"]`)",
+                vm.name, found.host.uri
+            )));
+        }
         if found.spec.disks.is_empty() {
             return Err(Error::failed(format!(
                 "VM `{}`: domain `{domain}` has no disk backed by a file or a block device",

@@ -4,6 +4,10 @@
 //! `unsafe` is needed for the calls the `virt` crate does not wrap (backups, checkpoints, job
 //! abort). Procedure numbers and layouts are those of `remote_protocol.x`, which libvirt keeps
 //! stable (numbers are only ever added). Blocking, one call at a time per connection.
+//!
+//! A daemon on this machine is reached on its Unix socket; one on another host through the
+//! system's `ssh` client (the user's keys, agent and known hosts, as `virsh` does), which runs
+//! `virt-ssh-helper` (or `nc -U SOCKET`) there and carries the same messages on its pipes.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -66,6 +70,9 @@ pub enum RpcError {
         socket: PathBuf,
         source: std::io::Error,
     },
+    /// `ssh` to a remote host failed; its own words.
+    #[error("cannot reach libvirt on {host} through ssh: {why}")]
+    Ssh { host: String, why: String },
     #[error("libvirt connection lost: {0}")]
     Io(#[from] std::io::Error),
     #[error("libvirt sent something Lifeboat cannot read: {0}")]
@@ -89,10 +96,19 @@ impl RpcError {
     }
 }
 
+/// Where a libvirt daemon is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Its socket on this machine.
+    Local(PathBuf),
+    /// A daemon on another host: the `ssh` command line that reaches it.
+    Ssh { host: String, argv: Vec<String> },
+}
+
 /// Where a libvirt URI is served and the name to open there: `qemu:///system` (the local
-/// daemon's socket) and `qemu+unix:///system?socket=PATH`. Remote transports need the daemon
-/// reachable from here, which a later version adds.
-pub fn endpoint(uri: &str) -> Result<(PathBuf, String), RpcError> {
+/// daemon's socket), `qemu+unix:///system?socket=PATH`, and `qemu+ssh://[USER@]HOST[:PORT]/system`
+/// with libvirt's `keyfile=`, `no_verify=1` and `socket=` parameters.
+pub fn endpoint(uri: &str) -> Result<(Endpoint, String), RpcError> {
     let bad = |why: &str| RpcError::Uri {
         uri: uri.to_string(),
         why: why.to_string(),
@@ -112,47 +128,222 @@ pub fn endpoint(uri: &str) -> Result<(PathBuf, String), RpcError> {
         None => (rest, None),
     };
     let (host, path) = hostpath.split_at(hostpath.find('/').unwrap_or(hostpath.len()));
-    if !host.is_empty() || !matches!(transport, None | Some("unix")) {
-        return Err(bad(
-            "only local daemons are reached so far (`qemu:///system`, `qemu+unix:///system?socket=PATH`); run a Lifeboat daemon on each hypervisor host",
-        ));
-    }
     if path != "/system" {
         return Err(bad("only the system daemon (`/system`) is supported"));
     }
-    let socket = query
+    let params: Vec<(&str, &str)> = query
         .into_iter()
         .flat_map(|q| q.split('&'))
-        .find_map(|kv| kv.strip_prefix("socket="))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/libvirt/libvirt-sock"));
-    Ok((socket, "qemu:///system".to_string()))
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .collect();
+    let param = |k: &str| params.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+    match transport {
+        None | Some("unix") if host.is_empty() => {
+            if let Some((k, _)) = params.iter().find(|(k, _)| *k != "socket") {
+                return Err(bad(&format!(
+                    "unknown parameter `{k}` (a local daemon takes `socket=`)"
+                )));
+            }
+            let socket = param("socket").unwrap_or("/run/libvirt/libvirt-sock");
+            Ok((
+                Endpoint::Local(PathBuf::from(socket)),
+                "qemu:///system".to_string(),
+            ))
+        }
+        Some("ssh") if !host.is_empty() => {
+            if let Some((k, _)) = params
+                .iter()
+                .find(|(k, _)| !matches!(*k, "socket" | "keyfile" | "no_verify"))
+            {
+                return Err(bad(&format!(
+                    "unknown parameter `{k}` (ssh takes `keyfile=`, `no_verify=1` and `socket=`)"
+                )));
+            }
+            let (user, hostport) = match host.rsplit_once('@') {
+                Some((u, h)) => (Some(u), h),
+                None => (None, host),
+            };
+            let (name, port) = match hostport.rsplit_once(':') {
+                Some((h, p)) if !h.contains(']') || h.ends_with(']') => {
+                    let port: u16 = p.parse().map_err(|_| bad("the port is not a number"))?;
+                    (h.trim_start_matches('[').trim_end_matches(']'), Some(port))
+                }
+                _ => (hostport.trim_start_matches('[').trim_end_matches(']'), None),
+            };
+            let mut argv: Vec<String> = [
+                "ssh",
+                "-T",
+                "-e",
+                "none",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+                // A dead link ends the connection (and every call on it) within 45 s.
+                "-o",
+                "ServerAliveInterval=15",
+                "-o",
+                "ServerAliveCountMax=3",
+            ]
+            .map(String::from)
+            .to_vec();
+            if let Some(p) = port {
+                argv.extend(["-p".into(), p.to_string()]);
+            }
+            if let Some(u) = user {
+                argv.extend(["-l".into(), u.to_string()]);
+            }
+            if let Some(k) = param("keyfile") {
+                argv.extend(["-i".into(), k.to_string()]);
+            }
+            if param("no_verify") == Some("1") {
+                argv.extend(
+                    [
+                        "-o",
+                        "StrictHostKeyChecking=no",
+                        "-o",
+                        "UserKnownHostsFile=/dev/null",
+                    ]
+                    .map(String::from),
+                );
+            }
+            argv.extend(["--".into(), name.to_string()]);
+            match param("socket") {
+                Some(socket) => argv.extend(["nc".into(), "-U".into(), socket.to_string()]),
+                None => argv.extend(["virt-ssh-helper".into(), "qemu:///system".into()]),
+            }
+            Ok((
+                Endpoint::Ssh {
+                    host: name.to_string(),
+                    argv,
+                },
+                "qemu:///system".to_string(),
+            ))
+        }
+        _ => Err(bad(
+            "reach a daemon with `qemu:///system`, `qemu+unix:///system?socket=PATH` or `qemu+ssh://[USER@]HOST[:PORT]/system` (`qemu+tls` is not spoken)",
+        )),
+    }
+}
+
+/// Whether `uri` names a daemon on another host.
+pub fn is_remote(uri: &str) -> bool {
+    matches!(endpoint(uri), Ok((Endpoint::Ssh { .. }, _)))
+}
+
+/// A byte stream to a daemon: its socket, or an `ssh` child's pipes.
+trait Link: Read + Write + Send + std::fmt::Debug {}
+
+impl Link for UnixStream {}
+
+/// An `ssh` child carrying the protocol: its stdout is read, its stdin written; it is killed
+/// when the connection is dropped.
+#[derive(Debug)]
+struct SshLink {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::process::ChildStdout,
+}
+
+impl Read for SshLink {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stdout.read(buf)
+    }
+}
+
+impl Write for SshLink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stdin.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stdin.flush()
+    }
+}
+
+impl Link for SshLink {}
+
+impl Drop for SshLink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// One open connection to a libvirt daemon.
 #[derive(Debug)]
 pub struct Connection {
-    stream: Mutex<(UnixStream, u32)>,
+    stream: Mutex<(Box<dyn Link>, u32)>,
 }
 
 impl Connection {
     /// Connects to the daemon serving `uri` and opens the connection there.
     pub fn open(uri: &str) -> Result<Self, RpcError> {
-        let (socket, name) = endpoint(uri)?;
-        let stream = UnixStream::connect(&socket).map_err(|source| RpcError::Connect {
-            socket: socket.clone(),
-            source,
-        })?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        stream.set_write_timeout(Some(TIMEOUT))?;
-        let c = Self {
-            stream: Mutex::new((stream, 0)),
+        let (endpoint, name) = endpoint(uri)?;
+        let (link, ssh_errors): (Box<dyn Link>, _) = match &endpoint {
+            Endpoint::Local(socket) => {
+                let stream = UnixStream::connect(socket).map_err(|source| RpcError::Connect {
+                    socket: socket.clone(),
+                    source,
+                })?;
+                stream.set_read_timeout(Some(TIMEOUT))?;
+                stream.set_write_timeout(Some(TIMEOUT))?;
+                (Box::new(stream), None)
+            }
+            Endpoint::Ssh { host, argv } => {
+                let errors = tempfile_for_ssh()?;
+                let mut child = std::process::Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(errors.try_clone()?)
+                    .spawn()
+                    .map_err(|e| RpcError::Ssh {
+                        host: host.clone(),
+                        why: format!("cannot run ssh: {e}"),
+                    })?;
+                let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                    return Err(RpcError::Protocol("ssh without pipes".into()));
+                };
+                (
+                    Box::new(SshLink {
+                        child,
+                        stdin,
+                        stdout,
+                    }),
+                    Some((host.clone(), errors)),
+                )
+            }
         };
-        c.authenticate()?;
-        let mut args = Xdr::default();
-        args.opt_string(Some(&name)).u32(0);
-        c.call(Proc::ConnectOpen, args)?;
-        Ok(c)
+        let c = Self {
+            stream: Mutex::new((link, 0)),
+        };
+        let opened = c.authenticate().and_then(|()| {
+            let mut args = Xdr::default();
+            args.opt_string(Some(&name)).u32(0);
+            c.call(Proc::ConnectOpen, args).map(|_| ())
+        });
+        match (opened, ssh_errors) {
+            (Ok(()), _) => Ok(c),
+            // The connection died before it opened: ssh says why.
+            (Err(RpcError::Io(e)), Some((host, mut errors))) => {
+                drop(c);
+                let mut why = String::new();
+                use std::io::Seek;
+                let _ = errors.seek(std::io::SeekFrom::Start(0));
+                let _ = errors.read_to_string(&mut why);
+                let why = why.trim();
+                Err(RpcError::Ssh {
+                    host,
+                    why: if why.is_empty() {
+                        e.to_string()
+                    } else {
+                        why.to_string()
+                    },
+                })
+            }
+            (Err(e), _) => Err(e),
+        }
     }
 
     /// The socket's authentication: none, or polkit (which the daemon grants the users its
@@ -229,6 +420,25 @@ impl Connection {
             };
         }
     }
+}
+
+/// Where an `ssh` child's messages go: an unnamed temporary file, read when the connection
+/// fails (ssh's own words are the reason).
+fn tempfile_for_ssh() -> Result<std::fs::File, RpcError> {
+    let path = std::env::temp_dir().join(format!(
+        "lifeboat-ssh-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    let _ = std::fs::remove_file(&path);
+    Ok(f)
 }
 
 /// An XDR encoding under construction.
@@ -417,19 +627,49 @@ mod tests {
     }
 
     #[test]
-    fn uris_name_a_local_socket_or_are_refused_with_the_reason() {
+    fn uris_name_a_local_socket_or_an_ssh_command_or_are_refused_with_the_reason() {
         assert_eq!(
             endpoint("qemu:///system").unwrap(),
-            ("/run/libvirt/libvirt-sock".into(), "qemu:///system".into())
+            (
+                Endpoint::Local("/run/libvirt/libvirt-sock".into()),
+                "qemu:///system".into()
+            )
         );
         assert_eq!(
             endpoint("qemu+unix:///system?socket=/tmp/h2/libvirt-sock")
                 .unwrap()
                 .0,
-            PathBuf::from("/tmp/h2/libvirt-sock")
+            Endpoint::Local(PathBuf::from("/tmp/h2/libvirt-sock"))
         );
+        let Endpoint::Ssh { host, argv } =
+            endpoint("qemu+ssh://root@hv2:2222/system?keyfile=/k/id&no_verify=1")
+                .unwrap()
+                .0
+        else {
+            panic!("not ssh")
+        };
+        assert_eq!(host, "hv2");
+        let line = argv.join(" ");
+        assert!(
+            line.starts_with("ssh -T -e none -o BatchMode=yes"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("-p 2222 -l root -i /k/id -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -- hv2 virt-ssh-helper qemu:///system"),
+            "{line}"
+        );
+        let Endpoint::Ssh { argv, .. } =
+            endpoint("qemu+ssh://hv3/system?socket=/s/sock").unwrap().0
+        else {
+            panic!("not ssh")
+        };
+        assert!(argv.join(" ").ends_with("-- hv3 nc -U /s/sock"), "{argv:?}");
+        assert!(is_remote("qemu+ssh://hv3/system") && !is_remote("qemu:///system"));
         for (uri, why) in [
-            ("qemu+ssh://hv2/system", "local daemons"),
+            ("qemu+tls://hv2/system", "not spoken"),
+            ("qemu+ssh:///system", "qemu+ssh://[USER@]HOST"),
+            ("qemu+ssh://hv2/system?proxy=x", "unknown parameter `proxy`"),
+            ("qemu:///system?keyfile=x", "unknown parameter `keyfile`"),
             ("xen:///system", "QEMU domains"),
             ("qemu:///session", "system daemon"),
             ("nonsense", "expected"),
