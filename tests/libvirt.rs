@@ -854,8 +854,22 @@ vms = ["{vm}"]
     // And back: the copy is protected where it runs (cut through libvirt at `west`), then a
     // failback shuts it down, takes its last point and brings the VM home under its own
     // domain's name, on its own network, MAC and address.
-    let out = lifeboat(&["reprotect", "app"]);
+    // Reprotect seeds `east` from the home domain's own disk (shut off since the failover): the
+    // first cycle back ships only what the copy changed.
+    let out = lifeboat(&["--output", "json", "reprotect", "app"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let g = &report["groups"][0];
+    assert_eq!(g["full_seed"], false, "{report:#}");
+    let (disk_bytes, new_bytes) = (
+        g["disk_bytes"].as_u64().unwrap(),
+        g["new_bytes"].as_u64().unwrap(),
+    );
+    eprintln!("reprotect: {disk_bytes} bytes of disk, {new_bytes} new after the seed");
+    assert!(
+        disk_bytes > 0 && new_bytes * 4 < disk_bytes,
+        "the first cycle back found most of the disk seeded: {report:#}"
+    );
     // The copy runs on qcow2 overlays: once reprotected it is cut through checkpoints like any
     // domain, reading only what changed.
     let again = lifeboat(&["replicate", "app"]);

@@ -560,6 +560,28 @@ async fn old_disks(
     let mut out = Vec::new();
     for vm in &group.vms {
         let home = env.config.home.vms.get(&vm.name);
+        // A libvirt VM's disks are its home domain's (read from libvirt, never written in the
+        // inventory): its files, when the domain is on this machine.
+        if let Some(h) = home.filter(|h| h.site.value == site && vm.disks.is_empty())
+            && !there.as_ref().is_some_and(|p| p.moved())
+            && let Some(s) = env.config.home.sites.get(site)
+            && s.compute.value == lifeboat_plan::inventory::ComputeDriver::Libvirt
+        {
+            let uris: Vec<String> = s.hosts.iter().map(|u| u.value.clone()).collect();
+            let domain = h
+                .domain
+                .as_ref()
+                .map_or(vm.name.as_str(), |d| d.value.as_str());
+            let files = lifeboat_compute::libvirt::local_disk_files(&uris, domain)
+                .await
+                .map_err(|e| Error::replication(format!("the disks of domain `{domain}`"), e))?;
+            out.extend(
+                files
+                    .into_iter()
+                    .map(|f| (f, lifeboat_replication::groups::DEFAULT_CHUNK_SIZE)),
+            );
+            continue;
+        }
         for disk in &vm.disks {
             let path = match &there {
                 Some(p) if p.moved() => p

@@ -85,7 +85,15 @@ pub async fn seed(site: &Store, images: &[(PathBuf, u32)]) -> Result<SeedReport>
         let mut out = Vec::new();
         let mut sink = PackSink::new(PackClass::Seed, tx);
         for (path, chunk_size) in present {
-            let reader = capture::FileReader::open(&path)?;
+            // A qcow2 image holds the guest's disk in its own layout: scanned as the raw disk
+            // it is (the chunks a cycle stores), through a sparse conversion beside it.
+            let view = capture::snapshot(&path)?;
+            let view = if capture::is_qcow2(&view.path)? {
+                capture::qcow2_to_raw(view)?
+            } else {
+                view
+            };
+            let reader = capture::FileReader::open(&view.path)?;
             let scanned = capture::scan(
                 &reader,
                 None,

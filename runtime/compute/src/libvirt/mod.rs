@@ -411,6 +411,28 @@ pub async fn resolve_group(
     Ok((resolved, cut))
 }
 
+/// The disk files of domain `name` as one of `uris` defines it, when that host is this machine
+/// (their files are readable here); none when no host has it, or it is on another machine.
+pub async fn local_disk_files(
+    uris: &[String],
+    name: &str,
+) -> lifeboat_replication::Result<Vec<std::path::PathBuf>> {
+    let local: Vec<String> = uris
+        .iter()
+        .filter(|u| !rpc::is_remote(u))
+        .cloned()
+        .collect();
+    let hosts = connect_all(&local).await?;
+    let name = name.to_string();
+    let found = tokio::task::spawn_blocking(move || find(&hosts, &name))
+        .await
+        .map_err(|e| lifeboat_replication::Error::failed(format!("a libvirt call stopped: {e}")))?
+        .map_err(|e| lifeboat_replication::Error::failed(format!("libvirt: {e}")))?;
+    Ok(found
+        .map(|f| f.spec.disks.into_iter().map(|d| d.source).collect())
+        .unwrap_or_default())
+}
+
 /// A domain found on a host of a site.
 #[derive(Clone, Debug)]
 pub struct Discovered {
