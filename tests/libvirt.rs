@@ -806,6 +806,22 @@ vms = ["{vm}"]
         doms.host.network_xml(&n).unwrap()
     };
     assert!(!net_xml.contains("<forward"), "isolated: {net_xml}");
+    // …and libvirt rejects whatever the copy sends off its bridge: the source's network (its VMs
+    // behind another bridge) is out of reach.
+    let bridge = net_xml
+        .split("<bridge name='")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap_or_else(|| panic!("no bridge in {net_xml}"))
+        .to_string();
+    let rules = std::process::Command::new("iptables-save")
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        rules.contains(&format!("-A LIBVIRT_FWO -i {bridge} -j REJECT")),
+        "nothing is forwarded from {bridge}: {rules}"
+    );
     assert!(
         healthy(&format!("{test_net}.10:8080")),
         "the drill copy answers on its network"
