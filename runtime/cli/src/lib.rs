@@ -146,6 +146,18 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Serve a VM's disks, as a point holds them, over NBD (read-only, from the repository,
+    /// nothing restored first) on a Unix socket, until interrupted: one export per disk, named
+    /// as the disk (`nbd+unix:///DISK?socket=PATH`).
+    Export {
+        vm: String,
+        /// A point id from `points list`, `latest` or `latest-app-consistent`.
+        #[arg(long, default_value = "latest")]
+        point: String,
+        /// The Unix socket to serve on (made; one left by an earlier server is replaced).
+        #[arg(long)]
+        socket: PathBuf,
+    },
     /// Check every repository: objects exist and parse; with --full, every chunk re-hashed.
     Verify {
         #[arg(long)]
@@ -888,6 +900,10 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             force,
         } => Ok(match context(io) {
             Ok(ctx) => replication::restore(&ctx, &vm, &point, &out, force, io),
+            Err(code) => code,
+        }),
+        Command::Export { vm, point, socket } => Ok(match context(io) {
+            Ok(ctx) => replication::export(&ctx, &vm, &point, &socket, io),
             Err(code) => code,
         }),
         Command::Verify { full } => Ok(match context(io) {

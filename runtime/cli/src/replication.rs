@@ -717,6 +717,54 @@ pub fn restore(
     }
 }
 
+/// `lifeboat export VM --point ID --socket PATH`: serves the point's disks over NBD until
+/// interrupted.
+pub fn export(ctx: &Context, vm: &str, point: &str, socket: &Path, io: &mut crate::Io<'_>) -> u8 {
+    let group = match ctx.group_of(vm) {
+        Ok(g) => g,
+        Err(e) => return fail(&e, io),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, io),
+    };
+    let opened = rt.block_on(async {
+        let target = ctx.site(&group.target_site)?;
+        let repo = Arc::new(Repository::open(&target).await?);
+        let m = points::select(&repo, &group.name, point).await?;
+        let disks = lifeboat_replication::export::DiskExport::of_point(repo, &m, vm).await?;
+        Ok::<_, Error>((m.seq, disks))
+    });
+    let (seq, disks) = match opened {
+        Ok(o) => o,
+        Err(e) => return fail(&e, io),
+    };
+    let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
+    for d in &disks {
+        let _ = writeln!(
+            io.stdout,
+            "{vm}/{} at point {seq} ({}): nbd+unix:///{}?socket={}",
+            d.name,
+            mib(d.size),
+            d.name,
+            socket.display()
+        );
+    }
+    let _ = writeln!(io.stdout, "serving, read-only, until interrupted");
+    let _ = io.stdout.flush();
+    let served = rt.block_on(async {
+        tokio::select! {
+            r = lifeboat_replication::export::serve(&socket, disks) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    });
+    let _ = std::fs::remove_file(&socket);
+    match served {
+        Ok(()) => exit_codes::OK,
+        Err(e) => fail(&e, io),
+    }
+}
+
 /// Runs `op` on every repository the inventory replicates to; `render` prints each result for
 /// people and returns its exit code. With `--output json`, prints `[{site, report}]` instead.
 fn per_target<T: serde::Serialize>(

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod clock;
 pub mod cycle;
 pub mod error;
+pub mod export;
 pub mod fencing;
 pub mod format;
 pub mod gc;
