@@ -432,8 +432,160 @@ fn main() {
         repo_total as f64 / stored.0 as f64
     );
 
+    export(&rt, dir, &image, runs);
     reprotect(&rt, dir, &image, runs);
     s3(&rt, dir, &image, runs);
+}
+
+/// The latest point served over NBD from the repository (`lifeboat export`) against the
+/// restored image served by `qemu-nbd`: a whole copy through each (`qemu-img convert`, what a
+/// hydration does) beside `cp`, and cold 4 KiB reads at random offsets through each (a guest's
+/// first reads), each server started fresh (its cache empty).
+fn export(rt: &tokio::runtime::Runtime, dir: &Path, image: &Path, runs: usize) {
+    let size = std::fs::metadata(image).unwrap().len();
+    let socket = dir.join("export.sock");
+    let peer = dir.join("qemu-nbd.sock");
+    let restored = dir.join("restored/os.img");
+    let serve = || {
+        let _ = std::fs::remove_file(&socket);
+        let repo = rt.block_on(async {
+            let target = Store::open("west", dir).unwrap();
+            std::sync::Arc::new(Repository::open(&target).await.unwrap())
+        });
+        let m = rt.block_on(repo.latest("bench")).unwrap().unwrap();
+        let disks = rt
+            .block_on(lifeboat_replication::export::DiskExport::of_point(
+                repo, &m, "bench",
+            ))
+            .unwrap();
+        let path = socket.clone();
+        let task = rt.spawn(async move { lifeboat_replication::export::serve(&path, disks).await });
+        while !socket.exists() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        task
+    };
+    let qemu_nbd = have("qemu-nbd");
+    let start_peer = || {
+        let child = Command::new("qemu-nbd")
+            .args(["-r", "-f", "raw", "-x", "os", "-k"])
+            .arg(&peer)
+            .arg(&restored)
+            .spawn()
+            .unwrap();
+        while !peer.exists() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child
+    };
+    let convert = |sock: &Path| {
+        let out = dir.join("hydrated.img");
+        let _ = std::fs::remove_file(&out);
+        let url = format!("nbd+unix:///os?socket={}", sock.display());
+        let t = time(|| {
+            let ok = Command::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "raw", &url])
+                .arg(&out)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "qemu-img convert {url}");
+            sync();
+        });
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(image).unwrap(),
+            "the copy through {url} differs"
+        );
+        t
+    };
+    let cold_reads = |sock: &Path, n: usize| {
+        let client = lifeboat_replication::nbd::NbdExport::connect(sock, "os").unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut lat = Vec::new();
+        for _ in 0..n {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let at = (seed % (size / 4096)) * 4096;
+            let t = Instant::now();
+            client.read_at(&mut buf, at).unwrap();
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        lat
+    };
+    let reads = if quick() { 20 } else { 200 };
+    let (mut ours_t, mut peer_t, mut cp_t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_lat, mut peer_lat) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let task = serve();
+        ours_t.push(convert(&socket));
+        task.abort();
+        let task = serve();
+        ours_lat.extend(cold_reads(&socket, reads));
+        task.abort();
+        if qemu_nbd {
+            let mut child = start_peer();
+            peer_t.push(convert(&peer));
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&peer);
+            let mut child = start_peer();
+            peer_lat.extend(cold_reads(&peer, reads));
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&peer);
+        }
+        let copy = dir.join("copy.img");
+        cp_t.push(time(|| {
+            assert!(
+                Command::new("cp")
+                    .arg(image)
+                    .arg(&copy)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            sync();
+        }));
+        std::fs::remove_file(&copy).unwrap();
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    };
+    let (ours, cp) = (median(ours_t), median(cp_t));
+    let gib_s = |secs: f64| size as f64 / secs / (1u64 << 30) as f64;
+    print!(
+        "export copy     qemu-img convert over lifeboat export {ours:6.2}s ({:.2} GiB/s)   cp+sync {cp:6.2}s   ratio {:.2}× cp",
+        gib_s(ours),
+        cp / ours
+    );
+    if qemu_nbd {
+        let peer = median(peer_t);
+        println!(
+            "   over qemu-nbd (the restored image) {peer:6.2}s   ratio {:.2}× qemu-nbd",
+            peer / ours
+        );
+    } else {
+        println!("   (no qemu-nbd for the peer)");
+    }
+    print!(
+        "export 4K read  cold, random, through lifeboat export: p50 {:7.0} µs p99 {:7.0} µs",
+        pct(&mut ours_lat, 0.5),
+        pct(&mut ours_lat, 0.99)
+    );
+    if qemu_nbd {
+        println!(
+            "   through qemu-nbd: p50 {:7.0} µs p99 {:7.0} µs",
+            pct(&mut peer_lat, 0.5),
+            pct(&mut peer_lat, 0.99)
+        );
+    } else {
+        println!();
+    }
+    let _ = std::fs::remove_file(&socket);
 }
 
 /// Reprotect after a failover: `image` is the old disk still at the old source, a copy of it
