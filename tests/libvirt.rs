@@ -38,27 +38,7 @@ impl Domains {
     /// Defines a domain booting the test guest from `disk` (`format`: qcow2 or raw), its
     /// console in `console`.
     fn define(&mut self, name: &str, disk: &Path, format: &str, console: &Path) {
-        let guest = guest();
-        let xml = format!(
-            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
-             <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>\
-             <cmdline>console=ttyS0 panic=-1 quiet lifeboat.rate=200</cmdline></os><features><acpi/></features>\
-             <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>\
-             <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
-             <disk type='file' device='disk'><driver name='qemu' type='{format}'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>\
-             <serial type='file'><source path='{}'/><target port='0'/></serial>\
-             <memballoon model='none'/></devices></domain>",
-            guest.join("vmlinuz").display(),
-            guest.join("initrd.gz").display(),
-            disk.display(),
-            console.display(),
-        );
-        if let Ok(old) = self.host.lookup(name) {
-            let _ = self.host.destroy(&old);
-            let _ = self.host.undefine(&old, UNDEFINE_CHECKPOINTS_METADATA);
-        }
-        self.host.define(&xml).unwrap();
-        self.names.push(name.to_string());
+        self.define_with(name, (disk, format), console, None, 256);
     }
 
     /// Defines a domain as `define` does, with a NIC (`mac`) on libvirt network `network` and
@@ -68,19 +48,35 @@ impl Domains {
         name: &str,
         disk: &Path,
         console: &Path,
-        (network, mac): (&str, &str),
+        nic: (&str, &str),
+        memory_mib: u64,
+    ) {
+        self.define_with(name, (disk, "qcow2"), console, Some(nic), memory_mib);
+    }
+
+    /// Defines (again, if it is there) a domain booting the test guest.
+    fn define_with(
+        &mut self,
+        name: &str,
+        (disk, format): (&Path, &str),
+        console: &Path,
+        nic: Option<(&str, &str)>,
         memory_mib: u64,
     ) {
         let guest = guest();
+        let interface = nic.map_or(String::new(), |(network, mac)| {
+            format!(
+                "<interface type='network'><mac address='{mac}'/><source network='{network}'/><model type='virtio'/></interface>"
+            )
+        });
         let xml = format!(
             "<domain type='qemu'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>\
              <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>\
              <cmdline>console=ttyS0 panic=-1 quiet lifeboat.rate=200</cmdline></os><features><acpi/></features>\
              <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>\
              <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
-             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>\
-             <interface type='network'><mac address='{mac}'/><source network='{network}'/><model type='virtio'/></interface>\
-             <serial type='file'><source path='{}'/><target port='0'/></serial>\
+             <disk type='file' device='disk'><driver name='qemu' type='{format}'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+             {interface}<serial type='file'><source path='{}'/><target port='0'/></serial>\
              <memballoon model='none'/></devices></domain>",
             guest.join("vmlinuz").display(),
             guest.join("initrd.gz").display(),

@@ -300,6 +300,22 @@ impl RunServices {
         out
     }
 
+    /// The world, not the journal: nothing may answer at `vm`'s addresses before it starts
+    /// (probed from `netns`, an isolated drill's, when there is one).
+    async fn check_addresses_free(&self, vm: &str, netns: Option<&Netns>) -> Result<(), Error> {
+        let def = self.vm(vm)?;
+        for a in self.addresses(vm) {
+            let ports = crate::occupied::known_ports(def, a.nic);
+            if let Some(o) = crate::occupied::occupant(a.ip, &ports, netns).await {
+                return Err(Error::Invalid(format!(
+                    "VM `{vm}` not started: address {} is in use: {o}",
+                    a.ip
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The disks restored for `vm` in this run, by disk name.
     fn restored(&self, vm: &str) -> Result<Option<Vec<String>>, Error> {
         self.with_events(|events| {
@@ -773,16 +789,7 @@ impl HostServices for RunServices {
             Some(handle) => handle,
             None => {
                 let netns = self.ensure_netns().await?;
-                // The world, not the journal: nothing may answer at the VM's addresses yet.
-                for a in self.addresses(vm) {
-                    let ports = crate::occupied::known_ports(def, a.nic);
-                    if let Some(o) = crate::occupied::occupant(a.ip, &ports, netns).await {
-                        return Err(Error::Invalid(format!(
-                            "VM `{vm}` not started: address {} is in use: {o}",
-                            a.ip
-                        )));
-                    }
-                }
+                self.check_addresses_free(vm, netns).await?;
                 self.record(Event::VmStarting {
                     vm: vm.to_string(),
                     key: key.to_string(),

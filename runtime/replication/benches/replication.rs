@@ -206,6 +206,21 @@ fn main() {
         s3(&rt, dir, &image, runs);
         return;
     }
+    // `LIFEBOAT_BENCH_ONLY=export`: one seed, then the export section alone.
+    if std::env::var("LIFEBOAT_BENCH_ONLY").as_deref() == Ok("export") {
+        cycle(&rt, &group(&image, dir), dir);
+        let out = dir.join("restored");
+        rt.block_on(async {
+            let target = Store::open("west", dir).unwrap();
+            let repo = Repository::open(&target).await.unwrap();
+            let m = repo.latest("bench").await.unwrap().unwrap();
+            lifeboat_replication::restore::restore(&repo, &m, "bench", &out, None)
+                .await
+                .unwrap();
+        });
+        export(&rt, dir, &image, runs);
+        return;
+    }
 
     // Seed: lifeboat vs cp + sync vs restic backup.
     let mut cp_t = Vec::new();

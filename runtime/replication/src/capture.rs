@@ -509,6 +509,17 @@ pub fn snapshot(image: &Path) -> Result<View> {
     }
 }
 
+/// The cut of `image` as the guest's raw disk: `snapshot`, and a qcow2 image converted to the
+/// raw disk it holds.
+pub fn raw_view(image: &Path) -> Result<View> {
+    let view = snapshot(image)?;
+    if is_qcow2(&view.path)? {
+        qcow2_to_raw(view)
+    } else {
+        Ok(view)
+    }
+}
+
 /// Whether an image is qcow2 (by its magic).
 pub fn is_qcow2(path: &Path) -> Result<bool> {
     let mut magic = [0u8; 4];

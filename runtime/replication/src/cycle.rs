@@ -724,12 +724,7 @@ async fn take_views(
             }
             let path = disk.path.clone();
             let view = tokio::task::spawn_blocking(move || -> Result<DiskView> {
-                let view = capture::snapshot(&path)?;
-                let view = if capture::is_qcow2(&view.path)? {
-                    capture::qcow2_to_raw(view)?
-                } else {
-                    view
-                };
+                let view = capture::raw_view(&path)?;
                 let reader = capture::FileReader::open(&view.path)?;
                 Ok(DiskView::Image(view, reader))
             })

@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -97,6 +98,8 @@ pub struct DiskExport {
 
 /// What a server keeps in memory per disk, at most.
 pub const CACHE_BYTES: u64 = 64 << 20;
+/// How many chunks of one read are fetched at once.
+const FETCH_AT_ONCE: usize = 8;
 /// How many chunks past a read are fetched ahead of the reader.
 const READ_AHEAD: u64 = 4;
 
@@ -417,25 +420,40 @@ async fn read(
     if length > MAX_REQUEST || end > e.size {
         return error_reply(w, handle, EINVAL, "a read past the end", structured).await;
     }
-    let mut pieces: Vec<Piece> = Vec::new();
-    let mut at = offset;
-    let mut last = None;
-    while at < end {
-        let i = at / e.chunk_size;
-        let chunk_start = i * e.chunk_size;
-        let upto = (chunk_start + e.chunk_size).min(end);
-        match e.chunk(i).await {
-            Ok(c) => pieces.push((at, upto, c)),
+    // The chunks a read spans are fetched together, a few at a time (a 2 MiB read is 32 of
+    // them): one after another, a read would wait on each round trip to the store.
+    let spans: Vec<(u64, u64, u64)> = {
+        let mut v = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let i = at / e.chunk_size;
+            let upto = ((i + 1) * e.chunk_size).min(end);
+            v.push((i, at, upto));
+            at = upto;
+        }
+        v
+    };
+    let indices: Vec<u64> = spans.iter().map(|(i, ..)| *i).collect();
+    let fetched: Vec<_> = futures::stream::iter(indices)
+        .map(|i| {
+            let e = e.clone();
+            async move { e.chunk(i).await }
+        })
+        .buffered(FETCH_AT_ONCE)
+        .collect()
+        .await;
+    let mut pieces: Vec<Piece> = Vec::with_capacity(spans.len());
+    for ((i, from, to), got) in spans.iter().zip(fetched) {
+        match got {
+            Ok(c) => pieces.push((*from, *to, c)),
             Err(err) => {
                 tracing::warn!(disk = %e.name, chunk = i, error = %err, "a read failed");
                 return error_reply(w, handle, EIO, &err.to_string(), structured).await;
             }
         }
-        last = Some(i);
-        at = upto;
     }
-    if let Some(i) = last {
-        e.read_ahead(i);
+    if let Some((i, ..)) = spans.last() {
+        e.read_ahead(*i);
     }
     let mut out = Vec::new();
     if structured {

@@ -87,12 +87,7 @@ pub async fn seed(site: &Store, images: &[(PathBuf, u32)]) -> Result<SeedReport>
         for (path, chunk_size) in present {
             // A qcow2 image holds the guest's disk in its own layout: scanned as the raw disk
             // it is (the chunks a cycle stores), through a sparse conversion beside it.
-            let view = capture::snapshot(&path)?;
-            let view = if capture::is_qcow2(&view.path)? {
-                capture::qcow2_to_raw(view)?
-            } else {
-                view
-            };
+            let view = capture::raw_view(&path)?;
             let reader = capture::FileReader::open(&view.path)?;
             let scanned = capture::scan(
                 &reader,

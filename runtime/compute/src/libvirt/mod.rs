@@ -235,27 +235,28 @@ impl Host {
     /// Adds a DHCP reservation (`mac` gets `ip`) to a running network, now and in its
     /// definition.
     pub fn reserve(&self, net: &NetworkRef, mac: &str, ip: &str) -> Result<(), RpcError> {
-        // VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, VIR_NETWORK_SECTION_IP_DHCP_HOST, the first
-        // <ip>, VIR_NETWORK_UPDATE_AFFECT_LIVE | _CONFIG.
-        let mut args = Xdr::default();
-        args.network(net)
-            .u32(3)
-            .u32(4)
-            .i32(-1)
-            .string(&format!(
-                "<host mac='{}' ip='{}'/>",
-                copy::escape(mac),
-                copy::escape(ip)
-            ))
-            .u32(3);
-        self.conn.call(Proc::NetworkUpdate, args).map(|_| ())
+        // VIR_NETWORK_UPDATE_COMMAND_ADD_LAST
+        self.update_dhcp_host(net, 3, mac, ip)
     }
 
     /// Drops a DHCP reservation `reserve` made.
     pub fn unreserve(&self, net: &NetworkRef, mac: &str, ip: &str) -> Result<(), RpcError> {
+        // VIR_NETWORK_UPDATE_COMMAND_DELETE
+        self.update_dhcp_host(net, 2, mac, ip)
+    }
+
+    /// `virNetworkUpdate` of the first `<ip>`'s DHCP hosts (VIR_NETWORK_SECTION_IP_DHCP_HOST),
+    /// live and in the definition (VIR_NETWORK_UPDATE_AFFECT_LIVE | _CONFIG).
+    fn update_dhcp_host(
+        &self,
+        net: &NetworkRef,
+        command: u32,
+        mac: &str,
+        ip: &str,
+    ) -> Result<(), RpcError> {
         let mut args = Xdr::default();
         args.network(net)
-            .u32(2)
+            .u32(command)
             .u32(4)
             .i32(-1)
             .string(&format!(

@@ -115,19 +115,9 @@ impl RunServices {
             },
         )
         .map_err(|e| other(format!("VM `{vm}`: {e}")))?;
-        // The world, not the journal: nothing may answer at the copy's addresses yet (a drill's
-        // are on its own network, which nothing else reaches).
+        // A drill's addresses are on its own network, which nothing else reaches.
         if !self.drill {
-            let def = self.vm(vm)?;
-            for a in self.addresses(vm) {
-                let ports = crate::occupied::known_ports(def, a.nic);
-                if let Some(o) = crate::occupied::occupant(a.ip, &ports, None).await {
-                    return Err(Error::Invalid(format!(
-                        "VM `{vm}` not started: address {} is in use: {o}",
-                        a.ip
-                    )));
-                }
-            }
+            self.check_addresses_free(vm, None).await?;
         }
         self.record(Event::VmStarting {
             vm: vm.to_string(),
