@@ -6,7 +6,8 @@
 //! as the disk), structured replies (a zero chunk is sent as a hole, so copies skip it), the
 //! `base:allocation` context for block status, and simple replies for clients that want them.
 //! Chunks are fetched and checked against their ids as restore does, kept in an LRU cache, and
-//! the next few chunks after each read are fetched ahead of the reader.
+//! the next few chunks after each read are fetched ahead of the reader. The protocol's numbers
+//! the client (`nbd`) also speaks are its.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -19,52 +20,36 @@ use tokio::net::UnixStream;
 use crate::error::{Error, Result};
 use crate::format::manifest::Manifest;
 use crate::format::{self, Id, pack};
+use crate::nbd::{
+    CMD_BLOCK_STATUS, CMD_DISC, CMD_READ, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT,
+    INFO_EXPORT, NBDMAGIC, OPT_EXPORT_NAME, OPT_GO, OPT_REPLY_MAGIC, OPT_SET_META_CONTEXT,
+    OPT_STRUCTURED_REPLY, REP_ACK, REP_INFO, REP_META_CONTEXT, REPLY_FLAG_DONE,
+    REPLY_TYPE_BLOCK_STATUS, REPLY_TYPE_NONE, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC,
+    STRUCTURED_REPLY_MAGIC,
+};
 use crate::repo::Repository;
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
-
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
 const CLIENT_NO_ZEROES: u32 = 2;
 
-const OPT_EXPORT_NAME: u32 = 1;
 const OPT_ABORT: u32 = 2;
 const OPT_LIST: u32 = 3;
 const OPT_INFO: u32 = 6;
-const OPT_GO: u32 = 7;
-const OPT_STRUCTURED_REPLY: u32 = 8;
 const OPT_LIST_META_CONTEXT: u32 = 9;
-const OPT_SET_META_CONTEXT: u32 = 10;
 
-const REP_ACK: u32 = 1;
 const REP_SERVER: u32 = 2;
-const REP_INFO: u32 = 3;
-const REP_META_CONTEXT: u32 = 4;
 const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
 const REP_ERR_INVALID: u32 = (1 << 31) + 3;
 const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
 
-const INFO_EXPORT: u16 = 0;
 const INFO_BLOCK_SIZE: u16 = 3;
 
 /// Has flags, read-only, multiple connections safe (nothing is written).
 const TRANSMISSION_FLAGS: u16 = 1 | 2 | (1 << 8);
 
-const CMD_READ: u16 = 0;
-const CMD_DISC: u16 = 2;
 const CMD_FLUSH: u16 = 3;
-const CMD_BLOCK_STATUS: u16 = 7;
 
-const REPLY_FLAG_DONE: u16 = 1;
-const REPLY_TYPE_NONE: u16 = 0;
 const REPLY_TYPE_OFFSET_DATA: u16 = 1;
 const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
-const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
 const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
 
 const STATE_HOLE: u32 = 1;
@@ -92,16 +77,23 @@ pub struct DiskExport {
     map: Vec<Id>,
     repo: Arc<Repository>,
     cache: Mutex<Cache>,
+    /// Chunks being fetched: a reader and the read-ahead asking for one chunk share one fetch.
+    fetching: Mutex<HashMap<u64, Fetch>>,
     /// Chunks fetched ahead of the reader, at most this many at once.
     ahead: Arc<tokio::sync::Semaphore>,
 }
 
 /// What a server keeps in memory per disk, at most.
 pub const CACHE_BYTES: u64 = 64 << 20;
+/// Reads one connection has in flight at most.
+const READS_IN_FLIGHT: usize = 16;
 /// How many chunks of one read are fetched at once.
 const FETCH_AT_ONCE: usize = 8;
 /// How many chunks past a read are fetched ahead of the reader.
 const READ_AHEAD: u64 = 4;
+
+/// One fetch of a chunk, awaited by everyone who asked for it meanwhile.
+type Fetch = Arc<tokio::sync::OnceCell<std::result::Result<Arc<Vec<u8>>, String>>>;
 
 #[derive(Debug, Default)]
 struct Cache {
@@ -164,6 +156,7 @@ impl DiskExport {
                     capacity: (CACHE_BYTES / chunk_size) as usize,
                     ..Cache::default()
                 }),
+                fetching: Mutex::new(HashMap::new()),
                 ahead: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD as usize)),
             }));
         }
@@ -181,6 +174,22 @@ impl DiskExport {
         if let Some(c) = self.cache.lock().ok().and_then(|mut c| c.get(i)) {
             return Ok(Some(c));
         }
+        let fetch: Fetch = match self.fetching.lock() {
+            Ok(mut f) => f.entry(i).or_default().clone(),
+            Err(_) => Fetch::default(),
+        };
+        let got = fetch
+            .get_or_init(|| async { self.fetch(i, id).await.map_err(|e| e.to_string()) })
+            .await
+            .clone();
+        if let Ok(mut f) = self.fetching.lock() {
+            f.remove(&i);
+        }
+        got.map(Some).map_err(Error::failed)
+    }
+
+    /// Chunk `i` (id `id`) read from its pack, checked against its id, and cached.
+    async fn fetch(&self, i: u64, id: Id) -> Result<Arc<Vec<u8>>> {
         let loc = *self
             .repo
             .index()
@@ -209,7 +218,7 @@ impl DiskExport {
         if let Ok(mut c) = self.cache.lock() {
             c.put(i, plain.clone());
         }
-        Ok(Some(plain))
+        Ok(plain)
     }
 
     /// Fetches the chunks after `last` in the background, a few at a time, so a reader going
@@ -366,6 +375,9 @@ async fn connection(
         }
     };
     let w: Writer = Arc::new(tokio::sync::Mutex::new(w));
+    // Reads served at once on this connection: a client that pipelines more waits for them,
+    // it does not make the server hold their data.
+    let reads = Arc::new(tokio::sync::Semaphore::new(READS_IN_FLIGHT));
     loop {
         let mut head = [0u8; 28];
         if r.read_exact(&mut head).await.is_err() {
@@ -383,9 +395,13 @@ async fn connection(
         match kind {
             CMD_DISC => return Ok(()),
             CMD_READ => {
+                let Ok(permit) = reads.clone().acquire_owned().await else {
+                    return Ok(());
+                };
                 let (e, w) = (export.clone(), w.clone());
                 tokio::spawn(async move {
                     let _ = read(&e, &w, handle, offset, length, structured).await;
+                    drop(permit);
                 });
             }
             CMD_BLOCK_STATUS if allocation => {

@@ -11,28 +11,28 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943; // "NBDMAGIC"
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054; // "IHAVEOPT"
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-const OPT_EXPORT_NAME: u32 = 1;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const CMD_READ: u16 = 0;
-const CMD_DISC: u16 = 2;
-const CMD_BLOCK_STATUS: u16 = 7;
-const OPT_GO: u32 = 7;
-const OPT_STRUCTURED_REPLY: u32 = 8;
-const OPT_SET_META_CONTEXT: u32 = 10;
-const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const REP_META_CONTEXT: u32 = 4;
-const INFO_EXPORT: u16 = 0;
-const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
-const REPLY_FLAG_DONE: u16 = 1;
-const REPLY_TYPE_NONE: u16 = 0;
-const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+pub(crate) const NBDMAGIC: u64 = 0x4e42_444d_4147_4943; // "NBDMAGIC"
+pub(crate) const IHAVEOPT: u64 = 0x4948_4156_454f_5054; // "IHAVEOPT"
+pub(crate) const FLAG_FIXED_NEWSTYLE: u16 = 1;
+pub(crate) const FLAG_NO_ZEROES: u16 = 2;
+pub(crate) const OPT_EXPORT_NAME: u32 = 1;
+pub(crate) const REQUEST_MAGIC: u32 = 0x2560_9513;
+pub(crate) const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+pub(crate) const CMD_READ: u16 = 0;
+pub(crate) const CMD_DISC: u16 = 2;
+pub(crate) const CMD_BLOCK_STATUS: u16 = 7;
+pub(crate) const OPT_GO: u32 = 7;
+pub(crate) const OPT_STRUCTURED_REPLY: u32 = 8;
+pub(crate) const OPT_SET_META_CONTEXT: u32 = 10;
+pub(crate) const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+pub(crate) const REP_ACK: u32 = 1;
+pub(crate) const REP_INFO: u32 = 3;
+pub(crate) const REP_META_CONTEXT: u32 = 4;
+pub(crate) const INFO_EXPORT: u16 = 0;
+pub(crate) const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+pub(crate) const REPLY_FLAG_DONE: u16 = 1;
+pub(crate) const REPLY_TYPE_NONE: u16 = 0;
+pub(crate) const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
 /// The most one block-status request asks about (the length field is 32 bits).
 const MAX_STATUS: u64 = 1 << 30;
 /// QEMU serves reads of up to 32 MiB; larger reads are split.
