@@ -164,13 +164,25 @@ pub fn endpoint(uri: &str) -> Result<(Endpoint, String), RpcError> {
                 Some((u, h)) => (Some(u), h),
                 None => (None, host),
             };
-            let (name, port) = match hostport.rsplit_once(':') {
-                Some((h, p)) if !h.contains(']') || h.ends_with(']') => {
-                    let port: u16 = p.parse().map_err(|_| bad("the port is not a number"))?;
-                    (h.trim_start_matches('[').trim_end_matches(']'), Some(port))
+            // `host`, `host:port`, `[v6]`, `[v6]:port`.
+            let (name, port) = match hostport.strip_prefix('[') {
+                Some(v6) => {
+                    let (addr, rest) = v6
+                        .split_once(']')
+                        .ok_or_else(|| bad("an IPv6 address needs its closing `]`"))?;
+                    (addr, rest.strip_prefix(':'))
                 }
-                _ => (hostport.trim_start_matches('[').trim_end_matches(']'), None),
+                None => match hostport.split_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (hostport, None),
+                },
             };
+            let port: Option<u16> = port
+                .map(|p| p.parse().map_err(|_| bad("the port is not a number")))
+                .transpose()?;
+            if name.is_empty() {
+                return Err(bad("no host to reach"));
+            }
             let mut argv: Vec<String> = [
                 "ssh",
                 "-T",
@@ -665,10 +677,33 @@ mod tests {
         };
         assert!(argv.join(" ").ends_with("-- hv3 nc -U /s/sock"), "{argv:?}");
         assert!(is_remote("qemu+ssh://hv3/system") && !is_remote("qemu:///system"));
+        for (uri, host, port) in [
+            ("qemu+ssh://[::1]/system", "::1", None),
+            (
+                "qemu+ssh://u@[fd00::2]:2200/system",
+                "fd00::2",
+                Some("2200"),
+            ),
+        ] {
+            let Endpoint::Ssh { host: h, argv } = endpoint(uri).unwrap().0 else {
+                panic!("not ssh")
+            };
+            assert_eq!(h, host);
+            assert_eq!(
+                argv.iter()
+                    .position(|a| a == "-p")
+                    .map(|i| argv[i + 1].as_str()),
+                port,
+                "{uri}"
+            );
+        }
         for (uri, why) in [
             ("qemu+tls://hv2/system", "not spoken"),
             ("qemu+ssh:///system", "qemu+ssh://[USER@]HOST"),
             ("qemu+ssh://hv2/system?proxy=x", "unknown parameter `proxy`"),
+            ("qemu+ssh://hv2:ssh/system", "the port is not a number"),
+            ("qemu+ssh://[::1/system", "closing `]`"),
+            ("qemu+ssh://u@/system", "no host"),
             ("qemu:///system?keyfile=x", "unknown parameter `keyfile`"),
             ("xen:///system", "QEMU domains"),
             ("qemu:///session", "system daemon"),
