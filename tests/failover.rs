@@ -1413,6 +1413,7 @@ fn cleanup_never_signals_a_process_that_reuses_a_vms_pid() {
             Event::VmStarting {
                 vm: "db-1".into(),
                 key: "p-1/database/boot/1/start/db-1".into(),
+                domain: None,
             },
             Event::VmStarted {
                 vm: "db-1".into(),

@@ -239,6 +239,10 @@ pub enum Event {
     VmStarting {
         vm: String,
         key: String,
+        /// The name of the copy a start at a `libvirt` target defines: what a cleanup looks
+        /// for when the runtime died before it journaled the start's end.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
     },
     /// A VM process started (its process group is `pid`).
     VmStarted {
@@ -732,7 +736,7 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
                 r.namespace_removed = false;
             }
             Event::NamespaceRemoved { .. } => r.namespace_removed = true,
-            Event::VmStarting { vm, key } => r.starting.push((vm.clone(), key.clone())),
+            Event::VmStarting { vm, key, .. } => r.starting.push((vm.clone(), key.clone())),
             Event::VmStarted {
                 vm,
                 pid,

@@ -736,6 +736,42 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
             stop_vm(env.driver.as_ref(), &handle).await?;
             report.vms_stopped.push(vm.clone());
         }
+        // A libvirt copy is found by its name on the target's hosts; only one that carries
+        // this start's key is stopped and undefined (see `LibvirtDriver::stop`).
+        let copy = events.iter().find_map(|(_, _, e)| match e {
+            Event::VmStarting {
+                key: k,
+                domain: Some(d),
+                ..
+            } if k == key => Some(d.clone()),
+            _ => None,
+        });
+        let hosts = env
+            .config
+            .inventory
+            .sites
+            .get(&plan.target.value)
+            .map(|s| s.hosts.iter().map(|h| h.value.clone()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if let Some(name) = &copy {
+            for host in &hosts {
+                let handle = Handle {
+                    vm: vm.clone(),
+                    pid: 0,
+                    started: None,
+                    key: key.clone(),
+                    domain: Some(lifeboat_compute::driver::Domain {
+                        host: host.clone(),
+                        name: name.clone(),
+                        owned: true,
+                    }),
+                };
+                stop_vm(env.driver.as_ref(), &handle).await?;
+            }
+        }
+        if copy.is_some() && !report.vms_stopped.contains(vm) {
+            report.vms_stopped.push(vm.clone());
+        }
     }
     let disks = env.run_dir(&open.id).join("disks");
     if disks.exists() {

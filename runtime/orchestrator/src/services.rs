@@ -793,6 +793,7 @@ impl HostServices for RunServices {
                 self.record(Event::VmStarting {
                     vm: vm.to_string(),
                     key: key.to_string(),
+                    domain: None,
                 })?;
                 let launch = Launch {
                     vm: vm.to_string(),

@@ -203,6 +203,16 @@ impl LibvirtDriver {
         let Some(dom) = self.lookup(&vm.vm, &host, &d.name).await? else {
             return Ok(());
         };
+        // A copy is the run's only while it carries the run's start key: a domain someone
+        // defined under that name since (or never the run's) is left alone.
+        if d.owned && !vm.key.is_empty() {
+            let (h, d2) = (host.clone(), dom.clone());
+            let xml = blocking(&vm.vm, move || h.xml(&d2, super::XML_INACTIVE)).await?;
+            if !xml.contains(&super::copy::key_mark(&vm.key)) {
+                tracing::warn!(vm = %vm.vm, domain = %d.name, host = %d.host, "a domain of the copy's name is not this run's; left alone");
+                return Ok(());
+            }
+        }
         let deadline = Instant::now() + grace;
         let mut asked = false;
         loop {

@@ -122,6 +122,7 @@ impl RunServices {
         self.record(Event::VmStarting {
             vm: vm.to_string(),
             key: key.to_string(),
+            domain: Some(name.clone()),
         })?;
         let launch = Launch {
             vm: vm.to_string(),
