@@ -1754,6 +1754,17 @@ fn export_serves(stores: Stores) {
         .write_all_at(&vec![0u8; 16 << 20], 16 << 20)
         .unwrap();
     lab.replicate(&[]);
+    // A path that holds something else is refused, and what it holds is left as it was.
+    let taken = lab.path("notes.txt");
+    std::fs::write(&taken, "keep me").unwrap();
+    let out = lab.run(&["export", "a", "--socket", &taken.display().to_string()]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("exists and is not a socket"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&taken).unwrap(), "keep me");
     let socket = lab.path("export.sock");
     let socket_s = socket.display().to_string();
     let config = lab.config();

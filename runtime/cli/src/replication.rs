@@ -758,7 +758,11 @@ pub fn export(ctx: &Context, vm: &str, point: &str, socket: &Path, io: &mut crat
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     });
-    let _ = std::fs::remove_file(&socket);
+    // The server's own socket goes; anything else at that path was never touched.
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(&socket);
+    }
     match served {
         Ok(()) => exit_codes::OK,
         Err(e) => fail(&e, io),

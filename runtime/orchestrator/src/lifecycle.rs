@@ -572,9 +572,14 @@ async fn old_disks(
                 .domain
                 .as_ref()
                 .map_or(vm.name.as_str(), |d| d.value.as_str());
+            // The seed only spares the first cycle's shipping: a host that does not answer
+            // costs a full first cycle, not the reprotect.
             let files = lifeboat_compute::libvirt::local_disk_files(&uris, domain)
                 .await
-                .map_err(|e| Error::replication(format!("the disks of domain `{domain}`"), e))?;
+                .unwrap_or_else(|e| {
+                    tracing::warn!(domain, error = %e, "the home domain's disks are not read for the seed; the first cycle ships everything");
+                    Vec::new()
+                });
             out.extend(
                 files
                     .into_iter()

@@ -245,7 +245,17 @@ impl DiskExport {
 /// Serves `exports` (by name) on the Unix socket `path` until the task is dropped; one task per
 /// connection, one per request.
 pub async fn serve(path: &Path, exports: Vec<Arc<DiskExport>>) -> Result<()> {
-    let _ = std::fs::remove_file(path);
+    // A socket an earlier server left is replaced; any other file at that path is not ours.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(Error::failed(format!(
+                "{} exists and is not a socket: choose another path",
+                path.display()
+            )));
+        }
+        let _ = std::fs::remove_file(path);
+    }
     let listener = tokio::net::UnixListener::bind(path)
         .map_err(|e| Error::io(format!("cannot listen on {}", path.display()), e))?;
     let exports: Arc<HashMap<String, Arc<DiskExport>>> =
