@@ -1403,6 +1403,7 @@ fn cleanup_never_signals_a_process_that_reuses_a_vms_pid() {
                 plan_path: s.path().join("plans/p.toml").display().to_string(),
                 point: None,
                 reverse: false,
+                instant: false,
             },
             // The driver was a process of that pid too: not this one, so the run is not driven.
             Event::Driving {
@@ -1555,6 +1556,7 @@ fn a_run_killed_before_its_addresses_were_journaled_is_finished_by_retry() {
                 plan_path: s.path().join("plans/p.toml").display().to_string(),
                 point: None,
                 reverse: false,
+                instant: false,
             },
         )
         .unwrap();

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
                 stderr_is_terminal: std::io::stderr().is_terminal(),
                 stdout_is_color_terminal: false,
                 server: &lifeboat_daemon::Daemon,
+                program: vec![args[0].clone().into(), "cli".into()],
             };
             let code = lifeboat_cli::run(
                 std::iter::once("lifeboat".to_string()).chain(args[2..].iter().cloned()),

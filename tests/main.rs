@@ -11,6 +11,7 @@ mod failover;
 mod formats;
 mod fuzz;
 mod golden;
+mod instant;
 mod layers;
 mod libvirt;
 mod lifecycle;

@@ -31,16 +31,16 @@ pub(crate) fn guest() -> PathBuf {
 }
 
 /// A test's inventory folder: it starts the source VMs and stops whatever the test left running.
-struct Lab {
+pub(crate) struct Lab {
     dir: PathBuf,
-    driver: std::sync::Arc<ProcessDriver>,
-    rt: tokio::runtime::Runtime,
+    pub(crate) driver: std::sync::Arc<ProcessDriver>,
+    pub(crate) rt: tokio::runtime::Runtime,
     source: Vec<Handle>,
 }
 
 impl Lab {
     /// On `dir`, which holds (or will hold) `lifeboat.toml`, `plans/` and `vms/`.
-    fn new(dir: &std::path::Path) -> Self {
+    pub(crate) fn new(dir: &std::path::Path) -> Self {
         std::fs::create_dir_all(dir.join("plans")).unwrap();
         std::fs::create_dir_all(dir.join("vms")).unwrap();
         Self {
@@ -53,7 +53,7 @@ impl Lab {
 
     /// Starts source VM `vm` as the inventory describes it (so Lifeboat recognises it), its
     /// output in `VM.log`.
-    fn start(&mut self, vm: &str) -> (Handle, lifeboat_compute::Launch) {
+    pub(crate) fn start(&mut self, vm: &str) -> (Handle, lifeboat_compute::Launch) {
         let inventory = lifeboat_loader::validate(&self.dir.join("lifeboat.toml"), &[])
             .inventory
             .expect("the inventory is valid");
@@ -103,7 +103,7 @@ fn files_ending(dir: &std::path::Path, suffix: &str) -> Vec<PathBuf> {
     out
 }
 
-fn wait_healthy(addr: &str) -> Duration {
+pub(crate) fn wait_healthy(addr: &str) -> Duration {
     let started = Instant::now();
     while get(addr, "/health").is_none() {
         assert!(
@@ -712,7 +712,10 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.web-1.ip}:8080
 }
 
 /// The events of run `run` of the lab in `base`.
-fn run_events(base: &std::path::Path, run: &str) -> Vec<lifeboat_orchestrator::journal::Event> {
+pub(crate) fn run_events(
+    base: &std::path::Path,
+    run: &str,
+) -> Vec<lifeboat_orchestrator::journal::Event> {
     Journal::open(&base.join(".lifeboat/state/runs.db"))
         .unwrap()
         .events(run)
@@ -723,7 +726,7 @@ fn run_events(base: &std::path::Path, run: &str) -> Vec<lifeboat_orchestrator::j
 }
 
 /// The network namespace drill `run` of the lab in `base` runs its copies in.
-fn drill_netns(base: &std::path::Path, run: &str) -> String {
+pub(crate) fn drill_netns(base: &std::path::Path, run: &str) -> String {
     run_events(base, run)
         .into_iter()
         .find_map(|e| match e {

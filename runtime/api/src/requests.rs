@@ -39,6 +39,10 @@ pub struct FailoverBody {
     /// network), once the plan's groups are reprotected.
     #[serde(default)]
     pub reverse: bool,
+    /// Boot the `qemu` target's VMs straight from the repository (`true`) or restore first
+    /// (`false`); absent: the plan's `instant`, else on at a `qemu` target.
+    #[serde(default)]
+    pub instant: Option<bool>,
 }
 
 /// A run the daemon started and drives.

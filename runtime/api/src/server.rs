@@ -31,6 +31,8 @@ pub struct DaemonOptions {
     pub verify_every: Duration,
     /// The bearer token every request over TCP must carry (required with `listen`).
     pub token: Option<String>,
+    /// How to run this Lifeboat's CLI (see `Environment::lifeboat`).
+    pub lifeboat: Vec<std::ffi::OsString>,
 }
 
 /// Why a daemon stopped other than when asked.

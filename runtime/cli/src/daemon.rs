@@ -89,6 +89,7 @@ pub fn run(
         gc_every: opts.gc_every,
         verify_every: opts.verify_every,
         token,
+        lifeboat: io.program.clone(),
     };
     match rt.block_on(io.server.serve(options, None)) {
         Ok(()) => {

@@ -184,6 +184,7 @@ impl Demo<'_, '_> {
                 stderr_is_terminal: false,
                 stdout_is_color_terminal: false,
                 server: self.io.server,
+                program: self.io.program.clone(),
             };
             crate::run(full, &mut io)
         };
@@ -484,6 +485,7 @@ fn scenario(
             gc_every: Duration::from_secs(3600),
             verify_every: Duration::from_secs(6 * 3600),
             token: None,
+            lifeboat: demo.io.program.clone(),
         },
         Some(Box::pin(async move {
             let _ = stopped.await;
@@ -722,7 +724,10 @@ fn scenario(
     // 4. Unplanned failover to the latest point; an operator approves the app tier.
     let config = demo.config.clone();
     let server = demo.io.server;
-    let approver = std::thread::spawn(move || approve_when_asked(&config, "shop-2", server));
+    let approver = {
+        let program = demo.io.program.clone();
+        std::thread::spawn(move || approve_when_asked(&config, "shop-2", server, &program))
+    };
     let code = demo.lifeboat(&["failover", "shop", "--unplanned", "--point", "latest"]);
     let approved = approver.join().unwrap_or(false);
     demo.check(
@@ -911,6 +916,7 @@ fn approve_when_asked(
     config: &Path,
     run: &str,
     server: &'static dyn lifeboat_api::server::Server,
+    program: &[std::ffi::OsString],
 ) -> bool {
     let config = config.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -922,6 +928,7 @@ fn approve_when_asked(
             stderr_is_terminal: false,
             stdout_is_color_terminal: false,
             server,
+            program: program.to_vec(),
         };
         let args = [
             "lifeboat",

@@ -157,6 +157,10 @@ enum Command {
         /// The Unix socket to serve on (made; one left by an earlier server is replaced).
         #[arg(long)]
         socket: PathBuf,
+        /// The site whose repository holds the point (default: the one the VM's group
+        /// replicates to).
+        #[arg(long)]
+        site: Option<String>,
     },
     /// Check every repository: objects exist and parse; with --full, every chunk re-hashed.
     Verify {
@@ -191,13 +195,25 @@ enum Command {
         /// With --unplanned: go ahead although a source VM still answers its health probe.
         #[arg(long, conflicts_with_all = ["test", "planned"])]
         force: bool,
+        /// Boot the `qemu` target's VMs straight from the repository, their disks hydrating
+        /// behind them (the default there, unless the plan says `instant = false`).
+        #[arg(long, conflicts_with = "no_instant")]
+        instant: bool,
+        /// Restore every disk before its VM boots.
+        #[arg(long)]
+        no_instant: bool,
     },
     /// Undo a drill (or a failover not yet committed): undo every step, stop its VMs, delete
     /// their disks, unpin its points.
     Cleanup { plan: String },
     /// Make a failover (or failback) final: the target takes its groups over and the old source
     /// is fenced. The groups then run there unprotected until `reprotect`.
-    Commit { plan: String },
+    Commit {
+        plan: String,
+        /// Refuse, with how far hydration is, instead of waiting for an instant run's disks.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// After a commit: protect the groups where they run now, replicating back to the plan's
     /// other site. Only what diverged since the failover crosses: the receiving site hashes
     /// the disks it still holds first.
@@ -220,6 +236,12 @@ enum Command {
         /// `recovery_point`).
         #[arg(long, requires = "test")]
         point: Option<String>,
+        /// Boot the VMs straight from the repository (see `failover --instant`).
+        #[arg(long, conflicts_with = "no_instant")]
+        instant: bool,
+        /// Restore every disk before its VM boots.
+        #[arg(long)]
+        no_instant: bool,
     },
     /// Stop protecting a VM (its group's schedule leaves it out); its points follow retention.
     Disable {
@@ -420,6 +442,15 @@ struct ValidateArgs {
     online: bool,
 }
 
+/// `--instant` / `--no-instant`: the run's choice, or the plan's when neither is given.
+fn instant_choice(instant: bool, no_instant: bool) -> Option<bool> {
+    match (instant, no_instant) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
+}
+
 /// Where a command writes, and whether the terminal takes colour.
 pub struct Io<'a> {
     pub stdout: &'a mut dyn Write,
@@ -430,6 +461,9 @@ pub struct Io<'a> {
     pub stdout_is_color_terminal: bool,
     /// The daemon `lifeboat daemon` and the demo run in this process (the binary links it).
     pub server: &'static dyn lifeboat_api::server::Server,
+    /// How to run this same Lifeboat again (`lifeboat` itself, or a binary that runs it after
+    /// some arguments of its own): an instant boot's export server is a process of its own.
+    pub program: Vec<OsString>,
 }
 
 impl std::fmt::Debug for Io<'_> {
@@ -627,6 +661,8 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             unplanned: _,
             point,
             force,
+            instant,
+            no_instant,
         } => {
             let op = if test {
                 lifeboat_plan::plan::Operation::Test
@@ -642,6 +678,7 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
                 point,
                 force,
                 reverse: false,
+                instant: instant_choice(instant, no_instant),
             };
             if let Some(d) = daemon() {
                 return Ok(remote::failover(&d, &config, &plan, req, json, io));
@@ -662,7 +699,13 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             Ok(l) => orchestration::reprotect(&l, json, io),
             Err(code) => code,
         }),
-        Command::Failback { plan, test, point } => {
+        Command::Failback {
+            plan,
+            test,
+            point,
+            instant,
+            no_instant,
+        } => {
             use lifeboat_plan::plan::Operation;
             let req = FailoverRequest {
                 op: if test {
@@ -674,6 +717,7 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
                 point: point.or_else(|| (!test).then(|| "latest".to_string())),
                 force: false,
                 reverse: true,
+                instant: instant_choice(instant, no_instant),
             };
             if let Some(d) = daemon() {
                 return Ok(remote::failover(&d, &config, &plan, req, json, io));
@@ -703,10 +747,10 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             Ok(l) => orchestration::set_enabled(&l, &vm, true, false, json, io),
             Err(code) => code,
         }),
-        Command::Commit { plan } => Ok(match daemon() {
+        Command::Commit { plan, no_wait } => Ok(match daemon() {
             Some(d) => remote::commit(&d, &config, &plan, json, io),
             None => match orchestrate(Some(&plan), io) {
-                Ok(l) => orchestration::commit(&l, json, io),
+                Ok(l) => orchestration::commit(&l, !no_wait, json, io),
                 Err(code) => code,
             },
         }),
@@ -902,8 +946,13 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             Ok(ctx) => replication::restore(&ctx, &vm, &point, &out, force, io),
             Err(code) => code,
         }),
-        Command::Export { vm, point, socket } => Ok(match context(io) {
-            Ok(ctx) => replication::export(&ctx, &vm, &point, &socket, io),
+        Command::Export {
+            vm,
+            point,
+            socket,
+            site,
+        } => Ok(match context(io) {
+            Ok(ctx) => replication::export(&ctx, &vm, &point, &socket, site.as_deref(), io),
             Err(code) => code,
         }),
         Command::Verify { full } => Ok(match context(io) {

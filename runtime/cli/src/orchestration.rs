@@ -86,6 +86,7 @@ pub fn load(
             engine,
             driver: Driver::new(),
             daemon: false,
+            lifeboat: io.program.clone(),
         },
         plan,
         config: config.to_path_buf(),
@@ -259,7 +260,87 @@ pub fn failover(loaded: &Loaded, req: FailoverRequest, json: bool, io: &mut crat
     let result = with_progress(io, json, async |observe, controls| {
         operations::failover(env, plan, path, req, observe, controls).await
     });
-    finish(env, result, json, io)
+    let hydrate = match &result {
+        Ok(r) if r.outcome == Outcome::Succeeded => Some(r.id.clone()),
+        _ => None,
+    };
+    let code = finish(env, result, json, io);
+    match hydrate {
+        Some(run) if code == exit_codes::OK => watch_hydration(env, &run, json, io),
+        _ => code,
+    }
+}
+
+/// After an instant run: tends its disks until they are hydrated, one line per disk as it gets
+/// there (and the progress every few seconds). Ctrl-C leaves the VMs and servers running.
+fn watch_hydration(env: &Environment, run: &str, json: bool, io: &mut crate::Io<'_>) -> u8 {
+    use lifeboat_orchestrator::hydration;
+    match hydration::is_instant(env, run) {
+        Ok(true) => {}
+        Ok(false) => return exit_codes::OK,
+        Err(e) => return run_failed(io, &e),
+    }
+    let rt = match crate::runtime() {
+        Ok(rt) => rt,
+        Err(e) => return crate::internal(io, &e),
+    };
+    let stderr = std::sync::Mutex::new(&mut *io.stderr);
+    let shown = std::sync::Mutex::new((std::collections::HashSet::<String>::new(), None));
+    let progress = |seen: &[hydration::DiskHydration]| {
+        if json {
+            return;
+        }
+        let mut shown = shown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut err = stderr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for d in seen {
+            let name = format!("{}/{}", d.vm, d.disk);
+            if let Some(s) = d.seconds
+                && shown.0.insert(name.clone())
+            {
+                let _ = writeln!(
+                    err,
+                    "  {name}: hydrated ({} MiB) {s:.1}s after its VM started",
+                    d.total >> 20
+                );
+            }
+        }
+        let due = shown
+            .1
+            .is_none_or(|t: std::time::Instant| t.elapsed() >= std::time::Duration::from_secs(5));
+        if due {
+            shown.1 = Some(std::time::Instant::now());
+            if let Some(open) = hydration::unhydrated(seen) {
+                let _ = writeln!(err, "  hydrating: {open}");
+            }
+        }
+    };
+    let watched = rt.block_on(async {
+        tokio::select! {
+            r = hydration::until_hydrated(env, run, &progress) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    match watched {
+        None => {
+            let _ = writeln!(
+                io.stderr,
+                "  hydration goes on in QEMU; `lifeboat commit` waits for it (a dead export server is started again there)"
+            );
+            exit_codes::OK
+        }
+        Some(Ok(seen)) => match hydration::unhydrated(&seen) {
+            None => exit_codes::OK,
+            Some(open) => {
+                let _ = writeln!(io.stderr, "warning: not hydrated: {open}");
+                exit_codes::OK
+            }
+        },
+        Some(Err(e)) => run_failed(io, &e),
+    }
 }
 
 /// `lifeboat retry RUN`: resume a run whose process died, or retry the step it failed on.
@@ -360,13 +441,13 @@ pub(crate) fn print_cleanup(r: &CleanupReport, json: bool, io: &mut crate::Io<'_
 }
 
 /// `lifeboat commit PLAN`.
-pub fn commit(loaded: &Loaded, json: bool, io: &mut crate::Io<'_>) -> u8 {
+pub fn commit(loaded: &Loaded, wait: bool, json: bool, io: &mut crate::Io<'_>) -> u8 {
     let Some(ResolvedPlan { plan, .. }) = &loaded.plan else {
         return exit_codes::INVALID;
     };
     let env = &loaded.env;
     let result = match crate::runtime() {
-        Ok(rt) => rt.block_on(operations::commit(env, plan)),
+        Ok(rt) => rt.block_on(operations::commit(env, plan, wait)),
         Err(e) => return crate::internal(io, &e),
     };
     match result {

@@ -261,6 +261,7 @@ pub fn failover(
         point,
         force,
         reverse,
+        instant,
     } = req;
     let name = match plan_name(config, plan, io) {
         Ok(n) => n,
@@ -274,7 +275,8 @@ pub fn failover(
         "POST",
         &format!("/v1/plans/{}/failover", encode(&name)),
         Some(serde_json::json!({
-            "operation": op.name(), "point": point, "force": force, "reverse": reverse
+            "operation": op.name(), "point": point, "force": force, "reverse": reverse,
+            "instant": instant
         })),
         io,
     ) {

@@ -719,7 +719,14 @@ pub fn restore(
 
 /// `lifeboat export VM --point ID --socket PATH`: serves the point's disks over NBD until
 /// interrupted.
-pub fn export(ctx: &Context, vm: &str, point: &str, socket: &Path, io: &mut crate::Io<'_>) -> u8 {
+pub fn export(
+    ctx: &Context,
+    vm: &str,
+    point: &str,
+    socket: &Path,
+    site: Option<&str>,
+    io: &mut crate::Io<'_>,
+) -> u8 {
     let group = match ctx.group_of(vm) {
         Ok(g) => g,
         Err(e) => return fail(&e, io),
@@ -729,7 +736,7 @@ pub fn export(ctx: &Context, vm: &str, point: &str, socket: &Path, io: &mut crat
         Err(e) => return fail(&e, io),
     };
     let opened = rt.block_on(async {
-        let target = ctx.site(&group.target_site)?;
+        let target = ctx.site(site.unwrap_or(&group.target_site))?;
         let repo = Arc::new(Repository::open(&target).await?);
         let m = points::select(&repo, &group.name, point).await?;
         let disks = lifeboat_replication::export::DiskExport::of_point(repo, &m, vm).await?;

@@ -11,6 +11,7 @@
 pub mod cut;
 pub mod driver;
 pub mod fleece;
+pub mod hydrate;
 pub mod libvirt;
 pub mod machines;
 pub mod netns;

@@ -33,6 +33,8 @@ pub(crate) struct Host {
     bus: Arc<Bus>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     commands: mpsc::UnboundedSender<Command>,
+    /// How to run this Lifeboat's CLI (for a run's `Environment`).
+    lifeboat: Vec<std::ffi::OsString>,
     /// The runs this daemon drives now: a second `retry` of one is refused, not run twice.
     driving: Mutex<HashSet<String>>,
     tasks: Mutex<tokio::task::JoinSet<()>>,
@@ -57,8 +59,10 @@ impl Host {
         bus: Arc<Bus>,
         snapshots: watch::Receiver<Arc<Snapshot>>,
         commands: mpsc::UnboundedSender<Command>,
+        lifeboat: Vec<std::ffi::OsString>,
     ) -> Self {
         Self {
+            lifeboat,
             state,
             engine,
             driver,
@@ -88,6 +92,7 @@ impl Host {
                 .map_err(|e| ApiError::internal(e.to_string()))?,
             driver: self.driver.clone(),
             daemon: true,
+            lifeboat: self.lifeboat.clone(),
         })
     }
 
@@ -279,17 +284,59 @@ impl Host {
                 Ok(env) => operations::resume(&env, &id, &plan, observe, None).await,
                 Err(e) => Err(lifeboat_orchestrator::error::Error::Failed(e.message)),
             };
+            let succeeded = matches!(&result, Ok(r) if r.outcome == Outcome::Succeeded);
             host.ended(&id, &name, &path, result);
             host.driving
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&id);
             let _ = host.commands.send(Command::Refresh);
+            if succeeded {
+                host.hydrate(&id, &name).await;
+            }
         };
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         while tasks.try_join_next().is_some() {}
         tasks.spawn(tracing::Instrument::instrument(work, span));
         Ok(())
+    }
+
+    /// Tends an instant run's disks until they are hydrated (restarting an export server that
+    /// died), each disk's end a notice.
+    async fn hydrate(&self, id: &str, plan: &str) {
+        use lifeboat_orchestrator::hydration;
+        let Ok(env) = self.env() else {
+            return;
+        };
+        if !hydration::is_instant(&env, id).unwrap_or(false) {
+            return;
+        }
+        let told = Mutex::new(HashSet::new());
+        let progress = |seen: &[hydration::DiskHydration]| {
+            let mut told = told.lock().unwrap_or_else(PoisonError::into_inner);
+            for d in seen.iter().filter(|d| d.hydrated) {
+                if told.insert(format!("{}/{}", d.vm, d.disk)) {
+                    self.bus.publish(
+                        Notice::new(
+                            NoticeKind::RunProgress,
+                            format!(
+                                "run {id}: {}/{}: hydrated ({} MiB) {:.1}s after its VM started",
+                                d.vm,
+                                d.disk,
+                                d.total >> 20,
+                                d.seconds.unwrap_or_default()
+                            ),
+                        )
+                        .run(id)
+                        .plan(plan)
+                        .data(serde_json::to_value(d).unwrap_or_default()),
+                    );
+                }
+            }
+        };
+        if let Err(e) = hydration::until_hydrated(&env, id, progress).await {
+            tracing::warn!(run = %id, error = %e, "hydration not seen through");
+        }
     }
 
     /// Every event a run journals, as a notice (those people see in `lifeboat failover`'s
@@ -404,7 +451,8 @@ impl Host {
         let _one = self.gate.lock().await;
         let env = self.env()?;
         let run = env.open_run(name).ok().flatten().map(|r| r.id);
-        let committed = operations::commit(&env, &plan).await;
+        // The daemon tends hydration itself: a commit it is asked for does not wait for it.
+        let committed = operations::commit(&env, &plan, false).await;
         let _ = self.commands.send(Command::Refresh);
         let committed = committed.map_err(|e| ApiError::of_run(&e))?;
         let mut notice = Notice::new(

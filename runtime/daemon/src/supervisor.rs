@@ -196,6 +196,7 @@ pub async fn run_until(
         bus.clone(),
         sup.published.subscribe(),
         commands_tx,
+        opts.lifeboat.clone(),
     ));
 
     // Listen before protecting anything: a second daemon on the same state stops here.

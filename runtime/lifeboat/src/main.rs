@@ -19,6 +19,9 @@ fn main() -> ExitCode {
         stderr_is_terminal: std::io::stderr().is_terminal(),
         stdout_is_color_terminal: color,
         server: &lifeboat_daemon::Daemon,
+        program: std::env::current_exe()
+            .map(|p| vec![p.into_os_string()])
+            .unwrap_or_else(|_| vec!["lifeboat".into()]),
     };
     ExitCode::from(lifeboat_cli::run(std::env::args_os(), &mut io))
 }

@@ -205,6 +205,9 @@ pub enum Event {
         /// A drill of the failback: the plan runs reversed.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         reverse: bool,
+        /// The run boots its `qemu` machines instantly (from the repository, hydrating behind).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        instant: bool,
     },
     /// A process took the run up (started or resumed it): while it lives, no other may.
     Driving {
@@ -260,6 +263,38 @@ pub enum Event {
         domain: Option<lifeboat_compute::driver::Domain>,
     },
     VmStopped {
+        vm: String,
+    },
+    /// An instant boot's export server (`lifeboat export`) serves `vm`'s point from the
+    /// repository on `socket`: the VM boots from `images`, qcow2 images backed by it, one per
+    /// disk (`disks`, in the inventory's order), while they hydrate. Journaled again when the
+    /// server is restarted.
+    Exporting {
+        vm: String,
+        key: String,
+        pid: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started: Option<u64>,
+        argv: Vec<String>,
+        log: String,
+        socket: String,
+        disks: Vec<String>,
+        images: Vec<String>,
+        /// The most each disk's hydration reads per second (0: no limit): the target site's
+        /// `bandwidth`, shared by the run's instant disks.
+        #[serde(default)]
+        speed: u64,
+    },
+    /// An instant disk holds all its data and has no backing left, `seconds` after its VM
+    /// started.
+    Hydrated {
+        vm: String,
+        disk: String,
+        seconds: f64,
+        bytes: u64,
+    },
+    /// The export server of `vm` was stopped (its disks hydrated, or cleanup).
+    ExportStopped {
         vm: String,
     },
     /// A drill's network namespace, journaled before it is made: its VMs run there and its
@@ -371,6 +406,8 @@ pub struct Replayed {
     pub point: Option<String>,
     /// The run runs its plan reversed (a drill of the failback).
     pub reverse: bool,
+    /// The run boots its `qemu` machines instantly.
+    pub instant: bool,
     /// The last process that took the run up, and when that process started.
     pub driver: Option<(u32, Option<u64>)>,
     /// The last process to drive it was a daemon.
@@ -671,10 +708,12 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
                 plan_path,
                 point,
                 reverse,
+                instant,
             } => {
                 r.plan_path.clone_from(plan_path);
                 r.point.clone_from(point);
                 r.reverse = *reverse;
+                r.instant = *instant;
             }
             Event::Driving {
                 pid,
@@ -771,6 +810,9 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Replayed {
             Event::Approved { .. } => r.pending_approval = None,
             Event::PointChosen { .. }
             | Event::Restored { .. }
+            | Event::Exporting { .. }
+            | Event::Hydrated { .. }
+            | Event::ExportStopped { .. }
             | Event::SourceStopped { .. }
             | Event::SourceRestarted { .. }
             | Event::NetworkDefined { .. }

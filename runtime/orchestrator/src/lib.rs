@@ -14,6 +14,7 @@
 pub mod compile;
 pub mod error;
 pub mod health;
+pub mod hydration;
 pub mod journal;
 pub mod lifecycle;
 pub mod network;

@@ -335,6 +335,7 @@ pub async fn reprotect(
                     plan_path: plan_path.display().to_string(),
                     point: None,
                     reverse: false,
+                    instant: false,
                 },
             )?;
             id

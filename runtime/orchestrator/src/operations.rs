@@ -51,6 +51,39 @@ pub struct FailoverRequest {
     pub force: bool,
     /// Run the plan reversed: a failback, or with `test`, a drill of it.
     pub reverse: bool,
+    /// `--instant`/`--no-instant`: over the plan's `instant`.
+    pub instant: Option<bool>,
+}
+
+/// What a run is, as its journal keeps it: the operation, the `--point`, reversed or not,
+/// instant or not.
+#[derive(Clone, Debug)]
+struct Shape {
+    op: Operation,
+    point: Option<String>,
+    reverse: bool,
+    instant: bool,
+}
+
+/// Whether a run of `plan` boots instantly: the command line's choice, else the plan's, else
+/// on at a `qemu` target. A `libvirt` target cannot yet: asked for, that is an error.
+fn instant_for(env: &Environment, plan: &Plan, asked: Option<bool>) -> Result<bool> {
+    use lifeboat_plan::inventory::ComputeDriver;
+    let compute = env
+        .config
+        .inventory
+        .sites
+        .get(&plan.target.value)
+        .map(|s| s.compute.value);
+    let wanted = asked.or(plan.instant.as_ref().map(|i| i.value));
+    match (compute, wanted) {
+        (Some(ComputeDriver::Qemu), w) => Ok(w.unwrap_or(true)),
+        (Some(ComputeDriver::Libvirt), Some(true)) => Err(Error::Failed(format!(
+            "instant boot at `libvirt` site `{}` is not built yet: its VMs restore first (run with --no-instant)",
+            plan.target.value
+        ))),
+        _ => Ok(false),
+    }
 }
 
 /// What the preflight established: everything a failover needs, found before it acts.
@@ -239,6 +272,8 @@ pub struct Begun {
     pub id: String,
     /// The source VMs a planned failover stopped before it started.
     pub source_stopped: Vec<Handle>,
+    /// It boots its `qemu` machines instantly.
+    pub instant: bool,
 }
 
 /// Starts a failover of `plan` and runs it to its end: [`begin`], then drive it.
@@ -254,6 +289,7 @@ pub async fn failover(
     let point = req.point.clone();
     let reverse = req.reverse || op == Operation::Failback;
     let begun = begin(env, plan, plan_path, req).await?;
+    let instant = begun.instant;
     let mut journal = env.journal()?;
     let plan = &crate::lifecycle::plan_for(env, plan, reverse);
     let mut result = drive(
@@ -262,7 +298,12 @@ pub async fn failover(
         &begun.id,
         plan,
         plan_path,
-        (op, point, reverse),
+        Shape {
+            op,
+            point,
+            reverse,
+            instant,
+        },
         observe,
         controls,
     )
@@ -284,6 +325,7 @@ pub async fn begin(
     // A failback runs the plan reversed; callers pass every plan as written.
     let reverse = req.reverse || req.op == Operation::Failback;
     let plan = &crate::lifecycle::plan_for(env, plan, reverse);
+    let instant = instant_for(env, plan, req.instant)?;
     let cleared = preflight(env, plan, &req).await?;
     let stopped = if matches!(req.op, Operation::Planned | Operation::Failback) {
         source::hand_over(env, plan, cleared.source).await?
@@ -308,6 +350,7 @@ pub async fn begin(
             plan_path: plan_path.display().to_string(),
             point: req.point.clone(),
             reverse: req.reverse && req.op == Operation::Test,
+            instant,
         },
     )?;
     journal.append(
@@ -327,6 +370,7 @@ pub async fn begin(
     Ok(Begun {
         id,
         source_stopped: stopped,
+        instant,
     })
 }
 
@@ -501,7 +545,12 @@ pub async fn resume(
         run,
         plan,
         Path::new(&status.plan_path),
-        (op, status.point.clone(), status.reverse),
+        Shape {
+            op,
+            point: status.point.clone(),
+            reverse: status.reverse,
+            instant: status.instant,
+        },
         observe,
         controls,
     )
@@ -513,9 +562,15 @@ fn runner(
     run: &str,
     plan: &Plan,
     plan_path: &Path,
-    (op, point, reverse): (Operation, Option<String>, bool),
+    shape: Shape,
     observe: Observer,
 ) -> Result<PluginRunner> {
+    let Shape {
+        op,
+        point,
+        reverse,
+        instant,
+    } = shape;
     let journal = env.journal()?;
     let assignments = assignments_of(&journal, run)?;
     let netns =
@@ -523,6 +578,7 @@ fn runner(
     let services = Arc::new(
         RunServices::new(env, run, plan, point, assignments, observe)?
             .with_drill(op == Operation::Test)
+            .with_instant(instant)
             .with_netns(netns.transpose()?),
     );
     let plan_dir = plan_path
@@ -574,10 +630,11 @@ async fn drive(
     run: &str,
     plan: &Plan,
     plan_path: &Path,
-    (op, point, reverse): (Operation, Option<String>, bool),
+    shape: Shape,
     observe: Observer,
     controls: Controls,
 ) -> Result<RunResult> {
+    let op = shape.op;
     let pid = std::process::id();
     journal.append(
         run,
@@ -588,14 +645,7 @@ async fn drive(
         },
     )?;
     let compiled: RunPlan = compile(plan, op);
-    let runner = runner(
-        env,
-        run,
-        plan,
-        plan_path,
-        (op, point, reverse),
-        observe.clone(),
-    )?;
+    let runner = runner(env, run, plan, plan_path, shape, observe.clone())?;
     let show = |e: &Event, _seq: i64| observe(run, e);
     let span =
         tracing::info_span!("run", id = %run, plan = %plan.name.value, operation = op.name());
@@ -692,7 +742,12 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
         &open.id,
         plan,
         Path::new(&open.plan_path),
-        (op, open.point.clone(), open.reverse),
+        Shape {
+            op,
+            point: open.point.clone(),
+            reverse: open.reverse,
+            instant: open.instant,
+        },
         observe,
     )?;
     let services = runner.services.clone();
@@ -730,6 +785,8 @@ pub async fn cleanup(env: &Environment, plan: &Plan, observe: Observer) -> Resul
             })
             .map_err(journal_error)?;
     }
+    // The export servers of instant boots (their VMs are stopped: nothing reads them now).
+    crate::hydration::stop_servers(env, &open.id).await?;
     // A VM whose start the journal saw begin but not end (the runtime died in it).
     for (vm, key) in &now.starting {
         if let Some(handle) = env.driver.find(vm, key).await {
@@ -940,7 +997,7 @@ pub struct Committed {
 
 /// Commits the open failover of `plan`: every consistency group it booted is taken over at the
 /// target with a higher writer epoch, so the old source, if it comes back, is fenced.
-pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<Committed>> {
+pub async fn commit(env: &Environment, plan: &Plan, wait: bool) -> Result<Vec<Committed>> {
     let name = &plan.name.value;
     let open = env.open_run(name)?.ok_or_else(|| Error::NoOpenRun {
         plan: name.clone(),
@@ -975,6 +1032,24 @@ pub async fn commit(env: &Environment, plan: &Plan) -> Result<Vec<Committed>> {
                 open.id
             ),
         });
+    }
+    // An instant run's disks must hold all their data first: once committed, the point its
+    // disks still read from may expire.
+    if crate::hydration::is_instant(env, &open.id)? {
+        let seen = if wait {
+            crate::hydration::until_hydrated(env, &open.id, |_| {}).await?
+        } else {
+            crate::hydration::tend(env, &open.id).await?
+        };
+        if let Some(open_disks) = crate::hydration::unhydrated(&seen) {
+            return Err(Error::InvalidState {
+                run: open.id.clone(),
+                status: open.status,
+                why: format!(
+                    "its disks are not hydrated yet: {open_disks} (`lifeboat commit` without --no-wait waits for them)"
+                ),
+            });
+        }
     }
     let mut journal = env.journal()?;
     let events = journal.events(&open.id)?;

@@ -337,6 +337,19 @@ pub fn describe(run: &str, e: &Event) -> Option<String> {
         } => format!("{vm}: started (domain {} on {})", d.name, d.host),
         Event::VmStarted { vm, pid, .. } => format!("{vm}: started (pid {pid})"),
         Event::VmStopped { vm } => format!("{vm}: stopped"),
+        Event::Exporting { vm, socket, .. } => {
+            format!("{vm}: instant boot, its point served from the repository on {socket}")
+        }
+        Event::Hydrated {
+            vm,
+            disk,
+            seconds,
+            bytes,
+        } => format!(
+            "{vm}/{disk}: hydrated ({:.1} GiB) {seconds:.1}s after the VM started",
+            *bytes as f64 / f64::from(1u32 << 30)
+        ),
+        Event::ExportStopped { vm } => format!("{vm}: export server stopped"),
         Event::Isolated { netns } => format!(
             "network namespace {netns}: the drill's copies run there (`lifeboat drill exec {run} -- COMMAND` reaches them)"
         ),

@@ -23,6 +23,9 @@ pub struct Environment {
     pub driver: Arc<dyn Compute>,
     /// Runs here are driven by the daemon (journaled, so a daemon that restarts resumes them).
     pub daemon: bool,
+    /// How to run this Lifeboat's CLI: an instant boot serves a point's disks from a
+    /// `lifeboat export` process of its own, which outlives a CLI run and a daemon restart.
+    pub lifeboat: Vec<std::ffi::OsString>,
 }
 
 impl std::fmt::Debug for Environment {
@@ -49,6 +52,8 @@ pub struct RunInfo {
     pub daemon: bool,
     /// It runs its plan reversed (a drill of the failback; a failback always does).
     pub reverse: bool,
+    /// It boots its `qemu` machines instantly.
+    pub instant: bool,
 }
 
 impl RunInfo {
@@ -147,6 +152,7 @@ pub fn status_of(journal: &Journal, run: &str) -> Result<RunInfo> {
         driver_pid,
         daemon: r.daemon,
         reverse,
+        instant: r.instant,
     })
 }
 

@@ -22,8 +22,10 @@ use lifeboat_compute::netns::Netns;
 use lifeboat_compute::template;
 
 mod domains;
+mod instant;
 
 pub(crate) use domains::{domain_of_point, release_networks};
+pub(crate) use instant::wait_listening;
 
 /// Called with every event of a run once it is journaled (progress on a terminal): the run's
 /// id and the event.
@@ -78,6 +80,25 @@ pub struct RunServices {
     drill_networks_ready: tokio::sync::Mutex<bool>,
     /// Each VM of a `libvirt` site in the inventory as written: its home site and domain.
     home_domains: HashMap<String, (String, String)>,
+    /// Boot the `qemu` target's machines from the repository (instant), their disks hydrating
+    /// behind them, instead of restoring first.
+    instant: bool,
+    /// How to run `lifeboat export` (see `Environment::lifeboat`), and on which inventory.
+    lifeboat: Vec<std::ffi::OsString>,
+    config_file: PathBuf,
+    /// Tends the run's instant disks while the run goes on (a server that dies during the boot
+    /// would otherwise hold the guest's reads until the run's end).
+    tender: crate::hydration::Tender,
+    tending: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for RunServices {
+    fn drop(&mut self) {
+        // Past the run, whoever drives it tends its disks (`hydration::until_hydrated`).
+        if let Some(task) = self.tending.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+    }
 }
 
 /// A restore running in the background: the restored disk paths, or why not.
@@ -167,7 +188,18 @@ impl RunServices {
                     (name.to_string(), (v.site.value.clone(), domain))
                 })
                 .collect(),
+            instant: false,
+            lifeboat: env.lifeboat.clone(),
+            config_file: env.config.file.clone(),
+            tender: crate::hydration::Tender::of(env),
+            tending: Mutex::new(None),
         })
+    }
+
+    /// Boots the run's qemu machines instantly (see `instant`).
+    pub fn with_instant(mut self, instant: bool) -> Self {
+        self.instant = instant;
+        self
     }
 
     /// Marks the run a drill (see `drill`).
@@ -478,7 +510,7 @@ impl RunServices {
         for vm in names {
             let restored = self.restored(&vm).ok().flatten().is_some();
             let begun = self.prefetch.lock().is_ok_and(|p| p.contains_key(&vm));
-            if restored || begun {
+            if restored || begun || self.boots_instantly(&vm) {
                 continue;
             }
             let Ok(cg) = self.group_of(&vm).map(|g| g.name.clone()) else {
@@ -665,6 +697,9 @@ impl HostServices for RunServices {
         {
             return Ok(disks);
         }
+        if self.boots_instantly(vm) {
+            return self.export_and_overlay(vm, point, key).await;
+        }
         let group = self.group_of(vm)?.name.clone();
         let mut repo = self.repository(0).await?;
         let m = points::select(&repo, &group, point)
@@ -817,6 +852,9 @@ impl HostServices for RunServices {
             domain: None,
         })?;
         tracing::info!(pid = handle.pid, "started");
+        if self.boots_instantly(vm) {
+            self.begin_hydration(vm).await;
+        }
         Ok(())
     }
 
@@ -994,8 +1032,14 @@ async fn overlay(restored: &Path, kind: &str) -> Result<String, Error> {
     if overlay.exists() {
         return Ok(overlay.display().to_string());
     }
+    // An instant boot's image is qcow2 (backed by the export): the drill writes above it.
+    let format = if restored.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
     let out = tokio::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
         .arg(restored)
         .arg(&overlay)
         .output()

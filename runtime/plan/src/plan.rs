@@ -38,6 +38,11 @@ pub struct Plan {
     /// RTO is longer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rto_objective: Option<Spanned<Duration>>,
+    /// Boot VMs at a `qemu` target straight from the repository, their disks hydrating behind
+    /// them, instead of restoring every disk first (default: on at `qemu` targets; process VMs
+    /// always restore first). `lifeboat failover --instant/--no-instant` decides for one run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instant: Option<Spanned<bool>>,
     /// How source networks map to target networks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<PlanNetwork>,
@@ -420,6 +425,7 @@ fn decode_plan(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Plan> {
     let rto_objective = t
         .optional("rto_objective")
         .map(|v| d.duration(v, "rto_objective"));
+    let instant = t.optional("instant").map(|v| d.boolean(v, "instant"));
     let network = t.optional("network").map(|v| decode_network(d, v));
     let groups = t.required(d, "group").and_then(|v| {
         let groups = d.list(v, "group", |d, v, what| decode_group(d, v, &what))?;
@@ -446,6 +452,7 @@ fn decode_plan(d: &mut Decoder<'_>, root: &Value<'_>) -> Option<Plan> {
         target: target.unwrap_or_else(|| blank.clone()),
         recovery_point: recovery_point.unwrap_or(None),
         rto_objective: rto_objective.unwrap_or(None),
+        instant: instant.unwrap_or(None),
         network: network.unwrap_or(None),
         groups: groups.unwrap_or_default(),
     })

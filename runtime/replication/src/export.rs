@@ -124,6 +124,25 @@ impl Cache {
 }
 
 impl DiskExport {
+    /// The disk's all-zero stretches (zero or absent chunks, neighbours merged), as
+    /// (offset, length): what an instant boot marks zero in its image before the VM starts, so
+    /// neither the guest nor hydration ever asks the server for them.
+    pub fn zero_runs(&self) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (i, id) in self.map.iter().enumerate() {
+            if !id.is_zero() {
+                continue;
+            }
+            let at = i as u64 * self.chunk_size;
+            let len = self.chunk_size.min(self.size.saturating_sub(at));
+            match runs.last_mut() {
+                Some((start, l)) if *start + *l == at => *l += len,
+                _ => runs.push((at, len)),
+            }
+        }
+        runs
+    }
+
     /// Every disk of `vm` in `point`, ready to serve from `repo`.
     pub async fn of_point(
         repo: Arc<Repository>,

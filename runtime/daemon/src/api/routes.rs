@@ -203,6 +203,7 @@ async fn failover(
                 point: req.point,
                 force: req.force,
                 reverse: req.reverse,
+                instant: req.instant,
             },
         )
         .await?;

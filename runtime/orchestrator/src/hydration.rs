@@ -1,0 +1,494 @@
+//! Seeing an instant run's disks through to hydrated: the QEMU jobs copy, this keeps their
+//! export servers alive (restarting one that died), resumes a job paused on an error, starts
+//! one that never began, journals each disk's time to hydrated and stops a VM's server once its
+//! disks hold everything. A CLI run does it until its disks are hydrated (Ctrl-C leaves the VMs
+//! and servers running: `commit` and `status` take over), the daemon for every run it drives.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use std::sync::Arc;
+
+use lifeboat_compute::driver::{Compute, Handle, Launch};
+use lifeboat_compute::hydrate::{self, Hydration};
+
+use crate::error::{Error, Result};
+use crate::journal::Event;
+use crate::runs::Environment;
+
+/// Disks hydrating at once in one run (each a QEMU job reading the export server).
+pub(crate) const AT_ONCE: usize = 4;
+/// How often the supervisor looks.
+const EVERY: Duration = Duration::from_millis(500);
+
+/// What tending a run's disks needs: its journal, the compute driver, and the inventory's
+/// folder (where VMs and servers start).
+#[derive(Clone)]
+pub struct Tender {
+    journal: PathBuf,
+    driver: Arc<dyn Compute>,
+    base: PathBuf,
+}
+
+impl std::fmt::Debug for Tender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tender")
+            .field("journal", &self.journal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tender {
+    pub fn of(env: &Environment) -> Self {
+        Self {
+            journal: env.journal_path(),
+            driver: env.driver.clone(),
+            base: env.config.base.clone(),
+        }
+    }
+
+    fn journal(&self) -> Result<crate::journal::Journal> {
+        Ok(crate::journal::Journal::open(&self.journal)?)
+    }
+}
+
+/// One instant disk, as the supervisor last saw it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DiskHydration {
+    pub vm: String,
+    pub disk: String,
+    pub image: String,
+    /// Bytes hydrated (QEMU's job offset) and the disk's size.
+    pub done: u64,
+    pub total: u64,
+    pub hydrated: bool,
+    /// When hydrated: seconds from the VM's start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    /// Not hydrating, and why (the VM is not running, the job is paused…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+}
+
+/// What the journal says of one instant VM.
+struct InstantVm {
+    vm: String,
+    server: Handle,
+    launch: Launch,
+    socket: PathBuf,
+    disks: Vec<String>,
+    images: Vec<PathBuf>,
+    /// The VM's QMP socket and its start (journal time), while it runs.
+    running: Option<(Handle, PathBuf, i64)>,
+    /// Disk → seconds to hydrated, bytes.
+    hydrated: BTreeMap<String, (f64, u64)>,
+    stopped: bool,
+    /// The most each disk's job reads per second (0: no limit).
+    speed: u64,
+}
+
+fn instant_vms(t: &Tender, run: &str) -> Result<Vec<InstantVm>> {
+    let events = t.journal()?.events(run)?;
+    let mut out: Vec<InstantVm> = Vec::new();
+    for (_, at, e) in events {
+        match e {
+            Event::Exporting {
+                vm,
+                key,
+                pid,
+                started,
+                argv,
+                log,
+                socket,
+                disks,
+                images,
+                speed,
+            } => {
+                let server = Handle {
+                    vm: vm.clone(),
+                    pid,
+                    started,
+                    key: key.clone(),
+                    domain: None,
+                };
+                let launch = Launch {
+                    vm: vm.clone(),
+                    argv,
+                    dir: t.base.clone(),
+                    log: PathBuf::from(log),
+                    key,
+                    netns: None,
+                    domain: None,
+                };
+                let images = images.into_iter().map(PathBuf::from).collect();
+                match out.iter_mut().find(|v| v.vm == vm) {
+                    Some(v) => {
+                        v.server = server;
+                        v.launch = launch;
+                        v.stopped = false;
+                        v.speed = speed;
+                    }
+                    None => out.push(InstantVm {
+                        vm,
+                        server,
+                        launch,
+                        socket: PathBuf::from(socket),
+                        disks,
+                        images,
+                        running: None,
+                        hydrated: BTreeMap::new(),
+                        stopped: false,
+                        speed,
+                    }),
+                }
+            }
+            Event::VmStarted {
+                vm,
+                key,
+                pid,
+                started,
+                argv,
+                ..
+            } => {
+                if let Some(v) = out.iter_mut().find(|v| v.vm == vm)
+                    && let Some(qmp) = lifeboat_compute::qmp::socket_of(&argv, &t.base)
+                {
+                    let h = Handle {
+                        vm,
+                        pid,
+                        started,
+                        key,
+                        domain: None,
+                    };
+                    v.running = Some((h, qmp, at));
+                }
+            }
+            Event::VmStopped { vm } => {
+                if let Some(v) = out.iter_mut().find(|v| v.vm == vm) {
+                    v.running = None;
+                }
+            }
+            Event::Hydrated {
+                vm,
+                disk,
+                seconds,
+                bytes,
+            } => {
+                if let Some(v) = out.iter_mut().find(|v| v.vm == vm) {
+                    v.hydrated.insert(disk, (seconds, bytes));
+                }
+            }
+            Event::ExportStopped { vm } => {
+                if let Some(v) = out.iter_mut().find(|v| v.vm == vm) {
+                    v.stopped = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Whether run `run` booted anything instantly.
+pub fn is_instant(env: &Environment, run: &str) -> Result<bool> {
+    Ok(!instant_vms(&Tender::of(env), run)?.is_empty())
+}
+
+/// One look at run `run`'s instant disks, acting on what it sees (restart a dead server, resume
+/// or start a job, journal a disk hydrated, stop a server whose disks are all hydrated).
+pub async fn tend(env: &Environment, run: &str) -> Result<Vec<DiskHydration>> {
+    tend_with(&Tender::of(env), run).await
+}
+
+/// [`tend`], with what it needs.
+pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
+    let env = t;
+    let vms = instant_vms(t, run)?;
+    let mut journal = t.journal()?;
+    let mut out = Vec::new();
+    let mut streaming = 0usize;
+    let mut idle: Vec<(PathBuf, Vec<PathBuf>, usize, u64)> = Vec::new();
+    for v in &vms {
+        let all_done = v.disks.iter().all(|d| v.hydrated.contains_key(d));
+        let row =
+            |i: usize, done: u64, total: u64, seconds: Option<f64>, waiting: Option<String>| {
+                DiskHydration {
+                    vm: v.vm.clone(),
+                    disk: v.disks.get(i).cloned().unwrap_or_default(),
+                    image: v
+                        .images
+                        .get(i)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    done,
+                    total,
+                    hydrated: seconds.is_some(),
+                    seconds,
+                    waiting,
+                }
+            };
+        let live = match &v.running {
+            Some((h, qmp, at)) if env.driver.running(h).await => Some((qmp, *at)),
+            _ => None,
+        };
+        if all_done {
+            if !v.stopped {
+                stop_server(env, &mut journal, run, v).await?;
+            }
+            for (i, d) in v.disks.iter().enumerate() {
+                let (s, b) = v.hydrated.get(d).copied().unwrap_or_default();
+                out.push(row(i, b, b, Some(s), None));
+            }
+            continue;
+        }
+        let Some((qmp, started_at)) = live else {
+            for (i, d) in v.disks.iter().enumerate() {
+                let s = v.hydrated.get(d).map(|h| h.0);
+                let why = s.is_none().then(|| "the VM is not running".to_string());
+                out.push(row(i, 0, 0, s, why));
+            }
+            continue;
+        };
+        // The server first: a job cannot go on without it.
+        let server_up = if env.driver.running(&v.server).await {
+            true
+        } else {
+            restart_server(env, &mut journal, run, v).await?
+        };
+        let seen = match hydrate::look(qmp, &v.images).await {
+            Ok(s) => s,
+            Err(e) => {
+                for (i, d) in v.disks.iter().enumerate() {
+                    let s = v.hydrated.get(d).map(|h| h.0);
+                    out.push(row(i, 0, 0, s, s.is_none().then(|| e.clone())));
+                }
+                continue;
+            }
+        };
+        for (i, state) in seen.into_iter().enumerate() {
+            let disk = v.disks.get(i).cloned().unwrap_or_default();
+            if let Some((s, b)) = v.hydrated.get(&disk) {
+                out.push(row(i, *b, *b, Some(*s), None));
+                continue;
+            }
+            match state {
+                Hydration::Hydrated => {
+                    let seconds = (now_ms() - started_at).max(0) as f64 / 1000.0;
+                    let bytes = disk_size(&v.images[i]).await;
+                    journal.append(
+                        run,
+                        &Event::Hydrated {
+                            vm: v.vm.clone(),
+                            disk: disk.clone(),
+                            seconds,
+                            bytes,
+                        },
+                    )?;
+                    tracing::info!(vm = %v.vm, disk = %disk, seconds, "hydrated");
+                    out.push(row(i, bytes, bytes, Some(seconds), None));
+                }
+                Hydration::Streaming {
+                    done,
+                    total,
+                    paused,
+                } => {
+                    streaming += 1;
+                    let mut waiting = None;
+                    if paused {
+                        if server_up {
+                            if let Err(e) = hydrate::resume(qmp, i).await {
+                                waiting = Some(format!("paused: {e}"));
+                            }
+                        } else {
+                            waiting = Some("paused until the export server is back".into());
+                        }
+                    }
+                    out.push(row(i, done, total, None, waiting));
+                }
+                Hydration::Idle => {
+                    idle.push((qmp.clone(), v.images.clone(), i, v.speed));
+                    out.push(row(i, 0, disk_size(&v.images[i]).await, None, None));
+                }
+                Hydration::Absent => {
+                    out.push(row(
+                        i,
+                        0,
+                        0,
+                        None,
+                        Some("the VM does not have this image open".into()),
+                    ));
+                }
+            }
+        }
+    }
+    for (qmp, images, i, speed) in idle {
+        if streaming >= AT_ONCE {
+            break;
+        }
+        match hydrate::stream(&qmp, &images, i, speed).await {
+            Ok(()) => streaming += 1,
+            Err(e) => {
+                tracing::warn!(image = %images[i].display(), error = %e, "hydration not started")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Tends run `run`'s instant disks until every one is hydrated, or until none can go on (its VM
+/// is not running); `progress` sees each look.
+pub async fn until_hydrated(
+    env: &Environment,
+    run: &str,
+    progress: impl Fn(&[DiskHydration]),
+) -> Result<Vec<DiskHydration>> {
+    until_hydrated_with(&Tender::of(env), run, progress).await
+}
+
+/// [`until_hydrated`], with what it needs.
+pub async fn until_hydrated_with(
+    t: &Tender,
+    run: &str,
+    progress: impl Fn(&[DiskHydration]),
+) -> Result<Vec<DiskHydration>> {
+    loop {
+        let seen = tend_with(t, run).await?;
+        progress(&seen);
+        let stuck: HashSet<&str> = seen
+            .iter()
+            .filter(|d| !d.hydrated && d.waiting.as_deref() == Some("the VM is not running"))
+            .map(|d| d.vm.as_str())
+            .collect();
+        if seen
+            .iter()
+            .all(|d| d.hydrated || stuck.contains(d.vm.as_str()))
+        {
+            return Ok(seen);
+        }
+        tokio::time::sleep(EVERY).await;
+    }
+}
+
+/// Why a run's disks are not all hydrated (for `commit` and `reprotect`), or `None`.
+pub fn unhydrated(seen: &[DiskHydration]) -> Option<String> {
+    let open: Vec<String> = seen
+        .iter()
+        .filter(|d| !d.hydrated)
+        .map(|d| {
+            let mut s = format!("{}/{}", d.vm, d.disk);
+            if d.total > 0 {
+                s.push_str(&format!(
+                    " {:.0}% ({} of {} MiB)",
+                    d.done as f64 * 100.0 / d.total as f64,
+                    d.done >> 20,
+                    d.total >> 20
+                ));
+            }
+            if let Some(w) = &d.waiting {
+                s.push_str(&format!(": {w}"));
+            }
+            s
+        })
+        .collect();
+    (!open.is_empty()).then(|| open.join(", "))
+}
+
+/// Stops run `run`'s export servers (cleanup).
+pub async fn stop_servers(env: &Environment, run: &str) -> Result<()> {
+    let t = Tender::of(env);
+    let mut journal = t.journal()?;
+    for v in instant_vms(&t, run)? {
+        if !v.stopped {
+            stop_server(&t, &mut journal, run, &v).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn stop_server(
+    env: &Tender,
+    journal: &mut crate::journal::Journal,
+    run: &str,
+    v: &InstantVm,
+) -> Result<()> {
+    let mut handles = vec![v.server.clone()];
+    // One the runtime started and died before journaling.
+    if let Some(h) = env.driver.find(&v.vm, &v.server.key).await
+        && h.pid != v.server.pid
+    {
+        handles.push(h);
+    }
+    for h in handles {
+        env.driver
+            .stop(&h, Duration::from_secs(5))
+            .await
+            .map_err(|e| Error::Failed(format!("stopping {}'s export server: {e}", v.vm)))?;
+    }
+    remove_socket(&v.socket);
+    journal.append(run, &Event::ExportStopped { vm: v.vm.clone() })?;
+    Ok(())
+}
+
+/// Starts `v`'s export server again, as it was started; `false` if it does not listen yet.
+async fn restart_server(
+    env: &Tender,
+    journal: &mut crate::journal::Journal,
+    run: &str,
+    v: &InstantVm,
+) -> Result<bool> {
+    if let Some(h) = env.driver.find(&v.vm, &v.launch.key).await {
+        // Started by another look (or a runtime that died before journaling it).
+        return Ok(env.driver.running(&h).await);
+    }
+    tracing::warn!(vm = %v.vm, pid = v.server.pid, "the export server is gone: starting it again");
+    let h = env
+        .driver
+        .start(&v.launch)
+        .await
+        .map_err(|e| Error::Failed(format!("restarting {}'s export server: {e}", v.vm)))?;
+    journal.append(
+        run,
+        &Event::Exporting {
+            vm: v.vm.clone(),
+            key: v.launch.key.clone(),
+            pid: h.pid,
+            started: h.started,
+            argv: v.launch.argv.clone(),
+            log: v.launch.log.display().to_string(),
+            socket: v.socket.display().to_string(),
+            disks: v.disks.clone(),
+            images: v.images.iter().map(|p| p.display().to_string()).collect(),
+            speed: v.speed,
+        },
+    )?;
+    let up = crate::services::wait_listening(&v.socket, &v.launch.log, env.driver.as_ref(), &h)
+        .await
+        .is_ok();
+    Ok(up)
+}
+
+fn remove_socket(socket: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(socket);
+    }
+}
+
+async fn disk_size(image: &Path) -> u64 {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output", "json"])
+        .arg(image)
+        .output()
+        .await;
+    out.ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| v.get("virtual-size").and_then(serde_json::Value::as_u64))
+        .unwrap_or(0)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

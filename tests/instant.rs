@@ -1,0 +1,266 @@
+//! Instant boot: a drill of the test guest boots from its point as the repository holds it (a
+//! `lifeboat export` server, qcow2 images backed by it) while its disk hydrates behind it; the
+//! export server killed mid-hydration comes back and nothing is lost.
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lifeboat_orchestrator::journal::Event;
+
+use crate::failover::{HELPER, get_in};
+use crate::qemu::{Lab, cli, drill_netns, guest, run_events};
+
+const GIB: u64 = 1 << 30;
+/// Data written far from the guest's records, so hydration has something to copy.
+const FILLED: u64 = 256 << 20;
+
+fn inventory(base: &Path, kernel: &Path, initrd: &Path) {
+    std::fs::write(
+        base.join("lifeboat.toml"),
+        format!(
+            r#"version = 1
+[sites.east]
+store = "east"
+compute = "qemu"
+replicate_to = "west"
+networks.prod.subnets = {{ app = "127.191.1.0/24" }}
+[sites.west]
+store = "west"
+compute = "qemu"
+# Hydration's own copy reads at most this (the guest's reads, which hydrate what they read,
+# are not held back): the test kills the server while it copies.
+bandwidth = "8MB/s"
+networks.prod-dr.subnets = {{ app = "127.191.11.0/24" }}
+networks.drill.subnets = {{ app = "127.191.91.0/24" }}
+[policies.default]
+crash_interval = "1h"
+retention = "1d"
+rpo_threshold = "1d"
+[vms.vm-1]
+site = "east"
+policy = "default"
+disks.data = "vms/vm-1.img"
+nics = [{{ network = "prod", subnet = "app", ip = "127.191.1.10" }}]
+machine = {{ kernel = {kernel:?}, initrd = {initrd:?}, append = "console=ttyS0 panic=-1 quiet", ports = [8080] }}
+health = {{ http = "http://{{nic0.ip}}:8080/health", timeout = "90s" }}
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        base.join("plans/p.toml"),
+        r#"version = 1
+name = "p"
+source = "east"
+target = "west"
+recovery_point = "latest"
+[network]
+map = [{ from = "east/prod", to = "west/prod-dr" }]
+test = "west/drill"
+[[group]]
+name = "app"
+vms = ["vm-1"]
+post = [{ uses = "builtin:http-check", with = { url = "http://{vm.vm-1.ip}:8080/health" }, allow = { http = ["http://{vm.vm-1.ip}:8080/"] } }]
+"#,
+    )
+    .unwrap();
+}
+
+/// A 4 GiB disk: empty but for `FILLED` bytes of data (a deterministic pattern that does not
+/// compress or repeat) 3 GiB in.
+fn make_disk(path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.set_len(4 * GIB).unwrap();
+    f.seek(SeekFrom::Start(3 * GIB)).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..(FILLED >> 20) {
+        for word in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&block).unwrap();
+    }
+}
+
+fn exporting(base: &Path, run: &str) -> Vec<(u32, String)> {
+    run_events(base, run)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Exporting { pid, socket, .. } => Some((pid, socket)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn hydrated(base: &Path, run: &str) -> Vec<(String, f64)> {
+    run_events(base, run)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Hydrated { disk, seconds, .. } => Some((disk, seconds)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn backing_of(image: &Path) -> Option<String> {
+    let out = Command::new("qemu-img")
+        .args(["info", "-U", "--output", "json"])
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    info.get("backing-filename")
+        .and_then(|b| b.as_str())
+        .map(str::to_string)
+}
+
+#[test]
+fn a_drill_boots_from_the_repository_and_hydrates_behind_the_guest_through_a_killed_server() {
+    let guest = guest();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let mut lab = Lab::new(base);
+    inventory(base, &guest.join("vmlinuz"), &guest.join("initrd.gz"));
+    make_disk(&base.join("vms/vm-1.img"));
+    let lifeboat = cli(base);
+
+    lab.start("vm-1");
+    crate::qemu::wait_healthy("127.191.1.10:8080");
+    let out = lifeboat(&["replicate"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+
+    // The drill, in a process of its own: it stays to see hydration through.
+    let config = base.join("lifeboat.toml").display().to_string();
+    let started = Instant::now();
+    let drill = Command::new(HELPER)
+        .args(["cli", "--config", &config, "failover", "p", "--test"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // kill -9 of the export server as soon as hydration copies (QEMU's job says so), while
+    // the guest boots.
+    let disks = base.join(".lifeboat/state/runs/p-1/disks/vm-1");
+    let image = disks.join("data.qcow2");
+    let qmp = disks.join("data.qcow2.drill.qcow2.qmp");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = lab.rt.block_on(lifeboat_compute::hydrate::look(
+            &qmp,
+            std::slice::from_ref(&image),
+        ));
+        if let Ok(seen) = &seen
+            && matches!(seen[0], lifeboat_compute::hydrate::Hydration::Streaming { done, total, .. } if done > 0 && done < total)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hydration never began: {seen:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let servers = exporting(base, "p-1");
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let (pid, socket) = servers[0].clone();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+
+    // The guest boots healthy, none of its records missing: its reads waited for the server to
+    // be back. (This guest reads its whole disk as it starts, and a guest's reads hydrate what
+    // they read: its disk is hydrated about when it answers.)
+    let netns = drill_netns(base, "p-1");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let state = loop {
+        if let Some(s) = get_in(&netns, "127.191.91.254:8080", "/state") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the drill copy never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let healthy = started.elapsed();
+    assert_eq!(
+        state["recovered"]["missing"],
+        serde_json::json!([]),
+        "{state}"
+    );
+    let after = state;
+
+    // The drill's process brings the server back, sees hydration through and exits 0.
+    let out = drill.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let servers = exporting(base, "p-1");
+    assert_eq!(
+        servers.len(),
+        2,
+        "the server was started again: {servers:?}"
+    );
+    assert_ne!(servers[1].0, pid);
+    let done = hydrated(base, "p-1");
+    assert_eq!(done.len(), 1, "{done:?}\n{stderr}");
+    assert!(stderr.contains("vm-1/data: hydrated"), "{stderr}");
+    assert!(
+        run_events(base, "p-1")
+            .iter()
+            .any(|e| matches!(e, Event::ExportStopped { vm } if vm == "vm-1")),
+        "the server stops once its disks are hydrated"
+    );
+    assert!(!Path::new(&socket).exists(), "the export socket is removed");
+
+    // The hydrated image has no backing and equals a normal restore of the point, byte for
+    // byte; the guest is still running, its records intact.
+    assert_eq!(backing_of(&image), None);
+    let restored = base.join("restored");
+    let out = lifeboat(&[
+        "restore",
+        "vm-1",
+        "--point",
+        "latest",
+        "--out",
+        &restored.display().to_string(),
+    ]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let compare = Command::new("qemu-img")
+        .args(["compare", "-U", "-f", "qcow2", "-F", "raw"])
+        .arg(&image)
+        .arg(restored.join("data.img"))
+        .output()
+        .unwrap();
+    assert!(
+        compare.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&compare.stdout),
+        String::from_utf8_lossy(&compare.stderr)
+    );
+    let last = get_in(&netns, "127.191.91.254:8080", "/state").expect("the guest answers");
+    assert_eq!(
+        last["recovered"]["missing"],
+        serde_json::json!([]),
+        "{last}"
+    );
+    assert!(
+        last["written_since_start"].as_u64().unwrap_or(0)
+            > after["written_since_start"].as_u64().unwrap_or(0),
+        "the guest kept writing: {after} -> {last}"
+    );
+
+    let out = lifeboat(&["cleanup", "p"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    eprintln!(
+        "instant drill: healthy {:.1}s after `failover`, hydrated {:.1}s after boot",
+        healthy.as_secs_f64(),
+        done[0].1
+    );
+}
