@@ -29,7 +29,10 @@ pub fn lifeboat(args: &[&str]) -> Outcome {
         stderr_is_terminal: false,
         stdout_is_color_terminal: false,
         server: &lifeboat_daemon::Daemon,
-        program: vec![env!("CARGO_BIN_EXE_lifeboat-test-helper").into(), "cli".into()],
+        program: vec![
+            env!("CARGO_BIN_EXE_lifeboat-test-helper").into(),
+            "cli".into(),
+        ],
     };
     let code = lifeboat_cli::run(
         std::iter::once("lifeboat").chain(args.iter().copied()),

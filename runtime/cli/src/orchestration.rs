@@ -246,6 +246,20 @@ fn summary(r: &RunRecord, io: &mut crate::Io<'_>) {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        for h in &v.hydration {
+            let _ = match h.hydrated_after_seconds {
+                Some(s) => writeln!(
+                    io.stdout,
+                    "    {}/{}: booted from the repository, hydrated {s:.1}s after it started",
+                    v.name, h.disk
+                ),
+                None => writeln!(
+                    io.stdout,
+                    "    {}/{}: booted from the repository, hydrating",
+                    v.name, h.disk
+                ),
+            };
+        }
     }
 }
 

@@ -19,6 +19,8 @@ use crate::runs::Environment;
 
 /// Disks hydrating at once in one run (each a QEMU job reading the export server).
 pub(crate) const AT_ONCE: usize = 4;
+/// How long a new export server may take to open its repository and listen.
+const SERVER_UP: Duration = Duration::from_secs(60);
 /// How often the supervisor looks.
 const EVERY: Duration = Duration::from_millis(500);
 
@@ -462,7 +464,7 @@ async fn restart_server(
             speed: v.speed,
         },
     )?;
-    let up = crate::services::wait_listening(&v.socket, &v.launch.log, env.driver.as_ref(), &h)
+    let up = wait_listening(&v.socket, &v.launch.log, env.driver.as_ref(), &h)
         .await
         .is_ok();
     Ok(up)
@@ -491,4 +493,37 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Waits until the export server accepts connections on `socket`; a server that exits first
+/// is an error with the end of its log.
+pub(crate) async fn wait_listening(
+    socket: &Path,
+    log: &Path,
+    driver: &dyn Compute,
+    server: &Handle,
+) -> std::result::Result<(), String> {
+    let deadline = tokio::time::Instant::now() + SERVER_UP;
+    loop {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            return Ok(());
+        }
+        if !driver.running(server).await {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(format!(
+                "the export server exited before it served: {}",
+                tail.join(" / ")
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the export server did not listen on {} within {}s",
+                socket.display(),
+                SERVER_UP.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

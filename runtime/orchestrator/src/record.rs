@@ -102,6 +102,18 @@ pub struct VmRecord {
     pub started_at_seconds: Option<f64>,
     pub stopped_at_seconds: Option<f64>,
     pub log: Option<String>,
+    /// Booted instantly (from the repository): each disk, and when it was hydrated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hydration: Vec<HydrationRecord>,
+}
+
+/// One disk of an instantly booted VM.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HydrationRecord {
+    pub disk: String,
+    /// Seconds from the VM's start to the disk holding all its data; `None` while it hydrates.
+    pub hydrated_after_seconds: Option<f64>,
+    pub bytes: Option<u64>,
 }
 
 /// Where one NIC of a VM landed in the run.
@@ -268,6 +280,30 @@ pub fn record(
             }
             Event::VmStopped { vm } => {
                 vms.entry(vm.clone()).or_default().stopped_at_seconds = Some(t);
+            }
+            Event::Exporting { vm, disks, .. } => {
+                let v = vms.entry(vm.clone()).or_default();
+                v.name = vm.clone();
+                for d in disks {
+                    if !v.hydration.iter().any(|h| h.disk == *d) {
+                        v.hydration.push(HydrationRecord {
+                            disk: d.clone(),
+                            ..HydrationRecord::default()
+                        });
+                    }
+                }
+            }
+            Event::Hydrated {
+                vm,
+                disk,
+                seconds,
+                bytes,
+            } => {
+                let v = vms.entry(vm.clone()).or_default();
+                if let Some(h) = v.hydration.iter_mut().find(|h| h.disk == *disk) {
+                    h.hydrated_after_seconds = Some(*seconds);
+                    h.bytes = Some(*bytes);
+                }
             }
             _ => {}
         }

@@ -25,7 +25,6 @@ mod domains;
 mod instant;
 
 pub(crate) use domains::{domain_of_point, release_networks};
-pub(crate) use instant::wait_listening;
 
 /// Called with every event of a run once it is journaled (progress on a terminal): the run's
 /// id and the event.

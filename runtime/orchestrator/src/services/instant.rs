@@ -16,9 +16,6 @@ use lifeboat_replication::points;
 use super::{RunServices, other};
 use crate::journal::Event;
 
-/// How long a new export server may take to open its repository and listen.
-const SERVER_UP: Duration = Duration::from_secs(60);
-
 impl RunServices {
     /// Whether `vm` boots instantly in this run: an instant run, a `qemu` target, and a VM
     /// with `machine` settings (a process VM's boot command opens its files itself: it needs
@@ -125,7 +122,9 @@ impl RunServices {
             images: images.clone(),
             speed: self.hydration_speed(),
         })?;
-        wait_listening(&socket, &log, self.driver.as_ref(), &handle).await?;
+        crate::hydration::wait_listening(&socket, &log, self.driver.as_ref(), &handle)
+            .await
+            .map_err(other)?;
         self.record(Event::Restored {
             vm: vm.to_string(),
             key: key.to_string(),
@@ -237,38 +236,5 @@ impl RunServices {
             let qmp = lifeboat_compute::qmp::socket_of(&argv, &self.base)?;
             Some((images.into_iter().map(PathBuf::from).collect(), qmp, speed))
         })
-    }
-}
-
-/// Waits until the export server accepts connections on `socket`; a server that exits first
-/// is an error with the end of its log.
-pub(crate) async fn wait_listening(
-    socket: &Path,
-    log: &Path,
-    driver: &dyn lifeboat_compute::driver::Compute,
-    server: &lifeboat_compute::driver::Handle,
-) -> Result<(), Error> {
-    let deadline = tokio::time::Instant::now() + SERVER_UP;
-    loop {
-        if tokio::net::UnixStream::connect(socket).await.is_ok() {
-            return Ok(());
-        }
-        if !driver.running(server).await {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(5).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Err(other(format!(
-                "the export server exited before it served: {}",
-                tail.join(" / ")
-            )));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(other(format!(
-                "the export server did not listen on {} within {}s",
-                socket.display(),
-                SERVER_UP.as_secs()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

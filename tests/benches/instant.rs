@@ -1,0 +1,205 @@
+//! Instant boot against restoring first: the time from `lifeboat failover --test` to the test
+//! guest answering healthy, booted from the repository (its disk hydrating behind it) and
+//! restored first (`--no-instant`), beside the guest's own boot on a local copy of the same disk,
+//! for each disk size; and how long hydration took.
+//!
+//! `cargo bench -p lifeboat-tests --bench instant`. Needs QEMU and the test guest. The disks are
+//! sparse with a quarter written; `LIFEBOAT_BENCH_SIZES` (MiB, comma-separated, default
+//! `1024,4096`), `LIFEBOAT_BENCH_RUNS` (default 3); `LIFEBOAT_BENCH_QUICK=1`: 64 MiB, one run.
+//! The test guest reads its whole disk as it starts, so its own boot grows with the disk: the
+//! figure to watch is instant against that boot, and against restore-then-boot.
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::guest::{boot, guest, healthy_at, qemu};
+use common::{percentile, setting};
+use lifeboat_compute::driver::{Compute, ProcessDriver};
+
+const HELPER: &str = env!("CARGO_BIN_EXE_lifeboat-test-helper");
+const DRILL_ADDR: &str = "127.192.91.254:8080";
+
+fn lifeboat(config: &Path, args: &[&str]) {
+    let out = Command::new(HELPER)
+        .arg("cli")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lifeboat {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A sparse disk of `mib` MiB with its last quarter written (data that does not compress).
+fn make_disk(path: &Path, mib: u64) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.set_len(mib << 20).unwrap();
+    f.seek(SeekFrom::Start((mib - mib / 4) << 20)).unwrap();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..mib / 4 {
+        for word in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&block).unwrap();
+    }
+}
+
+fn lab(dir: &Path, mib: u64) {
+    let guest = guest();
+    std::fs::create_dir_all(dir.join("plans")).unwrap();
+    std::fs::create_dir_all(dir.join("vms")).unwrap();
+    make_disk(&dir.join("vms/vm-1.img"), mib);
+    std::fs::write(
+        dir.join("lifeboat.toml"),
+        format!(
+            r#"version = 1
+[sites.east]
+store = "east"
+compute = "qemu"
+replicate_to = "west"
+networks.prod.subnets = {{ app = "127.192.1.0/24" }}
+[sites.west]
+store = "west"
+compute = "qemu"
+networks.prod-dr.subnets = {{ app = "127.192.11.0/24" }}
+networks.drill.subnets = {{ app = "127.192.91.0/24" }}
+[policies.default]
+crash_interval = "1h"
+retention = "1d"
+rpo_threshold = "1d"
+[vms.vm-1]
+site = "east"
+policy = "default"
+disks.data = "vms/vm-1.img"
+nics = [{{ network = "prod", subnet = "app", ip = "127.192.1.10" }}]
+machine = {{ kernel = {:?}, initrd = {:?}, append = "console=ttyS0 panic=-1 quiet", ports = [8080] }}
+"#,
+            guest.join("vmlinuz"),
+            guest.join("initrd.gz")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("plans/p.toml"),
+        r#"version = 1
+name = "p"
+source = "east"
+target = "west"
+recovery_point = "latest"
+[network]
+map = [{ from = "east/prod", to = "west/prod-dr" }]
+test = "west/drill"
+test_isolation = "none"
+[[group]]
+name = "app"
+vms = ["vm-1"]
+"#,
+    )
+    .unwrap();
+}
+
+/// One drill: seconds from `failover --test` to healthy, and the drill's own end (after
+/// hydration, for an instant one).
+fn drill(config: &Path, instant: bool) -> (f64, f64) {
+    let started = Instant::now();
+    let mut child = Command::new(HELPER)
+        .arg("cli")
+        .arg("--config")
+        .arg(config)
+        .args(["failover", "p", "--test"])
+        .arg(if instant { "--instant" } else { "--no-instant" })
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while !healthy_at(DRILL_ADDR) {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the drill never answered"
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the drill ended ({status}) before its guest answered");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let healthy = started.elapsed().as_secs_f64();
+    assert!(child.wait().unwrap().success());
+    let done = started.elapsed().as_secs_f64();
+    lifeboat(config, &["cleanup", "p"]);
+    (healthy, done)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    percentile(v, 50.0)
+}
+
+fn main() {
+    let sizes: Vec<u64> = setting(
+        "LIFEBOAT_BENCH_SIZES",
+        common::sized("1024,4096".to_string(), "64".to_string()),
+    )
+    .split(',')
+    .filter_map(|s| s.trim().parse().ok())
+    .collect();
+    let runs: usize = setting("LIFEBOAT_BENCH_RUNS", common::sized(3, 1));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let driver = ProcessDriver::new();
+    println!(
+        "instant boot, test guest under TCG, median of {runs} (a quarter of each disk written)"
+    );
+    println!(
+        "{:>8} {:>12} {:>14} {:>14} {:>10} {:>16}",
+        "disk", "own boot", "instant", "restore+boot", "ratio", "instant+hydrated"
+    );
+    for mib in sizes {
+        let dir = tempfile::tempdir().unwrap();
+        lab(dir.path(), mib);
+        let config = dir.path().join("lifeboat.toml");
+        lifeboat(&config, &["replicate"]);
+        let (mut own, mut fast, mut full, mut hydrated) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..runs {
+            // The guest's own boot, on a local copy of the disk.
+            let copy = dir.path().join("copy.img");
+            std::fs::copy(dir.path().join("vms/vm-1.img"), &copy).unwrap();
+            let (h, secs) = boot(
+                &rt,
+                &driver,
+                dir.path(),
+                qemu(&guest(), &copy, "raw", "127.192.1.99:8080"),
+                "127.192.1.99:8080",
+            );
+            rt.block_on(driver.stop(&h, Duration::from_secs(10)))
+                .unwrap();
+            own.push(secs);
+            let (healthy, done) = drill(&config, true);
+            fast.push(healthy);
+            hydrated.push(done);
+            full.push(drill(&config, false).0);
+        }
+        let (o, f, r, d) = (
+            median(&mut own),
+            median(&mut fast),
+            median(&mut full),
+            median(&mut hydrated),
+        );
+        println!(
+            "{:>5} MiB {o:>11.2}s {f:>13.2}s {r:>13.2}s {:>9.2}× {d:>15.2}s",
+            mib,
+            r / f
+        );
+    }
+}
