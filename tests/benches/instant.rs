@@ -87,6 +87,7 @@ policy = "default"
 disks.data = "vms/vm-1.img"
 nics = [{{ network = "prod", subnet = "app", ip = "127.192.1.10" }}]
 machine = {{ kernel = {:?}, initrd = {:?}, append = "console=ttyS0 panic=-1 quiet", ports = [8080] }}
+health = {{ http = "http://{{nic0.ip}}:8080/health", timeout = "600s" }}
 "#,
             guest.join("vmlinuz"),
             guest.join("initrd.gz")
@@ -123,7 +124,7 @@ fn drill(config: &Path, instant: bool) -> (f64, f64) {
         .args(["failover", "p", "--test"])
         .arg(if instant { "--instant" } else { "--no-instant" })
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     while !healthy_at(DRILL_ADDR) {
@@ -131,13 +132,24 @@ fn drill(config: &Path, instant: bool) -> (f64, f64) {
             started.elapsed() < Duration::from_secs(600),
             "the drill never answered"
         );
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the drill ended ({status}) before its guest answered");
+        if let Ok(Some(status)) = child.try_wait()
+            && !status.success()
+        {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("the drill ended ({status}) before its guest answered: {err}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let healthy = started.elapsed().as_secs_f64();
-    assert!(child.wait().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let done = started.elapsed().as_secs_f64();
     lifeboat(config, &["cleanup", "p"]);
     (healthy, done)

@@ -416,7 +416,7 @@ async fn stop_server(
 ) -> Result<()> {
     let mut handles = vec![v.server.clone()];
     // One the runtime started and died before journaling.
-    if let Some(h) = env.driver.find(&v.vm, &v.server.key).await
+    if let Some(h) = find_server(env.driver.as_ref(), &v.launch).await
         && h.pid != v.server.pid
     {
         handles.push(h);
@@ -439,7 +439,7 @@ async fn restart_server(
     run: &str,
     v: &InstantVm,
 ) -> Result<bool> {
-    if let Some(h) = env.driver.find(&v.vm, &v.launch.key).await {
+    if let Some(h) = find_server(env.driver.as_ref(), &v.launch).await {
         // Started by another look (or a runtime that died before journaling it).
         return Ok(env.driver.running(&h).await);
     }
@@ -493,6 +493,24 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The running export server `launch` describes: the process marked with its key *and* running
+/// its command line (run ids repeat across state folders, so a key alone could name another
+/// inventory's server).
+pub(crate) async fn find_server(driver: &dyn Compute, launch: &Launch) -> Option<Handle> {
+    let h = driver.find(&launch.vm, &launch.key).await?;
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", h.pid)).ok()?;
+    let argv: Vec<&[u8]> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .collect();
+    let same = argv.len() == launch.argv.len()
+        && argv
+            .iter()
+            .zip(&launch.argv)
+            .all(|(a, b)| *a == b.as_bytes());
+    same.then_some(h)
 }
 
 /// Waits until the export server accepts connections on `socket`; a server that exits first

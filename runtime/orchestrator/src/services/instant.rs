@@ -63,20 +63,19 @@ impl RunServices {
         let export_key = format!("{key}/export");
         let log = self.run_dir.join("logs").join(format!("{vm}.export.log"));
         let argv = self.export_argv(vm, &group, m.seq, &socket);
-        let handle = match self.driver.find(vm, &export_key).await {
+        let launch = Launch {
+            vm: vm.to_string(),
+            argv: argv.clone(),
+            dir: self.base.clone(),
+            log: log.clone(),
+            key: export_key.clone(),
+            netns: None,
+            domain: None,
+        };
+        // A resumed run adopts the server it started before it died.
+        let handle = match crate::hydration::find_server(self.driver.as_ref(), &launch).await {
             Some(h) => h,
-            None => {
-                let launch = Launch {
-                    vm: vm.to_string(),
-                    argv: argv.clone(),
-                    dir: self.base.clone(),
-                    log: log.clone(),
-                    key: export_key.clone(),
-                    netns: None,
-                    domain: None,
-                };
-                self.driver.start(&launch).await.map_err(other)?
-            }
+            None => self.driver.start(&launch).await.map_err(other)?,
         };
         let disks: Vec<String> = point_vm.disks.iter().map(|d| d.name.clone()).collect();
         let mut images = Vec::new();
