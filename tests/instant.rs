@@ -264,3 +264,37 @@ fn a_drill_boots_from_the_repository_and_hydrates_behind_the_guest_through_a_kil
         done[0].1
     );
 }
+
+#[test]
+fn plan_simulate_predicts_the_rto_with_and_without_instant_boot() {
+    let guest = guest();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    std::fs::create_dir_all(base.join("plans")).unwrap();
+    std::fs::create_dir_all(base.join("vms")).unwrap();
+    inventory(base, &guest.join("vmlinuz"), &guest.join("initrd.gz"));
+    let lifeboat = cli(base);
+    let simulate = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["plan", "simulate", "p", "--output", "json"];
+        args.extend_from_slice(extra);
+        let out = lifeboat(&args);
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    };
+    // A qemu target boots instantly unless told otherwise: no restore to wait for.
+    let instant = simulate(&[]);
+    let restoring = simulate(&["--no-instant"]);
+    assert_eq!(instant["instant"], true, "{instant:#}");
+    assert_eq!(restoring["instant"], false, "{restoring:#}");
+    let rto = |s: &serde_json::Value| s["rto_seconds"].as_f64().unwrap();
+    assert!(
+        rto(&restoring) > rto(&instant) + 10.0,
+        "{} vs {}",
+        rto(&restoring),
+        rto(&instant)
+    );
+    assert_eq!(simulate(&["--instant"])["instant"], true);
+    // The human report says which.
+    let out = lifeboat(&["plan", "simulate", "p"]);
+    assert!(out.stdout.contains("(instant boot"), "{}", out.stdout);
+}

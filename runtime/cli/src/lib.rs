@@ -418,6 +418,12 @@ enum PlanCommand {
         /// github (annotations), sarif (the diagnostics).
         #[arg(long, value_enum)]
         format: Option<Format>,
+        /// Predict an instant boot (see `failover --instant`), whatever the plan says.
+        #[arg(long, conflicts_with = "no_instant")]
+        instant: bool,
+        /// Predict restoring every disk first.
+        #[arg(long)]
+        no_instant: bool,
     },
     /// Print the JSON Schema of the plan file (or of the inventory).
     Schema {
@@ -821,6 +827,8 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             failback,
             profile,
             format,
+            instant,
+            no_instant,
         }) => {
             use lifeboat_plan::plan::Operation;
             let op = if planned {
@@ -835,7 +843,8 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             Ok(match orchestrate(Some(&plan), io) {
                 Ok(l) => {
                     let format = format.unwrap_or(if json { Format::Json } else { Format::Human });
-                    simulate::run(l, op, profile.as_deref(), format, io)
+                    let instant = instant_choice(instant, no_instant);
+                    simulate::run(l, op, profile.as_deref(), instant, format, io)
                 }
                 Err(code) => code,
             })

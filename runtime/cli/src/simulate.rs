@@ -20,6 +20,7 @@ pub fn run(
     loaded: Loaded,
     op: Operation,
     profile: Option<&Path>,
+    instant: Option<bool>,
     format: Format,
     io: &mut crate::Io<'_>,
 ) -> u8 {
@@ -70,6 +71,7 @@ pub fn run(
         plan_dir,
         op,
         profile.as_ref(),
+        instant,
     )) {
         Ok(s) => s,
         Err(e) => return crate::orchestration::run_failed(io, &e),
@@ -234,7 +236,17 @@ fn human(sim: &Simulation, diagnostics: &Validation, out: &mut dyn Write) -> std
     for n in &sim.notes {
         writeln!(out, "note: {} (+{:.1}s): {}", n.step, n.at_seconds, n.text)?;
     }
-    writeln!(out, "predicted RTO {:.1}s — {}", sim.rto_seconds, sim.basis)?;
+    writeln!(
+        out,
+        "predicted RTO {:.1}s{} — {}",
+        sim.rto_seconds,
+        if sim.instant {
+            " (instant boot: qemu VMs boot from the repository)"
+        } else {
+            ""
+        },
+        sim.basis
+    )?;
     if let Some(o) = sim.objective_seconds {
         writeln!(
             out,

@@ -67,7 +67,7 @@ struct Shape {
 
 /// Whether a run of `plan` boots instantly: the command line's choice, else the plan's, else
 /// on at a `qemu` target. A `libvirt` target cannot yet: asked for, that is an error.
-fn instant_for(env: &Environment, plan: &Plan, asked: Option<bool>) -> Result<bool> {
+pub(crate) fn instant_for(env: &Environment, plan: &Plan, asked: Option<bool>) -> Result<bool> {
     use lifeboat_plan::inventory::ComputeDriver;
     let compute = env
         .config
