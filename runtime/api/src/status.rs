@@ -19,6 +19,23 @@ pub struct Status {
     /// Domains on the hosts of `libvirt` sites that no VM of the inventory protects.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unprotected_domains: Vec<UnprotectedDomain>,
+    /// The disks of instant runs still filling behind their running VMs (a daemon's runs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hydrating: Vec<Hydrating>,
+}
+
+/// A disk an instant run booted from the repository, filling behind its running VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Hydrating {
+    pub run: String,
+    pub vm: String,
+    pub disk: String,
+    /// Bytes the image holds so far (QEMU's job offset) and the disk's size.
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// Why it does not move, when it does not (the VM is not running, a paused job…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// A domain nothing protects, found on a host of a `libvirt` site.

@@ -35,12 +35,22 @@ pub(crate) struct Host {
     commands: mpsc::UnboundedSender<Command>,
     /// How to run this Lifeboat's CLI (for a run's `Environment`).
     lifeboat: Vec<std::ffi::OsString>,
+    /// What tending instant runs sees, for status and metrics.
+    hydrating: crate::messages::Hydrating,
     /// The runs this daemon drives now: a second `retry` of one is refused, not run twice.
     driving: Mutex<HashSet<String>>,
     tasks: Mutex<tokio::task::JoinSet<()>>,
     /// One failover start, cleanup or commit at a time: two requests for one plan would both
     /// pass the "no open run" check before either recorded its run.
     gate: tokio::sync::Mutex<()>,
+}
+
+/// What the host's instant runs need: how to run `lifeboat export`, and where their hydration
+/// progress goes (status and metrics).
+#[derive(Debug)]
+pub struct InstantBoot {
+    pub lifeboat: Vec<std::ffi::OsString>,
+    pub hydrating: crate::messages::Hydrating,
 }
 
 impl std::fmt::Debug for Host {
@@ -59,10 +69,11 @@ impl Host {
         bus: Arc<Bus>,
         snapshots: watch::Receiver<Arc<Snapshot>>,
         commands: mpsc::UnboundedSender<Command>,
-        lifeboat: Vec<std::ffi::OsString>,
+        instant: InstantBoot,
     ) -> Self {
         Self {
-            lifeboat,
+            lifeboat: instant.lifeboat,
+            hydrating: instant.hydrating,
             state,
             engine,
             driver,
@@ -313,6 +324,20 @@ impl Host {
         }
         let told = Mutex::new(HashSet::new());
         let progress = |seen: &[hydration::DiskHydration]| {
+            self.hydrating.set(
+                id,
+                seen.iter()
+                    .filter(|d| !d.hydrated)
+                    .map(|d| lifeboat_api::status::Hydrating {
+                        run: id.to_string(),
+                        vm: d.vm.clone(),
+                        disk: d.disk.clone(),
+                        done_bytes: d.done,
+                        total_bytes: d.total,
+                        waiting: d.waiting.clone(),
+                    })
+                    .collect(),
+            );
             let mut told = told.lock().unwrap_or_else(PoisonError::into_inner);
             for d in seen.iter().filter(|d| d.hydrated) {
                 if told.insert(format!("{}/{}", d.vm, d.disk)) {
@@ -337,6 +362,7 @@ impl Host {
         if let Err(e) = hydration::until_hydrated(&env, id, progress).await {
             tracing::warn!(run = %id, error = %e, "hydration not seen through");
         }
+        self.hydrating.set(id, Vec::new());
     }
 
     /// Every event a run journals, as a notice (those people see in `lifeboat failover`'s
@@ -524,6 +550,15 @@ impl Host {
         };
         let file = self.snapshots.borrow().config.file.clone();
         for r in runs {
+            // An instant run it drove to its end, its disks perhaps still hydrating: tended
+            // again (its export servers never stopped with the daemon).
+            if r.daemon && r.instant && r.status == RunStatus::Succeeded && r.open() {
+                let host = self.clone();
+                let (id, plan) = (r.id.clone(), r.plan.clone());
+                let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+                tasks.spawn(async move { host.hydrate(&id, &plan).await });
+                continue;
+            }
             if !(r.daemon && r.status == RunStatus::Running && r.driver_pid.is_none()) {
                 continue;
             }

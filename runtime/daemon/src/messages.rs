@@ -49,6 +49,8 @@ pub(crate) struct Snapshot {
     pub heartbeat: Instant,
     /// Domains of `libvirt` sites nothing protects, as last looked up (the daemon's `unprotected::watch`).
     pub unprotected: Unprotected,
+    /// Instant runs' disks still hydrating, as the host last tended them.
+    pub hydrating: Hydrating,
 }
 
 impl Snapshot {
@@ -66,6 +68,7 @@ impl Snapshot {
             vms,
             groups,
             unprotected_domains: self.unprotected.get(),
+            hydrating: self.hydrating.get(),
         }
     }
 }
@@ -82,6 +85,33 @@ impl Unprotected {
     pub fn set(&self, found: Vec<lifeboat_api::status::UnprotectedDomain>) {
         if let Ok(mut v) = self.0.lock() {
             *v = found;
+        }
+    }
+}
+
+/// The disks of the instant runs the host tends, by run: set by the host at each look, read by
+/// the snapshot (status and metrics).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Hydrating(
+    Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<lifeboat_api::status::Hydrating>>>>,
+);
+
+impl Hydrating {
+    pub fn get(&self) -> Vec<lifeboat_api::status::Hydrating> {
+        self.0
+            .lock()
+            .map(|m| m.values().flatten().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Run `run`'s disks now; those hydrated leave the list, and the run with its last one.
+    pub fn set(&self, run: &str, disks: Vec<lifeboat_api::status::Hydrating>) {
+        if let Ok(mut m) = self.0.lock() {
+            if disks.is_empty() {
+                m.remove(run);
+            } else {
+                m.insert(run.to_string(), disks);
+            }
         }
     }
 }

@@ -323,6 +323,33 @@ pub(crate) fn render(snap: &Snapshot, now: SystemTime) -> String {
             .count();
         o.sample("lifeboat_unprotected_domains", &[("site", site)], n as f64);
     }
+
+    o.family(
+        "lifeboat_hydration_done_bytes",
+        "gauge",
+        "Bytes an instantly booted disk holds so far (it boots from the repository and fills behind).",
+    );
+    for h in &status.hydrating {
+        let labels = [("run", h.run.as_str()), ("vm", &h.vm), ("disk", &h.disk)];
+        o.sample(
+            "lifeboat_hydration_done_bytes",
+            &labels,
+            h.done_bytes as f64,
+        );
+    }
+    o.family(
+        "lifeboat_hydration_total_bytes",
+        "gauge",
+        "The size of an instantly booted disk still hydrating.",
+    );
+    for h in &status.hydrating {
+        let labels = [("run", h.run.as_str()), ("vm", &h.vm), ("disk", &h.disk)];
+        o.sample(
+            "lifeboat_hydration_total_bytes",
+            &labels,
+            h.total_bytes as f64,
+        );
+    }
     o.0
 }
 

@@ -50,6 +50,8 @@ struct Supervisor {
     opts: Options,
     /// Domains of `libvirt` sites nothing protects (looked up by `unprotected::watch`).
     unprotected: crate::messages::Unprotected,
+    /// Instant runs' disks still hydrating (set by the host).
+    hydrating: crate::messages::Hydrating,
     config: Arc<Config>,
     generation: u64,
     last_reload: Option<Reload>,
@@ -166,9 +168,11 @@ pub async fn run_until(
             reloads: ReloadCounters::default(),
             heartbeat: now,
             unprotected: crate::messages::Unprotected::default(),
+            hydrating: crate::messages::Hydrating::default(),
         }))
         .0,
         unprotected: crate::messages::Unprotected::default(),
+        hydrating: crate::messages::Hydrating::default(),
         config,
         bus: bus.clone(),
         failed_over: BTreeMap::new(),
@@ -196,7 +200,10 @@ pub async fn run_until(
         bus.clone(),
         sup.published.subscribe(),
         commands_tx,
-        opts.lifeboat.clone(),
+        crate::host::InstantBoot {
+            lifeboat: opts.lifeboat.clone(),
+            hydrating: sup.hydrating.clone(),
+        },
     ));
 
     // Listen before protecting anything: a second daemon on the same state stops here.
@@ -904,6 +911,7 @@ impl Supervisor {
             reloads: self.reloads.clone(),
             heartbeat: Instant::now(),
             unprotected: self.unprotected.clone(),
+            hydrating: self.hydrating.clone(),
         };
         self.published.send_replace(Arc::new(snapshot));
     }

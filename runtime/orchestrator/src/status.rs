@@ -127,6 +127,7 @@ pub async fn from_repositories(inventory: &Inventory, base: &Path, groups: &[Gro
         vms,
         groups,
         unprotected_domains: unprotected_domains(inventory).await,
+        hydrating: Vec::new(),
     }
 }
 
