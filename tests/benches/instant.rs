@@ -156,7 +156,7 @@ fn drill(config: &Path, instant: bool) -> (f64, f64) {
 }
 
 fn median(v: &mut [f64]) -> f64 {
-    percentile(v, 50.0)
+    percentile(v, 0.5)
 }
 
 fn main() {
