@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lifeboat_compute::Compute;
 use lifeboat_orchestrator::journal::Event;
 
 use crate::failover::{HELPER, get_in};
@@ -297,4 +298,64 @@ fn plan_simulate_predicts_the_rto_with_and_without_instant_boot() {
     // The human report says which.
     let out = lifeboat(&["plan", "simulate", "p"]);
     assert!(out.stdout.contains("(instant boot"), "{}", out.stdout);
+}
+
+#[test]
+fn an_instant_failover_commits_reprotects_and_fails_back_with_nothing_lost() {
+    let guest = guest();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let mut lab = Lab::new(base);
+    inventory(base, &guest.join("vmlinuz"), &guest.join("initrd.gz"));
+    std::fs::File::create(base.join("vms/vm-1.img"))
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let lifeboat = cli(base);
+    let (source, _) = lab.start("vm-1");
+    crate::qemu::wait_healthy("127.191.1.10:8080");
+    let out = lifeboat(&["replicate"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+
+    // There: a planned failover boots west's copy from the repository; it has hydrated when
+    // the command returns, and commit takes it over.
+    let out = lifeboat(&["failover", "p", "--planned"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(!lab.rt.block_on(lab.driver.running(&source)));
+    assert_eq!(hydrated(base, "p-1").len(), 1, "{}", out.stderr);
+    let image = base.join(".lifeboat/state/runs/p-1/disks/vm-1/data.qcow2");
+    assert_eq!(backing_of(&image), None);
+    let west = crate::failover::get("127.191.11.1:8080", "/state").expect("west's copy answers");
+    assert_eq!(
+        west["recovered"]["missing"],
+        serde_json::json!([]),
+        "{west}"
+    );
+    let out = lifeboat(&["commit", "p"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+
+    // Protected the other way from its hydrated image, then home again, instantly too.
+    let out = lifeboat(&["reprotect", "p"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    std::thread::sleep(Duration::from_secs(1));
+    let out = lifeboat(&["failback", "p"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let run = run_events(base, "p-3");
+    assert!(
+        run.iter().any(|e| matches!(e, Event::Exporting { .. })),
+        "the failback booted from east's repository"
+    );
+    let home = crate::failover::get("127.191.1.10:8080", "/state").expect("home answers");
+    assert_eq!(
+        home["recovered"]["missing"],
+        serde_json::json!([]),
+        "{home}"
+    );
+    assert!(
+        home["recovered"]["last"]["seq"].as_u64().unwrap_or(0)
+            >= west["last_record"].as_u64().unwrap_or(u64::MAX),
+        "home recovered what west wrote: {west} -> {home}"
+    );
+    let out = lifeboat(&["commit", "p"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }
