@@ -17,7 +17,9 @@ const GIB: u64 = 1 << 30;
 /// Data written far from the guest's records, so hydration has something to copy.
 const FILLED: u64 = 256 << 20;
 
-fn inventory(base: &Path, kernel: &Path, initrd: &Path) {
+/// The lab's inventory and plan, its addresses in `127.NET.*` (tests running at once must not
+/// share them).
+fn inventory(base: &Path, kernel: &Path, initrd: &Path, net: u8) {
     std::fs::write(
         base.join("lifeboat.toml"),
         format!(
@@ -26,15 +28,15 @@ fn inventory(base: &Path, kernel: &Path, initrd: &Path) {
 store = "east"
 compute = "qemu"
 replicate_to = "west"
-networks.prod.subnets = {{ app = "127.191.1.0/24" }}
+networks.prod.subnets = {{ app = "127.{net}.1.0/24" }}
 [sites.west]
 store = "west"
 compute = "qemu"
 # Hydration's own copy reads at most this (the guest's reads, which hydrate what they read,
 # are not held back): the test kills the server while it copies.
 bandwidth = "8MB/s"
-networks.prod-dr.subnets = {{ app = "127.191.11.0/24" }}
-networks.drill.subnets = {{ app = "127.191.91.0/24" }}
+networks.prod-dr.subnets = {{ app = "127.{net}.11.0/24" }}
+networks.drill.subnets = {{ app = "127.{net}.91.0/24" }}
 [policies.default]
 crash_interval = "1h"
 retention = "1d"
@@ -43,7 +45,7 @@ rpo_threshold = "1d"
 site = "east"
 policy = "default"
 disks.data = "vms/vm-1.img"
-nics = [{{ network = "prod", subnet = "app", ip = "127.191.1.10" }}]
+nics = [{{ network = "prod", subnet = "app", ip = "127.{net}.1.10" }}]
 machine = {{ kernel = {kernel:?}, initrd = {initrd:?}, append = "console=ttyS0 panic=-1 quiet", ports = [8080] }}
 health = {{ http = "http://{{nic0.ip}}:8080/health", timeout = "90s" }}
 "#
@@ -131,7 +133,7 @@ fn a_drill_boots_from_the_repository_and_hydrates_behind_the_guest_through_a_kil
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     let mut lab = Lab::new(base);
-    inventory(base, &guest.join("vmlinuz"), &guest.join("initrd.gz"));
+    inventory(base, &guest.join("vmlinuz"), &guest.join("initrd.gz"), 191);
     make_disk(&base.join("vms/vm-1.img"));
     let lifeboat = cli(base);
 
@@ -273,7 +275,7 @@ fn plan_simulate_predicts_the_rto_with_and_without_instant_boot() {
     let base = dir.path();
     std::fs::create_dir_all(base.join("plans")).unwrap();
     std::fs::create_dir_all(base.join("vms")).unwrap();
-    inventory(base, &guest.join("vmlinuz"), &guest.join("initrd.gz"));
+    inventory(base, &guest.join("vmlinuz"), &guest.join("initrd.gz"), 194);
     let lifeboat = cli(base);
     let simulate = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec!["plan", "simulate", "p", "--output", "json"];
@@ -306,14 +308,14 @@ fn an_instant_failover_commits_reprotects_and_fails_back_with_nothing_lost() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     let mut lab = Lab::new(base);
-    inventory(base, &guest.join("vmlinuz"), &guest.join("initrd.gz"));
+    inventory(base, &guest.join("vmlinuz"), &guest.join("initrd.gz"), 193);
     std::fs::File::create(base.join("vms/vm-1.img"))
         .unwrap()
         .set_len(64 << 20)
         .unwrap();
     let lifeboat = cli(base);
     let (source, _) = lab.start("vm-1");
-    crate::qemu::wait_healthy("127.191.1.10:8080");
+    crate::qemu::wait_healthy("127.193.1.10:8080");
     let out = lifeboat(&["replicate"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 
@@ -325,7 +327,7 @@ fn an_instant_failover_commits_reprotects_and_fails_back_with_nothing_lost() {
     assert_eq!(hydrated(base, "p-1").len(), 1, "{}", out.stderr);
     let image = base.join(".lifeboat/state/runs/p-1/disks/vm-1/data.qcow2");
     assert_eq!(backing_of(&image), None);
-    let west = crate::failover::get("127.191.11.1:8080", "/state").expect("west's copy answers");
+    let west = crate::failover::get("127.193.11.1:8080", "/state").expect("west's copy answers");
     assert_eq!(
         west["recovered"]["missing"],
         serde_json::json!([]),
@@ -345,7 +347,7 @@ fn an_instant_failover_commits_reprotects_and_fails_back_with_nothing_lost() {
         run.iter().any(|e| matches!(e, Event::Exporting { .. })),
         "the failback booted from east's repository"
     );
-    let home = crate::failover::get("127.191.1.10:8080", "/state").expect("home answers");
+    let home = crate::failover::get("127.193.1.10:8080", "/state").expect("home answers");
     assert_eq!(
         home["recovered"]["missing"],
         serde_json::json!([]),
