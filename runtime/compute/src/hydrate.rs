@@ -235,9 +235,8 @@ fn same_file(a: &Path, b: &Path) -> bool {
         }
 }
 
-/// Whether `image` still has a backing file, from its header (`qemu-img info -U`, readable
-/// while a VM has it open).
-pub async fn has_backing(image: &Path) -> Result<bool, String> {
+/// The size of the disk `image` holds (`qemu-img info -U`: readable while a VM has it open).
+pub async fn virtual_size(image: &Path) -> Result<u64, String> {
     let out = tokio::process::Command::new("qemu-img")
         .args(["info", "-U", "--output", "json"])
         .arg(image)
@@ -253,7 +252,9 @@ pub async fn has_backing(image: &Path) -> Result<bool, String> {
     }
     let info: Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("qemu-img info {}: {e}", image.display()))?;
-    Ok(info.get("backing-filename").is_some())
+    info.get("virtual-size")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| format!("qemu-img info {}: no virtual size", image.display()))
 }
 
 #[cfg(test)]

@@ -477,16 +477,9 @@ fn remove_socket(socket: &Path) {
     }
 }
 
+/// The disk's size, for progress (0 when qemu-img cannot say).
 async fn disk_size(image: &Path) -> u64 {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["info", "-U", "--output", "json"])
-        .arg(image)
-        .output()
-        .await;
-    out.ok()
-        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-        .and_then(|v| v.get("virtual-size").and_then(serde_json::Value::as_u64))
-        .unwrap_or(0)
+    hydrate::virtual_size(image).await.unwrap_or(0)
 }
 
 fn now_ms() -> i64 {
