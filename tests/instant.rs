@@ -20,6 +20,11 @@ const FILLED: u64 = 256 << 20;
 /// The lab's inventory and plan, its addresses in `127.NET.*` (tests running at once must not
 /// share them).
 fn inventory(base: &Path, kernel: &Path, initrd: &Path, net: u8) {
+    inventory_on(base, kernel, initrd, net, "west");
+}
+
+/// [`inventory`], with `west`'s repository at store URL `west`.
+fn inventory_on(base: &Path, kernel: &Path, initrd: &Path, net: u8, west: &str) {
     std::fs::write(
         base.join("lifeboat.toml"),
         format!(
@@ -30,7 +35,7 @@ compute = "qemu"
 replicate_to = "west"
 networks.prod.subnets = {{ app = "127.{net}.1.0/24" }}
 [sites.west]
-store = "west"
+store = "{west}"
 compute = "qemu"
 # Hydration's own copy reads at most this (the guest's reads, which hydrate what they read,
 # are not held back): the test kills the server while it copies.
@@ -74,12 +79,17 @@ post = [{ uses = "builtin:http-check", with = { url = "http://{vm.vm-1.ip}:8080/
 /// A 4 GiB disk: empty but for `FILLED` bytes of data (a deterministic pattern that does not
 /// compress or repeat) 3 GiB in.
 fn make_disk(path: &Path) {
+    make_disk_of(path, 4 * GIB, 3 * GIB, FILLED);
+}
+
+/// A disk of `size` bytes, empty but for `filled` bytes of that pattern at `at`.
+fn make_disk_of(path: &Path, size: u64, at: u64, filled: u64) {
     let mut f = std::fs::File::create(path).unwrap();
-    f.set_len(4 * GIB).unwrap();
-    f.seek(SeekFrom::Start(3 * GIB)).unwrap();
+    f.set_len(size).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut block = vec![0u8; 1 << 20];
-    for _ in 0..(FILLED >> 20) {
+    for _ in 0..(filled >> 20) {
         for word in block.chunks_mut(8) {
             x ^= x << 13;
             x ^= x >> 7;
@@ -266,6 +276,72 @@ fn a_drill_boots_from_the_repository_and_hydrates_behind_the_guest_through_a_kil
         healthy.as_secs_f64(),
         done[0].1
     );
+}
+
+/// The same boot from an encrypted repository on the S3 server: the export reads sealed chunks
+/// from the object store, the guest boots healthy with its records, and the hydrated image is
+/// a normal restore of the point byte for byte.
+#[test]
+fn a_drill_boots_from_an_encrypted_repository_on_s3_and_hydrates() {
+    let guest = guest();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let mut lab = Lab::new(base);
+    std::fs::write(base.join("test.key"), "5e".repeat(32)).unwrap();
+    let west =
+        crate::servers::s3(&format!("instant-{}", std::process::id())) + "&key_file=test.key";
+    inventory_on(
+        base,
+        &guest.join("vmlinuz"),
+        &guest.join("initrd.gz"),
+        195,
+        &west,
+    );
+    make_disk_of(&base.join("vms/vm-1.img"), GIB / 2, GIB / 4, 64 << 20);
+    let lifeboat = cli(base);
+    lab.start("vm-1");
+    crate::qemu::wait_healthy("127.195.1.10:8080");
+    let out = lifeboat(&["replicate"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+
+    let out = lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("vm-1/data: hydrated"), "{}", out.stderr);
+    assert_eq!(exporting(base, "p-1").len(), 1);
+    assert_eq!(hydrated(base, "p-1").len(), 1);
+    let netns = drill_netns(base, "p-1");
+    let state = get_in(&netns, "127.195.91.254:8080", "/state").expect("the drill copy answers");
+    assert_eq!(
+        state["recovered"]["missing"],
+        serde_json::json!([]),
+        "{state}"
+    );
+    let image = base.join(".lifeboat/state/runs/p-1/disks/vm-1/data.qcow2");
+    assert_eq!(backing_of(&image), None);
+    let restored = base.join("restored");
+    let out = lifeboat(&[
+        "restore",
+        "vm-1",
+        "--point",
+        "latest",
+        "--out",
+        &restored.display().to_string(),
+    ]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let compare = Command::new("qemu-img")
+        .args(["compare", "-U", "-f", "qcow2", "-F", "raw"])
+        .arg(&image)
+        .arg(restored.join("data.img"))
+        .output()
+        .unwrap();
+    assert!(
+        compare.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&compare.stdout),
+        String::from_utf8_lossy(&compare.stderr)
+    );
+    let out = lifeboat(&["cleanup", "p"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }
 
 #[test]

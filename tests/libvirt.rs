@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lifeboat_compute::libvirt::{DomainState, Host, UNDEFINE_CHECKPOINTS_METADATA};
+use lifeboat_orchestrator::journal::Event;
 
 use crate::qemu::{cli, guest};
 
@@ -617,9 +618,10 @@ fn network(doms: &mut Domains, name: &str, bridge: &str, net: &str, reserved: &[
 }
 
 /// A running domain on a network of the source site, protected, drilled and failed over to a
-/// `libvirt` site on this same libvirtd. The drill's copy boots on an isolated network the
-/// drill defines (no `<forward>`), with a new MAC and the test address the run reserved for it,
-/// and answers there; cleanup leaves no domain, network or overlay. A planned failover shuts
+/// `libvirt` site on this same libvirtd, booting instantly from the repository. The drill's
+/// copy boots on an isolated network the drill defines (no `<forward>`), with a new MAC and the
+/// test address the run reserved for it, and answers there, its export server killed with -9 as
+/// it starts and its disk hydrated all the same; cleanup leaves no domain, network or overlay. A planned failover shuts
 /// the source down through libvirt (still defined), takes the last point (the source's disk
 /// byte for byte: nothing lost) and boots the copy by the naming rule with the source's MAC on
 /// the mapped network, at its assigned address; commit fences the source; reprotect and
@@ -652,7 +654,34 @@ fn a_libvirt_target_drills_on_an_isolated_network_fails_over_and_back_with_nothi
     let name = format!("lb-{tag}-app");
     let disk = base.join("app.qcow2");
     qcow2(&disk, "32M");
+    // A second disk, of data the guest does not read: hydration copies it at west's
+    // `bandwidth`, so the drill's export server is killed while it does.
+    let data = base.join("app-data.qcow2");
+    qcow2(&data, "16M");
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5a 0 16M"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
     doms.define_on(&name, &disk, &base.join("app.console"), (&prod, &mac), 256);
+    let defined = doms
+        .host
+        .xml(
+            &doms.host.lookup(&name).unwrap(),
+            lifeboat_compute::libvirt::XML_INACTIVE,
+        )
+        .unwrap();
+    doms.host
+        .define(&defined.replacen(
+            "</devices>",
+            &format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vdb' bus='virtio'/></disk></devices>",
+                data.display()
+            ),
+            1,
+        ))
+        .unwrap();
     doms.host.start(&doms.host.lookup(&name).unwrap()).unwrap();
     // A VM no host could hold: 64 TiB of memory (defined, never started; read from its file).
     let big = format!("lb-{tag}-big");
@@ -669,6 +698,8 @@ fn a_libvirt_target_drills_on_an_isolated_network_fails_over_and_back_with_nothi
     let (copy, drill_copy) = (format!("{name}-west"), format!("{name}-drill"));
     doms.names
         .extend([copy.clone(), drill_copy.clone(), format!("{big}-west")]);
+    // The drill's network, should the test end before its cleanup.
+    doms.networks.push("lifeboat-app-1-0".into());
     std::fs::write(
         base.join("lifeboat.toml"),
         format!(
@@ -684,6 +715,9 @@ networks.{prod}.subnets = {{ lan = "{src_net}.0/24" }}
 store = "west"
 compute = "libvirt"
 hosts = ["{URI}"]
+# Hydration's own copy reads at most this (the guest's reads are not held back): the drill's
+# export server is killed while it copies.
+bandwidth = "4MB/s"
 networks.{dr}.subnets = {{ lan = "{dr_net}.0/24" }}
 networks.drill.subnets = {{ lan = "{test_net}.0/24" }}
 [policies.default]
@@ -773,13 +807,61 @@ vms = ["{vm}"]
     let text = format!("{}{}", out.stdout, out.stderr);
     assert_ne!(out.code, 0, "{text}");
     assert!(
-        text.contains("cannot fail over: the restored disks need 32 MiB at"),
+        text.contains("cannot fail over: the restored disks need 48 MiB at"),
         "{text}"
     );
 
-    // The drill.
-    let out = lifeboat(&["failover", "app", "--test"]);
-    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    // The drill boots instantly (the default at a libvirt site whose hosts are this machine):
+    // the copy runs on a qcow2 image backed by the point as west's repository holds it. It runs
+    // in a process of its own, which stays until the disk is hydrated; the export server is
+    // killed with -9 as soon as the copy starts, so libvirt's copy and any read the guest makes
+    // meanwhile fail: the run starts the server again, lets a guest held on a read error go on,
+    // and starts the copy again.
+    let config = base.join("lifeboat.toml").display().to_string();
+    let drill = std::process::Command::new(crate::failover::HELPER)
+        .args(["cli", "--config", &config, "failover", "app", "--test"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = "app-1";
+    let exporting = || -> Vec<u32> {
+        crate::qemu::run_events(base, run)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Exporting { pid, .. } => Some(pid),
+                _ => None,
+            })
+            .collect()
+    };
+    wait_for(
+        "the drill's copy to start",
+        Duration::from_secs(120),
+        || {
+            crate::qemu::run_events(base, run)
+                .iter()
+                .any(|e| matches!(e, Event::VmStarted { .. }))
+        },
+    );
+    let first = exporting();
+    assert_eq!(first.len(), 1, "{first:?}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(first[0] as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let out = drill.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(exporting().len(), 2, "the killed server was started again");
+    let hydrated: Vec<Event> = crate::qemu::run_events(base, run)
+        .into_iter()
+        .filter(|e| matches!(e, Event::Hydrated { .. }))
+        .collect();
+    assert_eq!(hydrated.len(), 2, "both disks: {hydrated:?}");
     let copy_dom = doms.host.lookup(&drill_copy).unwrap();
     let xml = doms.host.xml(&copy_dom, 0).unwrap();
     let spec = lifeboat_compute::libvirt::domain::parse(&xml).unwrap();
@@ -793,9 +875,17 @@ vms = ["{vm}"]
     assert!(
         spec.disks[0]
             .source
-            .to_string_lossy()
-            .ends_with(".drill.qcow2"),
-        "{xml}"
+            .ends_with(format!(".lifeboat/state/runs/{run}/disks/app/vda.qcow2")),
+        "the copy runs on its instant image: {xml}"
+    );
+    assert!(
+        xml.contains("rerror_policy='stop'"),
+        "a read the server could not serve holds the guest: {xml}"
+    );
+    // Hydrated: libvirt's chain under the disk is gone, the image holds everything.
+    assert!(
+        !xml.contains("protocol='nbd'"),
+        "the copy no longer reads the export: {xml}"
     );
     let net_xml = {
         let n = doms.host.network(&drill_net).unwrap();
@@ -923,8 +1013,8 @@ vms = ["{vm}"]
             .clone()
     };
     assert!(
-        copy_disk.to_string_lossy().ends_with(".run.qcow2"),
-        "a failover's copy runs on an overlay: {}",
+        copy_disk.ends_with("disks/app/vda.qcow2"),
+        "a failover's copy runs on its instant image: {}",
         copy_disk.display()
     );
     let back = restore(&lifeboat, "app", "latest", &base.join("back"));

@@ -7,11 +7,22 @@
 //! the image under a drill's overlay): it copies what the image does not hold yet and then drops
 //! the backing. The job runs with `on-error=stop`, so a store or server gone for longer than the
 //! delay pauses it; `resume` goes on once the server is back.
+//!
+//! A libvirt domain is driven through libvirt instead (`Monitor::Domain`), which rebuilds the
+//! chain itself and drops `reconnect-delay` on the way: QEMU then fails a read made while the
+//! server is away, and retries the connection on the next one. So a domain's instant disks
+//! pause the guest on errors (`rerror_policy='stop'`, set by the copy's XML) rather than
+//! handing them to it, the pull (`virDomainBlockPull`, libvirt's job, so libvirt knows the
+//! chain changed) ends in an error and is started again, and the guest is resumed once the
+//! server is back.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use crate::driver::Domain;
+use crate::libvirt::rpc::{DomainRef, RpcError};
+use crate::libvirt::{DomainState, Host};
 use crate::qmp::Qmp;
 
 /// How long QEMU holds a guest's reads and the job's while the export server is away (it
@@ -134,6 +145,137 @@ pub enum Hydration {
 /// The job that hydrates disk number `index` of a VM.
 pub fn job_id(index: usize) -> String {
     format!("hydrate{index}")
+}
+
+/// Where a running VM's disk jobs are driven.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Monitor {
+    /// A `qemu` VM's own QMP socket.
+    Qmp(PathBuf),
+    /// A libvirt domain: libvirt runs its jobs.
+    Domain(Domain),
+}
+
+/// `virDomainPausedReason`'s `VIR_DOMAIN_PAUSED_IOERROR`.
+const PAUSED_IOERROR: i32 = 5;
+
+impl Monitor {
+    /// The monitor of a VM started as `domain`, or with the QEMU command line `argv` (relative
+    /// paths from `base`).
+    pub fn of(argv: &[String], domain: Option<&Domain>, base: &Path) -> Option<Self> {
+        match domain {
+            Some(d) => Some(Self::Domain(d.clone())),
+            None => crate::qmp::socket_of(argv, base).map(Self::Qmp),
+        }
+    }
+
+    /// How each of `images` (the VM's instant disks, in order) stands.
+    pub async fn look(&self, images: &[PathBuf]) -> Result<Vec<Hydration>, String> {
+        match self {
+            Self::Qmp(qmp) => look(qmp, images).await,
+            Self::Domain(d) => {
+                let images = images.to_vec();
+                on_domain(d, move |host, dom| {
+                    let xml = host.xml(dom, 0)?;
+                    let mut out = Vec::new();
+                    for image in &images {
+                        let path = image.display().to_string();
+                        out.push(match domain_chain(&xml, image) {
+                            None => Hydration::Absent,
+                            Some(backed) => match host.block_job(dom, &path)? {
+                                Some((done, total)) => Hydration::Streaming {
+                                    done,
+                                    total,
+                                    paused: false,
+                                },
+                                None if backed => Hydration::Idle,
+                                None => Hydration::Hydrated,
+                            },
+                        });
+                    }
+                    Ok(out)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Starts hydrating image number `index` of `images` (limited to `speed` bytes/s, 0: none).
+    pub async fn stream(&self, images: &[PathBuf], index: usize, speed: u64) -> Result<(), String> {
+        match self {
+            Self::Qmp(qmp) => stream(qmp, images, index, speed).await,
+            Self::Domain(d) => {
+                let image = images
+                    .get(index)
+                    .ok_or_else(|| format!("no instant disk number {index}"))?
+                    .display()
+                    .to_string();
+                on_domain(d, move |host, dom| host.block_pull(dom, &image, speed)).await
+            }
+        }
+    }
+
+    /// Resumes a hydration job paused on an error. libvirt's pull does not pause: it ends, and
+    /// `stream` starts it again.
+    pub async fn resume(&self, index: usize) -> Result<(), String> {
+        match self {
+            Self::Qmp(qmp) => resume(qmp, index).await,
+            Self::Domain(_) => Ok(()),
+        }
+    }
+
+    /// Lets a guest held on a read error go on (the server is back); whether it was held. A
+    /// `qemu` VM's reads wait for the server instead (`RECONNECT_DELAY_SECS`).
+    pub async fn release_guest(&self) -> Result<bool, String> {
+        match self {
+            Self::Qmp(_) => Ok(false),
+            Self::Domain(d) => {
+                on_domain(d, |host, dom| {
+                    let (state, reason) = host.state_reason(dom)?;
+                    if state == DomainState::Paused && reason == PAUSED_IOERROR {
+                        host.resume(dom)?;
+                        return Ok(true);
+                    }
+                    Ok(false)
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// Calls `f` with domain `d` on its host, off the async threads (libvirt's protocol blocks).
+async fn on_domain<T: Send + 'static>(
+    d: &Domain,
+    f: impl FnOnce(&Host, &DomainRef) -> Result<T, RpcError> + Send + 'static,
+) -> Result<T, String> {
+    let (uri, name) = (d.host.clone(), d.name.clone());
+    tokio::task::spawn_blocking(move || {
+        let host = Host::open(&uri)?;
+        let dom = host.lookup(&name)?;
+        f(&host, &dom)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("domain `{}`: {e}", d.name))
+}
+
+/// Whether the domain (its live XML) has `image` as a disk, and if so whether that disk still
+/// has a backing chain.
+fn domain_chain(xml: &str, image: &Path) -> Option<bool> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let disk = doc.descendants().find(|n| {
+        n.has_tag_name("disk")
+            && n.children().any(|c| {
+                c.has_tag_name("source")
+                    && c.attribute("file")
+                        .is_some_and(|f| same_file(Path::new(f), image))
+            })
+    })?;
+    Some(
+        disk.children()
+            .any(|c| c.has_tag_name("backingStore") && c.children().any(|s| s.is_element())),
+    )
 }
 
 /// How each of `images` (the VM's instant disks, in order) stands, from the VM's QMP socket.
@@ -262,6 +404,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_domain_disk_is_backed_while_libvirt_lists_a_chain_under_it() {
+        let xml = |chain: &str| {
+            format!(
+                "<domain><devices><disk type='file'><source file='/r/vda.qcow2'/>{chain}<target dev='vda'/></disk></devices></domain>"
+            )
+        };
+        let image = Path::new("/r/vda.qcow2");
+        let nbd = "<backingStore type='network'><format type='raw'/><source protocol='nbd' name='vda'/></backingStore>";
+        assert_eq!(domain_chain(&xml(nbd), image), Some(true));
+        assert_eq!(domain_chain(&xml("<backingStore/>"), image), Some(false));
+        assert_eq!(domain_chain(&xml(""), image), Some(false));
+        assert_eq!(domain_chain(&xml(nbd), Path::new("/r/vdb.qcow2")), None);
+    }
 
     #[test]
     fn the_backing_names_the_export_and_waits_for_a_server_that_went_away() {

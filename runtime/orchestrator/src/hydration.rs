@@ -1,6 +1,6 @@
 //! Seeing an instant run's disks through to hydrated: the QEMU jobs copy, this keeps their
-//! export servers alive (restarting one that died), resumes a job paused on an error, starts
-//! one that never began, journals each disk's time to hydrated and stops a VM's server once its
+//! export servers alive (restarting one that died), resumes a job paused on an error (and a
+//! domain's guest held on one), starts one that never began, journals each disk's time to hydrated and stops a VM's server once its
 //! disks hold everything. A CLI run does it until its disks are hydrated (Ctrl-C leaves the VMs
 //! and servers running: `commit` and `status` take over), the daemon for every run it drives.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use lifeboat_compute::driver::{Compute, Handle, Launch};
-use lifeboat_compute::hydrate::{self, Hydration};
+use lifeboat_compute::hydrate::{self, Hydration, Monitor};
 
 use crate::error::{Error, Result};
 use crate::journal::Event;
@@ -81,8 +81,8 @@ struct InstantVm {
     socket: PathBuf,
     disks: Vec<String>,
     images: Vec<PathBuf>,
-    /// The VM's QMP socket and its start (journal time), while it runs.
-    running: Option<(Handle, PathBuf, i64)>,
+    /// The VM, where its disk jobs are driven, and its start (journal time), while it runs.
+    running: Option<(Handle, Monitor, i64)>,
     /// Disk → seconds to hydrated, bytes.
     hydrated: BTreeMap<String, (f64, u64)>,
     stopped: bool,
@@ -151,19 +151,20 @@ fn instant_vms(t: &Tender, run: &str) -> Result<Vec<InstantVm>> {
                 pid,
                 started,
                 argv,
+                domain,
                 ..
             } => {
                 if let Some(v) = out.iter_mut().find(|v| v.vm == vm)
-                    && let Some(qmp) = lifeboat_compute::qmp::socket_of(&argv, &t.base)
+                    && let Some(monitor) = Monitor::of(&argv, domain.as_ref(), &t.base)
                 {
                     let h = Handle {
                         vm,
                         pid,
                         started,
                         key,
-                        domain: None,
+                        domain,
                     };
-                    v.running = Some((h, qmp, at));
+                    v.running = Some((h, monitor, at));
                 }
             }
             Event::VmStopped { vm } => {
@@ -205,12 +206,12 @@ pub async fn tend(env: &Environment, run: &str) -> Result<Vec<DiskHydration>> {
 
 /// [`tend`], with what it needs.
 pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
-    let env = t;
     let vms = instant_vms(t, run)?;
     let mut journal = t.journal()?;
     let mut out = Vec::new();
     let mut streaming = 0usize;
-    let mut idle: Vec<(PathBuf, Vec<PathBuf>, usize, u64)> = Vec::new();
+    // Disks no job copies, on servers that are up.
+    let mut idle: Vec<(Monitor, Vec<PathBuf>, usize, u64)> = Vec::new();
     for v in &vms {
         let all_done = v.disks.iter().all(|d| v.hydrated.contains_key(d));
         let row =
@@ -231,12 +232,12 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
                 }
             };
         let live = match &v.running {
-            Some((h, qmp, at)) if env.driver.running(h).await => Some((qmp, *at)),
+            Some((h, monitor, at)) if t.driver.running(h).await => Some((monitor, *at)),
             _ => None,
         };
         if all_done {
             if !v.stopped {
-                stop_server(env, &mut journal, run, v).await?;
+                stop_server(t, &mut journal, run, v).await?;
             }
             for (i, d) in v.disks.iter().enumerate() {
                 let (s, b) = v.hydrated.get(d).copied().unwrap_or_default();
@@ -244,7 +245,7 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
             }
             continue;
         }
-        let Some((qmp, started_at)) = live else {
+        let Some((monitor, started_at)) = live else {
             for (i, d) in v.disks.iter().enumerate() {
                 let s = v.hydrated.get(d).map(|h| h.0);
                 let why = s.is_none().then(|| "the VM is not running".to_string());
@@ -253,12 +254,20 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
             continue;
         };
         // The server first: a job cannot go on without it.
-        let server_up = if env.driver.running(&v.server).await {
+        let server_up = if t.driver.running(&v.server).await {
             true
         } else {
-            restart_server(env, &mut journal, run, v).await?
+            restart_server(t, &mut journal, run, v).await?
         };
-        let seen = match hydrate::look(qmp, &v.images).await {
+        // A domain's guest is held on a read the dead server failed: it goes on now.
+        if server_up {
+            match monitor.release_guest().await {
+                Ok(true) => tracing::info!(vm = %v.vm, "the guest held on a read error goes on"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(vm = %v.vm, error = %e, "the held guest did not resume"),
+            }
+        }
+        let seen = match monitor.look(&v.images).await {
             Ok(s) => s,
             Err(e) => {
                 for (i, d) in v.disks.iter().enumerate() {
@@ -299,7 +308,7 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
                     let mut waiting = None;
                     if paused {
                         if server_up {
-                            if let Err(e) = hydrate::resume(qmp, i).await {
+                            if let Err(e) = monitor.resume(i).await {
                                 waiting = Some(format!("paused: {e}"));
                             }
                         } else {
@@ -309,7 +318,9 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
                     out.push(row(i, done, total, None, waiting));
                 }
                 Hydration::Idle => {
-                    idle.push((qmp.clone(), v.images.clone(), i, v.speed));
+                    if server_up {
+                        idle.push((monitor.clone(), v.images.clone(), i, v.speed));
+                    }
                     out.push(row(i, 0, disk_size(&v.images[i]).await, None, None));
                 }
                 Hydration::Absent => {
@@ -324,11 +335,11 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
             }
         }
     }
-    for (qmp, images, i, speed) in idle {
+    for (monitor, images, i, speed) in idle {
         if streaming >= AT_ONCE {
             break;
         }
-        match hydrate::stream(&qmp, &images, i, speed).await {
+        match monitor.stream(&images, i, speed).await {
             Ok(()) => streaming += 1,
             Err(e) => {
                 tracing::warn!(image = %images[i].display(), error = %e, "hydration not started")

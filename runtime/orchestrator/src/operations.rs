@@ -66,24 +66,37 @@ struct Shape {
 }
 
 /// Whether a run of `plan` boots instantly: the command line's choice, else the plan's, else
-/// on at a `qemu` target. A `libvirt` target cannot yet: asked for, that is an error.
+/// on at a `qemu` target and at a `libvirt` one whose hosts are this machine. Asked for at a
+/// `libvirt` target with a remote host, that is an error.
 pub(crate) fn instant_for(env: &Environment, plan: &Plan, asked: Option<bool>) -> Result<bool> {
     use lifeboat_plan::inventory::ComputeDriver;
-    let compute = env
-        .config
-        .inventory
-        .sites
-        .get(&plan.target.value)
-        .map(|s| s.compute.value);
+    let site = env.config.inventory.sites.get(&plan.target.value);
+    let compute = site.map(|s| s.compute.value);
     let wanted = asked.or(plan.instant.as_ref().map(|i| i.value));
     match (compute, wanted) {
         (Some(ComputeDriver::Qemu), w) => Ok(w.unwrap_or(true)),
-        (Some(ComputeDriver::Libvirt), Some(true)) => Err(Error::Failed(format!(
-            "instant boot at `libvirt` site `{}` is not built yet: its VMs restore first (run with --no-instant)",
-            plan.target.value
-        ))),
+        (Some(ComputeDriver::Libvirt), w) => {
+            let local = site.is_some_and(serves_libvirt_locally);
+            match w {
+                Some(true) if !local => Err(Error::Failed(format!(
+                    "instant boot at `libvirt` site `{}` needs its hosts on this machine (the point is served on a local socket; a remote host's QEMU cannot reach it): run with --no-instant",
+                    plan.target.value
+                ))),
+                w => Ok(local && w.unwrap_or(true)),
+            }
+        }
         _ => Ok(false),
     }
+}
+
+/// Whether a `libvirt` site's domains can boot from an export server of this machine: every
+/// host of the site is this machine's libvirt (the export listens on a unix socket here).
+pub(crate) fn serves_libvirt_locally(site: &lifeboat_plan::inventory::Site) -> bool {
+    !site.hosts.is_empty()
+        && site
+            .hosts
+            .iter()
+            .all(|h| !lifeboat_compute::libvirt::rpc::is_remote(&h.value))
 }
 
 /// What the preflight established: everything a failover needs, found before it acts.

@@ -27,6 +27,10 @@ pub struct CopySpec {
     /// The run's start key, written into the domain's description so a run that died after
     /// defining the copy recognises it as its own.
     pub key: String,
+    /// Pause the guest on a disk error instead of handing the error to it (an instant boot's
+    /// disks fail reads while their export server is away; the run resumes the guest when it
+    /// is back).
+    pub hold_on_errors: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,10 +114,15 @@ fn edit(source_xml: &str, spec: &CopySpec) -> Result<String, String> {
                 } else {
                     "raw"
                 };
+                let hold = if spec.hold_on_errors {
+                    " error_policy='stop' rerror_policy='stop'"
+                } else {
+                    ""
+                };
                 edits.push((
                     d.range(),
                     format!(
-                        "<disk type='file' device='disk'><driver name='qemu' type='{format}'/><source file='{}'/><target dev='{}'{bus}/></disk>",
+                        "<disk type='file' device='disk'><driver name='qemu' type='{format}'{hold}/><source file='{}'/><target dev='{}'{bus}/></disk>",
                         escape(&image.display().to_string()),
                         escape(dev)
                     ),
@@ -311,6 +320,7 @@ mod tests {
             }],
             console: "/runs/r1/logs/erp-db.log".into(),
             key: "r1/start/erp-db".into(),
+            hold_on_errors: false,
         }
     }
 
@@ -347,6 +357,14 @@ mod tests {
             .insert("vda".into(), "/runs/r1/disks/erp-db/vda.drill.qcow2".into());
         let xml = copy_xml(SOURCE, &s).unwrap();
         assert!(xml.contains("type='qcow2'"), "{xml}");
+        assert!(!xml.contains("rerror_policy"), "{xml}");
+        // An instant boot's disk pauses the guest on a read the export server could not serve.
+        s.hold_on_errors = true;
+        let xml = copy_xml(SOURCE, &s).unwrap();
+        assert!(
+            xml.contains("type='qcow2' error_policy='stop' rerror_policy='stop'"),
+            "{xml}"
+        );
 
         let mut s = spec();
         s.disks = HashMap::from([("vdb".into(), PathBuf::from("/x/vdb.img"))]);

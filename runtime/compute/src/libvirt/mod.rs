@@ -118,6 +118,41 @@ impl Host {
         Ok(DomainState::from_code(r.i32()?))
     }
 
+    /// The domain's state and why it is in it (`virDomainGetState`'s reason code).
+    pub fn state_reason(&self, d: &DomainRef) -> Result<(DomainState, i32), RpcError> {
+        let mut args = Xdr::default();
+        args.domain(d).u32(0);
+        let mut r = self.conn.call(Proc::DomainGetState, args)?;
+        Ok((DomainState::from_code(r.i32()?), r.i32()?))
+    }
+
+    /// The block job on disk `disk` (its target or its image's path): bytes done and to do.
+    pub fn block_job(&self, d: &DomainRef, disk: &str) -> Result<Option<(u64, u64)>, RpcError> {
+        let mut args = Xdr::default();
+        // VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES
+        args.domain(d).string(disk).u32(1);
+        let mut r = self.conn.call(Proc::DomainGetBlockJobInfo, args)?;
+        let found = r.i32()?;
+        let _kind = r.i32()?;
+        let _bandwidth = r.u64()?;
+        let (cur, end) = (r.u64()?, r.u64()?);
+        Ok((found == 1).then_some((cur, end)))
+    }
+
+    /// Starts copying everything disk `disk`'s backing chain holds into its top image, at most
+    /// `bytes_per_sec` (0: no limit); libvirt drops the chain when the copy ends.
+    pub fn block_pull(
+        &self,
+        d: &DomainRef,
+        disk: &str,
+        bytes_per_sec: u64,
+    ) -> Result<(), RpcError> {
+        let mut args = Xdr::default();
+        // VIR_DOMAIN_BLOCK_PULL_BANDWIDTH_BYTES
+        args.domain(d).string(disk).u64(bytes_per_sec).u32(1 << 6);
+        self.conn.call(Proc::DomainBlockPull, args).map(|_| ())
+    }
+
     fn on_domain(&self, proc: Proc, d: &DomainRef) -> Result<(), RpcError> {
         let mut args = Xdr::default();
         args.domain(d);

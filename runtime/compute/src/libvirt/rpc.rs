@@ -46,6 +46,8 @@ pub enum Proc {
     DomainAbortJob = 164,
     DomainCreateWithFlags = 196,
     DomainGetState = 212,
+    DomainGetBlockJobInfo = 238,
+    DomainBlockPull = 240,
     DomainUndefineFlags = 231,
     ConnectListAllDomains = 273,
     ConnectListAllNetworks = 283,
@@ -464,6 +466,12 @@ impl Xdr {
     }
 
     pub fn i32(&mut self, v: i32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    /// `unsigned hyper`.
+    pub fn u64(&mut self, v: u64) -> &mut Self {
         self.0.extend_from_slice(&v.to_be_bytes());
         self
     }

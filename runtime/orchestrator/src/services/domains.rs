@@ -1,6 +1,6 @@
 //! A run's VMs at a `libvirt` target: each a copy of its source domain, defined from the XML
 //! its point keeps (the repository alone describes the VM), on qcow2 overlays over the restored
-//! images, with its NICs on the mapped libvirt networks and its addresses reserved
+//! images (or an instant boot's own images), with its NICs on the mapped libvirt networks and its addresses reserved
 //! there. A drill's copies boot on isolated networks the run defines, with new MACs; a
 //! failover's keep their MACs. A failover's copy is named by its source site's `target_name`
 //! (`{domain}-dr` by default), a drill's `{domain}-drill`; at the VM's home site (a failback) it
@@ -69,10 +69,14 @@ impl RunServices {
         // A drill's copy writes into overlays (the restored images stay the point); so does a
         // failover's, for another reason: libvirt keeps checkpoints only in qcow2 images, and
         // the copy, once reprotected, is cut incrementally through them like any domain.
+        // An instant boot's images are the run's own qcow2 images: the copy runs on them.
+        let instant = self.boots_instantly(vm);
         let mut disks: HashMap<String, PathBuf> = HashMap::new();
         for (name, path) in self.disk_paths(vm)? {
             let restored = std::path::Path::new(&path);
-            let image = if self.drill {
+            let image = if instant {
+                path.clone()
+            } else if self.drill {
                 drill_overlay(restored).await?
             } else {
                 overlay(restored, "run").await?
@@ -112,6 +116,7 @@ impl RunServices {
                 nics,
                 console: log.clone(),
                 key: key.to_string(),
+                hold_on_errors: instant,
             },
         )
         .map_err(|e| other(format!("VM `{vm}`: {e}")))?;
@@ -149,6 +154,9 @@ impl RunServices {
             domain: handle.domain.clone(),
         })?;
         tracing::info!(domain = ?handle.domain, "started");
+        if instant {
+            self.begin_hydration(vm).await;
+        }
         Ok(())
     }
 

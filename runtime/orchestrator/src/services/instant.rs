@@ -1,5 +1,7 @@
-//! Instant boot at a `qemu` target: a VM boots from its point as the repository holds it, on
-//! qcow2 images backed by a `lifeboat export` server, and its disks hydrate behind it.
+//! Instant boot at a `qemu` or `libvirt` target: a VM boots from its point as the repository
+//! holds it, on qcow2 images backed by a `lifeboat export` server, and its disks hydrate
+//! behind it. A domain's copy boots on the images themselves (they are the run's own, and
+//! qcow2, which libvirt's checkpoints need), so libvirt's pull fills the very disk it runs.
 //!
 //! The export server is a process of its own (started and found again by the compute driver,
 //! under the start's key): a CLI run that exits, or a daemon that restarts, leaves it serving,
@@ -17,17 +19,21 @@ use super::{RunServices, other};
 use crate::journal::Event;
 
 impl RunServices {
-    /// Whether `vm` boots instantly in this run: an instant run, a `qemu` target, and a VM
-    /// with `machine` settings (a process VM's boot command opens its files itself: it needs
-    /// them whole).
+    /// Whether `vm` boots instantly in this run: an instant run, and a `qemu` target with a VM
+    /// of `machine` settings (a process VM's boot command opens its files itself: it needs
+    /// them whole) or a `libvirt` target whose hosts are this machine (the export server's
+    /// socket is here; see `crate::operations::instant_for`).
     pub(super) fn boots_instantly(&self, vm: &str) -> bool {
+        use lifeboat_plan::inventory::ComputeDriver;
+        let Some(site) = self.inventory.sites.get(&self.target_site) else {
+            return false;
+        };
         self.instant
-            && self
-                .inventory
-                .sites
-                .get(&self.target_site)
-                .is_some_and(|s| s.compute.value == lifeboat_plan::inventory::ComputeDriver::Qemu)
-            && self.vm(vm).is_ok_and(|v| v.machine.is_some())
+            && match site.compute.value {
+                ComputeDriver::Qemu => self.vm(vm).is_ok_and(|v| v.machine.is_some()),
+                ComputeDriver::Libvirt => crate::operations::serves_libvirt_locally(site),
+                _ => false,
+            }
     }
 
     /// The "restore" of an instant boot: the export server for `vm`'s point, and one qcow2
@@ -180,18 +186,20 @@ impl RunServices {
     /// Starts hydrating `vm`'s instant disks right after its start (the run's hydration
     /// supervisor does the rest; a failure here only delays it to that).
     pub(super) async fn begin_hydration(&self, vm: &str) {
-        let Ok(Some((images, qmp, speed))) = self.instant_images(vm) else {
+        let Ok(Some((images, monitor, speed))) = self.instant_images(vm) else {
             return;
         };
         // QEMU makes its QMP socket a moment after it starts.
-        for _ in 0..100 {
-            if qmp.exists() {
-                break;
+        if let hydrate::Monitor::Qmp(qmp) = &monitor {
+            for _ in 0..100 {
+                if qmp.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for i in 0..images.len() {
-            if let Err(e) = hydrate::stream(&qmp, &images, i, speed).await {
+            if let Err(e) = monitor.stream(&images, i, speed).await {
                 tracing::warn!(vm, error = %e, "hydration not started yet");
             }
         }
@@ -215,9 +223,12 @@ impl RunServices {
         }));
     }
 
-    /// `vm`'s instant images and its QMP socket, from the journal.
+    /// `vm`'s instant images and where its disk jobs are driven, from the journal.
     #[allow(clippy::type_complexity)]
-    fn instant_images(&self, vm: &str) -> Result<Option<(Vec<PathBuf>, PathBuf, u64)>, Error> {
+    fn instant_images(
+        &self,
+        vm: &str,
+    ) -> Result<Option<(Vec<PathBuf>, hydrate::Monitor, u64)>, Error> {
         self.with_events(|events| {
             let (images, speed) = events.iter().rev().find_map(|(_, e)| match e {
                 Event::Exporting {
@@ -228,12 +239,20 @@ impl RunServices {
                 } if v == vm => Some((images.clone(), *speed)),
                 _ => None,
             })?;
-            let argv = events.iter().rev().find_map(|(_, e)| match e {
-                Event::VmStarted { vm: v, argv, .. } if v == vm => Some(argv.clone()),
+            let monitor = events.iter().rev().find_map(|(_, e)| match e {
+                Event::VmStarted {
+                    vm: v,
+                    argv,
+                    domain,
+                    ..
+                } if v == vm => hydrate::Monitor::of(argv, domain.as_ref(), &self.base),
                 _ => None,
             })?;
-            let qmp = lifeboat_compute::qmp::socket_of(&argv, &self.base)?;
-            Some((images.into_iter().map(PathBuf::from).collect(), qmp, speed))
+            Some((
+                images.into_iter().map(PathBuf::from).collect(),
+                monitor,
+                speed,
+            ))
         })
     }
 }
