@@ -39,8 +39,9 @@ pub struct FailoverBody {
     /// network), once the plan's groups are reprotected.
     #[serde(default)]
     pub reverse: bool,
-    /// Boot the `qemu` target's VMs straight from the repository (`true`) or restore first
-    /// (`false`); absent: the plan's `instant`, else on at a `qemu` target.
+    /// Boot the target's VMs straight from the repository (`true`) or restore first
+    /// (`false`); absent: the plan's `instant`, else on at a `qemu` target and at a `libvirt`
+    /// one whose hosts are the daemon's machine.
     #[serde(default)]
     pub instant: Option<bool>,
 }

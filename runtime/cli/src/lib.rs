@@ -195,8 +195,9 @@ enum Command {
         /// With --unplanned: go ahead although a source VM still answers its health probe.
         #[arg(long, conflicts_with_all = ["test", "planned"])]
         force: bool,
-        /// Boot the `qemu` target's VMs straight from the repository, their disks hydrating
-        /// behind them (the default there, unless the plan says `instant = false`).
+        /// Boot the target's VMs straight from the repository, their disks hydrating behind
+        /// them (the default at `qemu` targets and `libvirt` ones whose hosts are this machine,
+        /// unless the plan says `instant = false`).
         #[arg(long, conflicts_with = "no_instant")]
         instant: bool,
         /// Restore every disk before its VM boots.

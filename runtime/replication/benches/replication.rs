@@ -1,7 +1,7 @@
 //! Replication benchmark: each figure against a baseline run on the same image in the same run.
 //!
-//! `cargo bench -p lifeboat-replication` (release). Needs `restic` and `rsync` (Debian packages);
-//! a missing baseline is reported, not faked. `LIFEBOAT_BENCH_MIB` sets the image size (default
+//! `cargo bench -p lifeboat-replication` (release). Needs `restic`, `borg` (`borgbackup`) and
+//! `rsync` (Debian packages); a missing baseline is reported, not faked. `LIFEBOAT_BENCH_MIB` sets the image size (default
 //! 2048), `LIFEBOAT_BENCH_RUNS` the repetitions (default 3; medians are reported),
 //! `LIFEBOAT_BENCH_DIR` the scratch folder (default: the system temp folder; use the same file
 //! system as production stores). `LIFEBOAT_BENCH_QUICK=1`: 64 MiB, one run (CI's check that it runs).
@@ -74,6 +74,23 @@ fn du(p: &Path) -> u64 {
         .unwrap_or("0")
         .parse()
         .unwrap_or(0)
+}
+
+/// Runs `borg` (a repository of its own under `dir`: no state in the home folder) in `cwd`.
+fn borg(dir: &Path, cwd: &Path, args: &[&str]) {
+    let out = Command::new("borg")
+        .args(args)
+        .current_dir(cwd)
+        .env("BORG_BASE_DIR", dir.join("borg-home"))
+        .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+        .env("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "borg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn have(tool: &str) -> bool {
@@ -222,8 +239,11 @@ fn main() {
         return;
     }
 
-    // Seed: lifeboat vs cp + sync vs restic backup.
+    // Seed: lifeboat vs cp + sync vs restic backup vs borg create.
     let mut cp_t = Vec::new();
+    let mut borg_t = Vec::new();
+    let mut borg_bytes = 0;
+    let has_borg = have("borg");
     let mut seed_t = Vec::new();
     let mut sealed_t = Vec::new();
     let mut restic_t = Vec::new();
@@ -299,6 +319,22 @@ fn main() {
             }));
             restic_bytes = du(&repo);
         }
+        if has_borg {
+            let repo = dir.join("borg");
+            drop_dir(&repo);
+            let r = repo.to_str().unwrap();
+            // Plain, as the seed it is set against (borg's default lz4 compression).
+            borg(dir, dir, &["init", "--encryption=none", r]);
+            borg_t.push(time(|| {
+                borg(
+                    dir,
+                    dir,
+                    &["create", &format!("{r}::seed"), image.to_str().unwrap()],
+                );
+                sync();
+            }));
+            borg_bytes = du(&repo);
+        }
     }
     let (cp, seed) = (median(cp_t), median(seed_t));
     println!(
@@ -322,6 +358,19 @@ fn main() {
     } else {
         println!(
             "seed vs restic  restic is not installed (apt-get install restic): baseline not run"
+        );
+    }
+    if has_borg {
+        let b = median(borg_t);
+        println!(
+            "seed vs borg    lifeboat {seed:6.2}s   borg create {b:6.2}s   ratio {:.2}× borg (target ≥ 1.5); repository {:.0} MiB vs borg {:.0} MiB",
+            b / seed,
+            repo_bytes as f64 / 1048576.0,
+            borg_bytes as f64 / 1048576.0
+        );
+    } else {
+        println!(
+            "seed vs borg    borg is not installed (apt-get install borgbackup): baseline not run"
         );
     }
 
@@ -377,10 +426,22 @@ fn main() {
         shipped / changed as f64
     );
 
-    // Restore of the latest point vs cp + sync of the image.
+    // Restore of the latest point vs cp + sync of the image vs borg extract of its seed.
     let mut restore_t = Vec::new();
     let mut cp_t = Vec::new();
+    let mut extract_t = Vec::new();
     for _ in 0..runs {
+        if has_borg {
+            let out = dir.join("borg-out");
+            drop_dir(&out);
+            std::fs::create_dir_all(&out).unwrap();
+            let archive = format!("{}::seed", dir.join("borg").display());
+            extract_t.push(time(|| {
+                borg(dir, &out, &["extract", &archive]);
+                sync();
+            }));
+            drop_dir(&out);
+        }
         let out = dir.join("restored");
         drop_dir(&out);
         restore_t.push(time(|| {
@@ -419,6 +480,13 @@ fn main() {
         gib_s(rs),
         cp / rs
     );
+    if has_borg {
+        let b = median(extract_t);
+        println!(
+            "restore vs borg lifeboat {rs:6.2}s   borg extract {b:6.2}s (the seed's archive)   ratio {:.2}× borg",
+            b / rs
+        );
+    }
 
     // Storage: the repository against the unique data it must hold, compressed alone.
     let stored = rt.block_on(async {
