@@ -716,8 +716,8 @@ store = "west"
 compute = "libvirt"
 hosts = ["{URI}"]
 # Hydration's own copy reads at most this (the guest's reads are not held back): the drill's
-# export server is killed while it copies.
-bandwidth = "4MB/s"
+# export server is killed while it copies, the failover's copy stopped.
+bandwidth = "512KB/s"
 networks.{dr}.subnets = {{ lan = "{dr_net}.0/24" }}
 networks.drill.subnets = {{ lan = "{test_net}.0/24" }}
 [policies.default]
@@ -926,9 +926,47 @@ vms = ["{vm}"]
     );
     assert!(!overlay.exists(), "{} is gone", overlay.display());
 
-    // The planned failover.
-    let out = lifeboat(&["failover", "app", "--planned"]);
-    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    // The planned failover, in a process of its own. Once its run is through (the copy
+    // answered), the copy is pulled down while its data disk still hydrates: the process stops
+    // waiting for a VM that no longer runs, and `commit` hydrates that disk offline from the
+    // export before it takes the group over.
+    let failover = std::process::Command::new(crate::failover::HELPER)
+        .args(["cli", "--config", &config, "failover", "app", "--planned"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = "app-2";
+    let hydrated_in = |run: &str| {
+        crate::qemu::run_events(base, run)
+            .iter()
+            .filter(|e| matches!(e, Event::Hydrated { .. }))
+            .count()
+    };
+    wait_for(
+        "the failover's run to end",
+        Duration::from_secs(180),
+        || {
+            crate::qemu::run_events(base, run)
+                .iter()
+                .any(|e| matches!(e, Event::RunFinished { .. }))
+        },
+    );
+    assert!(
+        healthy(&format!("{dr_net}.10:8080")),
+        "the copy answers at its address"
+    );
+    assert!(hydrated_in(run) < 2, "the data disk still hydrates");
+    doms.host
+        .destroy(&doms.host.lookup(&copy).unwrap())
+        .unwrap();
+    let out = failover.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not hydrated") && stderr.contains("app/vdb"),
+        "{stderr}"
+    );
     assert_eq!(
         doms.state(&name),
         DomainState::ShutOff,
@@ -946,12 +984,36 @@ vms = ["{vm}"]
         Some(mac.as_str()),
         "a failover keeps the MAC"
     );
+    let out = lifeboat(&["commit", "app", "--no-wait"]);
+    assert_ne!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(
-        healthy(&format!("{dr_net}.10:8080")),
-        "the copy answers at its address"
+        out.stderr.contains("the VM is not running"),
+        "{}",
+        out.stderr
     );
     let out = lifeboat(&["commit", "app"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(hydrated_in(run), 2, "commit hydrated the data disk");
+    let copy_data = spec.disks[1].source.clone();
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output", "json"])
+        .arg(&copy_data)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    let out = std::process::Command::new("qemu-img")
+        .args(["compare", "-f", "qcow2", "-F", "qcow2"])
+        .arg(&copy_data)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the data disk came whole: {out:?}");
+    // The copy runs again on its hydrated images.
+    doms.host.start(&doms.host.lookup(&copy).unwrap()).unwrap();
+    wait_for("the copy to answer again", Duration::from_secs(120), || {
+        healthy(&format!("{dr_net}.10:8080"))
+    });
 
     // And back: the copy is protected where it runs (cut through libvirt at `west`), then a
     // failback shuts it down, takes its last point and brings the VM home under its own

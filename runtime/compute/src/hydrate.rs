@@ -377,6 +377,26 @@ fn same_file(a: &Path, b: &Path) -> bool {
         }
 }
 
+/// Hydrates `image` while no VM has it open: copies into it everything its backing holds that
+/// it lacks, and drops the backing (`qemu-img rebase -b ''`, reading through the export server;
+/// the stretches the image already holds, zero marks included, are not read).
+pub async fn hydrate_offline(image: &Path) -> Result<(), String> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["rebase", "-q", "-f", "qcow2", "-b", ""])
+        .arg(image)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "hydrating {} (qemu-img rebase): {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 /// The size of the disk `image` holds (`qemu-img info -U`: readable while a VM has it open).
 pub async fn virtual_size(image: &Path) -> Result<u64, String> {
     let out = tokio::process::Command::new("qemu-img")

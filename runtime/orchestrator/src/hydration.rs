@@ -212,6 +212,9 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
     let mut streaming = 0usize;
     // Disks no job copies, on servers that are up.
     let mut idle: Vec<(Monitor, Vec<PathBuf>, usize, u64)> = Vec::new();
+    // Domains with a pull running: libvirt's QEMU is given one at a time (two pulls begun
+    // together as a domain started crashed QEMU 10.0.2 now and then).
+    let mut pulling: Vec<Monitor> = Vec::new();
     for v in &vms {
         let all_done = v.disks.iter().all(|d| v.hydrated.contains_key(d));
         let row =
@@ -305,6 +308,9 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
                     paused,
                 } => {
                     streaming += 1;
+                    if matches!(monitor, Monitor::Domain(_)) {
+                        pulling.push(monitor.clone());
+                    }
                     let mut waiting = None;
                     if paused {
                         if server_up {
@@ -339,8 +345,16 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
         if streaming >= AT_ONCE {
             break;
         }
+        if pulling.contains(&monitor) {
+            continue;
+        }
         match monitor.stream(&images, i, speed).await {
-            Ok(()) => streaming += 1,
+            Ok(()) => {
+                streaming += 1;
+                if matches!(monitor, Monitor::Domain(_)) {
+                    pulling.push(monitor);
+                }
+            }
             Err(e) => {
                 tracing::warn!(image = %images[i].display(), error = %e, "hydration not started")
             }
@@ -381,6 +395,61 @@ pub async fn until_hydrated_with(
         }
         tokio::time::sleep(EVERY).await;
     }
+}
+
+/// Hydrates the disks of run `run`'s instant VMs that are not running (stopped, or crashed,
+/// before their disks held everything; no job can copy for them): with the VM's export server
+/// up (started again if it died), each image takes what it lacks from the export
+/// (`hydrate_offline`); then the server stops. What `commit` does for them, so a VM that went
+/// down mid-hydration does not keep its run from being committed.
+pub async fn hydrate_stopped(env: &Environment, run: &str) -> Result<()> {
+    let t = Tender::of(env);
+    let mut journal = t.journal()?;
+    for v in instant_vms(&t, run)? {
+        if v.disks.iter().all(|d| v.hydrated.contains_key(d)) {
+            continue;
+        }
+        if let Some((h, _, _)) = &v.running
+            && t.driver.running(h).await
+        {
+            continue;
+        }
+        let up =
+            t.driver.running(&v.server).await || restart_server(&t, &mut journal, run, &v).await?;
+        if !up {
+            return Err(Error::Failed(format!(
+                "{}'s export server does not serve (see {}): its disks cannot hydrate",
+                v.vm,
+                v.launch.log.display()
+            )));
+        }
+        for (i, disk) in v.disks.iter().enumerate() {
+            if v.hydrated.contains_key(disk) {
+                continue;
+            }
+            let image = &v.images[i];
+            tracing::info!(vm = %v.vm, disk = %disk, "its VM is not running: hydrating the image offline");
+            hydrate::hydrate_offline(image)
+                .await
+                .map_err(|e| Error::Failed(format!("{}/{disk}: {e}", v.vm)))?;
+            let seconds = v
+                .running
+                .as_ref()
+                .map_or(0.0, |(_, _, at)| (now_ms() - at).max(0) as f64 / 1000.0);
+            let bytes = disk_size(image).await;
+            journal.append(
+                run,
+                &Event::Hydrated {
+                    vm: v.vm.clone(),
+                    disk: disk.clone(),
+                    seconds,
+                    bytes,
+                },
+            )?;
+        }
+        stop_server(&t, &mut journal, run, &v).await?;
+    }
+    Ok(())
 }
 
 /// Why a run's disks are not all hydrated (for `commit` and `reprotect`), or `None`.

@@ -76,7 +76,7 @@ pub(crate) fn instant_for(env: &Environment, plan: &Plan, asked: Option<bool>) -
     match (compute, wanted) {
         (Some(ComputeDriver::Qemu), w) => Ok(w.unwrap_or(true)),
         (Some(ComputeDriver::Libvirt), w) => {
-            let local = site.is_some_and(serves_libvirt_locally);
+            let local = site.is_some_and(crate::services::serves_libvirt_locally);
             match w {
                 Some(true) if !local => Err(Error::Failed(format!(
                     "instant boot at `libvirt` site `{}` needs its hosts on this machine (the point is served on a local socket; a remote host's QEMU cannot reach it): run with --no-instant",
@@ -87,16 +87,6 @@ pub(crate) fn instant_for(env: &Environment, plan: &Plan, asked: Option<bool>) -
         }
         _ => Ok(false),
     }
-}
-
-/// Whether a `libvirt` site's domains can boot from an export server of this machine: every
-/// host of the site is this machine's libvirt (the export listens on a unix socket here).
-pub(crate) fn serves_libvirt_locally(site: &lifeboat_plan::inventory::Site) -> bool {
-    !site.hosts.is_empty()
-        && site
-            .hosts
-            .iter()
-            .all(|h| !lifeboat_compute::libvirt::rpc::is_remote(&h.value))
 }
 
 /// What the preflight established: everything a failover needs, found before it acts.
@@ -1050,7 +1040,14 @@ pub async fn commit(env: &Environment, plan: &Plan, wait: bool) -> Result<Vec<Co
     // disks still read from may expire.
     if crate::hydration::is_instant(env, &open.id)? {
         let seen = if wait {
-            crate::hydration::until_hydrated(env, &open.id, |_| {}).await?
+            let seen = crate::hydration::until_hydrated(env, &open.id, |_| {}).await?;
+            if crate::hydration::unhydrated(&seen).is_some() {
+                // What is left belongs to VMs that are not running: no job copies for them.
+                crate::hydration::hydrate_stopped(env, &open.id).await?;
+                crate::hydration::tend(env, &open.id).await?
+            } else {
+                seen
+            }
         } else {
             crate::hydration::tend(env, &open.id).await?
         };
@@ -1059,7 +1056,7 @@ pub async fn commit(env: &Environment, plan: &Plan, wait: bool) -> Result<Vec<Co
                 run: open.id.clone(),
                 status: open.status,
                 why: format!(
-                    "its disks are not hydrated yet: {open_disks} (`lifeboat commit` without --no-wait waits for them)"
+                    "its disks are not hydrated yet: {open_disks} (`lifeboat commit` without --no-wait waits for them, and hydrates those of a VM that is not running)"
                 ),
             });
         }

@@ -24,6 +24,8 @@ use lifeboat_compute::template;
 mod domains;
 mod instant;
 
+pub(crate) use instant::serves_libvirt_locally;
+
 pub(crate) use domains::{domain_of_point, release_networks};
 
 /// Called with every event of a run once it is journaled (progress on a terminal): the run's

@@ -489,11 +489,15 @@ pub async fn discover(uris: &[String]) -> lifeboat_replication::Result<Vec<Disco
             let mut doms = host.domains().map_err(fail)?;
             doms.sort_by(|a, b| a.name.cmp(&b.name));
             for d in doms {
-                let xml = host.xml(&d, 0).map_err(fail)?;
+                // A domain undefined since the list was taken is not there to discover.
+                let (xml, state) = match host.xml(&d, 0).and_then(|x| Ok((x, host.state(&d)?))) {
+                    Ok(found) => found,
+                    Err(e) if e.is_no_domain() => continue,
+                    Err(e) => return Err(fail(e)),
+                };
                 let spec = domain::parse(&xml).map_err(|e| {
                     lifeboat_replication::Error::failed(format!("domain `{}`: {e}", d.name))
                 })?;
-                let state = host.state(&d).map_err(fail)?;
                 out.push(Discovered {
                     host: host.uri.clone(),
                     spec,

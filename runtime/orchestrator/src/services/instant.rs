@@ -18,11 +18,21 @@ use lifeboat_replication::points;
 use super::{RunServices, other};
 use crate::journal::Event;
 
+/// Whether a `libvirt` site's domains can boot from an export server of this machine: every
+/// host of the site is this machine's libvirt (the export listens on a unix socket here).
+pub(crate) fn serves_libvirt_locally(site: &lifeboat_plan::inventory::Site) -> bool {
+    !site.hosts.is_empty()
+        && site
+            .hosts
+            .iter()
+            .all(|h| !lifeboat_compute::libvirt::rpc::is_remote(&h.value))
+}
+
 impl RunServices {
     /// Whether `vm` boots instantly in this run: an instant run, and a `qemu` target with a VM
     /// of `machine` settings (a process VM's boot command opens its files itself: it needs
     /// them whole) or a `libvirt` target whose hosts are this machine (the export server's
-    /// socket is here; see `crate::operations::instant_for`).
+    /// socket is here).
     pub(super) fn boots_instantly(&self, vm: &str) -> bool {
         use lifeboat_plan::inventory::ComputeDriver;
         let Some(site) = self.inventory.sites.get(&self.target_site) else {
@@ -31,7 +41,7 @@ impl RunServices {
         self.instant
             && match site.compute.value {
                 ComputeDriver::Qemu => self.vm(vm).is_ok_and(|v| v.machine.is_some()),
-                ComputeDriver::Libvirt => crate::operations::serves_libvirt_locally(site),
+                ComputeDriver::Libvirt => serves_libvirt_locally(site),
                 _ => false,
             }
     }
@@ -199,8 +209,11 @@ impl RunServices {
             }
         }
         for i in 0..images.len() {
-            if let Err(e) = monitor.stream(&images, i, speed).await {
-                tracing::warn!(vm, error = %e, "hydration not started yet");
+            match monitor.stream(&images, i, speed).await {
+                // A domain's disks are pulled one after another (see `crate::hydration`).
+                Ok(()) if matches!(monitor, hydrate::Monitor::Domain(_)) => break,
+                Ok(()) => {}
+                Err(e) => tracing::warn!(vm, error = %e, "hydration not started yet"),
             }
         }
         self.tend_meanwhile();
