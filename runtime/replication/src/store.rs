@@ -248,12 +248,23 @@ impl Store {
     pub async fn put_new(&self, name: &str, bytes: Bytes) -> Result<Put> {
         let plain = bytes.clone();
         let stored = match &self.key {
-            Some(key) => Bytes::from(
-                seal::seal(key, &self.full_name(name), &bytes)
-                    .map_err(|e| Error::failed(format!("cannot seal `{name}`: {e}")))?,
-            ),
+            Some(key) => {
+                let mut out = sealed_buffers::take();
+                seal::seal_into(key, &self.full_name(name), &bytes, &mut out)
+                    .map_err(|e| Error::failed(format!("cannot seal `{name}`: {e}")))?;
+                Bytes::from(out)
+            }
             None => bytes,
         };
+        let put = self.put_stored(name, &plain, stored.clone()).await;
+        if self.key.is_some() {
+            sealed_buffers::keep(stored);
+        }
+        put
+    }
+
+    /// `put_new` of `stored`, the bytes as the store keeps them (`plain`, as they were given).
+    async fn put_stored(&self, name: &str, plain: &Bytes, stored: Bytes) -> Result<Put> {
         let path = ObjectPath::from(name);
         let mut attempt = 0;
         loop {
@@ -270,7 +281,9 @@ impl Store {
                     object_store::Error::AlreadyExists { .. }
                     | object_store::Error::Precondition { .. },
                 ) => {
-                    if attempt > 0 && self.get_opt(name).await.ok().flatten() == Some(plain) {
+                    if attempt > 0
+                        && self.get_opt(name).await.ok().flatten().as_ref() == Some(plain)
+                    {
                         return Ok(Put::Created);
                     }
                     return Ok(Put::Exists);
@@ -533,6 +546,42 @@ where
                 attempt += 1;
             }
             done => return done,
+        }
+    }
+}
+
+/// Buffers sealed objects were written into, kept for the next ones (`seal::seal_into`): a pack
+/// sealed into a buffer already in memory costs its encryption, not a fresh 32 MiB of page
+/// faults. A few are kept (the uploads in flight), large ones only.
+mod sealed_buffers {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+
+    static KEPT: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    const MOST: usize = 8;
+    const SMALLEST: usize = 1 << 20;
+
+    pub(super) fn take() -> Vec<u8> {
+        KEPT.lock()
+            .ok()
+            .and_then(|mut kept| kept.pop())
+            .unwrap_or_default()
+    }
+
+    /// Keeps `stored`'s buffer if nothing else holds it any more.
+    pub(super) fn keep(stored: Bytes) {
+        let Ok(unique) = stored.try_into_mut() else {
+            return;
+        };
+        let buffer: Vec<u8> = unique.into();
+        if buffer.capacity() < SMALLEST {
+            return;
+        }
+        if let Ok(mut kept) = KEPT.lock()
+            && kept.len() < MOST
+        {
+            kept.push(buffer);
         }
     }
 }
