@@ -120,6 +120,38 @@ fn hydrated(base: &Path, run: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// `image` (an instant disk of `vm-1`) has no backing and equals a normal `lifeboat restore` of
+/// the latest point, byte for byte.
+fn is_a_whole_restore(
+    lifeboat: &impl Fn(&[&str]) -> crate::support::Outcome,
+    base: &Path,
+    image: &Path,
+) {
+    assert_eq!(backing_of(image), None);
+    let restored = base.join("restored");
+    let out = lifeboat(&[
+        "restore",
+        "vm-1",
+        "--point",
+        "latest",
+        "--out",
+        &restored.display().to_string(),
+    ]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let compare = Command::new("qemu-img")
+        .args(["compare", "-U", "-f", "qcow2", "-F", "raw"])
+        .arg(image)
+        .arg(restored.join("data.img"))
+        .output()
+        .unwrap();
+    assert!(
+        compare.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&compare.stdout),
+        String::from_utf8_lossy(&compare.stderr)
+    );
+}
+
 fn backing_of(image: &Path) -> Option<String> {
     let out = Command::new("qemu-img")
         .args(["info", "-U", "--output", "json"])
@@ -234,29 +266,7 @@ fn a_drill_boots_from_the_repository_and_hydrates_behind_the_guest_through_a_kil
 
     // The hydrated image has no backing and equals a normal restore of the point, byte for
     // byte; the guest is still running, its records intact.
-    assert_eq!(backing_of(&image), None);
-    let restored = base.join("restored");
-    let out = lifeboat(&[
-        "restore",
-        "vm-1",
-        "--point",
-        "latest",
-        "--out",
-        &restored.display().to_string(),
-    ]);
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let compare = Command::new("qemu-img")
-        .args(["compare", "-U", "-f", "qcow2", "-F", "raw"])
-        .arg(&image)
-        .arg(restored.join("data.img"))
-        .output()
-        .unwrap();
-    assert!(
-        compare.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&compare.stdout),
-        String::from_utf8_lossy(&compare.stderr)
-    );
+    is_a_whole_restore(&lifeboat, base, &image);
     let last = get_in(&netns, "127.191.91.254:8080", "/state").expect("the guest answers");
     assert_eq!(
         last["recovered"]["missing"],
@@ -317,29 +327,7 @@ fn a_drill_boots_from_an_encrypted_repository_on_s3_and_hydrates() {
         "{state}"
     );
     let image = base.join(".lifeboat/state/runs/p-1/disks/vm-1/data.qcow2");
-    assert_eq!(backing_of(&image), None);
-    let restored = base.join("restored");
-    let out = lifeboat(&[
-        "restore",
-        "vm-1",
-        "--point",
-        "latest",
-        "--out",
-        &restored.display().to_string(),
-    ]);
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let compare = Command::new("qemu-img")
-        .args(["compare", "-U", "-f", "qcow2", "-F", "raw"])
-        .arg(&image)
-        .arg(restored.join("data.img"))
-        .output()
-        .unwrap();
-    assert!(
-        compare.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&compare.stdout),
-        String::from_utf8_lossy(&compare.stderr)
-    );
+    is_a_whole_restore(&lifeboat, base, &image);
     let out = lifeboat(&["cleanup", "p"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }

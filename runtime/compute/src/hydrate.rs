@@ -53,22 +53,37 @@ pub async fn create_image(
     socket: &Path,
     export: &str,
 ) -> Result<(), String> {
+    let size = size.to_string();
+    let backing = nbd_backing(socket, export);
+    qemu_img(
+        &[
+            "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", &backing,
+        ],
+        image,
+        &[&size],
+    )
+    .await
+    .map(drop)
+}
+
+/// Runs `qemu-img ARGS IMAGE MORE`; its output, or what it said went wrong.
+async fn qemu_img(args: &[&str], image: &Path, more: &[&str]) -> Result<Vec<u8>, String> {
     let out = tokio::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b"])
-        .arg(nbd_backing(socket, export))
+        .args(args)
         .arg(image)
-        .arg(size.to_string())
+        .args(more)
         .output()
         .await
         .map_err(|e| format!("cannot run qemu-img: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "qemu-img create {}: {}",
+            "qemu-img {} {}: {}",
+            args.first().copied().unwrap_or_default(),
             image.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    Ok(())
+    Ok(out.stdout)
 }
 
 /// Marks `runs` (offset, length) of `image` as zero in its own metadata (no data written, its
@@ -381,38 +396,15 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// it lacks, and drops the backing (`qemu-img rebase -b ''`, reading through the export server;
 /// the stretches the image already holds, zero marks included, are not read).
 pub async fn hydrate_offline(image: &Path) -> Result<(), String> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["rebase", "-q", "-f", "qcow2", "-b", ""])
-        .arg(image)
-        .output()
+    qemu_img(&["rebase", "-q", "-f", "qcow2", "-b", ""], image, &[])
         .await
-        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "hydrating {} (qemu-img rebase): {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
+        .map(drop)
 }
 
 /// The size of the disk `image` holds (`qemu-img info -U`: readable while a VM has it open).
 pub async fn virtual_size(image: &Path) -> Result<u64, String> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["info", "-U", "--output", "json"])
-        .arg(image)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "qemu-img info {}: {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let info: Value = serde_json::from_slice(&out.stdout)
+    let out = qemu_img(&["info", "-U", "--output", "json"], image, &[]).await?;
+    let info: Value = serde_json::from_slice(&out)
         .map_err(|e| format!("qemu-img info {}: {e}", image.display()))?;
     info.get("virtual-size")
         .and_then(Value::as_u64)
