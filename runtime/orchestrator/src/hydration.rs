@@ -288,18 +288,9 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
             }
             match state {
                 Hydration::Hydrated => {
-                    let seconds = (now_ms() - started_at).max(0) as f64 / 1000.0;
-                    let bytes = disk_size(&v.images[i]).await;
-                    journal.append(
-                        run,
-                        &Event::Hydrated {
-                            vm: v.vm.clone(),
-                            disk: disk.clone(),
-                            seconds,
-                            bytes,
-                        },
-                    )?;
-                    tracing::info!(vm = %v.vm, disk = %disk, seconds, "hydrated");
+                    let (seconds, bytes) =
+                        journal_hydrated(&mut journal, run, v, &disk, &v.images[i], started_at)
+                            .await?;
                     out.push(row(i, bytes, bytes, Some(seconds), None));
                 }
                 Hydration::Streaming {
@@ -423,33 +414,45 @@ pub async fn hydrate_stopped(env: &Environment, run: &str) -> Result<()> {
                 v.launch.log.display()
             )));
         }
-        for (i, disk) in v.disks.iter().enumerate() {
+        let started_at = v.running.as_ref().map_or_else(now_ms, |(_, _, at)| *at);
+        for (disk, image) in v.disks.iter().zip(&v.images) {
             if v.hydrated.contains_key(disk) {
                 continue;
             }
-            let image = &v.images[i];
             tracing::info!(vm = %v.vm, disk = %disk, "its VM is not running: hydrating the image offline");
             hydrate::hydrate_offline(image)
                 .await
                 .map_err(|e| Error::Failed(format!("{}/{disk}: {e}", v.vm)))?;
-            let seconds = v
-                .running
-                .as_ref()
-                .map_or(0.0, |(_, _, at)| (now_ms() - at).max(0) as f64 / 1000.0);
-            let bytes = disk_size(image).await;
-            journal.append(
-                run,
-                &Event::Hydrated {
-                    vm: v.vm.clone(),
-                    disk: disk.clone(),
-                    seconds,
-                    bytes,
-                },
-            )?;
+            journal_hydrated(&mut journal, run, &v, disk, image, started_at).await?;
         }
         stop_server(&t, &mut journal, run, &v).await?;
     }
     Ok(())
+}
+
+/// Journals `v`'s `disk` hydrated: seconds since its VM started (`started_at`, journal time)
+/// and the disk's size.
+async fn journal_hydrated(
+    journal: &mut crate::journal::Journal,
+    run: &str,
+    v: &InstantVm,
+    disk: &str,
+    image: &Path,
+    started_at: i64,
+) -> Result<(f64, u64)> {
+    let seconds = (now_ms() - started_at).max(0) as f64 / 1000.0;
+    let bytes = disk_size(image).await;
+    journal.append(
+        run,
+        &Event::Hydrated {
+            vm: v.vm.clone(),
+            disk: disk.to_string(),
+            seconds,
+            bytes,
+        },
+    )?;
+    tracing::info!(vm = %v.vm, disk, seconds, "hydrated");
+    Ok((seconds, bytes))
 }
 
 /// Why a run's disks are not all hydrated (for `commit` and `reprotect`), or `None`.

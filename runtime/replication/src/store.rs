@@ -551,15 +551,16 @@ where
 }
 
 /// Buffers sealed objects were written into, kept for the next ones (`seal::seal_into`): a pack
-/// sealed into a buffer already in memory costs its encryption, not a fresh 32 MiB of page
-/// faults. A few are kept (the uploads in flight), large ones only.
+/// sealed into a buffer already in memory costs its encryption, not a fresh 16 MiB of page
+/// faults. As many are kept as a cycle has uploads in flight (4), large ones only: a process
+/// that has sealed packs holds about 64 MiB for it.
 mod sealed_buffers {
     use std::sync::Mutex;
 
     use bytes::Bytes;
 
     static KEPT: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-    const MOST: usize = 8;
+    const MOST: usize = 4;
     const SMALLEST: usize = 1 << 20;
 
     pub(super) fn take() -> Vec<u8> {
