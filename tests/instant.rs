@@ -263,6 +263,18 @@ fn a_drill_boots_from_the_repository_and_hydrates_behind_the_guest_through_a_kil
         "the server stops once its disks are hydrated"
     );
     assert!(!Path::new(&socket).exists(), "the export socket is removed");
+    // The first server kept the order the boot read the disk in (this guest reads all of it,
+    // its records first), for the VM's next instant boot.
+    let trace = std::fs::read_to_string(base.join(".lifeboat/state/traces/vm-1.json")).unwrap();
+    let trace: serde_json::Value = serde_json::from_str(&trace).unwrap();
+    let runs = trace["disks"]["data"]["runs"]
+        .as_array()
+        .expect("the data disk's trace");
+    let chunks: u64 = runs.iter().map(|r| r[1].as_u64().unwrap()).sum();
+    assert!(
+        runs[0][0] == 0 && chunks >= FILLED >> 16,
+        "the boot's reads begin at the records and cover the data: {trace}"
+    );
 
     // The hydrated image has no backing and equals a normal restore of the point, byte for
     // byte; the guest is still running, its records intact.
@@ -410,6 +422,13 @@ fn an_instant_failover_commits_reprotects_and_fails_back_with_nothing_lost() {
     assert!(
         run.iter().any(|e| matches!(e, Event::Exporting { .. })),
         "the failback booted from east's repository"
+    );
+    // Its server fetched ahead in the order the failover's boot read the disk.
+    let log = std::fs::read_to_string(base.join(".lifeboat/state/runs/p-3/logs/vm-1.export.log"))
+        .unwrap();
+    assert!(
+        log.contains("chunks ahead of the guest, in the order an earlier boot read them"),
+        "{log}"
     );
     let home = crate::failover::get("127.193.1.10:8080", "/state").expect("home answers");
     assert_eq!(

@@ -1894,3 +1894,139 @@ fn export_serves(stores: Stores) {
     );
     assert!(!socket.exists());
 }
+
+/// An export told to keep a boot trace records the chunks its clients read first, in that
+/// order, when SIGUSR1 says the boot is over (once: later signals change nothing); a server
+/// started again with that trace fetches them ahead of the guest, and one whose trace does not
+/// parse says so and serves as before.
+#[test]
+fn an_export_records_the_order_a_boot_read_and_the_next_follows_it() {
+    let lab = Lab::on(Stores::folders(), &[("a", &[("os", 8 << 20)])], &[]);
+    let mut rng = Rng::new(17);
+    let mut bytes = vec![0u8; 8 << 20];
+    for b in bytes.chunks_mut(8) {
+        b.copy_from_slice(&(rng.next() | 1).to_le_bytes());
+    }
+    std::fs::write(lab.disk("a", "os"), &bytes).unwrap();
+    lab.replicate(&[]);
+    let socket = lab.path("trace.sock");
+    let socket_s = socket.display().to_string();
+    let trace = lab.path("a.trace.json");
+    let config = lab.config();
+    let serve = || {
+        let _ = std::fs::remove_file(&socket);
+        let mut server = Command::new(crate::failover::HELPER)
+            .args([
+                "cli", "--config", &config, "export", "a", "--socket", &socket_s,
+            ])
+            .args(["--boot-trace", &trace.display().to_string()])
+            .current_dir(lab.path(""))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // What it says before it serves, up to the line that says it serves.
+        let mut said = String::new();
+        let mut out = std::io::BufReader::new(server.stdout.take().unwrap());
+        while !said.contains("serving, read-only") {
+            let mut line = String::new();
+            use std::io::BufRead;
+            assert_ne!(
+                out.read_line(&mut line).unwrap(),
+                0,
+                "the export ended: {said}"
+            );
+            said.push_str(&line);
+        }
+        let started = Instant::now();
+        while !socket.exists() {
+            assert!(started.elapsed() < Duration::from_secs(30));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (server, said, out)
+    };
+    let signal = |server: &std::process::Child, s| {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(server.id() as i32).unwrap(),
+            s,
+        )
+        .unwrap();
+    };
+    // The "boot": three reads out of order, spanning chunks 80, 16–17 and 112 (64 KiB each).
+    let boot = || {
+        let url = format!("nbd+unix:///os?socket={socket_s}");
+        let out = Command::new("qemu-io")
+            .args(["-r", "-f", "raw", &url])
+            .args([
+                "-c",
+                "read 5M 64k",
+                "-c",
+                "read 1M 128k",
+                "-c",
+                "read 7M 64k",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+
+    let (mut server, said, mut out) = serve();
+    assert!(!said.contains("fetching"), "no trace yet: {said}");
+    boot();
+    signal(&server, rustix::process::Signal::USR1);
+    let mut line = String::new();
+    use std::io::BufRead;
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("the boot read 4 chunks first"), "{line}");
+    let recorded = std::fs::read_to_string(&trace).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&recorded).unwrap();
+    assert_eq!(doc["disks"]["os"]["chunk_size"], 65536, "{doc}");
+    assert_eq!(
+        doc["disks"]["os"]["runs"],
+        serde_json::json!([[80, 1], [16, 2], [112, 1]]),
+        "{doc}"
+    );
+    // The boot is over: reads after it are not the boot's, and another signal keeps the trace.
+    let url = format!("nbd+unix:///os?socket={socket_s}");
+    let copy = lab.path("os.copy");
+    let convert = |url: &str| {
+        let out = Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw", url])
+            .arg(&copy)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(same_bytes(&copy, &lab.disk("a", "os")));
+    };
+    convert(&url);
+    signal(&server, rustix::process::Signal::USR1);
+    signal(&server, rustix::process::Signal::INT);
+    assert!(server.wait().unwrap().success());
+    assert_eq!(std::fs::read_to_string(&trace).unwrap(), recorded);
+
+    // The next server follows it, and serves the same bytes.
+    let (mut server, said, _out) = serve();
+    assert!(
+        said.contains(
+            "fetching 4 chunks ahead of the guest, in the order an earlier boot read them"
+        ),
+        "{said}"
+    );
+    boot();
+    convert(&url);
+    signal(&server, rustix::process::Signal::INT);
+    assert!(server.wait().unwrap().success());
+
+    // A trace that does not parse is said and not followed; the disk is served all the same.
+    std::fs::write(&trace, "{\"disks\": [").unwrap();
+    let (server, said, _out) = serve();
+    assert!(!said.contains("fetching"), "{said}");
+    convert(&url);
+    signal(&server, rustix::process::Signal::INT);
+    let out = server.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is not a boot trace") && stderr.contains("not followed"),
+        "{stderr}"
+    );
+}

@@ -3,9 +3,13 @@
 //! restored first (`--no-instant`), beside the guest's own boot on a local copy of the same disk,
 //! for each disk size; and how long hydration took.
 //!
+//! An instant boot is timed twice: the VM's first (its export server reads ahead of the guest
+//! only) and a boot following the trace the one before it recorded ("traced").
+//!
 //! `cargo bench -p lifeboat-tests --bench instant`. Needs QEMU and the test guest. The disks are
-//! sparse with a quarter written; `LIFEBOAT_BENCH_SIZES` (MiB, comma-separated, default
-//! `1024,4096`), `LIFEBOAT_BENCH_RUNS` (default 3); `LIFEBOAT_BENCH_QUICK=1`: 64 MiB, one run.
+//! sparse with a quarter written, or all of it for a size ending in `f`; `LIFEBOAT_BENCH_SIZES`
+//! (MiB, comma-separated, default `1024,4096`; the set is `1024,4096,16384,4096f`),
+//! `LIFEBOAT_BENCH_RUNS` (default 3); `LIFEBOAT_BENCH_QUICK=1`: 64 MiB, one run.
 //! The test guest reads its whole disk as it starts, so its own boot grows with the disk: the
 //! figure to watch is instant against that boot, and against restore-then-boot.
 
@@ -40,14 +44,15 @@ fn lifeboat(config: &Path, args: &[&str]) {
     );
 }
 
-/// A sparse disk of `mib` MiB with its last quarter written (data that does not compress).
-fn make_disk(path: &Path, mib: u64) {
+/// A sparse disk of `mib` MiB with `written` MiB at its end written (data that does not
+/// compress).
+fn make_disk(path: &Path, mib: u64, written: u64) {
     let mut f = std::fs::File::create(path).unwrap();
     f.set_len(mib << 20).unwrap();
-    f.seek(SeekFrom::Start((mib - mib / 4) << 20)).unwrap();
+    f.seek(SeekFrom::Start((mib - written) << 20)).unwrap();
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut block = vec![0u8; 1 << 20];
-    for _ in 0..mib / 4 {
+    for _ in 0..written {
         for word in block.chunks_mut(8) {
             x ^= x << 13;
             x ^= x >> 7;
@@ -58,11 +63,11 @@ fn make_disk(path: &Path, mib: u64) {
     }
 }
 
-fn lab(dir: &Path, mib: u64) {
+fn lab(dir: &Path, mib: u64, written: u64) {
     let guest = guest();
     std::fs::create_dir_all(dir.join("plans")).unwrap();
     std::fs::create_dir_all(dir.join("vms")).unwrap();
-    make_disk(&dir.join("vms/vm-1.img"), mib);
+    make_disk(&dir.join("vms/vm-1.img"), mib, written);
     std::fs::write(
         dir.join("lifeboat.toml"),
         format!(
@@ -160,29 +165,43 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let sizes: Vec<u64> = setting(
+    // (MiB, MiB written)
+    let sizes: Vec<(u64, u64)> = setting(
         "LIFEBOAT_BENCH_SIZES",
         common::sized("1024,4096".to_string(), "64".to_string()),
     )
     .split(',')
-    .filter_map(|s| s.trim().parse().ok())
+    .filter_map(|s| {
+        let s = s.trim();
+        match s.strip_suffix('f') {
+            Some(full) => full.parse().ok().map(|m| (m, m)),
+            None => s.parse().ok().map(|m: u64| (m, m / 4)),
+        }
+    })
     .collect();
     let runs: usize = setting("LIFEBOAT_BENCH_RUNS", common::sized(3, 1));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let driver = ProcessDriver::new();
+    println!("instant boot, test guest under TCG, median of {runs}");
     println!(
-        "instant boot, test guest under TCG, median of {runs} (a quarter of each disk written)"
+        "{:>8} {:>8} {:>10} {:>9} {:>9} {:>13} {:>8} {:>16}",
+        "disk",
+        "written",
+        "own boot",
+        "instant",
+        "traced",
+        "restore+boot",
+        "ratio",
+        "instant+hydrated"
     );
-    println!(
-        "{:>8} {:>12} {:>14} {:>14} {:>10} {:>16}",
-        "disk", "own boot", "instant", "restore+boot", "ratio", "instant+hydrated"
-    );
-    for mib in sizes {
+    for (mib, written) in sizes {
         let dir = tempfile::tempdir().unwrap();
-        lab(dir.path(), mib);
+        lab(dir.path(), mib, written);
         let config = dir.path().join("lifeboat.toml");
+        let trace = dir.path().join(".lifeboat/state/traces/vm-1.json");
         lifeboat(&config, &["replicate"]);
-        let (mut own, mut fast, mut full, mut hydrated) = (vec![], vec![], vec![], vec![]);
+        let (mut own, mut fast, mut traced, mut full, mut hydrated) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..runs {
             // The guest's own boot, on a local copy of the disk.
             let copy = dir.path().join("copy.img");
@@ -197,21 +216,27 @@ fn main() {
             rt.block_on(driver.stop(&h, Duration::from_secs(10)))
                 .unwrap();
             own.push(secs);
+            // A first boot (no trace), which records one; then a boot that follows it.
+            let _ = std::fs::remove_file(&trace);
             let (healthy, done) = drill(&config, true);
             fast.push(healthy);
             hydrated.push(done);
+            assert!(trace.exists(), "the first instant boot recorded no trace");
+            traced.push(drill(&config, true).0);
             full.push(drill(&config, false).0);
         }
-        let (o, f, r, d) = (
+        let (o, f, t, r, d) = (
             median(&mut own),
             median(&mut fast),
+            median(&mut traced),
             median(&mut full),
             median(&mut hydrated),
         );
         println!(
-            "{:>5} MiB {o:>11.2}s {f:>13.2}s {r:>13.2}s {:>9.2}× {d:>15.2}s",
+            "{:>5} MiB {:>4} MiB {o:>9.2}s {f:>8.2}s {t:>8.2}s {r:>12.2}s {:>7.2}× {d:>15.2}s",
             mib,
-            r / f
+            written,
+            r / f.min(t)
         );
     }
 }

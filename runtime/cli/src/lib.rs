@@ -161,6 +161,11 @@ enum Command {
         /// replicates to).
         #[arg(long)]
         site: Option<String>,
+        /// Follow the boot this file traced (its chunks fetched ahead of the guest, in the
+        /// order an earlier boot read them), and on SIGUSR1 write this boot's reads into it:
+        /// what an instant boot's server is started with.
+        #[arg(long, value_name = "FILE")]
+        boot_trace: Option<PathBuf>,
     },
     /// Check every repository: objects exist and parse; with --full, every chunk re-hashed.
     Verify {
@@ -961,8 +966,17 @@ fn execute(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<u8> {
             point,
             socket,
             site,
+            boot_trace,
         } => Ok(match context(io) {
-            Ok(ctx) => replication::export(&ctx, &vm, &point, &socket, site.as_deref(), io),
+            Ok(ctx) => replication::export(
+                &ctx,
+                &vm,
+                &point,
+                &socket,
+                site.as_deref(),
+                boot_trace.as_deref(),
+                io,
+            ),
             Err(code) => code,
         }),
         Command::Verify { full } => Ok(match context(io) {

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use lifeboat_replication::export::trace::BootTrace;
 use lifeboat_replication::gc::GcOptions;
 use lifeboat_replication::{Error, GroupSpec, Progress, Repository, Store, points};
 
@@ -717,14 +718,16 @@ pub fn restore(
     }
 }
 
-/// `lifeboat export VM --point ID --socket PATH`: serves the point's disks over NBD until
-/// interrupted.
+/// `lifeboat export VM --point ID --socket PATH [--boot-trace FILE]`: serves the point's disks
+/// over NBD until interrupted; with a boot trace, follows it and records this boot's reads into
+/// it on SIGUSR1.
 pub fn export(
     ctx: &Context,
     vm: &str,
     point: &str,
     socket: &Path,
     site: Option<&str>,
+    boot_trace: Option<&Path>,
     io: &mut crate::Io<'_>,
 ) -> u8 {
     let group = match ctx.group_of(vm) {
@@ -734,6 +737,17 @@ pub fn export(
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e, io),
+    };
+    // Before anything listens: whoever runs the server may say "the boot is over" once the
+    // socket is up, and SIGUSR1 unhandled would end the server.
+    let boot_over = rt.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+    });
+    let mut boot_over = match boot_over {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(&Error::failed(format!("cannot handle SIGUSR1: {e}")), io);
+        }
     };
     let opened = rt.block_on(async {
         let target = ctx.site(site.unwrap_or(&group.target_site))?;
@@ -757,12 +771,61 @@ pub fn export(
             socket.display()
         );
     }
+    if let Some(path) = boot_trace {
+        // A trace is a hint: one that cannot be read is said and served without.
+        let followed = rt.block_on(async {
+            match BootTrace::load(path) {
+                Ok(Some(t)) => lifeboat_replication::export::follow(&disks, &t),
+                Ok(None) => 0,
+                Err(e) => {
+                    let _ = writeln!(io.stderr, "warning: {e}: not followed");
+                    0
+                }
+            }
+        });
+        if followed > 0 {
+            let _ = writeln!(
+                io.stdout,
+                "fetching {followed} chunks ahead of the guest, in the order an earlier boot read them ({})",
+                path.display()
+            );
+        }
+        for d in &disks {
+            d.record();
+        }
+    }
     let _ = writeln!(io.stdout, "serving, read-only, until interrupted");
     let _ = io.stdout.flush();
     let served = rt.block_on(async {
-        tokio::select! {
-            r = lifeboat_replication::export::serve(&socket, disks) => r,
-            _ = tokio::signal::ctrl_c() => Ok(()),
+        let serving = lifeboat_replication::export::serve(&socket, disks.clone());
+        tokio::pin!(serving);
+        loop {
+            tokio::select! {
+                r = &mut serving => return r,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = boot_over.recv() => {
+                    let Some(path) = boot_trace else { continue };
+                    let t = lifeboat_replication::export::recorded(&disks);
+                    // Only the first signal finds a recording; an empty one keeps the last.
+                    if t.chunks() == 0 {
+                        continue;
+                    }
+                    match t.save(path) {
+                        Ok(()) => {
+                            let _ = writeln!(
+                                io.stdout,
+                                "the boot read {} chunks first: their order is in {}",
+                                t.chunks(),
+                                path.display()
+                            );
+                        }
+                        Err(e) => {
+                            let _ = writeln!(io.stderr, "warning: {e}");
+                        }
+                    }
+                    let _ = io.stdout.flush();
+                }
+            }
         }
     });
     // The server's own socket goes; anything else at that path was never touched.

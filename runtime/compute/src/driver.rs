@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal, kill_process};
+pub use rustix::process::Signal;
+use rustix::process::{Pid, kill_process};
 
 use crate::procfs::processes;
 
@@ -161,6 +162,26 @@ pub trait Compute: Send + Sync {
     async fn locate(&self, launches: &[Launch]) -> Vec<Handle>;
 }
 
+/// Signals a process Lifeboat started, after checking that the pid is still its (a recycled
+/// pid belongs to someone else: the process is gone, and nothing is signalled).
+pub fn signal(vm: &Handle, signal: Signal) -> Result<(), ComputeError> {
+    let pid = Pid::from_raw(vm.pid as i32).ok_or_else(|| ComputeError::BadPid {
+        vm: vm.vm.clone(),
+        pid: vm.pid,
+    })?;
+    if !vm.is_current() {
+        return Err(ComputeError::Gone {
+            vm: vm.vm.clone(),
+            pid: vm.pid,
+        });
+    }
+    kill_process(pid, signal).map_err(|source| ComputeError::Signal {
+        vm: vm.vm.clone(),
+        pid: vm.pid,
+        source: source.into(),
+    })
+}
+
 /// The embedded driver: VMs are local processes.
 #[derive(Debug, Default)]
 pub struct ProcessDriver {
@@ -172,26 +193,6 @@ pub struct ProcessDriver {
 impl ProcessDriver {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
-    }
-
-    /// Signals the VM's process, after checking that the pid is still the VM's (a recycled pid
-    /// belongs to someone else: the VM is gone, and nothing is signalled).
-    fn signal(&self, vm: &Handle, signal: Signal) -> Result<(), ComputeError> {
-        let pid = Pid::from_raw(vm.pid as i32).ok_or_else(|| ComputeError::BadPid {
-            vm: vm.vm.clone(),
-            pid: vm.pid,
-        })?;
-        if !vm.is_current() {
-            return Err(ComputeError::Gone {
-                vm: vm.vm.clone(),
-                pid: vm.pid,
-            });
-        }
-        kill_process(pid, signal).map_err(|source| ComputeError::Signal {
-            vm: vm.vm.clone(),
-            pid: vm.pid,
-            source: source.into(),
-        })
     }
 
     /// Whether the process has exited (reaping it if it is ours).
@@ -277,7 +278,7 @@ impl Compute for ProcessDriver {
         }
         // A paused VM cannot act on SIGTERM: let it run to stop. (If this fails, SIGTERM
         // below fails the same way and says why.)
-        let _ = self.signal(vm, Signal::CONT);
+        let _ = signal(vm, Signal::CONT);
         // A QEMU VM with a QMP socket is shut down as a power button would: the guest flushes
         // its writes and powers off. SIGTERM makes QEMU quit at once, losing what the guest
         // had not written yet.
@@ -295,7 +296,7 @@ impl Compute for ProcessDriver {
                 return Ok(());
             }
         }
-        self.signal(vm, Signal::TERM)?;
+        signal(vm, Signal::TERM)?;
         let deadline = deadline.max(Instant::now() + Duration::from_secs(2));
         while Instant::now() < deadline {
             if self.exited(vm) {
@@ -303,7 +304,7 @@ impl Compute for ProcessDriver {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.signal(vm, Signal::KILL)?;
+        signal(vm, Signal::KILL)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.exited(vm) {
             if Instant::now() >= deadline {
@@ -318,7 +319,7 @@ impl Compute for ProcessDriver {
     }
 
     async fn pause(&self, vm: &Handle) -> Result<(), ComputeError> {
-        self.signal(vm, Signal::STOP)?;
+        signal(vm, Signal::STOP)?;
         // SIGSTOP is delivered asynchronously: a VM running on another CPU can write on for a
         // moment after `kill` returns. The cut's instant is when it has stopped.
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -333,7 +334,7 @@ impl Compute for ProcessDriver {
     }
 
     async fn resume(&self, vm: &Handle) -> Result<(), ComputeError> {
-        self.signal(vm, Signal::CONT)
+        signal(vm, Signal::CONT)
     }
 
     async fn running(&self, vm: &Handle) -> bool {

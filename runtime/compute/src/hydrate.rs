@@ -173,6 +173,9 @@ pub enum Monitor {
 
 /// `virDomainPausedReason`'s `VIR_DOMAIN_PAUSED_IOERROR`.
 const PAUSED_IOERROR: i32 = 5;
+/// `VIR_DOMAIN_PAUSED_UNKNOWN`: what libvirt says of a guest that paused on an I/O error again
+/// right after it was resumed from one (seen here: the stop came before the error's event).
+const PAUSED_UNKNOWN: i32 = 0;
 
 impl Monitor {
     /// The monitor of a VM started as `domain`, or with the QEMU command line `argv` (relative
@@ -247,7 +250,9 @@ impl Monitor {
             Self::Domain(d) => {
                 on_domain(d, |host, dom| {
                     let (state, reason) = host.state_reason(dom)?;
-                    if state == DomainState::Paused && reason == PAUSED_IOERROR {
+                    if state == DomainState::Paused
+                        && (reason == PAUSED_IOERROR || reason == PAUSED_UNKNOWN)
+                    {
                         host.resume(dom)?;
                         return Ok(true);
                     }

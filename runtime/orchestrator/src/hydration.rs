@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use lifeboat_compute::driver::{Compute, Handle, Launch};
+use lifeboat_compute::driver::{Compute, Handle, Launch, Signal};
 use lifeboat_compute::hydrate::{self, Hydration, Monitor};
 
 use crate::error::{Error, Result};
@@ -23,6 +23,9 @@ pub(crate) const AT_ONCE: usize = 4;
 const SERVER_UP: Duration = Duration::from_secs(60);
 /// How often the supervisor looks.
 const EVERY: Duration = Duration::from_millis(500);
+/// How long a VM's boot has the export server to itself when its group is not healthy yet:
+/// hydration begins then anyway.
+const BOOT_GRACE: Duration = Duration::from_secs(120);
 
 /// What tending a run's disks needs: its journal, the compute driver, and the inventory's
 /// folder (where VMs and servers start).
@@ -88,6 +91,16 @@ struct InstantVm {
     stopped: bool,
     /// The most each disk's job reads per second (0: no limit).
     speed: u64,
+    /// Its group is healthy (or the run ended) since it started: its boot is over.
+    booted: bool,
+}
+
+impl InstantVm {
+    /// Whether hydration may begin: the boot is over, or has had [`BOOT_GRACE`]. Until then the
+    /// guest's reads have the server to themselves, and they alone are its boot's trace.
+    fn may_hydrate(&self, started_at: i64) -> bool {
+        self.booted || now_ms() - started_at > BOOT_GRACE.as_millis() as i64
+    }
 }
 
 fn instant_vms(t: &Tender, run: &str) -> Result<Vec<InstantVm>> {
@@ -142,6 +155,7 @@ fn instant_vms(t: &Tender, run: &str) -> Result<Vec<InstantVm>> {
                         hydrated: BTreeMap::new(),
                         stopped: false,
                         speed,
+                        booted: false,
                     }),
                 }
             }
@@ -165,6 +179,13 @@ fn instant_vms(t: &Tender, run: &str) -> Result<Vec<InstantVm>> {
                         domain,
                     };
                     v.running = Some((h, monitor, at));
+                    v.booted = false;
+                }
+            }
+            // Groups start one after another: a VM started before this is in a healthy group.
+            Event::GroupHealthy { .. } | Event::RunFinished { .. } => {
+                for v in &mut out {
+                    v.booted = true;
                 }
             }
             Event::VmStopped { vm } => {
@@ -210,8 +231,8 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
     let mut journal = t.journal()?;
     let mut out = Vec::new();
     let mut streaming = 0usize;
-    // Disks no job copies, on servers that are up.
-    let mut idle: Vec<(Monitor, Vec<PathBuf>, usize, u64)> = Vec::new();
+    // Disks no job copies, on servers that are up, with the server.
+    let mut idle: Vec<(Monitor, Vec<PathBuf>, usize, u64, Handle)> = Vec::new();
     // Domains with a pull running: libvirt's QEMU is given one at a time (two pulls begun
     // together as a domain started crashed QEMU 10.0.2 now and then).
     let mut pulling: Vec<Monitor> = Vec::new();
@@ -280,9 +301,11 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
                 continue;
             }
         };
+        let mut whole = 0;
         for (i, state) in seen.into_iter().enumerate() {
             let disk = v.disks.get(i).cloned().unwrap_or_default();
             if let Some((s, b)) = v.hydrated.get(&disk) {
+                whole += 1;
                 out.push(row(i, *b, *b, Some(*s), None));
                 continue;
             }
@@ -291,6 +314,7 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
                     let (seconds, bytes) =
                         journal_hydrated(&mut journal, run, v, &disk, &v.images[i], started_at)
                             .await?;
+                    whole += 1;
                     out.push(row(i, bytes, bytes, Some(seconds), None));
                 }
                 Hydration::Streaming {
@@ -315,10 +339,15 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
                     out.push(row(i, done, total, None, waiting));
                 }
                 Hydration::Idle => {
-                    if server_up {
-                        idle.push((monitor.clone(), v.images.clone(), i, v.speed));
+                    let mut waiting = None;
+                    if !v.may_hydrate(started_at) {
+                        waiting =
+                            Some("booting: hydration begins once its group is healthy".into());
+                    } else if server_up {
+                        let server = v.server.clone();
+                        idle.push((monitor.clone(), v.images.clone(), i, v.speed, server));
                     }
-                    out.push(row(i, 0, disk_size(&v.images[i]).await, None, None));
+                    out.push(row(i, 0, disk_size(&v.images[i]).await, None, waiting));
                 }
                 Hydration::Absent => {
                     out.push(row(
@@ -331,13 +360,22 @@ pub async fn tend_with(t: &Tender, run: &str) -> Result<Vec<DiskHydration>> {
                 }
             }
         }
+        // Its last disk hydrated in this look: nothing reads the server any more.
+        if whole == v.disks.len() && !v.stopped {
+            stop_server(t, &mut journal, run, v).await?;
+        }
     }
-    for (monitor, images, i, speed) in idle {
+    for (monitor, images, i, speed, server) in idle {
         if streaming >= AT_ONCE {
             break;
         }
         if pulling.contains(&monitor) {
             continue;
+        }
+        // The boot is over: its server keeps what the guest read as the VM's boot trace (a
+        // server that is not recording ignores this).
+        if let Err(e) = lifeboat_compute::driver::signal(&server, Signal::USR1) {
+            tracing::debug!(vm = %server.vm, error = %e, "the export server was not told the boot is over");
         }
         match monitor.stream(&images, i, speed).await {
             Ok(()) => {
@@ -527,9 +565,14 @@ async fn restart_server(
         return Ok(env.driver.running(&h).await);
     }
     tracing::warn!(vm = %v.vm, pid = v.server.pid, "the export server is gone: starting it again");
+    // What it would record now is not a boot: it serves without the trace.
+    let mut launch = v.launch.clone();
+    if let Some(at) = launch.argv.iter().position(|a| a == "--boot-trace") {
+        launch.argv.drain(at..(at + 2).min(launch.argv.len()));
+    }
     let h = env
         .driver
-        .start(&v.launch)
+        .start(&launch)
         .await
         .map_err(|e| Error::Failed(format!("restarting {}'s export server: {e}", v.vm)))?;
     journal.append(
@@ -539,7 +582,7 @@ async fn restart_server(
             key: v.launch.key.clone(),
             pid: h.pid,
             started: h.started,
-            argv: v.launch.argv.clone(),
+            argv: launch.argv.clone(),
             log: v.launch.log.display().to_string(),
             socket: v.socket.display().to_string(),
             disks: v.disks.clone(),

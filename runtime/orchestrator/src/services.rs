@@ -40,6 +40,9 @@ pub struct RunServices {
     base: PathBuf,
     /// This run's folder: restored disks and VM logs.
     run_dir: PathBuf,
+    /// The VMs' boot traces (what an instant boot read first, in order), one file per VM, kept
+    /// across runs: the next instant boot's server fetches ahead in that order.
+    traces: PathBuf,
     target_site: String,
     target: Store,
     /// Consistency groups (the unit of a point).
@@ -137,6 +140,7 @@ impl RunServices {
             inventory: env.config.inventory.clone(),
             base: env.config.base.clone(),
             run_dir: env.run_dir(run),
+            traces: env.state_dir.join("traces"),
             target: env.site_store(&target_site)?,
             target_site,
             groups: env.config.groups.clone(),
@@ -854,7 +858,7 @@ impl HostServices for RunServices {
         })?;
         tracing::info!(pid = handle.pid, "started");
         if self.boots_instantly(vm) {
-            self.begin_hydration(vm).await;
+            self.begin_hydration(vm);
         }
         Ok(())
     }

@@ -6,8 +6,11 @@
 //! as the disk), structured replies (a zero chunk is sent as a hole, so copies skip it), the
 //! `base:allocation` context for block status, and simple replies for clients that want them.
 //! Chunks are fetched and checked against their ids as restore does, kept in an LRU cache, and
-//! the next few chunks after each read are fetched ahead of the reader. The protocol's numbers
-//! the client (`nbd`) also speaks are its.
+//! the next few chunks after each read are fetched ahead of the reader; with the trace of an
+//! earlier boot of the VM (`trace`), its chunks are fetched in that order, a window ahead of the
+//! guest. The protocol's numbers the client (`nbd`) also speaks are its.
+
+pub mod trace;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -81,6 +84,11 @@ pub struct DiskExport {
     fetching: Mutex<HashMap<u64, Fetch>>,
     /// Chunks fetched ahead of the reader, at most this many at once.
     ahead: Arc<tokio::sync::Semaphore>,
+    /// The chunks read first, in order, while a boot is being recorded.
+    recording: Mutex<Option<trace::Recorder>>,
+    /// Where the reader is in the trace being followed: each chunk's place in it, and the
+    /// farthest place read (the follower fetches up to a window past it).
+    following: std::sync::OnceLock<(HashMap<u64, usize>, tokio::sync::watch::Sender<usize>)>,
 }
 
 /// What a server keeps in memory per disk, at most.
@@ -91,6 +99,8 @@ const READS_IN_FLIGHT: usize = 16;
 const FETCH_AT_ONCE: usize = 8;
 /// How many chunks past a read are fetched ahead of the reader.
 const READ_AHEAD: u64 = 4;
+/// How far ahead of the guest a followed boot trace is fetched (16 MiB of 64 KiB chunks).
+const FOLLOW_WINDOW: usize = 256;
 
 /// One fetch of a chunk, awaited by everyone who asked for it meanwhile.
 type Fetch = Arc<tokio::sync::OnceCell<std::result::Result<Arc<Vec<u8>>, String>>>;
@@ -177,6 +187,8 @@ impl DiskExport {
                 }),
                 fetching: Mutex::new(HashMap::new()),
                 ahead: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD as usize)),
+                recording: Mutex::new(None),
+                following: std::sync::OnceLock::new(),
             }));
         }
         Ok(out)
@@ -258,6 +270,105 @@ impl DiskExport {
                 drop(permit);
             });
         }
+    }
+
+    /// Notes a client's read of chunks `read`, as it asks: recorded while recording, and
+    /// moving the follower on when they are in the trace followed.
+    fn reading(self: &Arc<Self>, read: &[u64]) {
+        if let Ok(mut r) = self.recording.lock()
+            && let Some(r) = r.as_mut()
+        {
+            for &i in read {
+                if !self.map[i as usize].is_zero() {
+                    r.read(i);
+                }
+            }
+        }
+        if let Some((at, reader)) = self.following.get()
+            && let Some(p) = read.iter().filter_map(|i| at.get(i)).max()
+        {
+            reader.send_if_modified(|farthest| {
+                let further = *p > *farthest;
+                *farthest = (*farthest).max(*p);
+                further
+            });
+        }
+    }
+
+    /// Records, from now on, the chunks clients read first, in order.
+    pub fn record(&self) {
+        if let Ok(mut r) = self.recording.lock() {
+            r.get_or_insert_default();
+        }
+    }
+
+    /// What was recorded, ending the recording (`None` when nothing was).
+    pub fn recorded(&self) -> Option<trace::DiskTrace> {
+        let r = self.recording.lock().ok()?.take()?;
+        Some(trace::DiskTrace::of(self.chunk_size, r.order()))
+    }
+
+    /// Fetches the chunks `t` names, in its order, [`FETCH_AT_ONCE`] at a time and at most
+    /// [`FOLLOW_WINDOW`] past the farthest of them a client has read, in the background.
+    /// Returns how many it will fetch: none for a trace of another chunk size, or a second one.
+    pub fn follow(self: &Arc<Self>, t: &trace::DiskTrace) -> usize {
+        if t.chunk_size != self.chunk_size {
+            return 0;
+        }
+        let order: Vec<u64> = t
+            .order(self.map.len() as u64)
+            .into_iter()
+            .filter(|i| !self.map[*i as usize].is_zero())
+            .collect();
+        let at = order.iter().enumerate().map(|(p, i)| (*i, p)).collect();
+        let (tx, mut reader) = tokio::sync::watch::channel(0usize);
+        if self.following.set((at, tx)).is_err() {
+            return 0;
+        }
+        let n = order.len();
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut fetching = tokio::task::JoinSet::new();
+            for (p, i) in order.into_iter().enumerate() {
+                while *reader.borrow_and_update() + FOLLOW_WINDOW < p {
+                    if reader.changed().await.is_err() {
+                        return;
+                    }
+                }
+                while fetching.len() >= FETCH_AT_ONCE {
+                    fetching.join_next().await;
+                }
+                if me.cache.lock().is_ok_and(|c| c.chunks.contains_key(&i)) {
+                    continue;
+                }
+                let me = me.clone();
+                fetching.spawn(async move {
+                    if let Err(e) = me.chunk(i).await {
+                        tracing::debug!(disk = %me.name, chunk = i, error = %e, "a traced chunk was not fetched");
+                    }
+                });
+            }
+            while fetching.join_next().await.is_some() {}
+        });
+        n
+    }
+}
+
+/// Has `exports` follow the disks `t` traced: how many chunks they will fetch ahead.
+pub fn follow(exports: &[Arc<DiskExport>], t: &trace::BootTrace) -> usize {
+    exports
+        .iter()
+        .filter_map(|e| t.disks.get(&e.name).map(|d| e.follow(d)))
+        .sum()
+}
+
+/// What `exports`' clients read while recording, ending it; disks nothing recorded are left out.
+pub fn recorded(exports: &[Arc<DiskExport>]) -> trace::BootTrace {
+    trace::BootTrace {
+        disks: exports
+            .iter()
+            .filter_map(|e| e.recorded().map(|t| (e.name.clone(), t)))
+            .collect(),
     }
 }
 
@@ -479,6 +590,7 @@ async fn read(
         v
     };
     let indices: Vec<u64> = spans.iter().map(|(i, ..)| *i).collect();
+    e.reading(&indices);
     let fetched: Vec<_> = futures::stream::iter(indices)
         .map(|i| {
             let e = e.clone();

@@ -155,7 +155,7 @@ impl RunServices {
         })?;
         tracing::info!(domain = ?handle.domain, "started");
         if instant {
-            self.begin_hydration(vm).await;
+            self.begin_hydration(vm);
         }
         Ok(())
     }

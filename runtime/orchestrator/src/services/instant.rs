@@ -8,7 +8,6 @@
 //! and whoever drives the run's hydration next (`crate::hydration`) restarts it if it died.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use lifeboat_compute::driver::Launch;
 use lifeboat_compute::hydrate;
@@ -78,7 +77,10 @@ impl RunServices {
         let socket = dir.join("export.sock");
         let export_key = format!("{key}/export");
         let log = self.run_dir.join("logs").join(format!("{vm}.export.log"));
-        let argv = self.export_argv(vm, &group, m.seq, &socket);
+        std::fs::create_dir_all(&self.traces)
+            .map_err(|e| other(format!("cannot create {}: {e}", self.traces.display())))?;
+        let trace = self.traces.join(format!("{vm}.json"));
+        let argv = self.export_argv(vm, &group, m.seq, &socket, &trace);
         let launch = Launch {
             vm: vm.to_string(),
             argv: argv.clone(),
@@ -149,8 +151,17 @@ impl RunServices {
         Ok(images)
     }
 
-    /// `lifeboat --config … export VM --point SEQ --site TARGET --socket PATH`.
-    fn export_argv(&self, vm: &str, group: &str, seq: u64, socket: &Path) -> Vec<String> {
+    /// `lifeboat --config … export VM --point SEQ --site TARGET --socket PATH --boot-trace
+    /// FILE`: the trace is the VM's, whichever point and site it boots from (a boot reads the
+    /// same blocks of its disks wherever it runs).
+    fn export_argv(
+        &self,
+        vm: &str,
+        group: &str,
+        seq: u64,
+        socket: &Path,
+        trace: &Path,
+    ) -> Vec<String> {
         let mut argv: Vec<String> = self
             .lifeboat
             .iter()
@@ -167,6 +178,8 @@ impl RunServices {
             self.target_site.clone(),
             "--socket".to_string(),
             socket.display().to_string(),
+            "--boot-trace".to_string(),
+            trace.display().to_string(),
         ]);
         argv
     }
@@ -193,30 +206,12 @@ impl RunServices {
         (rate.value.0 / disks.clamp(1, crate::hydration::AT_ONCE) as u64).max(1)
     }
 
-    /// Starts hydrating `vm`'s instant disks right after its start (the run's hydration
-    /// supervisor does the rest; a failure here only delays it to that).
-    pub(super) async fn begin_hydration(&self, vm: &str) {
-        let Ok(Some((images, monitor, speed))) = self.instant_images(vm) else {
-            return;
-        };
-        // QEMU makes its QMP socket a moment after it starts.
-        if let hydrate::Monitor::Qmp(qmp) = &monitor {
-            for _ in 0..100 {
-                if qmp.exists() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+    /// Hands `vm`'s instant disks to the run's hydration supervisor, which begins copying
+    /// once the VM's group is healthy (until then its boot has the export server to itself).
+    pub(super) fn begin_hydration(&self, vm: &str) {
+        if matches!(self.instant_images(vm), Ok(Some(_))) {
+            self.tend_meanwhile();
         }
-        for i in 0..images.len() {
-            match monitor.stream(&images, i, speed).await {
-                // A domain's disks are pulled one after another (see `crate::hydration`).
-                Ok(()) if matches!(monitor, hydrate::Monitor::Domain(_)) => break,
-                Ok(()) => {}
-                Err(e) => tracing::warn!(vm, error = %e, "hydration not started yet"),
-            }
-        }
-        self.tend_meanwhile();
     }
 
     /// Starts tending the run's instant disks in the background, once.
