@@ -54,13 +54,26 @@ impl Daemon {
         env: &[(&str, String)],
     ) -> Self {
         let listen = format!("127.{}.0.1:{port}", s.k());
-        let log = s.path().join(format!("daemon-{port}.log"));
-        let token_file = s.path().join("api-token");
+        Self::spawn(&s.config(), s.path(), state, listen, env)
+    }
+
+    /// Starts a daemon on the inventory `config`, its log and token file in `dir`, its API on
+    /// `listen` too.
+    pub(crate) fn spawn(
+        config: &str,
+        dir: &Path,
+        state: Option<&Path>,
+        listen: String,
+        env: &[(&str, String)],
+    ) -> Self {
+        let port = listen.rsplit(':').next().unwrap_or("0").to_string();
+        let log = dir.join(format!("daemon-{port}.log"));
+        let token_file = dir.join("api-token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
         let mut args = vec![
             "cli".to_string(),
             "--config".into(),
-            s.config(),
+            config.to_string(),
             "--log-format".into(),
             "json".into(),
         ];
@@ -151,7 +164,7 @@ impl Daemon {
     }
 
     /// The value of one metric sample, e.g. `lifeboat_cycles_total{group="db-1",result="committed"}`.
-    fn metric(&self, sample: &str) -> Option<f64> {
+    pub(crate) fn metric(&self, sample: &str) -> Option<f64> {
         let (_, body) = self.http("/metrics")?;
         body.lines()
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())

@@ -444,3 +444,110 @@ fn an_instant_failover_commits_reprotects_and_fails_back_with_nothing_lost() {
     let out = lifeboat(&["commit", "p"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }
+
+/// A daemon drives an instant drill (`failover --test` goes through it): while the drill's
+/// second disk, which the guest never reads, hydrates at west's bandwidth, the daemon's status
+/// lists it under `hydrating` with its bytes and `/metrics` carries the same; once it holds
+/// everything both are empty, the journal has its time to hydrated and its server is stopped.
+#[test]
+fn a_daemon_drives_an_instant_drill_and_shows_hydration_as_it_goes() {
+    let guest = guest();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let mut lab = Lab::new(base);
+    inventory(base, &guest.join("vmlinuz"), &guest.join("initrd.gz"), 196);
+    let inv = std::fs::read_to_string(base.join("lifeboat.toml")).unwrap();
+    let inv = inv.replacen(
+        "disks.data = \"vms/vm-1.img\"",
+        "disks.data = \"vms/vm-1.img\"\ndisks.extra = \"vms/vm-1-extra.img\"",
+        1,
+    );
+    std::fs::write(base.join("lifeboat.toml"), inv).unwrap();
+    make_disk_of(&base.join("vms/vm-1.img"), 64 << 20, 0, 0);
+    make_disk_of(
+        &base.join("vms/vm-1-extra.img"),
+        128 << 20,
+        16 << 20,
+        96 << 20,
+    );
+    let lifeboat = cli(base);
+    lab.start("vm-1");
+    crate::qemu::wait_healthy("127.196.1.10:8080");
+    let out = lifeboat(&["replicate"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+
+    let config = base.join("lifeboat.toml").display().to_string();
+    let d = crate::daemon::Daemon::spawn(&config, base, None, "127.196.0.1:7196".into(), &[]);
+    let drill = Command::new(HELPER)
+        .args(["cli", "--config", &config, "failover", "p", "--test"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // 96 MiB at 8 MB/s: the daemon shows the extra disk part way, with the same bytes in its
+    // status and its metrics.
+    let extra = |st: &serde_json::Value| {
+        st["hydrating"]
+            .as_array()
+            .and_then(|h| h.iter().find(|d| d["disk"] == "extra").cloned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let part_way = loop {
+        let (code, st) = d.api("GET", "/v1/status", None);
+        assert_eq!(code, 200, "{st}");
+        if let Some(h) = extra(&st)
+            && h["done_bytes"].as_u64().unwrap_or(0) > 0
+            && h["done_bytes"].as_u64() < h["total_bytes"].as_u64()
+        {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "never seen hydrating: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(part_way["run"], "p-1", "{part_way}");
+    assert_eq!(part_way["vm"], "vm-1", "{part_way}");
+    assert_eq!(part_way["total_bytes"], 128 << 20, "{part_way}");
+    let labels = "{run=\"p-1\",vm=\"vm-1\",disk=\"extra\"}";
+    let total = d.metric(&format!("lifeboat_hydration_total_bytes{labels}"));
+    let done = d.metric(&format!("lifeboat_hydration_done_bytes{labels}"));
+    assert_eq!(total, Some((128 << 20) as f64), "{:?}", d.http("/metrics"));
+    assert!(
+        done.is_some_and(|b| b > 0.0 && b <= (128 << 20) as f64),
+        "{done:?}"
+    );
+
+    // The command ends with the run; the daemon sees hydration through.
+    let out = drill.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, st) = d.api("GET", "/v1/status", None);
+        // (An empty list is left out of the document.)
+        if st["hydrating"].as_array().is_none_or(|h| h.is_empty())
+            && hydrated(base, "p-1").len() == 2
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never hydrated: {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        d.metric(&format!("lifeboat_hydration_done_bytes{labels}")),
+        None,
+        "a hydrated disk leaves the metrics"
+    );
+    let stopped = || {
+        run_events(base, "p-1")
+            .iter()
+            .any(|e| matches!(e, Event::ExportStopped { vm } if vm == "vm-1"))
+    };
+    crate::failover::wait_for(stopped, "the export server stopped");
+    let out = lifeboat(&["cleanup", "p"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let (status, log) = d.term(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+}

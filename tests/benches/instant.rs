@@ -86,6 +86,8 @@ networks.drill.subnets = {{ app = "127.192.91.0/24" }}
 crash_interval = "1h"
 retention = "1d"
 rpo_threshold = "1d"
+# A fully written disk is copied whole at the cut where the file system has no reflinks.
+max_pause = "300s"
 [vms.vm-1]
 site = "east"
 policy = "default"

@@ -248,11 +248,19 @@ impl Store {
     pub async fn put_new(&self, name: &str, bytes: Bytes) -> Result<Put> {
         let plain = bytes.clone();
         let stored = match &self.key {
+            // Off the async threads: a pack's encryption is milliseconds of one core, which
+            // would hold up every task queued behind it (the reads and hashing of the cycle
+            // that produced it among them).
             Some(key) => {
-                let mut out = sealed_buffers::take();
-                seal::seal_into(key, &self.full_name(name), &bytes, &mut out)
-                    .map_err(|e| Error::failed(format!("cannot seal `{name}`: {e}")))?;
-                Bytes::from(out)
+                let (key, full, what) = (key.clone(), self.full_name(name), name.to_string());
+                tokio::task::spawn_blocking(move || {
+                    let mut out = sealed_buffers::take();
+                    seal::seal_into(&key, &full, &bytes, &mut out)
+                        .map(|()| Bytes::from(out))
+                        .map_err(|e| Error::failed(format!("cannot seal `{what}`: {e}")))
+                })
+                .await
+                .map_err(|e| Error::failed(format!("sealing `{name}` stopped: {e}")))??
             }
             None => bytes,
         };
