@@ -20,6 +20,8 @@ struct Domains {
     /// run's own cleanup not have come).
     names: Vec<String>,
     networks: Vec<String>,
+    /// Inventories whose runs' export servers are killed at the end (the same reason).
+    configs: Vec<PathBuf>,
 }
 
 impl Domains {
@@ -33,6 +35,7 @@ impl Domains {
             host: Arc::new(Host::open(uri).expect("libvirtd runs (.ci/run starts it)")),
             names: Vec::new(),
             networks: Vec::new(),
+            configs: Vec::new(),
         }
     }
 
@@ -105,6 +108,9 @@ impl Domains {
 
 impl Drop for Domains {
     fn drop(&mut self) {
+        for config in &self.configs {
+            crate::qemu::kill_exports_of(config);
+        }
         for name in &self.names {
             if let Ok(d) = self.host.lookup(name) {
                 let _ = self.host.destroy(&d);
@@ -642,6 +648,7 @@ fn a_libvirt_target_drills_on_an_isolated_network_fails_over_and_back_with_nothi
     );
     let mac = format!("52:54:00:77:{:02x}:10", k);
     let mut doms = Domains::new();
+    doms.configs.push(base.join("lifeboat.toml"));
     let src_ip = format!("{src_net}.10");
     network(
         &mut doms,

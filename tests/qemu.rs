@@ -86,6 +86,34 @@ impl Drop for Lab {
                 .rt
                 .block_on(self.driver.stop(&h, Duration::from_secs(2)));
         }
+        // A test that failed before its `cleanup` leaves its runs' export servers serving.
+        kill_exports_of(&self.dir.join("lifeboat.toml"));
+    }
+}
+
+/// Kills every `lifeboat export` started on the inventory `config` (found by their command
+/// lines).
+pub(crate) fn kill_exports_of(config: &std::path::Path) {
+    let config = config.display().to_string();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let has = |a: &str| args.iter().any(|x| *x == a.as_bytes());
+        if has(&config)
+            && has("export")
+            && let Some(p) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
     }
 }
 

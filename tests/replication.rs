@@ -2030,3 +2030,34 @@ fn an_export_records_the_order_a_boot_read_and_the_next_follows_it() {
         "{stderr}"
     );
 }
+
+/// A group's `max_pause` is the shortest its VMs' policies set, longer than the default too (a
+/// disk copied whole at the cut on a file system without reflinks needs it), and the default
+/// (10 s) only where no policy sets one.
+#[test]
+fn a_policy_sets_the_pause_its_groups_may_take_longer_or_shorter_than_the_default() {
+    let lab = Lab::new(
+        &[("a", &[("d", 4096)]), ("b", &[("d", 4096)])],
+        &[("ab", &["a", "b"])],
+    );
+    let pause = |edit: &dyn Fn(String) -> String| {
+        let path = lab.path("lifeboat.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit(text.clone())).unwrap();
+        let p = lab.inventory_groups()[0].max_pause;
+        std::fs::write(&path, text).unwrap();
+        p
+    };
+    assert_eq!(pause(&|t| t), Duration::from_secs(10));
+    let longer = |t: String| t.replacen("[policies.p]\n", "[policies.p]\nmax_pause = \"5m\"\n", 1);
+    assert_eq!(pause(&longer), Duration::from_secs(300));
+    // Another policy for `b`, with the shorter pause: the group takes that one.
+    let mixed = |t: String| {
+        longer(t).replacen(
+            "[vms.b]\nsite = \"east\"\npolicy = \"p\"",
+            "[vms.b]\nsite = \"east\"\npolicy = \"q\"",
+            1,
+        ) + "\n[policies.q]\ncrash_interval = \"10s\"\nretention = \"1h\"\nrpo_threshold = \"1m\"\nmax_pause = \"2s\"\n"
+    };
+    assert_eq!(pause(&mixed), Duration::from_secs(2));
+}

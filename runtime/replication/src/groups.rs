@@ -129,7 +129,9 @@ fn group(inv: &Inventory, base: &Path, name: &str, members: &[String]) -> Result
     let mut retention = Duration::ZERO;
     let mut rpo = Duration::MAX;
     let mut app: Option<Duration> = None;
-    let mut max_pause = DEFAULT_MAX_PAUSE;
+    // The shortest any member's policy sets; the default only when none sets one (a policy may
+    // allow longer: a disk copied whole at the cut, on a file system without reflinks).
+    let mut max_pause: Option<Duration> = None;
     let mut crash = Duration::MAX;
     for vm_name in members {
         let vm = inv
@@ -142,7 +144,7 @@ fn group(inv: &Inventory, base: &Path, name: &str, members: &[String]) -> Result
             rpo = rpo.min(policy.rpo_threshold.value.0);
             crash = crash.min(policy.crash_interval.value.0);
             if let Some(m) = &policy.max_pause {
-                max_pause = max_pause.min(m.value.0);
+                max_pause = Some(max_pause.map_or(m.value.0, |x| x.min(m.value.0)));
             }
             if let Some(a) = &policy.app_interval {
                 app = Some(app.map_or(a.value.0, |x: Duration| x.min(a.value.0)));
@@ -208,7 +210,7 @@ fn group(inv: &Inventory, base: &Path, name: &str, members: &[String]) -> Result
         } else {
             crash
         },
-        max_pause,
+        max_pause: max_pause.unwrap_or(DEFAULT_MAX_PAUSE),
         base: base.to_path_buf(),
         protected: true,
         bandwidth: site.bandwidth.as_ref().map(|b| b.value.0),
