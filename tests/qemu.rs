@@ -107,7 +107,7 @@ pub(crate) fn kill_exports_of(config: &std::path::Path) {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let has = |a: &str| args.iter().any(|x| *x == a.as_bytes());
+        let has = |a: &str| args.contains(&a.as_bytes());
         if has(&config)
             && has("export")
             && let Some(p) = rustix::process::Pid::from_raw(pid)
