@@ -342,6 +342,26 @@ fn a_drill_boots_from_an_encrypted_repository_on_s3_and_hydrates() {
     is_a_whole_restore(&lifeboat, base, &image);
     let out = lifeboat(&["cleanup", "p"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+
+    // The next drill's server fetches ahead of the guest, from the object store, in the order
+    // this boot read the disk; the guest boots as healthy.
+    let out = lifeboat(&["failover", "p", "--test"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let log = std::fs::read_to_string(base.join(".lifeboat/state/runs/p-2/logs/vm-1.export.log"))
+        .unwrap();
+    assert!(
+        log.contains("chunks ahead of the guest, in the order an earlier boot read them"),
+        "{log}"
+    );
+    let netns = drill_netns(base, "p-2");
+    let state = get_in(&netns, "127.195.91.254:8080", "/state").expect("the drill copy answers");
+    assert_eq!(
+        state["recovered"]["missing"],
+        serde_json::json!([]),
+        "{state}"
+    );
+    let out = lifeboat(&["cleanup", "p"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }
 
 #[test]
@@ -423,11 +443,12 @@ fn an_instant_failover_commits_reprotects_and_fails_back_with_nothing_lost() {
         run.iter().any(|e| matches!(e, Event::Exporting { .. })),
         "the failback booted from east's repository"
     );
-    // Its server fetched ahead in the order the failover's boot read the disk.
+    // Its server found the trace the failover's boot left, and does not follow it from a
+    // local folder.
     let log = std::fs::read_to_string(base.join(".lifeboat/state/runs/p-3/logs/vm-1.export.log"))
         .unwrap();
     assert!(
-        log.contains("chunks ahead of the guest, in the order an earlier boot read them"),
+        log.contains("is not followed: the repository is a local folder"),
         "{log}"
     );
     let home = crate::failover::get("127.193.1.10:8080", "/state").expect("home answers");

@@ -1901,7 +1901,13 @@ fn export_serves(stores: Stores) {
 /// parse says so and serves as before.
 #[test]
 fn an_export_records_the_order_a_boot_read_and_the_next_follows_it() {
-    let lab = Lab::on(Stores::folders(), &[("a", &[("os", 8 << 20)])], &[]);
+    // On the S3 server: from a local folder a trace is recorded but not followed.
+    let west = crate::servers::s3(&format!("trace-{}", unique()));
+    let stores = Stores {
+        east: "east".into(),
+        west,
+    };
+    let lab = Lab::on(stores, &[("a", &[("os", 8 << 20)])], &[]);
     let mut rng = Rng::new(17);
     let mut bytes = vec![0u8; 8 << 20];
     for b in bytes.chunks_mut(8) {

@@ -4,7 +4,8 @@
 //! for each disk size; and how long hydration took.
 //!
 //! An instant boot is timed twice: the VM's first (its export server reads ahead of the guest
-//! only) and a boot following the trace the one before it recorded ("traced").
+//! only) and the next ("again"), whose server has the trace the first recorded (followed only
+//! from an object store: these repositories are local folders).
 //!
 //! `cargo bench -p lifeboat-tests --bench instant`. Needs QEMU and the test guest. The disks are
 //! sparse with a quarter written, or all of it for a size ending in `f`; `LIFEBOAT_BENCH_SIZES`
@@ -191,7 +192,7 @@ fn main() {
         "written",
         "own boot",
         "instant",
-        "traced",
+        "again",
         "restore+boot",
         "ratio",
         "instant+hydrated"

@@ -162,8 +162,8 @@ enum Command {
         #[arg(long)]
         site: Option<String>,
         /// Follow the boot this file traced (its chunks fetched ahead of the guest, in the
-        /// order an earlier boot read them), and on SIGUSR1 write this boot's reads into it:
-        /// what an instant boot's server is started with.
+        /// order an earlier boot read them; from a repository on S3 or Azure), and on SIGUSR1
+        /// write this boot's reads into it: what an instant boot's server is started with.
         #[arg(long, value_name = "FILE")]
         boot_trace: Option<PathBuf>,
     },

@@ -752,11 +752,12 @@ pub fn export(
     let opened = rt.block_on(async {
         let target = ctx.site(site.unwrap_or(&group.target_site))?;
         let repo = Arc::new(Repository::open(&target).await?);
+        let remote = target.is_remote();
         let m = points::select(&repo, &group.name, point).await?;
         let disks = lifeboat_replication::export::DiskExport::of_point(repo, &m, vm).await?;
-        Ok::<_, Error>((m.seq, disks))
+        Ok::<_, Error>((m.seq, disks, remote))
     });
-    let (seq, disks) = match opened {
+    let (seq, disks, remote) = match opened {
         Ok(o) => o,
         Err(e) => return fail(&e, io),
     };
@@ -772,9 +773,19 @@ pub fn export(
         );
     }
     if let Some(path) = boot_trace {
-        // A trace is a hint: one that cannot be read is said and served without.
+        // A trace is a hint: one that cannot be read is said and served without. It is followed
+        // where each chunk is a round trip; from a local folder a fetch costs CPU, not waiting,
+        // and fetching ahead of the guest measured slower there (the guest wants that CPU).
         let followed = rt.block_on(async {
             match BootTrace::load(path) {
+                Ok(Some(_)) if !remote => {
+                    let _ = writeln!(
+                        io.stdout,
+                        "the boot trace in {} is not followed: the repository is a local folder (reads ahead of the guest instead)",
+                        path.display()
+                    );
+                    0
+                }
                 Ok(Some(t)) => lifeboat_replication::export::follow(&disks, &t),
                 Ok(None) => 0,
                 Err(e) => {

@@ -417,6 +417,14 @@ impl Store {
             .map_err(|e| self.damaged(name, &e))
     }
 
+    /// Whether each read is a request over the network (S3, Azure), not a local file's read:
+    /// what fetching ahead in parallel pays off against.
+    pub fn is_remote(&self) -> bool {
+        ["s3://", "az://", "azure://", "abfs://"]
+            .iter()
+            .any(|s| self.location.starts_with(s))
+    }
+
     /// Whether the store seals what it holds (it has a key).
     pub fn sealed(&self) -> bool {
         self.key.is_some()
