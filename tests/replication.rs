@@ -1951,6 +1951,20 @@ fn an_export_records_the_order_a_boot_read_and_the_next_follows_it() {
         }
         (server, said, out)
     };
+    // An interrupted server ends at once: a test that waited on one that did not would hang.
+    let ends_within = |server: &mut std::process::Child| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = server.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = server.kill();
+                panic!("the export server went on serving after SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     let signal = |server: &std::process::Child, s| {
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(server.id() as i32).unwrap(),
@@ -2007,7 +2021,7 @@ fn an_export_records_the_order_a_boot_read_and_the_next_follows_it() {
     convert(&url);
     signal(&server, rustix::process::Signal::USR1);
     signal(&server, rustix::process::Signal::INT);
-    assert!(server.wait().unwrap().success());
+    assert!(ends_within(&mut server).success());
     assert_eq!(std::fs::read_to_string(&trace).unwrap(), recorded);
 
     // The next server follows it, and serves the same bytes.
@@ -2021,14 +2035,15 @@ fn an_export_records_the_order_a_boot_read_and_the_next_follows_it() {
     boot();
     convert(&url);
     signal(&server, rustix::process::Signal::INT);
-    assert!(server.wait().unwrap().success());
+    assert!(ends_within(&mut server).success());
 
     // A trace that does not parse is said and not followed; the disk is served all the same.
     std::fs::write(&trace, "{\"disks\": [").unwrap();
-    let (server, said, _out) = serve();
+    let (mut server, said, _out) = serve();
     assert!(!said.contains("fetching"), "{said}");
     convert(&url);
     signal(&server, rustix::process::Signal::INT);
+    ends_within(&mut server);
     let out = server.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -739,14 +739,20 @@ pub fn export(
         Err(e) => return fail(&e, io),
     };
     // Before anything listens: whoever runs the server may say "the boot is over" once the
-    // socket is up, and SIGUSR1 unhandled would end the server.
-    let boot_over = rt.block_on(async {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+    // socket is up, and SIGUSR1 unhandled would end the server. One listener each for the whole
+    // serving loop: one made anew each time round would miss a signal that came between two
+    // (seen: SIGUSR1 then SIGINT at once left the server serving).
+    use tokio::signal::unix::{SignalKind, signal};
+    let listeners = rt.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::user_defined1())?,
+            signal(SignalKind::interrupt())?,
+        ))
     });
-    let mut boot_over = match boot_over {
-        Ok(s) => s,
+    let (mut boot_over, mut interrupt) = match listeners {
+        Ok(l) => l,
         Err(e) => {
-            return fail(&Error::failed(format!("cannot handle SIGUSR1: {e}")), io);
+            return fail(&Error::failed(format!("cannot handle signals: {e}")), io);
         }
     };
     let opened = rt.block_on(async {
@@ -813,7 +819,7 @@ pub fn export(
         loop {
             tokio::select! {
                 r = &mut serving => return r,
-                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = interrupt.recv() => return Ok(()),
                 _ = boot_over.recv() => {
                     let Some(path) = boot_trace else { continue };
                     let t = lifeboat_replication::export::recorded(&disks);
