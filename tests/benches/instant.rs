@@ -5,7 +5,8 @@
 //!
 //! An instant boot is timed twice: the VM's first (its export server reads ahead of the guest
 //! only) and the next ("again"), whose server has the trace the first recorded (followed only
-//! from an object store: these repositories are local folders).
+//! from an object store: `LIFEBOAT_BENCH_WEST=s3` puts the target's repository on a SeaweedFS
+//! S3 server started here, else it is a local folder).
 //!
 //! `cargo bench -p lifeboat-tests --bench instant`. Needs QEMU and the test guest. The disks are
 //! sparse with a quarter written, or all of it for a size ending in `f`; `LIFEBOAT_BENCH_SIZES`
@@ -17,6 +18,9 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
+#[path = "../servers.rs"]
+#[allow(dead_code)]
+mod servers;
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -64,7 +68,7 @@ fn make_disk(path: &Path, mib: u64, written: u64) {
     }
 }
 
-fn lab(dir: &Path, mib: u64, written: u64) {
+fn lab(dir: &Path, mib: u64, written: u64, west: &str) {
     let guest = guest();
     std::fs::create_dir_all(dir.join("plans")).unwrap();
     std::fs::create_dir_all(dir.join("vms")).unwrap();
@@ -79,7 +83,7 @@ compute = "qemu"
 replicate_to = "west"
 networks.prod.subnets = {{ app = "127.192.1.0/24" }}
 [sites.west]
-store = "west"
+store = "{west}"
 compute = "qemu"
 networks.prod-dr.subnets = {{ app = "127.192.11.0/24" }}
 networks.drill.subnets = {{ app = "127.192.91.0/24" }}
@@ -185,7 +189,13 @@ fn main() {
     let runs: usize = setting("LIFEBOAT_BENCH_RUNS", common::sized(3, 1));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let driver = ProcessDriver::new();
-    println!("instant boot, test guest under TCG, median of {runs}");
+    println!(
+        "instant boot, test guest under TCG, median of {runs}; the target's repository {}",
+        match setting("LIFEBOAT_BENCH_WEST", String::new()).as_str() {
+            "s3" => "on a SeaweedFS S3 server here",
+            _ => "in a local folder",
+        }
+    );
     println!(
         "{:>8} {:>8} {:>10} {:>9} {:>9} {:>13} {:>8} {:>16}",
         "disk",
@@ -199,7 +209,11 @@ fn main() {
     );
     for (mib, written) in sizes {
         let dir = tempfile::tempdir().unwrap();
-        lab(dir.path(), mib, written);
+        let west = match setting("LIFEBOAT_BENCH_WEST", String::new()).as_str() {
+            "s3" => servers::s3(&format!("instant-{mib}-{written}")),
+            _ => "west".to_string(),
+        };
+        lab(dir.path(), mib, written, &west);
         let config = dir.path().join("lifeboat.toml");
         let trace = dir.path().join(".lifeboat/state/traces/vm-1.json");
         lifeboat(&config, &["replicate"]);
